@@ -1,0 +1,27 @@
+"""Sequence layers under one contract (see base.py); importing this registers every layer."""
+
+from .base import (
+    SequenceLayer,
+    available,
+    build,
+    get,
+    input_checks,
+    input_checks_enabled,
+    register,
+    set_input_checks,
+    tag_param,
+)
+from .s4d import S4D
+
+__all__ = [
+    "SequenceLayer",
+    "available",
+    "build",
+    "get",
+    "input_checks",
+    "input_checks_enabled",
+    "register",
+    "set_input_checks",
+    "tag_param",
+    "S4D",
+]
