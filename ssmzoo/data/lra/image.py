@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths import data_root
 from .common import ClassificationDataModule, holdout, require_dir
 
 _HOW = ("Download the CIFAR-10 python version (cifar-10-python.tar.gz) and extract it, "
@@ -42,7 +43,7 @@ def to_grayscale(images: np.ndarray) -> np.ndarray:
 
 
 class LRAImageDataModule(ClassificationDataModule):
-    """Args: data_dir (folder holding ``cifar-10-batches-py``), tokens (feed 256 intensity tokens
+    """Args: data_dir (folder holding ``cifar-10-batches-py``; default ``$SSMZOO_DATA/cifar10``), tokens (feed 256 intensity tokens
     instead of real values), val_size (held out of the 50k training images; LRA uses 5,000),
     batch_size, num_workers, seed (of the validation split)."""
 
@@ -50,7 +51,7 @@ class LRAImageDataModule(ClassificationDataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,
         tokens: bool = False,
         val_size: int = 5000,
         batch_size: int = 50,
@@ -63,7 +64,7 @@ class LRAImageDataModule(ClassificationDataModule):
         self.d_input = 0 if tokens else 1
 
     def _folder(self) -> Path:
-        root = require_dir(self.data_dir, "LRA Image (CIFAR-10) data_dir", _HOW)
+        root = require_dir(self.data_dir or data_root() / "cifar10", "LRA Image (CIFAR-10) data_dir", _HOW)
         return root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
 
     def _encode(self, gray: np.ndarray) -> list[np.ndarray]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths import data_root
 from .common import ClassificationDataModule, cache_file, holdout, require_dir
 
 _HOW = ("Download the LRA release (lra_release.gz), extract it, and pass "
@@ -50,7 +51,8 @@ def read_image(path: Path, resolution: int) -> np.ndarray:
 
 
 class PathfinderDataModule(ClassificationDataModule):
-    """Args: data_dir (the folder holding ``metadata/`` and the image folders), resolution (32 for
+    """Args: data_dir (the folder holding ``metadata/`` and the image folders; default
+    ``$SSMZOO_DATA/lra_release/pathfinder<resolution>/curv_contour_length_14``), resolution (32 for
     Pathfinder, 128 for Path-X), tokens (256 intensity tokens instead of real values),
     val_fraction, test_fraction, batch_size, num_workers, seed (of the split)."""
 
@@ -58,7 +60,7 @@ class PathfinderDataModule(ClassificationDataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,
         resolution: int = 32,
         tokens: bool = False,
         val_fraction: float = 0.1,
@@ -80,7 +82,7 @@ class PathfinderDataModule(ClassificationDataModule):
 
     def _decoded(self) -> tuple[np.ndarray, np.ndarray]:
         if self._all is None:
-            folder = require_dir(self.data_dir, "Pathfinder data_dir", _HOW)
+            folder = require_dir(self.data_dir or data_root() / "lra_release" / f"pathfinder{self.resolution}" / "curv_contour_length_14", "Pathfinder data_dir", _HOW)
             cache = cache_file("pathfinder", str(folder.resolve()), self.resolution)
             if cache.is_file():
                 with np.load(cache) as z:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..paths import data_root
 from .common import ClassificationDataModule, holdout, require_dir
 
 VOCAB_SIZE = 257
@@ -38,7 +39,7 @@ class LRATextDataModule(ClassificationDataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,
         max_length: int = 4096,
         val_size: int = 0,
         batch_size: int = 16,
@@ -51,7 +52,7 @@ class LRATextDataModule(ClassificationDataModule):
         self.data_dir, self.max_length, self.val_size = data_dir, max_length, val_size
 
     def _read(self, part: str) -> tuple[list[np.ndarray], np.ndarray]:
-        root = require_dir(self.data_dir, "LRA Text (IMDB) data_dir", _HOW_IMDB)
+        root = require_dir(self.data_dir or data_root() / "imdb", "LRA Text (IMDB) data_dir", _HOW_IMDB)
         root = root / "aclImdb" if (root / "aclImdb").is_dir() else root
         seqs, labels = [], []
         for label, sub in ((0, "neg"), (1, "pos")):
@@ -104,7 +105,7 @@ class LRARetrievalDataModule(ClassificationDataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,
         max_length: int = 4000,
         batch_size: int = 64,
         num_workers: int = 0,
@@ -116,6 +117,6 @@ class LRARetrievalDataModule(ClassificationDataModule):
         self.data_dir, self.max_length = data_dir, max_length
 
     def _load(self, split: str):
-        root = require_dir(self.data_dir, "LRA Retrieval (AAN) data_dir", _HOW_AAN)
+        root = require_dir(self.data_dir or data_root() / "lra_release" / "tsv_data", "LRA Retrieval (AAN) data_dir", _HOW_AAN)
         name = {"train": "train", "val": "eval", "test": "test"}[split]
         return read_aan_tsv(root / f"new_aan_pairs.{name}.tsv", self.max_length)
