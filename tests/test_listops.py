@@ -240,6 +240,14 @@ def test_generator_rejects_impossible_settings():
         generate_samples(1, seed=0, min_length=100, max_length=200, max_depth=2, max_args=10)
 
 
+def test_generator_reports_a_window_without_enough_distinct_trees(monkeypatch):
+    # depth 2, two arguments, 3 < tokens < 5: only [OP d d ] fits, 4 * 10 * 10 = 400 distinct trees
+    monkeypatch.setattr(listops, "MAX_CONSECUTIVE_REJECTIONS", 5000)
+    assert len(generate_samples(400, 0, min_length=3, max_length=5, max_depth=2, max_args=2)) == 400
+    with pytest.raises(ValueError, match="stalled after 400 samples"):
+        generate_samples(401, 0, min_length=3, max_length=5, max_depth=2, max_args=2)
+
+
 # ---------------------------------------------------------------------------------- official format
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,6 +242,40 @@ def _check_generator_args(
         )
 
 
+def iter_samples(
+    seed: int,
+    min_length: int = 500,
+    max_length: int = 2000,
+    max_depth: int = 10,
+    max_args: int = 10,
+) -> Iterator[tuple[str, int]]:
+    """Endless distinct ``(source, value)`` pairs with ``min_length < tokens < max_length``.
+
+    Rejection sampling from the LRA distribution; as in LRA, duplicates are dropped, so no sample is in
+    two splits (only a 16-byte digest of each is kept to spot them). Same seed, same samples."""
+    _check_generator_args(0, 0, 0, min_length, max_length, max_depth, max_args)
+    sampler = ListOpsSampler(seed, max_depth, max_args)
+    seen: set[bytes] = set()
+    rejected_in_a_row = 0
+    while True:
+        drawn = sampler.shape(length_limit=max_length)
+        if drawn is not None and drawn[1] > min_length:
+            source, value = sampler.fill(drawn[0])
+            digest = hashlib.blake2b(source.encode(), digest_size=16).digest()
+            if digest not in seen:
+                seen.add(digest)
+                rejected_in_a_row = 0
+                yield source, value
+                continue
+        rejected_in_a_row += 1
+        if rejected_in_a_row >= MAX_CONSECUTIVE_REJECTIONS:
+            raise ValueError(
+                f"ListOps generation stalled after {len(seen)} samples: {MAX_CONSECUTIVE_REJECTIONS} "
+                f"candidates in a row were outside min_length={min_length} < tokens < "
+                f"max_length={max_length} or duplicates; widen the length window"
+            )
+
+
 def generate_samples(
     n_samples: int,
     seed: int,
@@ -249,35 +284,12 @@ def generate_samples(
     max_depth: int = 10,
     max_args: int = 10,
 ) -> list[tuple[str, int]]:
-    """``n_samples`` distinct ``(source, value)`` pairs with ``min_length < tokens < max_length``.
-
-    Rejection sampling from the LRA distribution (as LRA does, duplicates are dropped so no sample is
-    in two splits). The stream is ``random.Random`` seeded from ``seed``: same seed, same samples."""
+    """The first ``n_samples`` of ``iter_samples``."""
     _check_generator_args(n_samples, 0, 0, min_length, max_length, max_depth, max_args)
-    sampler = ListOpsSampler(seed, max_depth, max_args)
-    seen: set[str] = set()
-    samples: list[tuple[str, int]] = []
-    rejected_in_a_row = 0
-    while len(samples) < n_samples:
-        drawn = sampler.shape(length_limit=max_length)
-        if drawn is not None and drawn[1] > min_length:
-            source, value = sampler.fill(drawn[0])
-            if source not in seen:
-                seen.add(source)
-                samples.append((source, value))
-                rejected_in_a_row = 0
-                continue
-        rejected_in_a_row += 1
-        if rejected_in_a_row >= MAX_CONSECUTIVE_REJECTIONS:
-            raise RuntimeError(
-                f"ListOps generation stalled after {len(samples)} of {n_samples} samples: "
-                f"{MAX_CONSECUTIVE_REJECTIONS} candidates in a row were outside "
-                f"{min_length} < tokens < {max_length} or duplicates; widen the length window"
-            )
-    return samples
+    return list(itertools.islice(iter_samples(seed, min_length, max_length, max_depth, max_args), n_samples))
 
 
-def write_tsv(path: str | os.PathLike, rows: Sequence[tuple[str, int]]) -> None:
+def write_tsv(path: str | os.PathLike, rows: Iterable[tuple[str, int]]) -> None:
     """Write rows in the official format: header ``Source<TAB>Target``, CRLF line ends (Python's csv
     writer, which LRA used)."""
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -301,13 +313,11 @@ def generate_listops(
     Defaults are LRA's (96k / 2k / 2k, 500 < tokens < 2,000, depth 10, up to 10 arguments). Returns
     ``out_dir`` as a Path."""
     _check_generator_args(n_train, n_val, n_test, min_length, max_length, max_depth, max_args)
-    samples = generate_samples(n_train + n_val + n_test, seed, min_length, max_length, max_depth, max_args)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val)}
-    bounds["test"] = (n_train + n_val, n_train + n_val + n_test)
-    for split, (start, stop) in bounds.items():
-        write_tsv(out / f"basic_{split}.tsv", samples[start:stop])
+    samples = iter_samples(seed, min_length, max_length, max_depth, max_args)
+    for split, count in (("train", n_train), ("val", n_val), ("test", n_test)):
+        write_tsv(out / f"basic_{split}.tsv", itertools.islice(samples, count))
     return out
 
 
