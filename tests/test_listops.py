@@ -379,3 +379,29 @@ def test_bad_arguments_name_the_argument():
         ListOpsDataModule(min_length=2000, max_length=500)
     with pytest.raises(ValueError, match="split"):
         ListOpsDataModule(data_dir="x").load_split("dev")
+
+
+def test_command_line_writes_the_three_files(tmp_path, capsys):
+    out = listops.main(
+        [
+            "--out",
+            str(tmp_path / "cli"),
+            "--n-train",
+            "30",
+            "--n-val",
+            "5",
+            "--n-test",
+            "5",
+            "--min-length",
+            "20",
+            "--max-length",
+            "120",
+            "--seed",
+            "4",
+        ]
+    )
+    assert out == tmp_path / "cli"
+    assert [len(read_listops_tsv(out / f"basic_{s}.tsv")) for s in ("train", "val", "test")] == [30, 5, 5]
+    assert "wrote 40 samples" in capsys.readouterr().out
+    direct = generate_listops(tmp_path / "direct", 30, 5, 5, seed=4, min_length=20, max_length=120)
+    assert (direct / "basic_test.tsv").read_bytes() == (out / "basic_test.tsv").read_bytes()

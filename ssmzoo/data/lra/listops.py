@@ -126,8 +126,8 @@ class ListOpsSampler:
     filling, because the arguments are i.i.d.; (2) a shape stops growing once it reaches ``max_length``
     tokens, as it would be rejected anyway, and the next shape uses fresh random numbers.
 
-    Shapes and labels come from two ``random.Random`` streams seeded from ``seed``, drawn only with
-    ``random()``, whose sequence Python keeps stable across versions."""
+    Shapes and labels come from two ``random.Random`` streams seeded from ``seed`` and drawn only through
+    ``random()``, the one method whose sequence Python promises to keep for a given seed."""
 
     def __init__(self, seed: int, max_depth: int = 10, max_args: int = 10) -> None:
         self.max_depth = max_depth
