@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -533,6 +534,8 @@ class ListOpsDataModule(LightningDataModule):
         if self._is_complete():
             return
         folder.parent.mkdir(parents=True, exist_ok=True)
+        total = sum(self.generator_args[k] for k in ("n_train", "n_val", "n_test"))
+        rank_zero_info(f"Generating {total} ListOps samples into {folder} (once; later runs reuse them)")
         # Generate into a private folder, then rename: a crash or a concurrent process never leaves a
         # half-written cache behind.
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
