@@ -136,5 +136,7 @@ def test_bad_arguments():
         S4(d_model=4, init="legx")
     with pytest.raises(ValueError, match="step_mode"):
         S4(d_model=4, step_mode="fast")
+    with pytest.raises(ValueError, match="kernel_backend"):
+        S4(d_model=4, kernel_backend="triton")
     with pytest.raises(ValueError, match="dt_min"):
         S4(d_model=4, dt_min=0.1, dt_max=0.01)

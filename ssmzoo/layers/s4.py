@@ -22,6 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..ops import dplr as ops
+from ..ops.cauchy import backend_names as cauchy_backends
 from ..ops.hippo import diagonal_init, nplr
 from .base import SequenceLayer, register, reverse_padded, tag_param
 from .s4d import OutputProjection, fft_conv
@@ -76,6 +77,10 @@ class S4(SequenceLayer):
             raise ValueError(f"S4: init must be one of {', '.join(INITS)}, got {init!r}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"S4: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if kernel_backend not in ("auto", *cauchy_backends()):
+            raise ValueError(
+                f"S4: kernel_backend must be 'auto' or one of {', '.join(cauchy_backends())}, got {kernel_backend!r}"
+            )
         if step_mode not in ("dplr", "dense"):
             raise ValueError(f"S4: step_mode must be 'dplr' or 'dense', got {step_mode!r}")
         self.d_state, self.channels, self.bidirectional, self.init = d_state, channels, bidirectional, init
@@ -124,7 +129,10 @@ class S4(SequenceLayer):
     # -- C̃ and the kernel length ----------------------------------------------------------------
     @torch.no_grad()
     def _ensure_length(self, length: int) -> None:
-        """Make the kernel length >= ``length``: set it on first use, then double (S4 §3.3)."""
+        """Make the kernel length >= ``length``: set it on first use, then double (S4 §3.3).
+
+        This rewrites the parameter C in place (as S4 does), so a longer input between a forward
+        and its backward makes autograd raise its in-place error rather than return wrong gradients."""
         current = int(self.kernel_length)
         if current >= length:
             return

@@ -187,6 +187,11 @@ _AUTO_SKIP = {"cpu": ("keops",), "cuda": ()}
 MATERIALISE_LIMIT = 2**20
 
 
+def backend_names() -> list[str]:
+    """Every backend this op has (usable here or not)."""
+    return list(_dispatch.backends)
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends usable on ``device`` (probing them if needed), in auto's preference order."""
     return _dispatch.names(device)
