@@ -140,3 +140,11 @@ def test_bad_arguments():
         S4(d_model=4, kernel_backend="triton")
     with pytest.raises(ValueError, match="dt_min"):
         S4(d_model=4, dt_min=0.1, dt_max=0.01)
+
+
+def test_step_cache_follows_parameter_updates():
+    x = torch.randn(1, 6, 3, dtype=torch.float64)
+    a, b = _layer(seed=0), _layer(seed=1)
+    _stream(a, x)  # fills a's step cache
+    a.load_state_dict(b.state_dict())  # in-place copies: the cache must notice
+    torch.testing.assert_close(_stream(a, x), _stream(b, x), rtol=1e-10, atol=1e-10)

@@ -171,16 +171,15 @@ def _probe(fn_name: str):
 
 _dispatch = Dispatcher("cauchy")
 # Insertion order is auto's preference order (for inputs too large for the reference).
+# keops runs on CPU too when asked for by name, but auto skips it there: on CPU our C++ kernel is
+# faster (benchmarks/speed/results/s4_kernel.md).
 _dispatch.add(
-    Backend("keops", cauchy_keops, ("cuda",), lambda: importlib.util.find_spec("pykeops") is not None,
+    Backend("keops", cauchy_keops, ("cpu", "cuda"), lambda: importlib.util.find_spec("pykeops") is not None,
             _probe("cauchy_keops"))
 )
 _dispatch.add(Backend("cpp", cauchy_cpp, ("cpu",), lambda: _cpp_module() is not None, _probe("cauchy_cpp")))
 _dispatch.add(Backend("chunked", cauchy_chunked, ("cpu", "cuda")))
 _dispatch.add(Backend("reference", cauchy_reference, ("cpu", "cuda")))
-# keops also runs on CPU when asked for by name (it is slower there than cpp; see
-# benchmarks/speed/results/s4_kernel.md), so it is registered for both device types but auto skips it on CPU.
-_dispatch.backends["keops"].devices = ("cpu", "cuda")
 _AUTO_SKIP = {"cpu": ("keops",), "cuda": ()}
 
 # Below this many complex entries in (..., N, L), auto uses the (fast, simple) reference.
