@@ -74,6 +74,9 @@ def main() -> None:
 
     from ssmzoo.ops import cauchy
 
+    import os
+
+    load_before = os.getloadavg()[0]
     usable = cauchy.available_backends("cpu")
     results: dict[tuple, dict | str] = {}
     for length in args.lengths:
@@ -107,6 +110,9 @@ def main() -> None:
         "",
         f"`auto` on this machine: reference while rows·N/2·(L/2+1) <= {cauchy.MATERIALISE_LIMIT}, "
         f"else {cauchy.auto_backend(10**12, torch.device('cpu'))}; usable here: {', '.join(usable)}.",
+        "",
+        f"Load average (1 min) before / after the run: {load_before:.1f} / {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores; on a shared machine the times are noisy, the peaks much less so.",
         "",
         "| backend | L | fwd ms | fwd peak MB | fwd ratio | fwd+bwd ms | fwd+bwd peak MB | fwd+bwd ratio | note |",
         "|---|---|---|---|---|---|---|---|---|",
