@@ -111,6 +111,17 @@ def nplr(measure: str, n: int, dtype: torch.dtype = torch.complex128) -> DPLR:
     """The DPLR pieces of HiPPO ``measure`` at state size ``n`` (even), computed in float64."""
     if not isinstance(n, int) or n < 2 or n % 2:
         raise ValueError(f"hippo.nplr: the state size n must be an even int >= 2, got {n!r}")
+    # One small eigendecomposition: threads gain nothing, and on a busy machine LAPACK's OpenMP
+    # threads can make it 100x slower (measured: 10 s instead of 0.04 s at n = 256).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _nplr(measure, n, dtype)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _nplr(measure: str, n: int, dtype: torch.dtype) -> DPLR:
     a, b = transition(measure, n)
     p = rank_correction(measure, n)
     normal = a + p.T @ p
