@@ -72,7 +72,7 @@ def _legt_window_error(a: torch.Tensor, b: torch.Tensor) -> float:
     eye = torch.eye(n, dtype=torch.float64)
     a_bar = torch.linalg.solve(eye - dt / 2 * a, eye + dt / 2 * a)
     b_bar = torch.linalg.solve(eye - dt / 2 * a, dt * b)
-    f = lambda t: torch.sin(3 * t) + 0.5 * torch.cos(7 * t)  # noqa: E731
+    f = lambda t: torch.sin(3 * t) + 0.5 * torch.cos(7 * t)
     u = f((torch.arange(steps, dtype=torch.float64) + 0.5) * dt)
     x = torch.zeros(n, dtype=torch.float64)
     for t in range(steps):

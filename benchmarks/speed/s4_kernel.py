@@ -70,11 +70,11 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(ROOT))
+    import os
+
     import torch
 
     from ssmzoo.ops import cauchy
-
-    import os
 
     load_before = os.getloadavg()[0]
     usable = cauchy.available_backends("cpu")
@@ -91,7 +91,7 @@ def main() -> None:
                     results[(backend, length, mode)] = "skipped (>1 GiB per intermediate)"
                     continue
                 cmd = [sys.executable, __file__, "--worker", backend, str(length), mode, "--repeats", str(args.repeats)]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
                 results[(backend, length, mode)] = json.loads(lines[-1]) if proc.returncode == 0 and lines else (
                     f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
@@ -100,19 +100,29 @@ def main() -> None:
     def cell(r, key, fmt):
         return fmt.format(r[key]) if isinstance(r, dict) else "—"
 
+    header = (
+        f"`python benchmarks/speed/s4_kernel.py` — {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU. Time: best of "
+        f"{args.repeats} call(s) (keops after one warm-up call that compiles its formulas). Peak: growth "
+        "of the process's peak RSS over the measured calls, one fresh subprocess per cell. "
+        "Ratio: time / chunked's time (same L, same mode)."
+    )
+    auto = (
+        f"`auto` on this machine: reference while rows·N/2·(L/2+1) <= {cauchy.MATERIALISE_LIMIT}, "
+        f"else {cauchy.auto_backend(10**12, torch.device('cpu'))}; usable here: {', '.join(usable)}."
+    )
+    load = (
+        f"Load average (1 min) before / after the run: {load_before:.1f} / {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores; on a shared machine the times are noisy, the peaks much less so."
+    )
     lines = [
         "# S4 kernel generation (H=256, N=64, LegS, one channel)",
         "",
-        f"`python benchmarks/speed/s4_kernel.py` — {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU. Time: best of "
-        f"{args.repeats} call(s) (keops after one warm-up call that compiles its formulas). Peak: growth of the process's peak RSS over the measured "
-        "calls, one fresh subprocess per cell. Ratio: time / chunked's time (same L, same mode).",
+        header,
         "",
-        f"`auto` on this machine: reference while rows·N/2·(L/2+1) <= {cauchy.MATERIALISE_LIMIT}, "
-        f"else {cauchy.auto_backend(10**12, torch.device('cpu'))}; usable here: {', '.join(usable)}.",
+        auto,
         "",
-        f"Load average (1 min) before / after the run: {load_before:.1f} / {os.getloadavg()[0]:.1f} on "
-        f"{os.cpu_count()} cores; on a shared machine the times are noisy, the peaks much less so.",
+        load,
         "",
         "| backend | L | fwd ms | fwd peak MB | fwd ratio | fwd+bwd ms | fwd+bwd peak MB | fwd+bwd ratio | note |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -20,7 +20,7 @@ Gradients (torch's convention, g the upstream gradient, h = conj(g)):
 from __future__ import annotations
 
 import importlib.util
-from functools import lru_cache
+from functools import cache
 
 import torch
 from einops import rearrange
@@ -94,7 +94,7 @@ def cauchy_cpp(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
 
 
 # -- pykeops -------------------------------------------------------------------------------------
-@lru_cache(maxsize=None)
+@cache
 def _keops_reductions():
     """(forward, backward) Genred reductions; complex numbers as real 2-vectors (re, im)."""
     from pykeops.torch import Genred
