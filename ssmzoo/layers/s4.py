@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from ..ops import dplr as ops
 from ..ops.cauchy import backend_names as cauchy_backends
 from ..ops.hippo import diagonal_init, nplr
-from .base import SequenceLayer, register, reverse_padded, tag_param
-from .s4d import OutputProjection, fft_conv
+from .base import SequenceLayer, register, tag_param
+from .s4d import OutputProjection, ssm_convolution
 
 INITS = ("legs", "legt", "lagt", "fout", "diag-legs", "diag-inv", "diag-lin", "diag-real")
 # Re Λ is parameterised as -exp(log_A_real); LegT/LagT/FouT have Re Λ = 0, kept just inside (S4 does the same).
@@ -109,7 +109,6 @@ class S4(SequenceLayer):
         self.D = nn.Parameter(torch.randn(channels, h))
         self.register_buffer("kernel_length", torch.zeros((), dtype=torch.long))
         self.out = OutputProjection(channels * h, d_model, activation, output, dropout)
-        self._wants_state = False
         self._step_cache: tuple | None = None
 
     # -- parameters as complex tensors ----------------------------------------------------------
@@ -177,32 +176,18 @@ class S4(SequenceLayer):
         return k[:, 0], rearrange(k[:, 1:], "k b h l -> b k h l")
 
     # -- contract -------------------------------------------------------------------------------
-    def forward(
-        self, x: Tensor, state: Tensor | None = None, return_state: bool = False, lengths: Tensor | None = None
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        # The final state costs O(batch · H · L · N²) (a dense scan), so it is computed only when asked.
-        self._wants_state = return_state
-        try:
-            return super().forward(x, state, return_state, lengths)
-        finally:
-            self._wants_state = False
-
     def _forward(self, x: Tensor, state: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
         u = rearrange(x, "b l h -> b h l")
         length = u.shape[-1]
         s = ops.from_real(state) if state is not None else None
         k, k_state = self.kernel(length, s)
-        y = fft_conv(u[:, None], k[: self.channels].to(u.dtype))  # (B, C, H, L)
-        if self.bidirectional:
-            u_rev = rearrange(reverse_padded(x, lengths), "b l h -> b h l")
-            y_rev = fft_conv(u_rev[:, None], k[self.channels :].to(u.dtype))
-            y = y + rearrange(reverse_padded(rearrange(y_rev, "b c h l -> b l c h"), lengths), "b l c h -> b c h l")
+        y = ssm_convolution(x, k, self.channels, lengths)  # (B, C, H, L)
         y = y + self.D[None, :, :, None] * u[:, None]
         if k_state is not None:
             y = y + k_state.to(y.dtype)
 
         new_state = None
-        if self.causal and self._wants_state:
+        if self.causal and self.state_requested:  # the dense final-state scan costs O(B·H·L·N²)
             a_bar, b_bar = self._dense(x.dtype)
             bu = torch.einsum("hn,bhl->bhln", b_bar, u)
             new_state = ops.scan_final_state(a_bar, bu)
