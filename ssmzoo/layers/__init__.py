@@ -12,6 +12,13 @@ from .base import (
     tag_param,
 )
 from .s4d import S4D
+from .spacetime import (
+    ClosedLoopCompanionSSM,
+    CompanionSSM,
+    Differencing,
+    MovingAverageResidual,
+    ShiftSSM,
+)
 
 __all__ = [
     "SequenceLayer",
@@ -24,4 +31,9 @@ __all__ = [
     "set_input_checks",
     "tag_param",
     "S4D",
+    "ClosedLoopCompanionSSM",
+    "CompanionSSM",
+    "Differencing",
+    "MovingAverageResidual",
+    "ShiftSSM",
 ]
