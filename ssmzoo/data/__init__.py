@@ -1,0 +1,1 @@
+"""LightningDataModules: one subpackage per data family (lra/, timeseries/, lm/, synthetic/)."""
