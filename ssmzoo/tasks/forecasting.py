@@ -83,7 +83,7 @@ class ForecastingTask(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         pred = self._accumulate("test", x, y)
-        if len(self._plot_windows) < self.n_plots and batch_idx % 8 == 0:
+        if self.n_plots > 0:  # one candidate window per batch; the plotted ones are spread over them
             self._plot_windows.append((x[0].cpu(), y[0].cpu(), pred[0].detach().cpu()))
 
     def on_test_epoch_end(self) -> None:
@@ -94,7 +94,9 @@ class ForecastingTask(L.LightningModule):
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "test_metrics.json"), "w") as f:
             json.dump(self.test_metrics, f, indent=2)
-        for i, window in enumerate(self._plot_windows):
+        picks = torch.linspace(0, len(self._plot_windows) - 1, min(self.n_plots, len(self._plot_windows)))
+        for i, j in enumerate(picks.round().long().unique().tolist()):
+            window = self._plot_windows[j]
             plot_forecast(*window, os.path.join(out_dir, f"forecast_{i}.png"), title=type(self.model).__name__)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
