@@ -54,7 +54,7 @@ def main() -> None:
                 dm.setup()
                 for name in args.models:
                     model = build_model(name, dm.n_inputs, dm.n_outputs, args.lookback, horizon, args.d_model, args.d_state)
-                    plot_dir = (os.path.join(RESULTS, f"plots_{dataset}_{features}_{name}")
+                    plot_dir = (os.path.join(RESULTS, "plots", f"{dataset}_{features}_{name}")
                                 if horizon == min(args.horizons) else None)
                     r = train_and_test(model, dm, args.epochs, lr[name], plot_dir=plot_dir)
                     row = {"dataset": dataset, "features": features, "horizon": horizon, "model": name, **r}
