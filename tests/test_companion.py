@@ -18,6 +18,7 @@ from ssmzoo.ops.companion import (
     companion_matrix,
 )
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     # tiny shapes on shared cores: one intra-op thread is many times faster than two contended ones

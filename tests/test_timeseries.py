@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from ssmzoo.data.timeseries import ARDataModule, InformerDataModule, generate_ar, random_stable_ar, read_informer_csv
-from ssmzoo.models import LinearForecaster, SSMForecaster, SpaceTime
+from ssmzoo.data.timeseries import (
+    ARDataModule,
+    InformerDataModule,
+    generate_ar,
+    random_stable_ar,
+    read_informer_csv,
+)
+from ssmzoo.models import LinearForecaster, SpaceTime, SSMForecaster
 from ssmzoo.tasks import ForecastingTask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from ssmzoo.ops.companion import c_tilde, companion_kernel, companion_kernel_fft  # noqa: E402
+from ssmzoo.ops.companion import companion_kernel, companion_kernel_fft
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -29,9 +29,9 @@ def timed(method: str, heads: int, d: int, length: int, repeats: int) -> float:
     a = torch.randn(heads, d, generator=g) / d
     b, c = torch.randn(heads, d, generator=g), torch.randn(heads, d, generator=g)
     if method == "fft_learned_c_tilde":  # SpaceTime's parametrisation: c̃ is the parameter
-        run = lambda: companion_kernel_fft(a, b, c, length)  # noqa: E731
+        run = lambda: companion_kernel_fft(a, b, c, length)
     else:  # "fft" also converts c to c̃ = c − (A^ℓ)ᵀc, O(d³ log ℓ)
-        run = lambda: companion_kernel(a, b, c, length, method=method)  # noqa: E731
+        run = lambda: companion_kernel(a, b, c, length, method=method)
     run()  # warm-up
     times = []
     for _ in range(repeats):
@@ -69,7 +69,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     with open(args.out + ".json", "w") as f:
         json.dump({"args": vars(args), "rows": rows}, f, indent=2)
-    ms = lambda v: "—" if v is None else f"{1e3 * v:.2f}"  # noqa: E731
+    ms = lambda v: "—" if v is None else f"{1e3 * v:.2f}"
     with open(args.out + ".md", "w") as f:
         f.write(f"# Companion kernel, {args.heads} kernels, forward, 1 thread (ms, median of {args.repeats})\n\n")
         f.write(f"Command: `python benchmarks/speed/companion.py {' '.join(sys.argv[1:])}`\n\n")

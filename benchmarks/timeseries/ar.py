@@ -21,9 +21,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the checkout's ssmzoo, not an installed copy
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from common import build_model, single_thread, train_and_test  # noqa: E402
+from common import build_model, single_thread, train_and_test
 
-from ssmzoo.data.timeseries import ARDataModule  # noqa: E402
+from ssmzoo.data.timeseries import ARDataModule
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

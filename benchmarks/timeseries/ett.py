@@ -19,9 +19,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the checkout's ssmzoo, not an installed copy
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from common import build_model, single_thread, train_and_test  # noqa: E402
+from common import build_model, single_thread, train_and_test
 
-from ssmzoo.data.timeseries import InformerDataModule  # noqa: E402
+from ssmzoo.data.timeseries import InformerDataModule
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 

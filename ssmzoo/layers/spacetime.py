@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..ops.companion import companion_final_state, companion_kernel, krylov, companion_matrix
+from ..ops.companion import companion_final_state, companion_kernel, companion_matrix, krylov
 from .base import SequenceLayer, register, tag_param
 from .s4d import OutputProjection, fft_conv
 
@@ -92,7 +92,7 @@ class _CompanionConvolution(SequenceLayer):
     def ssm(self) -> tuple[Tensor, Tensor, Tensor]:
         """(a, b, c) each (heads, d_model, d_state): a normalised, kernels repeated over channels."""
         a = capped_a(self.a, self.max_a_norm) if isinstance(self.a, nn.Parameter) else self.a
-        rep = lambda t: t.repeat_interleave(self.kernel_repeat, dim=1)  # noqa: E731
+        rep = lambda t: t.repeat_interleave(self.kernel_repeat, dim=1)
         return rep(a), rep(self.b), rep(self.c)
 
     def kernel(self, length: int) -> Tensor:
