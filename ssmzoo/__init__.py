@@ -1,6 +1,6 @@
 """ssmzoo: long-sequence models under one layer contract."""
 
-from . import layers, optim
+from . import layers, models, optim
 from .layers import (
     S4D,
     ClosedLoopCompanionSSM,
@@ -10,11 +10,13 @@ from .layers import (
     SequenceLayer,
     ShiftSSM,
 )
+from .models import SpaceTime
 
 __version__ = "0.1.0"
 
 __all__ = [
     "layers",
+    "models",
     "optim",
     "S4D",
     "ClosedLoopCompanionSSM",
@@ -23,5 +25,6 @@ __all__ = [
     "MovingAverageResidual",
     "SequenceLayer",
     "ShiftSSM",
+    "SpaceTime",
     "__version__",
 ]
