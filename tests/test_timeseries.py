@@ -17,6 +17,7 @@ from ssmzoo.data.timeseries import (
     generate_ar,
     random_stable_ar,
     read_informer_csv,
+    split_borders,
 )
 from ssmzoo.models import LinearForecaster, SpaceTime, SSMForecaster
 from ssmzoo.tasks import ForecastingTask
@@ -117,6 +118,13 @@ def test_etth1_standard_split():
     x, y = dm.datasets["val"][0]
     np.testing.assert_allclose(x[:, 0].numpy(), (raw[8640 - 336 : 8640] - mean) / std, rtol=1e-5, atol=1e-5)
     assert float(y[0, 0]) == pytest.approx((raw[8640] - mean) / std, abs=1e-5)
+
+
+def test_split_borders():
+    per_month = 30 * 24 * 4  # ETTm: 15-minute rows
+    assert split_borders(69680, 96, "ettm") == [(0, 12 * per_month), (12 * per_month - 96, 16 * per_month),
+                                                (16 * per_month - 96, 20 * per_month)]
+    assert split_borders(1000, 10, "ratio") == [(0, 700), (690, 800), (790, 1000)]
 
 
 # -- AR(p) ---------------------------------------------------------------------------------------
