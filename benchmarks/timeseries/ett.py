@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--val-stride", type=int, default=8)
     p.add_argument("--d-model", type=int, default=16)
     p.add_argument("--d-state", type=int, default=16)
+    p.add_argument("--no-plots", action="store_true", help="skip the forecast plots")
     p.add_argument("--out", default=os.path.join(RESULTS, "ett"))
     args = p.parse_args()
     single_thread()
@@ -55,7 +56,7 @@ def main() -> None:
                 for name in args.models:
                     model = build_model(name, dm.n_inputs, dm.n_outputs, args.lookback, horizon, args.d_model, args.d_state)
                     plot_dir = (os.path.join(RESULTS, "plots", f"{dataset}_{features}_{name}")
-                                if horizon == min(args.horizons) else None)
+                                if horizon == min(args.horizons) and not args.no_plots else None)
                     r = train_and_test(model, dm, args.epochs, lr[name], plot_dir=plot_dir)
                     row = {"dataset": dataset, "features": features, "horizon": horizon, "model": name, **r}
                     rows.append(row)
