@@ -103,6 +103,11 @@ def main() -> None:
     total = time.perf_counter() - start
     with open(args.out + ".json", "w") as f:
         json.dump({"args": vars(args), "total_seconds": total, "rows": rows}, f, indent=2)
+    write_markdown(args, rows, total)
+    print(f"wrote {args.out}.md and .json in {total / 60:.1f} min")
+
+
+def write_markdown(args: argparse.Namespace, rows: list[dict], total: float) -> None:
     with open(args.out + ".md", "w") as f:
         f.write(f"# AR(p) forecasting (lookback {args.lookback}, horizon {args.horizon}): test MSE, z-scored\n\n")
         f.write(f"Command: `python benchmarks/timeseries/ar.py {' '.join(sys.argv[1:])}`  \n")
@@ -115,9 +120,8 @@ def main() -> None:
         f.write(f"\n## One SSM convolution, one-step-ahead (state size p, {args.kernel_steps} full-batch Adam steps)\n\n")
         f.write("| p | oracle (noise variance) | companion SSM | diagonal SSM (S4D) |\n|---|---|---|---|\n")
         for row in rows:
-            f.write(f"| {row['p']} | {row['one_step_oracle']:.3f} | {row['one_step_companion']:.3f} "
-                    f"| {row['one_step_s4d']:.3f} |\n")
-    print(f"wrote {args.out}.md and .json in {total / 60:.1f} min")
+            f.write(f"| {row['p']} | {row['one_step_oracle']:.4f} | {row['one_step_companion']:.4f} "
+                    f"| {row['one_step_s4d']:.4f} |\n")
 
 
 if __name__ == "__main__":
