@@ -7,4 +7,8 @@ D_MODEL = 8
 SMALL_ARGS: dict[str, dict] = {
     "s4": dict(d_state=8),
     "s4d": dict(d_state=8),
+    "companion": dict(d_state=6, heads=2, kernel_repeat=2),
+    "shift": dict(d_state=5, heads=2),
+    "differencing": dict(orders=[0, 1, 2]),
+    "moving_average_residual": dict(windows=[2, 5]),
 }

@@ -1,4 +1,4 @@
-"""LightningDataModules and data generators (imported on first use, see ``lra/__init__.py``)."""
+"""LightningDataModules, one subpackage per data family (lra/, timeseries/, synthetic/); LRA names load on first use."""
 
 from importlib import import_module
 from typing import Any

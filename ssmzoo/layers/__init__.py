@@ -13,6 +13,13 @@ from .base import (
 )
 from .s4 import S4
 from .s4d import S4D
+from .spacetime import (
+    ClosedLoopCompanionSSM,
+    CompanionSSM,
+    Differencing,
+    MovingAverageResidual,
+    ShiftSSM,
+)
 
 __all__ = [
     "SequenceLayer",
@@ -26,4 +33,9 @@ __all__ = [
     "tag_param",
     "S4",
     "S4D",
+    "ClosedLoopCompanionSSM",
+    "CompanionSSM",
+    "Differencing",
+    "MovingAverageResidual",
+    "ShiftSSM",
 ]

@@ -1,0 +1,92 @@
+"""Synthetic AR(p) series: x_t = Σ_{i=1..p} φ_i x_{t−i} + ε_t, ε_t ~ N(0, noise_std²).
+
+Companion SSMs represent any AR(p) exactly; diagonal SSMs cannot (SpaceTime, PAPERS.md)."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from .windows import ForecastWindows
+
+
+def random_stable_ar(p: int, seed: int = 0, min_root: float = 0.5, max_root: float = 0.95) -> np.ndarray:
+    """φ (p,) of a stable AR(p): the characteristic roots are drawn with moduli in [min_root, max_root]
+    (complex ones in conjugate pairs), so the process is stationary."""
+    if not isinstance(p, int) or p < 1:
+        raise ValueError(f"random_stable_ar: p must be a positive int, got {p!r}")
+    if not 0 < min_root <= max_root < 1:
+        raise ValueError(f"random_stable_ar: need 0 < min_root <= max_root < 1, got {min_root}, {max_root}")
+    rng = np.random.default_rng(seed)
+    roots: list[complex] = []
+    while len(roots) < p:
+        r = rng.uniform(min_root, max_root)
+        if p - len(roots) >= 2:
+            angle = rng.uniform(0.05, np.pi - 0.05)
+            roots += [r * np.exp(1j * angle), r * np.exp(-1j * angle)]
+        else:
+            roots.append(r * rng.choice([-1.0, 1.0]))
+    poly = np.real(np.poly(roots))  # z^p + poly[1] z^{p−1} + ... ; x_t = −Σ poly[i] x_{t−i}
+    return -poly[1:]
+
+
+def generate_ar(phi: np.ndarray, length: int, noise_std: float = 1.0, seed: int = 0, burn_in: int = 500) -> np.ndarray:
+    """x (length,) float64 following x_t = Σ φ_i x_{t−i} + ε_t, after a burn-in from zeros."""
+    phi = np.asarray(phi, dtype=np.float64)
+    if phi.ndim != 1 or phi.size < 1:
+        raise ValueError(f"generate_ar: phi must be a non-empty 1-D array, got shape {phi.shape}")
+    if not isinstance(length, int) or length < 1:
+        raise ValueError(f"generate_ar: length must be a positive int, got {length!r}")
+    rng = np.random.default_rng(seed)
+    p, total = phi.size, length + burn_in
+    x = np.zeros(total + p)
+    eps = rng.normal(0.0, noise_std, total)
+    for t in range(total):
+        x[p + t] = phi @ x[t : p + t][::-1] + eps[t]
+    return x[p + burn_in :]
+
+
+class ARDataModule(L.LightningDataModule):
+    """Windows (x (lookback, 1), y (horizon, 1)) of one AR(p) series split 70/10/20 in time,
+    z-scored with train statistics (like the Informer loader, so metrics are comparable).
+
+    Args:
+        p: the order; the coefficients are :func:`random_stable_ar` (p, seed).
+        length: series length.
+        lookback, horizon: window lengths.
+        noise_std: innovation std.
+        seed: seeds the coefficients and the noise.
+        batch_size, train_stride: as in InformerDataModule.
+    """
+
+    def __init__(self, p: int = 8, length: int = 6000, lookback: int = 64, horizon: int = 16,
+                 noise_std: float = 1.0, seed: int = 0, batch_size: int = 64, train_stride: int = 1) -> None:
+        super().__init__()
+        self.phi = random_stable_ar(p, seed)
+        self.p, self.lookback, self.horizon, self.batch_size = p, lookback, horizon, batch_size
+        series = generate_ar(self.phi, length, noise_std, seed + 1)
+        n_train, n_test = int(length * 0.7), int(length * 0.2)
+        stops = [n_train, length - n_test, length]
+        starts = [0, stops[0] - lookback, stops[1] - lookback]
+        self.mean, self.std = series[:n_train].mean(), series[:n_train].std()
+        self.noise_std = noise_std
+        scaled = ((series - self.mean) / self.std)[:, None]
+        strides = {"train": train_stride, "val": 1, "test": 1}
+        self.datasets = {
+            name: ForecastWindows(scaled[a:b], lookback, horizon, [0], [0], strides[name])
+            for name, a, b in zip(("train", "val", "test"), starts, stops)
+        }
+        self.n_inputs = self.n_outputs = 1
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

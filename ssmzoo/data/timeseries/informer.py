@@ -1,0 +1,193 @@
+"""Informer-format CSVs (ETTh1/2, ETTm1/2, ECL, Weather, ...): a `date` column, then numeric channels.
+
+Splits follow Informer (Zhou et al., AAAI 2021; see shared/data/ETT-small/README.md):
+- ``etth``: train = first 12 months of hours (8,640 rows), val = next 4 months, test = next 4;
+- ``ettm``: the same months at 15-minute steps (4× the rows);
+- ``ratio``: 70% / 10% / 20% (Informer's "custom" datasets);
+each split after the first starts ``lookback`` rows early so its first window has a full history.
+Values are z-scored with the mean and std of the train split only; metrics use scaled values.
+
+Feature modes: ``M`` all channels in, all out; ``S`` the target in and out; ``MS`` all in, the
+target out. The target is always the last input channel (as in Informer's loader).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from .windows import ForecastWindows
+
+Split = Literal["auto", "etth", "ettm", "ratio"]
+
+
+@dataclass
+class InformerTable:
+    """The parsed CSV: ``columns`` (channel names, target last) and ``values`` (time, channels) float64."""
+
+    columns: list[str]
+    values: np.ndarray
+    dates: list[str]
+
+
+def read_informer_csv(path: str, target: str) -> InformerTable:
+    """Read an Informer-format CSV; the channels come back with ``target`` moved last.
+
+    Raises FileNotFoundError naming the path, and ValueError for a missing date or target column,
+    a ragged row or a non-numeric value (naming the row and column)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"Informer CSV not found at {os.path.abspath(path)}; pass the path to e.g. ETTh1.csv "
+            "(the ETT files come from github.com/zhouhaoyi/ETDataset, folder ETT-small)"
+        )
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise ValueError(f"{path}: the file is empty; expected a header `date,<channels...>`")
+    header = [h.strip() for h in rows[0]]
+    if "date" not in header:
+        raise ValueError(f"{path}: missing column 'date'; the header is {header}")
+    if target not in header:
+        raise ValueError(f"{path}: missing target column {target!r}; the header is {header}")
+    date_col = header.index("date")
+    channels = [h for i, h in enumerate(header) if i != date_col and h != target] + [target]
+    order = [header.index(h) for h in channels]
+    values = np.empty((len(rows) - 1, len(channels)), dtype=np.float64)
+    dates = []
+    for r, row in enumerate(rows[1:]):
+        line = r + 2  # 1-based, after the header
+        if len(row) != len(header):
+            raise ValueError(f"{path}: line {line} has {len(row)} fields, the header has {len(header)}")
+        dates.append(row[date_col])
+        for j, col in enumerate(order):
+            try:
+                values[r, j] = float(row[col])
+            except ValueError:
+                raise ValueError(
+                    f"{path}: line {line}, column {header[col]!r}: {row[col]!r} is not a number"
+                ) from None
+    if not np.isfinite(values).all():
+        bad = np.argwhere(~np.isfinite(values))[0]
+        raise ValueError(f"{path}: line {bad[0] + 2}, column {channels[bad[1]]!r} is NaN or infinite")
+    return InformerTable(columns=channels, values=values, dates=dates)
+
+
+def split_borders(n_rows: int, lookback: int, split: Literal["etth", "ettm", "ratio"]) -> list[tuple[int, int]]:
+    """[(start, stop)] row ranges of train, val and test, each later one starting lookback rows early."""
+    if split in ("etth", "ettm"):
+        per_month = 30 * 24 * (4 if split == "ettm" else 1)
+        train, val, test = 12 * per_month, 4 * per_month, 4 * per_month
+        if n_rows < train + val + test:
+            raise ValueError(
+                f"split={split!r} needs {train + val + test} rows (12 + 4 + 4 months), the file has {n_rows}; "
+                "use split='ratio' for other lengths"
+            )
+        stops = [train, train + val, train + val + test]
+    elif split == "ratio":
+        train, test = int(n_rows * 0.7), int(n_rows * 0.2)
+        stops = [train, n_rows - test, n_rows]
+    else:
+        raise ValueError(f"split must be 'auto', 'etth', 'ettm' or 'ratio', got {split!r}")
+    starts = [0, stops[0] - lookback, stops[1] - lookback]
+    return list(zip(starts, stops))
+
+
+class InformerDataModule(L.LightningDataModule):
+    """Lookback/horizon windows from an Informer-format CSV; batches are (x, y) with
+    x (batch, lookback, n_inputs) and y (batch, horizon, n_outputs), z-scored with train statistics.
+
+    Args:
+        path: the CSV (e.g. /work/shared/data/ETT-small/ETTh1.csv).
+        features: "M", "S" or "MS" (see the module docstring).
+        target: the target column (ETT: "OT").
+        lookback, horizon: window lengths.
+        split: "etth", "ettm", "ratio", or "auto" (from the file name: ETTh*, ETTm*, else ratio).
+        batch_size: training batch size (evaluation uses the same).
+        train_stride: keep every train_stride-th training window (1: all of them), to fit a CPU budget.
+        val_stride: the same for validation; the test split always uses every window.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        features: Literal["M", "S", "MS"] = "S",
+        target: str = "OT",
+        lookback: int = 336,
+        horizon: int = 96,
+        split: Split = "auto",
+        batch_size: int = 32,
+        train_stride: int = 1,
+        val_stride: int = 1,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if features not in ("M", "S", "MS"):
+            raise ValueError(f"InformerDataModule: features must be 'M', 'S' or 'MS', got {features!r}")
+        for arg, v in (("lookback", lookback), ("horizon", horizon), ("batch_size", batch_size),
+                       ("train_stride", train_stride), ("val_stride", val_stride)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"InformerDataModule: {arg} must be a positive int, got {v!r}")
+        if split == "auto":
+            name = os.path.basename(path)
+            split = "etth" if name.startswith("ETTh") else "ettm" if name.startswith("ETTm") else "ratio"
+        self.path, self.features, self.target = path, features, target
+        self.lookback, self.horizon, self.split = lookback, horizon, split
+        self.batch_size, self.train_stride, self.val_stride = batch_size, train_stride, val_stride
+        self.num_workers = num_workers
+        self.datasets: dict[str, ForecastWindows] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        table = read_informer_csv(self.path, self.target)
+        borders = split_borders(len(table.values), self.lookback, self.split)
+        for name, (start, stop) in zip(("train", "val", "test"), borders):
+            if stop - start < self.lookback + self.horizon:
+                raise ValueError(
+                    f"{self.path}: the {name} split has {stop - start} rows (rows {start}..{stop}), fewer than "
+                    f"lookback + horizon = {self.lookback + self.horizon}"
+                )
+        train_start, train_stop = borders[0]
+        self.mean = table.values[train_start:train_stop].mean(0)
+        self.std = table.values[train_start:train_stop].std(0)
+        self.std[self.std == 0] = 1.0  # a constant channel stays zero after centring
+        scaled = (table.values - self.mean) / self.std
+        n = len(table.columns)
+        self.columns = table.columns
+        self.input_columns = list(range(n)) if self.features in ("M", "MS") else [n - 1]
+        self.output_columns = list(range(n)) if self.features == "M" else [n - 1]
+        strides = {"train": self.train_stride, "val": self.val_stride, "test": 1}
+        for name, (start, stop) in zip(("train", "val", "test"), borders):
+            self.datasets[name] = ForecastWindows(scaled[start:stop], self.lookback, self.horizon,
+                                                  self.input_columns, self.output_columns, strides[name])
+
+    @property
+    def n_inputs(self) -> int:
+        self.setup()
+        return len(self.input_columns)
+
+    @property
+    def n_outputs(self) -> int:
+        self.setup()
+        return len(self.output_columns)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

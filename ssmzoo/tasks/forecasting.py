@@ -1,0 +1,128 @@
+"""Forecasting as a LightningModule: any Forecaster, MSE and MAE on the scaled values, and at the
+end of a test run PNG plots of forecasts against the truth (matplotlib, imported only then)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from ..models.forecaster import Forecaster
+from ..optim import param_groups
+
+
+class ForecastingTask(L.LightningModule):
+    """Args:
+        model: a Forecaster (x (batch, lookback, n_inputs) -> (batch, horizon, n_outputs)) whose
+            ``loss(x, y)`` is the training objective.
+        lr, weight_decay: AdamW settings (SSM parameters keep their tagged settings).
+        plot_dir: where test plots and test metrics (JSON) go; None: the trainer's log_dir, if any.
+        n_plots: how many test windows to plot (spread over the test split).
+    """
+
+    def __init__(self, model: Forecaster, lr: float = 1e-3, weight_decay: float = 0.0,
+                 plot_dir: str | None = None, n_plots: int = 2) -> None:
+        super().__init__()
+        if not isinstance(model, Forecaster):
+            raise ValueError(f"ForecastingTask: model must be a ssmzoo Forecaster, got {type(model).__name__}")
+        self.model, self.lr, self.weight_decay = model, lr, weight_decay
+        self.plot_dir, self.n_plots = plot_dir, n_plots
+        self._sums: dict[str, Tensor] = {}
+        self._plot_windows: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.test_metrics: dict[str, float] = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def _check_batch(self, x: Tensor, y: Tensor) -> None:
+        m = self.model
+        if y.dim() != 3 or tuple(y.shape[1:]) != (m.horizon, m.n_outputs):
+            raise ValueError(
+                f"ForecastingTask: targets have shape {tuple(y.shape)}, the model forecasts "
+                f"(batch, horizon={m.horizon}, n_outputs={m.n_outputs}); make the data module's "
+                "horizon and feature mode match the model"
+            )
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        self._check_batch(x, y)
+        loss = self.model.loss(x, y)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    # MSE/MAE are averaged over every forecast value of the split, as in Informer's evaluation.
+    def _accumulate(self, split: str, x: Tensor, y: Tensor) -> Tensor:
+        self._check_batch(x, y)
+        pred = self(x)
+        err = pred - y
+        sums = self._sums.setdefault(split, torch.zeros(3, dtype=torch.float64))
+        sums += torch.stack([err.pow(2).sum(), err.abs().sum(), torch.tensor(float(err.numel()))]).double().cpu()
+        return pred
+
+    def _finish(self, split: str) -> dict[str, float]:
+        sums = self._sums.pop(split, None)
+        if sums is None:
+            return {}
+        metrics = {"mse": float(sums[0] / sums[2]), "mae": float(sums[1] / sums[2])}
+        for k, v in metrics.items():
+            self.log(f"{split}/{k}", v, prog_bar=split == "val")
+        return metrics
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._accumulate("val", *batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._plot_windows = []
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        pred = self._accumulate("test", x, y)
+        if self.n_plots > 0:  # one candidate window per batch; the plotted ones are spread over them
+            self._plot_windows.append((x[0].cpu(), y[0].cpu(), pred[0].detach().cpu()))
+
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics = self._finish("test")
+        out_dir = self.plot_dir or (self.trainer.log_dir if self.trainer is not None else None)
+        if out_dir is None or not self._plot_windows:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "test_metrics.json"), "w") as f:
+            json.dump(self.test_metrics, f, indent=2)
+        picks = torch.linspace(0, len(self._plot_windows) - 1, min(self.n_plots, len(self._plot_windows)))
+        for i, j in enumerate(picks.round().long().unique().tolist()):
+            window = self._plot_windows[j]
+            plot_forecast(*window, os.path.join(out_dir, f"forecast_{i}.png"), title=type(self.model).__name__)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = param_groups(self.model, self.lr, self.weight_decay)
+        for g in groups:
+            g.pop("names", None)
+        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+
+
+def plot_forecast(x: Tensor, y: Tensor, pred: Tensor, path: str, title: str = "") -> None:
+    """One PNG: the last output channel's history, true future and forecast (scaled values)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lookback, horizon = x.shape[0], y.shape[0]
+    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=80)
+    ax.plot(range(lookback), x[:, -1].numpy(), color="0.5", lw=1, label="history")
+    future = range(lookback, lookback + horizon)
+    ax.plot(future, y[:, -1].numpy(), color="k", lw=1, label="truth")
+    ax.plot(future, pred[:, -1].numpy(), color="tab:red", lw=1.2, label="forecast")
+    ax.set_xlabel("time step")
+    ax.set_ylabel("scaled value")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,172 @@
+"""The companion kernel k_l = cᵀAˡb three ways (matrix powers, Krylov squaring, FFT/Sherman–Morrison)
+against each other and against independent closed forms, forward and backward, in float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ssmzoo.layers.spacetime import ClosedLoopCompanionSSM, capped_a
+from ssmzoo.ops.companion import (
+    c_tilde,
+    companion_final_state,
+    companion_kernel,
+    companion_kernel_fft,
+    companion_kernel_krylov,
+    companion_kernel_reference,
+    companion_matrix,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny shapes on shared cores: one intra-op thread is many times faster than two contended ones
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SHAPES = [(1, 1), (1, 9), (3, 1), (4, 2), (5, 7), (16, 5), (8, 64), (33, 100), (12, 13)]
+
+
+def rand(*shape, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def test_companion_matrix_is_shift_plus_last_column():
+    a = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    expected = torch.tensor([[0, 0, 0.1], [1, 0, 0.2], [0, 1, 0.3]], dtype=torch.float64)
+    torch.testing.assert_close(companion_matrix(a), expected)
+
+
+def test_reference_matches_a_plain_recurrence():
+    # x_t = A x_{t−1} + b δ_t, y_t = cᵀx_t is the impulse response: simulate it element by element
+    d, length = 4, 11
+    a, b, c = rand(d, seed=1, scale=0.4), rand(d, seed=2), rand(d, seed=3)
+    x = np.zeros(d)
+    out = []
+    for t in range(length):
+        new = np.zeros(d)
+        new[1:] = x[:-1]
+        new += a.numpy() * x[-1] + (b.numpy() if t == 0 else 0)
+        x = new
+        out.append(c.numpy() @ x)
+    torch.testing.assert_close(companion_kernel_reference(a, b, c, length), torch.tensor(out), rtol=1e-12, atol=1e-12)
+
+
+def test_scalar_case_is_geometric():
+    a, b, c = (torch.tensor([v], dtype=torch.float64) for v in (0.7, 2.0, 3.0))
+    expected = 6.0 * 0.7 ** torch.arange(10, dtype=torch.float64)
+    for method in ("reference", "krylov", "fft"):
+        torch.testing.assert_close(companion_kernel(a, b, c, 10, method=method), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("d,length", SHAPES)
+def test_three_ways_agree(d, length):
+    a = capped_a(rand(3, d, seed=d), 0.99)
+    b, c = rand(3, d, seed=d + 1), rand(2, 1, d, seed=d + 2)  # broadcast c over a's batch
+    ref = companion_kernel_reference(a, b, c, length)
+    assert ref.shape == (2, 3, length)
+    torch.testing.assert_close(companion_kernel_krylov(a, b, c, length), ref, rtol=0, atol=1e-8)
+    torch.testing.assert_close(companion_kernel(a, b, c, length, method="fft"), ref, rtol=0, atol=1e-8)
+
+
+def test_unnormalised_a_still_agrees():
+    d, length = 6, 20
+    a, b, c = rand(d, seed=5), rand(d, seed=6), rand(d, seed=7)  # ||a||_1 > 1: growing kernels
+    ref = companion_kernel_reference(a, b, c, length)
+    torch.testing.assert_close(companion_kernel(a, b, c, length), ref, rtol=1e-8, atol=1e-8)
+
+
+def test_learned_c_tilde_form():
+    # the FFT algorithm takes c̃; feeding c̃ = c − (A^ℓ)ᵀc reproduces cᵀAˡb, feeding c itself does not
+    d, length = 5, 8
+    a, b, c = rand(d, seed=8, scale=0.3), rand(d, seed=9), rand(d, seed=10)
+    ref = companion_kernel_reference(a, b, c, length)
+    torch.testing.assert_close(companion_kernel_fft(a, b, c_tilde(a, c, length), length), ref, rtol=0, atol=1e-10)
+    assert (companion_kernel_fft(a, b, c, length) - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("method", ["krylov", "fft"])
+def test_gradients_agree(method):
+    d, length = 7, 19
+    params = [capped_a(rand(2, d, seed=11), 0.9), rand(2, d, seed=12), rand(2, d, seed=13)]
+    weights = rand(2, length, seed=14)
+    grads = []
+    for m in ("reference", method):
+        leaves = [p.clone().requires_grad_() for p in params]
+        (companion_kernel(*leaves, length, method=m) * weights).sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for g_ref, g in zip(*grads):
+        torch.testing.assert_close(g, g_ref, rtol=1e-8, atol=1e-8)
+
+
+def test_bad_arguments():
+    a = rand(4)
+    with pytest.raises(ValueError, match="state size"):
+        companion_kernel(a, rand(5), rand(4), 3)
+    with pytest.raises(ValueError, match="length"):
+        companion_kernel(a, a, a, 0)
+    with pytest.raises(ValueError, match="method"):
+        companion_kernel(a, a, a, 3, method="magic")
+
+
+@pytest.mark.parametrize("d,length", [(1, 1), (4, 1), (4, 3), (5, 9), (8, 30)])
+def test_final_state_matches_the_recurrence(d, length):
+    a, b = rand(2, d, seed=20, scale=0.3), rand(2, d, seed=21)
+    u, s = rand(3, 2, length, seed=22), rand(3, 2, d, seed=23)
+    A = companion_matrix(a)
+    x, ws = s.clone(), []
+    for t in range(length):
+        x = (A @ x[..., None])[..., 0] + b * u[..., t : t + 1]
+        ws.append(x[..., -1])
+    torch.testing.assert_close(companion_final_state(a, b, u, torch.stack(ws, -1), s), x, rtol=1e-10, atol=1e-10)
+
+
+def test_capped_a_keeps_eigenvalues_inside_the_unit_disk():
+    a = capped_a(rand(50, 8, seed=30, scale=3.0), 0.99)
+    assert (a.abs().sum(-1) <= 0.99 + 1e-12).all()
+    assert torch.linalg.eigvals(companion_matrix(a)).abs().max() < 1
+    small = rand(8, seed=31, scale=0.01)
+    torch.testing.assert_close(capped_a(small, 0.99), small)  # already inside: untouched
+
+
+def test_closed_loop_rollout_matches_explicit_recurrence():
+    torch.manual_seed(0)
+    dec = ClosedLoopCompanionSSM(d_model=3, d_state=5, horizon=7).double()
+    with torch.no_grad():
+        dec.k.mul_(30)  # make the feedback matter
+    u = rand(2, 9, 3, seed=40)
+    out = dec(u)
+    a = capped_a(dec.a, dec.max_a_norm).detach()
+    A = companion_matrix(a)
+    b, c, k = dec.b.detach(), dec.c.detach(), dec.k.detach()
+    x = torch.zeros(2, 3, 5, dtype=torch.float64)
+    for t in range(9):  # open loop over the lag
+        x = torch.einsum("hij,bhj->bhi", A, x) + b * u[:, t, :, None]
+        torch.testing.assert_close(out.lag_output[:, t], (c * x).sum(-1), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(out.input_prediction[:, t], (k * x).sum(-1), rtol=1e-9, atol=1e-9)
+    for h in range(7):  # closed loop: the next input is kᵀx
+        torch.testing.assert_close(out.forecast[:, h], (c * x).sum(-1), rtol=1e-9, atol=1e-9)
+        x = torch.einsum("hij,bhj->bhi", A, x) + b * (k * x).sum(-1, keepdim=True)
+
+
+def test_closed_loop_companion_represents_any_ar_process():
+    # a = 0, b = e_1 makes the state the last d inputs; c = k = φ then rolls the AR(p) recursion
+    phi = torch.tensor([0.5, -0.3, 0.2, 0.25], dtype=torch.float64)
+    p, horizon = 4, 12
+    dec = ClosedLoopCompanionSSM(d_model=1, d_state=p, horizon=horizon, max_a_norm=None).double()
+    with torch.no_grad():
+        dec.a.zero_()
+        dec.b.zero_()
+        dec.b[0, 0] = 1
+        dec.c.copy_(phi[None])
+        dec.k.copy_(phi[None])
+    history = rand(1, 10, 1, seed=50)
+    series = history[0, :, 0].tolist()
+    for _ in range(horizon):
+        series.append(float(phi @ torch.tensor(series[-1 : -p - 1 : -1], dtype=torch.float64)))
+    torch.testing.assert_close(dec(history).forecast[0, :, 0], torch.tensor(series[10:], dtype=torch.float64))
