@@ -2,6 +2,7 @@
 
 Backends, in ``auto``'s preference order:
 - ``cpp``: our C++ CPU kernel (csrc/selective_scan_cpu.cpp, bound in cpu.py), built on first use;
+- ``chunked``: plain PyTorch, closed form within chunks, chunks chained and checkpointed (chunked.py);
 - ``reference``: the sequential oracle (reference.py).
 """
 
@@ -12,6 +13,7 @@ from torch import Tensor
 
 from ..dispatch import Backend, Dispatcher
 from .checks import check_selective_scan_args
+from .chunked import selective_scan_chunked
 from .reference import selective_scan_reference
 
 
@@ -45,6 +47,7 @@ def _cpp_available() -> bool:
 
 dispatch = Dispatcher("selective_scan")
 dispatch.add(Backend("cpp", _cpp, ("cpu",), available=_cpp_available, probe=_probe(_cpp)))
+dispatch.add(Backend("chunked", selective_scan_chunked, ("cpu", "cuda")))
 dispatch.add(Backend("reference", selective_scan_reference, ("cpu", "cuda")))
 
 
@@ -75,4 +78,4 @@ def selective_scan(
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
 
 
-__all__ = ["selective_scan", "selective_scan_reference", "dispatch"]
+__all__ = ["selective_scan", "selective_scan_reference", "selective_scan_chunked", "dispatch"]
