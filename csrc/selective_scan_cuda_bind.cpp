@@ -3,7 +3,8 @@
 // (selective_scan_cpu.cpp), so ssmzoo/ops/selective_scan/kernel.py drives both; the gradients that
 // the CPU kernel returns as partial sums come back here already reduced, with a leading axis of 1.
 #include <torch/extension.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 
 #include <vector>
 
@@ -31,7 +32,7 @@ std::vector<at::Tensor> forward(at::Tensor u, at::Tensor delta, at::Tensor A, at
                                u.data_ptr(), delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(),
                                Dskip.data_ptr(), opt(z), bias.data_ptr(), h0.data_ptr(),
                                y.data_ptr(), final_state.data_ptr(), checkpoints.data_ptr()};
-  void* stream = at::cuda::getCurrentCUDAStream().stream();
+  void* stream = c10::cuda::getCurrentCUDAStream().stream();
   if (u.scalar_type() == at::kFloat) {
     check(ssmzoo_selective_scan_forward_f32(&p, stream), "forward");
   } else {
@@ -63,7 +64,7 @@ std::vector<at::Tensor> backward(at::Tensor u, at::Tensor delta, at::Tensor A, a
                                 du.data_ptr(), ddelta.data_ptr(), z.numel() > 0 ? dz.data_ptr() : nullptr,
                                 dA.data_ptr(), dB.data_ptr(), dC.data_ptr(), dD.data_ptr(), dbias.data_ptr(),
                                 dh0.data_ptr(), workspace.data_ptr()};
-  void* stream = at::cuda::getCurrentCUDAStream().stream();
+  void* stream = c10::cuda::getCurrentCUDAStream().stream();
   if (u.scalar_type() == at::kFloat) {
     check(ssmzoo_selective_scan_backward_f32(&p, stream), "backward");
   } else {
