@@ -4,7 +4,7 @@ Same shapes for all (batch 4, D = 256, N = 16: Mamba with d_model 128), forward 
 Repetitions are interleaved across implementations and the median is reported (the machine is
 shared); ratios are mambapy's time over ours, from this one run.
 
-    python benchmarks/speed/selective_scan.py [--lengths 1024 4096] [--repeats 5]
+    python benchmarks/speed/selective_scan.py [--lengths 1024 4096] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -77,9 +77,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--d-inner", type=int, default=256)
     parser.add_argument("--d-state", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared machine, OpenMP barriers of many small "
+                             "ops stall under oversubscription, which would distort the ratios)")
     parser.add_argument("--reference-max-length", type=int, default=1024,
                         help="skip the (slow, sequential Python) reference above this length")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     candidates = {name: ours(name) for name in ("cpp", "chunked", "reference") if name in dispatch.names("cpu")}
     try:
@@ -118,7 +122,8 @@ def main() -> None:
             print(row, flush=True)
             lines.append(row)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n\nReproduce: `python benchmarks/speed/selective_scan.py`\n")
+    command = "python benchmarks/speed/selective_scan.py " + " ".join(sys.argv[1:])
+    RESULTS.write_text("\n".join(lines) + f"\n\nReproduce: `{command.strip()}`\n")
     print("\n".join(lines))
 
 

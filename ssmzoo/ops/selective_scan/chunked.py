@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .reference import expand_input_matrix
 
-CHUNK = 64
+CHUNK = 16
 
 
 def associative_scan(a: Tensor, x: Tensor) -> Tensor:
