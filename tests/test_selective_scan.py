@@ -31,13 +31,13 @@ def make_inputs(batch=2, d_inner=4, d_state=3, length=7, bc="time", groups=2, dt
 
     shapes = {"const": (d_inner, d_state), "time": (batch, d_state, length),
               "group": (batch, groups, d_state, length)}
-    args = dict(
-        u=rnd(batch, d_inner, length),
-        delta=rnd(batch, d_inner, length, scale=0.5),
-        A=-torch.rand(d_inner, d_state, generator=g, dtype=dtype) * 2 - 0.1,
-        B=rnd(*shapes[bc]),
-        C=rnd(*shapes[bc]),
-    )
+    args = {
+        "u": rnd(batch, d_inner, length),
+        "delta": rnd(batch, d_inner, length, scale=0.5),
+        "A": -torch.rand(d_inner, d_state, generator=g, dtype=dtype) * 2 - 0.1,
+        "B": rnd(*shapes[bc]),
+        "C": rnd(*shapes[bc]),
+    }
     if with_all:
         args.update(D=rnd(d_inner), z=rnd(batch, d_inner, length), delta_bias=rnd(d_inner, scale=0.3),
                     initial_state=rnd(batch, d_inner, d_state))
@@ -89,12 +89,12 @@ def run_and_grads(fn_kwargs, backend, with_state_grad=True):
 
 
 CASES = [
-    dict(length=1),
-    dict(length=7),
-    dict(length=37, bc="group", groups=2),
-    dict(length=20, bc="const"),
-    dict(length=13, bc="group", groups=4, d_inner=8),
-    dict(length=150, batch=1, d_inner=3, bc="time"),  # several checkpoint chunks, the last one partial
+    {"length": 1},
+    {"length": 7},
+    {"length": 37, "bc": "group", "groups": 2},
+    {"length": 20, "bc": "const"},
+    {"length": 13, "bc": "group", "groups": 4, "d_inner": 8},
+    {"length": 150, "batch": 1, "d_inner": 3, "bc": "time"},  # several checkpoint chunks, the last one partial
 ]
 
 
@@ -105,7 +105,7 @@ def compare(backend, kwargs, dtype, rtol, atol, with_all=True, device="cpu"):
     torch.testing.assert_close(y1, y0, rtol=rtol, atol=atol)
     torch.testing.assert_close(h1, h0, rtol=rtol, atol=atol)
     for name in g0:
-        torch.testing.assert_close(g1[name], g0[name], rtol=rtol, atol=atol, msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(g1[name], g0[name], rtol=rtol, atol=atol, msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -117,13 +117,13 @@ def test_backend_matches_reference_float64(backend, case):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_backend_matches_reference_float32(backend):
     # mamba-ssm's fp32 tolerances for the selective scan.
-    compare(backend, dict(batch=2, d_inner=6, d_state=16, length=70, bc="group", groups=3), torch.float32,
+    compare(backend, {"batch": 2, "d_inner": 6, "d_state": 16, "length": 70, "bc": "group", "groups": 3}, torch.float32,
             rtol=6e-4, atol=2e-3)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_backend_without_optional_arguments(backend):
-    compare(backend, dict(length=9), torch.float64, rtol=1e-9, atol=1e-9, with_all=False)
+    compare(backend, {"length": 9}, torch.float64, rtol=1e-9, atol=1e-9, with_all=False)
 
 
 def test_bad_arguments_raise_value_error():
@@ -147,7 +147,7 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
         pytest.skip("nvcc is not on PATH")
     cmd = [nvcc, "-c", "-arch=sm_90", "-I", str(ROOT / "csrc"), str(ROOT / "csrc" / "selective_scan_cuda.cu"),
            "-o", str(tmp_path / "selective_scan_cuda.o")]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert done.returncode == 0, f"nvcc failed:\n{done.stderr}"
     assert (tmp_path / "selective_scan_cuda.o").stat().st_size > 0
 
@@ -173,7 +173,8 @@ def test_triton_matches_reference_under_interpreter():
     pytest.importorskip("triton")
     code = TRITON_CHECK.format(root=str(ROOT), tests=str(ROOT / "tests"))
     env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
+                          timeout=600)
     assert done.returncode == 0, f"triton check failed:\n{done.stdout}\n{done.stderr}"
     assert "all match" in done.stdout
 

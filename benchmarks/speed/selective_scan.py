@@ -28,14 +28,14 @@ RESULTS = Path(__file__).parent / "results" / "selective_scan.md"
 
 def make_inputs(batch: int, d_inner: int, d_state: int, length: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return dict(
-        u=torch.randn(batch, d_inner, length, generator=g),
-        delta=torch.randn(batch, d_inner, length, generator=g) * 0.5 - 1.0,
-        A=-torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1),  # S4D-real init
-        B=torch.randn(batch, d_state, length, generator=g),
-        C=torch.randn(batch, d_state, length, generator=g),
-        D=torch.ones(d_inner),
-    )
+    return {
+        "u": torch.randn(batch, d_inner, length, generator=g),
+        "delta": torch.randn(batch, d_inner, length, generator=g) * 0.5 - 1.0,
+        "A": -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1),  # S4D-real init
+        "B": torch.randn(batch, d_state, length, generator=g),
+        "C": torch.randn(batch, d_state, length, generator=g),
+        "D": torch.ones(d_inner),
+    }
 
 
 def ours(backend: str):
@@ -48,10 +48,10 @@ def ours(backend: str):
 
 def mambapy_layout(x: dict) -> dict:
     """mambapy's own layouts (batch, L, D) / (batch, L, N), prepared outside the timed region."""
-    return dict(u=rearrange(x["u"], "b d l -> b l d").contiguous(),
-                delta=rearrange(x["delta"], "b d l -> b l d").contiguous(), A=x["A"],
-                B=rearrange(x["B"], "b n l -> b l n").contiguous(),
-                C=rearrange(x["C"], "b n l -> b l n").contiguous(), D=x["D"])
+    return {"u": rearrange(x["u"], "b d l -> b l d").contiguous(),
+                "delta": rearrange(x["delta"], "b d l -> b l d").contiguous(), "A": x["A"],
+                "B": rearrange(x["B"], "b n l -> b l n").contiguous(),
+                "C": rearrange(x["C"], "b n l -> b l n").contiguous(), "D": x["D"]}
 
 
 def mambapy_scan(x: dict) -> torch.Tensor:

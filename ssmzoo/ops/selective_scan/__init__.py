@@ -93,4 +93,4 @@ def selective_scan(
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
 
 
-__all__ = ["selective_scan", "selective_scan_reference", "selective_scan_chunked", "dispatch"]
+__all__ = ["dispatch", "selective_scan", "selective_scan_chunked", "selective_scan_reference"]

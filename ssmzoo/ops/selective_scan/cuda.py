@@ -5,7 +5,7 @@ with a CUDA device only. A failed build costs one warning; dispatch then falls b
 from __future__ import annotations
 
 import warnings
-from functools import lru_cache
+from functools import cache
 from types import ModuleType
 
 import torch
@@ -18,7 +18,7 @@ MAX_STATE = 64  # the kernel keeps the state in registers
 SOURCES = ("selective_scan_cuda_bind.cpp", "selective_scan_cuda.cu")
 
 
-@lru_cache(maxsize=None)
+@cache
 def extension() -> ModuleType | None:
     if not torch.cuda.is_available():
         return None
@@ -29,7 +29,7 @@ def extension() -> ModuleType | None:
         return load(name="ssmzoo_selective_scan_cuda", sources=[str(p) for p in paths[:2]],
                     extra_include_paths=[str(CSRC)], extra_cflags=["-O3"], extra_cuda_cflags=["-O3"],
                     build_directory=str(build_dir("ssmzoo_selective_scan_cuda", paths)), verbose=False)
-    except Exception as e:  # any compiler or loader failure: fall back, with one warning
+    except Exception as e:  # noqa: BLE001 - any compiler or loader failure: fall back, with one warning
         warnings.warn(f"ssmzoo: could not build the CUDA selective scan ({type(e).__name__}: {e}); "
                       "falling back to the next backend", stacklevel=2)
         return None

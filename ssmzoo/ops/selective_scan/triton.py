@@ -48,7 +48,7 @@ def _forward_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_pt
     Dv = tl.load(D_ptr + d, mask=md, other=0.0)
     bias = tl.load(bias_ptr + d, mask=md, other=0.0)
     h = tl.load(h0_ptr + bd[:, None] * state + n[None, :], mask=m2, other=0.0)
-    for t in range(0, length):
+    for t in range(length):
         if t % CHUNK == 0:
             tl.store(ckpt_ptr + (bd * nchunks + t // CHUNK)[:, None] * state + n[None, :], h, mask=m2)
         ut = tl.load(u_ptr + row + t, mask=md, other=0.0)
@@ -100,14 +100,14 @@ def _backward_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
     dD_acc = tl.zeros([BLOCK_D], dtype=dh.dtype)
     dbias_acc = tl.zeros([BLOCK_D], dtype=dh.dtype)
     ws = ws_ptr + (bd * CHUNK)[:, None] * state + n[None, :]
-    for ci in range(0, nchunks):
+    for ci in range(nchunks):
         c = nchunks - 1 - ci
         t0 = c * CHUNK
         steps = tl.minimum(length - t0, CHUNK)
         ckpt = ckpt_ptr + (bd * nchunks + c)[:, None] * state + n[None, :]
         # Recompute this chunk's states from its checkpoint.
         h = tl.load(ckpt, mask=m2, other=0.0)
-        for k in range(0, steps):
+        for k in range(steps):
             t = t0 + k
             ut = tl.load(u_ptr + row + t, mask=md, other=0.0)
             dt = tl.load(delta_ptr + row + t, mask=md, other=0.0) + bias
@@ -117,7 +117,7 @@ def _backward_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_p
             h = tl.exp(dt[:, None] * A) * h + (dt * ut)[:, None] * Bt
             tl.store(ws + k * state, h, mask=m2)
         tl.debug_barrier()
-        for kk in range(0, steps):
+        for kk in range(steps):
             k = steps - 1 - kk
             t = t0 + k
             h = tl.load(ws + k * state, mask=m2, other=0.0)
@@ -186,12 +186,12 @@ class TritonKernels:
     def _meta(u: Tensor, A: Tensor, groups: int, chunk: int, has_z: bool, softplus: bool) -> dict:
         batch, dim, length = u.shape
         block_d = _block_d(dim, groups)
-        return dict(
-            grid=(batch, triton.cdiv(dim, block_d)),
-            sizes=(dim, length, A.shape[1], max(groups, 1), dim // max(groups, 1), triton.cdiv(length, chunk)),
-            consts=dict(CHUNK=chunk, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(A.shape[1]),
-                        TIME_VARYING=groups > 0, HAS_Z=has_z, SOFTPLUS=bool(softplus)),
-        )
+        return {
+            "grid": (batch, triton.cdiv(dim, block_d)),
+            "sizes": (dim, length, A.shape[1], max(groups, 1), dim // max(groups, 1), triton.cdiv(length, chunk)),
+            "consts": {"CHUNK": chunk, "BLOCK_D": block_d, "BLOCK_N": triton.next_power_of_2(A.shape[1]),
+                        "TIME_VARYING": groups > 0, "HAS_Z": has_z, "SOFTPLUS": bool(softplus)},
+        }
 
     @staticmethod
     def forward(u, delta, A, B, C, D, z, bias, h0, softplus, groups, chunk):
