@@ -74,16 +74,21 @@ def test_reference_gate_skip_and_state_split():
     torch.testing.assert_close(full, (plain + args["D"][:, None] * args["u"]) * F.silu(args["z"]))
 
 
-def run_and_grads(fn_kwargs, backend, with_state_grad=True):
+def run_and_grads(fn_kwargs, backend, with_state=True):
     """Output, final state and the gradients of a random projection of both, for one backend
-    (a dispatch name, or a function with selective_scan's keyword arguments)."""
+    (a dispatch name, or a function with selective_scan's keyword arguments). Without state: no
+    initial state in and no final state out (the path mamba-ssm's own kernel takes)."""
     fn = functools.partial(selective_scan, backend=backend) if isinstance(backend, str) else backend
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in fn_kwargs.items()}
-    y, h = fn(**leaves, delta_softplus=True, return_final_state=True)
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in fn_kwargs.items()
+              if with_state or k != "initial_state"}
     g = torch.Generator().manual_seed(123)
-    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
-    if with_state_grad:
-        loss = loss + (h * torch.randn(h.shape, generator=g, dtype=h.dtype)).sum()
+    if with_state:
+        y, h = fn(**leaves, delta_softplus=True, return_final_state=True)
+        loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype).to(y.device)).sum()
+        loss = loss + (h * torch.randn(h.shape, generator=g, dtype=h.dtype).to(h.device)).sum()
+    else:
+        y, h = fn(**leaves, delta_softplus=True), None
+        loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype).to(y.device)).sum()
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return y, h, dict(zip(leaves, grads))
 
@@ -98,12 +103,13 @@ CASES = [
 ]
 
 
-def compare(backend, kwargs, dtype, rtol, atol, with_all=True, device="cpu"):
+def compare(backend, kwargs, dtype, rtol, atol, with_all=True, device="cpu", with_state=True):
     args = {k: v.to(device) for k, v in make_inputs(**kwargs, dtype=dtype, with_all=with_all).items()}
-    y0, h0, g0 = run_and_grads(args, "reference")
-    y1, h1, g1 = run_and_grads(args, backend)
+    y0, h0, g0 = run_and_grads(args, "reference", with_state)
+    y1, h1, g1 = run_and_grads(args, backend, with_state)
     torch.testing.assert_close(y1, y0, rtol=rtol, atol=atol)
-    torch.testing.assert_close(h1, h0, rtol=rtol, atol=atol)
+    if with_state:
+        torch.testing.assert_close(h1, h0, rtol=rtol, atol=atol)
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=rtol, atol=atol, msg=lambda m, name=name: f"grad {name}: {m}")
 
@@ -124,6 +130,7 @@ def test_backend_matches_reference_float32(backend):
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_backend_without_optional_arguments(backend):
     compare(backend, {"length": 9}, torch.float64, rtol=1e-9, atol=1e-9, with_all=False)
+    compare(backend, {"length": 9}, torch.float64, rtol=1e-9, atol=1e-9, with_state=False)
 
 
 def test_bad_arguments_raise_value_error():
@@ -188,5 +195,6 @@ def test_gpu_backend_matches_reference(backend, case):
     if not dispatch.usable(backend, torch.device("cuda")):
         pytest.skip(f"backend {backend} is not available on this machine")
     compare(backend, case, torch.float32, rtol=6e-4, atol=2e-3, device="cuda")
+    compare(backend, case, torch.float32, rtol=6e-4, atol=2e-3, device="cuda", with_state=False)
     if backend != "mamba_ssm":  # mamba-ssm is float32/16 only
         compare(backend, case, torch.float64, rtol=1e-9, atol=1e-9, device="cuda")
