@@ -198,3 +198,9 @@ def test_gpu_backend_matches_reference(backend, case):
     compare(backend, case, torch.float32, rtol=6e-4, atol=2e-3, device="cuda", with_state=False)
     if backend != "mamba_ssm":  # mamba-ssm is float32/16 only
         compare(backend, case, torch.float64, rtol=1e-9, atol=1e-9, device="cuda")
+
+
+def test_auto_prefers_the_cpp_kernel_on_cpu_when_it_builds():
+    cpu = torch.device("cpu")
+    expected = "cpp" if dispatch.usable("cpp", cpu) else "chunked"
+    assert dispatch.select("auto", cpu).name == expected
