@@ -20,6 +20,8 @@ CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
 def build_dir(name: str, sources: list[Path]) -> Path:
     digest = hashlib.sha1()
+    # The build files record absolute paths, so two checkouts with equal sources need separate folders.
+    digest.update(str(CSRC).encode())
     for src in sources:
         digest.update(src.read_bytes())
     root = Path(os.environ.get("SSMZOO_BUILD_DIR", Path.home() / ".cache" / "ssmzoo" / "build"))
