@@ -12,6 +12,7 @@ from .base import (
     tag_param,
 )
 from .s4d import S4D
+from .titans import NeuralMemory
 
 __all__ = [
     "SequenceLayer",
@@ -24,4 +25,5 @@ __all__ = [
     "set_input_checks",
     "tag_param",
     "S4D",
+    "NeuralMemory",
 ]
