@@ -82,7 +82,8 @@ def main() -> None:
         "ssmzoo takes each chunk's gradients at that chunk's starting weights, as the paper does (sequential",
         "across chunks). titans-pytorch shares θ, η, α per chunk (averaged), ssmzoo has them per token.",
         "ssmzoo l2-normalises q and k and gates its output; titans-pytorch RMS-normalises its input and",
-        "uses GELU in the memory MLP (ssmzoo SiLU).",
+        "uses GELU in the memory MLP (ssmzoo SiLU). titans-pytorch's parameter count includes its memory",
+        "MLP twice (a template module and the per-head learned initial weights it is copied into).",
         "",
         "Reproduce: `python benchmarks/speed/titans.py`",
     ]
