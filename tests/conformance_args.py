@@ -6,4 +6,5 @@ D_MODEL = 8
 
 SMALL_ARGS: dict[str, dict] = {
     "s4d": dict(d_state=8),
+    "mamba": dict(d_state=4, d_conv=3, expand=2),
 }

@@ -11,6 +11,7 @@ from .base import (
     set_input_checks,
     tag_param,
 )
+from .mamba import Mamba
 from .s4d import S4D
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "set_input_checks",
     "tag_param",
     "S4D",
+    "Mamba",
 ]
