@@ -1,0 +1,3 @@
+"""Backbones built from sequence layers."""
+
+from .lm import LanguageModel
