@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..ops.causal_conv1d import causal_conv1d
+from ..ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register, reverse_padded, tag_param
 
@@ -83,8 +83,10 @@ class Mamba(SequenceLayer):
         bidirectional: add a backward direction (its own conv, x_proj, dt_proj, A_log, D; in_proj and
             out_proj shared) run on the input reversed within each sequence's length; the two outputs
             are summed before the gate. Not causal, so no state or step.
-        scan_backend: backend of the selective scan and the causal conv ("auto", "reference", "cpp",
-            ...); None uses $SSMZOO_BACKEND or "auto".
+        scan_backend: backend of the selective scan ("auto", "reference", "cpp", ...; see
+            ``ssmzoo.ops.selective_scan.dispatch``); None uses $SSMZOO_BACKEND or "auto".
+        conv_backend: backend of the causal depthwise convolution (see
+            ``ssmzoo.ops.causal_conv1d.dispatch``); None uses $SSMZOO_BACKEND or "auto".
 
     State (causal): a tuple ``(conv_state, ssm_state)``:
         conv_state (batch, D_inner, d_conv - 1): the last d_conv - 1 inputs of the convolution
@@ -92,7 +94,7 @@ class Mamba(SequenceLayer):
         ssm_state (batch, D_inner, d_state): h_t.
     """
 
-    supported_dtypes = (torch.float32, torch.float64)
+    supported_dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
     def __init__(
         self,
@@ -110,6 +112,7 @@ class Mamba(SequenceLayer):
         bias: bool = False,
         bidirectional: bool = False,
         scan_backend: str | None = None,
+        conv_backend: str | None = None,
     ) -> None:
         super().__init__(d_model, causal=not bidirectional)
         for arg, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
@@ -128,7 +131,7 @@ class Mamba(SequenceLayer):
         self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank
         self.d_inner = expand * d_model
         self.bidirectional = bidirectional
-        self.scan_backend = scan_backend
+        self.scan_backend, self.conv_backend = scan_backend, conv_backend
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         direction = dict(
@@ -150,7 +153,7 @@ class Mamba(SequenceLayer):
         weight = rearrange(ssm.conv1d.weight, "d 1 w -> d w")
         x, conv_state = causal_conv1d(
             x, weight, ssm.conv1d.bias, activation="silu", initial_state=conv_state,
-            return_final_state=True, backend=self.scan_backend,
+            return_final_state=True, backend=self.conv_backend,
         )
         x_dbl = ssm.x_proj(rearrange(x, "b d l -> b l d"))
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -188,18 +191,14 @@ class Mamba(SequenceLayer):
     def _step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """One token in O(1): the convolution over the cached window, then one recurrence step."""
         conv_state, h = state
-        ssm = self
         u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (batch, D_inner) each
-        window = torch.cat([conv_state, u[..., None]], dim=-1)  # (batch, D_inner, d_conv)
-        u = torch.einsum("bdw,dw->bd", window, rearrange(ssm.conv1d.weight, "d 1 w -> d w"))
-        if ssm.conv1d.bias is not None:
-            u = u + ssm.conv1d.bias
-        u = F.silu(u)
-        dt, B, C = torch.split(ssm.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(ssm.dt_proj(dt))  # (batch, D_inner)
-        A = -torch.exp(ssm.A_log)
+        weight = rearrange(self.conv1d.weight, "d 1 w -> d w")
+        u, conv_state = causal_conv1d_update(u, conv_state, weight, self.conv1d.bias, activation="silu")
+        dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt))  # (batch, D_inner)
+        A = -torch.exp(self.A_log)
         # Zero-order hold for A, Euler for B (the paper's simplification, section 3.5 / mamba-ssm).
         h = torch.exp(delta[..., None] * A) * h + (delta * u)[..., None] * B[:, None, :]
-        y = torch.einsum("bdn,bn->bd", h, C) + ssm.D * u
+        y = torch.einsum("bdn,bn->bd", h, C) + self.D * u
         y = y * F.silu(z)
-        return self.out_proj(y), (window[..., 1:], h)
+        return self.out_proj(y), (conv_state, h)
