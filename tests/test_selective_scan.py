@@ -83,6 +83,7 @@ CASES = [
     dict(length=37, bc="group", groups=2),
     dict(length=20, bc="const"),
     dict(length=13, bc="group", groups=4, d_inner=8),
+    dict(length=150, batch=1, d_inner=3, bc="time"),  # several checkpoint chunks, the last one partial
 ]
 
 
