@@ -11,6 +11,7 @@ from .base import (
     set_input_checks,
     tag_param,
 )
+from .mamba import Mamba
 from .s4d import S4D
 from .titans import NeuralMemory
 
@@ -25,5 +26,9 @@ __all__ = [
     "set_input_checks",
     "tag_param",
     "S4D",
+<<<<<<< HEAD
     "NeuralMemory",
+=======
+    "Mamba",
+>>>>>>> mamba
 ]

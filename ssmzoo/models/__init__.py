@@ -1,5 +1,6 @@
-"""Backbones built from layers."""
+"""Backbones built from sequence layers."""
 
+from .lm import LanguageModel
 from .titans import MAC, MAG, MAL, TitansLM
 
-__all__ = ["MAC", "MAG", "MAL", "TitansLM"]
+__all__ = ["LanguageModel", "MAC", "MAG", "MAL", "TitansLM"]

@@ -1,0 +1,318 @@
+// Selective scan (Mamba, Gu & Dao 2023) on CPU: fused discretisation, scan, output and gating.
+//
+// Per (batch b, channel d), with Δ_t = softplus(δ_t + bias) (or δ_t + bias):
+//   h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t,   y_t = C_t · h_t + D u_t,   out_t = y_t silu(z_t)
+// The state h (N values) lives in a stack array; the inner loops run over N contiguous (B and C
+// are passed as (..., L, N)), so the compiler vectorises them (exp is a polynomial it can SIMD).
+// Forward saves only the state at the start of every chunk; backward walks the chunks in reverse,
+// recomputes the chunk's states from its checkpoint and runs the adjoint recurrence
+//   dh_{t-1} = exp(Δ_t A) ⊙ (dh_t + dy_t C_t)
+// so nothing of size (batch, D, L, N) is ever stored.
+// Layouts (made contiguous by the Python binding, ssmzoo/ops/selective_scan/cpu.py):
+//   u, delta, z, y: (batch, D, L); A: (D, N); D, delta_bias: (D,); states: (batch, D, N)
+//   B, C: groups == 0 -> (D, N) time-invariant; groups = G >= 1 -> (batch, G, L, N)
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kMaxState = 256;
+
+// exp by range reduction x = k ln2 + r, |r| <= ln2/2, and a polynomial in r: branch-free, so loops
+// over N that call it vectorise. The rounding uses the 1.5·2^p shifter trick (also branch-free).
+inline float exp_poly(float x) {
+  x = std::min(std::max(x, -87.0f), 88.0f);
+  const float shifter = 12582912.0f;  // 1.5 * 2^23
+  float t = x * 1.44269504088896341f + shifter;
+  float k = t - shifter;
+  float r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  uint32_t tb;
+  std::memcpy(&tb, &t, 4);
+  uint32_t sb = (tb - 0x4B400000u + 127u) << 23;
+  float scale;
+  std::memcpy(&scale, &sb, 4);
+  return p * scale;
+}
+
+inline double exp_poly(double x) {
+  x = std::min(std::max(x, -708.0), 709.0);
+  const double shifter = 6755399441055744.0;  // 1.5 * 2^52
+  double t = x * 1.4426950408889634074 + shifter;
+  double k = t - shifter;
+  double r = x - k * 6.93145751953125e-1 - k * 1.42860682030941723212e-6;
+  // Taylor series to r^13: truncation error below 1e-17 relative for |r| <= ln2/2.
+  double p = 1.0 / 6227020800.0;
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  uint64_t tb;
+  std::memcpy(&tb, &t, 8);
+  uint64_t sb = (tb - 0x4338000000000000ull + 1023ull) << 52;
+  double scale;
+  std::memcpy(&scale, &sb, 8);
+  return p * scale;
+}
+
+template <typename T>
+inline T softplus(T x) {
+  return x > T(20) ? x : std::log1p(std::exp(x));
+}
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+struct Dims {
+  int64_t batch, dim, length, state, groups, chunk, nchunks;
+  int64_t channels_per_group() const { return groups > 0 ? dim / groups : 1; }
+  // Offset of B_t / C_t (t = 0) for (b, d), and the stride between consecutive t.
+  int64_t bc_offset(int64_t b, int64_t d) const {
+    return groups == 0 ? d * state : (b * groups + d / channels_per_group()) * length * state;
+  }
+  int64_t bc_tstride() const { return groups == 0 ? 0 : state; }
+};
+
+template <typename T>
+void forward_kernel(const T* u, const T* delta, const T* A, const T* B, const T* C, const T* Dskip,
+                    const T* z, const T* bias, const T* h0, bool use_softplus, const Dims& s, T* y,
+                    T* final_state, T* checkpoints) {
+  const int64_t N = s.state, L = s.length;
+  const int64_t tstride = s.bc_tstride();
+#pragma omp parallel for collapse(2) schedule(static) num_threads(at::get_num_threads())
+  for (int64_t b = 0; b < s.batch; ++b) {
+    for (int64_t d = 0; d < s.dim; ++d) {
+      const int64_t row = (b * s.dim + d) * L;
+      const T* Ad = A + d * N;
+      const T* Bp = B + s.bc_offset(b, d);
+      const T* Cp = C + s.bc_offset(b, d);
+      const T dskip = Dskip[d], db = bias[d];
+      T h[kMaxState];
+      std::copy(h0 + (b * s.dim + d) * N, h0 + (b * s.dim + d + 1) * N, h);
+      T* ckpt = checkpoints + (b * s.dim + d) * s.nchunks * N;
+      for (int64_t t = 0; t < L; ++t) {
+        if (t % s.chunk == 0) std::copy(h, h + N, ckpt + (t / s.chunk) * N);
+        T dt = delta[row + t] + db;
+        if (use_softplus) dt = softplus(dt);
+        const T du = dt * u[row + t];
+        const T* Bt = Bp + t * tstride;
+        const T* Ct = Cp + t * tstride;
+        T acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t n = 0; n < N; ++n) {
+          h[n] = exp_poly(dt * Ad[n]) * h[n] + du * Bt[n];
+          acc += Ct[n] * h[n];
+        }
+        T out = acc + dskip * u[row + t];
+        if (z != nullptr) {
+          const T zt = z[row + t];
+          out *= zt * sigmoid(zt);
+        }
+        y[row + t] = out;
+      }
+      std::copy(h, h + N, final_state + (b * s.dim + d) * N);
+    }
+  }
+}
+
+// Gradient buffers that several (b, d) pairs would share (dA, dD, d bias over the batch; dB, dC over
+// the channels of a group) are written per (b, d) or per (slice of channels, b) and summed in Python.
+template <typename T>
+void backward_kernel(const T* u, const T* delta, const T* A, const T* B, const T* C, const T* Dskip,
+                     const T* z, const T* bias, const T* checkpoints, const T* dy, const T* dh_final,
+                     bool use_softplus, const Dims& s, int64_t slices, T* du, T* ddelta, T* dz,
+                     T* dA_part, T* dB_part, T* dC_part, T* dD_part, T* dbias_part, T* dh0) {
+  const int64_t N = s.state, L = s.length, K = s.chunk;
+  const int64_t tstride = s.bc_tstride();
+  const int64_t per_slice = (s.dim + slices - 1) / slices;
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    std::vector<T> hbuf(K * N), abuf(K * N), dtbuf(K);
+#pragma omp for collapse(2) schedule(dynamic, 1)
+    for (int64_t sl = 0; sl < slices; ++sl) {
+      for (int64_t b = 0; b < s.batch; ++b) {
+        for (int64_t d = sl * per_slice; d < std::min(s.dim, (sl + 1) * per_slice); ++d) {
+          const int64_t bd = b * s.dim + d;
+          const int64_t row = bd * L;
+          const T* Ad = A + d * N;
+          const T* Bp = B + s.bc_offset(b, d);
+          const T* Cp = C + s.bc_offset(b, d);
+          // Time-varying dB, dC go to this slice's own copy; time-invariant ones to (b, d)'s row.
+          const int64_t grad_offset = s.groups == 0 ? bd * N : sl * s.batch * s.groups * L * N + s.bc_offset(b, d);
+          T* dBp = dB_part + grad_offset;
+          T* dCp = dC_part + grad_offset;
+          T* dA = dA_part + bd * N;
+          const T dskip = Dskip[d], db = bias[d];
+          T dh[kMaxState];
+          std::copy(dh_final + bd * N, dh_final + (bd + 1) * N, dh);
+          T dskip_acc = 0, dbias_acc = 0;
+          const T* ckpt = checkpoints + bd * s.nchunks * N;
+          for (int64_t c = s.nchunks - 1; c >= 0; --c) {
+            const int64_t t0 = c * K, t1 = std::min(L, t0 + K);
+            // Recompute this chunk's decays and states from its checkpoint.
+            const T* hprev = ckpt + c * N;
+            for (int64_t t = t0; t < t1; ++t) {
+              T dt = delta[row + t] + db;
+              if (use_softplus) dt = softplus(dt);
+              dtbuf[t - t0] = dt;
+              const T dtu = dt * u[row + t];
+              const T* Bt = Bp + t * tstride;
+              T* a = abuf.data() + (t - t0) * N;
+              T* h = hbuf.data() + (t - t0) * N;
+#pragma omp simd
+              for (int64_t n = 0; n < N; ++n) {
+                a[n] = exp_poly(dt * Ad[n]);
+                h[n] = a[n] * hprev[n] + dtu * Bt[n];
+              }
+              hprev = h;
+            }
+            for (int64_t t = t1 - 1; t >= t0; --t) {
+              const T dt = dtbuf[t - t0], ut = u[row + t];
+              const T* Bt = Bp + t * tstride;
+              const T* Ct = Cp + t * tstride;
+              T* dBt = dBp + t * tstride;
+              T* dCt = dCp + t * tstride;
+              const T* a = abuf.data() + (t - t0) * N;
+              const T* h = hbuf.data() + (t - t0) * N;
+              const T* hp = t > t0 ? h - N : ckpt + c * N;
+              T gy = dy[row + t];
+              if (z != nullptr) {
+                T yt = 0;
+#pragma omp simd reduction(+ : yt)
+                for (int64_t n = 0; n < N; ++n) yt += Ct[n] * h[n];
+                yt += dskip * ut;
+                const T zt = z[row + t], sz = sigmoid(zt);
+                dz[row + t] = gy * yt * sz * (T(1) + zt * (T(1) - sz));
+                gy *= zt * sz;
+              }
+              dskip_acc += gy * ut;
+              T du_acc = gy * dskip, ddt = 0;
+              const T dtu = dt * ut;
+#pragma omp simd reduction(+ : du_acc, ddt)
+              for (int64_t n = 0; n < N; ++n) {
+                dCt[n] += gy * h[n];
+                const T g = dh[n] + gy * Ct[n];  // total adjoint of h_t
+                dBt[n] += g * dtu;
+                const T ah = a[n] * hp[n];
+                ddt += g * (Bt[n] * ut + Ad[n] * ah);
+                du_acc += g * dt * Bt[n];
+                dA[n] += g * dt * ah;
+                dh[n] = a[n] * g;
+              }
+              du[row + t] = du_acc;
+              if (use_softplus) ddt *= sigmoid(delta[row + t] + db);  // softplus' = sigmoid
+              ddelta[row + t] = ddt;
+              dbias_acc += ddt;
+            }
+          }
+          std::copy(dh, dh + N, dh0 + bd * N);
+          dD_part[bd] = dskip_acc;
+          dbias_part[bd] = dbias_acc;
+        }
+      }
+    }
+  }
+}
+
+Dims make_dims(const at::Tensor& u, const at::Tensor& A, const at::Tensor& B, int64_t groups, int64_t chunk) {
+  Dims s;
+  s.batch = u.size(0);
+  s.dim = u.size(1);
+  s.length = u.size(2);
+  s.state = A.size(1);
+  s.groups = groups;
+  s.chunk = chunk;
+  s.nchunks = (s.length + chunk - 1) / chunk;
+  TORCH_CHECK(s.state <= kMaxState, "selective_scan cpp: d_state must be at most ", kMaxState);
+  TORCH_CHECK(chunk >= 1, "selective_scan cpp: chunk must be positive");
+  return s;
+}
+
+template <typename T>
+T* opt_ptr(const at::Tensor& t) {
+  return t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+
+// Returns y, final_state, checkpoints (batch, D, nchunks, N). An empty z means no gating.
+std::vector<at::Tensor> forward(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
+                                at::Tensor Dskip, at::Tensor z, at::Tensor bias, at::Tensor h0,
+                                bool use_softplus, int64_t groups, int64_t chunk) {
+  const Dims s = make_dims(u, A, B, groups, chunk);
+  auto y = at::empty_like(u);
+  auto final_state = at::empty({s.batch, s.dim, s.state}, u.options());
+  auto checkpoints = at::empty({s.batch, s.dim, s.nchunks, s.state}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
+    forward_kernel<scalar_t>(u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
+                             B.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), Dskip.data_ptr<scalar_t>(),
+                             opt_ptr<scalar_t>(z), bias.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
+                             use_softplus, s, y.data_ptr<scalar_t>(), final_state.data_ptr<scalar_t>(),
+                             checkpoints.data_ptr<scalar_t>());
+  });
+  return {y, final_state, checkpoints};
+}
+
+// Returns du, ddelta, dz, dA_part (batch, D, N), dB_part, dC_part, dD_part (batch, D),
+// dbias_part (batch, D), dh0. dB/dC parts are (batch, D, N) for groups == 0, else
+// (slices, batch, G, L, N).
+std::vector<at::Tensor> backward(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
+                                 at::Tensor Dskip, at::Tensor z, at::Tensor bias, at::Tensor checkpoints,
+                                 at::Tensor dy, at::Tensor dh_final, bool use_softplus, int64_t groups,
+                                 int64_t chunk, int64_t slices) {
+  const Dims s = make_dims(u, A, B, groups, chunk);
+  auto du = at::empty_like(u);
+  auto ddelta = at::empty_like(u);
+  auto dz = z.numel() > 0 ? at::empty_like(z) : at::empty({0}, u.options());
+  auto dA_part = at::zeros({s.batch, s.dim, s.state}, u.options());
+  at::Tensor dB_part, dC_part;
+  if (groups == 0) {
+    slices = 1;
+    dB_part = at::zeros({s.batch, s.dim, s.state}, u.options());
+  } else {
+    slices = std::max<int64_t>(1, std::min(slices, s.dim));
+    dB_part = at::zeros({slices, s.batch, s.groups, s.length, s.state}, u.options());
+  }
+  dC_part = at::zeros_like(dB_part);
+  auto dD_part = at::empty({s.batch, s.dim}, u.options());
+  auto dbias_part = at::empty({s.batch, s.dim}, u.options());
+  auto dh0 = at::empty({s.batch, s.dim, s.state}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
+    backward_kernel<scalar_t>(
+        u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(),
+        C.data_ptr<scalar_t>(), Dskip.data_ptr<scalar_t>(), opt_ptr<scalar_t>(z), bias.data_ptr<scalar_t>(),
+        checkpoints.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dh_final.data_ptr<scalar_t>(), use_softplus,
+        s, slices, du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(), opt_ptr<scalar_t>(dz),
+        dA_part.data_ptr<scalar_t>(), dB_part.data_ptr<scalar_t>(), dC_part.data_ptr<scalar_t>(),
+        dD_part.data_ptr<scalar_t>(), dbias_part.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>());
+  });
+  return {du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "selective scan forward (CPU)");
+  m.def("backward", &backward, "selective scan backward (CPU)");
+}

@@ -1,0 +1,129 @@
+"""The selective scan: the reference against closed forms, every CPU backend against the reference
+(output, final state and all gradients), and the argument checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssmzoo.ops.selective_scan import dispatch, selective_scan, selective_scan_reference
+
+CPU_BACKENDS = [name for name in dispatch.backends if name != "reference" and "cpu" in dispatch.backends[name].devices]
+
+
+def make_inputs(batch=2, d_inner=4, d_state=3, length=7, bc="time", groups=2, dtype=torch.float64,
+                seed=0, with_all=True):
+    """Random inputs of the given layout; bc in "const" (D, N), "time" (batch, N, L), "group" (batch, G, N, L)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=dtype) * scale)
+
+    shapes = {"const": (d_inner, d_state), "time": (batch, d_state, length),
+              "group": (batch, groups, d_state, length)}
+    args = dict(
+        u=rnd(batch, d_inner, length),
+        delta=rnd(batch, d_inner, length, scale=0.5),
+        A=-torch.rand(d_inner, d_state, generator=g, dtype=dtype) * 2 - 0.1,
+        B=rnd(*shapes[bc]),
+        C=rnd(*shapes[bc]),
+    )
+    if with_all:
+        args.update(D=rnd(d_inner), z=rnd(batch, d_inner, length), delta_bias=rnd(d_inner, scale=0.3),
+                    initial_state=rnd(batch, d_inner, d_state))
+    return args
+
+
+def test_reference_matches_convolution_closed_form():
+    # Time-invariant B, C and a constant Δ make the scan an LTI system: y = K * u with
+    # K_l = Σ_n C_n exp(l Δ A_n) Δ B_n (S4's kernel), independent of the recurrence in reference.py.
+    d_inner, d_state, length = 3, 4, 9
+    args = make_inputs(1, d_inner, d_state, length, bc="const", with_all=False)
+    dt = 0.3
+    delta = torch.full((1, d_inner, length), dt, dtype=torch.float64)
+    y = selective_scan_reference(args["u"], delta, args["A"], args["B"], args["C"])
+    ell = torch.arange(length, dtype=torch.float64)
+    K = torch.einsum("dn,dnl->dl", args["C"] * dt * args["B"], torch.exp(dt * args["A"][..., None] * ell))
+    want = torch.stack([sum(K[:, s] * args["u"][0, :, t - s] for s in range(t + 1)) for t in range(length)], -1)
+    torch.testing.assert_close(y[0], want)
+
+
+def test_reference_gate_skip_and_state_split():
+    args = make_inputs(length=8)
+    full, h_full = selective_scan_reference(**args, delta_softplus=True, return_final_state=True)
+    # Splitting the sequence and passing the state gives the same output and final state.
+    part = {k: v[..., :5] if k in ("u", "delta", "z", "B", "C") else v for k, v in args.items()}
+    rest = {k: v[..., 5:] if k in ("u", "delta", "z", "B", "C") else v for k, v in args.items()}
+    y1, h1 = selective_scan_reference(**part, delta_softplus=True, return_final_state=True)
+    rest["initial_state"] = h1
+    y2, h2 = selective_scan_reference(**rest, delta_softplus=True, return_final_state=True)
+    torch.testing.assert_close(torch.cat([y1, y2], -1), full)
+    torch.testing.assert_close(h2, h_full)
+    # D and z act as y = (scan + D u) * silu(z).
+    plain = selective_scan_reference(**{**args, "D": None, "z": None}, delta_softplus=True)
+    torch.testing.assert_close(full, (plain + args["D"][:, None] * args["u"]) * F.silu(args["z"]))
+
+
+def run_and_grads(fn_kwargs, backend, with_state_grad=True):
+    """Output, final state and the gradients of a random projection of both, for one backend."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in fn_kwargs.items()}
+    y, h = selective_scan(**leaves, delta_softplus=True, return_final_state=True, backend=backend)
+    g = torch.Generator().manual_seed(123)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
+    if with_state_grad:
+        loss = loss + (h * torch.randn(h.shape, generator=g, dtype=h.dtype)).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return y, h, dict(zip(leaves, grads))
+
+
+CASES = [
+    dict(length=1),
+    dict(length=7),
+    dict(length=37, bc="group", groups=2),
+    dict(length=20, bc="const"),
+    dict(length=13, bc="group", groups=4, d_inner=8),
+    dict(length=150, batch=1, d_inner=3, bc="time"),  # several checkpoint chunks, the last one partial
+]
+
+
+def compare(backend, kwargs, dtype, rtol, atol, with_all=True):
+    args = make_inputs(**kwargs, dtype=dtype, with_all=with_all)
+    y0, h0, g0 = run_and_grads(args, "reference")
+    y1, h1, g1 = run_and_grads(args, backend)
+    torch.testing.assert_close(y1, y0, rtol=rtol, atol=atol)
+    torch.testing.assert_close(h1, h0, rtol=rtol, atol=atol)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=rtol, atol=atol, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_backend_matches_reference_float64(backend, case):
+    compare(backend, case, torch.float64, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_backend_matches_reference_float32(backend):
+    # mamba-ssm's fp32 tolerances for the selective scan.
+    compare(backend, dict(batch=2, d_inner=6, d_state=16, length=70, bc="group", groups=3), torch.float32,
+            rtol=6e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_backend_without_optional_arguments(backend):
+    compare(backend, dict(length=9), torch.float64, rtol=1e-9, atol=1e-9, with_all=False)
+
+
+def test_bad_arguments_raise_value_error():
+    args = make_inputs()
+    with pytest.raises(ValueError, match="delta"):
+        selective_scan(**{**args, "delta": args["delta"][..., :3]})
+    with pytest.raises(ValueError, match="A must be"):
+        selective_scan(**{**args, "A": args["A"][:2]})
+    with pytest.raises(ValueError, match="B must be"):
+        selective_scan(**{**args, "B": torch.zeros(2, 3, 3, 7, dtype=torch.float64)})  # G=3 does not divide D=4
+    with pytest.raises(ValueError, match="initial_state"):
+        selective_scan(**{**args, "initial_state": torch.zeros(2, 4, 5, dtype=torch.float64)})
+    with pytest.raises(ValueError, match="unknown backend"):
+        selective_scan(**args, backend="nope")
