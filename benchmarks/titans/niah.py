@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's ssmzoo, not an installed one
 from ssmzoo import layers  # noqa: E402
-from ssmzoo.models import MAC, MAG, MAL  # noqa: E402
+from ssmzoo.models import MAC, MAG, MAL, LanguageModel  # noqa: E402
 
 FILLER, KEYS, VALUES = 16, 16, 16
 VOCAB = FILLER + KEYS + VALUES  # filler 0..15, keys 16..31, values 32..47
@@ -52,28 +52,6 @@ def make_batch(batch: int, length: int, generator: torch.Generator) -> tuple[Ten
     return tokens, targets
 
 
-class RecurrentLM(nn.Module):
-    """Embedding, blocks of (norm, registered sequence layer, residual; norm, MLP, residual), head."""
-
-    def __init__(self, layer: str, layer_args: dict, vocab_size: int, d_model: int, n_layers: int) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab_size, d_model)
-        self.mixers = nn.ModuleList(layers.build(layer, d_model=d_model, **layer_args) for _ in range(n_layers))
-        self.mlps = nn.ModuleList(
-            nn.Sequential(nn.RMSNorm(d_model), nn.Linear(d_model, 4 * d_model), nn.SiLU(), nn.Linear(4 * d_model, d_model))
-            for _ in range(n_layers)
-        )
-        self.norms = nn.ModuleList(nn.RMSNorm(d_model) for _ in range(n_layers))
-        self.norm, self.head = nn.RMSNorm(d_model), nn.Linear(d_model, vocab_size, bias=False)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        x = self.embed(tokens)
-        for norm, mixer, mlp in zip(self.norms, self.mixers, self.mlps):
-            x = x + mixer(norm(x))
-            x = x + mlp(x)
-        return self.head(self.norm(x))
-
-
 def models(d_model: int) -> dict[str, tuple[nn.Module, str]]:
     titans = dict(d_model=d_model, n_layers=2, heads=2, persistent_tokens=4, memory_heads=2, memory_depth=2)
     out = {
@@ -81,10 +59,13 @@ def models(d_model: int) -> dict[str, tuple[nn.Module, str]]:
         "MAG": (MAG(VOCAB, window=SPAN, memory_chunk=8, **titans), f"window {SPAN}, memory chunk 8"),
         "MAL": (MAL(VOCAB, window=SPAN, memory_chunk=8, **titans), f"window {SPAN}, memory chunk 8"),
     }
+    # Mamba blocks have no MLP, so the baseline gets twice the blocks (about the same parameters).
     if "mamba" in layers.available():
-        out["Mamba"] = (RecurrentLM("mamba", dict(d_state=16), VOCAB, d_model, 2), "registered mamba layer, d_state 16")
+        out["Mamba"] = (LanguageModel(VOCAB, d_model, 4, layer="mamba", layer_args=dict(d_state=16)),
+                        "registered mamba layer, 4 blocks, d_state 16")
     else:
-        out["S4D"] = (RecurrentLM("s4d", dict(d_state=32), VOCAB, d_model, 2), "registered s4d layer (no mamba yet)")
+        out["S4D"] = (LanguageModel(VOCAB, d_model, 4, layer="s4d", layer_args=dict(d_state=32)),
+                      "registered s4d layer, 4 blocks (no mamba layer available)")
     return out
 
 

@@ -26,9 +26,6 @@ __all__ = [
     "set_input_checks",
     "tag_param",
     "S4D",
-<<<<<<< HEAD
     "NeuralMemory",
-=======
     "Mamba",
->>>>>>> mamba
 ]
