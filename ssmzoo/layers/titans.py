@@ -146,7 +146,7 @@ class NeuralMemory(SequenceLayer):
             eta, alpha = torch.where(real, eta, 1 - _GATE_EPS), torch.where(real, alpha, _GATE_EPS)
 
         # Prepend the unfinished chunk carried in the state, so chunks stay aligned to the stream.
-        filled = int(state.filled[0]) if batch > 0 else 0
+        filled = int(state.filled[0])
         buffered = state.gates[:, :, :filled]
         k = torch.cat([state.keys[:, :, :filled], k], 2)
         v = torch.cat([state.values[:, :, :filled], v], 2)
