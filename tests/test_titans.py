@@ -3,6 +3,7 @@ stream semantics of the layer, and test-time memorisation."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -27,8 +28,8 @@ def memory_inputs(b=2, h=3, length=13, d=4, hidden=6, depth=2, seed=0, requires_
     eta = (0.05 + 0.9 * torch.rand(b, h, length, generator=g, dtype=F64)).requires_grad_(requires_grad)
     alpha = (0.2 * torch.rand(b, h, length, generator=g, dtype=F64)).requires_grad_(requires_grad)
     dims = [d] + [hidden] * (depth - 1) + [d]
-    weights = tuple(rnd(b, h, o, i, scale=1 / math.sqrt(i)) for i, o in zip(dims, dims[1:]))
-    momentum = tuple(rnd(b, h, o, i, scale=0.1) for i, o in zip(dims, dims[1:]))
+    weights = tuple(rnd(b, h, o, i, scale=1 / math.sqrt(i)) for i, o in itertools.pairwise(dims))
+    momentum = tuple(rnd(b, h, o, i, scale=0.1) for i, o in itertools.pairwise(dims))
     return q, k, v, theta, eta, alpha, weights, momentum
 
 
@@ -74,7 +75,7 @@ def test_chunked_gradcheck():
 
 def layer(chunk_size=5, **overrides):
     torch.manual_seed(0)
-    args = dict(d_model=8, heads=2, memory_depth=2, chunk_size=chunk_size, conv_kernel=3)
+    args = {"d_model": 8, "heads": 2, "memory_depth": 2, "chunk_size": chunk_size, "conv_kernel": 3}
     args.update(overrides)
     return NeuralMemory(**args).double()
 
@@ -125,11 +126,11 @@ def test_outer_gradients_flow_through_memory_updates():
 
 def test_bad_arguments():
     for bad, match in [
-        (dict(heads=3), "heads"),
-        (dict(memory_depth=0), "memory_depth"),
-        (dict(chunk_size=0), "chunk_size"),
-        (dict(conv_kernel=-1), "conv_kernel"),
-        (dict(max_lr=0.0), "max_lr"),
+        ({"heads": 3}, "heads"),
+        ({"memory_depth": 0}, "memory_depth"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"conv_kernel": -1}, "conv_kernel"),
+        ({"max_lr": 0.0}, "max_lr"),
     ]:
         with pytest.raises(ValueError, match=match):
             layer(**bad)
@@ -148,7 +149,7 @@ def memorise(n_pairs: int, depth: int, d: int = 16, epochs: int = 20) -> float:
     dims = [d] + [4 * d] * (depth - 1) + [d]
     scale = 0.0 if depth == 1 else 1.0
     weights = tuple(torch.randn(1, 1, o, i, generator=g, dtype=F64) * scale / math.sqrt(i)
-                    for i, o in zip(dims, dims[1:]))
+                    for i, o in itertools.pairwise(dims))
     momentum = tuple(torch.zeros_like(w) for w in weights)
     _, weights, _ = neural_memory_chunked(keys, keys, values, theta, eta, alpha, weights, momentum, chunk_size=4)
     return ((memory_forward(weights, k) - v).pow(2).sum(-1) / v.pow(2).sum(-1)).mean().item()
@@ -163,8 +164,8 @@ def test_memorisation_degrades_gradually():
     assert errors[16] < 0.15 and errors[32] < 0.35 and errors[64] < 0.65
     assert errors[64] > 0.25  # it is over capacity, and that shows
     ordered = [errors[n] for n in (4, 8, 16, 32, 64)]
-    assert all(b >= a for a, b in zip(ordered, ordered[1:]))  # monotone
-    assert all(b - a < 0.4 for a, b in zip(ordered, ordered[1:]))  # no cliff between doublings
+    assert all(b >= a for a, b in itertools.pairwise(ordered))  # monotone
+    assert all(b - a < 0.4 for a, b in itertools.pairwise(ordered))  # no cliff between doublings
 
 
 def test_linear_memory_capacity():

@@ -7,12 +7,12 @@ import torch
 
 from ssmzoo.models import MAC, MAG, MAL
 
-SMALL = dict(vocab_size=11, d_model=16, n_layers=2, heads=2, persistent_tokens=2, memory_heads=2, memory_depth=2)
+SMALL = {"vocab_size": 11, "d_model": 16, "n_layers": 2, "heads": 2, "persistent_tokens": 2, "memory_heads": 2, "memory_depth": 2}
 
 
 def build(cls):
     torch.manual_seed(0)
-    extra = dict(segment_len=4) if cls is MAC else dict(window=4, memory_chunk=3)
+    extra = {"segment_len": 4} if cls is MAC else {"window": 4, "memory_chunk": 3}
     return cls(**SMALL, **extra).double()
 
 

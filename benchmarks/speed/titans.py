@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's ssmzoo, not an installed one
-from ssmzoo import NeuralMemory  # noqa: E402
+from ssmzoo import NeuralMemory
 
 DIM, CHUNK, BATCH, LENGTH, HEADS, DEPTH, EXPANSION = 384, 64, 2, 1024, 1, 2, 4.0
 
@@ -48,7 +48,7 @@ def main() -> None:
     # Same memory MLP (2 layers, hidden 4·dim, no biases); its default LayerNorm+residual wrapper
     # around the memory is turned off so both memories are the plain MLP of the paper.
     peer = PeerMemory(DIM, chunk_size=CHUNK, heads=HEADS, momentum=True,
-                      default_model_kwargs=dict(depth=DEPTH, expansion_factor=EXPANSION),
+                      default_model_kwargs={"depth": DEPTH, "expansion_factor": EXPANSION},
                       mem_model_norm_add_residual=False)
     x = torch.randn(BATCH, LENGTH, DIM)
     runs = {
@@ -67,9 +67,9 @@ def main() -> None:
     lines = [
         "# NeuralMemory forward+backward, CPU",
         "",
-        f"batch {BATCH}, length {LENGTH}, dim {DIM}, heads {HEADS}, chunk {CHUNK}, memory MLP depth {DEPTH} "
+        (f"batch {BATCH}, length {LENGTH}, dim {DIM}, heads {HEADS}, chunk {CHUNK}, memory MLP depth {DEPTH} "
         f"width {int(EXPANSION * DIM)}, momentum on, float32, {args.threads} threads, "
-        f"median of {args.reps} interleaved repetitions (torch {torch.__version__}).",
+        f"median of {args.reps} interleaved repetitions (torch {torch.__version__})."),
         "",
         "| implementation | median s | min s | parameters |",
         "|---|---|---|---|",

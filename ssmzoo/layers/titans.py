@@ -14,6 +14,7 @@ stepping buffers tokens and updates the weights when a chunk fills, as forward d
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -101,7 +102,7 @@ class NeuralMemory(SequenceLayer):
         hidden = max(1, round(memory_expansion * self.d_head))
         dims = [self.d_head] + [hidden] * (memory_depth - 1) + [self.d_head]
         self.memory_init = nn.ParameterList(
-            nn.Parameter(torch.randn(heads, d_out, d_in) / math.sqrt(d_in)) for d_in, d_out in zip(dims, dims[1:])
+            nn.Parameter(torch.randn(heads, d_out, d_in) / math.sqrt(d_in)) for d_in, d_out in itertools.pairwise(dims)
         )
         # Read-out: per-head RMS norm, a SiLU gate from the input, then the output projection.
         self.norm_scale = nn.Parameter(torch.ones(heads, self.d_head))
@@ -113,7 +114,7 @@ class NeuralMemory(SequenceLayer):
         """Fresh stream: the learned initial weights M_0 (gradients reach them), zero momentum."""
         weights = tuple(w.to(device, dtype).expand(batch_size, *w.shape) for w in self.memory_init)
         b, h, c, d = batch_size, self.heads, self.chunk_size, self.d_head
-        zeros = dict(device=device, dtype=dtype)
+        zeros = {"device": device, "dtype": dtype}
         return NeuralMemoryState(
             weights=weights,
             momentum=tuple(torch.zeros(b, *w.shape, **zeros) for w in self.memory_init),

@@ -122,7 +122,7 @@ class TitansBlock(nn.Module):
 
     def _memory_as_context(self, x: Tensor, positions: Tensor) -> Tensor:
         """Segments attend to [persistent ‖ h ‖ segment]; h read from the memory before the segment."""
-        batch, length, d = x.shape
+        batch, length, _d = x.shape
         s = self.segment_len
         h = self.memory(x)  # h_t = M*(q_t) with the weights from before t's segment (chunk = segment)
         pad = (-length) % s
