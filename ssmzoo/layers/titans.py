@@ -71,7 +71,7 @@ class NeuralMemory(SequenceLayer):
         chunk_size: int = 16,
         conv_kernel: int = 4,
         qk_norm: bool = True,
-        max_lr: float = 0.1,
+        max_lr: float = 0.01,
     ) -> None:
         super().__init__(d_model, causal=True)
         if not isinstance(heads, int) or heads < 1 or d_model % heads:
