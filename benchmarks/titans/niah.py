@@ -153,6 +153,9 @@ def main() -> None:
         "|---|---|---|---|" + "---|" * len(args.test_lengths) + "---|",
         *rows,
         "",
+        "Accuracies within a few points of chance mean a model did not learn the task in this budget",
+        f"(sampling noise is about ±2 points at {args.samples} questions).",
+        "",
         f"Reproduce: `python benchmarks/titans/niah.py --steps {args.steps} --pairs {args.pairs}`",
     ]) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
