@@ -109,7 +109,7 @@ class TitansBlock(nn.Module):
         length = x.shape[1]
         positions = torch.arange(length, device=x.device)
         if self.variant == "mac":
-            x = x + self._memory_as_context(self.norm_attn(x), positions)
+            x = x + self._memory_as_context(self.norm_attn(x))
         elif self.variant == "mag":
             h = self.norm_attn(x)
             y = self.attn(h, positions, sliding_window_mask(length, self.window, x.device))
@@ -120,9 +120,9 @@ class TitansBlock(nn.Module):
             x = x + self.attn(self.norm_attn(x), positions, sliding_window_mask(length, self.window, x.device))
         return x + self.mlp(self.norm_mlp(x))
 
-    def _memory_as_context(self, x: Tensor, positions: Tensor) -> Tensor:
+    def _memory_as_context(self, x: Tensor) -> Tensor:
         """Segments attend to [persistent ‖ h ‖ segment]; h read from the memory before the segment."""
-        batch, length, _d = x.shape
+        batch, length = x.shape[:2]
         s = self.segment_len
         h = self.memory(x)  # h_t = M*(q_t) with the weights from before t's segment (chunk = segment)
         pad = (-length) % s

@@ -90,7 +90,7 @@ def chunk_update(memory: Weights, k: Tensor, v: Tensor, theta: Tensor, eta: Tens
 
     new_memory = []
     for mem, (delta, inputs) in zip(memory, gradient_factors(tuple(m.unbind(2)[0] for m in memory), k, v)):
-        b, _h, _, _d_out, d_in = mem.shape
+        b, d_in = mem.shape[0], mem.shape[-1]
         carried = torch.bmm(mix, rearrange(mem, "b h x o i -> (b h) x (o i)"))
         scaled = rearrange(coeff[..., None] * delta[:, :, None], "b h x n o -> (b h) (x o) n")
         updated = torch.baddbmm(rearrange(carried, "bh x (o i) -> bh (x o) i", i=d_in), scaled,
