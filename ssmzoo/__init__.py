@@ -7,11 +7,13 @@ from .layers import (
     ClosedLoopCompanionSSM,
     CompanionSSM,
     Differencing,
+    Mamba,
     MovingAverageResidual,
+    NeuralMemory,
     SequenceLayer,
     ShiftSSM,
 )
-from .models import SpaceTime
+from .models import MAC, MAG, MAL, LanguageModel, SpaceTime
 
 __version__ = "0.1.0"
 
@@ -24,9 +26,15 @@ __all__ = [
     "ClosedLoopCompanionSSM",
     "CompanionSSM",
     "Differencing",
+    "Mamba",
     "MovingAverageResidual",
+    "NeuralMemory",
     "SequenceLayer",
     "ShiftSSM",
+    "LanguageModel",
+    "MAC",
+    "MAG",
+    "MAL",
     "SpaceTime",
     "__version__",
 ]

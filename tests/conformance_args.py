@@ -11,4 +11,6 @@ SMALL_ARGS: dict[str, dict] = {
     "shift": dict(d_state=5, heads=2),
     "differencing": dict(orders=[0, 1, 2]),
     "moving_average_residual": dict(windows=[2, 5]),
+    "neural_memory": dict(heads=2, memory_depth=2, chunk_size=4, conv_kernel=3),
+    "mamba": dict(d_state=4, d_conv=3, expand=2),
 }

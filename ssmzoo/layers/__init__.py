@@ -11,6 +11,7 @@ from .base import (
     set_input_checks,
     tag_param,
 )
+from .mamba import Mamba
 from .s4 import S4
 from .s4d import S4D
 from .spacetime import (
@@ -20,6 +21,7 @@ from .spacetime import (
     MovingAverageResidual,
     ShiftSSM,
 )
+from .titans import NeuralMemory
 
 __all__ = [
     "SequenceLayer",
@@ -38,4 +40,6 @@ __all__ = [
     "Differencing",
     "MovingAverageResidual",
     "ShiftSSM",
+    "NeuralMemory",
+    "Mamba",
 ]

@@ -1,8 +1,11 @@
-"""Backbones built from layers."""
+"""Backbones built from sequence layers."""
 
 from .forecaster import Forecaster
 from .linear_forecaster import LinearForecaster
+from .lm import LanguageModel
 from .spacetime import SpaceTime
 from .ssm_forecaster import SSMForecaster
+from .titans import MAC, MAG, MAL, TitansLM
 
-__all__ = ["Forecaster", "LinearForecaster", "SSMForecaster", "SpaceTime"]
+__all__ = ["Forecaster", "LinearForecaster", "LanguageModel", "MAC", "MAG", "MAL", "SSMForecaster", "SpaceTime",
+           "TitansLM"]

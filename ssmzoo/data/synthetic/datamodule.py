@@ -1,0 +1,113 @@
+"""LightningDataModules for the synthetic tasks: seeded, generated in memory, any model.
+
+Batches are ``(tokens, targets)``: tokens LongTensor (batch, length), targets LongTensor
+(batch, length) holding the token expected at each position or ``ignore_index`` (-100) where
+nothing is asked (the convention of ``F.cross_entropy``)."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from .induction_heads import induction_heads
+from .selective_copying import selective_copying
+
+_SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+class _SyntheticDataModule(L.LightningDataModule):
+    ignore_index = -100
+
+    def __init__(self, num_train: int, num_val: int, num_test: int, batch_size: int, seed: int, num_workers: int):
+        super().__init__()
+        for arg, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
+                           ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{type(self).__name__}: {arg} must be a positive int, got {value!r}")
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.datasets: dict[str, TensorDataset] = {}
+
+    @abstractmethod
+    def _generate(self, split: str, num_samples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """(tokens, targets) of one split."""
+
+    def dataset(self, split: str) -> TensorDataset:
+        """The split's examples; each split has its own seed derived from ``seed``."""
+        if split not in _SPLITS:
+            raise ValueError(f"{type(self).__name__}: split must be one of {', '.join(_SPLITS)}, got {split!r}")
+        if split not in self.datasets:
+            generator = torch.Generator().manual_seed(self.seed * len(_SPLITS) + _SPLITS[split])
+            self.datasets[split] = TensorDataset(*self._generate(split, self.sizes[split], generator))
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in _SPLITS:
+            self.dataset(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class SelectiveCopyingDataModule(_SyntheticDataModule):
+    """Selective copying (see selective_copying.py): ``num_tokens`` data tokens among ``seq_len``
+    positions, then ``num_tokens`` markers; examples are ``seq_len + num_tokens`` long."""
+
+    def __init__(
+        self,
+        seq_len: int = 256,
+        num_tokens: int = 16,
+        vocab_size: int = 16,
+        num_train: int = 10000,
+        num_val: int = 500,
+        num_test: int = 500,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(num_train, num_val, num_test, batch_size, seed, num_workers)
+        self.seq_len, self.num_tokens, self.vocab_size = seq_len, num_tokens, vocab_size
+        selective_copying(1, seq_len, num_tokens, vocab_size, torch.Generator())  # validate arguments now
+
+    def _generate(self, split: str, num_samples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return selective_copying(num_samples, self.seq_len, self.num_tokens, self.vocab_size, generator)
+
+
+class InductionHeadsDataModule(_SyntheticDataModule):
+    """Induction heads (see induction_heads.py), trained at ``seq_len`` and tested at
+    ``test_seq_len`` (default the same) to measure length extrapolation as in the Mamba paper."""
+
+    def __init__(
+        self,
+        seq_len: int = 256,
+        vocab_size: int = 16,
+        test_seq_len: int | None = None,
+        num_train: int = 10000,
+        num_val: int = 500,
+        num_test: int = 500,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(num_train, num_val, num_test, batch_size, seed, num_workers)
+        self.seq_len, self.vocab_size = seq_len, vocab_size
+        self.test_seq_len = test_seq_len if test_seq_len is not None else seq_len
+        for length in {seq_len, self.test_seq_len}:
+            induction_heads(1, length, vocab_size, torch.Generator())  # validate arguments now
+
+    def _generate(self, split: str, num_samples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        length = self.test_seq_len if split == "test" else self.seq_len
+        return induction_heads(num_samples, length, self.vocab_size, generator)
