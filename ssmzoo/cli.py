@@ -14,6 +14,7 @@ beside the majority-class baseline, and writing ``results.json`` into the run's 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import sys
@@ -128,6 +129,20 @@ class SsmzooCLI(LightningCLI):
         print(f"ssmzoo: {line}   ({self.results['wall_time_s']:.0f} s; results in {self.results_path})")
 
 
+# `ssmzoo data NAME ...` runs that data set's generator command line (its module's ``main``).
+DATA_COMMANDS = {"listops": "ssmzoo.data.lra.listops"}
+
+
+def data_main(argv: list[str]) -> None:
+    """``ssmzoo data NAME [--help] ...``: write a generated data set to files."""
+    if not argv or argv[0] not in DATA_COMMANDS:
+        names = ", ".join(DATA_COMMANDS)
+        got = f" (got {argv[0]!r})" if argv else ""
+        sys.stderr.write(f"usage: ssmzoo data {{{names}}} [--help] ...: name a data set{got}\n")
+        raise SystemExit(2)
+    importlib.import_module(DATA_COMMANDS[argv[0]]).main(argv[1:])
+
+
 def run(args: list[str] | None = None) -> SsmzooCLI:
     """Run the LightningCLI on ``args`` (default: the command line) and return it."""
     return SsmzooCLI(
@@ -144,8 +159,6 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of the ``ssmzoo`` console script."""
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] == "data":
-        from .data_cli import data_main
-
         data_main(argv[1:])
         return
     run(args)
