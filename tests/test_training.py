@@ -159,3 +159,29 @@ def test_warmup_cosine_schedule():
     for bad in (-1, 2.5, float("nan")):
         with pytest.raises(ValueError, match="warmup"):
             warmup_steps_from(bad, 100)
+
+
+@pytest.mark.parametrize("config", ["configs/lra/listops/s4d.yaml", "configs/lra/listops/s4d_small.yaml"])
+def test_shipped_configs_parse(config, capsys):
+    """Every key of the shipped configs is a constructor argument of the class it configures."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / config
+    with pytest.raises(SystemExit) as err:
+        main(["fit", "--config", str(path), "--print_config"])
+    assert err.value.code in (0, None)
+    assert "ssmzoo.models.SequenceModel" in capsys.readouterr().out
+
+
+def test_data_command_writes_listops_files(tmp_path):
+    main(["data", "listops", "--out", str(tmp_path), "--n-train", "6", "--n-val", "2", "--n-test", "2",
+          "--min-length", "3", "--max-length", "40", "--max-depth", "3", "--max-args", "3"])
+    for split, n in (("train", 6), ("val", 2), ("test", 2)):
+        lines = (tmp_path / f"basic_{split}.tsv").read_text().splitlines()
+        assert lines[0].split("\t") == ["Source", "Target"] and len(lines) == n + 1
+
+
+def test_data_command_needs_a_known_name(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "imagenet"])
+    assert "listops" in capsys.readouterr().err
