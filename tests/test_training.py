@@ -116,6 +116,18 @@ def test_fit_writes_checkpoint_and_results(fitted):
     assert cli.trainer.checkpoint_callback.monitor == "val/acc" and cli.trainer.checkpoint_callback.mode == "max"
 
 
+
+def test_test_subcommand_reloads_the_best_checkpoint(fitted):
+    cli, root = fitted
+    best = cli.results["checkpoint"]
+    again = run(["test", "--config", str(root / "tiny.yaml"), "--ckpt_path", best,
+                 "--trainer.default_root_dir", str(root / "runs")])
+    metrics = again.trainer.callback_metrics
+    reloaded, trained = again.model.state_dict(), cli.model.state_dict()  # cli.model holds the best weights
+    assert reloaded.keys() == trained.keys() and all(torch.equal(reloaded[k], trained[k]) for k in trained)
+    assert float(metrics["test/acc"]) == pytest.approx(cli.results["test_acc"])
+    assert float(metrics["test/majority_baseline"]) == pytest.approx(cli.results["majority_baseline"])
+
 def test_optimizer_groups_give_ssm_params_their_lr_and_no_weight_decay(fitted):
     cli, _ = fitted
     groups = cli.trainer.optimizers[0].param_groups
