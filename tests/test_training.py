@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -106,6 +107,8 @@ def test_fit_writes_checkpoint_and_results(fitted):
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
     assert any(name.startswith("best-") for name in checkpoints) and "last.ckpt" in checkpoints
     assert (run_dir / "metrics.csv").is_file()
+    if importlib.util.find_spec("tensorboard") is not None:  # TensorBoard logs share the run's folder
+        assert list(run_dir.glob("events.out.tfevents*"))
     results = json.loads((run_dir / "results.json").read_text())
     assert results["steps"] == 6
     assert 0.0 <= results["test_acc"] <= 1.0
