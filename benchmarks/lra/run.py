@@ -42,7 +42,7 @@ PUBLISHED = {
 
 
 def write_table(results_dir: Path, table: Path) -> None:
-    rows = []
+    rows, notes = [], []
     for path in sorted(results_dir.glob("*.json")):
         r = json.loads(path.read_text())
         published = ", ".join(f"{k} {v:.2f}" for k, v in r["published"].items()) or "–"
@@ -50,13 +50,14 @@ def write_table(results_dir: Path, table: Path) -> None:
             f"| {r['task']} | `{r['config']}` | {100 * r['test_acc']:.2f} | {100 * r['majority_baseline']:.2f} "
             f"| {published} | {r['wall_time_s'] / 60:.1f} min | {r['epochs']} / {r['steps']} | {r['data_note']} |"
         )
+        notes.append(f"- {r['task']} `{r['config']}`: {r['machine']}, {r['date']}" + (f"; {r['note']}" if r.get("note") else ""))
     table.write_text(
         "# LRA results\n\n"
         "Test accuracy (%) of the best checkpoint (by val/acc), the majority-class baseline on the same test\n"
         "split, and the published accuracy on the full LRA task. Reproduce a row with the command in its JSON\n"
         "(`benchmarks/lra/results/<task>_<config>.json`, key `command`).\n\n"
         "| task | config | test acc | majority baseline | published (full LRA) | wall time | epochs / steps | data |\n"
-        "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+        "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\nMachines:\n" + "\n".join(notes) + "\n"
     )
 
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/lra/listops/s4d_small.yaml")
     parser.add_argument("--root", default="runs/benchmarks", help="trainer.default_root_dir of the run")
+    parser.add_argument("--note", default="", help="a remark stored with the result (e.g. the machine was shared)")
     parser.add_argument("cli_args", nargs="*", help="extra ssmzoo fit arguments (after --)")
     args = parser.parse_args(argv)
     config = Path(args.config)
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> Path:
         "run_dir": str(cli.results_path.parent) if cli.results_path else None,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, accelerator {cli.trainer.accelerator.__class__.__name__}",
+        "note": args.note,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     results_dir = HERE / "results"
