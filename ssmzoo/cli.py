@@ -32,7 +32,10 @@ RESULTS_FILE = "results.json"
 
 
 def _tensorboard_installed() -> bool:
-    return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+    return (
+        importlib.util.find_spec("tensorboard") is not None
+        or importlib.util.find_spec("tensorboardX") is not None
+    )
 
 
 class SsmzooCLI(LightningCLI):
@@ -81,7 +84,9 @@ class SsmzooCLI(LightningCLI):
             loggers: list[Logger] = [CSVLogger(save_dir=root, name=self._run_name())]
             if _tensorboard_installed():
                 # Same directory as the CSV logs: one version folder per run holds both.
-                loggers.append(TensorBoardLogger(save_dir=root, name=self._run_name(), version=loggers[0].version))
+                loggers.append(
+                    TensorBoardLogger(save_dir=root, name=self._run_name(), version=loggers[0].version)
+                )
             kwargs["logger"] = loggers
         return super().instantiate_trainer(**kwargs)
 
@@ -93,7 +98,9 @@ class SsmzooCLI(LightningCLI):
         if not self.config[self.subcommand].get("test_after_fit", True):
             return
         trainer = self.trainer
-        if self.datamodule is None or not is_overridden("test_dataloader", self.datamodule, LightningDataModule):
+        if self.datamodule is None or not is_overridden(
+            "test_dataloader", self.datamodule, LightningDataModule
+        ):
             print("ssmzoo: no test split in the datamodule; skipping the test after fit")
             return
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback is not None else ""

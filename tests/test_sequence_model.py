@@ -21,7 +21,11 @@ def _tiny(**overrides) -> SequenceModel:
 
 def _padded_batch(seqs: list[torch.Tensor], total: int, garbage: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token sequences to ``total``; the padding holds random ids (garbage) or zeros."""
-    x = torch.randint(0, VOCAB, (len(seqs), total)) if garbage else torch.zeros(len(seqs), total, dtype=torch.long)
+    x = (
+        torch.randint(0, VOCAB, (len(seqs), total))
+        if garbage
+        else torch.zeros(len(seqs), total, dtype=torch.long)
+    )
     for i, s in enumerate(seqs):
         x[i, : len(s)] = s
     return x, torch.tensor([len(s) for s in seqs])
@@ -30,12 +34,22 @@ def _padded_batch(seqs: list[torch.Tensor], total: int, garbage: bool) -> tuple[
 CONFIGS = [
     dict(layer_args={"d_state": 4, "bidirectional": False}, pooling="mean", norm="layer", prenorm=True),
     dict(layer_args={"d_state": 4, "bidirectional": True}, pooling="mean", norm="batch", prenorm=False),
-    dict(layer_args={"d_state": 4, "bidirectional": True}, pooling="last", norm="rms", prenorm=True, ffn="glu"),
-    dict(layer_args={"d_state": 4, "bidirectional": False}, pooling="last", norm="batch", prenorm=True, ffn="mlp"),
+    dict(
+        layer_args={"d_state": 4, "bidirectional": True}, pooling="last", norm="rms", prenorm=True, ffn="glu"
+    ),
+    dict(
+        layer_args={"d_state": 4, "bidirectional": False},
+        pooling="last",
+        norm="batch",
+        prenorm=True,
+        ffn="mlp",
+    ),
 ]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c['pooling']}-{c['norm']}-bi{c['layer_args']['bidirectional']}")
+@pytest.mark.parametrize(
+    "cfg", CONFIGS, ids=lambda c: f"{c['pooling']}-{c['norm']}-bi{c['layer_args']['bidirectional']}"
+)
 def test_padding_never_changes_real_outputs_eval(cfg):
     model = _tiny(**cfg)
     # give batch norm non-trivial running statistics first
@@ -53,7 +67,9 @@ def test_padding_never_changes_real_outputs_eval(cfg):
 
 
 def test_padding_invariance_pooling_none_real_valued_inputs():
-    model = _tiny(vocab_size=None, d_input=3, pooling="none", layer_args={"d_state": 4, "bidirectional": True})
+    model = _tiny(
+        vocab_size=None, d_input=3, pooling="none", layer_args={"d_state": 4, "bidirectional": True}
+    )
     model.eval()
     lens = [6, 2, 5]
     seqs = [torch.randn(n, 3, dtype=torch.float64) for n in lens]

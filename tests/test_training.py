@@ -20,8 +20,15 @@ class TinyClassification(LightningDataModule):
 
     Labels are drawn unevenly (class 0 twice as often) so the majority baseline is not 1/classes."""
 
-    def __init__(self, n_train: int = 48, n_eval: int = 24, length: int = 10, num_classes: int = 3,
-                 batch_size: int = 16, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_train: int = 48,
+        n_eval: int = 24,
+        length: int = 10,
+        num_classes: int = 3,
+        batch_size: int = 16,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.n_train, self.n_eval, self.length = n_train, n_eval, length
         self.num_classes, self.batch_size, self.seed = num_classes, batch_size, seed
@@ -39,8 +46,11 @@ class TinyClassification(LightningDataModule):
         return TensorDataset(tokens, lengths, labels)
 
     def setup(self, stage: str | None = None) -> None:
-        self.splits = {"train": self._split(self.n_train, self.seed), "val": self._split(self.n_eval, self.seed + 1),
-                       "test": self._split(self.n_eval, self.seed + 2)}
+        self.splits = {
+            "train": self._split(self.n_train, self.seed),
+            "val": self._split(self.n_eval, self.seed + 1),
+            "test": self._split(self.n_eval, self.seed + 2),
+        }
 
     def majority_class_accuracy(self, split: str = "test") -> float:
         if not hasattr(self, "splits"):
@@ -116,20 +126,31 @@ def test_fit_writes_checkpoint_and_results(fitted):
     assert results["config"] == [str(root / "tiny.yaml")]
     assert results["checkpoint"].startswith(str(run_dir / "checkpoints" / "best-"))
     # the best checkpoint is the one with the highest val/acc, as ModelCheckpoint was told
-    assert cli.trainer.checkpoint_callback.monitor == "val/acc" and cli.trainer.checkpoint_callback.mode == "max"
-
+    assert (
+        cli.trainer.checkpoint_callback.monitor == "val/acc" and cli.trainer.checkpoint_callback.mode == "max"
+    )
 
 
 def test_test_subcommand_reloads_the_best_checkpoint(fitted):
     cli, root = fitted
     best = cli.results["checkpoint"]
-    again = run(["test", "--config", str(root / "tiny.yaml"), "--ckpt_path", best,
-                 "--trainer.default_root_dir", str(root / "runs")])
+    again = run(
+        [
+            "test",
+            "--config",
+            str(root / "tiny.yaml"),
+            "--ckpt_path",
+            best,
+            "--trainer.default_root_dir",
+            str(root / "runs"),
+        ]
+    )
     metrics = again.trainer.callback_metrics
     reloaded, trained = again.model.state_dict(), cli.model.state_dict()  # cli.model holds the best weights
     assert reloaded.keys() == trained.keys() and all(torch.equal(reloaded[k], trained[k]) for k in trained)
     assert float(metrics["test/acc"]) == pytest.approx(cli.results["test_acc"])
     assert float(metrics["test/majority_baseline"]) == pytest.approx(cli.results["majority_baseline"])
+
 
 def test_optimizer_groups_give_ssm_params_their_lr_and_no_weight_decay(fitted):
     cli, _ = fitted
@@ -158,7 +179,9 @@ def test_unknown_config_key_fails_with_clear_message(tmp_path, capsys):
 
 def test_wrong_type_fails_with_clear_message(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
-    config.write_text(CONFIG.replace("pooling", "x").replace("prenorm: false", "prenorm: false\n        pooling: max"))
+    config.write_text(
+        CONFIG.replace("pooling", "x").replace("prenorm: false", "prenorm: false\n        pooling: max")
+    )
     with pytest.raises(SystemExit):
         main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)])
     assert "pooling" in capsys.readouterr().err
@@ -189,8 +212,28 @@ def test_shipped_configs_parse(config, capsys):
 
 
 def test_data_command_writes_listops_files(tmp_path):
-    main(["data", "listops", "--out", str(tmp_path), "--n-train", "6", "--n-val", "2", "--n-test", "2",
-          "--min-length", "3", "--max-length", "40", "--max-depth", "3", "--max-args", "3"])
+    main(
+        [
+            "data",
+            "listops",
+            "--out",
+            str(tmp_path),
+            "--n-train",
+            "6",
+            "--n-val",
+            "2",
+            "--n-test",
+            "2",
+            "--min-length",
+            "3",
+            "--max-length",
+            "40",
+            "--max-depth",
+            "3",
+            "--max-args",
+            "3",
+        ]
+    )
     for split, n in (("train", 6), ("val", 2), ("test", 2)):
         lines = (tmp_path / f"basic_{split}.tsv").read_text().splitlines()
         assert lines[0].split("\t") == ["Source", "Target"] and len(lines) == n + 1

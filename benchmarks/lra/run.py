@@ -50,7 +50,10 @@ def write_table(results_dir: Path, table: Path) -> None:
             f"| {r['task']} | `{r['config']}` | {100 * r['test_acc']:.2f} | {100 * r['majority_baseline']:.2f} "
             f"| {published} | {r['wall_time_s'] / 60:.1f} min | {r['epochs']} / {r['steps']} | {r['data_note']} |"
         )
-        notes.append(f"- {r['task']} `{r['config']}`: {r['machine']}, {r['date']}" + (f"; {r['note']}" if r.get("note") else ""))
+        notes.append(
+            f"- {r['task']} `{r['config']}`: {r['machine']}, {r['date']}"
+            + (f"; {r['note']}" if r.get("note") else "")
+        )
     table.write_text(
         "# LRA results\n\n"
         "Test accuracy (%) of the best checkpoint (by val/acc), the majority-class baseline on the same test\n"
@@ -65,15 +68,27 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/lra/listops/s4d_small.yaml")
     parser.add_argument("--root", default="runs/benchmarks", help="trainer.default_root_dir of the run")
-    parser.add_argument("--note", default="", help="a remark stored with the result (e.g. the machine was shared)")
+    parser.add_argument(
+        "--note", default="", help="a remark stored with the result (e.g. the machine was shared)"
+    )
     parser.add_argument("cli_args", nargs="*", help="extra ssmzoo fit arguments (after --)")
     args = parser.parse_args(argv)
     config = Path(args.config)
     task, name = config.parent.name, config.stem
 
     start = time.perf_counter()
-    cli = run(["fit", "--config", str(config), "--trainer.default_root_dir", args.root,
-               "--trainer.enable_progress_bar", "false", *args.cli_args])
+    cli = run(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            args.root,
+            "--trainer.enable_progress_bar",
+            "false",
+            *args.cli_args,
+        ]
+    )
     wall = time.perf_counter() - start
     if cli.results is None or cli.results.get("test_acc") is None:
         raise SystemExit("the run produced no test accuracy (is test_after_fit off?)")
@@ -90,8 +105,9 @@ def main(argv: list[str] | None = None) -> Path:
     result = {
         "task": task,
         "config": str(config),
-        "command": "python benchmarks/lra/run.py --config " + shlex.quote(str(config))
-        + "".join(" " + shlex.quote(a) for a in ([ "--"] + args.cli_args if args.cli_args else [])),
+        "command": "python benchmarks/lra/run.py --config "
+        + shlex.quote(str(config))
+        + "".join(" " + shlex.quote(a) for a in (["--"] + args.cli_args if args.cli_args else [])),
         "test_acc": cli.results["test_acc"],
         "majority_baseline": cli.results["majority_baseline"],
         "published": PUBLISHED.get(task, {}),
@@ -110,9 +126,11 @@ def main(argv: list[str] | None = None) -> Path:
     out = results_dir / f"{task}_{name}.json"
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     write_table(results_dir, HERE / "results.md")
-    print(f"{task} / {name}: test accuracy {100 * result['test_acc']:.2f}%  "
-          f"majority baseline {100 * result['majority_baseline']:.2f}%  "
-          f"published {result['published']}  wall {wall / 60:.1f} min -> {out}")
+    print(
+        f"{task} / {name}: test accuracy {100 * result['test_acc']:.2f}%  "
+        f"majority baseline {100 * result['majority_baseline']:.2f}%  "
+        f"published {result['published']}  wall {wall / 60:.1f} min -> {out}"
+    )
     return out
 
 

@@ -106,8 +106,13 @@ class SequenceModel(nn.Module):
                 "SequenceModel: give exactly one of vocab_size (token inputs) or d_input (real-valued inputs), "
                 f"got vocab_size={vocab_size!r}, d_input={d_input!r}"
             )
-        for name, value in [("d_output", d_output), ("d_model", d_model), ("ffn_expand", ffn_expand),
-                            ("vocab_size", vocab_size), ("d_input", d_input)]:
+        for name, value in [
+            ("d_output", d_output),
+            ("d_model", d_model),
+            ("ffn_expand", ffn_expand),
+            ("vocab_size", vocab_size),
+            ("d_input", d_input),
+        ]:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"SequenceModel: {name} must be a positive int, got {value!r}")
         if not isinstance(n_layers, int) or isinstance(n_layers, bool) or n_layers < 0:
@@ -134,7 +139,11 @@ class SequenceModel(nn.Module):
             mixer = layer_registry.build(layer, d_model=d_model, **layer_args)
             blocks.append(ResidualBlock(mixer, d_model, norm, prenorm, dropout))
             if ffn != "none":
-                blocks.append(ResidualBlock(FeedForward(d_model, ffn, ffn_expand, dropout), d_model, norm, prenorm, dropout))
+                blocks.append(
+                    ResidualBlock(
+                        FeedForward(d_model, ffn, ffn_expand, dropout), d_model, norm, prenorm, dropout
+                    )
+                )
         self.blocks = nn.ModuleList(blocks)
         # With prenorm the residual stream is never normalised inside the blocks; normalise it once at the end.
         self.final_norm = build_norm(norm, d_model) if prenorm else None
@@ -164,7 +173,9 @@ class SequenceModel(nn.Module):
             raise ValueError(f"SequenceModel: lengths must be an integer tensor, got {lengths.dtype}")
         lengths = lengths.to(x.device)
         if bool((lengths < 1).any()) or bool((lengths > x.shape[1]).any()):
-            raise ValueError(f"SequenceModel: lengths must lie in [1, length={x.shape[1]}], got {lengths.tolist()}")
+            raise ValueError(
+                f"SequenceModel: lengths must lie in [1, length={x.shape[1]}], got {lengths.tolist()}"
+            )
         return lengths
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:

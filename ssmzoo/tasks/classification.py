@@ -46,7 +46,9 @@ class ClassificationTask(LightningModule):
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
-            raise ValueError(f"ClassificationTask: model must be an nn.Module (a SequenceModel), got {type(model).__name__}")
+            raise ValueError(
+                f"ClassificationTask: model must be an nn.Module (a SequenceModel), got {type(model).__name__}"
+            )
         if not lr > 0:
             raise ValueError(f"ClassificationTask: lr must be > 0, got {lr!r}")
         if not weight_decay >= 0:
@@ -54,7 +56,9 @@ class ClassificationTask(LightningModule):
         warmup_steps_from(warmup, 1)  # validates warmup now rather than when training starts
         num_classes = getattr(model, "d_output", None)
         if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"ClassificationTask: model.d_output must be the number of classes (>= 2), got {num_classes!r}")
+            raise ValueError(
+                f"ClassificationTask: model.d_output must be the number of classes (>= 2), got {num_classes!r}"
+            )
         # Under the CLI the hparams are the config (class paths and arguments), which is what
         # load_from_checkpoint needs; built in Python, the model is an nn.Module whose weights the
         # checkpoint's state dict already holds, so it is dropped from the hparams.
@@ -78,7 +82,9 @@ class ClassificationTask(LightningModule):
         loss = F.cross_entropy(logits, labels)
         accuracy(logits.argmax(-1), labels)
         batch_size = labels.shape[0]
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "test", batch_size=batch_size, sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss", loss, prog_bar=stage != "test", batch_size=batch_size, sync_dist=stage != "train"
+        )
         self.log(f"{stage}/acc", accuracy, prog_bar=True, batch_size=batch_size, on_step=False, on_epoch=True)
         return loss
 
@@ -101,6 +107,8 @@ class ClassificationTask(LightningModule):
         groups = param_groups(self.model, self.lr, self.weight_decay)
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps_from(self.warmup, total), total_steps=total)
+        schedule = functools.partial(
+            warmup_cosine, warmup_steps=warmup_steps_from(self.warmup, total), total_steps=total
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -7,8 +7,15 @@ import math
 
 def warmup_steps_from(warmup: float, total_steps: int) -> int:
     """``warmup`` < 1 is a fraction of ``total_steps``; ``warmup`` >= 1 is a whole number of steps."""
-    if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or warmup < 0 or not math.isfinite(warmup):
-        raise ValueError(f"warmup must be a fraction in [0, 1) or a whole number of steps >= 1, got {warmup!r}")
+    if (
+        isinstance(warmup, bool)
+        or not isinstance(warmup, (int, float))
+        or warmup < 0
+        or not math.isfinite(warmup)
+    ):
+        raise ValueError(
+            f"warmup must be a fraction in [0, 1) or a whole number of steps >= 1, got {warmup!r}"
+        )
     if warmup < 1:
         return int(round(warmup * total_steps))
     if warmup != int(warmup):
