@@ -5,5 +5,6 @@ A layer that is not listed here is still tested, with its defaults and d_model=D
 D_MODEL = 8
 
 SMALL_ARGS: dict[str, dict] = {
+    "s4": dict(d_state=8),
     "s4d": dict(d_state=8),
 }

@@ -103,8 +103,16 @@ def test_evaluator_on_hand_computed_expressions(expression, value):
 
 @pytest.mark.parametrize(
     "operator,arguments,value",
-    [("[MIN", [3, 8, 1], 1), ("[MAX", [3, 8, 1], 8), ("[MED", [3, 9, 4], 4), ("[MED", [1, 2], 1),
-     ("[MED", [2, 7, 5, 8], 6), ("[MED", [0, 9], 4), ("[SM", [7, 8, 9], 4), ("[SM", [5, 5], 0)],
+    [
+        ("[MIN", [3, 8, 1], 1),
+        ("[MAX", [3, 8, 1], 8),
+        ("[MED", [3, 9, 4], 4),
+        ("[MED", [1, 2], 1),
+        ("[MED", [2, 7, 5, 8], 6),
+        ("[MED", [0, 9], 4),
+        ("[SM", [7, 8, 9], 4),
+        ("[SM", [5, 5], 0),
+    ],
 )
 def test_apply_operator_hand_computed(operator, arguments, value):
     assert apply_operator(operator, arguments) == value
@@ -118,15 +126,96 @@ def test_lra_textual_form_by_hand():
 # ---------------------------------------------------------------------------------- generator
 
 
-def test_generated_targets_equal_evaluated_source_and_lengths_in_bounds():
-    samples = generate_samples(300, seed=3, **SHORT)
+@pytest.mark.parametrize("n,bounds", [(300, SHORT), (20, {"min_length": 500, "max_length": 2000})])
+def test_generated_targets_equal_evaluated_source_and_lengths_in_bounds(n, bounds):
+    samples = generate_samples(n, seed=3, **bounds)
     assert len({source for source, _ in samples}) == len(samples)  # distinct, as in LRA
     for source, target in samples:
         assert evaluate(source) == target
         n_tokens = len(tokenize(source))
-        assert SHORT["min_length"] < n_tokens < SHORT["max_length"]
+        assert bounds["min_length"] < n_tokens < bounds["max_length"]
         # the Source is exactly LRA's textual form of its own tokens
         assert lra_form(source.replace("(", " ").replace(")", " ")) == source
+
+
+def lra_process(rng: random.Random, depth: int = 1, max_depth: int = 10, max_args: int = 10) -> list[str]:
+    """The LRA generator's process written plainly (PAPERS.md): below max depth an operator with
+    probability 0.25 and 2..max_args arguments, else a digit."""
+    if depth < max_depth and rng.random() < 0.25:
+        arguments = []
+        for _ in range(rng.randint(2, max_args)):
+            arguments += lra_process(rng, depth + 1, max_depth, max_args)
+        return [rng.choice(["[MIN", "[MAX", "[MED", "[SM"])] + arguments + ["]"]
+    return [str(rng.randrange(10))]
+
+
+def features(tokens: list[str], max_args: int) -> list[float]:
+    """Per-tree statistics: length, depth, root arity, whether the root's first / last argument is an
+    operator, mean arity of the operators, share of operators at the maximum arity, share of each
+    operator, value."""
+    open_arities: list[int] = []  # argument counts of the operators still open
+    arities: list[int] = []
+    root_args: list[bool] = []  # True for an operator argument of the root
+    deepest = 0
+    counts = dict.fromkeys(["[MIN", "[MAX", "[MED", "[SM"], 0)
+    for token in tokens:
+        if token == "]":
+            arities.append(open_arities.pop())
+            continue
+        if len(open_arities) == 1:
+            root_args.append(token.startswith("["))
+        if open_arities:
+            open_arities[-1] += 1
+        if token.startswith("["):
+            open_arities.append(0)
+            deepest = max(deepest, len(open_arities))
+            counts[token] += 1
+    n_operators = len(arities)
+    return [
+        len(tokens),
+        deepest,
+        len(root_args),
+        root_args[0],
+        root_args[-1],
+        np.mean(arities),
+        np.mean(np.array(arities) == max_args),
+        *(c / n_operators for c in counts.values()),
+        evaluate(" ".join(tokens)),
+    ]
+
+
+def test_generator_follows_the_lra_distribution():
+    """The two-stage sampler against the plain LRA process (smaller depth and arity so it runs fast and
+    the depth limit matters often), on trees of 10 < tokens < 80: every statistic's mean agrees within
+    4.5 standard errors, and lengths pass a two-sample KS test."""
+    n, low, high, depth, arity = 2500, 10, 80, 4, 7
+    ours = [
+        features(tokenize_words(source), arity)
+        for source, _ in generate_samples(
+            n, 11, min_length=low, max_length=high, max_depth=depth, max_args=arity
+        )
+    ]
+    rng, reference = random.Random(5), []
+    while len(reference) < n:
+        tokens = lra_process(rng, 1, depth, arity)
+        if low < len(tokens) < high:
+            reference.append(features(tokens, arity))
+    a, b = np.array(ours, dtype=float), np.array(reference, dtype=float)
+    standard_error = np.sqrt(a.var(0) / n + b.var(0) / n)
+    assert np.all(np.abs(a.mean(0) - b.mean(0)) < 4.5 * standard_error + 1e-12), (a.mean(0), b.mean(0))
+    grid = np.arange(low, high + 1)
+    ks = (
+        np.abs(
+            np.searchsorted(np.sort(a[:, 0]), grid, "right")
+            - np.searchsorted(np.sort(b[:, 0]), grid, "right")
+        ).max()
+        / n
+    )
+    assert ks < 1.95 * math.sqrt(2 / n)  # alpha = 0.001
+
+
+def tokenize_words(source: str) -> list[str]:
+    return source.replace("(", " ").replace(")", " ").split()
 
 
 def test_generator_is_seeded(tmp_path):
@@ -151,6 +240,14 @@ def test_generator_rejects_impossible_settings():
         generate_samples(1, seed=0, min_length=100, max_length=200, max_depth=2, max_args=10)
 
 
+def test_generator_reports_a_window_without_enough_distinct_trees(monkeypatch):
+    # depth 2, two arguments, 3 < tokens < 5: only [OP d d ] fits, 4 * 10 * 10 = 400 distinct trees
+    monkeypatch.setattr(listops, "MAX_CONSECUTIVE_REJECTIONS", 5000)
+    assert len(generate_samples(400, 0, min_length=3, max_length=5, max_depth=2, max_args=2)) == 400
+    with pytest.raises(ValueError, match="stalled after 400 samples"):
+        generate_samples(401, 0, min_length=3, max_length=5, max_depth=2, max_args=2)
+
+
 # ---------------------------------------------------------------------------------- official format
 
 
@@ -161,11 +258,13 @@ def test_official_format_round_trip(tmp_path):
         "test": [("[MAX 2 9 [MIN 4 7 ] 0 ]", 9), ("[MED 0 9 ]", 4)],
     }
     for split, samples in rows.items():
-        write_rows(tmp_path / f"basic_{split}.tsv", ["Source\tTarget"] + [f"{lra_form(e)}\t{v}" for e, v in samples])
+        write_rows(
+            tmp_path / f"basic_{split}.tsv", ["Source\tTarget"] + [f"{lra_form(e)}\t{v}" for e, v in samples]
+        )
     data = read_listops_tsv(tmp_path / "basic_train.tsv")
     # PAD 0, digit d -> d + 1, [MIN 11, [MAX 12, [MED 13, [SM 14, ] 15
     expected = [[12, 3, 10, 15], [14, 8, 9, 10, 15], [11, 4, 12, 3, 10, 15, 15]]
-    assert [data.tokens[data.offsets[i]:data.offsets[i + 1]].tolist() for i in range(3)] == expected
+    assert [data.tokens[data.offsets[i] : data.offsets[i + 1]].tolist() for i in range(3)] == expected
     assert data.labels.tolist() == [9, 4, 3]
 
     dm = ListOpsDataModule(data_dir=str(tmp_path), batch_size=2)
@@ -263,7 +362,9 @@ def test_majority_class_accuracy(tmp_path):
     train = [("[MAX 2 9 ]", 9), ("[MAX 1 9 ]", 9), ("[MIN 3 8 ]", 3)]
     test = [("[MAX 0 9 ]", 9), ("[MIN 2 5 ]", 2), ("[MIN 2 6 ]", 2), ("[SM 4 5 ]", 9)]
     for split, samples in (("train", train), ("val", train[:1]), ("test", test)):
-        write_rows(tmp_path / f"basic_{split}.tsv", ["Source\tTarget"] + [f"{lra_form(e)}\t{v}" for e, v in samples])
+        write_rows(
+            tmp_path / f"basic_{split}.tsv", ["Source\tTarget"] + [f"{lra_form(e)}\t{v}" for e, v in samples]
+        )
     dm = ListOpsDataModule(data_dir=str(tmp_path))
     assert dm.majority_class_accuracy("test") == pytest.approx(0.5)  # train majority is 9
     assert dm.majority_class_accuracy("train") == pytest.approx(2 / 3)
@@ -278,3 +379,29 @@ def test_bad_arguments_name_the_argument():
         ListOpsDataModule(min_length=2000, max_length=500)
     with pytest.raises(ValueError, match="split"):
         ListOpsDataModule(data_dir="x").load_split("dev")
+
+
+def test_command_line_writes_the_three_files(tmp_path, capsys):
+    out = listops.main(
+        [
+            "--out",
+            str(tmp_path / "cli"),
+            "--n-train",
+            "30",
+            "--n-val",
+            "5",
+            "--n-test",
+            "5",
+            "--min-length",
+            "20",
+            "--max-length",
+            "120",
+            "--seed",
+            "4",
+        ]
+    )
+    assert out == tmp_path / "cli"
+    assert [len(read_listops_tsv(out / f"basic_{s}.tsv")) for s in ("train", "val", "test")] == [30, 5, 5]
+    assert "wrote 40 samples" in capsys.readouterr().out
+    direct = generate_listops(tmp_path / "direct", 30, 5, 5, seed=4, min_length=20, max_length=120)
+    assert (direct / "basic_test.tsv").read_bytes() == (out / "basic_test.tsv").read_bytes()

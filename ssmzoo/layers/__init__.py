@@ -11,6 +11,7 @@ from .base import (
     set_input_checks,
     tag_param,
 )
+from .s4 import S4
 from .s4d import S4D
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "register",
     "set_input_checks",
     "tag_param",
+    "S4",
     "S4D",
 ]

@@ -69,6 +69,7 @@ class SequenceLayer(nn.Module):
             raise ValueError(f"{type(self).__name__}: d_model must be a positive int, got {d_model!r}")
         self.d_model = d_model
         self.causal = causal
+        self.state_requested = False  # True while _forward serves a call with return_state=True
 
     # -- the public contract ------------------------------------------------------------------
     def forward(
@@ -95,7 +96,12 @@ class SequenceLayer(nn.Module):
                 f"{self._name}: return_state with padded sequences (lengths < length) is ambiguous; "
                 "pass unpadded sequences to continue a stream"
             )
-        y, new_state = self._forward(x, state, lengths)
+        # Layers whose final state is costly read this flag and skip it when nobody asked.
+        self.state_requested = return_state
+        try:
+            y, new_state = self._forward(x, state, lengths)
+        finally:
+            self.state_requested = False
         return (y, new_state) if return_state else y
 
     def init_state(

@@ -21,6 +21,20 @@ from ..ops.vandermonde import vandermonde, vandermonde_transpose
 from .base import SequenceLayer, register, reverse_padded, tag_param
 
 
+def ssm_convolution(x: Tensor, k: Tensor, channels: int, lengths: Tensor | None) -> Tensor:
+    """The convolution part of an SSM layer: x (B, L, H), kernels k (kernels, H, L) -> (B, C, H, L).
+
+    With ``2 * channels`` kernels the second half runs anti-causally, on each sequence reversed within
+    its own length, so padding never reaches the real tokens."""
+    u = rearrange(x, "b l h -> b h l")
+    y = fft_conv(u[:, None], k[:channels].to(u.dtype))
+    if k.shape[0] > channels:
+        u_rev = rearrange(reverse_padded(x, lengths), "b l h -> b h l")
+        y_rev = fft_conv(u_rev[:, None], k[channels:].to(u.dtype))
+        y = y + rearrange(reverse_padded(rearrange(y_rev, "b c h l -> b l c h"), lengths), "b l c h -> b c h l")
+    return y
+
+
 def fft_conv(u: Tensor, k: Tensor) -> Tensor:
     """Causal convolution y_t = Σ_{s<=t} k_s u_{t-s} along the last dim, by FFT of size 2L.
 
@@ -146,24 +160,20 @@ class S4D(SequenceLayer):
     def _forward(self, x: Tensor, state: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
         u = rearrange(x, "b l h -> b h l")
         length = u.shape[-1]
-        k = self.kernel(length)
-        y = fft_conv(u[:, None], k[: self.channels])  # (B, C, H, L)
-        if self.bidirectional:
-            u_rev = rearrange(reverse_padded(x, lengths), "b l h -> b h l")
-            y_rev = fft_conv(u_rev[:, None], k[self.channels :])
-            y = y + rearrange(reverse_padded(rearrange(y_rev, "b c h l -> b l c h"), lengths), "b l c h -> b c h l")
+        y = ssm_convolution(x, self.kernel(length), self.channels, lengths)  # (B, C, H, L)
         y = y + self.D[None, :, :, None] * u[:, None]
 
         new_state = None
-        if self.causal:
+        if self.causal and (state is not None or self.state_requested):
             log_a, b = self._discrete()
             c = torch.view_as_complex(self.C)
             if state is not None:
                 # The carried-in state s adds 2 Re Σ_n C_n Ā_n^(t+1) s_n at step t.
                 y = y + vandermonde(c[None] * (torch.exp(log_a) * state)[:, None], log_a, length,
                                     backend=self.kernel_backend)
-            new_state = b * vandermonde_transpose(u, log_a)
-            if state is not None:
+            if self.state_requested:
+                new_state = b * vandermonde_transpose(u, log_a)
+            if self.state_requested and state is not None:
                 new_state = new_state + torch.exp(log_a * length) * state
         y = rearrange(y, "b c h l -> b l (c h)")
         return self.out(y.to(x.dtype)), new_state

@@ -10,6 +10,10 @@ _EXPORTS = {
     "ListOpsDataModule": "listops",
     "generate_listops": "listops",
     "read_listops_tsv": "listops",
+    "LRAImageDataModule": "image",
+    "PathfinderDataModule": "pathfinder",
+    "LRATextDataModule": "text",
+    "LRARetrievalDataModule": "text",
 }
 
 __all__ = list(_EXPORTS)

@@ -22,8 +22,11 @@ A sample is a nested list operation, e.g. ``[MAX 2 9 [MIN 4 7 ] 0 ]`` (value 9);
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
+import itertools
 import json
+import math
 import os
 import random
 import shutil
@@ -31,13 +34,14 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -77,79 +81,135 @@ _DIGIT_ARGUMENTS = tuple(f" {d} )" for d in range(10))  # a digit argument in th
 # Operators and generator
 
 
+def _median(arguments: Sequence[int]) -> int:
+    ordered = sorted(arguments)
+    half = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[half]
+    return (ordered[half - 1] + ordered[half]) // 2
+
+
+def _sum_mod_10(arguments: Sequence[int]) -> int:
+    return sum(arguments) % 10
+
+
+# In the order of OPERATORS.
+_OPERATIONS = (min, max, _median, _sum_mod_10)
+
+
 def apply_operator(operator: str, arguments: Sequence[int]) -> int:
     """The value of ``operator`` on digit ``arguments``, as LRA defines it.
 
     MED is ``int(np.median(...))``: the middle element, or for an even count the mean of the two middle
     elements rounded down (all values are non-negative). SM is the sum modulo 10."""
-    if operator == "[MIN":
-        return min(arguments)
-    if operator == "[MAX":
-        return max(arguments)
-    if operator == "[MED":
-        ordered = sorted(arguments)
-        half = len(ordered) // 2
-        if len(ordered) % 2:
-            return ordered[half]
-        return (ordered[half - 1] + ordered[half]) // 2
-    if operator == "[SM":
-        return sum(arguments) % 10
-    raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
+    if operator not in OPERATORS:
+        raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
+    return _OPERATIONS[OPERATORS.index(operator)](arguments)
 
 
 class _TooLong(Exception):
-    """Raised inside the generator once a tree reaches the length limit (it would be rejected anyway)."""
+    """Raised inside the shape sampler once a tree reaches the length limit (it would be rejected)."""
 
 
-def sample_tree(
-    rng: random.Random, max_depth: int = 10, max_args: int = 10, length_limit: int | None = None
-) -> tuple[str, int, int] | None:
-    """Draw one tree from the LRA ListOps distribution.
+# The shape of an operator node: (number of arguments, shapes of the arguments that are operators).
+Shape = tuple[int, list["Shape"]]
 
-    Returns ``(source, n_tokens, value)`` with ``source`` in the official parenthesised form and
-    ``n_tokens`` counting digits, operators and ``]`` (LRA's length), or None as soon as the tree reaches
-    ``length_limit`` tokens. Stopping early leaves the distribution of the trees that are kept unchanged:
-    such a tree would be rejected, and the next draw starts from fresh, independent random numbers."""
-    uniform = rng.random
-    limit = length_limit if length_limit is not None else float("inf")
-    n_tokens = 0
 
-    def operator_node(depth: int) -> tuple[str, int]:
-        # An operator node at `depth` (1 = root). Digit children are written inline (three quarters of
-        # all nodes), which halves the number of calls.
-        nonlocal n_tokens
-        n_args = 2 + int(uniform() * (max_args - 1))  # uniform on 2..max_args
-        operator = OPERATORS[int(uniform() * len(OPERATORS))]
-        n_tokens += 2  # the operator and its closing bracket
-        children_may_branch = depth + 1 < max_depth
-        # ( ( ... ( OP a1 ) a2 ) ... an ) ] ): LRA's to_string of ((((OP, a1), a2), ...), END).
-        parts = ["( " * (n_args + 1), operator]
-        values = []
-        for _ in range(n_args):
-            if children_may_branch and uniform() < OPERATOR_PROBABILITY:
-                text, value = operator_node(depth + 1)
-                if n_tokens >= limit:
-                    raise _TooLong
-                parts.append(f" {text} )")
-            else:
-                value = int(uniform() * 10)
-                n_tokens += 1
-                parts.append(_DIGIT_ARGUMENTS[value])
-            values.append(value)
-        parts.append(" ] )")
-        return "".join(parts), apply_operator(operator, values)
+class ListOpsSampler:
+    """Draws trees from the LRA ListOps distribution, in two stages so rejection stays cheap.
 
-    if max_depth > 1 and uniform() < OPERATOR_PROBABILITY:
+    In LRA's generator the tree's shape (which nodes are operators, how many arguments each has) does not
+    depend on which digits and operators fill it, and only the shape decides the length. So a shape is
+    drawn first, and filled with digits and operators only if its length is kept. Two more savings leave
+    the distribution unchanged: (1) for an operator node the shape needs only the argument count n
+    (uniform on 2..max_args) and the number k of arguments that are operators (Binomial(n, 0.25) below
+    the maximum depth), one draw; which k of the n positions they take is a uniform k-subset, drawn when
+    filling, because the arguments are i.i.d.; (2) a shape stops growing once it reaches ``max_length``
+    tokens, as it would be rejected anyway, and the next shape uses fresh random numbers.
+
+    Shapes and labels come from two ``random.Random`` streams seeded from ``seed`` and drawn only through
+    ``random()``, the one method whose sequence Python promises to keep for a given seed."""
+
+    def __init__(self, seed: int, max_depth: int = 10, max_args: int = 10) -> None:
+        self.max_depth = max_depth
+        self.max_args = max_args
+        self._shape_uniform = random.Random(f"ssmzoo-listops-v{GENERATOR_VERSION}:{seed}:shape").random
+        self._label_uniform = random.Random(f"ssmzoo-listops-v{GENERATOR_VERSION}:{seed}:labels").random
+        # Joint law of (n, k) for a node whose arguments may be operators.
+        outcomes, cumulative, total = [], [], 0.0
+        for n in range(2, max_args + 1):
+            for k in range(n + 1):
+                p = math.comb(n, k) * OPERATOR_PROBABILITY**k * (1 - OPERATOR_PROBABILITY) ** (n - k)
+                total += p / (max_args - 1)
+                outcomes.append((n, k))
+                cumulative.append(total)
+        cumulative[-1] = 1.0  # random() < 1, so bisect never runs past the last outcome
+        self._outcomes = outcomes
+        self._cumulative = cumulative
+
+    def shape(self, length_limit: int) -> tuple[Shape | None, int] | None:
+        """One tree shape and its token count (None for a single-digit tree), or None once the tree
+        reaches ``length_limit`` tokens."""
+        uniform = self._shape_uniform
+        if self.max_depth == 1 or uniform() >= OPERATOR_PROBABILITY:
+            return (None, 1) if length_limit > 1 else None  # the root is a digit
+        outcomes, cumulative, max_depth, max_args = (
+            self._outcomes,
+            self._cumulative,
+            self.max_depth,
+            self.max_args,
+        )
+        n_tokens = 0
+
+        def operator_shape(depth: int) -> Shape:
+            nonlocal n_tokens
+            if depth + 1 < max_depth:
+                n, k = outcomes[bisect.bisect_right(cumulative, uniform())]
+            else:  # arguments at the maximum depth are digits
+                n, k = 2 + int(uniform() * (max_args - 1)), 0
+            n_tokens += 2 + n - k  # operator, closing bracket, digit arguments
+            if n_tokens >= length_limit:
+                raise _TooLong
+            return n, [operator_shape(depth + 1) for _ in range(k)]
+
         try:
-            source, value = operator_node(1)
+            root = operator_shape(1)
         except _TooLong:
             return None
-    else:
-        value = int(uniform() * 10)
-        source, n_tokens = str(value), 1
-    if n_tokens >= limit:
-        return None
-    return source, n_tokens, value
+        return root, n_tokens
+
+    def fill(self, shape: Shape | None) -> tuple[str, int]:
+        """Digits and operators for ``shape``: ``(source in the official form, value)``."""
+        uniform = self._label_uniform
+        if shape is None:
+            digit = int(uniform() * 10)
+            return str(digit), digit
+
+        def operator_node(node: Shape) -> tuple[str, int]:
+            n, children = node
+            which = int(uniform() * len(OPERATORS))
+            digits = [int(uniform() * 10) for _ in range(n - len(children))]
+            # ( ( ... ( OP a1 ) a2 ) ... an ) ] ): LRA's to_string of ((((OP, a1), a2), ...), END).
+            if not children:
+                text = "".join(map(_DIGIT_ARGUMENTS.__getitem__, digits))
+                return f"{'( ' * (n + 1)}{OPERATORS[which]}{text} ] )", _OPERATIONS[which](digits)
+            k = len(children)
+            # The operator arguments take a uniform k-subset of the n positions (partial Fisher-Yates).
+            positions = list(range(n))
+            for j in range(k):
+                r = j + int(uniform() * (n - j))
+                positions[j], positions[r] = positions[r], positions[j]
+            branch_at = set(positions[:k])
+            filled = [operator_node(child) for child in children]
+            values = digits + [value for _, value in filled]  # every operator ignores argument order
+            parts = ["( " * (n + 1), OPERATORS[which]]
+            next_child, next_digit = iter(filled).__next__, iter(digits).__next__
+            for i in range(n):
+                parts.append(f" {next_child()[0]} )" if i in branch_at else _DIGIT_ARGUMENTS[next_digit()])
+            parts.append(" ] )")
+            return "".join(parts), _OPERATIONS[which](values)
+
+        return operator_node(shape)
 
 
 def max_tree_tokens(max_depth: int, max_args: int) -> int:
@@ -183,6 +243,40 @@ def _check_generator_args(
         )
 
 
+def iter_samples(
+    seed: int,
+    min_length: int = 500,
+    max_length: int = 2000,
+    max_depth: int = 10,
+    max_args: int = 10,
+) -> Iterator[tuple[str, int]]:
+    """Endless distinct ``(source, value)`` pairs with ``min_length < tokens < max_length``.
+
+    Rejection sampling from the LRA distribution; as in LRA, duplicates are dropped, so no sample is in
+    two splits (only a 16-byte digest of each is kept to spot them). Same seed, same samples."""
+    _check_generator_args(0, 0, 0, min_length, max_length, max_depth, max_args)
+    sampler = ListOpsSampler(seed, max_depth, max_args)
+    seen: set[bytes] = set()
+    rejected_in_a_row = 0
+    while True:
+        drawn = sampler.shape(length_limit=max_length)
+        if drawn is not None and drawn[1] > min_length:
+            source, value = sampler.fill(drawn[0])
+            digest = hashlib.blake2b(source.encode(), digest_size=16).digest()
+            if digest not in seen:
+                seen.add(digest)
+                rejected_in_a_row = 0
+                yield source, value
+                continue
+        rejected_in_a_row += 1
+        if rejected_in_a_row >= MAX_CONSECUTIVE_REJECTIONS:
+            raise ValueError(
+                f"ListOps generation stalled after {len(seen)} samples: {MAX_CONSECUTIVE_REJECTIONS} "
+                f"candidates in a row were outside min_length={min_length} < tokens < "
+                f"max_length={max_length} or duplicates; widen the length window"
+            )
+
+
 def generate_samples(
     n_samples: int,
     seed: int,
@@ -191,33 +285,12 @@ def generate_samples(
     max_depth: int = 10,
     max_args: int = 10,
 ) -> list[tuple[str, int]]:
-    """``n_samples`` distinct ``(source, value)`` pairs with ``min_length < tokens < max_length``.
-
-    Rejection sampling from the LRA distribution (as LRA does, duplicates are dropped so no sample is
-    in two splits). The stream is ``random.Random`` seeded from ``seed``: same seed, same samples."""
+    """The first ``n_samples`` of ``iter_samples``."""
     _check_generator_args(n_samples, 0, 0, min_length, max_length, max_depth, max_args)
-    rng = random.Random(f"ssmzoo-listops-v{GENERATOR_VERSION}:{seed}")
-    seen: set[str] = set()
-    samples: list[tuple[str, int]] = []
-    rejected_in_a_row = 0
-    while len(samples) < n_samples:
-        tree = sample_tree(rng, max_depth, max_args, length_limit=max_length)
-        if tree is not None and tree[1] > min_length and tree[0] not in seen:
-            seen.add(tree[0])
-            samples.append((tree[0], tree[2]))
-            rejected_in_a_row = 0
-            continue
-        rejected_in_a_row += 1
-        if rejected_in_a_row >= MAX_CONSECUTIVE_REJECTIONS:
-            raise RuntimeError(
-                f"ListOps generation stalled after {len(samples)} of {n_samples} samples: "
-                f"{MAX_CONSECUTIVE_REJECTIONS} candidates in a row were outside "
-                f"{min_length} < tokens < {max_length} or duplicates; widen the length window"
-            )
-    return samples
+    return list(itertools.islice(iter_samples(seed, min_length, max_length, max_depth, max_args), n_samples))
 
 
-def write_tsv(path: str | os.PathLike, rows: Sequence[tuple[str, int]]) -> None:
+def write_tsv(path: str | os.PathLike, rows: Iterable[tuple[str, int]]) -> None:
     """Write rows in the official format: header ``Source<TAB>Target``, CRLF line ends (Python's csv
     writer, which LRA used)."""
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -241,13 +314,11 @@ def generate_listops(
     Defaults are LRA's (96k / 2k / 2k, 500 < tokens < 2,000, depth 10, up to 10 arguments). Returns
     ``out_dir`` as a Path."""
     _check_generator_args(n_train, n_val, n_test, min_length, max_length, max_depth, max_args)
-    samples = generate_samples(n_train + n_val + n_test, seed, min_length, max_length, max_depth, max_args)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val)}
-    bounds["test"] = (n_train + n_val, n_train + n_val + n_test)
-    for split, (start, stop) in bounds.items():
-        write_tsv(out / f"basic_{split}.tsv", samples[start:stop])
+    samples = iter_samples(seed, min_length, max_length, max_depth, max_args)
+    for split, count in (("train", n_train), ("val", n_val), ("test", n_test)):
+        write_tsv(out / f"basic_{split}.tsv", itertools.islice(samples, count))
     return out
 
 
@@ -312,7 +383,9 @@ def read_listops_tsv(path: str | os.PathLike, max_tokens: int | None = None) -> 
             try:
                 label = int(target)
             except ValueError:
-                raise ValueError(f"{path}, line {line_number}: Target must be an integer, got {target!r}") from None
+                raise ValueError(
+                    f"{path}, line {line_number}: Target must be an integer, got {target!r}"
+                ) from None
             if not 0 <= label < NUM_CLASSES:
                 raise ValueError(f"{path}, line {line_number}: Target must be in 0-9, got {label}")
             words = source.translate(_STRIP_PARENTHESES).split()
@@ -454,11 +527,15 @@ class ListOpsDataModule(LightningDataModule):
                 raise FileNotFoundError(f"ListOps data_dir not found: {folder}. {_HOW_TO_GET}")
             missing = [f"basic_{s}.tsv" for s in SPLITS if not (folder / f"basic_{s}.tsv").is_file()]
             if missing:
-                raise FileNotFoundError(f"ListOps data_dir {folder} lacks {', '.join(missing)}. {_HOW_TO_GET}")
+                raise FileNotFoundError(
+                    f"ListOps data_dir {folder} lacks {', '.join(missing)}. {_HOW_TO_GET}"
+                )
             return
         if self._is_complete():
             return
         folder.parent.mkdir(parents=True, exist_ok=True)
+        total = sum(self.generator_args[k] for k in ("n_train", "n_val", "n_test"))
+        rank_zero_info(f"Generating {total} ListOps samples into {folder} (once; later runs reuse them)")
         # Generate into a private folder, then rename: a crash or a concurrent process never leaves a
         # half-written cache behind.
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -539,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--max-depth", type=int, default=10)
     parser.add_argument("--max-args", type=int, default=10)
     args = parser.parse_args(argv)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     out = generate_listops(
         args.out,
         n_train=args.n_train,
@@ -551,9 +628,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
         max_depth=args.max_depth,
         max_args=args.max_args,
     )
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     total = args.n_train + args.n_val + args.n_test
-    print(f"wrote {total} samples to {out} in {seconds:.1f} s ({total / seconds:.0f} samples/s)")
+    print(
+        f"wrote {total} samples to {out} in {seconds:.1f} s ({total / seconds:.0f} samples/s; "
+        f"CPU time {cpu_seconds:.1f} s, {total / cpu_seconds:.0f} samples/s)"
+    )
+    majority = None
     for split in SPLITS:
         data = read_listops_tsv(out / f"basic_{split}.tsv")
         if len(data) == 0:
@@ -564,6 +645,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
             f"(mean {data.lengths.mean():.0f}), label shares "
             + " ".join(f"{d}:{p:.3f}" for d, p in enumerate(share))
         )
+        if split == "train":
+            majority = int(np.argmax(share))
+        elif majority is not None:
+            print(
+                f"{split}: always predicting the train majority label {majority} scores {share[majority]:.3f}"
+            )
     return out
 
 

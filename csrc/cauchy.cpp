@@ -1,0 +1,121 @@
+// Conjugate-symmetric Cauchy kernel on CPU (OpenMP), forward and backward (S4, PAPERS.md):
+//   out[m, l] = sum_n v[m,n] / (z[l] - w[m,n]) + conj(v[m,n]) / (z[l] - conj(w[m,n]))
+// i.e. the Cauchy sum over all N state entries when only one of each conjugate pair is stored.
+// Inputs are contiguous: v, w (M, N) complex, z (L,) complex, same dtype. Nothing is materialised
+// beyond the (M, L) output and the (M, N) gradients.
+#include <torch/extension.h>
+
+#include <complex>
+#include <vector>
+
+namespace {
+
+template <typename T>
+void forward_kernel(const std::complex<T>* v, const std::complex<T>* w, const std::complex<T>* z,
+                    std::complex<T>* out, int64_t M, int64_t N, int64_t L) {
+  // v/(z-w) + conj(v)/(z-conj(w)) = 2 (z Re v - Re(v conj w)) / (z^2 - 2 Re(w) z + |w|^2):
+  // one complex division per term instead of two.
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t l = 0; l < L; ++l) {
+      const std::complex<T>* vm = v + m * N;
+      const std::complex<T>* wm = w + m * N;
+      const std::complex<T> zl = z[l];
+      const std::complex<T> z2 = zl * zl;
+      T acc_re = 0, acc_im = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const T a = vm[n].real();
+        const T b = vm[n].real() * wm[n].real() + vm[n].imag() * wm[n].imag();
+        const std::complex<T> num(zl.real() * a - b, zl.imag() * a);
+        const std::complex<T> den = z2 - (T(2) * wm[n].real()) * zl + std::norm(wm[n]);
+        const T inv = T(1) / std::norm(den);
+        // num / den = num * conj(den) / |den|^2
+        acc_re += (num.real() * den.real() + num.imag() * den.imag()) * inv;
+        acc_im += (num.imag() * den.real() - num.real() * den.imag()) * inv;
+      }
+      out[m * L + l] = std::complex<T>(T(2) * acc_re, T(2) * acc_im);
+    }
+  }
+}
+
+// With h = conj(grad_out) (torch's convention for complex gradients):
+//   S1[m,n] = sum_l h_l / (z_l - w) + conj(h_l) / (conj(z_l) - w)
+//   S2[m,n] = sum_l h_l / (z_l - w)^2 + conj(h_l) / (conj(z_l) - w)^2
+//   grad_v = conj(S1), grad_w = conj(v S2).
+template <typename T>
+void backward_kernel(const std::complex<T>* v, const std::complex<T>* w, const std::complex<T>* z,
+                     const std::complex<T>* grad, std::complex<T>* grad_v, std::complex<T>* grad_w,
+                     int64_t M, int64_t N, int64_t L) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      const std::complex<T> wn = w[m * N + n];
+      const std::complex<T>* gm = grad + m * L;
+      std::complex<T> s1(0, 0), s2(0, 0);
+      for (int64_t l = 0; l < L; ++l) {
+        const std::complex<T> h = std::conj(gm[l]);
+        const std::complex<T> r1 = T(1) / (z[l] - wn);
+        const std::complex<T> r2 = T(1) / (std::conj(z[l]) - wn);
+        const std::complex<T> t1 = h * r1;
+        const std::complex<T> t2 = std::conj(h) * r2;
+        s1 += t1 + t2;
+        s2 += t1 * r1 + t2 * r2;
+      }
+      grad_v[m * N + n] = std::conj(s1);
+      grad_w[m * N + n] = std::conj(v[m * N + n] * s2);
+    }
+  }
+}
+
+void check(const torch::Tensor& v, const torch::Tensor& z, const torch::Tensor& w) {
+  TORCH_CHECK(v.device().is_cpu() && z.device().is_cpu() && w.device().is_cpu(), "cauchy_cpp: CPU tensors only");
+  TORCH_CHECK(v.dim() == 2 && w.sizes() == v.sizes() && z.dim() == 1, "cauchy_cpp: v, w (M, N) and z (L,)");
+  TORCH_CHECK(v.is_contiguous() && w.is_contiguous() && z.is_contiguous(), "cauchy_cpp: contiguous inputs");
+  TORCH_CHECK(v.scalar_type() == w.scalar_type() && v.scalar_type() == z.scalar_type(), "cauchy_cpp: one dtype");
+  TORCH_CHECK(v.scalar_type() == torch::kComplexFloat || v.scalar_type() == torch::kComplexDouble,
+              "cauchy_cpp: complex64 or complex128");
+}
+
+torch::Tensor cauchy_forward(torch::Tensor v, torch::Tensor z, torch::Tensor w) {
+  check(v, z, w);
+  const int64_t M = v.size(0), N = v.size(1), L = z.size(0);
+  auto out = torch::empty({M, L}, v.options());
+  if (v.scalar_type() == torch::kComplexDouble) {
+    using C = std::complex<double>;
+    forward_kernel<double>(reinterpret_cast<const C*>(v.data_ptr()), reinterpret_cast<const C*>(w.data_ptr()),
+                           reinterpret_cast<const C*>(z.data_ptr()), reinterpret_cast<C*>(out.data_ptr()), M, N, L);
+  } else {
+    using C = std::complex<float>;
+    forward_kernel<float>(reinterpret_cast<const C*>(v.data_ptr()), reinterpret_cast<const C*>(w.data_ptr()),
+                          reinterpret_cast<const C*>(z.data_ptr()), reinterpret_cast<C*>(out.data_ptr()), M, N, L);
+  }
+  return out;
+}
+
+std::vector<torch::Tensor> cauchy_backward(torch::Tensor v, torch::Tensor z, torch::Tensor w, torch::Tensor grad) {
+  check(v, z, w);
+  const int64_t M = v.size(0), N = v.size(1), L = z.size(0);
+  TORCH_CHECK(grad.sizes() == torch::IntArrayRef({M, L}) && grad.is_contiguous() &&
+                  grad.scalar_type() == v.scalar_type(), "cauchy_cpp: grad must be contiguous (M, L) of v's dtype");
+  auto grad_v = torch::empty_like(v);
+  auto grad_w = torch::empty_like(w);
+  if (v.scalar_type() == torch::kComplexDouble) {
+    using C = std::complex<double>;
+    backward_kernel<double>(reinterpret_cast<const C*>(v.data_ptr()), reinterpret_cast<const C*>(w.data_ptr()),
+                            reinterpret_cast<const C*>(z.data_ptr()), reinterpret_cast<const C*>(grad.data_ptr()),
+                            reinterpret_cast<C*>(grad_v.data_ptr()), reinterpret_cast<C*>(grad_w.data_ptr()), M, N, L);
+  } else {
+    using C = std::complex<float>;
+    backward_kernel<float>(reinterpret_cast<const C*>(v.data_ptr()), reinterpret_cast<const C*>(w.data_ptr()),
+                           reinterpret_cast<const C*>(z.data_ptr()), reinterpret_cast<const C*>(grad.data_ptr()),
+                           reinterpret_cast<C*>(grad_v.data_ptr()), reinterpret_cast<C*>(grad_w.data_ptr()), M, N, L);
+  }
+  return {grad_v, grad_w};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &cauchy_forward, "conjugate-symmetric Cauchy kernel (CPU)");
+  m.def("backward", &cauchy_backward, "gradients of the conjugate-symmetric Cauchy kernel (CPU)");
+}

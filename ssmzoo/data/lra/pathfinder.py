@@ -1,0 +1,105 @@
+"""LRA Pathfinder (32×32, 1,024 pixels) and Path-X (128×128, 16,384): are the two circles joined
+by one dashed contour? 2 classes.
+
+Reads the official release: ``<data_dir>/metadata/*.npy`` are text files whose lines read
+``<image dir> <file name> <index> <label> ...``, and images lie at ``<data_dir>/<image dir>/<file name>``
+(e.g. ``pathfinder32/curv_contour_length_14``). As in the S4 LRA setup, the samples are split
+80 / 10 / 10 with a fixed seed, and pixels are scaled to [-1, 1]. Decoded arrays are cached under
+``$SSMZOO_DATA/cache/pathfinder`` so the PNGs are read once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..paths import data_root
+from .common import ClassificationDataModule, cache_file, holdout, require_dir
+
+_HOW = ("Download the LRA release (lra_release.gz), extract it, and pass "
+        "data_dir=<...>/lra_release/pathfinder32/curv_contour_length_14 (or pathfinder128 for Path-X).")
+
+
+def read_metadata(folder: Path) -> list[tuple[Path, int]]:
+    """(image path, label) for every line of every ``metadata/*.npy`` file, in file order."""
+    meta_dir = folder / "metadata"
+    files = sorted(meta_dir.glob("*.npy"), key=lambda p: (len(p.stem), p.stem))
+    if not files:
+        raise FileNotFoundError(f"Pathfinder: no metadata/*.npy files in {folder}. {_HOW}")
+    samples = []
+    for meta in files:
+        for lineno, line in enumerate(meta.read_text().splitlines(), start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) < 4 or fields[3] not in ("0", "1"):
+                raise ValueError(f"Pathfinder: {meta}, line {lineno}: expected '<dir> <file> <index> <label 0|1> ...', "
+                                 f"got {line!r}")
+            samples.append((folder / fields[0] / fields[1], int(fields[3])))
+    return samples
+
+
+def read_image(path: Path, resolution: int) -> np.ndarray:
+    from PIL import Image  # optional dependency, only needed for Pathfinder
+
+    if not path.is_file():
+        raise FileNotFoundError(f"Pathfinder: the metadata names {path}, which does not exist")
+    img = np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
+    if img.shape != (resolution, resolution):
+        raise ValueError(f"Pathfinder: {path} is {img.shape}, expected ({resolution}, {resolution})")
+    return img.reshape(-1)
+
+
+class PathfinderDataModule(ClassificationDataModule):
+    """Args: data_dir (the folder holding ``metadata/`` and the image folders; default
+    ``$SSMZOO_DATA/lra_release/pathfinder<resolution>/curv_contour_length_14``), resolution (32 for
+    Pathfinder, 128 for Path-X), tokens (256 intensity tokens instead of real values),
+    val_fraction, test_fraction, batch_size, num_workers, seed (of the split)."""
+
+    num_classes = 2
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        resolution: int = 32,
+        tokens: bool = False,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__(batch_size, num_workers, seed)
+        if resolution not in (32, 64, 128, 256):
+            raise ValueError(f"resolution must be 32, 64, 128 or 256, got {resolution}")
+        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ValueError(f"need 0 < val_fraction, test_fraction and their sum < 1, got {val_fraction}, {test_fraction}")
+        self.data_dir, self.resolution, self.tokens = data_dir, resolution, tokens
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.vocab_size = 257 if tokens else 0
+        self.d_input = 0 if tokens else 1
+        self._all: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _decoded(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._all is None:
+            folder = require_dir(self.data_dir or data_root() / "lra_release" / f"pathfinder{self.resolution}" / "curv_contour_length_14", "Pathfinder data_dir", _HOW)
+            cache = cache_file("pathfinder", str(folder.resolve()), self.resolution)
+            if cache.is_file():
+                with np.load(cache) as z:
+                    self._all = (z["images"], z["labels"])
+            else:
+                samples = read_metadata(folder)
+                images = np.stack([read_image(p, self.resolution) for p, _ in samples])
+                labels = np.array([label for _, label in samples], dtype=np.int64)
+                np.savez(cache, images=images, labels=labels)
+                self._all = (images, labels)
+        return self._all
+
+    def _load(self, split: str):
+        images, labels = self._decoded()
+        rest, test = holdout(len(labels), self.test_fraction, self.seed)
+        train, val = holdout(len(rest), self.val_fraction / (1 - self.test_fraction), self.seed + 1)
+        idx = {"train": rest[train], "val": rest[val], "test": test}[split]
+        chosen = images[idx]
+        seqs = list(chosen.astype(np.int64) + 1) if self.tokens else list((chosen / 127.5 - 1.0).astype(np.float32)[..., None])
+        return seqs, labels[idx]

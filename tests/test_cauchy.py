@@ -1,0 +1,111 @@
+"""Every Cauchy backend against the reference, values and gradients, complex128 and complex64."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from ssmzoo.ops import cauchy as cauchy_mod
+from ssmzoo.ops.cauchy import cauchy, cauchy_chunked, cauchy_reference
+
+TOL = {torch.complex128: 1e-10, torch.complex64: 2e-4}
+
+
+def _inputs(shape_v, shape_w, length, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(*shape_v, dtype=dtype, generator=g).requires_grad_()
+    # poles in the left half-plane, nodes z = 2(1-ω)/(1+ω) on the imaginary axis, as in S4
+    w = torch.complex(-torch.rand(*shape_w, generator=g) - 0.1, 3 * torch.randn(*shape_w, generator=g)).to(dtype)
+    w.requires_grad_()
+    z = (1j * 4 * torch.randn(length, generator=g, dtype=torch.float64)).to(dtype)
+    return v, z, w
+
+
+def _compare(fn, v, z, w, dtype):
+    ref = cauchy_reference(v, z, w)
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad((ref * g.conj()).real.sum(), [v, w])
+    out = fn(v, z, w)
+    grads = torch.autograd.grad((out * g.conj()).real.sum(), [v, w])
+    scale = float(ref.detach().abs().max())
+    torch.testing.assert_close(out, ref, rtol=TOL[dtype], atol=TOL[dtype] * scale)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=TOL[dtype], atol=TOL[dtype] * float(b.abs().max()))
+
+
+def test_reference_is_the_full_conjugate_sum():
+    v, z, w = _inputs((5,), (5,), 4, torch.complex128)
+    v_full, w_full = torch.cat([v, v.conj()]), torch.cat([w, w.conj()])
+    direct = torch.stack([(v_full / (zl - w_full)).sum() for zl in z])
+    torch.testing.assert_close(cauchy_reference(v, z, w), direct)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+@pytest.mark.parametrize("m,n,length,chunk", [(1, 1, 1, 4), (3, 5, 7, 3), (4, 16, 33, 8), (2, 3, 8, 8)])
+def test_chunked(dtype, m, n, length, chunk):
+    v, z, w = _inputs((m, n), (m, n), length, dtype)
+    _compare(lambda v, z, w: cauchy_chunked(v, z, w, chunk=chunk), v, z, w, dtype)
+
+
+@pytest.fixture(scope="module")
+def cpp_available():
+    if cauchy_mod._cpp_module() is None:
+        pytest.skip("the C++ extension could not be built here")
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+@pytest.mark.parametrize("m,n,length", [(1, 1, 1), (3, 5, 7), (4, 16, 33)])
+def test_cpp(cpp_available, dtype, m, n, length):
+    v, z, w = _inputs((m, n), (m, n), length, dtype)
+    _compare(cauchy_mod.cauchy_cpp, v, z, w, dtype)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pykeops") is None, reason="pykeops is not installed")
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
+def test_keops(dtype):
+    if not cauchy_mod._dispatch.usable("keops", torch.device("cpu")):
+        pytest.skip("pykeops is installed but failed its probe here")
+    v, z, w = _inputs((3, 5), (3, 5), 7, dtype)
+    _compare(cauchy_mod.cauchy_keops, v, z, w, dtype)
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked", "cpp"])
+def test_public_entry_broadcasts(backend):
+    if backend == "cpp" and cauchy_mod._cpp_module() is None:
+        pytest.skip("no C++ extension")
+    v, z, w = _inputs((2, 3, 4), (3, 4), 5, torch.complex128)
+    out = cauchy(v, z, w, backend=backend)
+    assert out.shape == (2, 3, 5)
+    torch.testing.assert_close(out, cauchy_reference(v, z, w))
+
+
+def test_a_broken_backend_is_never_chosen(monkeypatch):
+    def broken(v, z, w):
+        raise RuntimeError("simulated broken build")
+
+    monkeypatch.setattr(cauchy_mod, "cauchy_cpp", broken)
+    monkeypatch.setattr(cauchy_mod, "cauchy_keops", broken)
+    monkeypatch.setattr(cauchy_mod._dispatch, "_probed", {})
+    with pytest.warns(UserWarning, match="failed its probe"):
+        name = cauchy_mod.auto_backend(10**9, torch.device("cpu"))
+    assert name == "chunked"
+    with pytest.warns(UserWarning, match="failed its probe"):
+        assert not cauchy_mod._dispatch.usable("keops", torch.device("cpu"))
+    with pytest.raises(ValueError, match="cpp"):
+        cauchy(*_inputs((2,), (2,), 3, torch.complex64), backend="cpp")
+
+
+def test_bad_inputs():
+    v, z, w = _inputs((2, 3), (2, 3), 4, torch.complex64)
+    with pytest.raises(ValueError, match="complex"):
+        cauchy(v.real, z, w)
+    with pytest.raises(ValueError, match="one dtype"):
+        cauchy(v, z.to(torch.complex128), w)
+    with pytest.raises(ValueError, match="z must have shape"):
+        cauchy(v, z[None], w)
+    with pytest.raises(ValueError, match="broadcast"):
+        cauchy(v, z, w[:, :2])
+    with pytest.raises(ValueError, match="unknown backend"):
+        cauchy(v, z, w, backend="nope")

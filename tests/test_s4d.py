@@ -1,0 +1,133 @@
+"""S4D and its Vandermonde kernel against brute-force definitions (PAPERS.md, S4D)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssmzoo import S4D
+from ssmzoo.ops.vandermonde import vandermonde, vandermonde_chunked, vandermonde_reference, vandermonde_transpose
+
+
+def brute_force_kernel(layer: S4D, length: int) -> torch.Tensor:
+    """K_l = 2 Re Σ_n C_n B̄_n Ā_n^l with Ā^l built by repeated multiplication, from the
+    continuous parameters discretised here independently of the layer's code."""
+    dt = torch.exp(layer.log_dt.detach().double())[:, None]
+    a = torch.complex(-torch.exp(layer.log_A_real.detach().double()), layer.A_imag.detach().double())
+    b = torch.view_as_complex(layer.B.detach().double().contiguous())
+    c = torch.view_as_complex(layer.C.detach().double().contiguous())
+    if layer.discretization == "zoh":
+        a_bar = torch.exp(dt * a)
+        b_bar = (a_bar - 1) / a * b
+    else:
+        a_bar = (1 + dt * a / 2) / (1 - dt * a / 2)
+        b_bar = dt * b / (1 - dt * a / 2)
+    power = torch.ones_like(a_bar)
+    ks = []
+    for _ in range(length):
+        ks.append(2 * (c * b_bar * power).sum(-1).real)
+        power = power * a_bar
+    return torch.stack(ks, -1)
+
+
+@pytest.mark.parametrize("init", ["legs", "inv", "lin", "real"])
+@pytest.mark.parametrize("disc", ["zoh", "bilinear"])
+def test_kernel_matches_brute_force(init, disc):
+    torch.manual_seed(0)
+    layer = S4D(6, d_state=10, channels=2, init=init, discretization=disc).double()
+    for length in (1, 37, 300):
+        torch.testing.assert_close(layer.kernel(length), brute_force_kernel(layer, length), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("length,chunk", [(1, 4), (7, 4), (64, 16), (101, 32)])
+def test_chunked_vandermonde_matches_reference(length, chunk):
+    g = torch.Generator().manual_seed(length)
+    v = torch.randn(2, 3, 5, dtype=torch.complex128, generator=g).requires_grad_()
+    w = (-torch.rand(3, 5, dtype=torch.float64, generator=g) * 0.1
+         + 1j * torch.randn(3, 5, dtype=torch.float64, generator=g)).requires_grad_()
+    ref = vandermonde_reference(v, w, length)
+    out = vandermonde_chunked(v, w, length, chunk)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    gout = torch.randn_like(ref)
+    gv_ref, gw_ref = torch.autograd.grad(ref, (v, w), gout)
+    gv, gw = torch.autograd.grad(out, (v, w), gout)
+    torch.testing.assert_close(gv, gv_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_chunked_vandermonde_gradcheck():
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(2, 3, dtype=torch.complex128, generator=g).requires_grad_()
+    w = (-0.1 + 1j * torch.randn(2, 3, dtype=torch.float64, generator=g)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: vandermonde_chunked(a, b, 11, 4), (v, w))
+
+
+def test_vandermonde_transpose_is_the_state():
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(2, 3, 29, dtype=torch.float64, generator=g)
+    w = -0.05 + 1j * torch.randn(3, 4, dtype=torch.float64, generator=g)
+    z = torch.exp(w)
+    state = torch.zeros(2, 3, 4, dtype=torch.complex128)
+    for t in range(29):
+        state = z * state + u[..., t, None]
+    torch.testing.assert_close(vandermonde_transpose(u, w, chunk=8), state, rtol=1e-10, atol=1e-10)
+
+
+def test_auto_backend_switches_to_chunked_for_long_kernels(monkeypatch):
+    import ssmzoo.ops.vandermonde as vmod
+
+    v = torch.randn(4, 8, dtype=torch.complex64)
+    w = -0.1 + 1j * torch.randn(4, 8)
+    calls = []
+    monkeypatch.setattr(vmod, "MATERIALISE_LIMIT", 100)
+    orig = vmod._ChunkedVandermonde.apply
+    monkeypatch.setattr(vmod._ChunkedVandermonde, "apply", lambda *a: calls.append(1) or orig(*a))
+    vandermonde(v, w, 64)
+    assert calls, "auto did not pick the chunked backend above the limit"
+    with pytest.raises(ValueError, match="complex"):
+        vandermonde(v.real, w, 4)
+    with pytest.raises(ValueError, match="unknown backend"):
+        vandermonde(v, w, 4, backend="nope")
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_step_matches_convolution_over_1000_steps(dtype, tol):
+    torch.manual_seed(0)
+    layer = S4D(4, d_state=16, output="none", activation="identity").to(dtype)
+    x = torch.randn(2, 1000, 4, dtype=dtype)
+    y = layer(x)
+    state = layer.init_state(2)
+    outs = []
+    with torch.no_grad():
+        for t in range(1000):
+            y_t, state = layer.step(x[:, t], state)
+            outs.append(y_t)
+    err = (torch.stack(outs, 1) - y).abs().max().item()
+    assert err < tol, f"step vs convolution differ by {err:.3g} (tolerance {tol})"
+
+
+def test_reals_stay_stable_under_any_parameter_value():
+    layer = S4D(3, d_state=4)
+    with torch.no_grad():
+        layer.log_A_real.fill_(5.0)
+        layer.A_imag.fill_(-3.0)
+    log_a, _ = layer._discrete()
+    assert (log_a.real < 0).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(d_model=0), "d_model"),
+        (dict(d_model=4, d_state=3), "even"),
+        (dict(d_model=4, init="hippo"), "init"),
+        (dict(d_model=4, discretization="euler"), "discretization"),
+        (dict(d_model=4, dt_min=0.1, dt_max=0.01), "dt_min"),
+        (dict(d_model=4, channels=0), "channels"),
+        (dict(d_model=4, dropout=1.5), "dropout"),
+        (dict(d_model=4, channels=2, output="none"), "channels"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        S4D(**kwargs)
