@@ -13,7 +13,7 @@ from .layers import (
     SequenceLayer,
     ShiftSSM,
 )
-from .models import MAC, MAG, MAL, LanguageModel, SpaceTime
+from .models import MAC, MAG, MAL, LanguageModel, SequenceModel, SpaceTime
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "MAC",
     "MAG",
     "MAL",
+    "SequenceModel",
     "SpaceTime",
     "__version__",
 ]

@@ -3,9 +3,23 @@
 from .forecaster import Forecaster
 from .linear_forecaster import LinearForecaster
 from .lm import LanguageModel
+from .norm import MaskedBatchNorm, RMSNorm
+from .sequence import SequenceModel
 from .spacetime import SpaceTime
 from .ssm_forecaster import SSMForecaster
 from .titans import MAC, MAG, MAL, TitansLM
 
-__all__ = ["Forecaster", "LinearForecaster", "LanguageModel", "MAC", "MAG", "MAL", "SSMForecaster", "SpaceTime",
-           "TitansLM"]
+__all__ = [
+    "Forecaster",
+    "LinearForecaster",
+    "LanguageModel",
+    "MAC",
+    "MAG",
+    "MAL",
+    "MaskedBatchNorm",
+    "RMSNorm",
+    "SSMForecaster",
+    "SequenceModel",
+    "SpaceTime",
+    "TitansLM",
+]

@@ -1,0 +1,208 @@
+"""SequenceModel: encoder -> residual blocks of any registered layer -> pooling -> decoder.
+
+The backbone of the S4 papers' classification and regression experiments (LRA, sCIFAR): each block
+is ``x + dropout(layer(norm(x)))`` (prenorm) or ``norm(x + dropout(layer(x)))`` (postnorm), with
+an optional position-wise feed-forward sub-block after it.
+
+Right-padded batches carry ``lengths``; the output for each sequence equals the output for that
+sequence alone: padded positions are zeroed between blocks, layers receive ``lengths``, batch norm
+pools statistics over real positions only, and pooling reads real positions only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .. import layers as layer_registry
+from ..layers.base import padding_mask
+from .norm import build_norm
+
+
+def _zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Zero x (batch, length, d) where mask (batch, length) is False; where() so NaN cannot leak."""
+    if mask is None:
+        return x
+    return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP (Linear, GELU, Linear) or GLU (Linear to 2·hidden, GLU, Linear)."""
+
+    def __init__(self, d_model: int, kind: Literal["mlp", "glu"], expand: int, dropout: float) -> None:
+        super().__init__()
+        hidden = expand * d_model
+        if kind == "mlp":
+            first: list[nn.Module] = [nn.Linear(d_model, hidden), nn.GELU()]
+        else:
+            first = [nn.Linear(d_model, 2 * hidden), nn.GLU(dim=-1)]
+        self.net = nn.Sequential(*first, nn.Dropout(dropout), nn.Linear(hidden, d_model))
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return self.net(x)
+
+
+class ResidualBlock(nn.Module):
+    """One residual sub-block around a sequence layer or a feed-forward net."""
+
+    def __init__(self, sublayer: nn.Module, d_model: int, norm: str, prenorm: bool, dropout: float) -> None:
+        super().__init__()
+        self.sublayer = sublayer
+        self.norm = build_norm(norm, d_model)
+        self.prenorm = prenorm
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None, lengths: Tensor | None) -> Tensor:
+        z = _zero_padding(self.norm(x, mask), mask) if self.prenorm else x
+        x = x + self.dropout(self.sublayer(z, lengths=lengths))
+        if not self.prenorm:
+            x = self.norm(x, mask)
+        return _zero_padding(x, mask)
+
+
+class SequenceModel(nn.Module):
+    """Sequence classifier/regressor built from a registered sequence layer.
+
+    Args:
+        d_output: size of the output (classes for classification).
+        vocab_size: token vocabulary (inputs are LongTensor (batch, length)); give this or ``d_input``.
+        d_input: channels of real-valued inputs (batch, length, d_input); give this or ``vocab_size``.
+        d_model: width of the residual stream.
+        n_layers: number of residual blocks.
+        layer: registered layer name (``ssmzoo.layers.available()``).
+        layer_args: extra constructor arguments of that layer (``d_model`` is set here).
+        norm: "layer", "batch" (statistics over real positions only) or "rms".
+        prenorm: normalise before each sub-block (True) or after the residual sum (False).
+        dropout: dropout on each sub-block's output before the residual sum.
+        ffn: "none", or a position-wise "mlp"/"glu" sub-block after each layer.
+        ffn_expand: hidden width of the feed-forward sub-block, in multiples of d_model.
+        pooling: "mean" over real positions, "last" real token, or "none" (per-position outputs).
+
+    ``forward(x, lengths=None)`` returns (batch, d_output), or (batch, length, d_output) with
+    pooling "none".
+    """
+
+    def __init__(
+        self,
+        d_output: int,
+        vocab_size: int | None = None,
+        d_input: int | None = None,
+        d_model: int = 128,
+        n_layers: int = 4,
+        layer: str = "s4d",
+        layer_args: dict[str, Any] | None = None,
+        norm: Literal["layer", "batch", "rms"] = "layer",
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        ffn: Literal["none", "mlp", "glu"] = "none",
+        ffn_expand: int = 2,
+        pooling: Literal["mean", "last", "none"] = "mean",
+    ) -> None:
+        super().__init__()
+        if (vocab_size is None) == (d_input is None):
+            raise ValueError(
+                "SequenceModel: give exactly one of vocab_size (token inputs) or d_input (real-valued inputs), "
+                f"got vocab_size={vocab_size!r}, d_input={d_input!r}"
+            )
+        for name, value in [
+            ("d_output", d_output),
+            ("d_model", d_model),
+            ("ffn_expand", ffn_expand),
+            ("vocab_size", vocab_size),
+            ("d_input", d_input),
+        ]:
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"SequenceModel: {name} must be a positive int, got {value!r}")
+        if not isinstance(n_layers, int) or isinstance(n_layers, bool) or n_layers < 0:
+            raise ValueError(f"SequenceModel: n_layers must be a non-negative int, got {n_layers!r}")
+        if norm not in ("layer", "batch", "rms"):
+            raise ValueError(f"SequenceModel: norm must be 'layer', 'batch' or 'rms', got {norm!r}")
+        if ffn not in ("none", "mlp", "glu"):
+            raise ValueError(f"SequenceModel: ffn must be 'none', 'mlp' or 'glu', got {ffn!r}")
+        if pooling not in ("mean", "last", "none"):
+            raise ValueError(f"SequenceModel: pooling must be 'mean', 'last' or 'none', got {pooling!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"SequenceModel: dropout must lie in [0, 1), got {dropout!r}")
+        layer_args = dict(layer_args or {})
+        if "d_model" in layer_args:
+            raise ValueError("SequenceModel: layer_args must not contain d_model; it is set from d_model")
+
+        self.vocab_size, self.d_input, self.d_output = vocab_size, d_input, d_output
+        self.d_model, self.pooling, self.prenorm = d_model, pooling, prenorm
+        self.encoder: nn.Module = (
+            nn.Embedding(vocab_size, d_model) if vocab_size is not None else nn.Linear(d_input, d_model)  # type: ignore[arg-type]
+        )
+        blocks: list[nn.Module] = []
+        for _ in range(n_layers):
+            mixer = layer_registry.build(layer, d_model=d_model, **layer_args)
+            blocks.append(ResidualBlock(mixer, d_model, norm, prenorm, dropout))
+            if ffn != "none":
+                blocks.append(
+                    ResidualBlock(
+                        FeedForward(d_model, ffn, ffn_expand, dropout), d_model, norm, prenorm, dropout
+                    )
+                )
+        self.blocks = nn.ModuleList(blocks)
+        # With prenorm the residual stream is never normalised inside the blocks; normalise it once at the end.
+        self.final_norm = build_norm(norm, d_model) if prenorm else None
+        self.decoder = nn.Linear(d_model, d_output)
+
+    def _check_inputs(self, x: Tensor, lengths: Tensor | None) -> Tensor | None:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"SequenceModel: x must be a torch.Tensor, got {type(x).__name__}")
+        if self.vocab_size is not None:
+            if x.dim() != 2 or x.is_floating_point() or x.is_complex():
+                raise ValueError(
+                    "SequenceModel: with vocab_size set, x must be integer token ids of shape (batch, length), "
+                    f"got {x.dtype} of shape {tuple(x.shape)}"
+                )
+        elif x.dim() != 3 or x.shape[-1] != self.d_input or not x.is_floating_point():
+            raise ValueError(
+                f"SequenceModel: with d_input set, x must be a float tensor (batch, length, d_input={self.d_input}), "
+                f"got {x.dtype} of shape {tuple(x.shape)}"
+            )
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"SequenceModel: x must have batch and length >= 1, got shape {tuple(x.shape)}")
+        if lengths is None:
+            return None
+        if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
+            raise ValueError(f"SequenceModel: lengths must be a 1-D tensor of shape (batch={x.shape[0]},)")
+        if lengths.is_floating_point() or lengths.is_complex():
+            raise ValueError(f"SequenceModel: lengths must be an integer tensor, got {lengths.dtype}")
+        lengths = lengths.to(x.device)
+        if bool((lengths < 1).any()) or bool((lengths > x.shape[1]).any()):
+            raise ValueError(
+                f"SequenceModel: lengths must lie in [1, length={x.shape[1]}], got {lengths.tolist()}"
+            )
+        return lengths
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """x: tokens (batch, length) or features (batch, length, d_input); lengths (batch,) or None."""
+        lengths = self._check_inputs(x, lengths)
+        mask = padding_mask(lengths, x.shape[1]) if lengths is not None else None
+        if self.vocab_size is not None:
+            if mask is not None:  # whatever sits in the padding, look up a valid id there
+                x = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+            if bool((x < 0).any()) or bool((x >= self.vocab_size).any()):
+                raise ValueError(
+                    f"SequenceModel: token ids must lie in [0, vocab_size={self.vocab_size}), "
+                    f"got min {int(x.min())}, max {int(x.max())}"
+                )
+        h = _zero_padding(self.encoder(x), mask)
+        for block in self.blocks:
+            h = block(h, mask, lengths)
+        if self.final_norm is not None:
+            h = _zero_padding(self.final_norm(h, mask), mask)
+        if self.pooling == "mean":
+            if lengths is None:
+                h = h.mean(1)
+            else:
+                h = h.sum(1) / lengths[:, None].to(h.dtype)  # padded positions are zero
+        elif self.pooling == "last":
+            if lengths is None:
+                h = h[:, -1]
+            else:
+                h = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
+        return self.decoder(h)

@@ -1,0 +1,114 @@
+"""Sequence classification as a LightningModule (LRA, sCIFAR, synthetic tasks).
+
+Batches are ``(tokens, lengths, labels)`` (see the data modules). Optimisation follows the S4
+recipe: AdamW, SSM parameters in their own group (smaller lr, no weight decay; tagged by the
+layers, grouped by :func:`ssmzoo.optim.param_groups`), linear warmup then cosine decay per step.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..models import SequenceModel
+from ..optim import param_groups
+from .schedule import warmup_cosine, warmup_steps_from
+
+
+class ClassificationTask(LightningModule):
+    """Train and evaluate a :class:`SequenceModel` classifier with cross-entropy.
+
+    Args:
+        model: the classifier; its ``d_output`` is the number of classes.
+        lr: peak learning rate of the AdamW groups that layers did not tag with their own lr.
+        weight_decay: AdamW weight decay (not applied to tagged SSM parameters, biases and norms).
+        warmup: linear warmup length: a fraction of all training steps when < 1, else a step count.
+        betas: AdamW betas.
+
+    Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc`` and,
+    when the datamodule has ``majority_class_accuracy``, ``test/majority_baseline``.
+    """
+
+    def __init__(
+        self,
+        model: SequenceModel,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.999),
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ValueError(
+                f"ClassificationTask: model must be an nn.Module (a SequenceModel), got {type(model).__name__}"
+            )
+        if not lr > 0:
+            raise ValueError(f"ClassificationTask: lr must be > 0, got {lr!r}")
+        if not weight_decay >= 0:
+            raise ValueError(f"ClassificationTask: weight_decay must be >= 0, got {weight_decay!r}")
+        warmup_steps_from(warmup, 1)  # validates warmup now rather than when training starts
+        num_classes = getattr(model, "d_output", None)
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(
+                f"ClassificationTask: model.d_output must be the number of classes (>= 2), got {num_classes!r}"
+            )
+        # Under the CLI the hparams are the config (class paths and arguments), which is what
+        # load_from_checkpoint needs; built in Python, the model is an nn.Module whose weights the
+        # checkpoint's state dict already holds, so it is dropped from the hparams.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
+        if isinstance(self.hparams.get("model"), nn.Module):
+            del self.hparams["model"]
+        self.model = model
+        self.lr, self.weight_decay, self.warmup, self.betas = lr, weight_decay, warmup, tuple(betas)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+
+    def forward(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return self.model(tokens, lengths)
+
+    def _shared_step(self, batch: Any, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
+        tokens, lengths, labels = batch
+        logits = self(tokens, lengths)
+        loss = F.cross_entropy(logits, labels)
+        accuracy(logits.argmax(-1), labels)
+        batch_size = labels.shape[0]
+        self.log(
+            f"{stage}/loss", loss, prog_bar=stage != "test", batch_size=batch_size, sync_dist=stage != "train"
+        )
+        self.log(f"{stage}/acc", accuracy, prog_bar=True, batch_size=batch_size, on_step=False, on_epoch=True)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train", self.train_acc)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val", self.val_acc)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "test", self.test_acc)
+
+    def on_test_epoch_end(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        baseline = getattr(datamodule, "majority_class_accuracy", None)
+        if callable(baseline):
+            self.log("test/majority_baseline", float(baseline("test")))
+
+    def configure_optimizers(self) -> dict:
+        groups = param_groups(self.model, self.lr, self.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = functools.partial(
+            warmup_cosine, warmup_steps=warmup_steps_from(self.warmup, total), total_steps=total
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

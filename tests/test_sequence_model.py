@@ -1,0 +1,156 @@
+"""SequenceModel: padding invariance, pooling, norms, argument errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ssmzoo import SequenceModel
+from ssmzoo.models import MaskedBatchNorm
+
+VOCAB = 12
+
+
+def _tiny(**overrides) -> SequenceModel:
+    args = dict(d_output=5, vocab_size=VOCAB, d_model=8, n_layers=2, layer="s4d", layer_args={"d_state": 4})
+    args.update(overrides)
+    torch.manual_seed(0)
+    return SequenceModel(**args).double()
+
+
+def _padded_batch(seqs: list[torch.Tensor], total: int, garbage: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token sequences to ``total``; the padding holds random ids (garbage) or zeros."""
+    x = (
+        torch.randint(0, VOCAB, (len(seqs), total))
+        if garbage
+        else torch.zeros(len(seqs), total, dtype=torch.long)
+    )
+    for i, s in enumerate(seqs):
+        x[i, : len(s)] = s
+    return x, torch.tensor([len(s) for s in seqs])
+
+
+CONFIGS = [
+    dict(layer_args={"d_state": 4, "bidirectional": False}, pooling="mean", norm="layer", prenorm=True),
+    dict(layer_args={"d_state": 4, "bidirectional": True}, pooling="mean", norm="batch", prenorm=False),
+    dict(
+        layer_args={"d_state": 4, "bidirectional": True}, pooling="last", norm="rms", prenorm=True, ffn="glu"
+    ),
+    dict(
+        layer_args={"d_state": 4, "bidirectional": False},
+        pooling="last",
+        norm="batch",
+        prenorm=True,
+        ffn="mlp",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "cfg", CONFIGS, ids=lambda c: f"{c['pooling']}-{c['norm']}-bi{c['layer_args']['bidirectional']}"
+)
+def test_padding_never_changes_real_outputs_eval(cfg):
+    model = _tiny(**cfg)
+    # give batch norm non-trivial running statistics first
+    model.train()
+    with torch.no_grad():
+        x, lengths = _padded_batch([torch.randint(0, VOCAB, (n,)) for n in (9, 4, 7)], 9, garbage=True)
+        model(x, lengths)
+    model.eval()
+    torch.manual_seed(1)
+    seqs = [torch.randint(0, VOCAB, (n,)) for n in (11, 3, 1, 8)]
+    x, lengths = _padded_batch(seqs, 14, garbage=True)
+    batched = model(x, lengths)
+    alone = torch.cat([model(s[None]) for s in seqs])
+    torch.testing.assert_close(batched, alone, rtol=1e-9, atol=1e-9)
+
+
+def test_padding_invariance_pooling_none_real_valued_inputs():
+    model = _tiny(
+        vocab_size=None, d_input=3, pooling="none", layer_args={"d_state": 4, "bidirectional": True}
+    )
+    model.eval()
+    lens = [6, 2, 5]
+    seqs = [torch.randn(n, 3, dtype=torch.float64) for n in lens]
+    x = torch.full((3, 8, 3), float("nan"), dtype=torch.float64)  # NaN in the padding must not leak
+    for i, s in enumerate(seqs):
+        x[i, : len(s)] = s
+    out = model(x, torch.tensor(lens))
+    assert out.shape == (3, 8, 5)
+    for i, s in enumerate(seqs):
+        torch.testing.assert_close(out[i, : lens[i]], model(s[None])[0], rtol=1e-9, atol=1e-9)
+
+
+def test_padding_amount_does_not_change_train_mode_batchnorm_outputs():
+    model = _tiny(norm="batch", prenorm=False, layer_args={"d_state": 4, "bidirectional": True})
+    model.train()
+    torch.manual_seed(2)
+    seqs = [torch.randint(0, VOCAB, (n,)) for n in (7, 3, 5)]
+    outs = []
+    for total, garbage in [(7, False), (10, True), (25, True)]:
+        x, lengths = _padded_batch(seqs, total, garbage)
+        outs.append(model(x, lengths))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(outs[2], outs[0], rtol=1e-9, atol=1e-9)
+
+
+def test_masked_batchnorm_matches_batchnorm1d_on_real_positions():
+    torch.manual_seed(3)
+    bn, ref = MaskedBatchNorm(4).double(), nn.BatchNorm1d(4).double()
+    lengths = torch.tensor([5, 2, 4])
+    x = torch.randn(3, 6, 4, dtype=torch.float64)
+    mask = torch.arange(6)[None] < lengths[:, None]
+    y = bn(x, mask)
+    real = x[mask]  # (n_real, 4): the positions nn.BatchNorm1d should see
+    torch.testing.assert_close(y[mask], ref(real))
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    bn.eval(), ref.eval()
+    torch.testing.assert_close(bn(x, mask), ref(x.reshape(-1, 4)).reshape(3, 6, 4))
+
+
+def test_mean_and_last_pooling_read_real_positions():
+    # With no blocks and an identity decoder the pooled output is the pooled embedding itself.
+    model = SequenceModel(d_output=3, vocab_size=VOCAB, d_model=3, n_layers=0, prenorm=False).double()
+    with torch.no_grad():
+        model.decoder.weight.copy_(torch.eye(3))
+        model.decoder.bias.zero_()
+    x, lengths = _padded_batch([torch.tensor([1, 2, 3]), torch.tensor([4])], 5, garbage=True)
+    emb = model.encoder.weight
+    torch.testing.assert_close(model(x, lengths), torch.stack([emb[[1, 2, 3]].mean(0), emb[4]]))
+    model.pooling = "last"
+    torch.testing.assert_close(model(x, lengths), torch.stack([emb[3], emb[4]]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(d_output=2), "vocab_size"),
+        (dict(d_output=2, vocab_size=4, d_input=3), "d_input"),
+        (dict(d_output=0, vocab_size=4), "d_output"),
+        (dict(d_output=2, vocab_size=4, norm="group"), "norm"),
+        (dict(d_output=2, vocab_size=4, pooling="max"), "pooling"),
+        (dict(d_output=2, vocab_size=4, ffn="moe"), "ffn"),
+        (dict(d_output=2, vocab_size=4, dropout=1.5), "dropout"),
+        (dict(d_output=2, vocab_size=4, layer="nope"), "nope"),
+        (dict(d_output=2, vocab_size=4, layer_args={"d_sate": 4}), "d_sate"),
+        (dict(d_output=2, vocab_size=4, layer_args={"d_model": 4}), "d_model"),
+    ],
+)
+def test_bad_constructor_arguments_are_named(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        SequenceModel(**kwargs)
+
+
+def test_bad_inputs_are_named():
+    model = _tiny()
+    with pytest.raises(ValueError, match="token ids"):
+        model(torch.full((1, 4), VOCAB))
+    with pytest.raises(ValueError, match="integer token ids"):
+        model(torch.randn(1, 4))
+    with pytest.raises(ValueError, match="lengths"):
+        model(torch.zeros(2, 4, dtype=torch.long), torch.tensor([5, 1]))
+    real = _tiny(vocab_size=None, d_input=3)
+    with pytest.raises(ValueError, match="d_input=3"):
+        real(torch.randn(1, 4, 2, dtype=torch.float64))
