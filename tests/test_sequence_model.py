@@ -154,3 +154,27 @@ def test_bad_inputs_are_named():
     real = _tiny(vocab_size=None, d_input=3)
     with pytest.raises(ValueError, match="d_input=3"):
         real(torch.randn(1, 4, 2, dtype=torch.float64))
+
+
+def test_paired_inputs_decode_both_documents():
+    """LRA Retrieval: both documents share the encoder; the decoder reads [h1, h2, h1·h2, h1 − h2]."""
+    torch.manual_seed(0)
+    model = SequenceModel(d_output=2, vocab_size=12, d_model=8, n_layers=1, layer="s4d",
+                          layer_args={"d_state": 4, "bidirectional": True}, paired=True).eval()
+    tokens = torch.randint(1, 12, (3, 2, 9))
+    lengths = torch.tensor([[9, 4], [2, 9], [5, 5]])
+    out = model(tokens, lengths)
+    assert out.shape == (3, 2)
+    for i in range(3):
+        h1 = model.features(tokens[i, :1, : lengths[i, 0]])
+        h2 = model.features(tokens[i, 1:, : lengths[i, 1]])
+        expect = model.decoder(torch.cat([h1, h2, h1 * h2, h1 - h2], -1))
+        torch.testing.assert_close(out[i : i + 1], expect, rtol=1e-5, atol=1e-5)
+    swapped = model(tokens.flip(1), lengths.flip(1))
+    assert not torch.allclose(swapped, out)  # h1 − h2 makes the order matter
+    with pytest.raises(ValueError, match=r"\(batch, 2, length"):
+        model(tokens[:, 0])
+    with pytest.raises(ValueError, match=r"lengths must have shape \(batch, 2\)"):
+        model(tokens, lengths[:, 0])
+    with pytest.raises(ValueError, match="pooling"):
+        SequenceModel(d_output=2, vocab_size=12, paired=True, pooling="none")

@@ -79,6 +79,9 @@ class SequenceModel(nn.Module):
         ffn: "none", or a position-wise "mlp"/"glu" sub-block after each layer.
         ffn_expand: hidden width of the feed-forward sub-block, in multiples of d_model.
         pooling: "mean" over real positions, "last" real token, or "none" (per-position outputs).
+        paired: two sequences per sample (LRA Retrieval): x is (batch, 2, length[, d_input]) with
+            lengths (batch, 2); both are encoded by the same blocks and pooled to h1, h2, and the
+            decoder reads [h1, h2, h1·h2, h1 − h2].
 
     ``forward(x, lengths=None)`` returns (batch, d_output), or (batch, length, d_output) with
     pooling "none".
@@ -99,6 +102,7 @@ class SequenceModel(nn.Module):
         ffn: Literal["none", "mlp", "glu"] = "none",
         ffn_expand: int = 2,
         pooling: Literal["mean", "last", "none"] = "mean",
+        paired: bool = False,
     ) -> None:
         super().__init__()
         if (vocab_size is None) == (d_input is None):
@@ -123,6 +127,8 @@ class SequenceModel(nn.Module):
             raise ValueError(f"SequenceModel: ffn must be 'none', 'mlp' or 'glu', got {ffn!r}")
         if pooling not in ("mean", "last", "none"):
             raise ValueError(f"SequenceModel: pooling must be 'mean', 'last' or 'none', got {pooling!r}")
+        if paired and pooling == "none":
+            raise ValueError("SequenceModel: paired=True needs a pooled representation; pooling must be 'mean' or 'last'")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"SequenceModel: dropout must lie in [0, 1), got {dropout!r}")
         layer_args = dict(layer_args or {})
@@ -130,7 +136,7 @@ class SequenceModel(nn.Module):
             raise ValueError("SequenceModel: layer_args must not contain d_model; it is set from d_model")
 
         self.vocab_size, self.d_input, self.d_output = vocab_size, d_input, d_output
-        self.d_model, self.pooling, self.prenorm = d_model, pooling, prenorm
+        self.d_model, self.pooling, self.prenorm, self.paired = d_model, pooling, prenorm, paired
         self.encoder: nn.Module = (
             nn.Embedding(vocab_size, d_model) if vocab_size is not None else nn.Linear(d_input, d_model)  # type: ignore[arg-type]
         )
@@ -147,7 +153,7 @@ class SequenceModel(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         # With prenorm the residual stream is never normalised inside the blocks; normalise it once at the end.
         self.final_norm = build_norm(norm, d_model) if prenorm else None
-        self.decoder = nn.Linear(d_model, d_output)
+        self.decoder = nn.Linear(4 * d_model if paired else d_model, d_output)
 
     def _check_inputs(self, x: Tensor, lengths: Tensor | None) -> Tensor | None:
         if not isinstance(x, Tensor):
@@ -179,7 +185,21 @@ class SequenceModel(nn.Module):
         return lengths
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """x: tokens (batch, length) or features (batch, length, d_input); lengths (batch,) or None."""
+        """x: tokens (batch, length) or features (batch, length, d_input); lengths (batch,) or None.
+        With ``paired``, one more axis of size 2 after batch on both."""
+        if not self.paired:
+            return self.decoder(self.features(x, lengths))
+        if not isinstance(x, Tensor) or x.dim() < 3 or x.shape[1] != 2:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"SequenceModel: with paired=True, x must be (batch, 2, length[, d_input]), got {shape}")
+        if lengths is not None and (not isinstance(lengths, Tensor) or tuple(lengths.shape) != tuple(x.shape[:2])):
+            raise ValueError(f"SequenceModel: with paired=True, lengths must have shape (batch, 2) = {tuple(x.shape[:2])}")
+        h = self.features(x.flatten(0, 1), None if lengths is None else lengths.flatten())
+        h1, h2 = h.unflatten(0, (-1, 2)).unbind(1)
+        return self.decoder(torch.cat([h1, h2, h1 * h2, h1 - h2], dim=-1))
+
+    def features(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The pooled representation (batch, d_model), or (batch, length, d_model) with pooling "none"."""
         lengths = self._check_inputs(x, lengths)
         mask = padding_mask(lengths, x.shape[1]) if lengths is not None else None
         if self.vocab_size is not None:
@@ -205,4 +225,4 @@ class SequenceModel(nn.Module):
                 h = h[:, -1]
             else:
                 h = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
-        return self.decoder(h)
+        return h
