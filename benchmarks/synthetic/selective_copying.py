@@ -101,7 +101,7 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         if step % args.eval_every == 0 or step == args.steps or elapsed > 60 * args.max_minutes:
             acc, exact = evaluate(model, test_tokens, test_targets, 100)
-            curve.append(dict(step=step, loss=float(loss), test_accuracy=acc, minutes=elapsed / 60))
+            curve.append(dict(step=step, loss=loss.item(), test_accuracy=acc, minutes=elapsed / 60))
             print(f"step {step:5d}  loss {loss.item():.4f}  test accuracy {acc:.2f}%  exact {exact:.1f}%  "
                   f"{elapsed / 60:.1f} min", flush=True)
         if elapsed > 60 * args.max_minutes:
