@@ -86,7 +86,7 @@ def fwd_bwd(name: str, module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -
     return run
 
 
-def bench(modules: dict[str, nn.Module], x: torch.Tensor, reps: int) -> dict[str, float]:
+def bench(modules: dict[str, nn.Module], x: torch.Tensor, reps: int, warmup: bool) -> dict[str, float]:
     for m in modules.values():
         m.train()
     with torch.no_grad():
@@ -100,8 +100,9 @@ def bench(modules: dict[str, nn.Module], x: torch.Tensor, reps: int) -> dict[str
     runs = {n: fwd_bwd(n, m, x, grad) for n, m in modules.items()}
     times: dict[str, list[float]] = {n: [] for n in modules}
     names = list(modules)
-    for n in names:  # warm-up (extension load, allocator)
-        runs[n]()
+    if warmup:  # allocator warm-up (the extension is already loaded by the backend probe)
+        for n in names:
+            runs[n]()
     for r in range(reps):
         for n in names if r % 2 == 0 else reversed(names):
             times[n].append(runs[n]())
@@ -117,6 +118,8 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--cases", nargs="+", choices=["layer", "model"], default=["layer", "model"])
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run (slow machines)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for all three (default: torch's)")
     p.add_argument("--scan-backend", default=None, help="ssmzoo selective_scan backend (default: auto)")
     p.add_argument("--out", type=Path, default=RESULTS / "mamba.md")
@@ -133,15 +136,16 @@ def main() -> None:
               f"median of {args.reps} interleaved forward+backward repetitions")
     rows = []
     for length in args.lengths:
-        cases = [
-            ("1 layer", peers_for_layer(args.d_model, args.d_state, args.scan_backend),
-             torch.randn(args.batch, length, args.d_model)),
-            (f"{args.n_layers}-layer LM (vocab {args.vocab})",
-             peers_for_model(args.d_model, args.d_state, args.n_layers, args.vocab, args.scan_backend),
-             torch.randint(0, args.vocab, (args.batch, length))),
-        ]
+        cases = []
+        if "layer" in args.cases:
+            cases.append(("1 layer", peers_for_layer(args.d_model, args.d_state, args.scan_backend),
+                          torch.randn(args.batch, length, args.d_model)))
+        if "model" in args.cases:
+            cases.append((f"{args.n_layers}-layer LM (vocab {args.vocab})",
+                          peers_for_model(args.d_model, args.d_state, args.n_layers, args.vocab, args.scan_backend),
+                          torch.randint(0, args.vocab, (args.batch, length))))
         for what, modules, x in cases:
-            t = bench(modules, x, args.reps)
+            t = bench(modules, x, args.reps, warmup=not args.no_warmup)
             best_peer = min(t["mambapy"], t["transformers"])
             row = (f"| {what} | {length} | {t['ssmzoo'] * 1e3:.0f} | {t['mambapy'] * 1e3:.0f} | "
                    f"{t['transformers'] * 1e3:.0f} | {t['mambapy'] / t['ssmzoo']:.2f}x | "
