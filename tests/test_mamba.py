@@ -48,7 +48,7 @@ def test_ssm_params_get_no_weight_decay():
     for prefix in ("", "backward."):
         for name in ("A_log", "D", "dt_proj.bias"):
             assert prefix + name in no_decay
-            assert getattr(layer.get_parameter(prefix + name), "_optim") == {"weight_decay": 0.0}
+            assert layer.get_parameter(prefix + name)._optim == {"weight_decay": 0.0}
     assert {"in_proj.weight", "x_proj.weight", "dt_proj.weight", "out_proj.weight"} <= decay
 
 

@@ -16,8 +16,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -31,7 +31,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def peers_for_layer(d_model: int, d_state: int, scan_backend: str | None) -> dict[str, nn.Module]:
-    from mambapy.mamba import MambaBlock, MambaConfig as PyConfig
+    from mambapy.mamba import MambaBlock
+    from mambapy.mamba import MambaConfig as PyConfig
     from transformers import MambaConfig
     from transformers.models.mamba.modeling_mamba import MambaMixer
 
@@ -45,7 +46,9 @@ def peers_for_layer(d_model: int, d_state: int, scan_backend: str | None) -> dic
 
 
 def peers_for_model(d_model: int, d_state: int, n_layers: int, vocab: int, scan_backend: str | None) -> dict[str, nn.Module]:
-    from mambapy.mamba import Mamba as PyMamba, MambaConfig as PyConfig, RMSNorm as PyRMSNorm
+    from mambapy.mamba import Mamba as PyMamba
+    from mambapy.mamba import MambaConfig as PyConfig
+    from mambapy.mamba import RMSNorm as PyRMSNorm
     from transformers import MambaConfig, MambaForCausalLM
 
     config = MambaConfig(vocab_size=vocab, hidden_size=d_model, state_size=d_state, num_hidden_layers=n_layers,

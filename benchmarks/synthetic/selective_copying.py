@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's ssmzoo, not an installed one
 
-from ssmzoo.data.synthetic import SelectiveCopyingDataModule, selective_copying  # noqa: E402
-from ssmzoo.models import LanguageModel  # noqa: E402
-from ssmzoo.optim import param_groups  # noqa: E402
+from ssmzoo.data.synthetic import SelectiveCopyingDataModule, selective_copying
+from ssmzoo.models import LanguageModel
+from ssmzoo.optim import param_groups
 
 RESULTS = Path(__file__).parent / "results"
 PUBLISHED = 99.8  # Mamba paper, Table 1 (S6 layer in the Mamba architecture)
