@@ -76,14 +76,44 @@ inline double exp_poly(double x) {
   return p * scale;
 }
 
+// log1p(e) for e in [0, 1], as 2 atanh(s) with s = e / (2 + e) in [0, 1/3] (no cancellation),
+// by its odd series in s; the term count makes the truncation error negligible for T.
+template <typename T>
+inline T log1p_unit(T e) {
+  constexpr int terms = sizeof(T) == 4 ? 9 : 18;
+  const T s = e / (T(2) + e), s2 = s * s;
+  T p = T(1) / T(2 * terms + 1);
+  for (int k = terms - 1; k >= 0; --k) p = p * s2 + T(1) / T(2 * k + 1);
+  return T(2) * s * p;
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)): branch-free and vectorisable.
 template <typename T>
 inline T softplus(T x) {
-  return x > T(20) ? x : std::log1p(std::exp(x));
+  return std::max(x, T(0)) + log1p_unit(exp_poly(-std::abs(x)));
 }
 
 template <typename T>
 inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+  return T(1) / (T(1) + exp_poly(-x));
+}
+
+// Δ_t = softplus(δ_t + bias) (or δ_t + bias) for a whole row, in one vectorised pass; also the
+// derivative dΔ/dδ = sigmoid(δ_t + bias) when `slope` is given.
+template <typename T>
+void discretisation_steps(const T* delta, int64_t length, T bias, bool use_softplus, T* dt, T* slope) {
+  if (!use_softplus) {
+#pragma omp simd
+    for (int64_t t = 0; t < length; ++t) dt[t] = delta[t] + bias;
+    if (slope != nullptr) std::fill(slope, slope + length, T(1));
+    return;
+  }
+#pragma omp simd
+  for (int64_t t = 0; t < length; ++t) dt[t] = softplus(delta[t] + bias);
+  if (slope != nullptr) {
+#pragma omp simd
+    for (int64_t t = 0; t < length; ++t) slope[t] = sigmoid(delta[t] + bias);
+  }
 }
 
 struct Dims {
@@ -113,10 +143,11 @@ void forward_kernel(const T* u, const T* delta, const T* A, const T* B, const T*
       T h[kMaxState];
       std::copy(h0 + (b * s.dim + d) * N, h0 + (b * s.dim + d + 1) * N, h);
       T* ckpt = checkpoints + (b * s.dim + d) * s.nchunks * N;
+      T* dts = y + row;  // Δ for the row, overwritten by y as the scan goes
+      discretisation_steps(delta + row, L, db, use_softplus, dts, static_cast<T*>(nullptr));
       for (int64_t t = 0; t < L; ++t) {
         if (t % s.chunk == 0) std::copy(h, h + N, ckpt + (t / s.chunk) * N);
-        T dt = delta[row + t] + db;
-        if (use_softplus) dt = softplus(dt);
+        const T dt = dts[t];
         const T du = dt * u[row + t];
         const T* Bt = Bp + t * tstride;
         const T* Ct = Cp + t * tstride;
@@ -126,12 +157,11 @@ void forward_kernel(const T* u, const T* delta, const T* A, const T* B, const T*
           h[n] = exp_poly(dt * Ad[n]) * h[n] + du * Bt[n];
           acc += Ct[n] * h[n];
         }
-        T out = acc + dskip * u[row + t];
-        if (z != nullptr) {
-          const T zt = z[row + t];
-          out *= zt * sigmoid(zt);
-        }
-        y[row + t] = out;
+        y[row + t] = acc + dskip * u[row + t];
+      }
+      if (z != nullptr) {
+#pragma omp simd
+        for (int64_t t = 0; t < L; ++t) y[row + t] *= z[row + t] * sigmoid(z[row + t]);
       }
       std::copy(h, h + N, final_state + (b * s.dim + d) * N);
     }
@@ -150,7 +180,7 @@ void backward_kernel(const T* u, const T* delta, const T* A, const T* B, const T
   const int64_t per_slice = (s.dim + slices - 1) / slices;
 #pragma omp parallel num_threads(at::get_num_threads())
   {
-    std::vector<T> hbuf(K * N), abuf(K * N), dtbuf(K);
+    std::vector<T> hbuf(K * N), abuf(K * N), dts(s.length), slopes(s.length), gates(z != nullptr ? s.length : 0);
 #pragma omp for collapse(2) schedule(dynamic, 1)
     for (int64_t sl = 0; sl < slices; ++sl) {
       for (int64_t b = 0; b < s.batch; ++b) {
@@ -170,14 +200,17 @@ void backward_kernel(const T* u, const T* delta, const T* A, const T* B, const T
           std::copy(dh_final + bd * N, dh_final + (bd + 1) * N, dh);
           T dskip_acc = 0, dbias_acc = 0;
           const T* ckpt = checkpoints + bd * s.nchunks * N;
+          discretisation_steps(delta + row, L, db, use_softplus, dts.data(), slopes.data());
+          if (z != nullptr) {
+#pragma omp simd
+            for (int64_t t = 0; t < L; ++t) gates[t] = sigmoid(z[row + t]);
+          }
           for (int64_t c = s.nchunks - 1; c >= 0; --c) {
             const int64_t t0 = c * K, t1 = std::min(L, t0 + K);
             // Recompute this chunk's decays and states from its checkpoint.
             const T* hprev = ckpt + c * N;
             for (int64_t t = t0; t < t1; ++t) {
-              T dt = delta[row + t] + db;
-              if (use_softplus) dt = softplus(dt);
-              dtbuf[t - t0] = dt;
+              const T dt = dts[t];
               const T dtu = dt * u[row + t];
               const T* Bt = Bp + t * tstride;
               T* a = abuf.data() + (t - t0) * N;
@@ -190,7 +223,7 @@ void backward_kernel(const T* u, const T* delta, const T* A, const T* B, const T
               hprev = h;
             }
             for (int64_t t = t1 - 1; t >= t0; --t) {
-              const T dt = dtbuf[t - t0], ut = u[row + t];
+              const T dt = dts[t], ut = u[row + t];
               const T* Bt = Bp + t * tstride;
               const T* Ct = Cp + t * tstride;
               T* dBt = dBp + t * tstride;
@@ -204,7 +237,7 @@ void backward_kernel(const T* u, const T* delta, const T* A, const T* B, const T
 #pragma omp simd reduction(+ : yt)
                 for (int64_t n = 0; n < N; ++n) yt += Ct[n] * h[n];
                 yt += dskip * ut;
-                const T zt = z[row + t], sz = sigmoid(zt);
+                const T zt = z[row + t], sz = gates[t];
                 dz[row + t] = gy * yt * sz * (T(1) + zt * (T(1) - sz));
                 gy *= zt * sz;
               }
@@ -223,7 +256,7 @@ void backward_kernel(const T* u, const T* delta, const T* A, const T* B, const T
                 dh[n] = a[n] * g;
               }
               du[row + t] = du_acc;
-              if (use_softplus) ddt *= sigmoid(delta[row + t] + db);  // softplus' = sigmoid
+              ddt *= slopes[t];  // dΔ/dδ: softplus' = sigmoid, or 1
               ddelta[row + t] = ddt;
               dbias_acc += ddt;
             }

@@ -4,7 +4,7 @@ Same shapes for all (batch 4, D = 256, N = 16: Mamba with d_model 128), forward 
 Repetitions are interleaved across implementations and the median is reported (the machine is
 shared); ratios are mambapy's time over ours, from this one run.
 
-    python benchmarks/speed/selective_scan.py [--lengths 1024 4096] [--repeats 5]
+    python benchmarks/speed/selective_scan.py [--lengths 1024 4096] [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ RESULTS = Path(__file__).parent / "results" / "selective_scan.md"
 
 def make_inputs(batch: int, d_inner: int, d_state: int, length: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return dict(
-        u=torch.randn(batch, d_inner, length, generator=g),
-        delta=torch.randn(batch, d_inner, length, generator=g) * 0.5 - 1.0,
-        A=-torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1),  # S4D-real init
-        B=torch.randn(batch, d_state, length, generator=g),
-        C=torch.randn(batch, d_state, length, generator=g),
-        D=torch.ones(d_inner),
-    )
+    return {
+        "u": torch.randn(batch, d_inner, length, generator=g),
+        "delta": torch.randn(batch, d_inner, length, generator=g) * 0.5 - 1.0,
+        "A": -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(d_inner, 1),  # S4D-real init
+        "B": torch.randn(batch, d_state, length, generator=g),
+        "C": torch.randn(batch, d_state, length, generator=g),
+        "D": torch.ones(d_inner),
+    }
 
 
 def ours(backend: str):
@@ -48,10 +48,10 @@ def ours(backend: str):
 
 def mambapy_layout(x: dict) -> dict:
     """mambapy's own layouts (batch, L, D) / (batch, L, N), prepared outside the timed region."""
-    return dict(u=rearrange(x["u"], "b d l -> b l d").contiguous(),
-                delta=rearrange(x["delta"], "b d l -> b l d").contiguous(), A=x["A"],
-                B=rearrange(x["B"], "b n l -> b l n").contiguous(),
-                C=rearrange(x["C"], "b n l -> b l n").contiguous(), D=x["D"])
+    return {"u": rearrange(x["u"], "b d l -> b l d").contiguous(),
+                "delta": rearrange(x["delta"], "b d l -> b l d").contiguous(), "A": x["A"],
+                "B": rearrange(x["B"], "b n l -> b l n").contiguous(),
+                "C": rearrange(x["C"], "b n l -> b l n").contiguous(), "D": x["D"]}
 
 
 def mambapy_scan(x: dict) -> torch.Tensor:
@@ -77,9 +77,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--d-inner", type=int, default=256)
     parser.add_argument("--d-state", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared machine, OpenMP barriers of many small "
+                             "ops stall under oversubscription, which would distort the ratios)")
     parser.add_argument("--reference-max-length", type=int, default=1024,
                         help="skip the (slow, sequential Python) reference above this length")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     candidates = {name: ours(name) for name in ("cpp", "chunked", "reference") if name in dispatch.names("cpu")}
     try:
@@ -118,7 +122,8 @@ def main() -> None:
             print(row, flush=True)
             lines.append(row)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(lines) + "\n\nReproduce: `python benchmarks/speed/selective_scan.py`\n")
+    command = "python benchmarks/speed/selective_scan.py " + " ".join(sys.argv[1:])
+    RESULTS.write_text("\n".join(lines) + f"\n\nReproduce: `{command.strip()}`\n")
     print("\n".join(lines))
 
 

@@ -103,4 +103,4 @@ def causal_conv1d_update(
     return apply_activation(y, activation), window[..., 1:]
 
 
-__all__ = ["causal_conv1d", "causal_conv1d_update", "causal_conv1d_reference", "dispatch"]
+__all__ = ["causal_conv1d", "causal_conv1d_reference", "causal_conv1d_update", "dispatch"]

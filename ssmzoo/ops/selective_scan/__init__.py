@@ -1,12 +1,18 @@
 """The selective scan of Mamba: ``selective_scan(u, delta, A, B, C, ...)`` behind one dispatch.
 
 Backends, in ``auto``'s preference order:
+- ``mamba_ssm``: mamba-ssm's fused CUDA kernel, when installed (mamba_ssm.py);
+- ``cuda``: our CUDA kernel (csrc/selective_scan_cuda.cu, bound in cuda.py), built on first use;
+- ``triton``: our Triton kernels (triton.py), on CUDA;
 - ``cpp``: our C++ CPU kernel (csrc/selective_scan_cpu.cpp, bound in cpu.py), built on first use;
 - ``chunked``: plain PyTorch, closed form within chunks, chunks chained and checkpointed (chunked.py);
 - ``reference``: the sequential oracle (reference.py).
 """
 
 from __future__ import annotations
+
+import importlib
+import importlib.util
 
 import torch
 from torch import Tensor
@@ -33,20 +39,29 @@ def _probe(fn):
     return probe
 
 
-def _cpp(*args):
-    from .cpu import selective_scan_cpu
+def _lazy(module: str, name: str):
+    """A backend function or availability check that imports its module on first call (optional
+    dependencies such as triton and mamba_ssm must never be imported with ssmzoo)."""
 
-    return selective_scan_cpu(*args)
+    def call(*args):
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)(*args)
+
+    return call
 
 
-def _cpp_available() -> bool:
-    from .cpu import available
-
-    return available()
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
 dispatch = Dispatcher("selective_scan")
-dispatch.add(Backend("cpp", _cpp, ("cpu",), available=_cpp_available, probe=_probe(_cpp)))
+for _name, _module, _fn, _devices, _available in (
+    ("mamba_ssm", "mamba_ssm", "selective_scan_mamba_ssm", ("cuda",), _lazy("mamba_ssm", "available")),
+    ("cuda", "cuda", "selective_scan_cuda", ("cuda",), _lazy("cuda", "available")),
+    ("triton", "triton", "selective_scan_triton", ("cuda",), _triton_available),
+    ("cpp", "cpu", "selective_scan_cpu", ("cpu",), _lazy("cpu", "available")),
+):
+    _backend_fn = _lazy(_module, _fn)
+    dispatch.add(Backend(_name, _backend_fn, _devices, available=_available, probe=_probe(_backend_fn)))
 dispatch.add(Backend("chunked", selective_scan_chunked, ("cpu", "cuda")))
 dispatch.add(Backend("reference", selective_scan_reference, ("cpu", "cuda")))
 
@@ -78,4 +93,4 @@ def selective_scan(
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
 
 
-__all__ = ["selective_scan", "selective_scan_reference", "selective_scan_chunked", "dispatch"]
+__all__ = ["dispatch", "selective_scan", "selective_scan_chunked", "selective_scan_reference"]

@@ -1,34 +1,34 @@
 """A chunked selective scan in plain PyTorch, for devices without our kernels.
 
-Within a chunk of T steps the scan is solved in closed form (as in Mamba-2's SSD, Dao & Gu 2024):
-    h_t = exp(Σ_{r<=t} Δ_r A) h_0 + Σ_{s<=t} exp(Σ_{s<r<=t} Δ_r A) Δ_s B_s u_s
-with the segment sums Σ_{s<r<=t} taken by a masked cumulative sum (never as a difference of two
-cumulative sums, which cancels catastrophically in float32). Chunks are chained through their final
-state, and each chunk is recomputed in the backward pass (activation checkpointing), so memory is
-O(batch · D · N · T²) for one chunk plus the (batch, D, N) chunk states, never (batch, D, N, L).
+Within a chunk of T steps the linear recurrence h_t = a_t h_{t-1} + x_t (a_t = exp(Δ_t A),
+x_t = Δ_t B_t u_t) is solved by a Hillis-Steele associative scan on the pairs (a, x), whose operator
+(a, x) ∘ (a', x') = (a a', a' x + x') needs only products of decays (all in (0, 1]: stable, no
+exp of positive sums), in log2(T) elementwise steps. Chunks are chained through their final state
+and each is recomputed in the backward pass (activation checkpointing), so memory is
+O(batch · D · N · T) for one chunk plus the (batch, D, N) chunk states, never (batch, D, N, L).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import repeat
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .reference import expand_input_matrix
 
-CHUNK = 32
+CHUNK = 16
 
 
-def segment_sums(x: Tensor) -> Tensor:
-    """(..., T) -> (..., T, T) with [t, s] = Σ_{s<r<=t} x_r for s <= t and -inf above the diagonal."""
-    T = x.shape[-1]
-    xx = repeat(x, "... t -> ... t s", s=T)
-    strictly_lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), diagonal=-1)
-    sums = torch.cumsum(xx.masked_fill(~strictly_lower, 0), dim=-2)
-    lower = torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device))
-    return sums.masked_fill(~lower, float("-inf"))
+def associative_scan(a: Tensor, x: Tensor) -> Tensor:
+    """h along the last dim with h_t = a_t h_{t-1} + x_t and h_{-1} = 0 (Hillis-Steele, log2(T) steps)."""
+    step = 1
+    while step < x.shape[-1]:
+        # Both updates read the previous a: h_t <- h_t + a_t h_{t-k}, then a_t <- a_t a_{t-k}.
+        x = torch.cat([x[..., :step], torch.addcmul(x[..., step:], a[..., step:], x[..., :-step])], dim=-1)
+        a = torch.cat([a[..., :step], a[..., step:] * a[..., :-step]], dim=-1)
+        step *= 2
+    return x
 
 
 def scan_chunk(h0: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
@@ -36,13 +36,12 @@ def scan_chunk(h0: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
 
     Returns y (batch, D, T) without the D skip and gate, and the final state (batch, D, N)."""
     d_inner, T = u.shape[1], u.shape[-1]
-    B = expand_input_matrix(B, d_inner, T)
-    C = expand_input_matrix(C, d_inner, T)
-    dA = delta[:, :, None, :] * A[..., None]  # (batch, D, N, T)
-    x = (delta * u)[:, :, None, :] * B  # Δ_s B_s u_s
-    h = torch.einsum("bdnts,bdns->bdnt", torch.exp(segment_sums(dA)), x)
-    h = h + torch.exp(torch.cumsum(dA, dim=-1)) * h0[..., None]
-    return torch.einsum("bdnt,bdnt->bdt", h, C.expand_as(h)), h[..., -1]
+    a = torch.exp(delta[:, :, None, :] * A[..., None])  # (batch, D, N, T)
+    x = (delta * u)[:, :, None, :] * expand_input_matrix(B, d_inner, T)  # Δ_t B_t u_t
+    # The initial state enters as part of the first step's input: h_0 = a_0 h0 + x_0.
+    x = torch.cat([x[..., :1] + a[..., :1] * h0[..., None], x[..., 1:]], dim=-1)
+    h = associative_scan(a, x)
+    return torch.einsum("bdnt,bdnt->bdt", h, expand_input_matrix(C, d_inner, T).expand_as(h)), h[..., -1]
 
 
 def selective_scan_chunked(

@@ -1,0 +1,103 @@
+"""Autograd around our selective scan kernels (CPU: csrc/selective_scan_cpu.cpp, CUDA:
+csrc/selective_scan_cuda.cu, Triton: triton.py); all three share one calling convention
+(``ext.forward(...)``, ``ext.backward(...)``).
+
+The kernels want B and C with N contiguous, (batch, G, L, N), so that their loops over the state
+vectorise (CPU) or stay in registers (CUDA); this module transposes them (small: no D axis) and
+sums the partial gradients the kernels return (per batch element or per slice of channels on CPU,
+already reduced on CUDA, with a leading axis of 1).
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+# States are checkpointed every CHUNK steps for the backward pass: memory (batch, D, L/CHUNK, N).
+CHUNK = 64
+
+
+def kernel_layout(BC: Tensor) -> tuple[Tensor, int]:
+    """(tensor in the kernels' layout, groups): groups 0 means time-invariant (D, N)."""
+    if BC.dim() == 2:
+        return BC.contiguous(), 0
+    if BC.dim() == 3:
+        return rearrange(BC, "b n l -> b 1 l n").contiguous(), 1
+    return rearrange(BC, "b g n l -> b g l n").contiguous(), BC.shape[1]
+
+
+def user_layout(grad: Tensor, like: Tensor, groups: int) -> Tensor:
+    """Sum a kernel's partial gradient of B or C and bring it back to the caller's layout."""
+    grad = grad.sum(0)  # (batch or 1, D, N) -> (D, N); (slices or 1, batch, G, L, N) -> (batch, G, L, N)
+    if groups == 0:
+        return grad
+    if like.dim() == 3:
+        return rearrange(grad, "b 1 l n -> b n l")
+    return rearrange(grad, "b g l n -> b g n l")
+
+
+class KernelSelectiveScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ext, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk):
+        Bk, groups = kernel_layout(B)
+        Ck, _ = kernel_layout(C)
+        batch, d_inner, _ = u.shape
+        Dv = D.contiguous() if D is not None else u.new_zeros(d_inner)
+        bias = delta_bias.contiguous() if delta_bias is not None else u.new_zeros(d_inner)
+        zk = z.contiguous() if z is not None else u.new_empty(0)
+        h0 = initial_state.contiguous() if initial_state is not None else u.new_zeros(batch, d_inner, A.shape[1])
+        u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
+        y, final_state, checkpoints = ext.forward(u, delta, A, Bk, Ck, Dv, zk, bias, h0, delta_softplus, groups, chunk)
+        ctx.save_for_backward(u, delta, A, Bk, Ck, Dv, zk, bias, checkpoints)
+        ctx.ext, ctx.groups, ctx.softplus, ctx.chunk = ext, groups, delta_softplus, chunk
+        ctx.B, ctx.C = B.detach(), C.detach()
+        ctx.has = (D is not None, z is not None, delta_bias is not None, initial_state is not None)
+        return y, final_state
+
+    @staticmethod
+    def backward(ctx, dy, dh_final):
+        u, delta, A, Bk, Ck, Dv, zk, bias, checkpoints = ctx.saved_tensors
+        dy = dy.contiguous() if dy is not None else torch.zeros_like(u)
+        if dh_final is None:
+            dh_final = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+        # CPU: (batch x slices) work units, a few per thread, for load balance; CUDA ignores it.
+        slices = math.ceil(4 * torch.get_num_threads() / u.shape[0])
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = ctx.ext.backward(
+            u, delta, A, Bk, Ck, Dv, zk, bias, checkpoints, dy, dh_final.contiguous(), ctx.softplus, ctx.groups,
+            ctx.chunk, slices)
+        has_D, has_z, has_bias, has_h0 = ctx.has
+        return (None, du, ddelta, dA.sum(0), user_layout(dB, ctx.B, ctx.groups),
+                user_layout(dC, ctx.C, ctx.groups), dD.sum(0) if has_D else None, dz if has_z else None,
+                dbias.sum(0) if has_bias else None, None, dh0 if has_h0 else None, None)
+
+
+def run_kernel(
+    ext: ModuleType,
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None,
+    z: Tensor | None,
+    delta_bias: Tensor | None,
+    delta_softplus: bool,
+    initial_state: Tensor | None,
+    return_final_state: bool,
+    chunk: int = CHUNK,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """The selective scan by a compiled kernel; computes in float32 (float64 for float64 inputs)."""
+    dtype = torch.promote_types(u.dtype, torch.float32)
+
+    def cast(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.to(dtype)
+
+    y, final_state = KernelSelectiveScan.apply(ext, cast(u), cast(delta), cast(A), cast(B), cast(C), cast(D),
+                                               cast(z), cast(delta_bias), bool(delta_softplus),
+                                               cast(initial_state), chunk)
+    y = y.to(u.dtype)
+    return (y, final_state.to(u.dtype)) if return_final_state else y
