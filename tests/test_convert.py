@@ -51,7 +51,7 @@ def test_hf_logits_match(tie):
 
 def test_mamba_ssm_keys():
     """mamba-ssm's MambaLMHeadModel names: backbone.embedding, backbone.layers.N.{norm,mixer}, norm_f, lm_head."""
-    model, config = hf_model(tie=True, seed=1)
+    model, _ = hf_model(tie=True, seed=1)
     sd = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in model.state_dict().items()}
     assert "backbone.embedding.weight" in sd and "backbone.layers.1.mixer.A_log" in sd
     ssm_config = dict(

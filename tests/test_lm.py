@@ -40,6 +40,15 @@ def test_step_and_continuation_match_forward(layer, args):
         out, state = model.step(tokens[:, t], state)
         outs.append(out)
     torch.testing.assert_close(torch.stack(outs, 1), logits, rtol=1e-9, atol=1e-9)
+    for ours, theirs in ((state, final), (s, final)):
+        for x, y in zip(_flat(ours), _flat(theirs)):
+            torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
+
+
+def _flat(state):
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [t for s in state for t in _flat(s)]
 
 
 def test_causality():

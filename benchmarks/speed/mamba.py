@@ -16,8 +16,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -31,7 +31,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def peers_for_layer(d_model: int, d_state: int, scan_backend: str | None) -> dict[str, nn.Module]:
-    from mambapy.mamba import MambaBlock, MambaConfig as PyConfig
+    from mambapy.mamba import MambaBlock
+    from mambapy.mamba import MambaConfig as PyConfig
     from transformers import MambaConfig
     from transformers.models.mamba.modeling_mamba import MambaMixer
 
@@ -45,7 +46,9 @@ def peers_for_layer(d_model: int, d_state: int, scan_backend: str | None) -> dic
 
 
 def peers_for_model(d_model: int, d_state: int, n_layers: int, vocab: int, scan_backend: str | None) -> dict[str, nn.Module]:
-    from mambapy.mamba import Mamba as PyMamba, MambaConfig as PyConfig, RMSNorm as PyRMSNorm
+    from mambapy.mamba import Mamba as PyMamba
+    from mambapy.mamba import MambaConfig as PyConfig
+    from mambapy.mamba import RMSNorm as PyRMSNorm
     from transformers import MambaConfig, MambaForCausalLM
 
     config = MambaConfig(vocab_size=vocab, hidden_size=d_model, state_size=d_state, num_hidden_layers=n_layers,
@@ -86,22 +89,24 @@ def fwd_bwd(name: str, module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -
     return run
 
 
-def bench(modules: dict[str, nn.Module], x: torch.Tensor, reps: int) -> dict[str, float]:
+def bench(modules: dict[str, nn.Module], x: torch.Tensor, reps: int, warmup: bool) -> dict[str, float]:
     for m in modules.values():
         m.train()
     with torch.no_grad():
         outs = {n: call(n, m, x) for n, m in modules.items()}
-    ref = outs["transformers"]
+    ref_name = "transformers" if "transformers" in outs else "mambapy"
+    ref = outs[ref_name]
     for n, o in outs.items():
         err = (o - ref).abs().max().item() / ref.abs().max().item()
         if err > 1e-3:
-            raise RuntimeError(f"{n} disagrees with transformers: relative max error {err:.2e}")
+            raise RuntimeError(f"{n} disagrees with {ref_name}: relative max error {err:.2e}")
     grad = torch.randn_like(ref)
     runs = {n: fwd_bwd(n, m, x, grad) for n, m in modules.items()}
     times: dict[str, list[float]] = {n: [] for n in modules}
     names = list(modules)
-    for n in names:  # warm-up (extension load, allocator)
-        runs[n]()
+    if warmup:  # allocator warm-up (the extension is already loaded by the backend probe)
+        for n in names:
+            runs[n]()
     for r in range(reps):
         for n in names if r % 2 == 0 else reversed(names):
             times[n].append(runs[n]())
@@ -117,6 +122,10 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--peers", nargs="+", choices=["mambapy", "transformers"], default=["mambapy", "transformers"],
+                   help="leave out transformers at long lengths: its sequential loop takes minutes on a busy CPU")
+    p.add_argument("--cases", nargs="+", choices=["layer", "model"], default=["layer", "model"])
+    p.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run (slow machines)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for all three (default: torch's)")
     p.add_argument("--scan-backend", default=None, help="ssmzoo selective_scan backend (default: auto)")
     p.add_argument("--out", type=Path, default=RESULTS / "mamba.md")
@@ -133,19 +142,22 @@ def main() -> None:
               f"median of {args.reps} interleaved forward+backward repetitions")
     rows = []
     for length in args.lengths:
-        cases = [
-            ("1 layer", peers_for_layer(args.d_model, args.d_state, args.scan_backend),
-             torch.randn(args.batch, length, args.d_model)),
-            (f"{args.n_layers}-layer LM (vocab {args.vocab})",
-             peers_for_model(args.d_model, args.d_state, args.n_layers, args.vocab, args.scan_backend),
-             torch.randint(0, args.vocab, (args.batch, length))),
-        ]
+        cases = []
+        if "layer" in args.cases:
+            cases.append(("1 layer", peers_for_layer(args.d_model, args.d_state, args.scan_backend),
+                          torch.randn(args.batch, length, args.d_model)))
+        if "model" in args.cases:
+            cases.append((f"{args.n_layers}-layer LM (vocab {args.vocab})",
+                          peers_for_model(args.d_model, args.d_state, args.n_layers, args.vocab, args.scan_backend),
+                          torch.randint(0, args.vocab, (args.batch, length))))
         for what, modules, x in cases:
-            t = bench(modules, x, args.reps)
-            best_peer = min(t["mambapy"], t["transformers"])
-            row = (f"| {what} | {length} | {t['ssmzoo'] * 1e3:.0f} | {t['mambapy'] * 1e3:.0f} | "
-                   f"{t['transformers'] * 1e3:.0f} | {t['mambapy'] / t['ssmzoo']:.2f}x | "
-                   f"{t['transformers'] / t['ssmzoo']:.2f}x | {best_peer / t['ssmzoo']:.2f}x |")
+            modules = {n: m for n, m in modules.items() if n == "ssmzoo" or n in args.peers}
+            t = bench(modules, x, args.reps, warmup=not args.no_warmup)
+            best_peer = min(t[n] for n in args.peers)
+            ms = {n: f"{t[n] * 1e3:.0f}" if n in t else "-" for n in ("mambapy", "transformers")}
+            ratio = {n: f"{t[n] / t['ssmzoo']:.2f}x" if n in t else "-" for n in ("mambapy", "transformers")}
+            row = (f"| {what} | {length} | {t['ssmzoo'] * 1e3:.0f} | {ms['mambapy']} | {ms['transformers']} | "
+                   f"{ratio['mambapy']} | {ratio['transformers']} | {best_peer / t['ssmzoo']:.2f}x |")
             print(row, flush=True)
             rows.append(row)
     table = "\n".join([

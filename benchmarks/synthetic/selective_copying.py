@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's ssmzoo, not an installed one
 
-from ssmzoo.data.synthetic import SelectiveCopyingDataModule, selective_copying  # noqa: E402
-from ssmzoo.models import LanguageModel  # noqa: E402
-from ssmzoo.optim import param_groups  # noqa: E402
+from ssmzoo.data.synthetic import SelectiveCopyingDataModule, selective_copying
+from ssmzoo.models import LanguageModel
+from ssmzoo.optim import param_groups
 
 RESULTS = Path(__file__).parent / "results"
 PUBLISHED = 99.8  # Mamba paper, Table 1 (S6 layer in the Mamba architecture)
@@ -48,19 +48,19 @@ def evaluate(model: LanguageModel, tokens: torch.Tensor, targets: torch.Tensor, 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seq-len", type=int, default=128, help="positions holding noise and the data tokens")
+    p.add_argument("--seq-len", type=int, default=64, help="positions holding noise and the data tokens")
     p.add_argument("--num-tokens", type=int, default=16, help="data tokens to copy")
     p.add_argument("--vocab-size", type=int, default=16)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--n-layers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--steps", type=int, default=2400)
+    p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--num-test", type=int, default=500)
-    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--max-minutes", type=float, default=10.0, help="stop training after this long")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -101,7 +101,7 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         if step % args.eval_every == 0 or step == args.steps or elapsed > 60 * args.max_minutes:
             acc, exact = evaluate(model, test_tokens, test_targets, 100)
-            curve.append(dict(step=step, loss=float(loss), test_accuracy=acc, minutes=elapsed / 60))
+            curve.append(dict(step=step, loss=loss.item(), test_accuracy=acc, minutes=elapsed / 60))
             print(f"step {step:5d}  loss {loss.item():.4f}  test accuracy {acc:.2f}%  exact {exact:.1f}%  "
                   f"{elapsed / 60:.1f} min", flush=True)
         if elapsed > 60 * args.max_minutes:

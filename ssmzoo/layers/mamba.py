@@ -158,7 +158,7 @@ class Mamba(SequenceLayer):
         x_dbl = ssm.x_proj(rearrange(x, "b d l -> b l d"))
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # Δ before its bias and softplus, which the scan applies (delta_bias, delta_softplus).
-        delta = torch.einsum("dr,blr->bdl", ssm.dt_proj.weight, dt)
+        delta = torch.matmul(ssm.dt_proj.weight, dt.transpose(1, 2))  # (batch, D_inner, length), contiguous
         A = -torch.exp(ssm.A_log)
         y, ssm_state = selective_scan(
             x, delta, A, rearrange(B, "b l n -> b n l"), rearrange(C, "b l n -> b n l"),
