@@ -55,7 +55,7 @@ def main() -> None:
         "ssmzoo": (ours, lambda m, x: m(x)),
         "titans-pytorch": (peer, lambda m, x: m(x)[0]),
     }
-    for name, (m, run) in runs.items():  # warm-up (and a check that both run)
+    for m, run in runs.values():  # warm-up (and a check that both run)
         time_fwd_bwd(m, x, run)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.reps):
