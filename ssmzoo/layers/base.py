@@ -13,6 +13,7 @@ methods here validate inputs once, so no layer crashes deep inside a kernel on a
 
 from __future__ import annotations
 
+import abc
 import inspect
 import os
 from contextlib import contextmanager
@@ -50,7 +51,7 @@ def input_checks(enabled: bool) -> Iterator[None]:
         _check_finite = previous
 
 
-class SequenceLayer(nn.Module):
+class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
     """Base class of every registered sequence layer.
 
     Class attributes a subclass may override:
@@ -124,8 +125,9 @@ class SequenceLayer(nn.Module):
         return self._step(x_t, state)
 
     # -- what subclasses implement ------------------------------------------------------------
+    @abc.abstractmethod
     def _forward(self, x: Tensor, state: State | None, lengths: Tensor | None) -> tuple[Tensor, State]:
-        raise NotImplementedError
+        """Map x (batch, length, d_model) to (y, final state or None); inputs are already validated."""
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
         raise NotImplementedError(f"{self._name} is causal but does not implement _init_state")

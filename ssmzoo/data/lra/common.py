@@ -8,6 +8,7 @@ Every batch is ``(inputs, lengths, labels)``:
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from pathlib import Path
 from typing import Sequence
@@ -53,7 +54,7 @@ class _ListDataset(Dataset):
         return self.sequences[i], int(self.labels[i])
 
 
-class ClassificationDataModule(LightningDataModule):
+class ClassificationDataModule(LightningDataModule, metaclass=abc.ABCMeta):
     """Base for datamodules whose splits fit in memory. Subclasses set ``num_classes``,
     ``vocab_size`` (0 for real-valued inputs) and ``d_input``, and implement ``_load(split)``
     returning ``(sequences, labels)``."""
@@ -71,8 +72,9 @@ class ClassificationDataModule(LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self._splits: dict[str, tuple[Sequence, np.ndarray]] = {}
 
+    @abc.abstractmethod
     def _load(self, split: str) -> tuple[Sequence, np.ndarray]:
-        raise NotImplementedError
+        """(sequences, labels) of ``split``."""
 
     def load_split(self, split: str) -> tuple[Sequence, np.ndarray]:
         if split not in SPLITS:
