@@ -9,8 +9,8 @@ Backends (``backend=`` or env ``SSMZOO_BACKEND``):
 - ``chunked``: PyTorch, walks L in chunks in forward *and* backward: O(N · chunk) memory per row.
 - ``cpp``: csrc/cauchy.cpp, OpenMP forward and backward kernels, no intermediate at all (CPU).
 - ``keops``: pykeops reductions (CPU or GPU), forward and backward formulas; O(N + L) memory.
-``auto`` uses the reference while (..., N/2, L) is small, else the first usable of keops (GPU only:
-on CPU it is slower than ours), cpp, chunked — each only after a tiny probe run succeeded.
+``auto`` uses the reference while (..., N/2, L) is small, else the first usable of keops, cpp,
+chunked — each only after a tiny probe run succeeded.
 
 Gradients (torch's convention, g the upstream gradient, h = conj(g)):
     S1_n = Σ_l h_l / (z_l - w_n) + conj(h_l) / (conj(z_l) - w_n),   grad_v = conj(S1)
@@ -171,8 +171,8 @@ def _probe(fn_name: str):
 
 _dispatch = Dispatcher("cauchy")
 # Insertion order is auto's preference order (for inputs too large for the reference).
-# keops runs on CPU too when asked for by name, but auto skips it there: on CPU our C++ kernel is
-# faster (benchmarks/speed/results/s4_kernel.md).
+# On an idle CPU keops is 2-9x faster than our C++ kernel once its formulas are compiled (about 6 s each,
+# once per machine; benchmarks/speed/results/s4_kernel.md), so auto tries it first where it is installed.
 _dispatch.add(
     Backend("keops", cauchy_keops, ("cpu", "cuda"), lambda: importlib.util.find_spec("pykeops") is not None,
             _probe("cauchy_keops"))
@@ -180,7 +180,6 @@ _dispatch.add(
 _dispatch.add(Backend("cpp", cauchy_cpp, ("cpu",), lambda: _cpp_module() is not None, _probe("cauchy_cpp")))
 _dispatch.add(Backend("chunked", cauchy_chunked, ("cpu", "cuda")))
 _dispatch.add(Backend("reference", cauchy_reference, ("cpu", "cuda")))
-_AUTO_SKIP = {"cpu": ("keops",), "cuda": ()}
 
 # Below this many complex entries in (..., N, L), auto uses the (fast, simple) reference.
 MATERIALISE_LIMIT = 2**20
@@ -200,10 +199,7 @@ def auto_backend(numel: int, device: torch.device) -> str:
     """The backend ``auto`` picks for a problem with ``numel`` = (rows · N · L) on ``device``."""
     if numel <= MATERIALISE_LIMIT:
         return "reference"
-    for name in _dispatch.backends:
-        if name not in _AUTO_SKIP.get(device.type, ()) and _dispatch.usable(name, device):
-            return name
-    return "reference"
+    return _dispatch.select("auto", device).name
 
 
 def cauchy(v: Tensor, z: Tensor, w: Tensor, backend: str | None = None) -> Tensor:
