@@ -33,6 +33,23 @@ def build_dir(name: str, sources: list[Path]) -> Path:
 @lru_cache(maxsize=None)
 def load_cpu_extension(name: str, *sources: str) -> ModuleType | None:
     """Compile (or load the cached build of) a CPU extension from files in csrc/; None on failure."""
+    linux = sys.platform.startswith("linux")
+    return load_extension(
+        name, sources, extra_cflags=["-O3", "-fopenmp", "-march=native"] if linux else ["-O3"],
+        extra_ldflags=["-fopenmp"] if linux else [],
+    )
+
+
+def load_extension(
+    name: str,
+    sources: tuple[str, ...],
+    headers: tuple[str, ...] = (),
+    extra_cflags: list[str] | None = None,
+    extra_ldflags: list[str] | None = None,
+    extra_cuda_cflags: list[str] | None = None,
+) -> ModuleType | None:
+    """Build ``sources`` (files in csrc/; ``.cu`` ones with nvcc) into a cached extension; None, after
+    one warning, on any failure. ``headers`` only key the cache, so an edited header rebuilds."""
     paths = [CSRC / s for s in sources]
     try:
         missing = [str(p) for p in paths if not p.exists()]
@@ -40,16 +57,17 @@ def load_cpu_extension(name: str, *sources: str) -> ModuleType | None:
             raise FileNotFoundError(f"missing sources {missing} (is this an editable install of ssmzoo?)")
         from torch.utils.cpp_extension import load
 
-        flags = ["-O3", "-fopenmp", "-march=native"] if sys.platform.startswith("linux") else ["-O3"]
         return load(
             name=name,
             sources=[str(p) for p in paths],
-            extra_cflags=flags,
-            extra_ldflags=["-fopenmp"] if sys.platform.startswith("linux") else [],
-            build_directory=str(build_dir(name, paths)),
+            extra_cflags=extra_cflags or [],
+            extra_ldflags=extra_ldflags or [],
+            extra_cuda_cflags=extra_cuda_cflags,
+            extra_include_paths=[str(CSRC)],
+            build_directory=str(build_dir(name, paths + [CSRC / h for h in headers])),
             verbose=False,
         )
     except Exception as e:  # any compiler or loader failure: fall back, with one warning
-        warnings.warn(f"ssmzoo: could not build the C++ extension {name!r} ({type(e).__name__}: {e}); "
-                      "falling back to the PyTorch backends", stacklevel=2)
+        warnings.warn(f"ssmzoo: could not build the extension {name!r} ({type(e).__name__}: {e}); "
+                      "falling back to the next backend", stacklevel=3)
         return None

@@ -4,14 +4,13 @@ with a CUDA device only. A failed build costs one warning; dispatch then falls b
 
 from __future__ import annotations
 
-import warnings
 from functools import cache
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
-from ..extension import CSRC, build_dir
+from ..extension import load_extension
 from .kernel import run_kernel
 
 MAX_STATE = 64  # the kernel keeps the state in registers
@@ -22,17 +21,8 @@ SOURCES = ("selective_scan_cuda_bind.cpp", "selective_scan_cuda.cu")
 def extension() -> ModuleType | None:
     if not torch.cuda.is_available():
         return None
-    paths = [CSRC / s for s in SOURCES] + [CSRC / "selective_scan_cuda.h"]
-    try:
-        from torch.utils.cpp_extension import load
-
-        return load(name="ssmzoo_selective_scan_cuda", sources=[str(p) for p in paths[:2]],
-                    extra_include_paths=[str(CSRC)], extra_cflags=["-O3"], extra_cuda_cflags=["-O3"],
-                    build_directory=str(build_dir("ssmzoo_selective_scan_cuda", paths)), verbose=False)
-    except Exception as e:  # noqa: BLE001 - any compiler or loader failure: fall back, with one warning
-        warnings.warn(f"ssmzoo: could not build the CUDA selective scan ({type(e).__name__}: {e}); "
-                      "falling back to the next backend", stacklevel=2)
-        return None
+    return load_extension("ssmzoo_selective_scan_cuda", SOURCES, headers=("selective_scan_cuda.h",),
+                          extra_cflags=["-O3"], extra_cuda_cflags=["-O3"])
 
 
 def available() -> bool:
