@@ -9,6 +9,7 @@ import torch
 
 from ssmzoo.ops import cauchy as cauchy_mod
 from ssmzoo.ops.cauchy import cauchy, cauchy_chunked, cauchy_reference
+from ssmzoo.ops.dispatch import Request
 
 TOL = {torch.complex128: 1e-10, torch.complex64: 2e-4}
 
@@ -51,29 +52,29 @@ def test_chunked(dtype, m, n, length, chunk):
 
 @pytest.fixture(scope="module")
 def cpp_available():
-    if cauchy_mod._cpp_module() is None:
-        pytest.skip("the C++ extension could not be built here")
+    if not cauchy_mod.cpu.available():
+        pytest.skip("the C++ extension could not be built here (needs g++ and ninja)")
 
 
 @pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
 @pytest.mark.parametrize("m,n,length", [(1, 1, 1), (3, 5, 7), (4, 16, 33)])
 def test_cpp(cpp_available, dtype, m, n, length):
     v, z, w = _inputs((m, n), (m, n), length, dtype)
-    _compare(cauchy_mod.cauchy_cpp, v, z, w, dtype)
+    _compare(cauchy_mod.cpu.cauchy_cpp, v, z, w, dtype)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pykeops") is None, reason="pykeops is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("pykeops") is None, reason="pykeops is not installed (the [keops] extra)")
 @pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
 def test_keops(dtype):
-    if not cauchy_mod._dispatch.usable("keops", torch.device("cpu")):
+    if not cauchy_mod.dispatch.usable("keops", torch.device("cpu")):
         pytest.skip("pykeops is installed but failed its probe here")
     v, z, w = _inputs((3, 5), (3, 5), 7, dtype)
-    _compare(cauchy_mod.cauchy_keops, v, z, w, dtype)
+    _compare(cauchy_mod.keops.cauchy_keops, v, z, w, dtype)
 
 
 @pytest.mark.parametrize("backend", ["reference", "chunked", "cpp"])
 def test_public_entry_broadcasts(backend):
-    if backend == "cpp" and cauchy_mod._cpp_module() is None:
+    if backend == "cpp" and not cauchy_mod.cpu.available():
         pytest.skip("no C++ extension")
     v, z, w = _inputs((2, 3, 4), (3, 4), 5, torch.complex128)
     out = cauchy(v, z, w, backend=backend)
@@ -82,20 +83,24 @@ def test_public_entry_broadcasts(backend):
 
 
 def test_a_broken_backend_is_never_chosen(monkeypatch):
+    """Whatever is installed here: a backend whose build is broken warns once and auto moves on."""
     def broken(v, z, w):
         raise RuntimeError("simulated broken build")
 
-    monkeypatch.setattr(cauchy_mod, "cauchy_cpp", broken)
-    monkeypatch.setattr(cauchy_mod, "cauchy_keops", broken)
-    monkeypatch.setattr(cauchy_mod._dispatch, "_probed", {})
-    with pytest.warns(UserWarning, match="failed its probe"):
-        name = cauchy_mod.auto_backend(10**9, torch.device("cpu"))
-    assert name == "chunked"
-    monkeypatch.setattr(cauchy_mod._dispatch, "_probed", {})
-    with pytest.warns(UserWarning, match="failed its probe"):
-        assert not cauchy_mod._dispatch.usable("keops", torch.device("cpu"))
-    with pytest.raises(ValueError, match="cpp"):
+    cpu = torch.device("cpu")
+    for name in ("keops", "cpp"):
+        monkeypatch.setattr(cauchy_mod.dispatch.backends[name], "fn", broken)
+        monkeypatch.setattr(cauchy_mod.dispatch.backends[name], "available", lambda: True)
+    monkeypatch.setattr(cauchy_mod.dispatch, "_probed", {})
+    big = Request(cpu, torch.complex64, size=10**9)
+    with pytest.warns(UserWarning, match="failed its probe") as record:
+        assert cauchy_mod.dispatch.choose("auto", big).name == "chunked"
+    assert {str(w.message).split("'")[1] for w in record} == {"keops", "cpp"}
+    small = Request(cpu, torch.complex64, size=10)
+    assert cauchy_mod.dispatch.choose("auto", small).name == "reference"
+    with pytest.raises(ValueError, match="'cpp' cannot serve.*failed its probe"):
         cauchy(*_inputs((2,), (2,), 3, torch.complex64), backend="cpp")
+    cauchy_mod.dispatch.reset()
 
 
 def test_bad_inputs():

@@ -17,7 +17,7 @@ def rand(*shape, seed=0):
 
 def test_reference_matches_direct_loop():
     x, w, b, s = rand(2, 3, 6), rand(3, 4, seed=1), rand(3, seed=2), rand(2, 3, 3, seed=3)
-    y, final = causal_conv1d_reference(x, w, b, None, s, return_final_state=True)
+    y, final = causal_conv1d_reference(x, w, b, None, initial_state=s, output_final_state=True)
     xp = torch.cat([s, x], -1)
     for t in range(6):
         want = b + sum(w[:, k] * xp[:, :, t + k] for k in range(4))
@@ -33,7 +33,7 @@ def test_backend_matches_reference(backend, length, width, activation):
     outs = {}
     for name in ("reference", backend):
         ins = [t.clone().requires_grad_(True) for t in leaves]
-        y, final = causal_conv1d(*ins[:3], activation, ins[3], True, backend=name)
+        y, final = causal_conv1d(*ins[:3], activation, initial_state=ins[3], output_final_state=True, backend=name)
         loss = (y * rand(*y.shape, seed=4)).sum() + (final * rand(*final.shape, seed=5)).sum()
         outs[name] = (y, final, *torch.autograd.grad(loss, ins))
     for a, b in zip(outs["reference"], outs[backend]):
@@ -42,7 +42,7 @@ def test_backend_matches_reference(backend, length, width, activation):
 
 def test_update_steps_match_whole_sequence():
     x, w, b = rand(2, 3, 6), rand(3, 4, seed=1), rand(3, seed=2)
-    y, final = causal_conv1d(x, w, b, "silu", return_final_state=True)
+    y, final = causal_conv1d(x, w, b, "silu", output_final_state=True)
     state = torch.zeros(2, 3, 3, dtype=torch.float64)
     steps = []
     for t in range(6):

@@ -3,7 +3,6 @@ import torch
 
 from ssmzoo import layers
 from ssmzoo.optim import param_groups
-from ssmzoo.ops.dispatch import Backend, Dispatcher
 
 
 def test_build_by_name_and_errors():
@@ -26,23 +25,3 @@ def test_param_groups_follow_tags():
     assert by_name["out.proj.0.bias"]["weight_decay"] == 0.0  # biases never decay
     assert sum(len(g["params"]) for g in groups) == len(list(layer.parameters()))
     torch.optim.AdamW(groups)  # the groups are valid optimiser input
-
-
-def test_dispatch_skips_broken_backends():
-    d = Dispatcher("demo")
-
-    def broken_probe(device):
-        raise RuntimeError("boom")
-
-    d.add(Backend("cpp", lambda: "cpp", ("cpu",), probe=broken_probe))
-    d.add(Backend("cuda", lambda: "cuda", ("cuda",)))
-    d.add(Backend("reference", lambda: "ref", ("cpu", "cuda")))
-    with pytest.warns(UserWarning, match="failed its probe"):
-        assert d.select("auto", torch.device("cpu")).name == "reference"
-    with pytest.raises(ValueError, match="'cuda' cannot run on cpu"):
-        d.select("cuda", torch.device("cpu"))
-    with pytest.raises(ValueError, match="'cpp' cannot run on cpu.*probe"):
-        d.select("cpp", torch.device("cpu"))
-    with pytest.raises(ValueError, match="unknown backend 'triton'"):
-        d.select("triton", torch.device("cpu"))
-    assert d.names("cpu") == ["reference"]

@@ -9,7 +9,7 @@ import torch
 from ssmzoo import S4, optim
 from ssmzoo.layers.s4 import INITS
 from ssmzoo.ops import dplr as ops
-from ssmzoo.ops.cauchy import _cpp_module
+from ssmzoo.ops import cauchy
 
 
 def _layer(seed=0, **args):
@@ -63,12 +63,12 @@ def test_state_contribution_equals_dense():
 
 @pytest.mark.parametrize("backend", ["chunked", "cpp"])
 def test_backends_agree_in_the_layer(backend):
-    if backend == "cpp" and _cpp_module() is None:
+    if backend == "cpp" and not cauchy.cpu.available():
         pytest.skip("no C++ extension")
     x = torch.randn(2, 11, 3, dtype=torch.float64)
     grads = []
     for b in ("reference", backend):
-        layer = _layer(kernel_backend=b, init="legt")
+        layer = _layer(cauchy_backend=b, init="legt")
         y = layer(x)
         (y ** 2).sum().backward()
         grads.append((y, [p.grad for p in layer.parameters()]))
@@ -136,8 +136,8 @@ def test_bad_arguments():
         S4(d_model=4, init="legx")
     with pytest.raises(ValueError, match="step_mode"):
         S4(d_model=4, step_mode="fast")
-    with pytest.raises(ValueError, match="kernel_backend"):
-        S4(d_model=4, kernel_backend="triton")
+    with pytest.raises(ValueError, match="cauchy_backend"):
+        S4(d_model=4, cauchy_backend="triton")
     with pytest.raises(ValueError, match="dt_min"):
         S4(d_model=4, dt_min=0.1, dt_max=0.01)
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from ssmzoo import S4D
-from ssmzoo.ops.vandermonde import vandermonde, vandermonde_chunked, vandermonde_reference, vandermonde_transpose
+from ssmzoo.ops.vandermonde import (
+    vandermonde,
+    vandermonde_chunked,
+    vandermonde_reference,
+    vandermonde_transpose,
+    vandermonde_transpose_chunked,
+    vandermonde_transpose_reference,
+)
 
 
 def brute_force_kernel(layer: S4D, length: int) -> torch.Tensor:
@@ -70,7 +79,9 @@ def test_vandermonde_transpose_is_the_state():
     state = torch.zeros(2, 3, 4, dtype=torch.complex128)
     for t in range(29):
         state = z * state + u[..., t, None]
-    torch.testing.assert_close(vandermonde_transpose(u, w, chunk=8), state, rtol=1e-10, atol=1e-10)
+    for got in (vandermonde_transpose_chunked(u, w, chunk=8), vandermonde_transpose_reference(u, w),
+                vandermonde_transpose(u, w)):
+        torch.testing.assert_close(got, state, rtol=1e-10, atol=1e-10)
 
 
 def test_auto_backend_switches_to_chunked_for_long_kernels(monkeypatch):
@@ -79,9 +90,10 @@ def test_auto_backend_switches_to_chunked_for_long_kernels(monkeypatch):
     v = torch.randn(4, 8, dtype=torch.complex64)
     w = -0.1 + 1j * torch.randn(4, 8)
     calls = []
-    monkeypatch.setattr(vmod, "MATERIALISE_LIMIT", 100)
-    orig = vmod._ChunkedVandermonde.apply
-    monkeypatch.setattr(vmod._ChunkedVandermonde, "apply", lambda *a: calls.append(1) or orig(*a))
+    monkeypatch.setattr(vmod.dispatch.backends["reference"], "capabilities",
+                        dataclasses.replace(vmod.dispatch.backends["reference"].capabilities, max_size=100))
+    orig = vmod.dispatch.backends["chunked"].fn
+    monkeypatch.setattr(vmod.dispatch.backends["chunked"], "fn", lambda *a: calls.append(1) or orig(*a))
     vandermonde(v, w, 64)
     assert calls, "auto did not pick the chunked backend above the limit"
     with pytest.raises(ValueError, match="complex"):

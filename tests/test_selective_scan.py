@@ -14,6 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ssmzoo.ops.dispatch import Request
+from ssmzoo.ops.selective_scan import cpu as cpu_backend
 from ssmzoo.ops.selective_scan import dispatch, selective_scan, selective_scan_reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,13 +62,13 @@ def test_reference_matches_convolution_closed_form():
 
 def test_reference_gate_skip_and_state_split():
     args = make_inputs(length=8)
-    full, h_full = selective_scan_reference(**args, delta_softplus=True, return_final_state=True)
+    full, h_full = selective_scan_reference(**args, delta_softplus=True, output_final_state=True)
     # Splitting the sequence and passing the state gives the same output and final state.
     part = {k: v[..., :5] if k in ("u", "delta", "z", "B", "C") else v for k, v in args.items()}
     rest = {k: v[..., 5:] if k in ("u", "delta", "z", "B", "C") else v for k, v in args.items()}
-    y1, h1 = selective_scan_reference(**part, delta_softplus=True, return_final_state=True)
+    y1, h1 = selective_scan_reference(**part, delta_softplus=True, output_final_state=True)
     rest["initial_state"] = h1
-    y2, h2 = selective_scan_reference(**rest, delta_softplus=True, return_final_state=True)
+    y2, h2 = selective_scan_reference(**rest, delta_softplus=True, output_final_state=True)
     torch.testing.assert_close(torch.cat([y1, y2], -1), full)
     torch.testing.assert_close(h2, h_full)
     # D and z act as y = (scan + D u) * silu(z).
@@ -83,7 +85,7 @@ def run_and_grads(fn_kwargs, backend, with_state=True):
               if with_state or k != "initial_state"}
     g = torch.Generator().manual_seed(123)
     if with_state:
-        y, h = fn(**leaves, delta_softplus=True, return_final_state=True)
+        y, h = fn(**leaves, delta_softplus=True, output_final_state=True)
         loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype).to(y.device)).sum()
         loss = loss + (h * torch.randn(h.shape, generator=g, dtype=h.dtype).to(h.device)).sum()
     else:
@@ -152,7 +154,8 @@ def test_cuda_source_compiles_with_nvcc(tmp_path):
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         pytest.skip("nvcc is not on PATH")
-    cmd = [nvcc, "-c", "-arch=sm_90", "-I", str(ROOT / "csrc"), str(ROOT / "csrc" / "selective_scan_cuda.cu"),
+    csrc = ROOT / "ssmzoo" / "csrc"
+    cmd = [nvcc, "-c", "-arch=sm_90", "-I", str(csrc), str(csrc / "selective_scan_cuda.cu"),
            "-o", str(tmp_path / "selective_scan_cuda.o")]
     done = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert done.returncode == 0, f"nvcc failed:\n{done.stderr}"
@@ -203,4 +206,10 @@ def test_gpu_backend_matches_reference(backend, case):
 def test_auto_prefers_the_cpp_kernel_on_cpu_when_it_builds():
     cpu = torch.device("cpu")
     expected = "cpp" if dispatch.usable("cpp", cpu) else "chunked"
-    assert dispatch.select("auto", cpu).name == expected
+    plain = Request(cpu, torch.float32, final_state=True, grad=True, facts=(("d_state", 16),))
+    assert dispatch.choose("auto", plain).name == expected
+    # the kernel keeps the state on the stack: a larger one goes to the chunked scan
+    huge = Request(cpu, torch.float32, facts=(("d_state", cpu_backend.MAX_STATE + 1),))
+    assert dispatch.choose("auto", huge).name == "chunked"
+    with pytest.raises(ValueError, match="d_state <= 256"):
+        dispatch.choose("cpp", huge)

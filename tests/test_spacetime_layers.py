@@ -54,13 +54,13 @@ def test_companion_rejects_bad_arguments():
         layers.build("companion", d_model=6, max_a_norm=1.5)
 
 
-def test_kernel_methods_give_the_same_layer():
+def test_companion_backends_give_the_same_layer():
     torch.manual_seed(0)
     x = torch.randn(2, 30, 4, dtype=torch.float64)
     outs = []
     for method in ("fft", "krylov", "reference"):
         torch.manual_seed(1)
-        outs.append(layers.build("companion", d_model=4, d_state=6, kernel_method=method).double()(x))
+        outs.append(layers.build("companion", d_model=4, d_state=6, companion_backend=method).double()(x))
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(outs[2], outs[0], rtol=1e-9, atol=1e-9)
 

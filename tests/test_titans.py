@@ -10,9 +10,16 @@ import pytest
 import torch
 
 from ssmzoo import NeuralMemory
-from ssmzoo.ops.titans import memory_forward, neural_memory_chunked, neural_memory_recurrent
+from ssmzoo.ops.neural_memory import memory_forward, neural_memory, neural_memory_chunked, neural_memory_recurrent
 
 F64 = torch.float64
+
+
+def run(fn, q, k, v, theta, eta, alpha, weights, momentum, chunk_size):
+    """(y, final weights, final momentum) from one of the op's functions."""
+    y, (w, s) = fn(q, k, v, theta, eta, alpha, chunk_size=chunk_size, initial_state=(weights, momentum),
+                   output_final_state=True)
+    return y, w, s
 
 
 def memory_inputs(b=2, h=3, length=13, d=4, hidden=6, depth=2, seed=0, requires_grad=False):
@@ -39,8 +46,8 @@ def test_chunked_equals_per_token_rule(depth, chunk_size):
     """chunk_size=1 is the paper's per-token rule; larger chunks take every gradient at the chunk's
     starting weights, which the reference loop also does literally."""
     args = memory_inputs(depth=depth)
-    y_ref, w_ref, s_ref = neural_memory_recurrent(*args, chunk_size=chunk_size)
-    y, w, s = neural_memory_chunked(*args, chunk_size=chunk_size)
+    y_ref, w_ref, s_ref = run(neural_memory_recurrent, *args, chunk_size=chunk_size)
+    y, w, s = run(neural_memory_chunked, *args, chunk_size=chunk_size)
     torch.testing.assert_close(y, y_ref, rtol=1e-8, atol=1e-8)
     for a, b in zip(w + s, w_ref + s_ref):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
@@ -54,7 +61,7 @@ def test_chunked_backward_equals_per_token_rule(chunk_size):
     g = torch.Generator().manual_seed(5)
     outs = []
     for fn in (neural_memory_recurrent, neural_memory_chunked):
-        y, w, s = fn(*args, chunk_size=chunk_size)
+        y, w, s = run(fn, *args, chunk_size=chunk_size)
         probe = sum((t * torch.randn(t.shape, generator=g.manual_seed(i), dtype=F64)).sum()
                     for i, t in enumerate((y, *w, *s)))
         outs.append(torch.autograd.grad(probe, leaves))
@@ -67,7 +74,7 @@ def test_chunked_gradcheck():
                                                                   requires_grad=True)
 
     def fn(q, k, v, theta, eta, alpha, w0, w1):
-        y, w, s = neural_memory_chunked(q, k, v, theta, eta, alpha, (w0, w1), momentum, chunk_size=2)
+        y, w, s = run(neural_memory_chunked, q, k, v, theta, eta, alpha, (w0, w1), momentum, chunk_size=2)
         return y, w[0], s[1]
 
     assert torch.autograd.gradcheck(fn, (q, k, v, theta, eta, alpha, *weights))
@@ -151,7 +158,7 @@ def memorise(n_pairs: int, depth: int, d: int = 16, epochs: int = 20) -> float:
     weights = tuple(torch.randn(1, 1, o, i, generator=g, dtype=F64) * scale / math.sqrt(i)
                     for i, o in itertools.pairwise(dims))
     momentum = tuple(torch.zeros_like(w) for w in weights)
-    _, weights, _ = neural_memory_chunked(keys, keys, values, theta, eta, alpha, weights, momentum, chunk_size=4)
+    _, weights, _ = run(neural_memory, keys, keys, values, theta, eta, alpha, weights, momentum, chunk_size=4)
     return ((memory_forward(weights, k) - v).pow(2).sum(-1) / v.pow(2).sum(-1)).mean().item()
 
 

@@ -37,7 +37,7 @@ def peers_for_layer(d_model: int, d_state: int, scan_backend: str | None) -> dic
     from transformers.models.mamba.modeling_mamba import MambaMixer
 
     hf = MambaMixer(MambaConfig(hidden_size=d_model, state_size=d_state, use_mambapy=False), layer_idx=0)
-    ours = Mamba(d_model, d_state=d_state, scan_backend=scan_backend)
+    ours = Mamba(d_model, d_state=d_state, selective_scan_backend=scan_backend)
     pyb = MambaBlock(PyConfig(d_model=d_model, n_layers=1, d_state=d_state, pscan=True))
     sd = hf.state_dict()
     ours.load_state_dict(sd)
@@ -56,7 +56,7 @@ def peers_for_model(d_model: int, d_state: int, n_layers: int, vocab: int, scan_
     hf = MambaForCausalLM(config)
     ours = from_hf_mamba(hf)
     for block in ours.layers:
-        block.mixer.scan_backend = scan_backend
+        block.mixer.selective_scan_backend = scan_backend
     # mambapy.lm imports mamba-ssm (for Mamba-2), so assemble its LM from its parts: the same
     # embedding -> residual blocks -> RMSNorm -> tied head as the other two.
     py = nn.Module()
@@ -131,12 +131,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS / "mamba.md")
     args = p.parse_args()
 
+    from ssmzoo.ops.dispatch import Request
     from ssmzoo.ops.selective_scan import dispatch
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    backend = dispatch.select(args.scan_backend, torch.device("cpu")).name
+    backend = dispatch.choose(args.scan_backend, Request(torch.device("cpu"), torch.float32, grad=True)).name
     header = (f"B={args.batch}, d_model={args.d_model}, N={args.d_state}, float32, CPU, "
               f"{torch.get_num_threads()} threads, torch {torch.__version__}, ssmzoo scan backend `{backend}`, "
               f"median of {args.reps} interleaved forward+backward repetitions")

@@ -38,7 +38,7 @@ def worker(backend: str, length: int, mode: str, repeats: int) -> dict:
     from ssmzoo import S4
 
     torch.manual_seed(0)
-    layer = S4(d_model=H, d_state=N, kernel_backend=backend)
+    layer = S4(d_model=H, d_state=N, cauchy_backend=backend)
     layer._ensure_length(length)
     weights = torch.randn(1, H, length)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -75,9 +75,10 @@ def main() -> None:
     import torch
 
     from ssmzoo.ops import cauchy
+    from ssmzoo.ops.dispatch import Request
 
     load_before = os.getloadavg()[0]
-    usable = cauchy.available_backends("cpu")
+    usable = cauchy.dispatch.names("cpu")
     results: dict[tuple, dict | str] = {}
     for length in args.lengths:
         rows = 4 * H  # (1 + rank) x (channels + rank) Cauchy rows per channel for LegS (rank 1)
@@ -109,7 +110,7 @@ def main() -> None:
     )
     auto = (
         f"`auto` on this machine: reference while rows·N/2·(L/2+1) <= {cauchy.MATERIALISE_LIMIT}, "
-        f"else {cauchy.auto_backend(10**12, torch.device('cpu'))}; usable here: {', '.join(usable)}."
+        f"else {cauchy.dispatch.choose('auto', Request(torch.device('cpu'), torch.complex64, grad=True, size=10**12)).name}; usable here: {', '.join(usable)}."
     )
     load = (
         f"Load average (1 min) before / after the run: {load_before:.1f} / {os.getloadavg()[0]:.1f} on "

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from ssmzoo.ops.dispatch import Request
 from ssmzoo.ops.selective_scan import dispatch, selective_scan
 
 RESULTS = Path(__file__).parent / "results" / "selective_scan.md"
@@ -97,7 +98,7 @@ def main() -> None:
         "",
         f"batch {args.batch}, D {args.d_inner}, N {args.d_state}, float32, delta_softplus, D skip; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} interleaved "
-        "repetitions; `auto` picks " + f"`{dispatch.select('auto', torch.device('cpu')).name}`.",
+        "repetitions; `auto` picks " + f"`{dispatch.choose('auto', Request(torch.device('cpu'), torch.float32, grad=True)).name}`.",
         "",
         "| L | pass | " + " | ".join(f"{n} (ms)" for n in candidates) + " | "
         + " | ".join(f"mambapy / {n}" for n in candidates if n != "mambapy") + " |",

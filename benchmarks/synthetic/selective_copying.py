@@ -80,9 +80,10 @@ def main() -> None:
         optimizer,
         lambda s: min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)),
     )
+    from ssmzoo.ops.dispatch import Request
     from ssmzoo.ops.selective_scan import dispatch
 
-    backend = dispatch.select(None, torch.device("cpu")).name
+    backend = dispatch.choose(None, Request(torch.device("cpu"), torch.float32, grad=True)).name
     print(f"selective copying: {args.num_tokens} tokens among {args.seq_len}, vocab {args.vocab_size}; "
           f"{sum(p.numel() for p in model.parameters())} parameters; scan backend {backend}", flush=True)
 

@@ -70,7 +70,6 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
             raise ValueError(f"{type(self).__name__}: d_model must be a positive int, got {d_model!r}")
         self.d_model = d_model
         self.causal = causal
-        self.state_requested = False  # True while _forward serves a call with return_state=True
 
     # -- the public contract ------------------------------------------------------------------
     def forward(
@@ -97,12 +96,7 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
                 f"{self._name}: return_state with padded sequences (lengths < length) is ambiguous; "
                 "pass unpadded sequences to continue a stream"
             )
-        # Layers whose final state is costly read this flag and skip it when nobody asked.
-        self.state_requested = return_state
-        try:
-            y, new_state = self._forward(x, state, lengths)
-        finally:
-            self.state_requested = False
+        y, new_state = self._forward(x, state, lengths, return_state)
         return (y, new_state) if return_state else y
 
     def init_state(
@@ -126,8 +120,11 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
 
     # -- what subclasses implement ------------------------------------------------------------
     @abc.abstractmethod
-    def _forward(self, x: Tensor, state: State | None, lengths: Tensor | None) -> tuple[Tensor, State]:
-        """Map x (batch, length, d_model) to (y, final state or None); inputs are already validated."""
+    def _forward(
+        self, x: Tensor, state: State | None, lengths: Tensor | None, return_state: bool
+    ) -> tuple[Tensor, State | None]:
+        """Map x (batch, length, d_model) to (y, final state); inputs are already validated. The final
+        state may be None unless ``return_state`` (layers whose final state is costly skip it then)."""
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
         raise NotImplementedError(f"{self._name} is causal but does not implement _init_state")

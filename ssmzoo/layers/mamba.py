@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..ops import causal_conv1d as conv_op
+from ..ops import selective_scan as scan_op
 from ..ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from ..ops.selective_scan import selective_scan
 from .base import SequenceLayer, register, reverse_padded, tag_param
@@ -83,10 +85,10 @@ class Mamba(SequenceLayer):
         bidirectional: add a backward direction (its own conv, x_proj, dt_proj, A_log, D; in_proj and
             out_proj shared) run on the input reversed within each sequence's length; the two outputs
             are summed before the gate. Not causal, so no state or step.
-        scan_backend: backend of the selective scan ("auto", "reference", "cpp", ...; see
-            ``ssmzoo.ops.selective_scan.dispatch``); None uses $SSMZOO_BACKEND or "auto".
-        conv_backend: backend of the causal depthwise convolution (see
-            ``ssmzoo.ops.causal_conv1d.dispatch``); None uses $SSMZOO_BACKEND or "auto".
+        selective_scan_backend: backend of the selective scan (None: $SSMZOO_BACKEND or "auto";
+            "cpp", "chunked", "reference", ...; see ``ssmzoo.ops.selective_scan.dispatch``).
+        causal_conv1d_backend: backend of the causal depthwise convolution (None: $SSMZOO_BACKEND or
+            "auto"; see ``ssmzoo.ops.causal_conv1d.dispatch``).
 
     State (causal): a tuple ``(conv_state, ssm_state)``:
         conv_state (batch, D_inner, d_conv - 1): the last d_conv - 1 inputs of the convolution
@@ -111,10 +113,12 @@ class Mamba(SequenceLayer):
         conv_bias: bool = True,
         bias: bool = False,
         bidirectional: bool = False,
-        scan_backend: str | None = None,
-        conv_backend: str | None = None,
+        selective_scan_backend: str | None = None,
+        causal_conv1d_backend: str | None = None,
     ) -> None:
         super().__init__(d_model, causal=not bidirectional)
+        scan_op.dispatch.check_name(selective_scan_backend, "Mamba", "selective_scan_backend")
+        conv_op.dispatch.check_name(causal_conv1d_backend, "Mamba", "causal_conv1d_backend")
         for arg, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"Mamba: {arg} must be a positive int, got {value!r}")
@@ -131,7 +135,7 @@ class Mamba(SequenceLayer):
         self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank
         self.d_inner = expand * d_model
         self.bidirectional = bidirectional
-        self.scan_backend, self.conv_backend = scan_backend, conv_backend
+        self.selective_scan_backend, self.causal_conv1d_backend = selective_scan_backend, causal_conv1d_backend
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         direction = dict(
@@ -147,39 +151,48 @@ class Mamba(SequenceLayer):
 
     # -- the selective SSM of one direction -----------------------------------------------------
     def _ssm(
-        self, ssm: nn.Module, x: Tensor, z: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """x, z (batch, D_inner, length) -> y (batch, D_inner, length) gated by SiLU(z), final states."""
+        self, ssm: nn.Module, x: Tensor, z: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None,
+        return_state: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """x, z (batch, D_inner, length) -> y (batch, D_inner, length) gated by SiLU(z), and the final
+        (conv, ssm) states when ``return_state`` (else None: asking for them would keep the scan off
+        fused kernels that cannot return a state, such as mamba-ssm's)."""
         weight = rearrange(ssm.conv1d.weight, "d 1 w -> d w")
-        x, conv_state = causal_conv1d(
+        x = causal_conv1d(
             x, weight, ssm.conv1d.bias, activation="silu", initial_state=conv_state,
-            return_final_state=True, backend=self.conv_backend,
+            output_final_state=return_state, backend=self.causal_conv1d_backend,
         )
+        new_conv_state = None
+        if return_state:
+            x, new_conv_state = x
         x_dbl = ssm.x_proj(rearrange(x, "b d l -> b l d"))
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # Δ before its bias and softplus, which the scan applies (delta_bias, delta_softplus).
         delta = torch.matmul(ssm.dt_proj.weight, dt.transpose(1, 2))  # (batch, D_inner, length), contiguous
         A = -torch.exp(ssm.A_log)
-        y, ssm_state = selective_scan(
+        y = selective_scan(
             x, delta, A, rearrange(B, "b l n -> b n l"), rearrange(C, "b l n -> b n l"),
             D=ssm.D, z=z, delta_bias=ssm.dt_proj.bias, delta_softplus=True,
-            initial_state=ssm_state, return_final_state=True, backend=self.scan_backend,
+            initial_state=ssm_state, output_final_state=return_state, backend=self.selective_scan_backend,
         )
-        return y, conv_state, ssm_state
+        if return_state:
+            y, ssm_state = y
+            return y, new_conv_state, ssm_state
+        return y, None, None
 
     # -- contract -----------------------------------------------------------------------------
     def _forward(
-        self, x: Tensor, state: tuple[Tensor, Tensor] | None, lengths: Tensor | None
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None, lengths: Tensor | None, return_state: bool
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         xz = self.in_proj(x)
         conv_state, ssm_state = state if state is not None else (None, None)
         u, z = rearrange(xz, "b l (two d) -> two b d l", two=2)
-        y, conv_state, ssm_state = self._ssm(self, u, z, conv_state, ssm_state)
-        new_state = (conv_state, ssm_state) if self.causal else None
+        y, conv_state, ssm_state = self._ssm(self, u, z, conv_state, ssm_state, return_state)
+        new_state = (conv_state, ssm_state) if return_state else None
         if self.backward is not None:
             xz_rev = reverse_padded(xz, lengths)
             u_rev, z_rev = rearrange(xz_rev, "b l (two d) -> two b d l", two=2)
-            y_rev, _, _ = self._ssm(self.backward, u_rev, z_rev, None, None)
+            y_rev, _, _ = self._ssm(self.backward, u_rev, z_rev, None, None, False)
             y = y + rearrange(reverse_padded(rearrange(y_rev, "b d l -> b l d"), lengths), "b l d -> b d l")
         return self.out_proj(rearrange(y, "b d l -> b l d")), new_state
 

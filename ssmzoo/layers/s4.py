@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..ops import dplr as ops
-from ..ops.cauchy import backend_names as cauchy_backends
+from ..ops import cauchy as cauchy_op
 from ..ops.hippo import diagonal_init, nplr
 from .base import SequenceLayer, register, tag_param
 from .s4d import OutputProjection, ssm_convolution
@@ -46,7 +46,8 @@ class S4(SequenceLayer):
         dt_min, dt_max: range of the log-uniform init of Δ = exp(log_dt).
         lr: learning rate for Λ, P, B and log_dt (None: the optimiser's); they never get weight decay.
         activation, output, dropout: what follows the SSM (see OutputProjection).
-        kernel_backend: Cauchy backend ("auto", "reference", "chunked", "cpp", "keops").
+        cauchy_backend: backend of the Cauchy kernel (None: $SSMZOO_BACKEND or "auto"; "reference",
+            "chunked", "cpp", "keops"; see ``ssmzoo.ops.cauchy.dispatch``).
         step_mode: "dplr" (O(N) per token) or "dense" (the discretised matrix, O(N²)).
     """
 
@@ -65,7 +66,7 @@ class S4(SequenceLayer):
         activation: Literal["gelu", "silu", "relu", "tanh", "identity"] = "gelu",
         output: Literal["glu", "linear", "none"] = "glu",
         dropout: float = 0.0,
-        kernel_backend: str = "auto",
+        cauchy_backend: str | None = None,
         step_mode: Literal["dplr", "dense"] = "dplr",
     ) -> None:
         super().__init__(d_model, causal=not bidirectional)
@@ -77,14 +78,11 @@ class S4(SequenceLayer):
             raise ValueError(f"S4: init must be one of {', '.join(INITS)}, got {init!r}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"S4: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        if kernel_backend not in ("auto", *cauchy_backends()):
-            raise ValueError(
-                f"S4: kernel_backend must be 'auto' or one of {', '.join(cauchy_backends())}, got {kernel_backend!r}"
-            )
+        cauchy_op.dispatch.check_name(cauchy_backend, "S4", "cauchy_backend")
         if step_mode not in ("dplr", "dense"):
             raise ValueError(f"S4: step_mode must be 'dplr' or 'dense', got {step_mode!r}")
         self.d_state, self.channels, self.bidirectional, self.init = d_state, channels, bidirectional, init
-        self.kernel_backend, self.step_mode = kernel_backend, step_mode
+        self.cauchy_backend, self.step_mode = cauchy_backend, step_mode
         h, half = d_model, d_state // 2
         kernels = channels * (2 if bidirectional else 1)
 
@@ -169,14 +167,16 @@ class S4(SequenceLayer):
         cols = b[None]
         if states is not None:
             cols = torch.cat([cols, ops.state_columns(lam, p, states.to(lam.dtype), dt)], 0)
-        k = ops.dplr_kernel(lam, p, cols, c, dt, int(self.kernel_length), backend=self.kernel_backend)
+        k = ops.dplr_kernel(lam, p, cols, c, dt, int(self.kernel_length), backend=self.cauchy_backend)
         k = k[..., :length]
         if states is None:
             return k[:, 0], None
         return k[:, 0], rearrange(k[:, 1:], "k b h l -> b k h l")
 
     # -- contract -------------------------------------------------------------------------------
-    def _forward(self, x: Tensor, state: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _forward(
+        self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool
+    ) -> tuple[Tensor, Tensor | None]:
         u = rearrange(x, "b l h -> b h l")
         length = u.shape[-1]
         s = ops.from_real(state) if state is not None else None
@@ -187,7 +187,7 @@ class S4(SequenceLayer):
             y = y + k_state.to(y.dtype)
 
         new_state = None
-        if self.causal and self.state_requested:  # the dense final-state scan costs O(B·H·L·N²)
+        if self.causal and return_state:  # the dense final-state scan costs O(B·H·L·N²)
             a_bar, b_bar = self._dense(x.dtype)
             bu = torch.einsum("hn,bhl->bhln", b_bar, u)
             new_state = ops.scan_final_state(a_bar, bu)

@@ -17,6 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..ops.hippo import diagonal_init
+from ..ops import vandermonde as vandermonde_op
 from ..ops.vandermonde import vandermonde, vandermonde_transpose
 from .base import SequenceLayer, register, reverse_padded, tag_param
 
@@ -93,7 +94,8 @@ class S4D(SequenceLayer):
         dt_min, dt_max: range of the log-uniform init of Δ = exp(log_dt).
         lr: learning rate for A, B and log_dt (None: the optimiser's); they never get weight decay.
         activation, output, dropout: what follows the SSM (see OutputProjection).
-        kernel_backend: Vandermonde backend ("auto", "reference", "chunked").
+        vandermonde_backend: backend of the Vandermonde kernel (None: $SSMZOO_BACKEND or "auto";
+            "reference", "chunked"; see ``ssmzoo.ops.vandermonde.dispatch``).
     """
 
     supported_dtypes = (torch.float32, torch.float64)
@@ -112,9 +114,10 @@ class S4D(SequenceLayer):
         activation: Literal["gelu", "silu", "relu", "tanh", "identity"] = "gelu",
         output: Literal["glu", "linear", "none"] = "glu",
         dropout: float = 0.0,
-        kernel_backend: str = "auto",
+        vandermonde_backend: str | None = None,
     ) -> None:
         super().__init__(d_model, causal=not bidirectional)
+        vandermonde_op.dispatch.check_name(vandermonde_backend, "S4D", "vandermonde_backend")
         if not isinstance(channels, int) or channels < 1:
             raise ValueError(f"S4D: channels must be a positive int, got {channels!r}")
         if discretization not in ("zoh", "bilinear"):
@@ -122,7 +125,7 @@ class S4D(SequenceLayer):
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"S4D: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.d_state, self.channels, self.bidirectional = d_state, channels, bidirectional
-        self.discretization, self.kernel_backend = discretization, kernel_backend
+        self.discretization, self.vandermonde_backend = discretization, vandermonde_backend
         h, half = d_model, d_state // 2
         kernels = channels * (2 if bidirectional else 1)
 
@@ -154,26 +157,28 @@ class S4D(SequenceLayer):
         """The convolution kernels K (kernels, H, L): forward ones first, then backward ones."""
         log_a, b = self._discrete()
         c = torch.view_as_complex(self.C)
-        return vandermonde(c * b, log_a, length, backend=self.kernel_backend)
+        return vandermonde(c * b, log_a, length, backend=self.vandermonde_backend)
 
     # -- contract -----------------------------------------------------------------------------
-    def _forward(self, x: Tensor, state: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _forward(
+        self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool
+    ) -> tuple[Tensor, Tensor | None]:
         u = rearrange(x, "b l h -> b h l")
         length = u.shape[-1]
         y = ssm_convolution(x, self.kernel(length), self.channels, lengths)  # (B, C, H, L)
         y = y + self.D[None, :, :, None] * u[:, None]
 
         new_state = None
-        if self.causal and (state is not None or self.state_requested):
+        if self.causal and (state is not None or return_state):
             log_a, b = self._discrete()
             c = torch.view_as_complex(self.C)
             if state is not None:
                 # The carried-in state s adds 2 Re Σ_n C_n Ā_n^(t+1) s_n at step t.
                 y = y + vandermonde(c[None] * (torch.exp(log_a) * state)[:, None], log_a, length,
-                                    backend=self.kernel_backend)
-            if self.state_requested:
-                new_state = b * vandermonde_transpose(u, log_a)
-            if self.state_requested and state is not None:
+                                    backend=self.vandermonde_backend)
+            if return_state:
+                new_state = b * vandermonde_transpose(u, log_a, backend=self.vandermonde_backend)
+            if return_state and state is not None:
                 new_state = new_state + torch.exp(log_a * length) * state
         y = rearrange(y, "b c h l -> b l (c h)")
         return self.out(y.to(x.dtype)), new_state

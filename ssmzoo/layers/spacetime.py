@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..ops import companion as companion_op
 from ..ops.companion import companion_final_state, companion_kernel, companion_matrix, krylov
 from .base import SequenceLayer, register, tag_param
 from .s4d import OutputProjection, fft_conv
@@ -62,7 +63,7 @@ class _CompanionConvolution(SequenceLayer):
         activation: Literal["gelu", "silu", "relu", "tanh", "identity"],
         output: Literal["glu", "linear", "none"],
         dropout: float,
-        kernel_method: Literal["fft", "krylov", "reference"],
+        companion_backend: str | None,
     ) -> None:
         super().__init__(d_model, causal=True)
         name = type(self).__name__
@@ -73,10 +74,9 @@ class _CompanionConvolution(SequenceLayer):
             raise ValueError(f"{name}: kernel_repeat={kernel_repeat} must divide d_model={d_model}")
         if max_a_norm is not None and not 0 < max_a_norm < 1:
             raise ValueError(f"{name}: max_a_norm must lie in (0, 1) or be None, got {max_a_norm}")
-        if kernel_method not in ("fft", "krylov", "reference"):
-            raise ValueError(f"{name}: kernel_method must be 'fft', 'krylov' or 'reference', got {kernel_method!r}")
+        companion_op.dispatch.check_name(companion_backend, name, "companion_backend")
         self.d_state, self.heads, self.kernel_repeat = d_state, heads, kernel_repeat
-        self.max_a_norm, self.kernel_method = max_a_norm, kernel_method
+        self.max_a_norm, self.companion_backend = max_a_norm, companion_backend
         kernels = d_model // kernel_repeat  # distinct SSMs per head; each serves kernel_repeat channels
         shape = (heads, kernels, d_state)
         if learn_a:
@@ -97,24 +97,26 @@ class _CompanionConvolution(SequenceLayer):
     def kernel(self, length: int) -> Tensor:
         """k (heads, d_model, length), k_l = cᵀAˡb."""
         a = capped_a(self.a, self.max_a_norm) if isinstance(self.a, nn.Parameter) else self.a
-        k = companion_kernel(a, self.b, self.c, length, method=self.kernel_method)
+        k = companion_kernel(a, self.b, self.c, length, backend=self.companion_backend)
         return k.repeat_interleave(self.kernel_repeat, dim=1)
 
     # -- contract ------------------------------------------------------------------------------
-    def _forward(self, x: Tensor, state: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _forward(
+        self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool
+    ) -> tuple[Tensor, Tensor | None]:
         u = rearrange(x, "b l h -> b h l")
         length = u.shape[-1]
         a, b, c = self.ssm()
         y = fft_conv(u[:, None], self.kernel(length)) + self.D[None, :, :, None] * u[:, None]  # (B, heads, H, L)
         if state is not None:
             # the carried-in state x_{−1} adds cᵀ A^{t+1} x_{−1} at step t: a kernel with b = A x_{−1}
-            y = y + companion_kernel(a, _apply_A(a, state), c, length, method=self.kernel_method)
+            y = y + companion_kernel(a, _apply_A(a, state), c, length, backend=self.companion_backend)
         new_state = None
-        if self.state_requested:  # one more convolution, only when the caller wants the state
+        if return_state:  # one more convolution, only when the caller wants the state
             e = _last_unit(self.d_state, a)
-            w = fft_conv(u[:, None], companion_kernel(a, b, e, length, method=self.kernel_method))
+            w = fft_conv(u[:, None], companion_kernel(a, b, e, length, backend=self.companion_backend))
             if state is not None:
-                w = w + companion_kernel(a, _apply_A(a, state), e, length, method=self.kernel_method)
+                w = w + companion_kernel(a, _apply_A(a, state), e, length, backend=self.companion_backend)
             new_state = companion_final_state(a, b, u[:, None], w, state)
         y = rearrange(y, "b c h l -> b l (c h)")
         return self.out(y.to(x.dtype)), new_state
@@ -142,7 +144,8 @@ class CompanionSSM(_CompanionConvolution):
         max_a_norm: cap on ||a||_1 (< 1 keeps A stable, see :func:`capped_a`); None: a is free.
         lr: learning rate of a and b (None: the optimiser's); they never get weight decay.
         activation, output, dropout: what follows the SSM (see OutputProjection).
-        kernel_method: "fft" (O((d + ℓ) log)), "krylov" or "reference".
+        companion_backend: backend of the companion kernel (None: $SSMZOO_BACKEND or "auto"; "fft"
+            (O((d + ℓ) log)), "krylov", "reference"; see ``ssmzoo.ops.companion.dispatch``).
     """
 
     def __init__(
@@ -156,10 +159,10 @@ class CompanionSSM(_CompanionConvolution):
         activation: Literal["gelu", "silu", "relu", "tanh", "identity"] = "gelu",
         output: Literal["glu", "linear", "none"] = "glu",
         dropout: float = 0.0,
-        kernel_method: Literal["fft", "krylov", "reference"] = "fft",
+        companion_backend: str | None = None,
     ) -> None:
         super().__init__(d_model, d_state, heads, kernel_repeat, True, max_a_norm, lr, activation, output,
-                         dropout, kernel_method)
+                         dropout, companion_backend)
 
 
 @register("shift")
@@ -178,10 +181,10 @@ class ShiftSSM(_CompanionConvolution):
         activation: Literal["gelu", "silu", "relu", "tanh", "identity"] = "gelu",
         output: Literal["glu", "linear", "none"] = "glu",
         dropout: float = 0.0,
-        kernel_method: Literal["fft", "krylov", "reference"] = "fft",
+        companion_backend: str | None = None,
     ) -> None:
         super().__init__(d_model, d_state, heads, kernel_repeat, False, None, lr, activation, output,
-                         dropout, kernel_method)
+                         dropout, companion_backend)
 
 
 # -- preprocessing: fixed causal filters ---------------------------------------------------------
@@ -192,7 +195,9 @@ class _FixedFilter(SequenceLayer):
         super().__init__(d_model, causal=True)
         self.register_buffer("taps", taps)
 
-    def _forward(self, x: Tensor, state: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _forward(
+        self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool
+    ) -> tuple[Tensor, Tensor]:
         width = self.taps.shape[1]
         history = state if state is not None else x.new_zeros(x.shape[0], width - 1, self.d_model)
         full = torch.cat([history.to(x.dtype), x], dim=1)  # (B, W−1+L, H)

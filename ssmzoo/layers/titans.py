@@ -4,7 +4,7 @@ Per head, the memory is a small MLP M whose weights are *learned while reading*:
 writes the association k_t → v_t by a gradient step on ‖M(k_t) − v_t‖² (eq. 12) with momentum
 ("surprise", eq. 10) and a forgetting gate (eq. 13); reading is y_t = M(q_t) (eq. 15). The step
 θ_t, momentum η_t and forgetting α_t are data-dependent gates. Training runs chunk by chunk
-(section 3.2): ops/titans/chunked.py; the per-token rule is ops/titans/reference.py.
+(section 3.2): ops/neural_memory/chunked.py; the per-token rule is ops/neural_memory/reference.py.
 
 Chunks are aligned to the absolute position in the stream, and a token is read from the weights
 as they were *before* its chunk's update. The state carries the tokens of the unfinished chunk,
@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..ops.titans import neural_memory_chunked
+from ..ops import neural_memory as memory_op
+from ..ops.neural_memory import neural_memory
 from .base import SequenceLayer, padding_mask, register
 
 # Gates are kept strictly inside (0, 1) so their logs (used by the chunked scan) stay finite.
@@ -58,6 +59,8 @@ class NeuralMemory(SequenceLayer):
         conv_kernel: width of the short causal depthwise conv after the q/k/v projections (0: none).
         qk_norm: ℓ2-normalise queries and keys (as in the paper).
         max_lr: upper bound of the data-dependent step θ_t = max_lr · sigmoid(·).
+        neural_memory_backend: backend of the memory op (None: $SSMZOO_BACKEND or "auto"; "chunked",
+            "reference"; see ``ssmzoo.ops.neural_memory.dispatch``).
     """
 
     supported_dtypes = (torch.float32, torch.float64)
@@ -72,8 +75,10 @@ class NeuralMemory(SequenceLayer):
         conv_kernel: int = 4,
         qk_norm: bool = True,
         max_lr: float = 0.01,
+        neural_memory_backend: str | None = None,
     ) -> None:
         super().__init__(d_model, causal=True)
+        memory_op.dispatch.check_name(neural_memory_backend, "NeuralMemory", "neural_memory_backend")
         if not isinstance(heads, int) or heads < 1 or d_model % heads:
             raise ValueError(f"NeuralMemory: heads must be a positive int dividing d_model={d_model}, got {heads!r}")
         if not isinstance(memory_depth, int) or memory_depth < 1:
@@ -88,7 +93,7 @@ class NeuralMemory(SequenceLayer):
             raise ValueError(f"NeuralMemory: max_lr must be > 0, got {max_lr!r}")
         self.heads, self.d_head = heads, d_model // heads
         self.memory_depth, self.chunk_size, self.conv_kernel = memory_depth, chunk_size, conv_kernel
-        self.qk_norm, self.max_lr = qk_norm, max_lr
+        self.qk_norm, self.max_lr, self.neural_memory_backend = qk_norm, max_lr, neural_memory_backend
 
         self.to_qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         if conv_kernel > 0:
@@ -126,11 +131,11 @@ class NeuralMemory(SequenceLayer):
         )
 
     def _step(self, x_t: Tensor, state: NeuralMemoryState) -> tuple[Tensor, NeuralMemoryState]:
-        y, state = self._forward(x_t[:, None], state, None)
+        y, state = self._forward(x_t[:, None], state, None, True)
         return y[:, 0], state
 
     def _forward(
-        self, x: Tensor, state: NeuralMemoryState | None, lengths: Tensor | None
+        self, x: Tensor, state: NeuralMemoryState | None, lengths: Tensor | None, return_state: bool
     ) -> tuple[Tensor, NeuralMemoryState]:
         batch, length, _ = x.shape
         if state is None:
@@ -155,8 +160,9 @@ class NeuralMemory(SequenceLayer):
         eta = torch.cat([buffered[..., 1], eta], 2)
         alpha = torch.cat([buffered[..., 2], alpha], 2)
         q = torch.cat([q.new_zeros(batch, self.heads, filled, self.d_head), q], 2)  # read-outs discarded
-        y, weights, momentum = neural_memory_chunked(
-            q, k, v, theta, eta, alpha, state.weights, state.momentum, self.chunk_size, update_last_partial=False
+        y, (weights, momentum) = neural_memory(
+            q, k, v, theta, eta, alpha, chunk_size=self.chunk_size, initial_state=(state.weights, state.momentum),
+            output_final_state=True, update_last_partial=False, backend=self.neural_memory_backend,
         )
         y = y[:, :, filled:]
 

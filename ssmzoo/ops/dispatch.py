@@ -1,9 +1,22 @@
-"""One dispatch for every op: a readable reference plus fast backends, chosen per device.
+"""One dispatch for every op: a readable reference plus fast backends, chosen per call.
 
-``backend="auto"`` picks the first backend, in the op's preference order, that supports the input's
-device, is available (importable / compiled) and has passed a tiny probe run on that device type;
-an importable but broken backend is never chosen. ``SSMZOO_BACKEND`` sets the default choice for
-every op that has a backend of that name.
+Each op package (``ssmzoo/ops/<op>/``) makes one :class:`Dispatcher` holding its reference and a
+tiny probe case, and registers its backends on it in preference order, each with the device types
+it runs on and what it can do (:class:`Capabilities`: initial state, final state, gradients,
+dtypes, and an optional size limit for ``auto``). A call describes what it needs in a
+:class:`Request`; :meth:`Dispatcher.choose` then returns
+
+- for ``backend="auto"``: the first backend in preference order that runs on the input's device,
+  is available (importable / compiled), has passed the shared probe against the reference on that
+  device type, and can do everything the call asks. A call that needs a final state or a gradient
+  is never routed to a backend that would drop it;
+- for a backend's name: that backend, or a ``ValueError`` saying why it cannot serve this call;
+- for ``None``: the backend named by ``$SSMZOO_BACKEND`` when this op has it and it can serve the
+  call, else ``auto``. One variable therefore steers every op that has a backend of that name.
+
+The probe (:func:`probe_against_reference`) runs a backend on the op's tiny case, forward and
+backward, under ``torch.enable_grad()`` whatever the caller's mode, and compares it with the
+reference; an importable but broken backend costs one warning and is never chosen.
 """
 
 from __future__ import annotations
@@ -11,37 +24,172 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
+from torch import Tensor
 
-BACKEND_NAMES = ("auto", "reference", "chunked", "cpp", "triton", "cuda", "keops", "mamba_ssm")
+ENV_VAR = "SSMZOO_BACKEND"
+REAL_DTYPES = (torch.float32, torch.float64)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do. ``max_size``: ``auto`` considers the backend only for problems of at
+    most this size (the op defines size, e.g. the number of entries a reference materialises)."""
+
+    initial_state: bool = True
+    final_state: bool = True
+    grad: bool = True
+    dtypes: tuple[torch.dtype, ...] = REAL_DTYPES
+    max_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one call needs from a backend."""
+
+    device: torch.device
+    dtype: torch.dtype
+    initial_state: bool = False
+    final_state: bool = False
+    grad: bool = False
+    size: int = 0
+    # Op-specific facts a backend's ``accepts`` may check (e.g. the state size a kernel supports).
+    facts: tuple[tuple[str, Any], ...] = ()
+
+    def fact(self, name: str, default: Any = None) -> Any:
+        return dict(self.facts).get(name, default)
 
 
 @dataclass
 class Backend:
     name: str
     fn: Callable
-    devices: tuple[str, ...]  # device types: "cpu", "cuda"
-    available: Callable[[], bool] = lambda: True
-    # A tiny run on the given device that raises if the backend is broken there.
-    probe: Callable[[torch.device], None] | None = None
+    devices: tuple[str, ...]
+    capabilities: Capabilities
+    available: Callable[[], bool]
+    # Op-specific limits: None when the backend can serve the request, else the reason it cannot.
+    accepts: Callable[[Request], str | None] | None
+    probe: bool
+
+    def why_not(self, request: Request) -> str | None:
+        """None when this backend can serve ``request`` (ignoring availability), else the reason."""
+        caps = self.capabilities
+        if request.device.type not in self.devices:
+            return f"it runs on {', '.join(self.devices)} only, not {request.device.type}"
+        if request.dtype not in caps.dtypes:
+            names = ", ".join(str(d).removeprefix("torch.") for d in caps.dtypes)
+            return f"it supports dtypes {names}, not {str(request.dtype).removeprefix('torch.')}"
+        if request.initial_state and not caps.initial_state:
+            return "it cannot take an initial state"
+        if request.final_state and not caps.final_state:
+            return "it cannot return a final state"
+        if request.grad and not caps.grad:
+            return "it has no backward pass"
+        return self.accepts(request) if self.accepts is not None else None
+
+
+def grad_needed(*tensors: Any) -> bool:
+    """True when autograd will need gradients through a call on these tensors (nested tuples ok)."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(t.requires_grad for t in _flat_tensors(tensors))
+
+
+def _flat_tensors(x: Any) -> Iterable[Tensor]:
+    if isinstance(x, Tensor):
+        yield x
+    elif isinstance(x, (tuple, list)):
+        for item in x:
+            yield from _flat_tensors(item)
+
+
+def probe_against_reference(
+    fn: Callable,
+    reference: Callable,
+    case: tuple[tuple, dict[str, Any]],
+    grad: bool,
+    rtol: float,
+    atol: float,
+) -> None:
+    """Run ``fn`` and ``reference`` on ``case`` = (args, kwargs); raise unless outputs (and, with
+    ``grad``, the gradients of every floating input that requires grad) agree. Always runs with
+    autograd on, so a first use under ``torch.no_grad()`` cannot mark a good backend broken."""
+    args, kwargs = case
+    with torch.enable_grad():
+        got, want = list(_flat_tensors(fn(*args, **kwargs))), list(_flat_tensors(reference(*args, **kwargs)))
+        if len(got) != len(want):
+            raise RuntimeError(f"returned {len(got)} tensors, the reference {len(want)}")
+        for g, w in zip(got, want):
+            if g.shape != w.shape or not torch.allclose(g, w, rtol=rtol, atol=atol):
+                raise RuntimeError("output disagrees with the reference")
+        if not grad:
+            return
+        leaves = [t for t in _flat_tensors((args, tuple(kwargs.values()))) if t.requires_grad]
+        if not leaves:
+            return
+        gen = torch.Generator().manual_seed(1)
+        weights = [torch.randn(w.shape, generator=gen, dtype=w.real.dtype).to(w.device) for w in want]
+
+        def loss(outs: list[Tensor]) -> Tensor:
+            return sum((o.real * wt).sum() + (o.imag * wt).sum() if o.is_complex() else (o * wt).sum()
+                       for o, wt in zip(outs, weights))
+
+        got_grads = torch.autograd.grad(loss(got), leaves, allow_unused=True)
+        want_grads = torch.autograd.grad(loss(want), leaves, allow_unused=True)
+        for g, w in zip(got_grads, want_grads):
+            g = torch.zeros_like(w) if g is None and w is not None else g
+            w = torch.zeros_like(g) if w is None and g is not None else w
+            if g is not None and not torch.allclose(g, w, rtol=rtol, atol=atol):
+                raise RuntimeError("gradient disagrees with the reference")
 
 
 @dataclass
 class Dispatcher:
+    """The backends of one op, in preference order.
+
+    Args:
+        op: the op's name (used in messages).
+        reference: the op's reference function; the probe compares every backend with it.
+        probe_case: ``device -> (args, kwargs)``: a tiny call of the op (without ``backend``),
+            whose floating inputs require grad; built anew for every probe.
+        rtol, atol: the probe's tolerances.
+    """
+
     op: str
+    reference: Callable
+    probe_case: Callable[[torch.device, Capabilities], tuple[tuple, dict[str, Any]]]
+    rtol: float = 1e-3
+    atol: float = 1e-4
     backends: dict[str, Backend] = field(default_factory=dict)
     _probed: dict[tuple[str, str], bool] = field(default_factory=dict)
 
-    def add(self, backend: Backend) -> Backend:
-        if backend.name not in BACKEND_NAMES:
-            raise ValueError(f"{self.op}: backend name {backend.name!r} is not one of {BACKEND_NAMES}")
-        self.backends[backend.name] = backend
+    def register(
+        self,
+        name: str,
+        fn: Callable,
+        devices: Sequence[str],
+        capabilities: Capabilities = Capabilities(),
+        available: Callable[[], bool] | None = None,
+        accepts: Callable[[Request], str | None] | None = None,
+        probe: bool = True,
+    ) -> Backend:
+        """Add a backend (after those already registered, i.e. at lower preference)."""
+        if not name or not name.replace("_", "").isalnum() or name == "auto":
+            raise ValueError(f"{self.op}: backend name must be an identifier other than 'auto', got {name!r}")
+        if name in self.backends:
+            raise ValueError(f"{self.op}: backend {name!r} is already registered")
+        backend = Backend(name, fn, tuple(devices), capabilities, available or (lambda: True), accepts, probe)
+        self.backends[name] = backend
         return backend
 
-    def usable(self, name: str, device: torch.device) -> bool:
-        """True when backend ``name`` exists, supports ``device``, is available and passed its probe."""
+    # -- availability -------------------------------------------------------------------------
+    def usable(self, name: str, device: torch.device | str) -> bool:
+        """True when backend ``name`` runs on ``device``, is available and passed its probe there."""
+        device = torch.device(device)
         b = self.backends.get(name)
         if b is None or device.type not in b.devices:
             return False
@@ -50,37 +198,65 @@ class Dispatcher:
             ok = False
             try:
                 ok = bool(b.available())
-                if ok and b.probe is not None:
-                    b.probe(device)
-            except Exception as e:  # a broken optional backend must only cost a warning
-                warnings.warn(f"ssmzoo: {self.op} backend {name!r} failed its probe on {device.type}: {e}", stacklevel=3)
+                if ok and b.probe and b.fn is not self.reference:
+                    case = self.probe_case(device, b.capabilities)
+                    probe_against_reference(b.fn, self.reference, case, b.capabilities.grad, self.rtol, self.atol)
+            except Exception as e:  # an optional backend that is broken here costs one warning, nothing more
+                warnings.warn(f"ssmzoo: {self.op} backend {name!r} failed its probe on {device.type} "
+                              f"({type(e).__name__}: {e}); using another backend", stacklevel=3)
                 ok = False
             self._probed[key] = ok
         return self._probed[key]
 
-    def select(self, backend: str | None, device: torch.device) -> Backend:
-        if backend is None:
-            env = os.environ.get("SSMZOO_BACKEND", "auto")
-            backend = env if env in self.backends else "auto"
-        if backend == "auto":
-            for name in self.backends:  # insertion order is the preference order
-                if self.usable(name, device):
-                    return self.backends[name]
-            raise RuntimeError(f"{self.op}: no backend works on {device.type}")
-        if backend not in self.backends:
-            raise ValueError(
-                f"{self.op}: unknown backend {backend!r}; this op has: auto, {', '.join(self.backends)}"
-            )
-        if not self.usable(backend, device):
-            b = self.backends[backend]
-            why = (
-                f"it runs on {', '.join(b.devices)} only" if device.type not in b.devices
-                else "it is not available or failed its probe on this machine"
-            )
-            raise ValueError(f"{self.op}: backend {backend!r} cannot run on {device.type}: {why}")
-        return self.backends[backend]
-
     def names(self, device: torch.device | str = "cpu") -> list[str]:
         """The backends usable on ``device`` (probing them if needed), in preference order."""
-        device = torch.device(device)
         return [n for n in self.backends if self.usable(n, device)]
+
+    def reset(self) -> None:
+        """Forget probe results (tests; or after installing a package mid-session)."""
+        self._probed.clear()
+
+    # -- choice -------------------------------------------------------------------------------
+    def check_name(self, backend: str | None, owner: str, arg: str = "backend") -> None:
+        """Raise a ValueError naming ``owner`` and ``arg`` unless ``backend`` is None, "auto" or one
+        of this op's backends. Layers call this in their constructors."""
+        if backend is None or backend == "auto" or backend in self.backends:
+            return
+        raise ValueError(f"{owner}: unknown {arg} {backend!r}; expected None, 'auto' or one of the {self.op} "
+                         f"backends: {', '.join(map(repr, self.backends))}")
+
+    def choose(self, backend: str | None, request: Request) -> Backend:
+        """The backend that serves ``request`` (see the module docstring)."""
+        self.check_name(backend, self.op)
+        if backend is None:
+            env = os.environ.get(ENV_VAR, "auto")
+            b = self.backends.get(env)
+            if b is not None and b.why_not(request) is None and self.usable(env, request.device):
+                return b
+            backend = "auto"
+        if backend == "auto":
+            for name, b in self.backends.items():  # insertion order is the preference order
+                limit = b.capabilities.max_size
+                if limit is not None and request.size > limit:
+                    continue
+                if b.why_not(request) is None and self.usable(name, request.device):
+                    return b
+            raise ValueError(f"{self.op}: no backend can serve this call ({self._describe(request)}): "
+                             + "; ".join(f"{n}: {self._why(n, request)}" for n in self.backends))
+        why = self._why(backend, request)
+        if why is not None:
+            raise ValueError(f"{self.op}: backend {backend!r} cannot serve this call ({self._describe(request)}): {why}")
+        return self.backends[backend]
+
+    def _why(self, name: str, request: Request) -> str | None:
+        b = self.backends[name]
+        why = b.why_not(request)
+        if why is None and not self.usable(name, request.device):
+            why = f"it is not available or failed its probe on {request.device.type}"
+        return why
+
+    @staticmethod
+    def _describe(request: Request) -> str:
+        needs = [n for n in ("initial_state", "final_state", "grad") if getattr(request, n)]
+        dtype = str(request.dtype).removeprefix("torch.")
+        return f"{request.device.type}, {dtype}" + (f", needs {', '.join(needs)}" if needs else "")

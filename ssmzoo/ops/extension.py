@@ -1,4 +1,4 @@
-"""Build-on-first-use for our C++ kernels in ``csrc/`` (torch.utils.cpp_extension).
+"""Build-on-first-use for our C++ kernels in ``ssmzoo/csrc/`` (torch.utils.cpp_extension).
 
 The build directory is cached (``$SSMZOO_BUILD_DIR``, default ``~/.cache/ssmzoo/build``), so an
 extension compiles once per machine and source version, never per test. A failed build returns
@@ -15,7 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+# The sources ship as package data (ssmzoo/csrc), so any install, editable or not, can build them.
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
 
 def build_dir(name: str, sources: list[Path]) -> Path:
@@ -54,7 +55,7 @@ def load_extension(
     try:
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
-            raise FileNotFoundError(f"missing sources {missing} (is this an editable install of ssmzoo?)")
+            raise FileNotFoundError(f"missing sources {missing} (ssmzoo/csrc should ship with the package)")
         from torch.utils.cpp_extension import load
 
         return load(

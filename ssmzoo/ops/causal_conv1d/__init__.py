@@ -1,9 +1,9 @@
 """Depthwise causal conv1d with a conv state: ``causal_conv1d`` (whole sequence) and
 ``causal_conv1d_update`` (one step).
 
-Backends, in ``auto``'s preference order: ``causal_conv1d`` package's CUDA kernel (CUDA only, when
-installed; probed lazily), ``chunked`` (one grouped F.conv1d, conv.py; the name is the dispatch's
-slot for the plain-PyTorch fast path), ``reference`` (a sum over taps, reference.py).
+Backends, in ``auto``'s preference order: ``causal_conv1d``, the causal-conv1d package's CUDA kernel
+(CUDA only, when installed; calls without conv states), ``conv`` (one grouped F.conv1d, conv.py),
+``reference`` (a sum over taps, reference.py).
 """
 
 from __future__ import annotations
@@ -13,35 +13,45 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from ..dispatch import Backend, Dispatcher
+from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed
 from .conv import causal_conv1d_conv
 from .reference import apply_activation, causal_conv1d_reference
 
+ALL_FLOAT = REAL_DTYPES + HALF_DTYPES
 
-def _causal_conv1d_package(x, weight, bias=None, activation=None, initial_state=None, return_final_state=False):
-    from causal_conv1d import causal_conv1d_fn  # imported lazily: CUDA machines only
 
-    if initial_state is not None or return_final_state:
-        # The package's state interface needs channel-last layouts; keep it simple and exact.
-        return causal_conv1d_conv(x, weight, bias, activation, initial_state, return_final_state)
+def causal_conv1d_package(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    activation: str | None = None,
+    *,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+) -> Tensor:
+    """The causal-conv1d package's CUDA kernel (Tri Dao), for calls without conv states (its state
+    interface wants channel-last layouts): registered without state capabilities."""
+    if initial_state is not None or output_final_state:
+        raise ValueError("causal_conv1d: the causal_conv1d backend takes no initial state and returns no final state")
+    from causal_conv1d import causal_conv1d_fn  # imported on first use: CUDA machines only
+
     return causal_conv1d_fn(x, weight, bias, activation)
 
 
-def _probe_package(device: torch.device) -> None:
-    x = torch.randn(1, 8, 5, device=device)
-    w = torch.randn(8, 4, device=device)
-    got = _causal_conv1d_package(x, w, None, "silu")
-    want = causal_conv1d_reference(x, w, None, "silu")
-    if not torch.allclose(got, want, rtol=1e-3, atol=1e-4):
-        raise RuntimeError("causal_conv1d package disagrees with the reference")
+def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
+    g = torch.Generator().manual_seed(0)
+    x, w, b, s = (torch.randn(*shape, generator=g).to(device).requires_grad_()
+                  for shape in ((1, 8, 5), (8, 4), (8,), (1, 8, 3)))
+    return (x, w, b, "silu"), {"initial_state": s if caps.initial_state else None,
+                               "output_final_state": caps.final_state}
 
 
-dispatch = Dispatcher("causal_conv1d")
-dispatch.add(Backend("mamba_ssm", _causal_conv1d_package, ("cuda",),
-                     available=lambda: importlib.util.find_spec("causal_conv1d") is not None,
-                     probe=_probe_package))
-dispatch.add(Backend("chunked", causal_conv1d_conv, ("cpu", "cuda")))
-dispatch.add(Backend("reference", causal_conv1d_reference, ("cpu", "cuda")))
+dispatch = Dispatcher("causal_conv1d", causal_conv1d_reference, _probe_case)
+dispatch.register("causal_conv1d", causal_conv1d_package, ("cuda",),
+                  Capabilities(initial_state=False, final_state=False, dtypes=ALL_FLOAT),
+                  available=lambda: importlib.util.find_spec("causal_conv1d") is not None)
+dispatch.register("conv", causal_conv1d_conv, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT))
+dispatch.register("reference", causal_conv1d_reference, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT))
 
 
 def _check(x: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None, state: Tensor | None,
@@ -69,20 +79,23 @@ def causal_conv1d(
     weight: Tensor,
     bias: Tensor | None = None,
     activation: str | None = None,
+    *,
     initial_state: Tensor | None = None,
-    return_final_state: bool = False,
+    output_final_state: bool = False,
     backend: str | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """y_t = act(bias + Σ_k weight[:, k] x̃_{t+k}) over x̃ = [initial_state, x].
 
     x (batch, D, L); weight (D, W); bias (D,); activation None or "silu"; initial_state
     (batch, D, W-1) = the last W-1 inputs before x (zeros for a fresh stream). Returns y
-    (batch, D, L), or (y, final_state (batch, D, W-1)) with ``return_final_state``."""
+    (batch, D, L), or (y, final_state (batch, D, W-1)) with ``output_final_state``."""
     if x.dim() != 3:
         raise ValueError(f"causal_conv1d: x must be (batch, D, L), got shape {tuple(x.shape)}")
     _check(x, weight, bias, activation, initial_state, "initial_state")
-    fn = dispatch.select(backend, x.device).fn
-    return fn(x, weight, bias, activation, initial_state, return_final_state)
+    request = Request(x.device, x.dtype, initial_state=initial_state is not None, final_state=output_final_state,
+                      grad=grad_needed(x, weight, bias, initial_state))
+    fn = dispatch.choose(backend, request).fn
+    return fn(x, weight, bias, activation, initial_state=initial_state, output_final_state=output_final_state)
 
 
 def causal_conv1d_update(

@@ -17,12 +17,13 @@ def causal_conv1d_conv(
     weight: Tensor,
     bias: Tensor | None = None,
     activation: str | None = None,
+    *,
     initial_state: Tensor | None = None,
-    return_final_state: bool = False,
+    output_final_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     width = weight.shape[-1]
     xp = padded_input(x, width, initial_state)
     y = apply_activation(F.conv1d(xp, weight[:, None, :], bias, groups=x.shape[1]), activation)
-    if return_final_state:
+    if output_final_state:
         return y, xp[..., xp.shape[-1] - (width - 1) :]
     return y

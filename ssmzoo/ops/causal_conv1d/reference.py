@@ -29,8 +29,9 @@ def causal_conv1d_reference(
     weight: Tensor,
     bias: Tensor | None = None,
     activation: str | None = None,
+    *,
     initial_state: Tensor | None = None,
-    return_final_state: bool = False,
+    output_final_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """y (batch, D, L) [, final_state (batch, D, W-1)]; x (batch, D, L), weight (D, W), bias (D,)."""
     length, width = x.shape[-1], weight.shape[-1]
@@ -39,6 +40,6 @@ def causal_conv1d_reference(
     if bias is not None:
         y = y + bias[:, None]
     y = apply_activation(y, activation)
-    if return_final_state:
+    if output_final_state:
         return y, xp[..., xp.shape[-1] - (width - 1) :]
     return y

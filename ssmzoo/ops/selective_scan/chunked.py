@@ -54,8 +54,9 @@ def selective_scan_chunked(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
+    *,
     initial_state: Tensor | None = None,
-    return_final_state: bool = False,
+    output_final_state: bool = False,
     chunk: int = CHUNK,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Same contract as :func:`selective_scan_reference`; computes in float32 (float64 for float64)."""
@@ -84,4 +85,4 @@ def selective_scan_chunked(
     if z is not None:
         y = y * F.silu(z.to(dtype))
     y = y.to(in_dtype)
-    return (y, h.to(in_dtype)) if return_final_state else y
+    return (y, h.to(in_dtype)) if output_final_state else y

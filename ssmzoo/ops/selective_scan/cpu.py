@@ -30,10 +30,9 @@ def selective_scan_cpu(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
+    *,
     initial_state: Tensor | None = None,
-    return_final_state: bool = False,
+    output_final_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    if A.shape[1] > MAX_STATE:
-        raise ValueError(f"selective_scan: the cpp backend supports d_state <= {MAX_STATE}, got {A.shape[1]}")
     return run_kernel(extension(), u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                      return_final_state)
+                      output_final_state)

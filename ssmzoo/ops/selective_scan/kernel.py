@@ -87,7 +87,7 @@ def run_kernel(
     delta_bias: Tensor | None,
     delta_softplus: bool,
     initial_state: Tensor | None,
-    return_final_state: bool,
+    output_final_state: bool,
     chunk: int = CHUNK,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The selective scan by a compiled kernel; computes in float32 (float64 for float64 inputs)."""
@@ -100,4 +100,4 @@ def run_kernel(
                                                cast(z), cast(delta_bias), bool(delta_softplus),
                                                cast(initial_state), chunk)
     y = y.to(u.dtype)
-    return (y, final_state.to(u.dtype)) if return_final_state else y
+    return (y, final_state.to(u.dtype)) if output_final_state else y

@@ -1,9 +1,10 @@
 """mamba-ssm's fused CUDA selective scan (Gu & Dao), used when that package is installed and the input
-is on CUDA. Imported lazily: never at ssmzoo import time.
+is on CUDA. Imported on first call only: never at ssmzoo import time.
 
-mamba-ssm's scan takes no initial state and its returned last state carries no gradient, so calls
-that pass ``initial_state`` or ask for the final state go to our own CUDA kernel (or, failing that,
-the chunked PyTorch scan) instead.
+mamba-ssm's scan takes no initial state and its returned last state carries no gradient, so this
+backend is registered without those capabilities: the dispatch sends calls that need them to
+another backend, and ``auto`` picks this one only for calls that need neither (Mamba's forward when
+nobody asked for the state).
 """
 
 from __future__ import annotations
@@ -27,16 +28,12 @@ def selective_scan_mamba_ssm(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
+    *,
     initial_state: Tensor | None = None,
-    return_final_state: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    if initial_state is not None or return_final_state:
-        from . import cuda
-        from .chunked import selective_scan_chunked
-
-        fallback = cuda.selective_scan_cuda if cuda.available() and A.shape[1] <= cuda.MAX_STATE \
-            else selective_scan_chunked
-        return fallback(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state)
+    output_final_state: bool = False,
+) -> Tensor:
+    if initial_state is not None or output_final_state:
+        raise ValueError("selective_scan: the mamba_ssm backend takes no initial state and returns no final state")
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
     return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)

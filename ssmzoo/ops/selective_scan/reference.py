@@ -37,8 +37,9 @@ def selective_scan_reference(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
+    *,
     initial_state: Tensor | None = None,
-    return_final_state: bool = False,
+    output_final_state: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """y (batch, D, L) [, final state (batch, D, N)]; shapes as in :func:`ssmzoo.ops.selective_scan.selective_scan`.
 
@@ -69,4 +70,4 @@ def selective_scan_reference(
     if z is not None:
         y = y * F.silu(z.to(dtype))
     y = y.to(in_dtype)
-    return (y, h.to(in_dtype)) if return_final_state else y
+    return (y, h.to(in_dtype)) if output_final_state else y

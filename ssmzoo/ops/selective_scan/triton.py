@@ -234,9 +234,11 @@ def selective_scan_triton(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
+    *,
     initial_state: Tensor | None = None,
-    return_final_state: bool = False,
+    output_final_state: bool = False,
     chunk: int = CHUNK,
 ) -> Tensor | tuple[Tensor, Tensor]:
+    """Same contract as :func:`selective_scan_reference`; needs triton (CUDA, or CPU with TRITON_INTERPRET=1)."""
     return run_kernel(TritonKernels, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                      return_final_state, chunk)
+                      output_final_state, chunk)

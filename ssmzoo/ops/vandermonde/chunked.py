@@ -1,28 +1,10 @@
-"""The Vandermonde kernel of diagonal SSMs (S4D, PAPERS.md): K[..., l] = 2 Re sum_n v_n z_n^l.
-
-``v`` (..., N) complex are the folded coefficients C_n * B̄_n and ``log_z`` (..., N) complex is
-log Ā_n (Δ·A_n for ZOH), so z_n^l = exp(l log_z_n). The factor 2 Re accounts for the conjugate
-pairs that are not stored.
-
-Backends:
-- ``reference``: materialises (..., N, L); the readable definition.
-- ``chunked``: a custom autograd function that walks L in chunks in forward *and* backward, so
-  peak memory is O(N · chunk) per row instead of O(N · L).
-"""
+"""The Vandermonde kernel in plain PyTorch, walking L in chunks in forward *and* backward, so peak
+memory is O(N · chunk) per row instead of O(N · L)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-from .dispatch import Backend, Dispatcher
-
-
-def vandermonde_reference(v: Tensor, log_z: Tensor, length: int) -> Tensor:
-    """K (..., L) = 2 Re sum_n v[..., n] exp(log_z[..., n] l), l = 0..L-1."""
-    pos = torch.arange(length, device=v.device, dtype=v.real.dtype)
-    powers = torch.exp(log_z.unsqueeze(-1) * pos)  # (..., N, L)
-    return 2 * torch.einsum("...n,...nl->...l", v, powers).real
 
 
 class _ChunkedVandermonde(torch.autograd.Function):
@@ -69,30 +51,7 @@ def vandermonde_chunked(v: Tensor, log_z: Tensor, length: int, chunk: int = 1024
     return _ChunkedVandermonde.apply(v, log_z, length, chunk)
 
 
-_dispatch = Dispatcher("vandermonde")
-_dispatch.add(Backend("reference", vandermonde_reference, ("cpu", "cuda")))
-_dispatch.add(Backend("chunked", vandermonde_chunked, ("cpu", "cuda")))
-
-# Above this many complex entries in (..., N, L), auto switches to the chunked backend.
-MATERIALISE_LIMIT = 2**24
-
-
-def vandermonde(v: Tensor, log_z: Tensor, length: int, backend: str | None = None) -> Tensor:
-    """K (..., L) = 2 Re sum_n v_n z_n^l with z = exp(log_z); v and log_z (..., N) complex, broadcastable.
-
-    ``backend``: "auto" (default; reference while (..., N, L) is small, else chunked),
-    "reference" or "chunked"."""
-    if not (v.is_complex() and log_z.is_complex()):
-        raise ValueError(f"vandermonde: v and log_z must be complex, got {v.dtype} and {log_z.dtype}")
-    if not isinstance(length, int) or length < 1:
-        raise ValueError(f"vandermonde: length must be a positive int, got {length!r}")
-    if backend in (None, "auto"):
-        numel = torch.broadcast_shapes(v.shape, log_z.shape).numel() * length
-        backend = "reference" if numel <= MATERIALISE_LIMIT else "chunked"
-    return _dispatch.select(backend, v.device).fn(v, log_z, length)
-
-
-def vandermonde_transpose(u: Tensor, log_z: Tensor, chunk: int = 1024) -> Tensor:
+def vandermonde_transpose_chunked(u: Tensor, log_z: Tensor, chunk: int = 1024) -> Tensor:
     """s[..., n] = sum_l u[..., l] z_n^(L-1-l): the state a diagonal SSM holds after reading u.
 
     u (..., L) real or complex; log_z (..., N) complex (broadcast against u's leading dims)."""

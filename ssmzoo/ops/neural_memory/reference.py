@@ -45,23 +45,29 @@ def neural_memory_recurrent(
     theta: Tensor,
     eta: Tensor,
     alpha: Tensor,
-    weights: Weights,
-    momentum: Weights,
-    chunk_size: int = 1,
-) -> tuple[Tensor, Weights, Weights]:
-    """Run the memory over a sequence token by token. Returns (y, final weights, final momentum).
+    *,
+    chunk_size: int,
+    initial_state: tuple[Weights, Weights],
+    output_final_state: bool = False,
+    update_last_partial: bool = True,
+) -> Tensor | tuple[Tensor, tuple[Weights, Weights]]:
+    """Run the memory over a sequence token by token. Returns y, or (y, (weights, momentum)) with
+    ``output_final_state``; ``initial_state`` = (weights, momentum) before the first token.
 
     Within a chunk of ``chunk_size`` tokens, gradients and retrieval use the chunk's starting
-    weights; the momentum and forgetting recurrences still run per token. The last chunk may be
-    shorter and is applied too."""
+    weights; the momentum and forgetting recurrences still run per token. A last chunk shorter than
+    ``chunk_size`` is retrieved from and, when ``update_last_partial``, also applied."""
     length = q.shape[2]
-    weights, momentum = tuple(weights), tuple(momentum)
+    weights, momentum = (tuple(s) for s in initial_state)
     start = weights
     ys = []
+    full = length - length % chunk_size if not update_last_partial else length
     for t in range(length):
         if t % chunk_size == 0:
             start = weights  # the weights every gradient and retrieval of this chunk sees
         ys.append(memory_mlp(start, q[:, :, t]))
+        if t >= full:
+            continue  # the unfinished last chunk is only read from
         # ∇ℓ at the chunk's starting weights, for each (batch, head) separately (the sum over
         # batch and heads does not mix them: each has its own weights).
         leaves = tuple(w.detach().requires_grad_() if not w.requires_grad else w for w in start)
@@ -71,4 +77,5 @@ def neural_memory_recurrent(
         th, et, al = (g[:, :, t, None, None] for g in (theta, eta, alpha))
         momentum = tuple(et * s - th * g for s, g in zip(momentum, grads))  # eq. 10
         weights = tuple((1 - al) * w + s for w, s in zip(weights, momentum))  # eq. 13
-    return torch.stack(ys, 2), weights, momentum
+    y = torch.stack(ys, 2)
+    return (y, (weights, momentum)) if output_final_state else y

@@ -106,17 +106,20 @@ def neural_memory_chunked(
     theta: Tensor,
     eta: Tensor,
     alpha: Tensor,
-    weights: Weights,
-    momentum: Weights,
+    *,
     chunk_size: int,
+    initial_state: tuple[Weights, Weights],
+    output_final_state: bool = False,
     update_last_partial: bool = True,
-) -> tuple[Tensor, Weights, Weights]:
-    """Run the memory over a sequence chunk by chunk. Returns (y, final weights, final momentum).
+) -> Tensor | tuple[Tensor, tuple[Weights, Weights]]:
+    """Run the memory over a sequence chunk by chunk. Returns y, or (y, (weights, momentum)) with
+    ``output_final_state``; ``initial_state`` = (weights, momentum) before the first token.
 
     Chunks start at position 0. A last chunk shorter than ``chunk_size`` is retrieved from and,
     when ``update_last_partial``, also applied (the layer leaves it out and buffers it instead)."""
     length = q.shape[2]
     batch, heads = q.shape[:2]
+    weights, momentum = initial_state
     memory = tuple(torch.stack(torch.broadcast_tensors(w, s), 2).expand(batch, heads, 2, *w.shape[-2:])
                    for w, s in zip(weights, momentum))
     ys = []
@@ -127,4 +130,7 @@ def neural_memory_chunked(
             part = slice(start, end)
             memory = chunk_update(memory, k[:, :, part], v[:, :, part], theta[:, :, part], eta[:, :, part],
                                   alpha[:, :, part])
-    return torch.cat(ys, 2), tuple(m[:, :, 0] for m in memory), tuple(m[:, :, 1] for m in memory)
+    y = torch.cat(ys, 2)
+    if not output_final_state:
+        return y
+    return y, (tuple(m[:, :, 0] for m in memory), tuple(m[:, :, 1] for m in memory))

@@ -1,0 +1,214 @@
+"""The one dispatch every op uses: choice by capability and device, probes against the reference
+(whatever the caller's grad mode), $SSMZOO_BACKEND, names validated by layers at construction, and
+every op package on the same template."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import types
+
+import pytest
+import torch
+
+from ssmzoo import layers
+from ssmzoo.ops import causal_conv1d, cauchy, companion, neural_memory, selective_scan, vandermonde
+from ssmzoo.ops.dispatch import ENV_VAR, Capabilities, Dispatcher, Request
+
+CPU = torch.device("cpu")
+OPS = {
+    "selective_scan": selective_scan, "causal_conv1d": causal_conv1d, "cauchy": cauchy,
+    "vandermonde": vandermonde, "companion": companion, "neural_memory": neural_memory,
+}
+
+
+def double(x: torch.Tensor, *, initial_state=None, output_final_state=False):
+    """A toy op: y = 2x (+ initial state); final state = y's last entry."""
+    y = 2 * x if initial_state is None else 2 * x + initial_state
+    return (y, y[..., -1]) if output_final_state else y
+
+
+def toy(**capabilities) -> Dispatcher:
+    def case(device, caps):
+        x = torch.randn(3, device=device, requires_grad=True)
+        return (x,), {"initial_state": torch.ones(3, device=device) if caps.initial_state else None,
+                      "output_final_state": caps.final_state}
+
+    d = Dispatcher("toy", double, case)
+    d.register("fast", double, ("cpu",), Capabilities(**capabilities))
+    d.register("reference", double, ("cpu", "cuda"))
+    return d
+
+
+def test_auto_takes_the_first_backend_that_can_serve_the_call():
+    d = toy(final_state=False, initial_state=False, grad=False, dtypes=(torch.float32,))
+    plain = Request(CPU, torch.float32)
+    assert d.choose("auto", plain).name == "fast"
+    for needs in ({"final_state": True}, {"initial_state": True}, {"grad": True}, {"dtype": torch.float64}):
+        request = Request(**{"device": CPU, "dtype": torch.float32, **needs})
+        assert d.choose("auto", request).name == "reference", needs
+        with pytest.raises(ValueError, match="'fast' cannot serve"):
+            d.choose("fast", request)  # an explicit request is never silently rerouted
+    with pytest.raises(ValueError, match="runs on cpu only"):
+        d.choose("fast", Request(torch.device("cuda"), torch.float32))
+
+
+def test_max_size_limits_auto_only():
+    d = toy(max_size=10)
+    assert d.choose("auto", Request(CPU, torch.float32, size=10)).name == "fast"
+    assert d.choose("auto", Request(CPU, torch.float32, size=11)).name == "reference"
+    assert d.choose("fast", Request(CPU, torch.float32, size=11)).name == "fast"
+
+
+def test_a_wrong_or_broken_backend_is_never_chosen():
+    d = toy()
+
+    def off_by_a_bit(x, **kw):  # importable, runs, but wrong
+        y, final = double(x, **kw)
+        return y + 1e-2, final
+    d.backends["fast"].fn = off_by_a_bit
+    with pytest.warns(UserWarning, match="'fast' failed its probe"):
+        assert d.choose("auto", Request(CPU, torch.float32)).name == "reference"
+    with pytest.raises(ValueError, match="failed its probe"):
+        d.choose("fast", Request(CPU, torch.float32))
+    d.reset()
+
+    def wrong_gradient(x, **kw):  # right values, but no gradient reaches x
+        y, final = double(x.detach(), **kw)
+        return y + 0 * x, final
+    d.backends["fast"].fn = wrong_gradient
+    with pytest.warns(UserWarning, match="gradient disagrees"):
+        assert not d.usable("fast", CPU)
+    d.reset()
+    d.backends["fast"].available = lambda: False
+    assert d.names("cpu") == ["reference"]
+
+
+def test_probe_runs_with_autograd_even_under_no_grad():
+    d = toy()
+    with torch.no_grad():
+        assert d.choose("auto", Request(CPU, torch.float32)).name == "fast"
+    assert d.usable("fast", CPU)
+
+
+@pytest.mark.parametrize("name", ["cpp", "keops"])
+def test_cauchy_backends_survive_a_first_use_under_no_grad(name):
+    if name not in cauchy.dispatch.names("cpu"):
+        pytest.skip(f"the cauchy {name} backend is not usable here")  # probe warns only when broken
+    cauchy.dispatch.reset()
+    with torch.no_grad():
+        v = torch.randn(4, 3, dtype=torch.complex64)
+        cauchy.cauchy(v, torch.randn(5, dtype=torch.complex64), v - 2, backend=name)
+    assert cauchy.dispatch.usable(name, CPU)
+
+
+def test_environment_variable_steers_every_op(monkeypatch):
+    d = toy()
+    monkeypatch.setenv(ENV_VAR, "reference")
+    assert d.choose(None, Request(CPU, torch.float32)).name == "reference"
+    assert d.choose("fast", Request(CPU, torch.float32)).name == "fast"  # an explicit name wins
+    monkeypatch.setenv(ENV_VAR, "no_such_backend")  # a name this op does not have: auto
+    assert d.choose(None, Request(CPU, torch.float32)).name == "fast"
+    # Every op honours it: force the reference everywhere and check the chosen backend.
+    monkeypatch.setenv(ENV_VAR, "reference")
+    for op in OPS.values():
+        assert op.dispatch.choose(None, Request(CPU, next(iter(_dtypes(op))))).name == "reference"
+
+
+def _dtypes(op) -> tuple[torch.dtype, ...]:
+    return op.dispatch.backends["reference"].capabilities.dtypes
+
+
+def test_unknown_names_are_rejected():
+    d = toy()
+    with pytest.raises(ValueError, match="unknown backend 'nope'.*'fast', 'reference'"):
+        d.choose("nope", Request(CPU, torch.float32))
+    with pytest.raises(ValueError, match="identifier"):
+        d.register("auto", double, ("cpu",))
+    with pytest.raises(ValueError, match="already registered"):
+        d.register("fast", double, ("cpu",))
+
+
+@pytest.mark.parametrize("name", layers.available())
+def test_layers_validate_backend_names_at_construction(name):
+    cls = layers.get(name)
+    params = [p for p in inspect.signature(cls.__init__).parameters if p.endswith("_backend")]
+    for param in params:
+        op = param.removesuffix("_backend")
+        assert op in {"selective_scan", "causal_conv1d", "cauchy", "vandermonde", "companion", "neural_memory",
+                      "ssd", "hsa"}, f"{cls.__name__}.{param} does not follow the '<op>_backend' rule"
+        with pytest.raises(ValueError, match=f"{cls.__name__}: unknown {param} 'nope'"):
+            layers.build(name, d_model=8, **{param: "nope"})
+    for legacy in ("backend", "kernel_backend", "scan_backend", "conv_backend", "kernel_method"):
+        assert legacy not in inspect.signature(cls.__init__).parameters
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_every_op_has_the_same_shape(op_name):
+    """A package with reference.py, one public function with keyword-only state/backend arguments,
+    a dispatch whose reference backend is the reference module's function, and backends that pass
+    their probe here (or are unavailable)."""
+    package = OPS[op_name]
+    reference = importlib.import_module(f"{package.__name__}.reference")
+    assert package.dispatch.reference.__module__ == reference.__name__
+    assert package.dispatch.backends["reference"].fn is package.dispatch.reference
+    public = {"selective_scan": "selective_scan", "causal_conv1d": "causal_conv1d", "cauchy": "cauchy",
+              "vandermonde": "vandermonde", "companion": "companion_kernel", "neural_memory": "neural_memory"}
+    params = inspect.signature(getattr(package, public[op_name])).parameters
+    assert params["backend"].kind is inspect.Parameter.KEYWORD_ONLY
+    for state_arg in ("initial_state", "output_final_state"):
+        if state_arg in params:
+            assert params[state_arg].kind is inspect.Parameter.KEYWORD_ONLY
+    for name, backend in package.dispatch.backends.items():
+        if "cpu" in backend.devices and backend.available():
+            assert package.dispatch.usable(name, CPU), f"{op_name} backend {name} fails its probe"
+
+
+# -- Mamba reaches the fused CUDA kernels when it does not need a state ---------------------------
+@pytest.fixture
+def fused_stand_ins(monkeypatch):
+    """Stand-ins for mamba-ssm's selective_scan_fn and causal-conv1d's causal_conv1d_fn that record
+    their calls, made visible to the dispatch on CPU. They compute with our references."""
+    calls = []
+
+    def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        calls.append("selective_scan_fn")
+        return selective_scan.selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+    def causal_conv1d_fn(x, weight, bias=None, activation=None):
+        calls.append("causal_conv1d_fn")
+        return causal_conv1d.causal_conv1d_reference(x, weight, bias, activation)
+
+    interface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
+    interface.selective_scan_fn = selective_scan_fn
+    package = types.ModuleType("causal_conv1d")
+    package.causal_conv1d_fn = causal_conv1d_fn
+    for module_name, module in (("mamba_ssm", types.ModuleType("mamba_ssm")),
+                                ("mamba_ssm.ops", types.ModuleType("mamba_ssm.ops")),
+                                ("mamba_ssm.ops.selective_scan_interface", interface), ("causal_conv1d", package)):
+        monkeypatch.setitem(sys.modules, module_name, module)
+    for op, name in ((selective_scan, "mamba_ssm"), (causal_conv1d, "causal_conv1d")):
+        monkeypatch.setattr(op.dispatch.backends[name], "devices", ("cuda", "cpu"))
+        monkeypatch.setattr(op.dispatch.backends[name], "available", lambda: True)
+        monkeypatch.setattr(op.dispatch, "_probed", {})
+        assert op.dispatch.usable(name, CPU)  # the stand-ins pass the probe against the reference
+    calls.clear()
+    yield calls
+    for op in (selective_scan, causal_conv1d):
+        op.dispatch.reset()
+
+
+def test_mamba_uses_fused_kernels_unless_a_state_is_needed(fused_stand_ins):
+    torch.manual_seed(0)
+    layer = layers.build("mamba", d_model=8, d_state=4)
+    x = torch.randn(2, 7, 8)
+    fused_stand_ins.clear()
+    y = layer(x)
+    y.sum().backward()  # training (gradients needed) still takes the fused kernels
+    assert fused_stand_ins == ["causal_conv1d_fn", "selective_scan_fn"]
+    fused_stand_ins.clear()
+    y_state, state = layer(x, return_state=True)
+    assert fused_stand_ins == [], "a call that needs the final state must not go to the fused kernels"
+    torch.testing.assert_close(y_state, y)
+    assert state[1].shape == (2, 16, 4)
