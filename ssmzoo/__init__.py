@@ -1,6 +1,6 @@
 """ssmzoo: long-sequence models under one layer contract."""
 
-from . import layers, models, optim
+from . import layers, models, modules, optim
 from .layers import (
     S4,
     S4D,
@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "layers",
     "models",
+    "modules",
     "optim",
     "S4",
     "S4D",

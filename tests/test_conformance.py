@@ -10,7 +10,7 @@ import torch
 
 import ssmzoo
 from ssmzoo import layers
-from ssmzoo.layers.base import reverse_padded
+from ssmzoo.modules import reverse_padded
 
 from conformance_args import D_MODEL, SMALL_ARGS
 

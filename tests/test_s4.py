@@ -1,5 +1,6 @@
-"""S4: the Cauchy/Woodbury kernel equals the dense recurrence, C̃ length doubling keeps C̄, both
-recurrent modes equal the convolution, backends agree, options and errors."""
+"""S4: the Cauchy/Woodbury kernel equals the dense recurrence, inputs longer than l_max get the
+doubled kernel functionally (C̄ kept, parameters never written, differentiable), both recurrent modes
+equal the convolution, backends agree, options and errors."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def _layer(seed=0, **args):
     return S4(**{"d_model": 3, "d_state": 8, **args}).double().eval()
 
 
+
 def _dense_kernel(layer: S4, length: int) -> torch.Tensor:
     """K_l = C̄ Ā^l B̄ by explicit matrix powers in real coordinates: the readable definition."""
     a_bar, b_bar = layer._dense()
@@ -28,24 +30,73 @@ def _dense_kernel(layer: S4, length: int) -> torch.Tensor:
     return torch.stack(out, -1)
 
 
+def _snapshot(layer: S4) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in layer.state_dict().items()}
+
+
+def _assert_unchanged(layer: S4, before: dict[str, torch.Tensor]) -> None:
+    after = layer.state_dict()
+    assert after.keys() == before.keys()
+    for k in before:
+        assert torch.equal(after[k], before[k]), f"{k} changed"
+
+
 @pytest.mark.parametrize("init", INITS)
 def test_kernel_equals_dense_recurrence(init):
-    layer = _layer(init=init, bidirectional=True, channels=2)
-    for length in (1, 6, 13):  # longer inputs double the length: C̃ is updated, C̄ is not
+    layer = _layer(init=init, bidirectional=True, channels=2, l_max=4)
+    before = _snapshot(layer)
+    for length in (1, 6, 13):  # within l_max, then doubled to 8 and to 16, out of place
         k, _ = layer.kernel(length)
         assert k.shape == (4, 3, length)
         torch.testing.assert_close(k, _dense_kernel(layer, length), rtol=1e-9, atol=1e-9)
-    assert int(layer.kernel_length) == 16  # 1, then doubled to 8 for 6, to 16 for 13
+    _assert_unchanged(layer, before)
 
 
-def test_length_doubling_keeps_the_output_matrix():
-    layer = _layer()
-    layer(torch.randn(1, 5, 3, dtype=torch.float64))
-    c_before, c_tilde_before = layer.output_matrix(), layer.C.detach().clone()
-    layer(torch.randn(1, 17, 3, dtype=torch.float64))
-    assert int(layer.kernel_length) == 20
-    assert not torch.allclose(layer.C.detach(), c_tilde_before)
-    torch.testing.assert_close(layer.output_matrix(), c_before, rtol=1e-9, atol=1e-9)
+def test_longer_inputs_double_the_kernel_functionally():
+    """C̃_2L = C̃_L (I + Ā^L) gives C̄ (I - Ā^20) for an input of 17 on l_max = 5, computed here directly
+    from C̄ and Ā^20; the forward pass writes no parameter, so replicas fed different lengths stay equal."""
+    layer, replica = _layer(l_max=5), _layer(l_max=5)
+    before = _snapshot(layer)
+    c_tilde, length = layer.c_tilde(17)
+    assert length == 20
+    a_bar, _ = layer._dense()
+    c_bar = ops.row_to_real(layer.output_matrix().to(torch.complex128))
+    eye = torch.eye(a_bar.shape[-1], dtype=a_bar.dtype)
+    want = ops.row_from_real(torch.einsum("khi,hij->khj", c_bar, eye - torch.linalg.matrix_power(a_bar, 20)))
+    torch.testing.assert_close(c_tilde, want, rtol=1e-9, atol=1e-9)
+    layer.train()(torch.randn(2, 17, 3, dtype=torch.float64)).sum().backward()
+    replica.train()(torch.randn(2, 4, 3, dtype=torch.float64)).sum().backward()
+    _assert_unchanged(layer, before)
+    _assert_unchanged(replica, before)
+    torch.testing.assert_close(layer.output_matrix(), replica.output_matrix(), rtol=0, atol=0)
+
+
+def test_doubled_kernel_gradients():
+    """The doubling is differentiable: gradcheck of the layer on 13 tokens (l_max = 4) in C̃ and log_dt."""
+    layer = _layer(d_model=1, d_state=4, l_max=4, init="legt", output="linear", activation="identity")
+    x = torch.randn(1, 13, 1, dtype=torch.float64)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def forward(c, log_dt):
+        return torch.func.functional_call(layer, {**params, "C": c, "log_dt": log_dt}, (x,))
+
+    leaves = (params["C"].clone().requires_grad_(), params["log_dt"].clone().requires_grad_())
+    assert torch.autograd.gradcheck(forward, leaves)
+
+
+@pytest.mark.parametrize("step_mode", ["dplr", "dense"])
+def test_step_matches_forward_beyond_l_max(step_mode):
+    layer = _layer(init="legt", l_max=8, step_mode=step_mode)
+    x = torch.randn(2, 30, 3, dtype=torch.float64)
+    torch.testing.assert_close(_stream(layer, x), layer(x), rtol=1e-9, atol=1e-9)
+
+
+def test_old_checkpoints_load_only_with_their_kernel_length():
+    """Before l_max, C̃ was set at the first input and its length kept in a ``kernel_length`` buffer."""
+    sd = dict(_layer(l_max=8).state_dict(), kernel_length=torch.tensor(8))
+    _layer(seed=1, l_max=8).load_state_dict(sd)
+    with pytest.raises(RuntimeError, match="l_max=8"):
+        _layer(seed=1, l_max=16).load_state_dict(sd)
 
 
 def test_state_contribution_equals_dense():
@@ -140,6 +191,8 @@ def test_bad_arguments():
         S4(d_model=4, cauchy_backend="triton")
     with pytest.raises(ValueError, match="dt_min"):
         S4(d_model=4, dt_min=0.1, dt_max=0.01)
+    with pytest.raises(ValueError, match="l_max"):
+        S4(d_model=4, l_max=0)
 
 
 def test_step_cache_follows_parameter_updates():
@@ -153,9 +206,9 @@ def test_step_cache_follows_parameter_updates():
 @pytest.mark.parametrize("init", ["legs", "legt", "fout", "diag-inv"])
 def test_float32_kernel_is_close_to_float64(init):
     torch.manual_seed(0)
-    single = S4(d_model=4, d_state=16, init=init)
-    double = S4(d_model=4, d_state=16, init=init).double()
+    single = S4(d_model=4, d_state=16, init=init, l_max=512)
+    double = S4(d_model=4, d_state=16, init=init, l_max=512).double()
     k32, _ = single.kernel(512)
-    double.load_state_dict(single.state_dict())  # same C̃ and kernel length
+    double.load_state_dict(single.state_dict())  # same C̃
     k64, _ = double.kernel(512)
     assert (k32.double() - k64).abs().max() < 1e-4 * k64.abs().max()  # measured <= 4e-5 (fout)

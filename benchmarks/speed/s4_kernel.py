@@ -1,6 +1,6 @@
 """S4 kernel generation: time and peak memory per Cauchy backend (H=256, N=64, L in 1K, 4K, 16K).
 
-Times ``S4.kernel(L)`` (the Cauchy kernel + Woodbury + irfft; C̃ already set for length L), forward
+Times ``S4.kernel(L)`` (the Cauchy kernel + Woodbury + irfft; the layer built with l_max = L), forward
 only and forward + backward (a random-weighted sum of the kernel), and prints each backend's time as
 a ratio to the chunked PyTorch backend measured in the same way.
 
@@ -38,8 +38,7 @@ def worker(backend: str, length: int, mode: str, repeats: int) -> dict:
     from ssmzoo import S4
 
     torch.manual_seed(0)
-    layer = S4(d_model=H, d_state=N, cauchy_backend=backend)
-    layer._ensure_length(length)
+    layer = S4(d_model=H, d_state=N, cauchy_backend=backend, l_max=length)
     weights = torch.randn(1, H, length)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []

@@ -8,7 +8,20 @@ Every layer maps ``(batch, length, d_model) -> (batch, length, d_model)`` (chann
     y_t, state = layer.step(x_t, state)                   # x_t is (batch, d_model)
 
 Subclasses implement ``_forward``, and causal ones also ``_init_state`` and ``_step``; the public
-methods here validate inputs once, so no layer crashes deep inside a kernel on a bad shape.
+methods here validate inputs once, so no layer crashes deep inside a kernel on a bad input:
+
+- shapes, dtypes and devices (metadata only, always checked, meta tensors included): x's rank,
+  d_model, batch and length; x's dtype must be one the layer supports *and* its parameters' dtype
+  (except under autocast); x on the parameters' device; a state must have the structure, shapes,
+  dtypes and device of ``init_state(batch)`` for this input (a state of another layer, a complex
+  state passed as real, a wrong width... each gives a ``ValueError`` naming the layer and the form
+  expected).
+- values (the NaN/inf scan of x, the range of ``lengths``) must read the data, which on a GPU is a
+  device sync. The rule: by default they run on CPU tensors only, never on CUDA (or meta) ones;
+  ``set_input_checks(True)`` / ``SSMZOO_CHECK_INPUTS=1`` runs them on every device,
+  ``set_input_checks(False)`` / ``SSMZOO_CHECK_INPUTS=0`` nowhere, and ``input_checks(...)`` is the
+  context-manager form. Models (``SequenceModel``, ``LanguageModel``, the forecasters, Titans) check
+  their input once per call and run their layers with the value checks off.
 """
 
 from __future__ import annotations
@@ -22,33 +35,87 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 from torch import Tensor, nn
 
-# A layer's recurrent state: one tensor, or a (nested) tuple of tensors. Layers document theirs.
+# A layer's recurrent state: one tensor, or a (nested) tuple / NamedTuple of tensors. Layers document theirs.
 State = Any
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_check_finite = os.environ.get("SSMZOO_CHECK_INPUTS", "1") not in ("0", "false", "False", "")
 
 
-def set_input_checks(enabled: bool) -> None:
-    """Turn the NaN/inf scan of layer inputs on or off (it costs a device sync on GPU)."""
-    global _check_finite
-    _check_finite = bool(enabled)
+def _checks_from_env() -> bool | None:
+    value = os.environ.get("SSMZOO_CHECK_INPUTS")
+    if value is None or value.lower() == "auto":
+        return None
+    return value not in ("0", "false", "False", "")
 
 
-def input_checks_enabled() -> bool:
-    return _check_finite
+# None: the default rule (CPU tensors only); True: every device; False: never.
+_check_values: bool | None = _checks_from_env()
+
+
+def set_input_checks(enabled: bool | None) -> None:
+    """Value checks of layer inputs (NaN/inf scan, ``lengths`` range): True on every device (a device
+    sync per check on GPU), False nowhere, None the default (CPU tensors only)."""
+    global _check_values
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ValueError(f"set_input_checks: enabled must be True, False or None, got {enabled!r}")
+    _check_values = enabled
+
+
+def input_checks_enabled(device: torch.device | str = "cpu") -> bool:
+    """Whether value checks run for tensors on ``device`` under the current setting."""
+    device = torch.device(device)
+    if device.type == "meta":
+        return False
+    if _check_values is None:
+        return device.type == "cpu"
+    return _check_values
 
 
 @contextmanager
-def input_checks(enabled: bool) -> Iterator[None]:
+def input_checks(enabled: bool | None) -> Iterator[None]:
     """Context manager form of :func:`set_input_checks`."""
-    global _check_finite
-    previous = _check_finite
-    _check_finite = bool(enabled)
+    global _check_values
+    previous = _check_values
+    set_input_checks(enabled)
     try:
         yield
     finally:
-        _check_finite = previous
+        _check_values = previous
+
+
+def check_finite(x: Tensor, owner: str, arg: str) -> None:
+    """Raise a ValueError if x holds NaN or inf, when value checks are on for x's device."""
+    if input_checks_enabled(x.device) and not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            f"{owner}: {arg} contains NaN or inf (turn this check off with "
+            "ssmzoo.layers.set_input_checks(False) or SSMZOO_CHECK_INPUTS=0)"
+        )
+
+
+def check_lengths(lengths: Tensor, x: Tensor, owner: str) -> Tensor:
+    """``lengths`` (batch,) of right-padded x (batch, length, ...), on x's device: an integer tensor, and
+    (a value check) each in [1, length]. Returns it on x's device."""
+    if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
+        got = tuple(lengths.shape) if isinstance(lengths, Tensor) else type(lengths).__name__
+        raise ValueError(f"{owner}: lengths must be a 1-D tensor of shape (batch={x.shape[0]},), got {got}")
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"{owner}: lengths must be an integer tensor, got {lengths.dtype}")
+    lengths = lengths.to(x.device)
+    if input_checks_enabled(lengths.device) and (bool((lengths < 1).any()) or bool((lengths > x.shape[1]).any())):
+        raise ValueError(f"{owner}: lengths must lie in [1, length={x.shape[1]}], got {lengths.tolist()}")
+    return lengths
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for this device type (then layer inputs may be in a lower precision)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except (RuntimeError, TypeError):  # device types autocast does not know (meta)
+        return False
 
 
 class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
@@ -82,6 +149,8 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
         """x: (batch, length, d_model). ``lengths`` (batch,) marks right padding: outputs at real
         positions never depend on padded ones. Returns y, or (y, final_state) with return_state."""
         self._check_sequence(x)
+        if not isinstance(return_state, bool):
+            raise ValueError(f"{self._name}: return_state must be True or False, got {return_state!r}")
         if lengths is not None:
             lengths = self._check_lengths(lengths, x)
         if not self.causal and (state is not None or return_state):
@@ -90,8 +159,9 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
                 "(build it with bidirectional=False to stream)"
             )
         if state is not None:
-            self._check_state_batch(state, x.shape[0])
-        if return_state and lengths is not None and bool((lengths != x.shape[1]).any()):
+            self._check_state(state, x)
+        if (return_state and lengths is not None and input_checks_enabled(lengths.device)
+                and bool((lengths != x.shape[1]).any())):
             raise ValueError(
                 f"{self._name}: return_state with padded sequences (lengths < length) is ambiguous; "
                 "pass unpadded sequences to continue a stream"
@@ -102,20 +172,35 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
     def init_state(
         self, batch_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> State:
-        """The zero state for a fresh stream of ``batch_size`` sequences."""
+        """The zero state for a fresh stream of ``batch_size`` sequences (on the parameters' device and
+        in their dtype unless given)."""
         self._require_causal("init_state")
-        if not isinstance(batch_size, int) or batch_size <= 0:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"{self._name}.init_state: batch_size must be a positive int, got {batch_size!r}")
         ref = self._reference_tensor()
-        device = torch.device(device) if device is not None else ref.device
-        dtype = dtype if dtype is not None else ref.dtype
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"{self._name}.init_state: device must be a torch.device or a device "
+                                 f"string, got {device!r}") from e
+        else:
+            device = ref.device if ref is not None else torch.device("cpu")
+        if dtype is None:
+            dtype = ref.dtype if ref is not None else torch.get_default_dtype()
+        if not isinstance(dtype, torch.dtype) or dtype not in self.supported_dtypes:
+            names = ", ".join(map(_dtype_name, self.supported_dtypes))
+            raise ValueError(f"{self._name}.init_state: dtype must be one of {names} (the input's dtype), got {dtype!r}")
         return self._init_state(batch_size, device, dtype)
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One token: x_t (batch, d_model) -> (y_t (batch, d_model), next state)."""
         self._require_causal("step")
         self._check_tensor(x_t, "x_t", expected_rank=2, shape_doc="(batch, d_model)")
-        self._check_state_batch(state, x_t.shape[0])
+        if state is None:
+            raise ValueError(f"{self._name}.step: state is None; start a stream with "
+                             f"state = layer.init_state({x_t.shape[0]})")
+        self._check_state(state, x_t)
         return self._step(x_t, state)
 
     # -- what subclasses implement ------------------------------------------------------------
@@ -137,12 +222,15 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
     def _name(self) -> str:
         return self.registry_name or type(self).__name__
 
-    def _reference_tensor(self) -> Tensor:
+    def _reference_tensor(self) -> Tensor | None:
+        """The first floating parameter (else buffer): the layer's dtype and device."""
         for t in self.parameters():
-            return t
+            if t.is_floating_point():
+                return t
         for t in self.buffers():
-            return t
-        return torch.empty(0)
+            if t.is_floating_point():
+                return t
+        return None
 
     def _require_causal(self, what: str) -> None:
         if not self.causal:
@@ -171,61 +259,101 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
         if x.shape[0] == 0:
             raise ValueError(f"{self._name}: {arg} must have batch size >= 1, got shape {tuple(x.shape)}")
         if x.dtype not in self.supported_dtypes:
-            names = ", ".join(str(d).removeprefix("torch.") for d in self.supported_dtypes)
+            names = ", ".join(map(_dtype_name, self.supported_dtypes))
             raise ValueError(f"{self._name}: {arg} has dtype {x.dtype}; this layer supports {names}")
-        if _check_finite and not bool(torch.isfinite(x).all()):
-            raise ValueError(
-                f"{self._name}: {arg} contains NaN or inf (turn this check off with "
-                "ssmzoo.layers.set_input_checks(False) or SSMZOO_CHECK_INPUTS=0)"
-            )
+        ref = self._reference_tensor()
+        if ref is not None:
+            if x.device != ref.device:
+                raise ValueError(f"{self._name}: {arg} is on {x.device} but the layer's parameters are on "
+                                 f"{ref.device}; move one to the other (layer.to({str(x.device)!r}) or "
+                                 f"{arg}.to({str(ref.device)!r}))")
+            if x.dtype != ref.dtype and not autocast_enabled(x.device):
+                raise ValueError(f"{self._name}: {arg} has dtype {_dtype_name(x.dtype)} but the layer's parameters "
+                                 f"are {_dtype_name(ref.dtype)}; convert one to match (layer.to({x.dtype}) or "
+                                 f"{arg}.to({ref.dtype}))")
+        check_finite(x, self._name, arg)
 
     def _check_lengths(self, lengths: Tensor, x: Tensor) -> Tensor:
-        if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
-            raise ValueError(f"{self._name}: lengths must be a 1-D tensor of shape (batch={x.shape[0]},)")
-        if lengths.is_floating_point() or lengths.is_complex():
-            raise ValueError(f"{self._name}: lengths must be an integer tensor, got {lengths.dtype}")
-        if bool((lengths < 1).any()) or bool((lengths > x.shape[1]).any()):
-            raise ValueError(f"{self._name}: lengths must lie in [1, length={x.shape[1]}], got {lengths.tolist()}")
-        return lengths.to(x.device)
+        return check_lengths(lengths, x, self._name)
 
-    def _check_state_batch(self, state: State, batch_size: int) -> None:
-        for t in _tensors(state):
-            if t.shape[0] != batch_size:
-                raise ValueError(
-                    f"{self._name}: state has batch size {t.shape[0]} but the input has batch size {batch_size}"
-                )
-
-
-def _tensors(state: State) -> Iterator[Tensor]:
-    if isinstance(state, Tensor):
-        yield state
-    elif isinstance(state, (tuple, list)):
-        for s in state:
-            yield from _tensors(s)
-    elif isinstance(state, dict):
-        for s in state.values():
-            yield from _tensors(s)
-    elif state is not None:
-        raise ValueError(f"state must be a tensor or a tuple/list/dict of tensors, got {type(state).__name__}")
+    def _check_state(self, state: State, x: Tensor) -> None:
+        """Raise a ValueError unless ``state`` has the form of ``init_state(batch)`` for input x:
+        the same structure, and leaves with the same shapes and dtypes, on x's device."""
+        batch = x.shape[0]
+        # init_state's form for this input, without allocating: built on the meta device.
+        expected = self._init_state(batch, torch.device("meta"), x.dtype)
+        check_dtypes = not autocast_enabled(x.device)
+        problem = _compare_state(state, expected, "state", x.device, check_dtypes)
+        if problem is None:
+            return
+        path, want, got = problem
+        hint = ""
+        if (isinstance(got, Tensor) and isinstance(want, Tensor) and got.dim() == want.dim() and got.dim() > 0
+                and got.shape[1:] == want.shape[1:] and got.shape[0] != want.shape[0]):
+            hint = f" (the state has batch size {got.shape[0]} but the input has batch size {batch})"
+        elif isinstance(got, Tensor) and isinstance(want, Tensor) and got.device != x.device \
+                and got.shape == want.shape and got.dtype == want.dtype:
+            hint = f" (it is on {got.device}, the input on {x.device})"
+        like = "init_state(" + str(batch) + ")" + path.removeprefix("state")
+        raise ValueError(f"{self._name}: {path} must be {_describe_expected(want, x.device)} like {like}, "
+                         f"got {_describe(got)}{hint}")
 
 
-def padding_mask(lengths: Tensor, length: int) -> Tensor:
-    """(batch, length) bool mask, True at real (non-padded) positions."""
-    return torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
+def _describe(value: Any) -> str:
+    """A given state (or part of one), shortly: "float64 (2, 8, 4)", "a tuple of 2", "None"."""
+    if isinstance(value, Tensor):
+        where = f" on {value.device}" if value.device.type != "cpu" else ""
+        return f"{_dtype_name(value.dtype)} {tuple(value.shape)}{where}"
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return f"a {type(value).__name__}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return "None" if value is None else f"a {type(value).__name__}"
 
 
-def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
-    """Reverse each sequence of x (batch, length, ...) within its own length; padding stays at the end.
+def _describe_expected(value: Any, device: torch.device) -> str:
+    """What a state (or part of one) must be: "a complex128 tensor of shape (2, 8, 4)", "a tuple of 2
+    (float64 (2, 16, 2), float64 (2, 16, 4))", "a NeuralMemoryState(weights, momentum, ...)"."""
+    if isinstance(value, Tensor):
+        where = f" on {device}" if device.type != "cpu" else ""
+        return f"a {_dtype_name(value.dtype)} tensor of shape {tuple(value.shape)}{where}"
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return f"a {type(value).__name__}({', '.join(value._fields)})"
+    if isinstance(value, (tuple, list)):
+        parts = ", ".join(f"{_dtype_name(v.dtype)} {tuple(v.shape)}" if isinstance(v, Tensor) else _describe(v)
+                          for v in value)
+        return f"a {type(value).__name__} of {len(value)} ({parts})"
+    return _describe(value)
 
-    A bidirectional layer runs its backward direction on this, so that the backward pass over a
-    padded sequence starts at the last real token rather than at the padding."""
-    if lengths is None:
-        return x.flip(1)
-    length = x.shape[1]
-    pos = torch.arange(length, device=x.device)[None, :]
-    idx = torch.where(pos < lengths[:, None], lengths[:, None] - 1 - pos, pos)
-    idx = idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand_as(x)
-    return torch.gather(x, 1, idx)
+
+def _compare_state(
+    got: Any, want: Any, path: str, device: torch.device, check_dtypes: bool
+) -> tuple[str, Any, Any] | None:
+    """The first place where ``got`` departs from ``want`` (structure, shape, dtype, device): (path,
+    expected part, given part); None when they match."""
+    if isinstance(want, Tensor):
+        if not isinstance(got, Tensor) or got.shape != want.shape or got.device != device \
+                or (check_dtypes and got.dtype != want.dtype):
+            return path, want, got
+        return None
+    if isinstance(want, (tuple, list)):
+        if type(got) is not type(want) or len(got) != len(want):
+            return path, want, got
+        fields = getattr(want, "_fields", None)
+        for i, (g, w) in enumerate(zip(got, want)):
+            problem = _compare_state(g, w, f"{path}.{fields[i]}" if fields else f"{path}[{i}]", device, check_dtypes)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(want, dict):
+        if not isinstance(got, dict) or set(got) != set(want):
+            return path, want, got
+        for key in want:
+            problem = _compare_state(got[key], want[key], f"{path}[{key!r}]", device, check_dtypes)
+            if problem is not None:
+                return problem
+        return None
+    return None if got == want else (path, want, got)
 
 
 # -- parameter tags for the optimiser ---------------------------------------------------------

@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..ops import causal_conv1d as conv_op
+from ..modules.checks import check_bool, check_choice, check_float, check_int
+from ..modules.padding import reverse_padded
+from ..modules.short_conv import ShortConvolution
 from ..ops import selective_scan as scan_op
-from ..ops.causal_conv1d import causal_conv1d, causal_conv1d_update
 from ..ops.selective_scan import selective_scan
-from .base import SequenceLayer, register, reverse_padded, tag_param
+from .base import SequenceLayer, register, tag_param
 
 
 def _add_direction(
@@ -40,9 +41,11 @@ def _add_direction(
     dt_scale: float,
     dt_init_floor: float,
     conv_bias: bool,
+    causal_conv1d_backend: str | None,
 ) -> None:
     """Give ``module`` one direction's parameters: conv1d, x_proj, dt_proj, A_log, D."""
-    module.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1, bias=conv_bias)
+    module.conv1d = ShortConvolution(d_inner, d_conv, bias=conv_bias, activation="silu",
+                                     causal_conv1d_backend=causal_conv1d_backend)
     module.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
     module.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
 
@@ -117,21 +120,23 @@ class Mamba(SequenceLayer):
         causal_conv1d_backend: str | None = None,
     ) -> None:
         super().__init__(d_model, causal=not bidirectional)
-        scan_op.dispatch.check_name(selective_scan_backend, "Mamba", "selective_scan_backend")
-        conv_op.dispatch.check_name(causal_conv1d_backend, "Mamba", "causal_conv1d_backend")
         for arg, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Mamba: {arg} must be a positive int, got {value!r}")
+            check_int("Mamba", arg, value)
         if dt_rank == "auto":
             dt_rank = math.ceil(d_model / 16)
         if not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank < 1:
             raise ValueError(f"Mamba: dt_rank must be a positive int or 'auto', got {dt_rank!r}")
-        if not 0 < dt_min <= dt_max:
+        check_float("Mamba", "dt_min", dt_min, above=0.0)
+        check_float("Mamba", "dt_max", dt_max, above=0.0)
+        if dt_min > dt_max:
             raise ValueError(f"Mamba: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        if dt_init not in ("random", "constant"):
-            raise ValueError(f"Mamba: dt_init must be 'random' or 'constant', got {dt_init!r}")
-        if not dt_init_floor > 0:
-            raise ValueError(f"Mamba: dt_init_floor must be > 0, got {dt_init_floor}")
+        check_choice("Mamba", "dt_init", dt_init, ("random", "constant"))
+        check_float("Mamba", "dt_scale", dt_scale, above=0.0)
+        check_float("Mamba", "dt_init_floor", dt_init_floor, above=0.0)
+        for arg, value in (("conv_bias", conv_bias), ("bias", bias), ("bidirectional", bidirectional)):
+            check_bool("Mamba", arg, value)
+        scan_op.dispatch.check_name(selective_scan_backend, "Mamba", "selective_scan_backend")
+        ShortConvolution.check_backend(causal_conv1d_backend, "Mamba")
         self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank
         self.d_inner = expand * d_model
         self.bidirectional = bidirectional
@@ -141,6 +146,7 @@ class Mamba(SequenceLayer):
         direction = dict(
             d_inner=self.d_inner, d_state=d_state, d_conv=d_conv, dt_rank=dt_rank, dt_min=dt_min,
             dt_max=dt_max, dt_init=dt_init, dt_scale=dt_scale, dt_init_floor=dt_init_floor, conv_bias=conv_bias,
+            causal_conv1d_backend=causal_conv1d_backend,
         )
         _add_direction(self, **direction)  # the forward (causal) direction, under mamba-ssm's names
         self.backward: nn.Module | None = None
@@ -154,18 +160,15 @@ class Mamba(SequenceLayer):
         self, ssm: nn.Module, x: Tensor, z: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None,
         return_state: bool,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """x, z (batch, D_inner, length) -> y (batch, D_inner, length) gated by SiLU(z), and the final
-        (conv, ssm) states when ``return_state`` (else None: asking for them would keep the scan off
-        fused kernels that cannot return a state, such as mamba-ssm's)."""
-        weight = rearrange(ssm.conv1d.weight, "d 1 w -> d w")
-        x = causal_conv1d(
-            x, weight, ssm.conv1d.bias, activation="silu", initial_state=conv_state,
-            output_final_state=return_state, backend=self.causal_conv1d_backend,
-        )
+        """x (batch, length, D_inner), z (batch, D_inner, length) -> y (batch, D_inner, length) gated by
+        SiLU(z), and the final (conv, ssm) states when ``return_state`` (else None: asking for them
+        would keep the scan off fused kernels that cannot return a state, such as mamba-ssm's)."""
+        x = ssm.conv1d(x, conv_state, return_state)  # SiLU(conv(x))
         new_conv_state = None
         if return_state:
             x, new_conv_state = x
-        x_dbl = ssm.x_proj(rearrange(x, "b d l -> b l d"))
+        x_dbl = ssm.x_proj(x)
+        x = rearrange(x, "b l d -> b d l")
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         # Δ before its bias and softplus, which the scan applies (delta_bias, delta_softplus).
         delta = torch.matmul(ssm.dt_proj.weight, dt.transpose(1, 2))  # (batch, D_inner, length), contiguous
@@ -186,12 +189,13 @@ class Mamba(SequenceLayer):
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         xz = self.in_proj(x)
         conv_state, ssm_state = state if state is not None else (None, None)
-        u, z = rearrange(xz, "b l (two d) -> two b d l", two=2)
-        y, conv_state, ssm_state = self._ssm(self, u, z, conv_state, ssm_state, return_state)
+        u, z = xz.chunk(2, dim=-1)
+        y, conv_state, ssm_state = self._ssm(self, u, rearrange(z, "b l d -> b d l"), conv_state, ssm_state,
+                                             return_state)
         new_state = (conv_state, ssm_state) if return_state else None
         if self.backward is not None:
-            xz_rev = reverse_padded(xz, lengths)
-            u_rev, z_rev = rearrange(xz_rev, "b l (two d) -> two b d l", two=2)
+            u_rev, z_rev = reverse_padded(xz, lengths).chunk(2, dim=-1)
+            z_rev = rearrange(z_rev, "b l d -> b d l")
             y_rev, _, _ = self._ssm(self.backward, u_rev, z_rev, None, None, False)
             y = y + rearrange(reverse_padded(rearrange(y_rev, "b d l -> b l d"), lengths), "b l d -> b d l")
         return self.out_proj(rearrange(y, "b d l -> b l d")), new_state
@@ -205,8 +209,7 @@ class Mamba(SequenceLayer):
         """One token in O(1): the convolution over the cached window, then one recurrence step."""
         conv_state, h = state
         u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (batch, D_inner) each
-        weight = rearrange(self.conv1d.weight, "d 1 w -> d w")
-        u, conv_state = causal_conv1d_update(u, conv_state, weight, self.conv1d.bias, activation="silu")
+        u, conv_state = self.conv1d.step(u, conv_state)
         dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt))  # (batch, D_inner)
         A = -torch.exp(self.A_log)

@@ -4,8 +4,10 @@ Per channel h, a continuous SSM with a diagonal-plus-low-rank state matrix A = �
 (HiPPO-initialised, see ops/hippo.py), discretised by the bilinear rule with a learned step
 Δ = exp(log_dt). The whole sequence is one causal convolution whose kernel K_l = C̄ Ā^l B̄ comes from
 its generating function at the roots of unity: a Cauchy kernel plus a Woodbury correction
-(ops/dplr.py). The learned output matrix is C̃ = C (I - Ā^L) for the current kernel length L
-(S4 §3.3); an input longer than L doubles L, C̃ ← C̃ (I + Ā^L), until it fits.
+(ops/dplr.py). The learned output matrix is C̃ = C̄ (I - Ā^L) for the kernel length L = ``l_max``
+(S4 §3.3), a constructor argument. An input longer than l_max gets the kernel of length l_max · 2^k
+from C̃_2L = C̃_L (I + Ā^L), computed out of place from the parameters (differentiable; the
+parameters themselves never change in ``forward``, so replicas that see different lengths stay equal).
 
 Streaming: ``step`` runs the recurrence either with the dense discretised matrix (``step_mode="dense"``,
 O(N²) per token) or in DPLR form (``"dplr"``, O(N) per token). The state is (batch, H, N) real:
@@ -21,11 +23,14 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..ops import dplr as ops
+from ..modules.checks import check_choice, check_int
+from ..modules.fft_conv import ssm_convolution
+from ..modules.output_projection import OutputProjection
 from ..ops import cauchy as cauchy_op
+from ..ops import dplr as ops
 from ..ops.hippo import diagonal_init, nplr
 from .base import SequenceLayer, register, tag_param
-from .s4d import OutputProjection, ssm_convolution
+from .s4d import check_ssm_args
 
 INITS = ("legs", "legt", "lagt", "fout", "diag-legs", "diag-inv", "diag-lin", "diag-real")
 # Re Λ is parameterised as -exp(log_A_real); LegT/LagT/FouT have Re Λ = 0, kept just inside (S4 does the same).
@@ -49,6 +54,9 @@ class S4(SequenceLayer):
         cauchy_backend: backend of the Cauchy kernel (None: $SSMZOO_BACKEND or "auto"; "reference",
             "chunked", "cpp", "keops"; see ``ssmzoo.ops.cauchy.dispatch``).
         step_mode: "dplr" (O(N) per token) or "dense" (the discretised matrix, O(N²)).
+        l_max: the kernel length C̃ is learned for. Set it to the longest input you train on: shorter
+            inputs use the first L taps of this kernel; longer ones double it (see the module docstring),
+            which costs a few N x N matrix products per call.
     """
 
     supported_dtypes = (torch.float32, torch.float64)
@@ -68,21 +76,16 @@ class S4(SequenceLayer):
         dropout: float = 0.0,
         cauchy_backend: str | None = None,
         step_mode: Literal["dplr", "dense"] = "dplr",
+        l_max: int = 1024,
     ) -> None:
         super().__init__(d_model, causal=not bidirectional)
-        if not isinstance(d_state, int) or d_state < 2 or d_state % 2:
-            raise ValueError(f"S4: d_state must be an even int >= 2, got {d_state!r}")
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"S4: channels must be a positive int, got {channels!r}")
-        if init not in INITS:
-            raise ValueError(f"S4: init must be one of {', '.join(INITS)}, got {init!r}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"S4: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        check_ssm_args("S4", d_state, channels, bidirectional, dt_min, dt_max, lr)
+        check_choice("S4", "init", init, INITS)
         cauchy_op.dispatch.check_name(cauchy_backend, "S4", "cauchy_backend")
-        if step_mode not in ("dplr", "dense"):
-            raise ValueError(f"S4: step_mode must be 'dplr' or 'dense', got {step_mode!r}")
+        check_choice("S4", "step_mode", step_mode, ("dplr", "dense"))
+        check_int("S4", "l_max", l_max)
         self.d_state, self.channels, self.bidirectional, self.init = d_state, channels, bidirectional, init
-        self.cauchy_backend, self.step_mode = cauchy_backend, step_mode
+        self.cauchy_backend, self.step_mode, self.l_max = cauchy_backend, step_mode, l_max
         h, half = d_model, d_state // 2
         kernels = channels * (2 if bidirectional else 1)
 
@@ -102,11 +105,12 @@ class S4(SequenceLayer):
         else:
             self.register_parameter("P", None)
         self.B = tag_param(nn.Parameter(torch.view_as_real(b.to(torch.complex64)).repeat(h, 1, 1)), lr=lr)
-        # Holds C until the first input fixes the kernel length, C̃ = C (I - Ā^L) after that.
+        # C̄ ~ N(0, 1/2) per real/imag part; the parameter holds C̃ = C̄ (I - Ā^l_max) (set below).
         self.C = nn.Parameter(torch.randn(kernels, h, half, 2) * math.sqrt(0.5))
         self.D = nn.Parameter(torch.randn(channels, h))
-        self.register_buffer("kernel_length", torch.zeros((), dtype=torch.long))
-        self.out = OutputProjection(channels * h, d_model, activation, output, dropout)
+        self.out = OutputProjection(channels * h, d_model, activation, output, dropout, owner="S4")
+        with torch.no_grad():
+            self.C.copy_(self._c_tilde_from(self.C))
         self._step_cache: tuple | None = None
 
     # -- parameters as complex tensors ----------------------------------------------------------
@@ -124,50 +128,62 @@ class S4(SequenceLayer):
         return ops.bilinear(a, b_real, dt.to(dtype))
 
     # -- C̃ and the kernel length ----------------------------------------------------------------
-    @torch.no_grad()
-    def _ensure_length(self, length: int) -> None:
-        """Make the kernel length >= ``length``: set it on first use, then double (S4 §3.3).
-
-        This rewrites the parameter C in place (as S4 does), so a longer input between a forward
-        and its backward makes autograd raise its in-place error rather than return wrong gradients."""
-        current = int(self.kernel_length)
-        if current >= length:
-            return
+    def _c_tilde_from(self, c_bar: Tensor) -> Tensor:
+        """C̃ = C̄ (I - Ā^l_max) for C̄ (K, H, n, 2) (view_as_real); used once, at construction."""
         a_bar, _ = self._dense()
-        c = ops.row_to_real(torch.view_as_complex(self.C).to(torch.complex128))
         eye = torch.eye(a_bar.shape[-1], dtype=a_bar.dtype, device=a_bar.device)
-        if current == 0:
-            c = torch.einsum("khi,hij->khj", c, eye - torch.linalg.matrix_power(a_bar, length))
-            current = length
-        while current < length:  # C(I - Ā^2L) = C̃_L (I + Ā^L)
-            c = torch.einsum("khi,hij->khj", c, eye + torch.linalg.matrix_power(a_bar, current))
-            current *= 2
-        self.C.copy_(torch.view_as_real(ops.row_from_real(c)).to(self.C.dtype))
-        self.kernel_length.fill_(current)
-        self._step_cache = None
+        c = ops.row_to_real(torch.view_as_complex(c_bar).to(torch.complex128))
+        c = torch.einsum("khi,hij->khj", c, eye - torch.linalg.matrix_power(a_bar, self.l_max))
+        return torch.view_as_real(ops.row_from_real(c)).to(c_bar.dtype)
+
+    def c_tilde(self, length: int) -> tuple[Tensor, int]:
+        """(C̃_L (K, H, n) complex, L) for the kernel length L = l_max · 2^k, the least >= ``length``.
+
+        C̃_2L = C̄ (I - Ā^2L) = C̃_L (I + Ā^L) (S4 §3.3), computed from the parameters out of place and
+        differentiably; the parameter C (= C̃ for l_max) is never written."""
+        c = torch.view_as_complex(self.C)
+        kernel_length = self.l_max
+        if length <= kernel_length:
+            return c, kernel_length
+        a_bar, _ = self._dense()
+        eye = torch.eye(a_bar.shape[-1], dtype=a_bar.dtype, device=a_bar.device)
+        c_real = ops.row_to_real(c.to(torch.complex128))
+        power = torch.linalg.matrix_power(a_bar, kernel_length)  # Ā^L, then squared as L doubles
+        while kernel_length < length:
+            c_real = torch.einsum("khi,hij->khj", c_real, eye + power)
+            power = power @ power
+            kernel_length *= 2
+        return ops.row_from_real(c_real).to(c.dtype), kernel_length
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        # Checkpoints from before l_max kept the length their C̃ was set for in a buffer; C̃ is only
+        # right for that length, so load it only into a layer built with l_max equal to it.
+        saved = state_dict.pop(prefix + "kernel_length", None)
+        if saved is not None and int(saved) != self.l_max:
+            error_msgs.append(f"S4: the checkpoint's C is C̃ for kernel length {int(saved)}; build S4 with "
+                              f"l_max={int(saved)} to load it (this layer has l_max={self.l_max})")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def output_matrix(self) -> Tensor:
-        """C̄ (K, H, n) complex, recovered from C̃ = C̄ (I - Ā^L) (what stepping needs)."""
+        """C̄ (K, H, n) complex, recovered from C̃ = C̄ (I - Ā^l_max) (what stepping needs)."""
         a_bar, _ = self._dense()
         c = torch.view_as_complex(self.C).to(torch.complex128)
-        length = int(self.kernel_length)
-        if length == 0:
-            return c.to(torch.view_as_complex(self.C).dtype)
         eye = torch.eye(a_bar.shape[-1], dtype=a_bar.dtype, device=a_bar.device)
-        m = eye - torch.linalg.matrix_power(a_bar, length)  # c_real = c̃_real m⁻¹  <=>  mᵀ c_realᵀ = c̃_realᵀ
+        m = eye - torch.linalg.matrix_power(a_bar, self.l_max)  # c_real = c̃_real m⁻¹  <=>  mᵀ c_realᵀ = c̃_realᵀ
         c_real = torch.linalg.solve(m.transpose(-1, -2), ops.row_to_real(c).permute(1, 2, 0)).permute(2, 0, 1)
         return ops.row_from_real(c_real).to(torch.view_as_complex(self.C).dtype)
 
     def kernel(self, length: int, states: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """The convolution kernels (K, H, length): forward ones first, then backward ones; and, for
         states (batch, H, n) complex, their output contributions C̄ Ā^(l+1) s as (batch, K, H, length)."""
-        self._ensure_length(length)
+        c, kernel_length = self.c_tilde(length)
         lam, p, b, dt = self._ssm()
-        c = torch.view_as_complex(self.C)
         cols = b[None]
         if states is not None:
             cols = torch.cat([cols, ops.state_columns(lam, p, states.to(lam.dtype), dt)], 0)
-        k = ops.dplr_kernel(lam, p, cols, c, dt, int(self.kernel_length), backend=self.cauchy_backend)
+        k = ops.dplr_kernel(lam, p, cols, c, dt, kernel_length, backend=self.cauchy_backend)
         k = k[..., :length]
         if states is None:
             return k[:, 0], None
@@ -202,7 +218,7 @@ class S4(SequenceLayer):
 
     def _step_setup(self, dtype: torch.dtype) -> tuple:
         """Everything one step needs; cached while no parameter changed and autograd is off."""
-        key = (dtype, self.step_mode, int(self.kernel_length), tuple(t._version for t in self.parameters()),
+        key = (dtype, self.step_mode, tuple(t._version for t in self.parameters()),
                tuple(t.data_ptr() for t in self.parameters()))
         if not torch.is_grad_enabled() and self._step_cache is not None and self._step_cache[0] == key:
             return self._step_cache[1]
@@ -221,7 +237,6 @@ class S4(SequenceLayer):
         return setup
 
     def _step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        self._ensure_length(1)  # a fresh layer fixes C̃ at length 1 so that C̄ is defined consistently
         setup = self._step_setup(x_t.dtype)
         if self.step_mode == "dense":
             a_bar, b_bar, c = setup

@@ -16,68 +16,27 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..ops.hippo import diagonal_init
+from ..modules.checks import check_bool, check_choice, check_float, check_int
+from ..modules.fft_conv import ssm_convolution
+from ..modules.output_projection import OutputProjection
 from ..ops import vandermonde as vandermonde_op
+from ..ops.hippo import diagonal_init
 from ..ops.vandermonde import vandermonde, vandermonde_transpose
-from .base import SequenceLayer, register, reverse_padded, tag_param
+from .base import SequenceLayer, register, tag_param
 
 
-def ssm_convolution(x: Tensor, k: Tensor, channels: int, lengths: Tensor | None) -> Tensor:
-    """The convolution part of an SSM layer: x (B, L, H), kernels k (kernels, H, L) -> (B, C, H, L).
-
-    With ``2 * channels`` kernels the second half runs anti-causally, on each sequence reversed within
-    its own length, so padding never reaches the real tokens."""
-    u = rearrange(x, "b l h -> b h l")
-    y = fft_conv(u[:, None], k[:channels].to(u.dtype))
-    if k.shape[0] > channels:
-        u_rev = rearrange(reverse_padded(x, lengths), "b l h -> b h l")
-        y_rev = fft_conv(u_rev[:, None], k[channels:].to(u.dtype))
-        y = y + rearrange(reverse_padded(rearrange(y_rev, "b c h l -> b l c h"), lengths), "b l c h -> b c h l")
-    return y
-
-
-def fft_conv(u: Tensor, k: Tensor) -> Tensor:
-    """Causal convolution y_t = Σ_{s<=t} k_s u_{t-s} along the last dim, by FFT of size 2L.
-
-    u (..., L); k broadcastable to u (..., L)."""
-    length = u.shape[-1]
-    n = 2 * length
-    y = torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(k, n=n), n=n)
-    return y[..., :length]
-
-
-class OutputProjection(nn.Module):
-    """Activation, dropout, then a position-wise linear or GLU back to d_model (shared by SSM layers)."""
-
-    def __init__(
-        self,
-        d_in: int,
-        d_model: int,
-        activation: Literal["gelu", "silu", "relu", "tanh", "identity"],
-        output: Literal["glu", "linear", "none"],
-        dropout: float,
-    ) -> None:
-        super().__init__()
-        acts = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU, "tanh": nn.Tanh, "identity": nn.Identity}
-        if activation not in acts:
-            raise ValueError(f"activation must be one of {', '.join(acts)}, got {activation!r}")
-        if output not in ("glu", "linear", "none"):
-            raise ValueError(f"output must be 'glu', 'linear' or 'none', got {output!r}")
-        if output == "none" and d_in != d_model:
-            raise ValueError(f"output='none' needs channels=1 (got {d_in // d_model} channels)")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        self.activation = acts[activation]()
-        self.dropout = nn.Dropout(dropout)
-        if output == "glu":
-            self.proj: nn.Module = nn.Sequential(nn.Linear(d_in, 2 * d_model), nn.GLU(dim=-1))
-        elif output == "linear":
-            self.proj = nn.Linear(d_in, d_model)
-        else:
-            self.proj = nn.Identity()
-
-    def forward(self, y: Tensor) -> Tensor:
-        return self.proj(self.dropout(self.activation(y)))
+def check_ssm_args(owner: str, d_state: int, channels: int, bidirectional: bool, dt_min: float, dt_max: float,
+                   lr: float | None) -> None:
+    """The arguments S4 and S4D share."""
+    if not isinstance(d_state, int) or isinstance(d_state, bool) or d_state < 2 or d_state % 2:
+        raise ValueError(f"{owner}: d_state must be an even int >= 2 (N/2 conjugate pairs), got {d_state!r}")
+    check_int(owner, "channels", channels)
+    check_bool(owner, "bidirectional", bidirectional)
+    check_float(owner, "dt_min", dt_min, above=0.0)
+    check_float(owner, "dt_max", dt_max, above=0.0)
+    if dt_min > dt_max:
+        raise ValueError(f"{owner}: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    check_float(owner, "lr", lr, above=0.0, optional=True)
 
 
 @register("s4d")
@@ -117,13 +76,10 @@ class S4D(SequenceLayer):
         vandermonde_backend: str | None = None,
     ) -> None:
         super().__init__(d_model, causal=not bidirectional)
+        check_ssm_args("S4D", d_state, channels, bidirectional, dt_min, dt_max, lr)
+        check_choice("S4D", "init", init, ("legs", "inv", "lin", "real"))
+        check_choice("S4D", "discretization", discretization, ("zoh", "bilinear"))
         vandermonde_op.dispatch.check_name(vandermonde_backend, "S4D", "vandermonde_backend")
-        if not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"S4D: channels must be a positive int, got {channels!r}")
-        if discretization not in ("zoh", "bilinear"):
-            raise ValueError(f"S4D: discretization must be 'zoh' or 'bilinear', got {discretization!r}")
-        if not 0 < dt_min <= dt_max:
-            raise ValueError(f"S4D: need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         self.d_state, self.channels, self.bidirectional = d_state, channels, bidirectional
         self.discretization, self.vandermonde_backend = discretization, vandermonde_backend
         h, half = d_model, d_state // 2
@@ -139,7 +95,7 @@ class S4D(SequenceLayer):
         # C ~ N(0, 1/2) per real/imag part, i.e. unit complex variance, as in S4D.
         self.C = nn.Parameter(torch.randn(kernels, h, half, 2) * math.sqrt(0.5))
         self.D = nn.Parameter(torch.randn(channels, h))
-        self.out = OutputProjection(channels * h, d_model, activation, output, dropout)
+        self.out = OutputProjection(channels * h, d_model, activation, output, dropout, owner="S4D")
 
     # -- discretisation ---------------------------------------------------------------------
     def _discrete(self) -> tuple[Tensor, Tensor]:

@@ -17,10 +17,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..modules.checks import check_float, check_int, check_int_list
+from ..modules.fft_conv import fft_conv
+from ..modules.output_projection import OutputProjection
+from ..modules.short_conv import ShortConvolution
 from ..ops import companion as companion_op
 from ..ops.companion import companion_final_state, companion_kernel, companion_matrix, krylov
 from .base import SequenceLayer, register, tag_param
-from .s4d import OutputProjection, fft_conv
 
 
 def capped_a(a: Tensor, max_a_norm: float | None) -> Tensor:
@@ -68,12 +71,11 @@ class _CompanionConvolution(SequenceLayer):
         super().__init__(d_model, causal=True)
         name = type(self).__name__
         for arg, v in (("d_state", d_state), ("heads", heads), ("kernel_repeat", kernel_repeat)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}: {arg} must be a positive int, got {v!r}")
+            check_int(name, arg, v)
         if d_model % kernel_repeat:
             raise ValueError(f"{name}: kernel_repeat={kernel_repeat} must divide d_model={d_model}")
-        if max_a_norm is not None and not 0 < max_a_norm < 1:
-            raise ValueError(f"{name}: max_a_norm must lie in (0, 1) or be None, got {max_a_norm}")
+        check_float(name, "max_a_norm", max_a_norm, above=0.0, below=1.0, optional=True)
+        check_float(name, "lr", lr, above=0.0, optional=True)
         companion_op.dispatch.check_name(companion_backend, name, "companion_backend")
         self.d_state, self.heads, self.kernel_repeat = d_state, heads, kernel_repeat
         self.max_a_norm, self.companion_backend = max_a_norm, companion_backend
@@ -86,7 +88,7 @@ class _CompanionConvolution(SequenceLayer):
         self.b = tag_param(nn.Parameter(torch.randn(shape) / math.sqrt(d_state)), lr=lr)
         self.c = nn.Parameter(torch.randn(shape) / math.sqrt(d_state))
         self.D = nn.Parameter(torch.randn(heads, d_model))
-        self.out = OutputProjection(heads * d_model, d_model, activation, output, dropout)
+        self.out = OutputProjection(heads * d_model, d_model, activation, output, dropout, owner=name)
 
     def ssm(self) -> tuple[Tensor, Tensor, Tensor]:
         """(a, b, c) each (heads, d_model, d_state): a normalised, kernels repeated over channels."""
@@ -189,36 +191,27 @@ class ShiftSSM(_CompanionConvolution):
 
 # -- preprocessing: fixed causal filters ---------------------------------------------------------
 class _FixedFilter(SequenceLayer):
-    """y_t = Σ_j taps[h, j] u_{t−j} per channel h, with fixed taps (d_model, W); state = last W−1 inputs."""
+    """y_t = Σ_j taps[h, j] u_{t−j} per channel h, with fixed taps (d_model, W): a ShortConvolution
+    with a fixed weight. State: the last W − 1 inputs, (batch, d_model, W − 1)."""
 
     def __init__(self, d_model: int, taps: Tensor) -> None:
         super().__init__(d_model, causal=True)
-        self.register_buffer("taps", taps)
+        # ShortConvolution's last tap multiplies the current input: taps[:, 0] here, hence the flip.
+        self.conv = ShortConvolution(d_model, taps.shape[1], taps=taps.flip(-1))
 
     def _forward(
         self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool
-    ) -> tuple[Tensor, Tensor]:
-        width = self.taps.shape[1]
-        history = state if state is not None else x.new_zeros(x.shape[0], width - 1, self.d_model)
-        full = torch.cat([history.to(x.dtype), x], dim=1)  # (B, W−1+L, H)
-        weight = rearrange(self.taps.flip(-1).to(x.dtype), "h w -> h 1 w")
-        y = F.conv1d(rearrange(full, "b l h -> b h l"), weight, groups=self.d_model)
-        return rearrange(y, "b h l -> b l h"), full[:, full.shape[1] - (width - 1):]
+    ) -> tuple[Tensor, Tensor | None]:
+        if return_state:
+            return self.conv(x, state, return_state=True)
+        return self.conv(x, state), None
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """The state: the last W−1 inputs (batch, W−1, d_model), zeros before the stream starts."""
-        return torch.zeros(batch_size, self.taps.shape[1] - 1, self.d_model, device=device, dtype=dtype)
+        """The state: the last W − 1 inputs (batch, d_model, W − 1), zeros before the stream starts."""
+        return self.conv.init_state(batch_size, device, dtype)
 
     def _step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        window = torch.cat([state, x_t[:, None]], dim=1)  # (B, W, H), oldest first
-        y = torch.einsum("bwh,hw->bh", window, self.taps.flip(-1).to(x_t.dtype))
-        return y, window[:, 1:]
-
-
-def _cycle(values: list[int], d_model: int, arg: str, layer: str, minimum: int) -> list[int]:
-    if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < minimum for v in values):
-        raise ValueError(f"{layer}: {arg} must be a non-empty list of ints >= {minimum}, got {values!r}")
-    return [values[h % len(values)] for h in range(d_model)]
+        return self.conv.step(x_t, state)
 
 
 @register("differencing")
@@ -227,14 +220,15 @@ class Differencing(_FixedFilter):
     (Δu_t = u_t − u_{t−1}; the input is zero before the stream starts). No parameters."""
 
     def __init__(self, d_model: int, orders: list[int] = [1]) -> None:  # noqa: B006 (read only)
-        per_channel = _cycle(list(orders), d_model, "orders", "Differencing", 0)
-        width = max(per_channel) + 1
-        taps = torch.zeros(d_model, width)
+        check_int("Differencing", "d_model", d_model)
+        orders = check_int_list("Differencing", "orders", orders, minimum=0)
+        per_channel = [orders[h % len(orders)] for h in range(d_model)]
+        taps = torch.zeros(d_model, max(per_channel) + 1)
         for h, order in enumerate(per_channel):
             for j in range(order + 1):  # Δ^o = Σ_j (−1)^j C(o, j) shift^j
                 taps[h, j] = (-1) ** j * math.comb(order, j)
         super().__init__(d_model, taps)
-        self.orders = list(orders)
+        self.orders = orders
 
 
 @register("moving_average_residual")
@@ -243,13 +237,15 @@ class MovingAverageResidual(_FixedFilter):
     w = windows[h % len(windows)] (a causal window; zeros before the stream starts). No parameters."""
 
     def __init__(self, d_model: int, windows: list[int] = [4]) -> None:  # noqa: B006 (read only)
-        per_channel = _cycle(list(windows), d_model, "windows", "MovingAverageResidual", 2)
+        check_int("MovingAverageResidual", "d_model", d_model)
+        windows = check_int_list("MovingAverageResidual", "windows", windows, minimum=2)
+        per_channel = [windows[h % len(windows)] for h in range(d_model)]
         taps = torch.zeros(d_model, max(per_channel))
         for h, w in enumerate(per_channel):
             taps[h, :w] = -1.0 / w
             taps[h, 0] += 1.0
         super().__init__(d_model, taps)
-        self.windows = list(windows)
+        self.windows = windows
 
 
 # -- closed loop --------------------------------------------------------------------------------
@@ -283,10 +279,9 @@ class ClosedLoopCompanionSSM(nn.Module):
                  lr: float | None = 1e-3) -> None:
         super().__init__()
         for arg, v in (("d_model", d_model), ("d_state", d_state), ("horizon", horizon)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"ClosedLoopCompanionSSM: {arg} must be a positive int, got {v!r}")
-        if max_a_norm is not None and not 0 < max_a_norm < 1:
-            raise ValueError(f"ClosedLoopCompanionSSM: max_a_norm must lie in (0, 1) or be None, got {max_a_norm}")
+            check_int("ClosedLoopCompanionSSM", arg, v)
+        check_float("ClosedLoopCompanionSSM", "max_a_norm", max_a_norm, above=0.0, below=1.0, optional=True)
+        check_float("ClosedLoopCompanionSSM", "lr", lr, above=0.0, optional=True)
         self.d_model, self.d_state, self.horizon, self.max_a_norm = d_model, d_state, horizon, max_a_norm
         shape = (d_model, d_state)
         self.a = tag_param(nn.Parameter(torch.randn(shape) / d_state), lr=lr)

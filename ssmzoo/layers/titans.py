@@ -23,9 +23,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..modules.checks import check_bool, check_float, check_int
+from ..modules.padding import padding_mask
+from ..modules.rmsnorm import RMSNorm
+from ..modules.short_conv import ShortConvolution
 from ..ops import neural_memory as memory_op
 from ..ops.neural_memory import neural_memory
-from .base import SequenceLayer, padding_mask, register
+from .base import SequenceLayer, input_checks_enabled, register
 
 # Gates are kept strictly inside (0, 1) so their logs (used by the chunked scan) stay finite.
 _GATE_EPS = 1e-6
@@ -78,26 +82,24 @@ class NeuralMemory(SequenceLayer):
         neural_memory_backend: str | None = None,
     ) -> None:
         super().__init__(d_model, causal=True)
-        memory_op.dispatch.check_name(neural_memory_backend, "NeuralMemory", "neural_memory_backend")
-        if not isinstance(heads, int) or heads < 1 or d_model % heads:
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or d_model % heads:
             raise ValueError(f"NeuralMemory: heads must be a positive int dividing d_model={d_model}, got {heads!r}")
-        if not isinstance(memory_depth, int) or memory_depth < 1:
-            raise ValueError(f"NeuralMemory: memory_depth must be an int >= 1, got {memory_depth!r}")
-        if not memory_expansion > 0:
-            raise ValueError(f"NeuralMemory: memory_expansion must be > 0, got {memory_expansion!r}")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"NeuralMemory: chunk_size must be an int >= 1, got {chunk_size!r}")
-        if not isinstance(conv_kernel, int) or conv_kernel < 0:
-            raise ValueError(f"NeuralMemory: conv_kernel must be an int >= 0 (0: no conv), got {conv_kernel!r}")
-        if not max_lr > 0:
-            raise ValueError(f"NeuralMemory: max_lr must be > 0, got {max_lr!r}")
+        check_int("NeuralMemory", "memory_depth", memory_depth)
+        check_float("NeuralMemory", "memory_expansion", memory_expansion, above=0.0)
+        check_int("NeuralMemory", "chunk_size", chunk_size)
+        check_int("NeuralMemory", "conv_kernel (0: no conv)", conv_kernel, minimum=0)
+        check_bool("NeuralMemory", "qk_norm", qk_norm)
+        check_float("NeuralMemory", "max_lr", max_lr, above=0.0)
+        memory_op.dispatch.check_name(neural_memory_backend, "NeuralMemory", "neural_memory_backend")
         self.heads, self.d_head = heads, d_model // heads
         self.memory_depth, self.chunk_size, self.conv_kernel = memory_depth, chunk_size, conv_kernel
         self.qk_norm, self.max_lr, self.neural_memory_backend = qk_norm, max_lr, neural_memory_backend
 
         self.to_qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        if conv_kernel > 0:
-            self.conv_weight = nn.Parameter(torch.randn(3 * d_model, 1, conv_kernel) / math.sqrt(conv_kernel))
+        self.conv: ShortConvolution | None = None
+        if conv_kernel > 0:  # a short causal conv on q, k, v, then SiLU
+            self.conv = ShortConvolution(3 * d_model, conv_kernel, activation="silu")
+            nn.init.normal_(self.conv.weight, std=1 / math.sqrt(conv_kernel))
         # θ, η, α per head. Initial biases: a moderate step, strong momentum, little forgetting.
         self.to_gates = nn.Linear(d_model, 3 * heads)
         nn.init.normal_(self.to_gates.weight, std=0.02)
@@ -109,8 +111,8 @@ class NeuralMemory(SequenceLayer):
         self.memory_init = nn.ParameterList(
             nn.Parameter(torch.randn(heads, d_out, d_in) / math.sqrt(d_in)) for d_in, d_out in itertools.pairwise(dims)
         )
-        # Read-out: per-head RMS norm, a SiLU gate from the input, then the output projection.
-        self.norm_scale = nn.Parameter(torch.ones(heads, self.d_head))
+        # Read-out: RMS norm per head (group), a SiLU gate from the input, then the output projection.
+        self.norm = RMSNorm(d_model, eps=1e-6, group_size=self.d_head)
         self.to_gate = nn.Linear(d_model, d_model, bias=False)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
@@ -136,11 +138,13 @@ class NeuralMemory(SequenceLayer):
 
     def _forward(
         self, x: Tensor, state: NeuralMemoryState | None, lengths: Tensor | None, return_state: bool
-    ) -> tuple[Tensor, NeuralMemoryState]:
+    ) -> tuple[Tensor, NeuralMemoryState | None]:
         batch, length, _ = x.shape
-        if state is None:
+        fresh = state is None
+        filled = 0 if fresh else self._filled(state)
+        if fresh:
             state = self._init_state(batch, x.device, x.dtype)
-        q, k, v, conv_state = self._project(x, state.conv)
+        q, k, v, conv_state = self._project(x, None if fresh else state.conv, return_state)
         gate_logits = rearrange(self.to_gates(x), "b l (g h) -> b h l g", g=3)
         theta = self.max_lr * torch.sigmoid(gate_logits[..., 0])
         eta = torch.sigmoid(gate_logits[..., 1]).clamp(_GATE_EPS, 1 - _GATE_EPS)
@@ -152,7 +156,6 @@ class NeuralMemory(SequenceLayer):
             eta, alpha = torch.where(real, eta, 1 - _GATE_EPS), torch.where(real, alpha, _GATE_EPS)
 
         # Prepend the unfinished chunk carried in the state, so chunks stay aligned to the stream.
-        filled = int(state.filled[0])
         buffered = state.gates[:, :, :filled]
         k = torch.cat([state.keys[:, :, :filled], k], 2)
         v = torch.cat([state.values[:, :, :filled], v], 2)
@@ -165,6 +168,8 @@ class NeuralMemory(SequenceLayer):
             output_final_state=True, update_last_partial=False, backend=self.neural_memory_backend,
         )
         y = y[:, :, filled:]
+        if not return_state:
+            return self._read_out(y, x), None
 
         total = filled + length
         tail = total % self.chunk_size
@@ -181,22 +186,35 @@ class NeuralMemory(SequenceLayer):
         return self._read_out(y, x), new_state
 
     # -- pieces -------------------------------------------------------------------------------
-    def _project(self, x: Tensor, conv_state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """q, k, v (batch, heads, length, d_head) and the next conv state."""
+    def _filled(self, state: NeuralMemoryState) -> int:
+        """How many tokens of the unfinished chunk the state holds (read from the device: one sync)."""
+        if state.filled.is_meta:
+            raise ValueError("NeuralMemory: a state on the meta device has no fill count; stream with real tensors")
+        if input_checks_enabled(state.filled.device):
+            if bool(((state.filled < 0) | (state.filled >= self.chunk_size)).any()) or \
+                    bool((state.filled != state.filled[0]).any()):
+                raise ValueError(f"NeuralMemory: state.filled must be one value in [0, chunk_size={self.chunk_size}) "
+                                 f"for the whole batch, got {state.filled.tolist()}")
+        return int(state.filled[0])
+
+    def _project(
+        self, x: Tensor, conv_state: Tensor | None, return_state: bool
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """q, k, v (batch, heads, length, d_head) and, with ``return_state``, the next conv state."""
         u = self.to_qkv(x)
-        if self.conv_kernel > 0:
-            u = rearrange(u, "b l c -> b c l")
-            history = torch.cat([conv_state, u], -1)  # the last W−1 inputs, then this call's
-            u = F.conv1d(history, self.conv_weight, groups=3 * self.d_model)
-            conv_state = history[..., history.shape[-1] - (self.conv_kernel - 1) :]
-            u = rearrange(u, "b c l -> b l c")
-        u = F.silu(u)
+        if self.conv is not None:
+            u = self.conv(u, conv_state, return_state)  # SiLU(conv(u))
+            if return_state:
+                u, conv_state = u
+        else:
+            u = F.silu(u)
+            if return_state and conv_state is None:  # no conv: the state keeps an empty (b, 3·d_model, 0)
+                conv_state = u.new_zeros(x.shape[0], 3 * self.d_model, 0)
         q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=self.heads) for t in u.chunk(3, -1))
         if self.qk_norm:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         return q, k, v, conv_state
 
     def _read_out(self, y: Tensor, x: Tensor) -> Tensor:
-        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + 1e-6) * self.norm_scale[:, None, :]
-        y = rearrange(y, "b h l d -> b l (h d)")
+        y = self.norm(rearrange(y, "b h l d -> b l (h d)"))
         return self.out_proj(y * F.silu(self.to_gate(x)))

@@ -3,7 +3,7 @@
 from .forecaster import Forecaster
 from .linear_forecaster import LinearForecaster
 from .lm import LanguageModel
-from .norm import MaskedBatchNorm, RMSNorm
+from .norm import MaskedBatchNorm
 from .sequence import SequenceModel
 from .spacetime import SpaceTime
 from .ssm_forecaster import SSMForecaster
@@ -17,7 +17,6 @@ __all__ = [
     "MAG",
     "MAL",
     "MaskedBatchNorm",
-    "RMSNorm",
     "SSMForecaster",
     "SequenceModel",
     "SpaceTime",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers.base import autocast_enabled, check_finite
+
 
 class Forecaster(nn.Module):
     """Maps x (batch, lookback, n_inputs) to a forecast (batch, horizon, n_outputs).
@@ -23,13 +25,23 @@ class Forecaster(nn.Module):
         self.n_inputs, self.n_outputs, self.lookback, self.horizon = n_inputs, n_outputs, lookback, horizon
 
     def check_input(self, x: Tensor) -> None:
+        """Shape, dtype and device of x, and (a value check, see ssmzoo.layers.base) NaN/inf. Subclasses
+        call this once per forward and run their layers with the value checks off."""
+        name = type(self).__name__
         expected = (self.lookback, self.n_inputs)
-        if not isinstance(x, Tensor) or x.dim() != 3 or tuple(x.shape[1:]) != expected:
+        if not isinstance(x, Tensor) or x.dim() != 3 or tuple(x.shape[1:]) != expected or x.shape[0] == 0:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(
-                f"{type(self).__name__}: x must have shape (batch, lookback={self.lookback}, "
-                f"n_inputs={self.n_inputs}), got {got}"
+                f"{name}: x must have shape (batch >= 1, lookback={self.lookback}, n_inputs={self.n_inputs}), got {got}"
             )
+        weight = next(self.parameters(), None)
+        if weight is not None:
+            if x.device != weight.device:
+                raise ValueError(f"{name}: x is on {x.device} but the model is on {weight.device}")
+            if x.dtype != weight.dtype and not autocast_enabled(x.device):
+                raise ValueError(f"{name}: x has dtype {x.dtype} but the model's parameters are {weight.dtype}; "
+                                 f"convert one to match (model.to({x.dtype}) or x.to({weight.dtype}))")
+        check_finite(x, name, "x")
 
     def loss(self, x: Tensor, y: Tensor) -> Tensor:
         return F.mse_loss(self(x), y)

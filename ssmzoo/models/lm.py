@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import build
-from ..layers.base import SequenceLayer
+from ..layers.base import SequenceLayer, check_lengths, input_checks, input_checks_enabled
+from ..modules.rmsnorm import RMSNorm
 
 
 class Block(nn.Module):
@@ -22,7 +23,7 @@ class Block(nn.Module):
 
     def __init__(self, mixer: SequenceLayer, d_model: int, norm_eps: float) -> None:
         super().__init__()
-        self.norm = nn.RMSNorm(d_model, eps=norm_eps)
+        self.norm = RMSNorm(d_model, eps=norm_eps)
         self.mixer = mixer
 
     def forward(self, x: Tensor, state: Any, return_state: bool, lengths: Tensor | None) -> tuple[Tensor, Any]:
@@ -80,7 +81,7 @@ class LanguageModel(nn.Module):
             if not mixer.causal:
                 raise ValueError(f"LanguageModel: layer {layer!r} with {layer_args} is not causal")
             self.layers.append(Block(mixer, d_model, norm_eps))
-        self.norm_f = nn.RMSNorm(d_model, eps=norm_eps)
+        self.norm_f = RMSNorm(d_model, eps=norm_eps)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
 
         nn.init.normal_(self.embedding.weight, std=initializer_range)
@@ -95,14 +96,28 @@ class LanguageModel(nn.Module):
 
     # -- whole sequences ----------------------------------------------------------------------
     def _check_tokens(self, tokens: Tensor, arg: str, rank: int) -> None:
+        """Shape and dtype always; the id range (a value check) under the rule of ssmzoo.layers.base."""
         if not isinstance(tokens, Tensor) or tokens.dim() != rank:
             shape = getattr(tokens, "shape", None)
             doc = "(batch, length)" if rank == 2 else "(batch,)"
             raise ValueError(f"LanguageModel: {arg} must be a {doc} integer tensor, got shape {shape}")
-        if tokens.is_floating_point() or tokens.is_complex():
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
             raise ValueError(f"LanguageModel: {arg} must hold integer token ids, got dtype {tokens.dtype}")
-        if tokens.numel() and (bool((tokens < 0).any()) or bool((tokens >= self.vocab_size).any())):
+        if tokens.shape[0] == 0 or (rank == 2 and tokens.shape[1] == 0):
+            raise ValueError(f"LanguageModel: {arg} must have batch and length >= 1, got shape {tuple(tokens.shape)}")
+        if tokens.device != self.embedding.weight.device:
+            raise ValueError(f"LanguageModel: {arg} is on {tokens.device} but the model is on "
+                             f"{self.embedding.weight.device}")
+        if input_checks_enabled(tokens.device) and (
+            bool((tokens < 0).any()) or bool((tokens >= self.vocab_size).any())
+        ):
             raise ValueError(f"LanguageModel: {arg} must lie in [0, vocab_size={self.vocab_size})")
+
+    def _check_state(self, state: Any, where: str) -> None:
+        if not isinstance(state, (list, tuple)) or len(state) != self.n_layers:
+            got = f"{type(state).__name__} of {len(state)}" if isinstance(state, (list, tuple)) else type(state).__name__
+            raise ValueError(f"LanguageModel.{where}: state must be a list with one entry per layer "
+                             f"({self.n_layers}), as init_state returns, got {got}")
 
     def forward(
         self,
@@ -114,13 +129,16 @@ class LanguageModel(nn.Module):
         """input_ids (batch, length) -> logits (batch, length, vocab_size); with ``return_state``
         also the per-layer states, which ``state=`` or ``step`` continue from."""
         self._check_tokens(input_ids, "input_ids", 2)
-        if state is not None and len(state) != self.n_layers:
-            raise ValueError(f"LanguageModel: state must hold one entry per layer ({self.n_layers}), got {len(state)}")
+        if state is not None:
+            self._check_state(state, "forward")
+        if lengths is not None:
+            lengths = check_lengths(lengths, input_ids, "LanguageModel")
         x = self.embedding(input_ids)
         states = []
-        for i, block in enumerate(self.layers):
-            x, s = block(x, None if state is None else state[i], return_state, lengths)
-            states.append(s)
+        with input_checks(False):  # the input was checked once, above; a layer's scan would cost a sync each
+            for i, block in enumerate(self.layers):
+                x, s = block(x, None if state is None else state[i], return_state, lengths)
+                states.append(s)
         logits = self.lm_head(self.norm_f(x))
         return (logits, states) if return_state else logits
 
@@ -133,11 +151,13 @@ class LanguageModel(nn.Module):
     def step(self, token: Tensor, state: list[Any]) -> tuple[Tensor, list[Any]]:
         """token (batch,) -> logits (batch, vocab_size) for the next token, and the next state."""
         self._check_tokens(token, "token", 1)
+        self._check_state(state, "step")
         x = self.embedding(token)
         new_state = []
-        for block, s in zip(self.layers, state):
-            x, s = block.step(x, s)
-            new_state.append(s)
+        with input_checks(False):
+            for block, s in zip(self.layers, state):
+                x, s = block.step(x, s)
+                new_state.append(s)
         return self.lm_head(self.norm_f(x)), new_state
 
     @torch.no_grad()

@@ -1,9 +1,9 @@
 """Normalisations over (batch, length, d_model) that respect right padding.
 
-LayerNorm and RMSNorm act on each position alone, so padding cannot reach the real tokens. Batch
-norm pools statistics over the batch and the length, so a plain ``BatchNorm1d`` would let the
-amount of padding (and whatever sits in it) change the real tokens' outputs in training mode;
-:class:`MaskedBatchNorm` pools over the real positions only.
+LayerNorm and RMSNorm (``ssmzoo.modules.RMSNorm``) act on each position alone, so padding cannot
+reach the real tokens. Batch norm pools statistics over the batch and the length, so a plain
+``BatchNorm1d`` would let the amount of padding (and whatever sits in it) change the real tokens'
+outputs in training mode; :class:`MaskedBatchNorm` pools over the real positions only.
 """
 
 from __future__ import annotations
@@ -13,24 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-
-class RMSNorm(nn.Module):
-    """x / sqrt(mean(x²) + eps) · weight, per position (Zhang & Sennrich, 2019)."""
-
-    def __init__(self, d_model: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d_model))
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm over d_model that accepts (and ignores) the padding mask: it is per position."""
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        return super().forward(x)
+from ..layers.base import input_checks_enabled
+from ..modules.rmsnorm import RMSNorm
 
 
 class MaskedBatchNorm(nn.Module):
@@ -56,7 +40,7 @@ class MaskedBatchNorm(nn.Module):
                 mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
             w = mask.to(x.dtype)[..., None]  # (B, L, 1)
             count = w.sum()
-            if count < 2:
+            if input_checks_enabled(x.device) and count < 2:  # a value check: a device sync on GPU
                 raise ValueError(
                     f"MaskedBatchNorm: training needs at least 2 real positions in the batch, got {int(count)}"
                 )
@@ -78,11 +62,16 @@ NormKind = Literal["layer", "batch", "rms"]
 
 
 def build_norm(kind: str, d_model: int) -> nn.Module:
-    """The normalisation named ``kind``; each takes ``(x, mask)``."""
+    """The normalisation named ``kind``; apply it with :func:`apply_norm`."""
     if kind == "layer":
-        return LayerNorm(d_model)
+        return nn.LayerNorm(d_model)
     if kind == "batch":
         return MaskedBatchNorm(d_model)
     if kind == "rms":
-        return RMSNorm(d_model)
+        return RMSNorm(d_model, eps=1e-6)
     raise ValueError(f"norm must be 'layer', 'batch' or 'rms', got {kind!r}")
+
+
+def apply_norm(norm: nn.Module, x: Tensor, mask: Tensor | None) -> Tensor:
+    """norm(x); batch norm also gets the padding mask (batch, length); the per-position norms need none."""
+    return norm(x, mask) if isinstance(norm, MaskedBatchNorm) else norm(x)

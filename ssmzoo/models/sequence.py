@@ -17,8 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from .. import layers as layer_registry
-from ..layers.base import padding_mask
-from .norm import build_norm
+from ..layers.base import autocast_enabled, check_finite, check_lengths, input_checks, input_checks_enabled
+from ..modules.mlp import MLP
+from ..modules.padding import padding_mask
+from .norm import apply_norm, build_norm
 
 
 def _zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -26,22 +28,6 @@ def _zero_padding(x: Tensor, mask: Tensor | None) -> Tensor:
     if mask is None:
         return x
     return torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
-class FeedForward(nn.Module):
-    """Position-wise MLP (Linear, GELU, Linear) or GLU (Linear to 2·hidden, GLU, Linear)."""
-
-    def __init__(self, d_model: int, kind: Literal["mlp", "glu"], expand: int, dropout: float) -> None:
-        super().__init__()
-        hidden = expand * d_model
-        if kind == "mlp":
-            first: list[nn.Module] = [nn.Linear(d_model, hidden), nn.GELU()]
-        else:
-            first = [nn.Linear(d_model, 2 * hidden), nn.GLU(dim=-1)]
-        self.net = nn.Sequential(*first, nn.Dropout(dropout), nn.Linear(hidden, d_model))
-
-    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        return self.net(x)
 
 
 class ResidualBlock(nn.Module):
@@ -55,10 +41,14 @@ class ResidualBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None, lengths: Tensor | None) -> Tensor:
-        z = _zero_padding(self.norm(x, mask), mask) if self.prenorm else x
-        x = x + self.dropout(self.sublayer(z, lengths=lengths))
+        z = _zero_padding(apply_norm(self.norm, x, mask), mask) if self.prenorm else x
+        if isinstance(self.sublayer, MLP):  # position-wise: padding cannot reach the real tokens
+            y = self.sublayer(z)
+        else:
+            y = self.sublayer(z, lengths=lengths)
+        x = x + self.dropout(y)
         if not self.prenorm:
-            x = self.norm(x, mask)
+            x = apply_norm(self.norm, x, mask)
         return _zero_padding(x, mask)
 
 
@@ -76,7 +66,8 @@ class SequenceModel(nn.Module):
         norm: "layer", "batch" (statistics over real positions only) or "rms".
         prenorm: normalise before each sub-block (True) or after the residual sum (False).
         dropout: dropout on each sub-block's output before the residual sum.
-        ffn: "none", or a position-wise "mlp"/"glu" sub-block after each layer.
+        ffn: "none", or a position-wise sub-block after each layer: "mlp" (Linear, GELU, Linear) or "glu"
+            (Linear to 2 · hidden, GLU, Linear); see ``ssmzoo.modules.MLP``.
         ffn_expand: hidden width of the feed-forward sub-block, in multiples of d_model.
         pooling: "mean" over real positions, "last" real token, or "none" (per-position outputs).
         paired: two sequences per sample (LRA Retrieval): x is (batch, 2, length[, d_input]) with
@@ -145,11 +136,9 @@ class SequenceModel(nn.Module):
             mixer = layer_registry.build(layer, d_model=d_model, **layer_args)
             blocks.append(ResidualBlock(mixer, d_model, norm, prenorm, dropout))
             if ffn != "none":
-                blocks.append(
-                    ResidualBlock(
-                        FeedForward(d_model, ffn, ffn_expand, dropout), d_model, norm, prenorm, dropout
-                    )
-                )
+                feed_forward = MLP(d_model, ffn_expand * d_model, activation="sigmoid" if ffn == "glu" else "gelu",
+                                   gated=ffn == "glu", dropout=dropout)
+                blocks.append(ResidualBlock(feed_forward, d_model, norm, prenorm, dropout))
         self.blocks = nn.ModuleList(blocks)
         # With prenorm the residual stream is never normalised inside the blocks; normalise it once at the end.
         self.final_norm = build_norm(norm, d_model) if prenorm else None
@@ -171,18 +160,15 @@ class SequenceModel(nn.Module):
             )
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"SequenceModel: x must have batch and length >= 1, got shape {tuple(x.shape)}")
+        weight = self.encoder.weight
+        if x.device != weight.device:
+            raise ValueError(f"SequenceModel: x is on {x.device} but the model is on {weight.device}")
+        if self.d_input is not None and x.dtype != weight.dtype and not autocast_enabled(x.device):
+            raise ValueError(f"SequenceModel: x has dtype {x.dtype} but the model's parameters are {weight.dtype}; "
+                             f"convert one to match (model.to({x.dtype}) or x.to({weight.dtype}))")
         if lengths is None:
             return None
-        if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
-            raise ValueError(f"SequenceModel: lengths must be a 1-D tensor of shape (batch={x.shape[0]},)")
-        if lengths.is_floating_point() or lengths.is_complex():
-            raise ValueError(f"SequenceModel: lengths must be an integer tensor, got {lengths.dtype}")
-        lengths = lengths.to(x.device)
-        if bool((lengths < 1).any()) or bool((lengths > x.shape[1]).any()):
-            raise ValueError(
-                f"SequenceModel: lengths must lie in [1, length={x.shape[1]}], got {lengths.tolist()}"
-            )
-        return lengths
+        return check_lengths(lengths, x, "SequenceModel")
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x: tokens (batch, length) or features (batch, length, d_input); lengths (batch,) or None.
@@ -199,22 +185,29 @@ class SequenceModel(nn.Module):
         return self.decoder(torch.cat([h1, h2, h1 * h2, h1 - h2], dim=-1))
 
     def features(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """The pooled representation (batch, d_model), or (batch, length, d_model) with pooling "none"."""
+        """The pooled representation (batch, d_model), or (batch, length, d_model) with pooling "none".
+
+        The input's values (token range, NaN/inf in real positions) are checked here once, under the
+        rule of ``ssmzoo.layers.base`` (CPU by default), and the layers run with their own value checks off."""
         lengths = self._check_inputs(x, lengths)
         mask = padding_mask(lengths, x.shape[1]) if lengths is not None else None
+        if mask is not None:  # whatever sits in the padding (a token id, NaN), it must not matter
+            fill = torch.zeros((), dtype=x.dtype, device=x.device)
+            x = torch.where(mask if x.dim() == 2 else mask[..., None], x, fill)
         if self.vocab_size is not None:
-            if mask is not None:  # whatever sits in the padding, look up a valid id there
-                x = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
-            if bool((x < 0).any()) or bool((x >= self.vocab_size).any()):
+            if input_checks_enabled(x.device) and (bool((x < 0).any()) or bool((x >= self.vocab_size).any())):
                 raise ValueError(
                     f"SequenceModel: token ids must lie in [0, vocab_size={self.vocab_size}), "
                     f"got min {int(x.min())}, max {int(x.max())}"
                 )
-        h = _zero_padding(self.encoder(x), mask)
-        for block in self.blocks:
-            h = block(h, mask, lengths)
+        else:
+            check_finite(x, "SequenceModel", "x (at real positions)")
+        with input_checks(False):
+            h = _zero_padding(self.encoder(x), mask)
+            for block in self.blocks:
+                h = block(h, mask, lengths)
         if self.final_norm is not None:
-            h = _zero_padding(self.final_norm(h, mask), mask)
+            h = _zero_padding(apply_norm(self.final_norm, h, mask), mask)
         if self.pooling == "mean":
             if lengths is None:
                 h = h.mean(1)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers.base import input_checks
 from ..layers.spacetime import (
     ClosedLoopCompanionSSM,
     ClosedLoopOutput,
@@ -88,14 +89,15 @@ class SpaceTime(Forecaster):
         last = x[:, -1:]
         centred = x - last
         features = [centred]
-        if self.differencing is not None:
-            features.append(self.differencing(centred.repeat_interleave(len(self.diff_orders), dim=-1)))
-        if self.ma_residual is not None:
-            features.append(self.ma_residual(centred.repeat_interleave(len(self.ma_windows), dim=-1)))
-        h = self.embedding(torch.cat(features, dim=-1))
-        for norm, companion, shift in zip(self.norms, self.companions, self.shifts):
-            z = norm(h)
-            h = h + companion(z) + shift(z)
+        with input_checks(False):  # x was checked once, above
+            if self.differencing is not None:
+                features.append(self.differencing(centred.repeat_interleave(len(self.diff_orders), dim=-1)))
+            if self.ma_residual is not None:
+                features.append(self.ma_residual(centred.repeat_interleave(len(self.ma_windows), dim=-1)))
+            h = self.embedding(torch.cat(features, dim=-1))
+            for norm, companion, shift in zip(self.norms, self.companions, self.shifts):
+                z = norm(h)
+                h = h + companion(z) + shift(z)
         u = self.decoder_norm(h)
         out = self.decoder(u)
         forecast = self.head(out.forecast) + last[..., -self.n_outputs :]

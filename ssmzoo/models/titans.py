@@ -20,72 +20,21 @@ embeddings on attention queries and keys; a SiLU MLP after each mixing sublayer.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..layers.base import input_checks, input_checks_enabled
 from ..layers.titans import NeuralMemory
+from ..modules.attention import Attention
+from ..modules.checks import check_int
+from ..modules.mlp import MLP
+from ..modules.rmsnorm import RMSNorm
 
-
-def rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
-    """Rotary position embedding of x (..., n, d) (d even) at integer positions (n,)."""
-    d = x.shape[-1]
-    freqs = base ** (-torch.arange(0, d, 2, device=x.device, dtype=x.dtype) / d)
-    angles = positions.to(x.dtype)[:, None] * freqs[None, :]  # (n, d/2)
-    cos, sin = angles.cos(), angles.sin()
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1).flatten(-2)
-
-
-class Attention(nn.Module):
-    """Multi-head attention with persistent tokens, extra context tokens and an explicit mask.
-
-    Queries come from ``x`` (batch, n, d); keys and values from [persistent ‖ context ‖ x].
-    ``mask`` (n, n_context + n) is True where a query may look (persistent tokens are always seen).
-    """
-
-    def __init__(self, d_model: int, heads: int, persistent_tokens: int) -> None:
-        super().__init__()
-        if d_model % heads or (d_model // heads) % 2:
-            raise ValueError(f"Attention: d_model={d_model} must split into {heads} heads of even width")
-        self.heads = heads
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
-        self.persistent = nn.Parameter(torch.randn(persistent_tokens, d_model) / math.sqrt(d_model))
-
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor, context: Tensor | None = None,
-                context_positions: Tensor | None = None) -> Tensor:
-        batch = x.shape[0]
-        q, k, v = rearrange(self.qkv(x), "b n (t h d) -> t b h n d", t=3, h=self.heads)
-        q, k = rotary(q, positions), rotary(k, positions)
-        if context is not None:
-            _, ck, cv = rearrange(self.qkv(context), "b n (t h d) -> t b h n d", t=3, h=self.heads)
-            k, v = torch.cat([rotary(ck, context_positions), k], 2), torch.cat([cv, v], 2)
-        _, pk, pv = rearrange(self.qkv(self.persistent), "n (t h d) -> t h n d", t=3, h=self.heads)
-        k = torch.cat([pk.expand(batch, -1, -1, -1), k], 2)
-        v = torch.cat([pv.expand(batch, -1, -1, -1), v], 2)
-        full = torch.cat([mask.new_ones(mask.shape[0], pk.shape[1]), mask], 1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=full)
-        return self.out(rearrange(y, "b h n d -> b n (h d)"))
-
-
-def sliding_window_mask(length: int, window: int, device: torch.device) -> Tensor:
-    """(length, length) bool: query t sees keys t − window < s ≤ t."""
-    t = torch.arange(length, device=device)
-    diff = t[:, None] - t[None, :]
-    return (diff >= 0) & (diff < window)
-
-
-class MLP(nn.Module):
-    def __init__(self, d_model: int, expansion: int = 4) -> None:
-        super().__init__()
-        self.up, self.down = nn.Linear(d_model, expansion * d_model), nn.Linear(expansion * d_model, d_model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.silu(self.up(x)))
+# nn.RMSNorm's default eps (None) is the dtype's machine epsilon; a fixed one keeps float64 and
+# float32 models the same function.
+NORM_EPS = 1e-6
 
 
 class TitansBlock(nn.Module):
@@ -97,27 +46,26 @@ class TitansBlock(nn.Module):
         self.variant, self.segment_len, self.window = variant, segment_len, window
         chunk = segment_len if variant == "mac" else memory_chunk  # MAC: memory chunk = segment
         self.memory = NeuralMemory(d_model, heads=memory_heads, memory_depth=memory_depth, chunk_size=chunk)
-        self.attn = Attention(d_model, heads, persistent_tokens)
-        self.mlp = MLP(d_model)
-        self.norm_attn, self.norm_mlp = nn.RMSNorm(d_model), nn.RMSNorm(d_model)
+        # MAC attends within a segment (to its memory read-outs too); MAG/MAL use a sliding window.
+        self.attn = Attention(d_model, heads, window=None if variant == "mac" else window,
+                              persistent_tokens=persistent_tokens)
+        self.mlp = MLP(d_model, 4 * d_model, activation="silu")
+        self.norm_attn, self.norm_mlp = RMSNorm(d_model, eps=NORM_EPS), RMSNorm(d_model, eps=NORM_EPS)
         if variant != "mac":  # MAC's memory reads the attention's (normalised) input
-            self.norm_mem = nn.RMSNorm(d_model)
+            self.norm_mem = RMSNorm(d_model, eps=NORM_EPS)
         if variant == "mag":
-            self.gate_norm_attn, self.gate_norm_mem = nn.RMSNorm(d_model), nn.RMSNorm(d_model)
+            self.gate_norm_attn, self.gate_norm_mem = RMSNorm(d_model, eps=NORM_EPS), RMSNorm(d_model, eps=NORM_EPS)
 
     def forward(self, x: Tensor) -> Tensor:
-        length = x.shape[1]
-        positions = torch.arange(length, device=x.device)
         if self.variant == "mac":
             x = x + self._memory_as_context(self.norm_attn(x))
         elif self.variant == "mag":
-            h = self.norm_attn(x)
-            y = self.attn(h, positions, sliding_window_mask(length, self.window, x.device))
+            y = self.attn(self.norm_attn(x))
             m = self.memory(self.norm_mem(x))
             x = x + self.gate_norm_attn(y) * torch.sigmoid(self.gate_norm_mem(m))
         else:  # mal
             x = x + self.memory(self.norm_mem(x))
-            x = x + self.attn(self.norm_attn(x), positions, sliding_window_mask(length, self.window, x.device))
+            x = x + self.attn(self.norm_attn(x))
         return x + self.mlp(self.norm_mlp(x))
 
     def _memory_as_context(self, x: Tensor) -> Tensor:
@@ -128,11 +76,10 @@ class TitansBlock(nn.Module):
         pad = (-length) % s
         xs = rearrange(F.pad(x, (0, 0, 0, pad)), "b (n s) d -> (b n) s d", s=s)
         hs = rearrange(F.pad(h, (0, 0, 0, pad)), "b (n s) d -> (b n) s d", s=s)
-        causal = torch.ones(s, s, dtype=torch.bool, device=x.device).tril()
-        # h_i is read with token i's query, so token j may see h_i only for i ≤ j, like x_i.
-        mask = torch.cat([causal, causal], 1)
-        local = torch.arange(s, device=x.device)  # positions within the segment (relative)
-        y = self.attn(xs, local, mask, context=hs, context_positions=local)
+        # h_i is read with token i's query, so token j may see h_i only for i ≤ j, like x_i: giving h
+        # the same (relative, within-segment) positions as x makes the causal rule say exactly that.
+        local = torch.arange(s, device=x.device)
+        y = self.attn(xs, local, context=hs, context_positions=local)
         return rearrange(y, "(b n) s d -> b (n s) d", b=batch)[:, :length]
 
 
@@ -154,28 +101,38 @@ class TitansLM(nn.Module):
         super().__init__()
         if variant not in ("mac", "mag", "mal"):
             raise ValueError(f"TitansLM: variant must be 'mac', 'mag' or 'mal', got {variant!r}")
-        for name, value in (("vocab_size", vocab_size), ("n_layers", n_layers), ("segment_len", segment_len),
-                            ("window", window), ("persistent_tokens", persistent_tokens)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"TitansLM: {name} must be a positive int, got {value!r}")
-        self.variant = variant
+        for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers),
+                            ("heads", heads), ("segment_len", segment_len), ("window", window),
+                            ("persistent_tokens", persistent_tokens), ("memory_heads", memory_heads),
+                            ("memory_depth", memory_depth), ("memory_chunk", memory_chunk)):
+            check_int("TitansLM", name, value)
+        if d_model % heads or (d_model // heads) % 2:
+            raise ValueError(f"TitansLM: d_model={d_model} must split into heads={heads} heads of even width")
+        self.variant, self.vocab_size = variant, vocab_size
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(
             TitansBlock(variant, d_model, heads, segment_len, window, persistent_tokens, memory_heads,
                         memory_depth, memory_chunk)
             for _ in range(n_layers)
         )
-        self.norm = nn.RMSNorm(d_model)
+        self.norm = RMSNorm(d_model, eps=NORM_EPS)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """tokens (batch, length) int64 -> logits (batch, length, vocab_size)."""
-        if tokens.dim() != 2 or tokens.dtype != torch.long:
-            raise ValueError(f"TitansLM: tokens must be a (batch, length) int64 tensor, got {tuple(tokens.shape)} "
-                             f"{tokens.dtype}")
+        if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long or 0 in tokens.shape:
+            got = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise ValueError(f"TitansLM: tokens must be a (batch >= 1, length >= 1) int64 tensor, got {got}")
+        if tokens.device != self.embed.weight.device:
+            raise ValueError(f"TitansLM: tokens are on {tokens.device} but the model is on {self.embed.weight.device}")
+        if input_checks_enabled(tokens.device) and (
+            bool((tokens < 0).any()) or bool((tokens >= self.vocab_size).any())
+        ):
+            raise ValueError(f"TitansLM: tokens must lie in [0, vocab_size={self.vocab_size})")
         x = self.embed(tokens)
-        for block in self.blocks:
-            x = block(x)
+        with input_checks(False):  # checked once, above
+            for block in self.blocks:
+                x = block(x)
         return self.head(self.norm(x))
 
 
