@@ -89,6 +89,9 @@ class ShortConvolution(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.channels:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"ShortConvolution: x must be (batch, length, channels={self.channels}), got {got}")
+        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"ShortConvolution: x has dtype {x.dtype} but the weight is {self.weight.dtype}; "
+                             f"convert one to match")
         out = causal_conv1d(
             rearrange(x, "b l d -> b d l"), self._taps(), self.bias, self.activation, initial_state=state,
             output_final_state=return_state, backend=self.causal_conv1d_backend,
