@@ -1,9 +1,15 @@
 """The layer contract of DESIGN.md, checked on every registered layer (and its bidirectional
-variant where it has one). A new layer gets all of this by registering."""
+variant where it has one). A new layer gets all of this by registering: behaviour (causality,
+step == forward, continuation, gradients, dtypes, padding), and bad inputs (constructor arguments
+derived from the signature's annotations, inputs, lengths, states derived from init_state, dtypes,
+devices, meta tensors), each of which must give a ValueError naming the layer."""
 
 from __future__ import annotations
 
 import inspect
+import math
+import types
+import typing
 
 import pytest
 import torch
@@ -193,6 +199,207 @@ def test_reverse_padded():
     assert r[0, :, 0].tolist() == [4, 3, 2, 1, 0]
     assert r[1, :, 0].tolist() == [7, 6, 5, 8, 9]
     torch.testing.assert_close(reverse_padded(r, torch.tensor([5, 3])), x)
+
+
+# -- bad inputs ---------------------------------------------------------------------------------
+def _bad_values(annotation) -> list:
+    """Values a constructor argument of this annotation must reject (with a ValueError naming it)."""
+    args = typing.get_args(annotation)
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    members = args if union else (annotation,)
+    optional = type(None) in members
+    bad: list = []
+    for m in members:
+        origin = typing.get_origin(m)
+        if m is int:
+            bad += [-1, 2.5, True]
+        elif m is float:
+            bad += [-1.0, math.nan, math.inf, "x", True]
+        elif m is bool:
+            bad += ["yes", 1]
+        elif m is str:
+            bad += ["no-such-name", 3]
+        elif origin is typing.Literal:
+            bad += ["no-such-choice"]
+        elif origin is list:
+            bad += [[], [-1], ["a"], "12", [1.5]]
+    if not optional:
+        bad.append(None)
+    return bad
+
+
+def _constructor_cases():
+    for name in layers.available():
+        for arg, p in inspect.signature(layers.get(name).__init__, eval_str=True).parameters.items():
+            if arg != "self":
+                for value in _bad_values(p.annotation):
+                    yield name, arg, value
+
+
+@pytest.mark.parametrize("name", layers.available())
+def test_constructor_rejects_bad_values(name):
+    cls = layers.get(name)
+    cases = [(arg, value) for n, arg, value in _constructor_cases() if n == name]
+    assert cases, f"{name}: no annotated constructor arguments to check"
+    for arg, value in cases:
+        args = dict(SMALL_ARGS.get(name, {}), d_model=D_MODEL)
+        args[arg] = value
+        with pytest.raises(ValueError) as info:
+            layers.build(name, **args)
+        message = str(info.value)
+        assert arg in message, f"{name}({arg}={value!r}): the error does not name {arg}: {message}"
+        assert cls.__name__ in message or name in message, f"{name}({arg}={value!r}): unnamed layer: {message}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids)
+def test_more_bad_inputs(variant):
+    layer = make(*variant)
+    x = rand(2, 5)
+    cases = [
+        (lambda: layer(x.tolist()), "torch.Tensor"),
+        (lambda: layer(x.to(torch.complex128)), "dtype"),
+        (lambda: layer(x.to("meta")), "meta"),  # x on another device than the parameters
+        (lambda: layer(x, lengths=torch.tensor([5.0, 3.0])), "integer"),
+        (lambda: layer(x, lengths=torch.tensor([[5, 3]])), "lengths"),
+        (lambda: layer(x, lengths=[5, 3]), "lengths"),
+        (lambda: layer(x, lengths=torch.tensor([5, 0])), "lengths"),
+        (lambda: layer(x, return_state="yes"), "return_state"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match) as info:
+            call()
+        assert layer.registry_name in str(info.value)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_input_dtype_must_match_the_parameters(variant, dtype):
+    """A float32 layer given another float dtype says to convert (never fails inside a matmul)."""
+    layer = make(*variant, dtype=torch.float32)
+    x = rand(2, 5, dtype=dtype)
+    match = r"\.to\(" if dtype in layer.supported_dtypes else "dtype"
+    with pytest.raises(ValueError, match=match):
+        layer(x)
+    if layer.causal:
+        with pytest.raises(ValueError, match=match):
+            layer.step(x[:, 0], layer.init_state(2))
+
+
+def _replace_leaf(state, index: int, new):
+    leaves, spec = torch.utils._pytree.tree_flatten(state)
+    leaves[index] = new
+    return torch.utils._pytree.tree_unflatten(leaves, spec)
+
+
+def _bad_states(layer) -> list[tuple[str, object]]:
+    """States that are not like init_state(2): each leaf in a wrong dtype, shape, batch and device,
+    wrong structures, and the state of every other registered layer whose form differs."""
+    good = layer.init_state(2)
+    leaves, _ = torch.utils._pytree.tree_flatten(good)
+    cases: list[tuple[str, object]] = []
+    for i, leaf in enumerate(leaves):
+        if leaf.is_complex():  # e.g. S4D's complex state passed as real
+            wrong = [leaf.real, torch.view_as_real(leaf)]
+        elif leaf.is_floating_point():
+            wrong = [leaf.to(torch.float32 if leaf.dtype == torch.float64 else torch.float64), leaf.long()]
+        else:
+            wrong = [leaf.double()]
+        wrong += [torch.zeros(*leaf.shape[:-1], leaf.shape[-1] + 1, dtype=leaf.dtype), leaf[:1], leaf.to("meta")]
+        cases += [(f"leaf {i}: {w.dtype} {tuple(w.shape)} on {w.device}", _replace_leaf(good, i, w)) for w in wrong]
+    cases += [("None inside", _replace_leaf(good, 0, None)) if len(leaves) > 1 else ("tensor", torch.zeros(2))]
+    cases += [("empty list", []), ("empty tuple", ()), ("a float", 3.0), ("a string", "state"), ("a dict", {})]
+    cases += [("a list", list(good)) if isinstance(good, tuple) else ("wrapped in a tuple", (good,))]
+    spec = _spec(good)
+    for other in layers.available():
+        other_layer = layers.build(other, **dict(SMALL_ARGS.get(other, {}), d_model=D_MODEL)).double()
+        if other_layer.causal and _spec(other_layer.init_state(2)) != spec:
+            cases.append((f"the state of {other}", other_layer.init_state(2)))
+    return cases
+
+
+def _spec(state):
+    leaves, tree = torch.utils._pytree.tree_flatten(state)
+    return str(tree), [(t.dtype, tuple(t.shape)) for t in leaves]
+
+
+@pytest.mark.parametrize("variant", CAUSAL, ids=ids)
+def test_bad_states(variant):
+    layer = make(*variant)
+    x = rand(2, 5)
+    for what, state in _bad_states(layer):
+        for whole_sequence in (True, False):
+            with pytest.raises(ValueError, match="init_state") as info:
+                if whole_sequence:
+                    layer(x, state=state)
+                else:
+                    layer.step(x[:, 0], state)
+            assert layer.registry_name in str(info.value), what
+    with pytest.raises(ValueError, match="init_state"):
+        layer.step(x[:, 0], None)
+    # the good state still works, from init_state and from forward
+    _, state = layer(x, state=layer.init_state(2), return_state=True)
+    layer.step(x[:, 0], state)
+
+
+@pytest.mark.parametrize("variant", CAUSAL, ids=ids)
+def test_init_state_bad_arguments(variant):
+    layer = make(*variant)
+    for kwargs, match in [(dict(batch_size=0), "batch_size"), (dict(batch_size=-1), "batch_size"),
+                          (dict(batch_size=2.0), "batch_size"), (dict(batch_size=True), "batch_size"),
+                          (dict(batch_size=2, dtype=torch.int64), "dtype"), (dict(batch_size=2, dtype="float"), "dtype"),
+                          (dict(batch_size=2, device="no-such-device"), "device")]:
+        with pytest.raises(ValueError, match=match):
+            layer.init_state(**kwargs)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids)
+def test_meta_tensors(variant):
+    """Meta tensors pass the shape checks without the value scan (which would need their data), and
+    run through or stop with a ValueError that names the meta device."""
+    layer = make(*variant).to("meta")
+    with pytest.raises(ValueError, match="d_model"):
+        layer(torch.empty(2, 5, D_MODEL + 1, device="meta", dtype=torch.float64))
+    x = torch.empty(2, 5, D_MODEL, device="meta", dtype=torch.float64)
+    try:
+        y = layer(x)
+    except ValueError as e:
+        assert "meta" in str(e)
+    else:
+        assert y.device.type == "meta" and y.shape == x.shape
+    if layer.causal:
+        state = layer.init_state(2)
+        assert all(t.device.type == "meta" for t in _flat(state))
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids)
+def test_forward_writes_no_parameter_or_buffer(variant):
+    """No layer changes its parameters or buffers in forward (DDP replicas fed different lengths
+    would drift apart): lengths 1 and 40 with a backward pass, and 1100 (past S4's default l_max),
+    in training mode."""
+    layer = make(*variant).train()
+    before = {k: v.detach().clone() for k, v in [*layer.named_parameters(), *layer.named_buffers()]}
+    for length in (1, 40):
+        y = layer(rand(1, length))
+        if y.requires_grad:
+            y.sum().backward()
+    with torch.no_grad():
+        layer(rand(1, 1100))
+    for k, v in [*layer.named_parameters(), *layer.named_buffers()]:
+        assert torch.equal(v.detach(), before[k]), f"{k} changed in forward"
+
+
+def test_value_check_rule():
+    """The NaN/inf scan and the lengths range read data (a sync on GPU): on CPU by default, never on
+    CUDA or meta unless turned on; on or off everywhere on request."""
+    assert layers.input_checks_enabled("cpu") and not layers.input_checks_enabled("cuda")
+    assert not layers.input_checks_enabled("meta")
+    with layers.input_checks(True):
+        assert layers.input_checks_enabled("cuda") and not layers.input_checks_enabled("meta")
+    with layers.input_checks(False):
+        assert not layers.input_checks_enabled("cpu")
+    assert layers.input_checks_enabled("cpu") and not layers.input_checks_enabled("cuda")
+    with pytest.raises(ValueError, match="enabled"):
+        layers.set_input_checks("yes")
 
 
 def _flat(state):

@@ -105,3 +105,33 @@ def test_bad_arguments():
         LanguageModel(11, 8, 1, layer="mamba", layer_args=dict(bidirectional=True))
     with pytest.raises(ValueError, match="d_model"):
         LanguageModel(11, 8, 1, layer="mamba", layer_args=dict(d_model=8))
+
+
+def test_layers_run_without_the_value_scan(monkeypatch):
+    """Token ids are range-checked once per call; the layers' NaN scans (a device sync each on GPU)
+    are off inside the model."""
+    calls = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: calls.append(1) or real(t))
+    model = tiny()
+    logits, state = model(torch.randint(0, 11, (2, 5)), return_state=True)
+    model.step(torch.randint(0, 11, (2,)), state)
+    assert calls == []
+
+
+def test_bad_states_and_tokens():
+    model = tiny()
+    tokens = torch.randint(0, 11, (2, 4))
+    with pytest.raises(ValueError, match="one entry per layer"):
+        model(tokens, state=model.init_state(2)[:1])
+    with pytest.raises(ValueError, match="one entry per layer"):
+        model.step(tokens[:, 0], None)
+    s4d_state = tiny("s4d", dict(d_state=4)).init_state(2)
+    with pytest.raises(ValueError, match=r"mamba: state must be a tuple of 2 .* like init_state\(2\)"):
+        model.step(tokens[:, 0], s4d_state)  # the state of another model
+    with pytest.raises(ValueError, match="batch size"):
+        model(tokens, state=model.init_state(3))
+    with pytest.raises(ValueError, match="batch and length"):
+        model(tokens[:, :0])
+    with pytest.raises(ValueError, match="lengths"):
+        model(tokens, lengths=torch.tensor([5, 1]))

@@ -178,3 +178,37 @@ def test_paired_inputs_decode_both_documents():
         model(tokens, lengths[:, 0])
     with pytest.raises(ValueError, match="pooling"):
         SequenceModel(d_output=2, vocab_size=12, paired=True, pooling="none")
+
+
+def _count_scans(monkeypatch) -> list[int]:
+    calls = []
+    real = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: calls.append(1) or real(t))
+    return calls
+
+
+def test_input_values_are_checked_once_per_call(monkeypatch):
+    """The model scans its real positions once; its layers run with the scan off (on GPU each scan
+    would be a device sync)."""
+    calls = _count_scans(monkeypatch)
+    model = _tiny(vocab_size=None, d_input=3, n_layers=3, ffn="glu")
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    model(x)
+    assert len(calls) == 1
+    x[1, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model(x)
+    model(x, torch.tensor([6, 5]))  # NaN in the padding is fine
+    calls.clear()
+    _tiny()(torch.randint(0, VOCAB, (2, 6)))  # token ids: a range check, no scan
+    assert calls == []
+
+
+def test_input_dtype_and_device_must_match_the_model():
+    real = _tiny(vocab_size=None, d_input=3)
+    with pytest.raises(ValueError, match=r"\.to\("):
+        real(torch.randn(1, 4, 3))  # float32 into a float64 model
+    with pytest.raises(ValueError, match="meta"):
+        real(torch.randn(1, 4, 3, dtype=torch.float64, device="meta"))
+    with pytest.raises(ValueError, match="integer"):
+        _tiny()(torch.zeros(2, 4, dtype=torch.long), torch.tensor([4.0, 2.0]))

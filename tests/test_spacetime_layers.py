@@ -41,10 +41,24 @@ def test_moving_average_residual_matches_a_loop():
 
 
 @pytest.mark.parametrize("name,arg,bad", [("differencing", "orders", [-1]), ("moving_average_residual", "windows", [1]),
-                                          ("differencing", "orders", [])])
+                                          ("differencing", "orders", []), ("differencing", "d_model", 0),
+                                          ("moving_average_residual", "d_model", 0)])
 def test_preprocessing_rejects_bad_arguments(name, arg, bad):
+    args = {"d_model": 4, arg: bad}
     with pytest.raises(ValueError, match=arg):
-        layers.build(name, d_model=4, **{arg: bad})
+        layers.build(name, **args)
+
+
+def test_preprocessing_state_is_the_last_inputs_and_its_width_is_checked():
+    """State (batch, d_model, W − 1): the last W − 1 inputs. A state of another width used to
+    return a shorter sequence silently."""
+    layer = layers.build("moving_average_residual", d_model=2, windows=[3, 5]).double()
+    x = torch.randn(1, 7, 2, dtype=torch.float64)
+    _, state = layer(x, return_state=True)
+    torch.testing.assert_close(state, x[:, -4:].transpose(1, 2))
+    with pytest.raises(ValueError, match=r"moving_average_residual: state must be a float64 tensor of shape "
+                                         r"\(1, 2, 4\) like init_state\(1\), got float64 \(1, 2, 2\)"):
+        layer(x, state=torch.zeros(1, 2, 2, dtype=torch.float64))
 
 
 def test_companion_rejects_bad_arguments():

@@ -182,3 +182,24 @@ def test_linear_memory_capacity():
     linear_32 = memorise(32, depth=1)
     assert 0.5 < linear_32 < 0.9
     assert memorise(32, depth=2) < linear_32 - 0.2
+
+
+def test_state_fill_count_is_checked():
+    mem = layer(chunk_size=4)
+    x = torch.randn(2, 6, 8, dtype=F64)
+    _, state = mem(x, return_state=True)
+    for filled in (torch.tensor([2, 3]), torch.tensor([4, 4]), torch.tensor([-1, -1])):
+        with pytest.raises(ValueError, match="filled"):
+            mem(x, state=state._replace(filled=filled))
+
+
+def test_read_out_norms_each_head_alone():
+    """The read-out RMS norm runs per memory head (a group of d_head channels): scaling one head's
+    memory output leaves the other head's normalised read-out unchanged."""
+    mem = layer()
+    y = torch.randn(1, 2, 3, 4, dtype=F64)  # (batch, heads, length, d_head)
+    scaled = y.clone()
+    scaled[:, 0] *= 10
+    a, b = mem.norm(y.permute(0, 2, 1, 3).flatten(2)), mem.norm(scaled.permute(0, 2, 1, 3).flatten(2))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # each group normalised alone: the scale drops out
+    assert mem.norm.group_size == 4 and list(mem.state_dict()).count("norm.weight") == 1

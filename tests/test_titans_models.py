@@ -59,3 +59,9 @@ def test_bad_arguments():
         MAC(vocab_size=4, segment_len=0)
     with pytest.raises(ValueError, match="tokens"):
         build(MAG)(torch.randn(2, 5))
+    with pytest.raises(ValueError, match="vocab_size=11"):
+        build(MAL)(torch.full((1, 4), 11))
+    with pytest.raises(ValueError, match="heads"):
+        MAG(vocab_size=4, d_model=16, heads=3)
+    with pytest.raises(ValueError, match="memory_chunk"):
+        MAG(vocab_size=4, memory_chunk=0)

@@ -29,17 +29,17 @@ from __future__ import annotations
 import abc
 import inspect
 import os
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from ..modules.checks import autocast_enabled
+
 # A layer's recurrent state: one tensor, or a (nested) tuple / NamedTuple of tensors. Layers document theirs.
 State = Any
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
 
 def _checks_from_env() -> bool | None:
     value = os.environ.get("SSMZOO_CHECK_INPUTS")
@@ -108,14 +108,6 @@ def check_lengths(lengths: Tensor, x: Tensor, owner: str) -> Tensor:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def autocast_enabled(device: torch.device) -> bool:
-    """Whether autocast is on for this device type (then layer inputs may be in a lower precision)."""
-    try:
-        return torch.is_autocast_enabled(device.type)
-    except (RuntimeError, TypeError):  # device types autocast does not know (meta)
-        return False
 
 
 class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
@@ -276,12 +268,21 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
     def _check_lengths(self, lengths: Tensor, x: Tensor) -> Tensor:
         return check_lengths(lengths, x, self._name)
 
+    def _state_form(self, batch: int, dtype: torch.dtype) -> State:
+        """init_state(batch)'s form for inputs of ``dtype``, built on the meta device (no memory) and
+        remembered per (batch, dtype): stepping checks it once per token."""
+        forms = _STATE_FORMS.setdefault(self, {})
+        key = (batch, dtype)
+        if key not in forms:
+            with torch.no_grad():  # shapes and dtypes only: no graph back to the parameters
+                forms[key] = self._init_state(batch, torch.device("meta"), dtype)
+        return forms[key]
+
     def _check_state(self, state: State, x: Tensor) -> None:
         """Raise a ValueError unless ``state`` has the form of ``init_state(batch)`` for input x:
         the same structure, and leaves with the same shapes and dtypes, on x's device."""
         batch = x.shape[0]
-        # init_state's form for this input, without allocating: built on the meta device.
-        expected = self._init_state(batch, torch.device("meta"), x.dtype)
+        expected = self._state_form(batch, x.dtype)
         check_dtypes = not autocast_enabled(x.device)
         problem = _compare_state(state, expected, "state", x.device, check_dtypes)
         if problem is None:
@@ -291,12 +292,14 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
         if (isinstance(got, Tensor) and isinstance(want, Tensor) and got.dim() == want.dim() and got.dim() > 0
                 and got.shape[1:] == want.shape[1:] and got.shape[0] != want.shape[0]):
             hint = f" (the state has batch size {got.shape[0]} but the input has batch size {batch})"
-        elif isinstance(got, Tensor) and isinstance(want, Tensor) and got.device != x.device \
-                and got.shape == want.shape and got.dtype == want.dtype:
-            hint = f" (it is on {got.device}, the input on {x.device})"
         like = "init_state(" + str(batch) + ")" + path.removeprefix("state")
         raise ValueError(f"{self._name}: {path} must be {_describe_expected(want, x.device)} like {like}, "
                          f"got {_describe(got)}{hint}")
+
+
+# The state forms each layer has been checked against (see SequenceLayer._state_form); weak, so a
+# layer's entry goes with the layer and nothing extra is pickled or copied with it.
+_STATE_FORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _describe(value: Any) -> str:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..modules.checks import check_float, check_int, check_int_list
+from ..modules.checks import autocast_enabled, check_float, check_int, check_int_list
 from ..modules.fft_conv import fft_conv
 from ..modules.output_projection import OutputProjection
 from ..modules.short_conv import ShortConvolution
@@ -295,11 +295,14 @@ class ClosedLoopCompanionSSM(nn.Module):
 
     def forward(self, u: Tensor) -> ClosedLoopOutput:
         """u (batch, lag, d_model) -> :class:`ClosedLoopOutput`."""
-        if not isinstance(u, Tensor) or u.dim() != 3 or u.shape[-1] != self.d_model or u.shape[1] < 1:
+        if not isinstance(u, Tensor) or u.dim() != 3 or u.shape[-1] != self.d_model or 0 in u.shape[:2]:
             raise ValueError(
-                f"ClosedLoopCompanionSSM: u must have shape (batch, lag >= 1, d_model={self.d_model}), "
+                f"ClosedLoopCompanionSSM: u must have shape (batch >= 1, lag >= 1, d_model={self.d_model}), "
                 f"got {tuple(u.shape) if isinstance(u, Tensor) else type(u).__name__}"
             )
+        if u.device != self.a.device or (u.dtype != self.a.dtype and not autocast_enabled(u.device)):
+            raise ValueError(f"ClosedLoopCompanionSSM: u is {u.dtype} on {u.device} but the parameters are "
+                             f"{self.a.dtype} on {self.a.device}; convert one to match with .to(...)")
         a = capped_a(self.a, self.max_a_norm)
         v = rearrange(u, "b l h -> b h l")
         lag = v.shape[-1]

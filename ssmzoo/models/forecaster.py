@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers.base import autocast_enabled, check_finite
+from ..layers.base import check_finite
+from ..modules.checks import autocast_enabled
 
 
 class Forecaster(nn.Module):

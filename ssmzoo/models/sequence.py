@@ -17,7 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import layers as layer_registry
-from ..layers.base import autocast_enabled, check_finite, check_lengths, input_checks, input_checks_enabled
+from ..layers.base import check_finite, check_lengths, input_checks, input_checks_enabled
+from ..modules.checks import autocast_enabled
 from ..modules.mlp import MLP
 from ..modules.padding import padding_mask
 from .norm import apply_norm, build_norm

@@ -11,6 +11,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 
 def check_int(owner: str, arg: str, value: Any, minimum: int = 1) -> int:
     """An int >= ``minimum``."""
@@ -64,3 +66,12 @@ def check_int_list(owner: str, arg: str, values: Any, minimum: int) -> list[int]
     ):
         raise ValueError(f"{owner}: {arg} must be a non-empty list of ints >= {minimum}, got {values!r}")
     return list(values)
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for this device's type (then inputs may be in a lower precision than the
+    parameters, and dtype checks let them through)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except (RuntimeError, TypeError):  # device types autocast does not know (meta)
+        return False

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..ops import causal_conv1d as conv_op
 from ..ops.causal_conv1d import causal_conv1d, causal_conv1d_update
-from .checks import check_bool, check_choice, check_int
+from .checks import autocast_enabled, check_bool, check_choice, check_int
 
 
 class ShortConvolution(nn.Module):
@@ -89,7 +89,7 @@ class ShortConvolution(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.channels:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"ShortConvolution: x must be (batch, length, channels={self.channels}), got {got}")
-        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != self.weight.dtype and not autocast_enabled(x.device):
             raise ValueError(f"ShortConvolution: x has dtype {x.dtype} but the weight is {self.weight.dtype}; "
                              f"convert one to match")
         out = causal_conv1d(
