@@ -263,6 +263,7 @@ def test_more_bad_inputs(variant):
         (lambda: layer(x, lengths=torch.tensor([[5, 3]])), "lengths"),
         (lambda: layer(x, lengths=[5, 3]), "lengths"),
         (lambda: layer(x, lengths=torch.tensor([5, 0])), "lengths"),
+        (lambda: layer(x, lengths=torch.tensor([5, 3], device="meta")), "lengths"),
         (lambda: layer(x, return_state="yes"), "return_state"),
     ]
     for call, match in cases:

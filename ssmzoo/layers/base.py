@@ -100,6 +100,8 @@ def check_lengths(lengths: Tensor, x: Tensor, owner: str) -> Tensor:
         raise ValueError(f"{owner}: lengths must be a 1-D tensor of shape (batch={x.shape[0]},), got {got}")
     if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         raise ValueError(f"{owner}: lengths must be an integer tensor, got {lengths.dtype}")
+    if lengths.is_meta and not x.is_meta:
+        raise ValueError(f"{owner}: lengths is on the meta device (no values), x on {x.device}")
     lengths = lengths.to(x.device)
     if input_checks_enabled(lengths.device) and (bool((lengths < 1).any()) or bool((lengths > x.shape[1]).any())):
         raise ValueError(f"{owner}: lengths must lie in [1, length={x.shape[1]}], got {lengths.tolist()}")
