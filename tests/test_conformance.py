@@ -355,18 +355,14 @@ def test_init_state_bad_arguments(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=ids)
 def test_meta_tensors(variant):
-    """Meta tensors pass the shape checks without the value scan (which would need their data), and
-    run through or stop with a ValueError that names the meta device."""
+    """Meta tensors pass the shape checks without the value scan (which would need their data) and
+    run through, giving outputs of the right shape."""
     layer = make(*variant).to("meta")
     with pytest.raises(ValueError, match="d_model"):
         layer(torch.empty(2, 5, D_MODEL + 1, device="meta", dtype=torch.float64))
     x = torch.empty(2, 5, D_MODEL, device="meta", dtype=torch.float64)
-    try:
-        y = layer(x)
-    except ValueError as e:
-        assert "meta" in str(e)
-    else:
-        assert y.device.type == "meta" and y.shape == x.shape
+    y = layer(x)  # every op dispatches meta tensors to its reference, which infers the shapes
+    assert y.device.type == "meta" and y.shape == x.shape
     if layer.causal:
         state = layer.init_state(2)
         assert all(t.device.type == "meta" for t in _flat(state))

@@ -212,3 +212,13 @@ def test_mamba_uses_fused_kernels_unless_a_state_is_needed(fused_stand_ins):
     assert fused_stand_ins == [], "a call that needs the final state must not go to the fused kernels"
     torch.testing.assert_close(y_state, y)
     assert state[1].shape == (2, 16, 4)
+
+
+def test_meta_tensors_go_to_the_reference():
+    d = toy(max_size=1)
+    meta = Request(torch.device("meta"), torch.float32, final_state=True, grad=True, size=10)
+    assert d.choose("fast", meta).name == "reference"  # shape inference needs no kernel
+    y, final = selective_scan.selective_scan(
+        *(torch.empty(s, device="meta") for s in ((2, 4, 7), (2, 4, 7), (4, 3), (2, 3, 7), (2, 3, 7))),
+        output_final_state=True)
+    assert y.shape == (2, 4, 7) and final.shape == (2, 4, 3) and y.device.type == "meta"

@@ -12,7 +12,8 @@ dtypes, and an optional size limit for ``auto``). A call describes what it needs
   is never routed to a backend that would drop it;
 - for a backend's name: that backend, or a ``ValueError`` saying why it cannot serve this call;
 - for ``None``: the backend named by ``$SSMZOO_BACKEND`` when this op has it and it can serve the
-  call, else ``auto``. One variable therefore steers every op that has a backend of that name.
+  call, else ``auto``. One variable therefore steers every op that has a backend of that name;
+- on the ``meta`` device, whatever was asked: the reference, which infers output shapes.
 
 The probe (:func:`probe_against_reference`) runs a backend on the op's tiny case, forward and
 backward, under ``torch.enable_grad()`` whatever the caller's mode, and compares it with the
@@ -228,6 +229,9 @@ class Dispatcher:
     def choose(self, backend: str | None, request: Request) -> Backend:
         """The backend that serves ``request`` (see the module docstring)."""
         self.check_name(backend, self.op)
+        if request.device.type == "meta":
+            # Meta tensors carry shapes only (model surgery, size estimates): the reference infers them.
+            return self.backends["reference"]
         if backend is None:
             env = os.environ.get(ENV_VAR, "auto")
             b = self.backends.get(env)
