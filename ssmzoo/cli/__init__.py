@@ -2,6 +2,6 @@
 that keep a run's work (``callbacks.py``)."""
 
 from .app import RESULTS_FILE, SsmzooCLI, main, run
-from .callbacks import LastCheckpoint, RNGStates
+from .callbacks import LastCheckpoint, LoaderPosition, RNGStates
 
-__all__ = ["RESULTS_FILE", "LastCheckpoint", "RNGStates", "SsmzooCLI", "main", "run"]
+__all__ = ["RESULTS_FILE", "LastCheckpoint", "LoaderPosition", "RNGStates", "SsmzooCLI", "main", "run"]

@@ -48,7 +48,7 @@ import ssmzoo.tasks  # noqa: F401
 
 from ..data.commands import build_parser as build_data_parser
 from ..data.commands import main as data_main
-from .callbacks import LastCheckpoint, RNGStates
+from .callbacks import LastCheckpoint, LoaderPosition, RNGStates
 from .runs import RunCSVLogger, allocate_version, check_checkpoint, find_last_checkpoint, run_dir_of, run_name
 
 RESULTS_FILE = "results.json"
@@ -213,7 +213,7 @@ class SsmzooCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True):
             trainer_config["logger"] = self._loggers(Path(trainer_config["default_root_dir"]))
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
-        callbacks.append(RNGStates())
+        callbacks += [RNGStates(), LoaderPosition()]
         patience = cfg_init.get("early_stopping_patience")
         monitor = getattr(self.model, "monitor", None)
         if patience is not None:

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import CombinedLoader
 
 from .runs import LAST
 
@@ -117,3 +118,34 @@ class RNGStates(Callback):
         np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
         version, python_state, gauss_next = state["python"]
         random.setstate((version, tuple(python_state), gauss_next))
+
+
+class LoaderPosition(Callback):
+    """Gives the training DataLoaders their saved position when training resumes.
+
+    Lightning saves a stateful loader's ``state_dict`` in every checkpoint, but (2.6, issue
+    Lightning-AI/pytorch-lightning#20550) never gives it back when ``configure_optimizers`` reads
+    ``trainer.estimated_stepping_batches`` (ours do, for the LR schedule): that builds the loaders before the
+    checkpoint is restored, and the fit loop then skips its own restore. This callback reads the states from
+    the checkpoint and loads them just before the first training step; the loaders of ``ssmzoo.data.loader``
+    decide their order at the first batch, so this is in time (and harmless if Lightning loaded them too)."""
+
+    def __init__(self) -> None:
+        self._states: list[dict[str, Any]] | None = None
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        states, self._states = self._states, None
+        if not states or trainer.train_dataloader is None:
+            return
+        loaders = [loader for loader in CombinedLoader(trainer.train_dataloader).flattened
+                   if callable(getattr(loader, "load_state_dict", None)) and callable(getattr(loader, "state_dict", None))]
+        if len(loaders) != len(states):
+            raise ValueError(
+                f"the checkpoint holds the positions of {len(states)} training DataLoaders, this run has "
+                f"{len(loaders)} that can take one; resume with the data configuration the run was started with"
+            )
+        for loader, state in zip(loaders, states):
+            loader.load_state_dict(state)
