@@ -218,9 +218,8 @@ def test_runs_started_together_get_their_own_folders(tmp_path):
     assert sorted(results.get(timeout=5) for _ in range(n)) == list(range(1, n + 1))
 
 
-def test_two_fits_started_at_the_same_moment_both_keep_their_results(setup, tmp_path):
-    config, root = setup
-    fit(config, tmp_path / "warm", "--trainer.max_steps", "1")  # the data exists before the race
+def test_two_fits_started_at_the_same_moment_both_keep_their_results(setup, uninterrupted, tmp_path):
+    config, root = setup  # `uninterrupted` has generated the data, so the two runs race for the run folder only
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
     command = [sys.executable, "-m", "ssmzoo.cli", "fit", "--config", str(config), "--trainer.default_root_dir",
                str(tmp_path / "runs"), "--trainer.max_steps", "4", "--test_after_fit", "true"]
