@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssmzoo.cli import main, run
+from ssmzoo.cli import SsmzooCLI, main, run
 from ssmzoo.data.commands import main as data_main
 from ssmzoo.tasks import ClassificationTask
 from ssmzoo.tasks.schedule import warmup_cosine, warmup_steps_from
@@ -288,3 +289,40 @@ def test_data_paths_command_says_what_is_where(tmp_path, monkeypatch, capsys):
     main(["data", "paths"])  # the same through the ssmzoo command
     out = capsys.readouterr().out.split("data root:")[-1]
     assert str(tmp_path / "imdb") in out and "--data.init_args.data_dir" in out
+
+
+def _built(config: Path, *extra: str) -> SsmzooCLI:
+    """The CLI with everything built from ``config`` and nothing run."""
+    return SsmzooCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                     run=False, args=["--config", str(config), "--trainer.logger=false", *extra])
+
+
+@pytest.mark.parametrize(
+    "config,monitor,mode",
+    [("configs/lra/listops/s4d_small.yaml", "val/acc", "max"), ("configs/timeseries/ar/spacetime_ar8.yaml", "val/mse", "min")],
+)
+def test_checkpointing_and_early_stopping_follow_the_tasks_metric(config, monitor, mode, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSMZOO_DATA", str(tmp_path))
+    cli = _built(ROOT / config, "--early_stopping_patience=2", f"--trainer.default_root_dir={tmp_path}")
+    assert (type(cli.model).monitor, type(cli.model).monitor_mode) == (monitor, mode)
+    best = cli.trainer.checkpoint_callback
+    stop = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
+    assert (best.monitor, best.mode) == (monitor, mode)
+    assert len(stop) == 1 and (stop[0].monitor, stop[0].mode, stop[0].patience) == (monitor, mode, 2)
+
+
+def test_early_stopping_needs_a_positive_patience_and_a_task_that_names_its_metric(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(CONFIG)
+    with pytest.raises(ValueError, match="--early_stopping_patience must be an int >= 1"):
+        _built(config, "--early_stopping_patience=0")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(CONFIG.replace("ssmzoo.tasks.ClassificationTask", f"{__name__}.PlainTask"))
+    with pytest.raises(ValueError, match="PlainTask declares no monitored metric"):
+        _built(plain, "--early_stopping_patience=1")
+
+
+class PlainTask(ClassificationTask):
+    """A task that does not say which metric its runs follow."""
+
+    monitor = None

@@ -191,6 +191,15 @@ class SsmzooCLI(LightningCLI):
                         f"{MODEL_ARGS}.{argument}={value!r} is set in the config, but ssmzoo takes {argument} "
                         "from the datamodule; remove it from the config and the command line"
                     )
+        patience = cfg.get("early_stopping_patience")
+        if patience is not None:
+            if patience < 1:
+                raise ValueError(f"--early_stopping_patience must be an int >= 1 or null, got {patience!r}")
+            if task_monitor(cfg.get("model")) is None:
+                raise ValueError(
+                    f"--early_stopping_patience: the model class {cfg.model.class_path} declares no monitored "
+                    "metric (class attributes `monitor` and `monitor_mode`, see ssmzoo.tasks.Task)"
+                )
         # A resumed fit continues in the run folder its checkpoint came from.
         self.run_dir = run_dir_of(self.resumed_from) if self.subcommand == "fit" and self.resumed_from else None
 
@@ -208,23 +217,14 @@ class SsmzooCLI(LightningCLI):
         ]
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        cfg_init = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         if trainer_config.get("logger") in (None, True):
             trainer_config["logger"] = self._loggers(Path(trainer_config["default_root_dir"]))
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         callbacks += [RNGStates(), LoaderPosition()]
-        patience = cfg_init.get("early_stopping_patience")
-        monitor = getattr(self.model, "monitor", None)
+        patience = self._section().get("early_stopping_patience")
         if patience is not None:
-            if not isinstance(patience, int) or patience < 1:
-                raise ValueError(f"--early_stopping_patience must be an int >= 1 or null, got {patience!r}")
-            if monitor is None:
-                raise ValueError(
-                    f"--early_stopping_patience: {type(self.model).__name__} declares no monitored metric "
-                    "(class attribute `monitor`)"
-                )
-            callbacks.append(EarlyStopping(monitor=monitor, mode=self.model.monitor_mode, patience=patience))
+            callbacks.append(EarlyStopping(monitor=self.model.monitor, mode=self.model.monitor_mode, patience=patience))
         return self._instantiate_trainer(trainer_config, callbacks)
 
     # -- fit, then test the best checkpoint -------------------------------------------------------------
