@@ -4,8 +4,12 @@ How Lightning (2.3 and later; read in ``loops/fit_loop.py`` and ``loops/training
 training DataLoader that has ``state_dict``/``load_state_dict``:
 
 - every checkpoint stores ``loader.state_dict()`` (fit loop state, key ``"combined_loader"``);
-- on resume it calls ``loader.load_state_dict(...)`` *before* ``iter(loader)``, and calls
-  ``sampler.set_epoch(epoch)`` *after* ``iter(loader)`` but before the first ``next()``;
+- on resume it calls ``loader.load_state_dict(...)`` *before* ``iter(loader)`` (the DataLoader's, not the
+  sampler's: a sampler's ``state_dict`` is never looked at), and calls ``sampler.set_epoch(epoch)``
+  *after* ``iter(loader)`` but before the first ``next()``;
+- except that it skips that call when ``configure_optimizers`` has read
+  ``trainer.estimated_stepping_batches`` (Lightning issue #20550), which is why the ``ssmzoo`` command adds
+  :class:`ssmzoo.cli.LoaderPosition`, which loads the position just before the first training step;
 - it keeps the epoch's batch count (``len(loader)``) and counts the batches already done as fetched, so the
   loader must yield only the batches the epoch has left. With a sized loader it fetches no batch ahead, so
   the number of batches the loader has yielded is the number the loop has consumed.
@@ -82,7 +86,7 @@ class ResumableDataLoader(DataLoader):
     Args:
         dataset: a map-style dataset.
         batch_size: samples per batch.
-        shuffle: a new order every epoch (``seed + epoch``) or the dataset's order.
+        shuffle: a new order every epoch (a permutation seeded by :func:`epoch_seed`) or the dataset's order.
         seed: the order's seed; default :func:`run_seed`.
         num_workers, collate_fn, pin_memory, drop_last: as in DataLoader.
     """
