@@ -15,6 +15,10 @@ class Task(LightningModule):
         monitor: the validation metric the best checkpoint and early stopping follow (e.g. ``"val/acc"``).
         monitor_mode: ``"max"`` when higher is better, ``"min"`` when lower is.
         headline: results key -> logged test metric, the numbers ``results.json`` leads with.
+
+    A task takes its network as the constructor argument ``model``: the ``ssmzoo`` command links the values
+    the data decides (classes, vocabulary, channels, lookback, horizon) into that network's arguments
+    (``ssmzoo.cli.app.DATA_LINKS``).
     """
 
     monitor: ClassVar[str]
