@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from ssmzoo.data.lra import listops
+from ssmzoo.data.lra import ListOpsDataModule
 from ssmzoo.data.lra.listops import (
-    ListOpsDataModule,
     apply_operator,
+    command,
     generate_listops,
     generate_samples,
+    generator,
     read_listops_tsv,
     tokenize,
 )
@@ -242,7 +243,7 @@ def test_generator_rejects_impossible_settings():
 
 def test_generator_reports_a_window_without_enough_distinct_trees(monkeypatch):
     # depth 2, two arguments, 3 < tokens < 5: only [OP d d ] fits, 4 * 10 * 10 = 400 distinct trees
-    monkeypatch.setattr(listops, "MAX_CONSECUTIVE_REJECTIONS", 5000)
+    monkeypatch.setattr(generator, "MAX_CONSECUTIVE_REJECTIONS", 5000)
     assert len(generate_samples(400, 0, min_length=3, max_length=5, max_depth=2, max_args=2)) == 400
     with pytest.raises(ValueError, match="stalled after 400 samples"):
         generate_samples(401, 0, min_length=3, max_length=5, max_depth=2, max_args=2)
@@ -345,12 +346,12 @@ def test_generated_batches_are_padded_and_cached(tmp_path, monkeypatch):
     def no_generation(*a, **k):
         raise AssertionError("regenerated")
 
-    monkeypatch.setattr(listops, "generate_listops", no_generation)
+    monkeypatch.setattr(generator, "generate_listops", no_generation)
     again = ListOpsDataModule(**args)
     again.prepare_data()
     again.setup()
     assert again.split_dir == dm.split_dir
-    np.testing.assert_array_equal(again.load_split("train").tokens, dm.load_split("train").tokens)
+    np.testing.assert_array_equal(again.load_split("train")[0].tokens, dm.load_split("train")[0].tokens)
     other = ListOpsDataModule(**{**args, "seed": 2})
     assert other.split_dir != dm.split_dir
     with pytest.raises(AssertionError, match="regenerated"):
@@ -379,10 +380,31 @@ def test_bad_arguments_name_the_argument():
         ListOpsDataModule(min_length=2000, max_length=500)
     with pytest.raises(ValueError, match="split"):
         ListOpsDataModule(data_dir="x").load_split("dev")
+    with pytest.raises(ValueError, match="max_depth must be an int"):
+        ListOpsDataModule(max_depth="4")
+    with pytest.raises(ValueError, match="num_workers"):
+        ListOpsDataModule(num_workers=-1)
+    with pytest.raises(ValueError, match="max_tokens"):
+        ListOpsDataModule(max_tokens=0)
+
+
+def test_split_with_only_a_header_is_an_error_naming_file_and_flag(tmp_path):
+    """A header-only split used to give a NaN majority baseline (mean of an empty array)."""
+    rows = ["Source\tTarget", f"{lra_form('[MAX 2 9 ]')}\t9"]
+    write_rows(tmp_path / "basic_train.tsv", rows)
+    write_rows(tmp_path / "basic_val.tsv", rows)
+    write_rows(tmp_path / "basic_test.tsv", ["Source\tTarget"])
+    dm = ListOpsDataModule(data_dir=str(tmp_path))
+    dm.setup("fit")  # train and val are fine
+    for call in (lambda: dm.setup("test"), lambda: dm.majority_class_accuracy("test")):
+        with pytest.raises(ValueError, match="test split is empty") as error:
+            call()
+        assert str(tmp_path / "basic_test.tsv") in str(error.value)
+        assert "--data.init_args.data_dir" in str(error.value)
 
 
 def test_command_line_writes_the_three_files(tmp_path, capsys):
-    out = listops.main(
+    out = command.main(
         [
             "--out",
             str(tmp_path / "cli"),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
+from ssmzoo.data.lra import pathfinder
 from ssmzoo.data.lra.image import LRAImageDataModule, to_grayscale
 from ssmzoo.data.lra.pathfinder import PathfinderDataModule
 from ssmzoo.data.lra.text import LRARetrievalDataModule, LRATextDataModule
@@ -84,7 +86,7 @@ def write_pathfinder(folder, n=20, resolution=32, seed=0):
     return labels
 
 
-def test_pathfinder_datamodule(tmp_path):
+def test_pathfinder_datamodule(tmp_path, monkeypatch):
     labels = write_pathfinder(tmp_path / "pf")
     dm = PathfinderDataModule(str(tmp_path / "pf"), batch_size=4)
     sizes = [len(dm.load_split(s)[1]) for s in ("train", "val", "test")]
@@ -99,12 +101,45 @@ def test_pathfinder_datamodule(tmp_path):
             assert seq.shape == (1024, 1) and -1 <= seq.min() and seq.max() <= 1
             assert (seq[1:, 0] == (1.0 if y else -1.0)).all()
     assert seen == dict(enumerate(labels))
-    # decoded once, then read from the cache even if the PNGs go away
-    import shutil
-
-    shutil.rmtree(tmp_path / "pf" / "imgs")
+    # decoded once: a second datamodule over the same, unchanged files reads the cache, not the PNGs
+    monkeypatch.setattr(pathfinder, "read_image", _no_decoding)
     again = PathfinderDataModule(str(tmp_path / "pf"))
-    assert len(again.load_split("train")[1]) == 16
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(np.stack(again.load_split(split)[0]), np.stack(dm.load_split(split)[0]))
+
+
+def _no_decoding(*args):
+    raise AssertionError("decoded a PNG again")
+
+
+def _touch_later(path):
+    """Move the file's modification time 2 s on, as an edit on a coarse-clock file system would."""
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 2_000_000_000))
+
+
+def test_pathfinder_cache_follows_the_files_it_was_built_from(tmp_path):
+    """The cache is keyed by the files' names, sizes and mtimes, not the folder name: after the labels or an
+    image change in place, the datamodule returns the new ones."""
+    labels = write_pathfinder(tmp_path / "pf", n=10)
+    first = PathfinderDataModule(str(tmp_path / "pf"))._decoded()
+    assert first[1].tolist() == labels
+    meta = tmp_path / "pf" / "metadata" / "0.npy"
+    lines = meta.read_text().splitlines()
+    flipped = [" ".join(f if i != 3 else str(1 - int(f)) for i, f in enumerate(line.split())) for line in lines]
+    meta.write_text("\n".join(flipped) + "\n")  # same size, same folder: only the content and mtime differ
+    _touch_later(meta)
+    second = PathfinderDataModule(str(tmp_path / "pf"))._decoded()
+    assert second[1].tolist() == [1 - y for y in labels]
+
+    from PIL import Image
+
+    image = tmp_path / "pf" / "imgs" / "0" / "sample_3.png"
+    Image.fromarray(np.full((32, 32), 77, dtype=np.uint8)).save(image)
+    _touch_later(image)
+    third = PathfinderDataModule(str(tmp_path / "pf"))._decoded()
+    assert (third[0][3] == 77).all() and not (second[0][3] == 77).all()
+    np.testing.assert_array_equal(np.delete(third[0], 3, 0), np.delete(second[0], 3, 0))
 
 
 def test_pathfinder_errors(tmp_path):
@@ -117,6 +152,16 @@ def test_pathfinder_errors(tmp_path):
         PathfinderDataModule(str(tmp_path / "e")).load_split("train")
     with pytest.raises(ValueError, match="resolution"):
         PathfinderDataModule(str(tmp_path), resolution=33)
+    with pytest.raises(ValueError, match="val_fraction"):
+        PathfinderDataModule(str(tmp_path), val_fraction="0.1")
+    (tmp_path / "gone" / "metadata").mkdir(parents=True)
+    (tmp_path / "gone" / "metadata" / "0.npy").write_text("imgs/0 missing.png 0 1\n")
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        PathfinderDataModule(str(tmp_path / "gone")).load_split("train")
+    (tmp_path / "blank" / "metadata").mkdir(parents=True)
+    (tmp_path / "blank" / "metadata" / "0.npy").write_text("\n")
+    with pytest.raises(ValueError, match="list no samples.*--data.init_args.data_dir"):
+        PathfinderDataModule(str(tmp_path / "blank")).load_split("train")
 
 
 def write_imdb(root):
@@ -164,6 +209,46 @@ def test_retrieval_datamodule(tmp_path):
         LRARetrievalDataModule(str(tmp_path)).load_split("val")
     with pytest.raises(FileNotFoundError, match="lra_release"):
         LRARetrievalDataModule(str(tmp_path / "none")).load_split("train")
+
+
+def test_bad_arguments_and_empty_splits_name_the_argument(tmp_path):
+    with pytest.raises(ValueError, match="LRATextDataModule: max_length"):
+        LRATextDataModule(str(tmp_path), max_length=0)
+    with pytest.raises(ValueError, match="val_size"):
+        LRATextDataModule(str(tmp_path), val_size=-1)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        LRATextDataModule(str(tmp_path), batch_size="16")
+    with pytest.raises(ValueError, match="val_size"):
+        LRAImageDataModule(str(tmp_path), val_size=50_000)
+    write_imdb(tmp_path)
+    with pytest.raises(ValueError, match="val_size=7 would hold out 7 of 6"):
+        LRATextDataModule(str(tmp_path), val_size=7).load_split("train")
+    # an empty Retrieval split names its file and the flag to pass
+    for name in ("train", "eval", "test"):
+        (tmp_path / f"new_aan_pairs.{name}.tsv").write_text("1\ta\tb\tx\ty\n" if name != "eval" else "")
+    with pytest.raises(ValueError, match=r"val split is empty \(.*new_aan_pairs\.eval\.tsv.*--data\.init_args\.data_dir"):
+        LRARetrievalDataModule(str(tmp_path)).setup("validate")
+
+
+def test_training_order_follows_the_run_seed_and_epoch(tmp_path, monkeypatch):
+    """Shuffling uses the run seed (Lightning's seed_everything) and the epoch, not the global RNG."""
+    write_imdb(tmp_path)
+
+    def first_epochs(seed):
+        monkeypatch.setenv("PL_GLOBAL_SEED", str(seed))
+        loader = LRATextDataModule(str(tmp_path), batch_size=6).train_dataloader()
+        orders = []
+        for epoch in range(2):
+            loader.sampler.set_epoch(epoch)
+            orders.append([tuple(x.tolist()) for batch in loader for x in batch[0]])
+        return orders
+
+    torch.manual_seed(0)
+    a = first_epochs(5)
+    torch.manual_seed(1)  # the global RNG plays no part
+    assert first_epochs(5) == a
+    assert a[0] != a[1]  # a new order each epoch
+    assert first_epochs(6) != a
 
 
 def test_majority_baseline(tmp_path):

@@ -75,5 +75,9 @@ def test_bad_arguments():
         InductionHeadsDataModule(seq_len=2)
     with pytest.raises(ValueError, match="batch_size"):
         InductionHeadsDataModule(batch_size=0)
+    with pytest.raises(ValueError, match="num_workers"):
+        SelectiveCopyingDataModule(num_workers=-1)
+    with pytest.raises(ValueError, match="seed must be an int"):
+        InductionHeadsDataModule(seed=0.5)
     with pytest.raises(ValueError, match="split"):
         InductionHeadsDataModule().dataset("dev")

@@ -22,8 +22,10 @@ from ssmzoo.data.timeseries import (
 from ssmzoo.models import LinearForecaster, SpaceTime, SSMForecaster
 from ssmzoo.tasks import ForecastingTask
 
+from offline_data import ett_dir
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ETT = os.path.join(ROOT, "..", "shared", "data", "ETT-small")
+ETT = ett_dir()
 
 
 @pytest.fixture(autouse=True)
@@ -107,9 +109,9 @@ def test_feature_modes_windows_and_train_only_scaling(tmp_path):
     assert len(dm.datasets["test"]) == 50 - 10 - 5 + 1
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(ETT, "ETTh1.csv")), reason="ETT-small is not beside the checkout")
+@pytest.mark.skipif(ETT is None, reason="ETT-small is neither under $SSMZOO_DATA nor in shared/data beside the checkout")
 def test_etth1_standard_split():
-    dm = InformerDataModule(os.path.join(ETT, "ETTh1.csv"), features="S", lookback=336, horizon=96)
+    dm = InformerDataModule(str(ETT / "ETTh1.csv"), features="S", lookback=336, horizon=96)
     dm.setup()
     assert dm.split == "etth"
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 8640 - 336 - 96 + 1, "val": 2785, "test": 2785}
@@ -143,6 +145,7 @@ def test_random_ar_is_stable_and_recoverable(p):
 # -- the task ------------------------------------------------------------------------------------
 def test_task_fits_tests_and_plots(tmp_path):
     dm = ARDataModule(p=2, length=800, lookback=16, horizon=4, batch_size=32)
+    dm.setup()
     model = LinearForecaster(1, 1, 16, 4)
     task = ForecastingTask(model, lr=1e-2, plot_dir=str(tmp_path), n_plots=2)
     trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -180,22 +183,68 @@ def test_forecasters_share_the_interface(model):
     loss.backward()
 
 
-# -- configs -------------------------------------------------------------------------------------
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "timeseries", "**", "*.yaml"), recursive=True))
+def test_informer_default_path_and_missing_file_name_the_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSMZOO_DATA", str(tmp_path))
+    dm = InformerDataModule(name="ETTm2", features="M", lookback=8, horizon=4)
+    assert dm.path == str(tmp_path / "ETT-small" / "ETTm2.csv") and dm.split == "ettm"
+    for read in (lambda: dm.n_inputs, dm.setup):
+        with pytest.raises(FileNotFoundError, match="--data.init_args.path") as error:
+            read()
+        assert str(tmp_path / "ETT-small" / "ETTm2.csv") in str(error.value)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: os.path.relpath(p, ROOT))
-def test_configs_instantiate_through_the_cli(config, monkeypatch):
-    from lightning.pytorch.cli import LightningCLI
+def test_channel_counts_read_only_the_header(tmp_path):
+    """n_inputs / n_outputs, which the CLI links into the model when it is built, read the header line only;
+    the values are read (and checked) in setup."""
+    path = write_csv(tmp_path / "x.csv", 50, columns=("date", "a", "b", "c", "OT"), bad=(10, 2, "oops"))
+    for features, shapes in {"M": (4, 4), "MS": (4, 1), "S": (1, 1)}.items():
+        dm = InformerDataModule(path, features=features, lookback=8, horizon=4)
+        assert (dm.n_inputs, dm.n_outputs) == shapes
+        assert dm.datasets == {}
+    with pytest.raises(ValueError, match="'oops' is not a number"):
+        dm.setup()
+    no_target = write_csv(tmp_path / "y.csv", 50, columns=("date", "a"))
+    with pytest.raises(ValueError, match="missing target column 'OT'.*--data.init_args.target"):
+        _ = InformerDataModule(no_target, features="M").n_inputs
 
-    monkeypatch.setattr("sys.argv", ["ssmzoo"])  # only the args below
 
-    cli = LightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       run=False, args=["--config", config, "--trainer.logger=false"], save_config_kwargs={"overwrite": True})
-    assert isinstance(cli.model, ForecastingTask)
-    assert isinstance(cli.datamodule, (InformerDataModule, ARDataModule))
-    assert cli.model.model.horizon == cli.datamodule.horizon and cli.model.model.lookback == cli.datamodule.lookback
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"features": "X"}, "features"),
+        ({"split": "daily"}, "split"),
+        ({"lookback": 0}, "lookback"),
+        ({"horizon": 2.5}, "horizon"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"num_workers": -1}, "num_workers"),
+        ({"name": ""}, "name"),
+    ],
+)
+def test_informer_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=f"InformerDataModule: {message}"):
+        InformerDataModule(**{"path": "x.csv", **kwargs})
 
 
-def test_spacetime_etth1_config_exists():
-    assert os.path.join(ROOT, "configs", "timeseries", "etth1", "spacetime_S_96.yaml") in CONFIGS
+def test_ar_datamodule_checks_in_init_and_generates_in_setup():
+    dm = ARDataModule(p=3, length=400, lookback=16, horizon=4)
+    assert dm.datasets == {} and not hasattr(dm, "phi")  # nothing generated yet
+    dm.setup()
+    assert dm.phi.shape == (3,) and {k: len(v) for k, v in dm.datasets.items()} == {
+        "train": 280 - 16 - 4 + 1, "val": 40 - 4 + 1, "test": 80 - 4 + 1}
+    with pytest.raises(ValueError, match="length=100 splits into 70 / 10 / 20 rows"):
+        ARDataModule(length=100, lookback=16, horizon=16)
+    for kwargs, message in (({"p": 0}, "p must"), ({"noise_std": 0}, "noise_std"), ({"batch_size": 0}, "batch_size")):
+        with pytest.raises(ValueError, match=f"ARDataModule: {message}"):
+            ARDataModule(**kwargs)
+
+
+def test_forecasting_task_bad_arguments():
+    model = LinearForecaster(1, 1, 16, 4)
+    for kwargs, message in (({"lr": 0}, "lr"), ({"weight_decay": -1}, "weight_decay"), ({"n_plots": -1}, "n_plots")):
+        with pytest.raises(ValueError, match=f"ForecastingTask: {message}"):
+            ForecastingTask(model, **kwargs)
+
+
+def test_forecasting_task_declares_what_its_runs_monitor():
+    assert (ForecastingTask.monitor, ForecastingTask.monitor_mode) == ("val/mse", "min")
+    assert ForecastingTask.headline == {"test_mse": "test/mse", "test_mae": "test/mae"}

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
+import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import EarlyStopping
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssmzoo.cli import main, run
+from ssmzoo.cli import SsmzooCLI, main, run
+from ssmzoo.data.commands import main as data_main
+from ssmzoo.tasks import ClassificationTask
 from ssmzoo.tasks.schedule import warmup_cosine, warmup_steps_from
 
 
@@ -86,12 +89,10 @@ model:
     model:
       class_path: ssmzoo.models.SequenceModel
       init_args:
-        vocab_size: 6
         d_model: 8
         n_layers: 1
         layer: s4d
         layer_args: {{d_state: 4, bidirectional: true, lr: 0.001}}
-        d_output: 3
         norm: batch
         prenorm: false
     lr: 0.01
@@ -120,40 +121,59 @@ def test_fit_writes_checkpoint_and_results(fitted):
     run_dir = root / "runs" / f"{root.name}_tiny" / "version_0"
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
     assert any(name.startswith("best-") for name in checkpoints) and "last.ckpt" in checkpoints
-    assert (run_dir / "metrics.csv").is_file()
-    if importlib.util.find_spec("tensorboard") is not None:  # TensorBoard logs share the run's folder
-        assert list(run_dir.glob("events.out.tfevents*"))
+    assert (run_dir / "metrics.csv").is_file() and (run_dir / "config.yaml").is_file()
+    assert list(run_dir.glob("events.out.tfevents*"))  # TensorBoard logs share the run's folder
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["steps"] == 6
-    assert 0.0 <= results["test_acc"] <= 1.0
+    assert results["steps"] == 6 and results["run_dir"] == str(run_dir)
+    assert 0.0 <= results["test_acc"] <= 1.0 and results["test_acc"] == results["test_metrics"]["test/acc"]
     assert results["majority_baseline"] == pytest.approx(cli.datamodule.majority_class_accuracy("test"))
     assert results["config"] == [str(root / "tiny.yaml")]
+    # the best checkpoint, by the task's own metric, has an absolute path
     assert results["checkpoint"].startswith(str(run_dir / "checkpoints" / "best-"))
-    # the best checkpoint is the one with the highest val/acc, as ModelCheckpoint was told
-    assert (
-        cli.trainer.checkpoint_callback.monitor == "val/acc" and cli.trainer.checkpoint_callback.mode == "max"
-    )
+    assert (results["monitor"], cli.trainer.checkpoint_callback.mode) == ("val/acc", "max")
+    with open(run_dir / "metrics.csv") as f:
+        val_acc = [float(row["val/acc"]) for row in csv.DictReader(f) if row["val/acc"]]
+    assert len(val_acc) == 2 and results["best_score"] == pytest.approx(max(val_acc))
+    # last.ckpt holds the final state, whether or not the last validation improved
+    assert torch.load(results["last_checkpoint"], weights_only=True)["global_step"] == 6
 
 
-def test_test_subcommand_reloads_the_best_checkpoint(fitted):
+def test_data_decides_the_models_shape(fitted):
+    cli, _ = fitted
+    model = cli.model.model
+    assert (model.d_output, model.vocab_size, model.d_input) == (3, 6, None)  # from TinyClassification
+
+
+def test_test_subcommand_reloads_the_best_checkpoint_from_another_directory(fitted, tmp_path, monkeypatch):
     cli, root = fitted
     best = cli.results["checkpoint"]
-    again = run(
-        [
-            "test",
-            "--config",
-            str(root / "tiny.yaml"),
-            "--ckpt_path",
-            best,
-            "--trainer.default_root_dir",
-            str(root / "runs"),
-        ]
-    )
+    monkeypatch.chdir(tmp_path)  # the checkpoint path is absolute, so the working directory does not matter
+    again = run(["test", "--config", str(root / "tiny.yaml"), "--ckpt_path", best,
+                 "--trainer.default_root_dir", str(root / "runs")])
     metrics = again.trainer.callback_metrics
     reloaded, trained = again.model.state_dict(), cli.model.state_dict()  # cli.model holds the best weights
     assert reloaded.keys() == trained.keys() and all(torch.equal(reloaded[k], trained[k]) for k in trained)
     assert float(metrics["test/acc"]) == pytest.approx(cli.results["test_acc"])
     assert float(metrics["test/majority_baseline"]) == pytest.approx(cli.results["majority_baseline"])
+    # a run of its own, with its own results
+    assert again.results_path.parent.name == "version_1"
+    assert json.loads(again.results_path.read_text())["test_acc"] == pytest.approx(cli.results["test_acc"])
+
+
+def test_load_from_checkpoint_needs_no_datamodule(fitted):
+    """The values linked from the data are in the checkpoint's hyperparameters."""
+    cli, _ = fitted
+    task = ClassificationTask.load_from_checkpoint(cli.results["checkpoint"])
+    assert (task.model.d_output, task.model.vocab_size) == (3, 6)
+    reloaded, trained = task.state_dict(), cli.model.state_dict()
+    assert reloaded.keys() == trained.keys() and all(torch.equal(reloaded[k], trained[k]) for k in trained)
+
+
+def test_a_linked_value_set_in_the_config_is_refused(tmp_path):
+    config = tmp_path / "linked.yaml"
+    config.write_text(CONFIG.replace("d_model: 8", "d_model: 8\n        d_output: 3"))
+    with pytest.raises(ValueError, match="d_output=3 is set in the config, but ssmzoo takes d_output from the datamodule"):
+        run(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)])
 
 
 def test_optimizer_groups_give_ssm_params_their_lr_and_no_weight_decay(fitted):
@@ -203,32 +223,27 @@ def test_warmup_cosine_schedule():
             warmup_steps_from(bad, 100)
 
 
-LRA_CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs" / "lra").rglob("*.yaml"))
+def help_text(args, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("config", LRA_CONFIGS)
-def test_shipped_lra_configs_build_and_run(config, monkeypatch):
-    """Every key of a shipped LRA config is a constructor argument of the class it configures, and the
-    model it builds takes the batches its datamodule makes (tokens or pixels, single or paired)."""
-    from lightning import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
-
-    monkeypatch.setattr("sys.argv", ["ssmzoo"])
-    cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                       run=False, args=["--config", str(ROOT / config), "--trainer.logger=false"])
-    model, data = cli.model.model.eval(), cli.datamodule
-    assert model.d_output == data.num_classes
-    batch, length = 2, 16
-    if getattr(data, "vocab_size", 0):
-        assert model.vocab_size == data.vocab_size
-        x = torch.randint(1, data.vocab_size, (batch, length))
-    else:
-        assert model.d_input == data.d_input
-        x = torch.randn(batch, length, data.d_input)
-    if model.paired:
-        x = torch.stack([x, x.flip(1)], 1)
-    with torch.no_grad():
-        assert model(x).shape == (batch, data.num_classes)
+def test_help_lists_every_subcommand_and_ssmzoos_classes(capsys):
+    top = help_text(["--help"], capsys)
+    for subcommand in ("fit", "validate", "test", "data"):
+        assert f"    {subcommand} " in top
+    fit = help_text(["fit", "--help"], capsys)
+    for name in ("ssmzoo.tasks.ClassificationTask", "ssmzoo.tasks.ForecastingTask",
+                 "ListOpsDataModule", "InformerDataModule", "ARDataModule", "SelectiveCopyingDataModule"):
+        assert name in fit
+    assert "--early_stopping_patience" in fit and "--last_checkpoint.every_n_train_steps" in fit
+    task = help_text(["fit", "--model.help", "ClassificationTask"], capsys)
+    assert "--model.lr" in task and "--model.warmup" in task
+    assert "--data.n_train" in help_text(["fit", "--data.help", "ListOpsDataModule"], capsys)
+    data = help_text(["data", "--help"], capsys)
+    assert "listops" in data and "paths" in data
 
 
 def test_data_command_writes_listops_files(tmp_path):
@@ -263,3 +278,51 @@ def test_data_command_needs_a_known_name(capsys):
     with pytest.raises(SystemExit):
         main(["data", "imagenet"])
     assert "listops" in capsys.readouterr().err
+
+
+def test_data_paths_command_says_what_is_where(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SSMZOO_DATA", str(tmp_path))
+    (tmp_path / "ETT-small").mkdir()
+    (tmp_path / "ETT-small" / "ETTh2.csv").write_text("date,OT\n")
+    found = {name: present for name, _, present in data_main(["paths"])}
+    assert found["ETTh2"] and not found["ETTh1"] and not found["LRA Text (IMDB)"]
+    main(["data", "paths"])  # the same through the ssmzoo command
+    out = capsys.readouterr().out.split("data root:")[-1]
+    assert str(tmp_path / "imdb") in out and "--data.init_args.data_dir" in out
+
+
+def _built(config: Path, *extra: str) -> SsmzooCLI:
+    """The CLI with everything built from ``config`` and nothing run."""
+    return SsmzooCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                     run=False, args=["--config", str(config), "--trainer.logger=false", *extra])
+
+
+@pytest.mark.parametrize(
+    "config,monitor,mode",
+    [("configs/lra/listops/s4d_small.yaml", "val/acc", "max"), ("configs/timeseries/ar/spacetime_ar8.yaml", "val/mse", "min")],
+)
+def test_checkpointing_and_early_stopping_follow_the_tasks_metric(config, monitor, mode, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSMZOO_DATA", str(tmp_path))
+    cli = _built(ROOT / config, "--early_stopping_patience=2", f"--trainer.default_root_dir={tmp_path}")
+    assert (type(cli.model).monitor, type(cli.model).monitor_mode) == (monitor, mode)
+    best = cli.trainer.checkpoint_callback
+    stop = [c for c in cli.trainer.callbacks if isinstance(c, EarlyStopping)]
+    assert (best.monitor, best.mode) == (monitor, mode)
+    assert len(stop) == 1 and (stop[0].monitor, stop[0].mode, stop[0].patience) == (monitor, mode, 2)
+
+
+def test_early_stopping_needs_a_positive_patience_and_a_task_that_names_its_metric(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(CONFIG)
+    with pytest.raises(ValueError, match="--early_stopping_patience must be an int >= 1"):
+        _built(config, "--early_stopping_patience=0")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(CONFIG.replace("ssmzoo.tasks.ClassificationTask", f"{__name__}.PlainTask"))
+    with pytest.raises(ValueError, match="PlainTask declares no monitored metric"):
+        _built(plain, "--early_stopping_patience=1")
+
+
+class PlainTask(ClassificationTask):
+    """A task that does not say which metric its runs follow."""
+
+    monitor = None

@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument(
         "--note", default="", help="a remark stored with the result (e.g. the machine was shared)"
     )
+    parser.add_argument(
+        "--results-dir", default=str(HERE / "results"),
+        help="where the result JSON goes; results.md beside it is rebuilt from every JSON there",
+    )
     parser.add_argument("cli_args", nargs="*", help="extra ssmzoo fit arguments (after --)")
     args = parser.parse_args(argv)
     config = Path(args.config)
@@ -121,11 +125,11 @@ def main(argv: list[str] | None = None) -> Path:
         "note": args.note,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    results_dir = HERE / "results"
-    results_dir.mkdir(exist_ok=True)
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
     out = results_dir / f"{task}_{name}.json"
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    write_table(results_dir, HERE / "results.md")
+    write_table(results_dir, results_dir.parent / "results.md")
     print(
         f"{task} / {name}: test accuracy {100 * result['test_acc']:.2f}%  "
         f"majority baseline {100 * result['majority_baseline']:.2f}%  "

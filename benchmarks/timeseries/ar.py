@@ -8,7 +8,8 @@ the MSE of the true AR recursion's forecast from the same windows (the best any 
 A second table isolates the claim: one companion vs one diagonal SSM convolution of state size p,
 fitted as one-step-ahead predictors (the forecasters above all end in a linear lookback -> horizon
 map, which can hold the AR predictor whatever the SSM in front of it).
-Writes results/ar.md and results/ar.json.
+Every forecaster is trained and tested through the ``ssmzoo`` command (benchmarks/timeseries/common.py);
+runs go under --root. Writes results/ar.md and results/ar.json.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the checkout's ssmzoo, not an installed copy
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from common import build_model, single_thread, train_and_test
+from common import model_spec, single_thread, train_and_test
 
 from ssmzoo import layers
 from ssmzoo.data.timeseries import ARDataModule
@@ -81,21 +82,25 @@ def main() -> None:
     ap.add_argument("--d-state", type=int, default=32)
     ap.add_argument("--kernel-steps", type=int, default=1000)
     ap.add_argument("--out", default=os.path.join(RESULTS, "ar"))
+    ap.add_argument("--root", default="runs/benchmarks/timeseries", help="trainer.default_root_dir of the runs")
     args = ap.parse_args()
     single_thread()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     rows, start = [], time.perf_counter()
     for p in args.orders:
-        dm = ARDataModule(p=p, length=args.length, lookback=args.lookback, horizon=args.horizon, seed=p,
-                          batch_size=64, train_stride=2)
+        data_args = {"p": p, "length": args.length, "lookback": args.lookback, "horizon": args.horizon, "seed": p,
+                     "batch_size": 64, "train_stride": 2}
+        dm = ARDataModule(**data_args)  # the same seeded series the CLI runs build, for the oracle
+        dm.setup()
         row = {"p": p, "oracle": oracle_mse(dm), "one_step_oracle": (dm.noise_std / dm.std) ** 2}
         for name in ("companion", "s4d"):
             t = time.perf_counter()
             row[f"one_step_{name}"] = one_step_kernel_fit(name, p, dm, args.kernel_steps)
             row[f"one_step_{name}_seconds"] = time.perf_counter() - t
         for name in args.models:
-            model = build_model(name, 1, 1, args.lookback, args.horizon, args.d_model, args.d_state)
-            r = train_and_test(model, dm, args.epochs, 3e-3, patience=2)
+            r = train_and_test(model_spec(name, args.d_model, args.d_state),
+                               {"class_path": "ssmzoo.data.timeseries.ARDataModule", "init_args": data_args},
+                               args.epochs, 3e-3, run_name=f"ar{p}_{name}", root=args.root, patience=2)
             row[name] = r["mse"]
             row[f"{name}_seconds"] = r["seconds"]
         rows.append(row)

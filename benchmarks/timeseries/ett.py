@@ -1,11 +1,13 @@
 """ETTh1 / ETTh2, univariate (S) and multivariate (M), lookback 336, horizons 96-720:
 SpaceTime vs NLinear vs S4D, test MSE/MAE on z-scored values, in one command:
 
-    python benchmarks/timeseries/ett.py --data /work/shared/data/ETT-small
+    python benchmarks/timeseries/ett.py --data /path/to/ETT-small     # default $SSMZOO_DATA/ETT-small
 
 Sized for 2 shared CPU cores (small models, every 16th training window, few epochs with early
 stopping); the published numbers come from full-size models trained far longer.
-Writes results/ett.md and results/ett.json, and one forecast plot per (dataset, mode) at h=96.
+Every forecaster is trained and tested through the ``ssmzoo`` command (benchmarks/timeseries/common.py);
+runs go under --root. Writes results/ett.md and results/ett.json, and one forecast plot per (dataset, mode)
+at h=96.
 """
 
 from __future__ import annotations
@@ -19,16 +21,16 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # the checkout's ssmzoo, not an installed copy
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
-from common import build_model, single_thread, train_and_test
+from common import model_spec, single_thread, train_and_test
 
-from ssmzoo.data.timeseries import InformerDataModule
+from ssmzoo.data import data_root
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "../../../shared/data/ETT-small"))
+    p.add_argument("--data", default=str(data_root() / "ETT-small"), help="folder holding ETTh1.csv, ...")
     p.add_argument("--datasets", nargs="+", default=["ETTh1", "ETTh2"])
     p.add_argument("--features", nargs="+", default=["S", "M"])
     p.add_argument("--horizons", nargs="+", type=int, default=[96, 192, 336, 720])
@@ -41,7 +43,10 @@ def main() -> None:
     p.add_argument("--d-state", type=int, default=16)
     p.add_argument("--no-plots", action="store_true", help="skip the forecast plots")
     p.add_argument("--out", default=os.path.join(RESULTS, "ett"))
+    p.add_argument("--root", default="runs/benchmarks/timeseries", help="trainer.default_root_dir of the runs")
     args = p.parse_args()
+    if not os.path.isdir(args.data):
+        p.error(f"--data {args.data}: no such folder; pass the ETT-small folder (github.com/zhouhaoyi/ETDataset)")
     single_thread()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     lr = {"spacetime": 3e-3, "s4d": 3e-3, "nlinear": 3e-3, "dlinear": 3e-3}
@@ -49,15 +54,16 @@ def main() -> None:
     for dataset in args.datasets:
         for features in args.features:
             for horizon in args.horizons:
-                dm = InformerDataModule(os.path.join(args.data, f"{dataset}.csv"), features=features,
-                                        lookback=args.lookback, horizon=horizon, batch_size=32,
-                                        train_stride=args.train_stride, val_stride=args.val_stride)
-                dm.setup()
+                data = {"class_path": "ssmzoo.data.timeseries.InformerDataModule",
+                        "init_args": {"path": os.path.join(args.data, f"{dataset}.csv"), "features": features,
+                                      "lookback": args.lookback, "horizon": horizon, "batch_size": 32,
+                                      "train_stride": args.train_stride, "val_stride": args.val_stride}}
                 for name in args.models:
-                    model = build_model(name, dm.n_inputs, dm.n_outputs, args.lookback, horizon, args.d_model, args.d_state)
                     plot_dir = (os.path.join(RESULTS, "plots", f"{dataset}_{features}_{name}")
                                 if horizon == min(args.horizons) and not args.no_plots else None)
-                    r = train_and_test(model, dm, args.epochs, lr[name], plot_dir=plot_dir)
+                    r = train_and_test(model_spec(name, args.d_model, args.d_state), data, args.epochs, lr[name],
+                                       run_name=f"{dataset}_{features}_{horizon}_{name}", root=args.root,
+                                       plot_dir=plot_dir)
                     row = {"dataset": dataset, "features": features, "horizon": horizon, "model": name, **r}
                     rows.append(row)
                     print(json.dumps(row), flush=True)

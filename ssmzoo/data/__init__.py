@@ -1,18 +1,31 @@
-"""LightningDataModules, one subpackage per data family (lra/, timeseries/, synthetic/); LRA names load on first use."""
+"""LightningDataModules, one subpackage per data family (lra/, timeseries/, synthetic/).
 
-from importlib import import_module
-from typing import Any
+Every datamodule checks its arguments in ``__init__`` (a ValueError naming the argument), writes generated
+files in ``prepare_data`` and reads in ``setup``; training batches come in an order set by the run seed and
+the epoch, and resume mid-epoch (:mod:`ssmzoo.data.loader`)."""
 
+from .lra import (
+    ClassificationDataModule,
+    ListOpsDataModule,
+    LRAImageDataModule,
+    LRARetrievalDataModule,
+    LRATextDataModule,
+    PathfinderDataModule,
+)
 from .paths import data_root
+from .synthetic import InductionHeadsDataModule, SelectiveCopyingDataModule
+from .timeseries import ARDataModule, InformerDataModule
 
-_EXPORTS = {"ListOpsDataModule": "lra", "lra": None}
-
-__all__ = ["ListOpsDataModule", "data_root", "lra"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "lra":
-        return import_module(".lra", __name__)
-    if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "ARDataModule",
+    "ClassificationDataModule",
+    "InductionHeadsDataModule",
+    "InformerDataModule",
+    "LRAImageDataModule",
+    "LRARetrievalDataModule",
+    "LRATextDataModule",
+    "ListOpsDataModule",
+    "PathfinderDataModule",
+    "SelectiveCopyingDataModule",
+    "data_root",
+]

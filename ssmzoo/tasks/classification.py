@@ -13,16 +13,16 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import SequenceModel
 from ..optim import param_groups
+from .base import Task
 from .schedule import warmup_cosine, warmup_steps_from
 
 
-class ClassificationTask(LightningModule):
+class ClassificationTask(Task):
     """Train and evaluate a :class:`SequenceModel` classifier with cross-entropy.
 
     Args:
@@ -33,8 +33,13 @@ class ClassificationTask(LightningModule):
         betas: AdamW betas.
 
     Logs ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc`` and,
-    when the datamodule has ``majority_class_accuracy``, ``test/majority_baseline``.
+    when the datamodule has ``majority_class_accuracy``, ``test/majority_baseline``. Checkpoints keep the
+    best ``val/acc``.
     """
+
+    monitor = "val/acc"
+    monitor_mode = "max"
+    headline = {"test_acc": "test/acc", "majority_baseline": "test/majority_baseline"}
 
     def __init__(
         self,
@@ -49,10 +54,10 @@ class ClassificationTask(LightningModule):
             raise ValueError(
                 f"ClassificationTask: model must be an nn.Module (a SequenceModel), got {type(model).__name__}"
             )
-        if not lr > 0:
-            raise ValueError(f"ClassificationTask: lr must be > 0, got {lr!r}")
-        if not weight_decay >= 0:
-            raise ValueError(f"ClassificationTask: weight_decay must be >= 0, got {weight_decay!r}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ValueError(f"ClassificationTask: lr must be a number > 0, got {lr!r}")
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
+            raise ValueError(f"ClassificationTask: weight_decay must be a number >= 0, got {weight_decay!r}")
         warmup_steps_from(warmup, 1)  # validates warmup now rather than when training starts
         num_classes = getattr(model, "d_output", None)
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -102,6 +107,15 @@ class ClassificationTask(LightningModule):
         baseline = getattr(datamodule, "majority_class_accuracy", None)
         if callable(baseline):
             self.log("test/majority_baseline", float(baseline("test")))
+
+    @classmethod
+    def summary(cls, results: dict[str, float | None]) -> str:
+        if results.get("test_acc") is None:
+            return super().summary(results)
+        line = f"test accuracy {results['test_acc']:.4f}"
+        if results.get("majority_baseline") is not None:
+            line += f"   majority-class baseline {results['majority_baseline']:.4f}"
+        return line
 
     def configure_optimizers(self) -> dict:
         groups = param_groups(self.model, self.lr, self.weight_decay)

@@ -1,33 +1,54 @@
 """Forecasting as a LightningModule: any Forecaster, MSE and MAE on the scaled values, and at the
-end of a test run PNG plots of forecasts against the truth (matplotlib, imported only then)."""
+end of a test run PNG plots of forecasts against the truth (matplotlib, a dependency, imported only then)."""
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 
-import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..models.forecaster import Forecaster
 from ..optim import param_groups
+from .base import Task
 
 
-class ForecastingTask(L.LightningModule):
+class ForecastingTask(Task):
     """Args:
         model: a Forecaster (x (batch, lookback, n_inputs) -> (batch, horizon, n_outputs)) whose
             ``loss(x, y)`` is the training objective.
         lr, weight_decay: AdamW settings (SSM parameters keep their tagged settings).
         plot_dir: where test plots and test metrics (JSON) go; None: the trainer's log_dir, if any.
         n_plots: how many test windows to plot (spread over the test split).
+
+    Logs ``train/loss``, ``val/mse``, ``val/mae``, ``test/mse``, ``test/mae``; checkpoints keep the best
+    (lowest) ``val/mse``.
     """
+
+    monitor = "val/mse"
+    monitor_mode = "min"
+    headline = {"test_mse": "test/mse", "test_mae": "test/mae"}
 
     def __init__(self, model: Forecaster, lr: float = 1e-3, weight_decay: float = 0.0,
                  plot_dir: str | None = None, n_plots: int = 2) -> None:
         super().__init__()
         if not isinstance(model, Forecaster):
             raise ValueError(f"ForecastingTask: model must be a ssmzoo Forecaster, got {type(model).__name__}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ValueError(f"ForecastingTask: lr must be a number > 0, got {lr!r}")
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0:
+            raise ValueError(f"ForecastingTask: weight_decay must be a number >= 0, got {weight_decay!r}")
+        if not isinstance(n_plots, int) or isinstance(n_plots, bool) or n_plots < 0:
+            raise ValueError(f"ForecastingTask: n_plots must be an int >= 0, got {n_plots!r}")
+        # As in ClassificationTask: under the CLI the hparams are the config, which load_from_checkpoint needs;
+        # built in Python, the model's weights are in the state dict, so the module is dropped from the hparams.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`.*")
+            self.save_hyperparameters()
+        if isinstance(self.hparams.get("model"), nn.Module):
+            del self.hparams["model"]
         self.model, self.lr, self.weight_decay = model, lr, weight_decay
         self.plot_dir, self.n_plots = plot_dir, n_plots
         self._sums: dict[str, Tensor] = {}
@@ -98,6 +119,12 @@ class ForecastingTask(L.LightningModule):
         for i, j in enumerate(picks.round().long().unique().tolist()):
             window = self._plot_windows[j]
             plot_forecast(*window, os.path.join(out_dir, f"forecast_{i}.png"), title=type(self.model).__name__)
+
+    @classmethod
+    def summary(cls, results: dict[str, float | None]) -> str:
+        if results.get("test_mse") is None or results.get("test_mae") is None:
+            return super().summary(results)
+        return f"test MSE {results['test_mse']:.4f}   MAE {results['test_mae']:.4f} (scaled values)"
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = param_groups(self.model, self.lr, self.weight_decay)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..loader import ResumableDataLoader, check_loader_args, eval_loader
 from ..paths import data_root
 
 PAD = 0
@@ -55,32 +57,66 @@ class _ListDataset(Dataset):
 
 
 class ClassificationDataModule(LightningDataModule, metaclass=abc.ABCMeta):
-    """Base for datamodules whose splits fit in memory. Subclasses set ``num_classes``,
-    ``vocab_size`` (0 for real-valued inputs) and ``d_input``, and implement ``_load(split)``
-    returning ``(sequences, labels)``."""
+    """Base for classification datamodules whose splits fit in memory.
+
+    One lifecycle for all: ``__init__`` checks the arguments (a ValueError naming the argument),
+    ``prepare_data`` writes files when the data is generated (once, on one process), ``setup`` /
+    ``load_split`` read them. Training batches come in an order set by the run seed and the epoch, and a
+    run resumed from a mid-epoch checkpoint continues with the batches the epoch had left
+    (:class:`ssmzoo.data.loader.ResumableDataLoader`).
+
+    Subclasses set ``num_classes``, ``vocab_size`` (0 for real-valued inputs) and ``d_input`` (0 for
+    tokens), which the ``ssmzoo`` command links into the model, and implement ``_load(split)`` returning
+    ``(sequences, labels)``; ``_source(split)`` says where a split comes from, for error messages.
+
+    Args:
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes.
+        seed: the seed of the data itself (generation, held-out splits); the training order follows the
+            run seed (``seed_everything``) instead.
+        pin_memory: DataLoader pin_memory.
+        shuffle: a new training order every epoch.
+    """
 
     num_classes: int = 2
     vocab_size: int = 0
     d_input: int = 0
+    # The command-line flag that points the datamodule at its files, named in error messages.
+    data_flag: str = "--data.init_args.data_dir"
 
-    def __init__(self, batch_size: int, num_workers: int, seed: int) -> None:
+    def __init__(
+        self, batch_size: int, num_workers: int, seed: int, pin_memory: bool = False, shuffle: bool = True
+    ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        check_loader_args(type(self).__name__, batch_size, num_workers)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"{type(self).__name__}: seed must be an int, got {seed!r}")
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.pin_memory, self.shuffle = pin_memory, shuffle
         self._splits: dict[str, tuple[Sequence, np.ndarray]] = {}
 
     @abc.abstractmethod
     def _load(self, split: str) -> tuple[Sequence, np.ndarray]:
         """(sequences, labels) of ``split``."""
 
+    def _source(self, split: str) -> str:
+        """Where ``split`` is read from (a file or folder), for error messages."""
+        return ""
+
     def load_split(self, split: str) -> tuple[Sequence, np.ndarray]:
+        """``(sequences, labels)`` of ``"train"``, ``"val"`` or ``"test"`` (read once, then kept)."""
         if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            raise ValueError(f"{type(self).__name__}: split must be one of {SPLITS}, got {split!r}")
         if split not in self._splits:
-            self._splits[split] = self._load(split)
+            sequences, labels = self._load(split)
+            if len(labels) == 0:
+                source = self._source(split)
+                raise ValueError(
+                    f"{type(self).__name__}: the {split} split is empty"
+                    + (f" ({source} holds no samples)" if source else "")
+                    + f"; point {self.data_flag} at a data set whose {split} split has samples"
+                )
+            self._splits[split] = (sequences, labels)
         return self._splits[split]
 
     def setup(self, stage: str | None = None) -> None:
@@ -88,25 +124,33 @@ class ClassificationDataModule(LightningDataModule, metaclass=abc.ABCMeta):
         for split in needed.get(stage, SPLITS) if stage is not None else SPLITS:
             self.load_split(split)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            _ListDataset(*self.load_split(split)),
+    def train_dataloader(self) -> DataLoader:
+        return ResumableDataLoader(
+            _ListDataset(*self.load_split("train")),
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            shuffle=self.shuffle,
             num_workers=self.num_workers,
             collate_fn=pad_collate,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            pin_memory=self.pin_memory,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+    def _eval_loader(self, split: str) -> DataLoader:
+        return eval_loader(
+            _ListDataset(*self.load_split(split)),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=pad_collate,
+            pin_memory=self.pin_memory,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
 
     def majority_class_accuracy(self, split: str = "test") -> float:
         """Accuracy on ``split`` of always predicting the training split's most frequent label."""
@@ -115,11 +159,15 @@ class ClassificationDataModule(LightningDataModule, metaclass=abc.ABCMeta):
         return float(np.mean(np.asarray(self.load_split(split)[1]) == majority))
 
 
-def holdout(n: int, fraction_or_size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded split of range(n) into (kept, held out) index arrays."""
+def holdout(n: int, fraction_or_size: float | int, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split of range(n) into (kept, held out) index arrays; ``name`` is the argument that set
+    ``fraction_or_size``, named in the error when it cannot be held out."""
     size = int(round(n * fraction_or_size)) if isinstance(fraction_or_size, float) else int(fraction_or_size)
     if not 0 <= size < n:
-        raise ValueError(f"cannot hold out {fraction_or_size} of {n} samples")
+        raise ValueError(
+            f"{name}={fraction_or_size!r} would hold out {size} of {n} samples; "
+            f"it must leave at least one sample and hold out none or more"
+        )
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[size:]), np.sort(perm[:size])
 
@@ -131,9 +179,19 @@ def require_dir(path: str | Path, what: str, how: str) -> Path:
     return p
 
 
-def cache_file(kind: str, *keys: object) -> Path:
-    """A path under $SSMZOO_DATA/cache for decoded arrays, keyed by the given values."""
-    digest = hashlib.sha256(repr(keys).encode()).hexdigest()[:16]
+def files_key(files: Iterable[Path]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime in ns) of every file: a cache built from these files is valid while this is equal."""
+    key = []
+    for f in files:
+        stat = f.stat()
+        key.append((str(f.resolve()), stat.st_size, stat.st_mtime_ns))
+    return key
+
+
+def cache_file(kind: str, key: object) -> Path:
+    """A path under ``$SSMZOO_DATA/cache/<kind>`` for decoded arrays, named by a hash of ``key`` (what they
+    were built from: the files' names, sizes and mtimes, the decoder's version and its arguments)."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = data_root() / "cache" / kind / f"{digest}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path

@@ -16,8 +16,14 @@ from ..paths import data_root
 from .common import ClassificationDataModule, holdout, require_dir
 
 _HOW = ("Download the CIFAR-10 python version (cifar-10-python.tar.gz) and extract it, "
-        "then pass data_dir=<folder containing cifar-10-batches-py>.")
+        "then pass --data.init_args.data_dir <folder containing cifar-10-batches-py> "
+        "(or extract it to $SSMZOO_DATA/cifar10).")
 MEAN, STD = 122.6 / 255.0, 61.0 / 255.0
+
+
+def default_data_dir() -> Path:
+    """Where CIFAR-10 is looked for when data_dir is None: ``$SSMZOO_DATA/cifar10``."""
+    return data_root() / "cifar10"
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -59,18 +65,23 @@ class LRAImageDataModule(ClassificationDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
+        if not isinstance(val_size, int) or isinstance(val_size, bool) or not 0 <= val_size < 50_000:
+            raise ValueError(f"LRAImageDataModule: val_size must be an int in [0, 50000), got {val_size!r}")
         self.data_dir, self.tokens, self.val_size = data_dir, tokens, val_size
         self.vocab_size = 257 if tokens else 0
         self.d_input = 0 if tokens else 1
 
     def _folder(self) -> Path:
-        root = require_dir(self.data_dir or data_root() / "cifar10", "LRA Image (CIFAR-10) data_dir", _HOW)
+        root = require_dir(self.data_dir or default_data_dir(), "LRA Image (CIFAR-10) data_dir", _HOW)
         return root / "cifar-10-batches-py" if (root / "cifar-10-batches-py").is_dir() else root
 
     def _encode(self, gray: np.ndarray) -> list[np.ndarray]:
         if self.tokens:
             return list(gray.astype(np.int64) + 1)
         return list(((gray.astype(np.float32) / 255.0 - MEAN) / STD)[..., None])
+
+    def _source(self, split: str) -> str:
+        return str(Path(self.data_dir or default_data_dir()) / ("test_batch" if split == "test" else "data_batch_*"))
 
     def _load(self, split: str):
         folder = self._folder()
@@ -80,6 +91,6 @@ class LRAImageDataModule(ClassificationDataModule):
         parts = [read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
         images = np.concatenate([p[0] for p in parts])
         labels = np.concatenate([p[1] for p in parts])
-        keep, held = holdout(len(labels), self.val_size, self.seed)
+        keep, held = holdout(len(labels), self.val_size, self.seed, "val_size")
         idx = keep if split == "train" else held
         return self._encode(to_grayscale(images[idx])), labels[idx]

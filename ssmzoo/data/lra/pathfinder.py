@@ -5,25 +5,39 @@ Reads the official release: ``<data_dir>/metadata/*.npy`` are text files whose l
 ``<image dir> <file name> <index> <label> ...``, and images lie at ``<data_dir>/<image dir>/<file name>``
 (e.g. ``pathfinder32/curv_contour_length_14``). As in the S4 LRA setup, the samples are split
 80 / 10 / 10 with a fixed seed, and pixels are scaled to [-1, 1]. Decoded arrays are cached under
-``$SSMZOO_DATA/cache/pathfinder`` so the PNGs are read once."""
+``$SSMZOO_DATA/cache/pathfinder``, keyed by the names, sizes and modification times of the metadata and
+image files and the decoder's version, so the PNGs are read once and a changed file is read again."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..paths import data_root
-from .common import ClassificationDataModule, cache_file, holdout, require_dir
+from .common import ClassificationDataModule, cache_file, files_key, holdout, require_dir
 
-_HOW = ("Download the LRA release (lra_release.gz), extract it, and pass "
-        "data_dir=<...>/lra_release/pathfinder32/curv_contour_length_14 (or pathfinder128 for Path-X).")
+_HOW = ("Download the LRA release (lra_release.gz), extract it, and pass --data.init_args.data_dir "
+        "<...>/lra_release/pathfinder32/curv_contour_length_14 (or pathfinder128 for Path-X; or extract the "
+        "release to $SSMZOO_DATA).")
+# Bump when decoding changes, so caches written by an older decoder are not reused.
+DECODER_VERSION = 1
+
+
+def default_data_dir(resolution: int) -> Path:
+    """Where Pathfinder is looked for when data_dir is None."""
+    return data_root() / "lra_release" / f"pathfinder{resolution}" / "curv_contour_length_14"
+
+
+def metadata_files(folder: Path) -> list[Path]:
+    """``metadata/*.npy`` in numeric order (0.npy, 1.npy, ..., 10.npy)."""
+    return sorted((folder / "metadata").glob("*.npy"), key=lambda p: (len(p.stem), p.stem))
 
 
 def read_metadata(folder: Path) -> list[tuple[Path, int]]:
     """(image path, label) for every line of every ``metadata/*.npy`` file, in file order."""
-    meta_dir = folder / "metadata"
-    files = sorted(meta_dir.glob("*.npy"), key=lambda p: (len(p.stem), p.stem))
+    files = metadata_files(folder)
     if not files:
         raise FileNotFoundError(f"Pathfinder: no metadata/*.npy files in {folder}. {_HOW}")
     samples = []
@@ -71,34 +85,63 @@ class PathfinderDataModule(ClassificationDataModule):
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
         if resolution not in (32, 64, 128, 256):
-            raise ValueError(f"resolution must be 32, 64, 128 or 256, got {resolution}")
-        if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-            raise ValueError(f"need 0 < val_fraction, test_fraction and their sum < 1, got {val_fraction}, {test_fraction}")
+            raise ValueError(f"PathfinderDataModule: resolution must be 32, 64, 128 or 256, got {resolution!r}")
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+                raise ValueError(f"PathfinderDataModule: {name} must be a number in (0, 1), got {value!r}")
+        if val_fraction + test_fraction >= 1:
+            raise ValueError(
+                f"PathfinderDataModule: val_fraction + test_fraction must be < 1, got {val_fraction} + {test_fraction}"
+            )
         self.data_dir, self.resolution, self.tokens = data_dir, resolution, tokens
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.vocab_size = 257 if tokens else 0
         self.d_input = 0 if tokens else 1
         self._all: tuple[np.ndarray, np.ndarray] | None = None
 
+    def _folder(self) -> Path:
+        return require_dir(self.data_dir or default_data_dir(self.resolution), "Pathfinder data_dir", _HOW)
+
+    def _source(self, split: str) -> str:
+        return str(Path(self.data_dir or default_data_dir(self.resolution)) / "metadata")
+
     def _decoded(self) -> tuple[np.ndarray, np.ndarray]:
         if self._all is None:
-            folder = require_dir(self.data_dir or data_root() / "lra_release" / f"pathfinder{self.resolution}" / "curv_contour_length_14", "Pathfinder data_dir", _HOW)
-            cache = cache_file("pathfinder", str(folder.resolve()), self.resolution)
+            folder = self._folder()
+            samples = read_metadata(folder)
+            if not samples:
+                raise ValueError(
+                    f"Pathfinder: the metadata files in {folder / 'metadata'} list no samples; point "
+                    f"{self.data_flag} at a complete release. {_HOW}"
+                )
+            missing = [str(path) for path, _ in samples if not path.is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"Pathfinder: the metadata names {len(missing)} image(s) that do not exist, e.g. {missing[0]}"
+                )
+            key = {
+                "decoder": DECODER_VERSION,
+                "resolution": self.resolution,
+                "files": files_key(metadata_files(folder) + [path for path, _ in samples]),
+            }
+            cache = cache_file("pathfinder", key)
             if cache.is_file():
                 with np.load(cache) as z:
                     self._all = (z["images"], z["labels"])
             else:
-                samples = read_metadata(folder)
                 images = np.stack([read_image(p, self.resolution) for p, _ in samples])
                 labels = np.array([label for _, label in samples], dtype=np.int64)
-                np.savez(cache, images=images, labels=labels)
+                # write beside, then rename: a concurrent reader never sees half a file
+                partial = cache.with_suffix(f".{os.getpid()}.partial.npz")
+                np.savez(partial, images=images, labels=labels)
+                os.replace(partial, cache)
                 self._all = (images, labels)
         return self._all
 
     def _load(self, split: str):
         images, labels = self._decoded()
-        rest, test = holdout(len(labels), self.test_fraction, self.seed)
-        train, val = holdout(len(rest), self.val_fraction / (1 - self.test_fraction), self.seed + 1)
+        rest, test = holdout(len(labels), self.test_fraction, self.seed, "test_fraction")
+        train, val = holdout(len(rest), self.val_fraction / (1 - self.test_fraction), self.seed + 1, "val_fraction")
         idx = {"train": rest[train], "val": rest[val], "test": test}[split]
         chosen = images[idx]
         seqs = list(chosen.astype(np.int64) + 1) if self.tokens else list((chosen / 127.5 - 1.0).astype(np.float32)[..., None])

@@ -13,9 +13,21 @@ from .common import ClassificationDataModule, holdout, require_dir
 
 VOCAB_SIZE = 257
 _HOW_IMDB = ("Download the IMDB reviews (aclImdb_v1.tar.gz from ai.stanford.edu/~amaas/data/sentiment/), "
-             "extract it and pass data_dir=<folder containing aclImdb>.")
+             "extract it and pass --data.init_args.data_dir <folder containing aclImdb> "
+             "(or extract it to $SSMZOO_DATA/imdb).")
 _HOW_AAN = ("Download the LRA release (lra_release.gz), extract it, and pass "
-            "data_dir=<...>/lra_release/tsv_data (holding new_aan_pairs.{train,eval,test}.tsv).")
+            "--data.init_args.data_dir <...>/lra_release/tsv_data (holding new_aan_pairs.{train,eval,test}.tsv; "
+            "or extract the release to $SSMZOO_DATA).")
+
+
+def default_imdb_dir() -> Path:
+    """Where IMDB is looked for when data_dir is None: ``$SSMZOO_DATA/imdb``."""
+    return data_root() / "imdb"
+
+
+def default_aan_dir() -> Path:
+    """Where the AAN pairs are looked for when data_dir is None: ``$SSMZOO_DATA/lra_release/tsv_data``."""
+    return data_root() / "lra_release" / "tsv_data"
 
 
 # An empty document still needs one position: it becomes a single NUL byte (id 1).
@@ -47,12 +59,14 @@ class LRATextDataModule(ClassificationDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
-        if max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise ValueError(f"LRATextDataModule: max_length must be an int >= 1, got {max_length!r}")
+        if not isinstance(val_size, int) or isinstance(val_size, bool) or val_size < 0:
+            raise ValueError(f"LRATextDataModule: val_size must be an int >= 0, got {val_size!r}")
         self.data_dir, self.max_length, self.val_size = data_dir, max_length, val_size
 
     def _read(self, part: str) -> tuple[list[np.ndarray], np.ndarray]:
-        root = require_dir(self.data_dir or data_root() / "imdb", "LRA Text (IMDB) data_dir", _HOW_IMDB)
+        root = require_dir(self.data_dir or default_imdb_dir(), "LRA Text (IMDB) data_dir", _HOW_IMDB)
         root = root / "aclImdb" if (root / "aclImdb").is_dir() else root
         seqs, labels = [], []
         for label, sub in ((0, "neg"), (1, "pos")):
@@ -65,13 +79,17 @@ class LRATextDataModule(ClassificationDataModule):
                 labels.append(label)
         return seqs, np.array(labels, dtype=np.int64)
 
+    def _source(self, split: str) -> str:
+        part = "test" if split == "test" or (split == "val" and self.val_size == 0) else "train"
+        return str(Path(self.data_dir or default_imdb_dir()) / "aclImdb" / part)
+
     def _load(self, split: str):
         if split == "test" or (split == "val" and self.val_size == 0):
             return self._read("test")
         seqs, labels = self._read("train")
         if self.val_size == 0:
             return seqs, labels
-        keep, held = holdout(len(labels), self.val_size, self.seed)
+        keep, held = holdout(len(labels), self.val_size, self.seed, "val_size")
         idx = keep if split == "train" else held
         return [seqs[i] for i in idx], labels[idx]
 
@@ -112,11 +130,14 @@ class LRARetrievalDataModule(ClassificationDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size, num_workers, seed)
-        if max_length < 1:
-            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 1:
+            raise ValueError(f"LRARetrievalDataModule: max_length must be an int >= 1, got {max_length!r}")
         self.data_dir, self.max_length = data_dir, max_length
 
-    def _load(self, split: str):
-        root = require_dir(self.data_dir or data_root() / "lra_release" / "tsv_data", "LRA Retrieval (AAN) data_dir", _HOW_AAN)
+    def _source(self, split: str) -> str:
         name = {"train": "train", "val": "eval", "test": "test"}[split]
-        return read_aan_tsv(root / f"new_aan_pairs.{name}.tsv", self.max_length)
+        return str(Path(self.data_dir or default_aan_dir()) / f"new_aan_pairs.{name}.tsv")
+
+    def _load(self, split: str):
+        require_dir(self.data_dir or default_aan_dir(), "LRA Retrieval (AAN) data_dir", _HOW_AAN)
+        return read_aan_tsv(Path(self._source(split)), self.max_length)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..loader import ResumableDataLoader, check_loader_args, eval_loader
 from .induction_heads import induction_heads
 from .selective_copying import selective_copying
 
@@ -24,10 +25,12 @@ class _SyntheticDataModule(L.LightningDataModule):
 
     def __init__(self, num_train: int, num_val: int, num_test: int, batch_size: int, seed: int, num_workers: int):
         super().__init__()
-        for arg, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
-                           ("batch_size", batch_size)):
-            if not isinstance(value, int) or value < 1:
+        for arg, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{type(self).__name__}: {arg} must be a positive int, got {value!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"{type(self).__name__}: seed must be an int, got {seed!r}")
+        check_loader_args(type(self).__name__, batch_size, num_workers)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.datasets: dict[str, TensorDataset] = {}
@@ -49,17 +52,15 @@ class _SyntheticDataModule(L.LightningDataModule):
         for split in _SPLITS:
             self.dataset(split)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        # order set by the run seed and the epoch, resumable mid-epoch (see ssmzoo.data.loader)
+        return ResumableDataLoader(self.dataset("train"), self.batch_size, shuffle=True, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return eval_loader(self.dataset("val"), self.batch_size, self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return eval_loader(self.dataset("test"), self.batch_size, self.num_workers)
 
 
 class SelectiveCopyingDataModule(_SyntheticDataModule):

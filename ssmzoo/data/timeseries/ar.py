@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from ..loader import ResumableDataLoader, check_loader_args, eval_loader
 from .windows import ForecastWindows
 
 
@@ -51,6 +52,9 @@ class ARDataModule(L.LightningDataModule):
     """Windows (x (lookback, 1), y (horizon, 1)) of one AR(p) series split 70/10/20 in time,
     z-scored with train statistics (like the Informer loader, so metrics are comparable).
 
+    The arguments are checked here; the series is generated in ``setup`` (after which ``phi``, ``mean``,
+    ``std`` and ``datasets`` are set).
+
     Args:
         p: the order; the coefficients are :func:`random_stable_ar` (p, seed).
         length: series length.
@@ -58,35 +62,64 @@ class ARDataModule(L.LightningDataModule):
         noise_std: innovation std.
         seed: seeds the coefficients and the noise.
         batch_size, train_stride: as in InformerDataModule.
+        num_workers: DataLoader workers.
     """
 
+    n_inputs = 1
+    n_outputs = 1
+
     def __init__(self, p: int = 8, length: int = 6000, lookback: int = 64, horizon: int = 16,
-                 noise_std: float = 1.0, seed: int = 0, batch_size: int = 64, train_stride: int = 1) -> None:
+                 noise_std: float = 1.0, seed: int = 0, batch_size: int = 64, train_stride: int = 1,
+                 num_workers: int = 0) -> None:
         super().__init__()
-        self.phi = random_stable_ar(p, seed)
-        self.p, self.lookback, self.horizon, self.batch_size = p, lookback, horizon, batch_size
-        series = generate_ar(self.phi, length, noise_std, seed + 1)
+        for arg, v in (("p", p), ("length", length), ("lookback", lookback), ("horizon", horizon),
+                       ("train_stride", train_stride)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"ARDataModule: {arg} must be a positive int, got {v!r}")
+        if not isinstance(noise_std, (int, float)) or isinstance(noise_std, bool) or not noise_std > 0:
+            raise ValueError(f"ARDataModule: noise_std must be a positive number, got {noise_std!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"ARDataModule: seed must be an int, got {seed!r}")
+        check_loader_args("ARDataModule", batch_size, num_workers)
+        # later splits start lookback rows early, so each needs horizon rows of its own; train needs a window
         n_train, n_test = int(length * 0.7), int(length * 0.2)
-        stops = [n_train, length - n_test, length]
-        starts = [0, stops[0] - lookback, stops[1] - lookback]
+        n_val = length - n_train - n_test
+        if n_train < lookback + horizon or min(n_val, n_test) < horizon:
+            raise ValueError(
+                f"ARDataModule: length={length} splits into {n_train} / {n_val} / {n_test} rows (70/10/20%); "
+                f"train needs lookback + horizon = {lookback + horizon} rows and val and test need "
+                f"horizon = {horizon} each; increase length"
+            )
+        self.p, self.length, self.lookback, self.horizon = p, length, lookback, horizon
+        self.noise_std, self.seed, self.batch_size = noise_std, seed, batch_size
+        self.train_stride, self.num_workers = train_stride, num_workers
+        self.datasets: dict[str, ForecastWindows] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.phi = random_stable_ar(self.p, self.seed)
+        series = generate_ar(self.phi, self.length, self.noise_std, self.seed + 1)
+        n_train, n_test = int(self.length * 0.7), int(self.length * 0.2)
+        stops = [n_train, self.length - n_test, self.length]
+        starts = [0, stops[0] - self.lookback, stops[1] - self.lookback]
         self.mean, self.std = series[:n_train].mean(), series[:n_train].std()
-        self.noise_std = noise_std
         scaled = ((series - self.mean) / self.std)[:, None]
-        strides = {"train": train_stride, "val": 1, "test": 1}
+        strides = {"train": self.train_stride, "val": 1, "test": 1}
         self.datasets = {
-            name: ForecastWindows(scaled[a:b], lookback, horizon, [0], [0], strides[name])
+            name: ForecastWindows(scaled[a:b], self.lookback, self.horizon, [0], [0], strides[name])
             for name, a, b in zip(("train", "val", "test"), starts, stops)
         }
-        self.n_inputs = self.n_outputs = 1
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+        self.setup()
+        return ResumableDataLoader(self.datasets["train"], self.batch_size, shuffle=True,
+                                   num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+        self.setup()
+        return eval_loader(self.datasets["val"], self.batch_size, self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        self.setup()
+        return eval_loader(self.datasets["test"], self.batch_size, self.num_workers)

@@ -16,15 +16,27 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from ..loader import ResumableDataLoader, check_loader_args, eval_loader
+from ..paths import data_root
 from .windows import ForecastWindows
 
 Split = Literal["auto", "etth", "ettm", "ratio"]
+HOW_TO_GET = (
+    "The ETT files come from github.com/zhouhaoyi/ETDataset (folder ETT-small): put ETT-small/ under "
+    "$SSMZOO_DATA, or pass --data.init_args.path /path/to/<name>.csv"
+)
+
+
+def default_csv(name: str) -> Path:
+    """Where the CSV ``name`` is looked for when no path is given: ``$SSMZOO_DATA/ETT-small/<name>.csv``."""
+    return data_root() / "ETT-small" / f"{name}.csv"
 
 
 @dataclass
@@ -41,11 +53,7 @@ def read_informer_csv(path: str, target: str) -> InformerTable:
 
     Raises FileNotFoundError naming the path, and ValueError for a missing date or target column,
     a ragged row or a non-numeric value (naming the row and column)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"Informer CSV not found at {os.path.abspath(path)}; pass the path to e.g. ETTh1.csv "
-            "(the ETT files come from github.com/zhouhaoyi/ETDataset, folder ETT-small)"
-        )
+    _require_file(path)
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
@@ -78,6 +86,21 @@ def read_informer_csv(path: str, target: str) -> InformerTable:
     return InformerTable(columns=channels, values=values, dates=dates)
 
 
+def _require_file(path: str | os.PathLike) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Informer CSV not found at {os.path.abspath(path)}. {HOW_TO_GET}")
+
+
+def read_informer_header(path: str | os.PathLike) -> list[str]:
+    """The column names of an Informer-format CSV (its first line only)."""
+    _require_file(path)
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), None)
+    if not header:
+        raise ValueError(f"{path}: the file is empty; expected a header `date,<channels...>`")
+    return [h.strip() for h in header]
+
+
 def split_borders(n_rows: int, lookback: int, split: Literal["etth", "ettm", "ratio"]) -> list[tuple[int, int]]:
     """[(start, stop)] row ranges of train, val and test, each later one starting lookback rows early."""
     if split in ("etth", "ettm"):
@@ -102,8 +125,12 @@ class InformerDataModule(L.LightningDataModule):
     """Lookback/horizon windows from an Informer-format CSV; batches are (x, y) with
     x (batch, lookback, n_inputs) and y (batch, horizon, n_outputs), z-scored with train statistics.
 
+    The arguments are checked here, the CSV is read in ``setup``; ``n_inputs`` and ``n_outputs`` (which
+    the ``ssmzoo`` command links into the model) read only the header.
+
     Args:
-        path: the CSV (e.g. /work/shared/data/ETT-small/ETTh1.csv).
+        path: the CSV; default ``$SSMZOO_DATA/ETT-small/<name>.csv``.
+        name: the data set whose CSV is used when ``path`` is not given (ETTh1, ETTh2, ETTm1, ETTm2, ...).
         features: "M", "S" or "MS" (see the module docstring).
         target: the target column (ETT: "OT").
         lookback, horizon: window lengths.
@@ -116,7 +143,8 @@ class InformerDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        path: str,
+        path: str | None = None,
+        name: str = "ETTh1",
         features: Literal["M", "S", "MS"] = "S",
         target: str = "OT",
         lookback: int = 336,
@@ -130,18 +158,47 @@ class InformerDataModule(L.LightningDataModule):
         super().__init__()
         if features not in ("M", "S", "MS"):
             raise ValueError(f"InformerDataModule: features must be 'M', 'S' or 'MS', got {features!r}")
-        for arg, v in (("lookback", lookback), ("horizon", horizon), ("batch_size", batch_size),
-                       ("train_stride", train_stride), ("val_stride", val_stride)):
+        if split not in ("auto", "etth", "ettm", "ratio"):
+            raise ValueError(f"InformerDataModule: split must be 'auto', 'etth', 'ettm' or 'ratio', got {split!r}")
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"InformerDataModule: path must be a file path or None, got {path!r}")
+        if not isinstance(name, str) or not name or os.sep in name:
+            raise ValueError(f"InformerDataModule: name must be a file name without .csv (e.g. 'ETTh1'), got {name!r}")
+        for arg, v in (("lookback", lookback), ("horizon", horizon), ("train_stride", train_stride),
+                       ("val_stride", val_stride)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"InformerDataModule: {arg} must be a positive int, got {v!r}")
+        check_loader_args("InformerDataModule", batch_size, num_workers)
+        self.path = str(path) if path is not None else str(default_csv(name))
         if split == "auto":
-            name = os.path.basename(path)
-            split = "etth" if name.startswith("ETTh") else "ettm" if name.startswith("ETTm") else "ratio"
-        self.path, self.features, self.target = path, features, target
+            base = os.path.basename(self.path)
+            split = "etth" if base.startswith("ETTh") else "ettm" if base.startswith("ETTm") else "ratio"
+        self.features, self.target = features, target
         self.lookback, self.horizon, self.split = lookback, horizon, split
         self.batch_size, self.train_stride, self.val_stride = batch_size, train_stride, val_stride
         self.num_workers = num_workers
         self.datasets: dict[str, ForecastWindows] = {}
+
+    def _channels(self) -> int:
+        header = read_informer_header(self.path)
+        if "date" not in header:
+            raise ValueError(f"{self.path}: missing column 'date'; the header is {header}")
+        if self.target not in header:
+            raise ValueError(
+                f"{self.path}: missing target column {self.target!r} (set by --data.init_args.target); "
+                f"the header is {header}"
+            )
+        return len(header) - 1
+
+    @property
+    def n_inputs(self) -> int:
+        """Input channels: every channel for M and MS, the target alone for S."""
+        return self._channels() if self.features in ("M", "MS") else 1
+
+    @property
+    def n_outputs(self) -> int:
+        """Output channels: every channel for M, the target alone for S and MS."""
+        return self._channels() if self.features == "M" else 1
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -168,26 +225,15 @@ class InformerDataModule(L.LightningDataModule):
             self.datasets[name] = ForecastWindows(scaled[start:stop], self.lookback, self.horizon,
                                                   self.input_columns, self.output_columns, strides[name])
 
-    @property
-    def n_inputs(self) -> int:
-        self.setup()
-        return len(self.input_columns)
-
-    @property
-    def n_outputs(self) -> int:
-        self.setup()
-        return len(self.output_columns)
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        self.setup()
-        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers)
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+        self.setup()
+        return ResumableDataLoader(self.datasets["train"], self.batch_size, shuffle=True,
+                                   num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+        self.setup()
+        return eval_loader(self.datasets["val"], self.batch_size, self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        self.setup()
+        return eval_loader(self.datasets["test"], self.batch_size, self.num_workers)

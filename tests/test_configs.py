@@ -1,0 +1,146 @@
+"""Every shipped config trains: `ssmzoo fit` for two steps on each config under configs/ whose data is
+available offline (command-line overrides make the model and data tiny), then its results.json is checked.
+Configs whose data is absent are skipped, naming what is missing and the flag that points at it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from offline_data import ett_dir
+from test_lra_data import write_cifar, write_imdb, write_pathfinder
+from ssmzoo.cli import run
+from ssmzoo.data import data_root
+from ssmzoo.data.lra.image import default_data_dir as cifar_dir
+from ssmzoo.data.lra.pathfinder import default_data_dir as pathfinder_dir
+from ssmzoo.data.lra.text import default_aan_dir, default_imdb_dir
+from ssmzoo.tasks import ClassificationTask, ForecastingTask
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+
+# The nested model made tiny, by class: every model class a config uses needs an entry here.
+TINY_MODELS = {
+    "ssmzoo.models.SequenceModel": {"d_model": "8", "n_layers": "1"},
+    "ssmzoo.models.SpaceTime": {"d_model": "8", "d_state": "8", "n_blocks": "1"},
+    "ssmzoo.models.SSMForecaster": {"d_model": "8", "n_layers": "1", "layer_args": "{d_state: 8}"},
+    "ssmzoo.models.LinearForecaster": {},
+}
+
+
+def data_overrides(data: dict) -> tuple[list[str], str | None]:
+    """(arguments that make the config's data tiny and point at it, or the reason it is not here)."""
+    name, args = data["class_path"].rsplit(".", 1)[1], data.get("init_args") or {}
+    if name == "ListOpsDataModule":
+        if args.get("data_dir"):
+            return [], f"ListOps files at {args['data_dir']} (--data.init_args.data_dir)"
+        tiny = {"n_train": 16, "n_val": 4, "n_test": 4, "min_length": 5, "max_length": 40, "max_depth": 3,
+                "max_args": 4, "batch_size": 4}
+        return [f"--data.init_args.{k}={v}" for k, v in tiny.items()], None
+    if name == "ARDataModule":
+        return ["--data.init_args.length=1000", "--data.init_args.batch_size=8"], None
+    if name == "InformerDataModule":
+        folder = ett_dir()
+        if folder is None:
+            return [], f"ETT-small under $SSMZOO_DATA ({data_root() / 'ETT-small'}); or pass --data.init_args.path"
+        csv = folder / f"{args.get('name', 'ETTh1')}.csv"
+        return [f"--data.init_args.path={csv}", "--data.init_args.batch_size=4"], None
+    where = {
+        "LRAImageDataModule": cifar_dir(),
+        "LRATextDataModule": default_imdb_dir(),
+        "LRARetrievalDataModule": default_aan_dir(),
+        "PathfinderDataModule": pathfinder_dir(args.get("resolution", 32)),
+    }[name]
+    if not Path(where).is_dir():
+        return [], f"the {name} files at {where} (or pass --data.init_args.data_dir)"
+    return [f"--data.init_args.data_dir={where}", "--data.init_args.batch_size=4"], None
+
+
+@pytest.fixture(scope="module")
+def data_home(tmp_path_factory):
+    """Generated data (ListOps) goes to a temporary $SSMZOO_DATA; real data sets are found before it is set."""
+    home = tmp_path_factory.mktemp("data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSMZOO_DATA", str(home))
+        torch.set_num_threads(1)
+        yield home
+
+
+def test_the_configs_are_found():
+    assert "configs/lra/listops/s4d_small.yaml" in CONFIGS and any(c.startswith("configs/timeseries/") for c in CONFIGS)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_shipped_config_fits_and_writes_results(config, data_home, tmp_path, monkeypatch):
+    spec = yaml.safe_load((ROOT / config).read_text())
+    monkeypatch.delenv("SSMZOO_DATA")  # where the real data sets would be
+    data_args, missing = data_overrides(spec["data"])
+    monkeypatch.setenv("SSMZOO_DATA", str(data_home))
+    if missing:
+        pytest.skip(f"needs {missing}")
+    fit_tiny_and_check(config, spec, data_args, tmp_path)
+
+
+def write_standin(name: str, folder: Path, resolution: int) -> None:
+    """A few samples in the official file format of the data set (see test_lra_data.py)."""
+    if name == "LRAImageDataModule":
+        write_cifar(folder / "cifar-10-batches-py", n_per_batch=8)
+    elif name == "PathfinderDataModule":
+        write_pathfinder(folder, n=40, resolution=resolution)
+    elif name == "LRATextDataModule":
+        write_imdb(folder)
+    else:
+        assert name == "LRARetrievalDataModule"
+        folder.mkdir()
+        rows = "".join(f"{i % 2}\ta{i}\tb{i}\tdocument {i} text\tanother {i}\n" for i in range(8))
+        for split in ("train", "eval", "test"):
+            (folder / f"new_aan_pairs.{split}.tsv").write_text(rows)
+
+
+STANDIN = [c for c in CONFIGS if yaml.safe_load((ROOT / c).read_text())["data"]["class_path"].rsplit(".", 1)[1]
+           in ("LRAImageDataModule", "PathfinderDataModule", "LRATextDataModule", "LRARetrievalDataModule")]
+
+
+@pytest.mark.parametrize("config", STANDIN)
+def test_shipped_config_fits_on_files_in_the_official_format(config, data_home, tmp_path):
+    """The configs whose data sets are downloads, on a few stand-in samples written in the official format:
+    the model the config builds (tokens or pixels, single or paired) trains on the batches its datamodule makes."""
+    spec = yaml.safe_load((ROOT / config).read_text())
+    name = spec["data"]["class_path"].rsplit(".", 1)[1]
+    write_standin(name, tmp_path / "data", spec["data"]["init_args"].get("resolution", 32))
+    data_args = [f"--data.init_args.data_dir={tmp_path / 'data'}", "--data.init_args.batch_size=4"]
+    if name == "LRAImageDataModule":
+        data_args.append("--data.init_args.val_size=8")  # of the 40 stand-in training images
+    fit_tiny_and_check(config, spec, data_args, tmp_path / "runs")
+
+
+def fit_tiny_and_check(config: str, spec: dict, data_args: list[str], root: Path) -> None:
+    model = spec["model"]["init_args"]["model"]
+    assert model["class_path"] in TINY_MODELS, f"add {model['class_path']} to TINY_MODELS"
+    model_args = [f"--model.init_args.model.init_args.{k}={v}" for k, v in TINY_MODELS[model["class_path"]].items()]
+    trainer_args = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
+                    "--trainer.num_sanity_val_steps=0", "--trainer.val_check_interval=1", "--trainer.accelerator=cpu",
+                    "--trainer.devices=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                    f"--trainer.default_root_dir={root}", "--data.init_args.num_workers=0"]
+    cli = run(["fit", "--config", str(ROOT / config), *trainer_args, *model_args, *data_args])
+
+    task = type(cli.model)
+    results = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())
+    assert results["steps"] == 2 and results["monitor"] == task.monitor
+    assert set(task.headline) <= set(results) and all(math.isfinite(results[k]) for k in task.headline)
+    if task is ClassificationTask:
+        assert 0 <= results["test_acc"] <= 1 and 0 <= results["majority_baseline"] <= 1
+        assert cli.model.model.d_output == cli.datamodule.num_classes
+    else:
+        assert task is ForecastingTask
+        # Jensen: the mean absolute error squared never exceeds the mean squared error
+        assert 0 <= results["test_mae"] ** 2 <= results["test_mse"] * (1 + 1e-6)
+        assert (cli.model.model.lookback, cli.model.model.horizon) == (cli.datamodule.lookback, cli.datamodule.horizon)
+    # the checkpoint alone rebuilds the model, with the values the data decided
+    reloaded = task.load_from_checkpoint(results["checkpoint"])
+    assert reloaded.state_dict().keys() == cli.model.state_dict().keys()
