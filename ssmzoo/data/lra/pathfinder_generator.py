@@ -1,62 +1,81 @@
 """A seeded generator of LRA Pathfinder / Path-X images in the official release layout.
 
 Pathfinder (Linsley et al., NeurIPS 2018; Kim, Linsley et al., ICLR 2020) asks whether two marker
-circles lie on the ends of one dashed curved contour. This module follows the construction of
-the original generator (``drewlinsley/pathfinder``, ``snakes2.py``) with the per-size settings
-that the LRA TFDS builder documents (``lra_benchmarks/data/pathfinder.py``); it is our own numpy +
-Pillow implementation, with exact geometry instead of the original's pixel masks.
+circles lie on the ends of one dashed curved contour. This module follows the construction of the
+original generator (``drewlinsley/pathfinder``, ``snakes.py`` / ``snakes2.py``) with the per-size
+settings that the LRA TFDS builder documents (``lra_benchmarks/data/pathfinder.py``); it is our
+own numpy + Pillow implementation, with exact geometry where the original uses pixel masks.
 
-Construction of one image (window ``W`` pixels, coordinates in window pixels):
+Construction of one image (window ``W`` pixels; coordinates in window pixels):
 
-1. Two *target* contours of ``contour_length`` dashes ("paddles") are grown side by side. Their
-   first dashes start ``seed_distance`` apart near the centre (the first at least
-   ``2 * seed_distance`` from every border), with random orientations.
-2. A contour grows one dash at a time: after a dash ending at ``h`` in direction ``θ`` comes a
-   gap, the pivot ``p = h + m·u(θ)``, then the next dash from ``p + m·u(θ')`` to
-   ``p + (m + L)·u(θ')`` (``L`` dash length, ``m`` margin, so the gap is at most ``2m``). The turn
-   ``θ' - θ`` is drawn from a density ∝ cos²(continuity · turn), zero beyond ``π / (2·continuity)``
-   (the original weights its candidate endpoints the same way), among the turns that keep the dash
-   clear of everything else.
-3. Clearance: a dash keeps an edge-to-edge distance of at least ``2m + 0.5`` from every other dash
-   and marker, except its predecessor in the same contour and its own contour's markers. So gaps
-   *within* a contour (≤ 2m) are always narrower than gaps *between* contours, and a contour never
-   touches itself or another: the label is decided by the geometry alone. Disks of the marker
-   radius are reserved at all four target endpoints (marked or not, so free space carries no label).
-4. Distractor contours of ``contour_length // 3`` dashes, ``budget // (contour_length // 3)`` of
-   them, are then seeded anywhere free; one that cannot be completed within 5 tries is dropped,
-   as in the original.
-5. Markers: one at the start of a random target contour; for a positive (label 1) the other at the
+1. Two *target* contours of ``contour_length`` dashes ("paddles") are grown side by side, the
+   shorter one next. Their first dashes start ``seed_distance`` apart, the first at least
+   ``2 * seed_distance`` from every border, in random directions.
+2. A contour grows as in the original: after a dash ending at ``h`` in direction ``θ`` comes the
+   pivot ``p = h + m·u(θ)``, then the next dash from ``p + m·u(θ')`` to ``p + (m + L)·u(θ')``
+   (``L`` the dash length, ``m`` the margin: gaps are at most ``2m``). The candidate turns
+   ``θ' - θ`` cover ``|turn| < π / (2·continuity)`` evenly and are weighted by
+   cos²(continuity · turn); a candidate that leaves the window or comes too close to another shape
+   is out (the original's availability weighting), and the rest are tried in random order by
+   weight.
+3. Clearance: a dash keeps an edge-to-edge distance of at least ``2m + 0.5`` px from every other
+   dash and marker, except its predecessor in the same contour and its own contour's markers. So
+   gaps *within* a contour (≤ 2m) are always narrower than gaps *between* contours, and no contour
+   touches itself or another: the label follows from the geometry. Disks of the marker radius are
+   reserved at all four target endpoints (marked or not, so free space says nothing of the label).
+4. Fitting: the original restarts the pair whenever a contour runs out of room, and keeps only
+   pairs that fit (with our walk and no help, 3-8 % of attempts fit at 64×64). We sample that
+   conditional law more directly: each candidate's weight is multiplied by the probability that a
+   contour from the state it leads to still fits in the window (a Doob h-transform for the walls,
+   tabulated once per setting by dynamic programming on a 64×64×36 grid, ``_fit_table``). A
+   contour that runs into another shape backs up a random number of dashes; after
+   ``BACKTRACKS`` dead ends the pair starts again. (Backing up is an approximation of restarting.)
+5. Distractors: ``budget // (contour_length // 3)`` contours of ``contour_length // 3`` dashes, each
+   seeded at a random free point; one that cannot be finished in 5 tries is dropped, as in the
+   original (which also drops them: ``allow_incomplete``).
+6. Markers: one at the start of a random target contour; for a positive (label 1) the other at the
    far end of the *same* contour, for a negative (label 0) at the far end of the *other* one. The
-   geometry is drawn before the label is known, so it carries no label information.
-6. Rendering: the target dashes, the distractor dashes and the markers are drawn as three layers
-   at ``supersample`` times the resolution (lines ``round(thickness · supersample)`` pixels wide),
-   each downsampled to ``W`` with Lanczos (negative ringing clipped, as the original's uint8
-   ``imresize``), scaled by the layer's contrast, combined by a pixel-wise maximum and scaled so
-   the brightest pixel is 255 (the original's ``imsave`` byte-scaling).
+   geometry is drawn before the label is looked at, so it carries no label information.
+7. Rendering: target dashes, distractor dashes and markers are drawn as three layers at
+   ``supersample`` times the resolution (lines ``round(thickness · supersample)`` pixels wide),
+   each downsampled to ``W`` with Lanczos (ringing clipped at 0, as the original's uint8
+   ``imresize``), scaled by its contrast, combined by a pixel-wise maximum and scaled so that the
+   brightest pixel is 255 (the original's ``imsave`` byte-scaling).
 
-Per-size parameters (``SIZE_CONFIGS``) copy the LRA builder's documented settings: 32×32 —
-dash 2 px, margin 1, thickness 0.5, marker radius 1.5, seed distance 7, continuity 1.0,
-distractor budget 20, target / distractor contrast 1.5 / 2.0 (snake contrast 2 × paddle contrast
-0.75 for targets; distractors get the snake contrast only); 64×64 — dash 5, margin 1, thickness 1,
-radius 2.5, seed distance 12, continuity 1.8, budget 22, contrast 0.8; 128×128 (Path-X) — dash 5,
-margin 2 or 3 (drawn per image), thickness 1.5, radius 3, seed distance 20, continuity 1.8,
-budget 35, contrast 0.9. All use 2× supersampling and a 1-pixel padding; markers have contrast 1.
-Difficulty is the contour length: 6 (``curv_baseline``), 9 and 14 (``curv_contour_length_14``,
-the hard level of LRA).
+Parameters (``SIZE_CONFIGS``) are the LRA builder's documented settings:
 
-Differences from the original, on purpose: float coordinates (the original rounds every dash end
-up to a whole pixel); exact segment distances for overlap (the original thresholds blurred pixel
-masks, which lets contours come slightly closer than our ``2m + 0.5`` and occasionally merge);
-all four target endpoints are kept clear; the label is an exact 50/50 split (one positive in every
-pair of consecutive indices, which one by a seeded coin) rather than a coin per image; no single
-stray dashes (LRA sets ``use_single_paddles = False``).
+==========================  ==============  ==============  ==========================
+                            32×32           64×64           128×128 (Path-X)
+==========================  ==============  ==============  ==========================
+dash length L               2               5               5
+margin m (gap up to 2m)     1               1               2 or 3 (drawn per image)
+line thickness              0.5             1               1.5
+marker radius               1.5             2.5             3
+seed distance               7               12              20
+continuity                  1.0 (≤ 90°)     1.8 (≤ 50°)     1.8 (≤ 50°)
+distractor budget           20              22              35
+contrast target/distractor  1.5 / 2.0       0.8 / 0.8       0.9 / 0.9
+==========================  ==============  ==============  ==========================
+
+All sizes: 2× supersampling, 1-pixel padding, marker contrast 1. At 32×32 the targets' contrast
+is the snake contrast 2 times the paddle contrast 0.75, while the original passes only the snake
+contrast to distractors; we keep that. Difficulty is the contour length: 6 (``curv_baseline``),
+9, and 14 (``curv_contour_length_14``, the hard level used by LRA).
+
+Differences from the original, on purpose: float coordinates (it rounds every dash end to whole
+pixels); exact distances and a fixed clearance (it thresholds blurred pixel masks, which lets
+contours come closer than the gaps inside one and sometimes merge); all four target endpoints
+kept clear; fit by the h-transform and backtracking instead of blind restarts; an exact 50/50
+label split (one positive in every pair of consecutive indices, which one by a seeded coin)
+instead of a coin per image; no stray single dashes (LRA sets ``use_single_paddles = False``).
 
 Files: ``<out>/<folder>/imgs/<b>/sample_<i>.png`` (8-bit grayscale) and
 ``<out>/<folder>/metadata/<b>.npy``, a *text* file as in the LRA release, one line per image:
 ``imgs/<b> sample_<i>.png <i> <label> <continuity> <contour length> <distractor length>
-<dash length> <thickness> <margin> 1``; ``<folder>`` is ``curv_baseline``,
-``curv_contour_length_9`` or ``curv_contour_length_14``. Image ``i`` of batch ``b`` is sample
-``b · batch_size + i``, and every sample depends only on (seed, its index, size, contour length).
+<dash length> <thickness> <margin> 1`` (the original's field order). ``<folder>`` is
+``curv_baseline``, ``curv_contour_length_9`` or ``curv_contour_length_14``. Image ``i`` of batch
+``b`` is sample ``b · batch_size + i``; a sample depends only on (seed, its index, size, contour
+length), not on ``n``, the batching or the number of worker processes.
 
     ssmzoo data pathfinder --out DIR --size 32 --n 1000 --seed 0 [--contour-length 14]
 
@@ -471,10 +490,18 @@ def _mark_occupied(b: _Builder, draw: ImageDraw.ImageDraw, shapes: Sequence[_Sha
             draw.ellipse([x - need, y - need, x + need, y + need], fill=255)
 
 
+def _seeds_in(free: np.ndarray, cell: float, rng: random.Random):
+    """``SEED_CANDIDATES`` random (x, y, theta), each in a random cell of ``free`` (flat raster indices)."""
+    for _ in range(SEED_CANDIDATES):
+        y, x = divmod(int(free[rng.randrange(len(free))]), FIT_GRID)
+        yield (x + rng.random()) * cell, (y + rng.random()) * cell, rng.uniform(-math.pi, math.pi)
+
+
 def _grow_distractors(b: _Builder, count: int, length: int) -> None:
     """``count`` distractor contours of ``length`` dashes. As in the original, a contour starts at
-    a point drawn from the free area (here a raster of where a dash may start), and one that cannot
-    be finished in ``DISTRACTOR_TRIES`` tries is dropped."""
+    a point drawn from the free area (here a raster of where a dash may start, which also screens
+    candidate dashes before the exact test), and one that cannot be finished in
+    ``DISTRACTOR_TRIES`` tries is dropped."""
     occupied = Image.new("L", (FIT_GRID, FIT_GRID), 0)
     draw = ImageDraw.Draw(occupied)
     _mark_occupied(b, draw, [shape for shapes in b.shapes.values() for shape in shapes])
@@ -482,28 +509,19 @@ def _grow_distractors(b: _Builder, count: int, length: int) -> None:
     centre = (np.arange(FIT_GRID) + 0.5) * cell
     inside = (centre >= b.lo) & (centre <= b.hi)
     inside = inside[:, None] & inside[None, :]
-    rng = b.rng
     for _ in range(count):
         owner = b.new_contour()
-        for _ in range(DISTRACTOR_TRIES):
-            b.occupied = np.asarray(occupied) > 0  # rows are y, columns x
-            free = np.flatnonzero(~b.occupied & inside)
-            if len(free) == 0:
-                break
-            def seeds():
-                for _ in range(SEED_CANDIDATES):
-                    y, x = divmod(int(free[rng.randrange(len(free))]), FIT_GRID)
-                    yield (x + rng.random()) * cell, (y + rng.random()) * cell, rng.uniform(-math.pi, math.pi)
-
-            if b.seed(owner, seeds(), with_marker=False) and all(b.extend(owner, final_marker=False) for _ in range(length - 1)):
+        b.occupied = np.asarray(occupied) > 0  # rows are y, columns x
+        free = np.flatnonzero(~b.occupied & inside)
+        for _ in range(DISTRACTOR_TRIES if len(free) else 0):
+            if b.seed(owner, _seeds_in(free, cell, b.rng), with_marker=False) and all(
+                b.extend(owner, final_marker=False) for _ in range(length - 1)
+            ):
                 _mark_occupied(b, draw, [b.shapes[(owner, i)][0] for i in range(length)])
                 break
             b.clear(owner)
-        else:
-            b.drop(owner)  # dropped, as the original does with a distractor it cannot finish
-            continue
         if not b.contours[owner]:
-            b.drop(owner)
+            b.drop(owner)  # as the original does with a distractor it cannot finish
     b.occupied = None
 
 
