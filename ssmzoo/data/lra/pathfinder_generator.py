@@ -253,9 +253,7 @@ class _Builder:
         return True
 
     def _bucket(self, x: float, y: float) -> int:
-        i = min(max(int(x / self.cell), 0), BUCKETS - 1)
-        j = min(max(int(y / self.cell), 0), BUCKETS - 1)
-        return i * BUCKETS + j
+        return self._cell_range(x) * BUCKETS + self._cell_range(y)
 
     def _file(self, shape: _Shape, key: tuple[int, int]) -> None:
         r = self.reach + shape.half
