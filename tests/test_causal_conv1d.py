@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssmzoo.ops.causal_conv1d import causal_conv1d, causal_conv1d_reference, causal_conv1d_update, dispatch
+from ssmzoo.ops.causal_conv1d import ConvInputs, causal_conv1d, causal_conv1d_reference, causal_conv1d_update, dispatch
 
 CPU_BACKENDS = [n for n in dispatch.backends if n != "reference" and "cpu" in dispatch.backends[n].devices]
 
@@ -17,7 +17,7 @@ def rand(*shape, seed=0):
 
 def test_reference_matches_direct_loop():
     x, w, b, s = rand(2, 3, 6), rand(3, 4, seed=1), rand(3, seed=2), rand(2, 3, 3, seed=3)
-    y, final = causal_conv1d_reference(x, w, b, None, initial_state=s, output_final_state=True)
+    y, final = causal_conv1d_reference(ConvInputs(x, w, b, None, s), output_final_state=True)
     xp = torch.cat([s, x], -1)
     for t in range(6):
         want = b + sum(w[:, k] * xp[:, :, t + k] for k in range(4))

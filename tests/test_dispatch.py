@@ -174,11 +174,11 @@ def fused_stand_ins(monkeypatch):
 
     def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
         calls.append("selective_scan_fn")
-        return selective_scan.selective_scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return selective_scan.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend="reference")
 
     def causal_conv1d_fn(x, weight, bias=None, activation=None):
         calls.append("causal_conv1d_fn")
-        return causal_conv1d.causal_conv1d_reference(x, weight, bias, activation)
+        return causal_conv1d.causal_conv1d(x, weight, bias, activation, backend="reference")
 
     interface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
     interface.selective_scan_fn = selective_scan_fn

@@ -16,11 +16,25 @@ import torch.nn.functional as F
 
 from ssmzoo.ops.dispatch import Request
 from ssmzoo.ops.selective_scan import cpu as cpu_backend
-from ssmzoo.ops.selective_scan import dispatch, selective_scan, selective_scan_reference
+from ssmzoo.ops.selective_scan import ScanInputs, dispatch, selective_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_BACKENDS = [name for name in dispatch.backends if name != "reference" and "cpu" in dispatch.backends[name].devices]
 GPU_BACKENDS = [name for name in dispatch.backends if "cuda" in dispatch.backends[name].devices]
+
+
+def reference(**kwargs):
+    """The reference backend called like the public op (keyword arguments)."""
+    return selective_scan(**kwargs, backend="reference")
+
+
+def keyword_form(backend_fn, **options):
+    """A backend function (which takes ScanInputs) called like the public op."""
+
+    def call(output_final_state=False, **kwargs):
+        return backend_fn(ScanInputs(**kwargs), output_final_state=output_final_state, **options)
+
+    return call
 
 
 def make_inputs(batch=2, d_inner=4, d_state=3, length=7, bc="time", groups=2, dtype=torch.float64,
@@ -53,7 +67,7 @@ def test_reference_matches_convolution_closed_form():
     args = make_inputs(1, d_inner, d_state, length, bc="const", with_all=False)
     dt = 0.3
     delta = torch.full((1, d_inner, length), dt, dtype=torch.float64)
-    y = selective_scan_reference(args["u"], delta, args["A"], args["B"], args["C"])
+    y = reference(u=args["u"], delta=delta, A=args["A"], B=args["B"], C=args["C"])
     ell = torch.arange(length, dtype=torch.float64)
     K = torch.einsum("dn,dnl->dl", args["C"] * dt * args["B"], torch.exp(dt * args["A"][..., None] * ell))
     want = torch.stack([sum(K[:, s] * args["u"][0, :, t - s] for s in range(t + 1)) for t in range(length)], -1)
@@ -62,17 +76,17 @@ def test_reference_matches_convolution_closed_form():
 
 def test_reference_gate_skip_and_state_split():
     args = make_inputs(length=8)
-    full, h_full = selective_scan_reference(**args, delta_softplus=True, output_final_state=True)
+    full, h_full = reference(**args, delta_softplus=True, output_final_state=True)
     # Splitting the sequence and passing the state gives the same output and final state.
     part = {k: v[..., :5] if k in ("u", "delta", "z", "B", "C") else v for k, v in args.items()}
     rest = {k: v[..., 5:] if k in ("u", "delta", "z", "B", "C") else v for k, v in args.items()}
-    y1, h1 = selective_scan_reference(**part, delta_softplus=True, output_final_state=True)
+    y1, h1 = reference(**part, delta_softplus=True, output_final_state=True)
     rest["initial_state"] = h1
-    y2, h2 = selective_scan_reference(**rest, delta_softplus=True, output_final_state=True)
+    y2, h2 = reference(**rest, delta_softplus=True, output_final_state=True)
     torch.testing.assert_close(torch.cat([y1, y2], -1), full)
     torch.testing.assert_close(h2, h_full)
     # D and z act as y = (scan + D u) * silu(z).
-    plain = selective_scan_reference(**{**args, "D": None, "z": None}, delta_softplus=True)
+    plain = reference(**{**args, "D": None, "z": None}, delta_softplus=True)
     torch.testing.assert_close(full, (plain + args["D"][:, None] * args["u"]) * F.silu(args["z"]))
 
 
@@ -167,8 +181,8 @@ import sys
 sys.path[:0] = [{root!r}, {tests!r}]
 import functools, torch
 from ssmzoo.ops.selective_scan.triton import selective_scan_triton
-from test_selective_scan import compare
-fn = functools.partial(selective_scan_triton, chunk=4)  # several chunks, the last one partial
+from test_selective_scan import compare, keyword_form
+fn = keyword_form(selective_scan_triton, chunk=4)  # several chunks, the last one partial
 compare(fn, dict(length=7, bc="group", groups=2), torch.float64, rtol=1e-9, atol=1e-9)
 compare(fn, dict(length=1), torch.float64, rtol=1e-9, atol=1e-9)
 compare(fn, dict(length=6, bc="const", d_inner=3), torch.float64, rtol=1e-9, atol=1e-9)

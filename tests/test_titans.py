@@ -10,15 +10,19 @@ import pytest
 import torch
 
 from ssmzoo import NeuralMemory
-from ssmzoo.ops.neural_memory import memory_forward, neural_memory, neural_memory_chunked, neural_memory_recurrent
+from ssmzoo.ops.neural_memory import MemoryInputs, memory_forward, neural_memory, neural_memory_chunked, neural_memory_recurrent
 
 F64 = torch.float64
 
 
 def run(fn, q, k, v, theta, eta, alpha, weights, momentum, chunk_size):
-    """(y, final weights, final momentum) from one of the op's functions."""
-    y, (w, s) = fn(q, k, v, theta, eta, alpha, chunk_size=chunk_size, initial_state=(weights, momentum),
-                   output_final_state=True)
+    """(y, final weights, final momentum) from a backend function (which takes MemoryInputs) or the op."""
+    if fn is neural_memory:
+        y, (w, s) = fn(q, k, v, theta, eta, alpha, chunk_size=chunk_size, initial_state=(weights, momentum),
+                       output_final_state=True)
+    else:
+        y, (w, s) = fn(MemoryInputs(q, k, v, theta, eta, alpha, (weights, momentum), chunk_size),
+                       output_final_state=True)
     return y, w, s
 
 

@@ -15,35 +15,26 @@ from torch import Tensor
 
 from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed
 from .conv import causal_conv1d_conv
-from .reference import apply_activation, causal_conv1d_reference
+from .reference import ConvInputs, apply_activation, causal_conv1d_reference
 
 ALL_FLOAT = REAL_DTYPES + HALF_DTYPES
 
 
-def causal_conv1d_package(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    activation: str | None = None,
-    *,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-) -> Tensor:
+def causal_conv1d_package(x: ConvInputs, *, output_final_state: bool = False) -> Tensor:
     """The causal-conv1d package's CUDA kernel (Tri Dao), for calls without conv states (its state
     interface wants channel-last layouts): registered without state capabilities."""
-    if initial_state is not None or output_final_state:
+    if x.initial_state is not None or output_final_state:
         raise ValueError("causal_conv1d: the causal_conv1d backend takes no initial state and returns no final state")
     from causal_conv1d import causal_conv1d_fn  # imported on first use: CUDA machines only
 
-    return causal_conv1d_fn(x, weight, bias, activation)
+    return causal_conv1d_fn(x.x, x.weight, x.bias, x.activation)
 
 
 def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
     g = torch.Generator().manual_seed(0)
     x, w, b, s = (torch.randn(*shape, generator=g).to(device).requires_grad_()
                   for shape in ((1, 8, 5), (8, 4), (8,), (1, 8, 3)))
-    return (x, w, b, "silu"), {"initial_state": s if caps.initial_state else None,
-                               "output_final_state": caps.final_state}
+    return (ConvInputs(x, w, b, "silu", s if caps.initial_state else None),), {"output_final_state": caps.final_state}
 
 
 dispatch = Dispatcher("causal_conv1d", causal_conv1d_reference, _probe_case)
@@ -94,8 +85,8 @@ def causal_conv1d(
     _check(x, weight, bias, activation, initial_state, "initial_state")
     request = Request(x.device, x.dtype, initial_state=initial_state is not None, final_state=output_final_state,
                       grad=grad_needed(x, weight, bias, initial_state))
-    fn = dispatch.choose(backend, request).fn
-    return fn(x, weight, bias, activation, initial_state=initial_state, output_final_state=output_final_state)
+    inputs = ConvInputs(x, weight, bias, activation, initial_state)
+    return dispatch.choose(backend, request).fn(inputs, output_final_state=output_final_state)
 
 
 def causal_conv1d_update(
@@ -116,4 +107,4 @@ def causal_conv1d_update(
     return apply_activation(y, activation), window[..., 1:]
 
 
-__all__ = ["causal_conv1d", "causal_conv1d_reference", "causal_conv1d_update", "dispatch"]
+__all__ = ["ConvInputs", "causal_conv1d", "causal_conv1d_reference", "causal_conv1d_update", "dispatch"]

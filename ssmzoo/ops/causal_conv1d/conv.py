@@ -9,21 +9,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import apply_activation, padded_input
+from .reference import ConvInputs, apply_activation, final_state, padded_input
 
 
-def causal_conv1d_conv(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    activation: str | None = None,
-    *,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
+def causal_conv1d_conv(x: ConvInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Same contract as :func:`causal_conv1d_reference`, by one grouped F.conv1d."""
+    u, weight, bias, activation, initial_state = x
     width = weight.shape[-1]
-    xp = padded_input(x, width, initial_state)
-    y = apply_activation(F.conv1d(xp, weight[:, None, :], bias, groups=x.shape[1]), activation)
-    if output_final_state:
-        return y, xp[..., xp.shape[-1] - (width - 1) :]
-    return y
+    xp = padded_input(u, width, initial_state)
+    y = apply_activation(F.conv1d(xp, weight[:, None, :], bias, groups=u.shape[1]), activation)
+    return (y, final_state(xp, width)) if output_final_state else y

@@ -8,9 +8,22 @@ left padding, and of the causal-conv1d package). The final state is the last W-1
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+class ConvInputs(NamedTuple):
+    """One call's inputs, as every backend receives them (the public function checks them):
+    x (batch, D, L); weight (D, W); bias (D,); activation None or "silu"; initial_state (batch, D, W-1)."""
+
+    x: Tensor
+    weight: Tensor
+    bias: Tensor | None = None
+    activation: str | None = None
+    initial_state: Tensor | None = None
 
 
 def apply_activation(y: Tensor, activation: str | None) -> Tensor:
@@ -24,22 +37,18 @@ def padded_input(x: Tensor, width: int, initial_state: Tensor | None) -> Tensor:
     return torch.cat([initial_state.to(x.dtype), x], dim=-1)
 
 
-def causal_conv1d_reference(
-    x: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    activation: str | None = None,
-    *,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """y (batch, D, L) [, final_state (batch, D, W-1)]; x (batch, D, L), weight (D, W), bias (D,)."""
-    length, width = x.shape[-1], weight.shape[-1]
-    xp = padded_input(x, width, initial_state)
+def final_state(padded: Tensor, width: int) -> Tensor:
+    """The conv state after the call: the last W-1 entries of x̃."""
+    return padded[..., padded.shape[-1] - (width - 1) :]
+
+
+def causal_conv1d_reference(x: ConvInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """y (batch, D, L) [, final_state (batch, D, W-1)]: the sum over taps, as in the equation above."""
+    u, weight, bias, activation, initial_state = x
+    length, width = u.shape[-1], weight.shape[-1]
+    xp = padded_input(u, width, initial_state)
     y = sum(weight[:, k, None] * xp[..., k : k + length] for k in range(width))
     if bias is not None:
         y = y + bias[:, None]
     y = apply_activation(y, activation)
-    if output_final_state:
-        return y, xp[..., xp.shape[-1] - (width - 1) :]
-    return y
+    return (y, final_state(xp, width)) if output_final_state else y

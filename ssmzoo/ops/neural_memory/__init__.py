@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..dispatch import Capabilities, Dispatcher, Request, grad_needed
 from .chunked import chunk_update, gradient_factors, memory_forward, neural_memory_chunked
-from .reference import Weights, memory_mlp, neural_memory_recurrent
+from .reference import MemoryInputs, Weights, memory_mlp, neural_memory_recurrent
 
 
 def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
@@ -36,8 +36,7 @@ def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
     eta, alpha = torch.sigmoid(leaf(b, h, n)), torch.sigmoid(leaf(b, h, n, offset=-3.0))
     weights = (leaf(1, h, 4, d, scale=0.5), leaf(1, h, d, 4, scale=0.5))
     momentum = tuple(torch.zeros(b, h, *w.shape[2:], device=device) for w in weights)
-    return (q, k, v, theta, eta, alpha), {"chunk_size": 2, "initial_state": (weights, momentum),
-                                          "output_final_state": True}
+    return (MemoryInputs(q, k, v, theta, eta, alpha, (weights, momentum), chunk_size=2),), {"output_final_state": True}
 
 
 dispatch = Dispatcher("neural_memory", neural_memory_recurrent, _probe_case, rtol=1e-3, atol=1e-4)
@@ -102,12 +101,12 @@ def neural_memory(
     _check(q, k, v, theta, eta, alpha, chunk_size, initial_state)
     request = Request(q.device, q.dtype, initial_state=True, final_state=output_final_state,
                       grad=grad_needed(q, k, v, theta, eta, alpha, initial_state))
-    fn = dispatch.choose(backend, request).fn
-    return fn(q, k, v, theta, eta, alpha, chunk_size=chunk_size, initial_state=initial_state,
-              output_final_state=output_final_state, update_last_partial=update_last_partial)
+    inputs = MemoryInputs(q, k, v, theta, eta, alpha, initial_state, chunk_size, update_last_partial)
+    return dispatch.choose(backend, request).fn(inputs, output_final_state=output_final_state)
 
 
 __all__ = [
+    "MemoryInputs",
     "chunk_update", "dispatch", "gradient_factors", "memory_forward", "memory_mlp", "neural_memory",
     "neural_memory_chunked", "neural_memory_recurrent",
 ]

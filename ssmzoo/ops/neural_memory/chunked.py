@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-Weights = tuple[Tensor, ...]
+from .reference import MemoryInputs, Weights
 
 
 def _silu_grad(z: Tensor) -> Tensor:
@@ -100,26 +100,16 @@ def chunk_update(memory: Weights, k: Tensor, v: Tensor, theta: Tensor, eta: Tens
 
 
 def neural_memory_chunked(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    theta: Tensor,
-    eta: Tensor,
-    alpha: Tensor,
-    *,
-    chunk_size: int,
-    initial_state: tuple[Weights, Weights],
-    output_final_state: bool = False,
-    update_last_partial: bool = True,
+    x: MemoryInputs, *, output_final_state: bool = False
 ) -> Tensor | tuple[Tensor, tuple[Weights, Weights]]:
     """Run the memory over a sequence chunk by chunk. Returns y, or (y, (weights, momentum)) with
-    ``output_final_state``; ``initial_state`` = (weights, momentum) before the first token.
+    ``output_final_state``.
 
     Chunks start at position 0. A last chunk shorter than ``chunk_size`` is retrieved from and,
     when ``update_last_partial``, also applied (the layer leaves it out and buffers it instead)."""
+    q, k, v, theta, eta, alpha, (weights, momentum), chunk_size, update_last_partial = x
     length = q.shape[2]
     batch, heads = q.shape[:2]
-    weights, momentum = initial_state
     memory = tuple(torch.stack(torch.broadcast_tensors(w, s), 2).expand(batch, heads, 2, *w.shape[-2:])
                    for w, s in zip(weights, momentum))
     ys = []

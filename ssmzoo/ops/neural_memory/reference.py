@@ -17,11 +17,31 @@ memory weights: a tuple of (batch, heads, out, in) matrices, the MLP's layers in
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 Weights = tuple[Tensor, ...]
+
+
+class MemoryInputs(NamedTuple):
+    """One call's inputs, as every backend receives them (the public function checks them).
+
+    q, k (batch, heads, length, d_in); v (batch, heads, length, d_out); theta, eta, alpha
+    (batch, heads, length); initial_state = (weights, momentum), per MLP layer (batch or 1, heads,
+    out, in); chunk_size: tokens per chunk; update_last_partial: also write a last, shorter chunk."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    theta: Tensor
+    eta: Tensor
+    alpha: Tensor
+    initial_state: tuple[Weights, Weights]
+    chunk_size: int
+    update_last_partial: bool = True
 
 
 def memory_mlp(weights: Weights, x: Tensor) -> Tensor:
@@ -39,26 +59,17 @@ def associative_loss(weights: Weights, k: Tensor, v: Tensor) -> Tensor:
 
 
 def neural_memory_recurrent(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    theta: Tensor,
-    eta: Tensor,
-    alpha: Tensor,
-    *,
-    chunk_size: int,
-    initial_state: tuple[Weights, Weights],
-    output_final_state: bool = False,
-    update_last_partial: bool = True,
+    x: MemoryInputs, *, output_final_state: bool = False
 ) -> Tensor | tuple[Tensor, tuple[Weights, Weights]]:
     """Run the memory over a sequence token by token. Returns y, or (y, (weights, momentum)) with
-    ``output_final_state``; ``initial_state`` = (weights, momentum) before the first token.
+    ``output_final_state``.
 
     Within a chunk of ``chunk_size`` tokens, gradients and retrieval use the chunk's starting
     weights; the momentum and forgetting recurrences still run per token. A last chunk shorter than
     ``chunk_size`` is retrieved from and, when ``update_last_partial``, also applied."""
+    q, k, v, theta, eta, alpha, (weights, momentum), chunk_size, update_last_partial = x
     length = q.shape[2]
-    weights, momentum = (tuple(s) for s in initial_state)
+    weights, momentum = tuple(weights), tuple(momentum)
     start = weights
     ys = []
     full = length - length % chunk_size if not update_last_partial else length

@@ -21,7 +21,7 @@ from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Reque
 from . import cpu, cuda, mamba_ssm
 from .checks import check_selective_scan_args
 from .chunked import selective_scan_chunked
-from .reference import selective_scan_reference
+from .reference import ScanInputs, selective_scan_reference
 
 ALL_FLOAT = REAL_DTYPES + HALF_DTYPES
 
@@ -34,8 +34,8 @@ def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
     h0 = torch.randn(1, 2, 3, generator=g)
     leaves = [t.to(device).requires_grad_() for t in (u, delta, A, B, C, D, z, h0)]
     u, delta, A, B, C, D, z, h0 = leaves
-    kwargs = {"initial_state": h0 if caps.initial_state else None, "output_final_state": caps.final_state}
-    return (u, delta, A, B, C, D, z, None, True), kwargs
+    x = ScanInputs(u, delta, A, B, C, D, z, None, True, h0 if caps.initial_state else None)
+    return (x,), {"output_final_state": caps.final_state}
 
 
 def _triton(*args, **kwargs):
@@ -91,14 +91,13 @@ def selective_scan(
     Returns y (batch, D, L), or (y, final_state (batch, D, N)) with ``output_final_state``.
     ``backend``: None ($SSMZOO_BACKEND or auto), "auto", or a name in ``dispatch.backends``.
     """
-    check_selective_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    x = ScanInputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    check_selective_scan_args(x)
     request = Request(
         u.device, u.dtype, initial_state=initial_state is not None, final_state=output_final_state,
         grad=grad_needed(u, delta, A, B, C, D, z, delta_bias, initial_state), facts=(("d_state", A.shape[1]),),
     )
-    fn = dispatch.choose(backend, request).fn
-    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state=initial_state,
-              output_final_state=output_final_state)
+    return dispatch.choose(backend, request).fn(x, output_final_state=output_final_state)
 
 
-__all__ = ["dispatch", "selective_scan", "selective_scan_chunked", "selective_scan_reference"]
+__all__ = ["ScanInputs", "dispatch", "selective_scan", "selective_scan_chunked", "selective_scan_reference"]

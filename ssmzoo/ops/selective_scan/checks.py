@@ -5,22 +5,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .reference import ScanInputs
+
 
 def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
-def check_selective_scan_args(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None,
-    z: Tensor | None,
-    delta_bias: Tensor | None,
-    initial_state: Tensor | None,
-) -> None:
+def check_selective_scan_args(x: ScanInputs) -> None:
+    u, delta, A, B, C, D, z, delta_bias, _, initial_state = x
     if u.dim() != 3:
         raise ValueError(f"selective_scan: u must be (batch, D, L), got shape {_shape(u)}")
     batch, d_inner, length = u.shape

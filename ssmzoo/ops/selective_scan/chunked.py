@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .reference import expand_input_matrix
+from .reference import ScanInputs, expand_input_matrix
 
 CHUNK = 16
 
@@ -45,21 +45,10 @@ def scan_chunk(h0: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Te
 
 
 def selective_scan_chunked(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    delta_softplus: bool = False,
-    *,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    chunk: int = CHUNK,
+    x: ScanInputs, *, output_final_state: bool = False, chunk: int = CHUNK
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Same contract as :func:`selective_scan_reference`; computes in float32 (float64 for float64)."""
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state = x
     in_dtype = u.dtype
     dtype = torch.promote_types(u.dtype, torch.float32)
     batch, d_inner, length = u.shape

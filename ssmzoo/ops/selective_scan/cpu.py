@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from torch import Tensor
-
 from ..extension import load_cpu_extension
-from .kernel import run_kernel
+from .kernel import compiled_backend
 
 MAX_STATE = 256  # the kernel's stack array for the state
 
@@ -20,19 +18,5 @@ def available() -> bool:
     return extension() is not None
 
 
-def selective_scan_cpu(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    delta_softplus: bool = False,
-    *,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    return run_kernel(extension(), u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                      output_final_state)
+# (x: ScanInputs, *, output_final_state=False), like every backend of this op
+selective_scan_cpu = compiled_backend(extension)

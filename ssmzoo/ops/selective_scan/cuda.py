@@ -8,10 +8,9 @@ from functools import cache
 from types import ModuleType
 
 import torch
-from torch import Tensor
 
 from ..extension import load_extension
-from .kernel import run_kernel
+from .kernel import compiled_backend
 
 MAX_STATE = 64  # the kernel keeps the state in registers
 SOURCES = ("selective_scan_cuda_bind.cpp", "selective_scan_cuda.cu")
@@ -29,19 +28,5 @@ def available() -> bool:
     return extension() is not None
 
 
-def selective_scan_cuda(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    delta_softplus: bool = False,
-    *,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    return run_kernel(extension(), u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                      output_final_state)
+# (x: ScanInputs, *, output_final_state=False), like every backend of this op
+selective_scan_cuda = compiled_backend(extension)

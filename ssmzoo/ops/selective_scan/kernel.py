@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
+from typing import Callable
 
 import torch
 from einops import rearrange
 from torch import Tensor
+
+from .reference import ScanInputs
 
 # States are checkpointed every CHUNK steps for the backward pass: memory (batch, D, L/CHUNK, N).
 CHUNK = 64
@@ -76,28 +79,25 @@ class KernelSelectiveScan(torch.autograd.Function):
 
 
 def run_kernel(
-    ext: ModuleType,
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None,
-    z: Tensor | None,
-    delta_bias: Tensor | None,
-    delta_softplus: bool,
-    initial_state: Tensor | None,
-    output_final_state: bool,
-    chunk: int = CHUNK,
+    ext: ModuleType, x: ScanInputs, output_final_state: bool, chunk: int = CHUNK
 ) -> Tensor | tuple[Tensor, Tensor]:
     """The selective scan by a compiled kernel; computes in float32 (float64 for float64 inputs)."""
-    dtype = torch.promote_types(u.dtype, torch.float32)
+    dtype = torch.promote_types(x.u.dtype, torch.float32)
 
     def cast(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(dtype)
 
-    y, final_state = KernelSelectiveScan.apply(ext, cast(u), cast(delta), cast(A), cast(B), cast(C), cast(D),
-                                               cast(z), cast(delta_bias), bool(delta_softplus),
-                                               cast(initial_state), chunk)
-    y = y.to(u.dtype)
-    return (y, final_state.to(u.dtype)) if output_final_state else y
+    y, final_state = KernelSelectiveScan.apply(ext, cast(x.u), cast(x.delta), cast(x.A), cast(x.B), cast(x.C),
+                                               cast(x.D), cast(x.z), cast(x.delta_bias), bool(x.delta_softplus),
+                                               cast(x.initial_state), chunk)
+    y = y.to(x.u.dtype)
+    return (y, final_state.to(x.u.dtype)) if output_final_state else y
+
+
+def compiled_backend(extension: Callable[[], ModuleType | None]) -> Callable[..., Tensor | tuple[Tensor, Tensor]]:
+    """The backend function of a compiled extension (``extension()`` builds or loads it)."""
+
+    def scan(x: ScanInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        return run_kernel(extension(), x, output_final_state)
+
+    return scan

@@ -13,27 +13,16 @@ import importlib.util
 
 from torch import Tensor
 
+from .reference import ScanInputs
+
 
 def available() -> bool:
     return importlib.util.find_spec("mamba_ssm") is not None
 
 
-def selective_scan_mamba_ssm(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    delta_softplus: bool = False,
-    *,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-) -> Tensor:
-    if initial_state is not None or output_final_state:
+def selective_scan_mamba_ssm(x: ScanInputs, *, output_final_state: bool = False) -> Tensor:
+    if x.initial_state is not None or output_final_state:
         raise ValueError("selective_scan: the mamba_ssm backend takes no initial state and returns no final state")
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return selective_scan_fn(x.u, x.delta, x.A, x.B, x.C, x.D, x.z, x.delta_bias, x.delta_softplus)

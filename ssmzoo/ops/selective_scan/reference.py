@@ -8,10 +8,31 @@ Every fast backend is tested against this function.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from einops import repeat
 from torch import Tensor
+
+
+class ScanInputs(NamedTuple):
+    """One selective scan's inputs, as every backend receives them (the public function checks them).
+
+    u, delta (batch, D, L); A (D, N) real; B, C (D, N), (batch, N, L) or (batch, G, N, L) with G
+    dividing D; D (D,); z (batch, D, L) gates the output by silu(z); delta_bias (D,) is added to
+    delta before the optional softplus; initial_state (batch, D, N)."""
+
+    u: Tensor
+    delta: Tensor
+    A: Tensor
+    B: Tensor
+    C: Tensor
+    D: Tensor | None = None
+    z: Tensor | None = None
+    delta_bias: Tensor | None = None
+    delta_softplus: bool = False
+    initial_state: Tensor | None = None
 
 
 def expand_input_matrix(BC: Tensor, d_inner: int, length: int) -> Tensor:
@@ -27,23 +48,11 @@ def expand_input_matrix(BC: Tensor, d_inner: int, length: int) -> Tensor:
     return repeat(BC, "b g n l -> b (g h) n l", h=d_inner // groups)
 
 
-def selective_scan_reference(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    delta_softplus: bool = False,
-    *,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """y (batch, D, L) [, final state (batch, D, N)]; shapes as in :func:`ssmzoo.ops.selective_scan.selective_scan`.
+def selective_scan_reference(x: ScanInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """y (batch, D, L) [, final state (batch, D, N)] of the scan described by ``x``.
 
     Computes in float32 (or float64 for float64 inputs) and returns y in u's dtype."""
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state = x
     in_dtype = u.dtype
     dtype = torch.promote_types(u.dtype, torch.float32)
     batch, d_inner, length = u.shape

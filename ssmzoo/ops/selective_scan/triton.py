@@ -16,6 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .kernel import CHUNK, run_kernel
+from .reference import ScanInputs
 
 MAX_BLOCK_D = 16
 
@@ -225,20 +226,7 @@ class TritonKernels:
 
 
 def selective_scan_triton(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    delta_bias: Tensor | None = None,
-    delta_softplus: bool = False,
-    *,
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    chunk: int = CHUNK,
+    x: ScanInputs, *, output_final_state: bool = False, chunk: int = CHUNK
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Same contract as :func:`selective_scan_reference`; needs triton (CUDA, or CPU with TRITON_INTERPRET=1)."""
-    return run_kernel(TritonKernels, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                      output_final_state, chunk)
+    return run_kernel(TritonKernels, x, output_final_state, chunk)
