@@ -125,6 +125,6 @@ class FashionMNISTDataModule(ClassificationDataModule):
         images, labels = self._train
         if self.val_size >= len(labels):
             raise ValueError(f"val_size must be smaller than the {len(labels)} training images, got {self.val_size}")
-        keep, held = holdout(len(labels), self.val_size, self.seed)
+        keep, held = holdout(len(labels), self.val_size, self.seed, "val_size")
         idx = keep if split == "train" else held
         return PixelSequences(to_sequences(images[idx]), self.tokens), labels[idx]
