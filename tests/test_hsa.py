@@ -249,7 +249,7 @@ def test_chunked_blocks_and_padding_do_not_matter(monkeypatch):
     kw = dict(chunk_size=4, top_k=3)
     want = outputs_and_grads(lambda **a: hsa(**a, **kw, backend="reference"), args)
     monkeypatch.setattr(chunked, "ROWS_PER_BLOCK", 50)
-    monkeypatch.setattr(chunked, "ROW_BLOCK", 4)
+    monkeypatch.setattr(chunked, "ROW_BLOCK", (2, 4))
     monkeypatch.setattr(routing, "SCORES_PER_BLOCK", 100)
     assert_same(outputs_and_grads(lambda **a: hsa(**a, **kw, backend="chunked"), args), want, 1e-10, 1e-12)
 

@@ -2,14 +2,16 @@
 
 HSA routes (query, head, slot) rows to chunks the way a mixture of experts routes tokens to experts (the
 authors' own analogy), and inside a chunk every row's softmax is its own. So rather than gathering the
-K·S keys of every query (K·S·d floats per row), we sort the rows of a block of queries by (batch, KV
-head, chunk), pad each chunk's rows to a multiple of ``ROW_BLOCK`` and run two batched matmuls per
-row block against its one chunk: logits (R × S) = Q K^T, O (R × d) = softmax(logits) V. Work is
-O(L · K · S · d) and memory O(rows of one query block), independent of L².
+K·S keys of every query (K·S·d floats per row), we sort the rows of a block of queries by segment (batch,
+KV head, chunk), pad each segment's rows to a multiple of R and run batched matmuls of R rows against
+their one chunk: logits (R × S) = Q K^T, O (R × d) = softmax(logits) V. Work is O(L · K · S · d),
+memory O(rows of one block of queries); nothing is (L × L).
 
-The forward saves the log-sum-exp of every (row, chunk) pair; the backward rebuilds the same layout and
-recomputes P = exp(logits − lse) (FlashAttention's trick), giving dq, dk, dv and the gradient of the
-combination weights dw = do · o_chunk, through which routing.py reaches the chunk scores.
+Every scatter is written as a gather: a row block's outputs come back to the (query, slot) layout
+through ``dense_to_padded`` and are summed over the K slots there. The backward reuses the forward's
+layouts and recomputes the softmax from the logits (cheaper here than saving a log-sum-exp), giving dq,
+dk, dv and the gradient of the combination weights dw = do · o_chunk, through which routing.py reaches
+the chunk scores.
 """
 
 from __future__ import annotations
@@ -22,60 +24,75 @@ from torch import Tensor
 
 from .routing import sparse_hsa
 
-ROWS_PER_BLOCK = 1 << 18  # (query, head, slot) rows per block of queries
-ROW_BLOCK = 16  # rows per matmul; each chunk's rows are padded to a multiple of it
+ROWS_PER_BLOCK = 1 << 18  # (query, head, slot) entries per block of queries
+ROW_BLOCK = (16, 128)  # bounds of R, the rows per matmul: larger R gathers less K/V per row, pads more
 
 
 @dataclass
 class Layout:
-    """Where the valid rows of one block of queries go. Rows are sorted by segment (batch, KV head,
-    chunk); ``pos`` is each sorted row's place in the padded (blocks · ROW_BLOCK) layout."""
+    """One block of queries [t0, t1): its (batch, T, hq, K) entries, ``dense`` of them, laid out in
+    ``blocks`` row blocks of ``rows`` rows, each against one segment (batch, KV head, chunk). Padding
+    and empty slots point at sentinels: the extra zero row past the ``dense`` entries (padded → dense)
+    and past the ``blocks · rows`` padded rows (dense → padded)."""
 
-    query: Tensor  # (N,) row of the flattened (batch · Lq · hq, d) queries
-    slot: Tensor  # (N,) entry of the flattened (batch · Lq · hq · K) selection
-    pos: Tensor  # (N,)
-    block_segment: Tensor  # (blocks,) segment of every row block: a row of (batch · hk · n, S, d) chunks
+    t0: int
+    t1: int
+    entry: Tensor  # (blocks · rows,) dense entry of every padded row, or the sentinel ``dense``
+    dense_to_padded: Tensor  # (dense,) padded row of every entry, or the sentinel ``blocks · rows``
+    block_segment: Tensor  # (blocks,) row of the (batch · hk · n, S, d) chunks
     blocks: int
+    rows: int
 
 
-def plan(entries: Tensor, idx: Tensor, dims: tuple[int, int, int, int, int, int]) -> Layout:
-    """Layout of the selection ``entries`` (flat indices into (batch, Lq, hq, K), valid ones only);
-    dims = (batch, Lq, hq, hk, K, n chunks)."""
-    batches, length, hq, hk, kk, n = dims
-    query = entries // kk
-    head = query % hq
-    batch = query // (length * hq)
-    segment = (batch * hk + head // (hq // hk)) * n + idx.reshape(-1)[entries]
-    segment, order = torch.sort(segment, stable=True)
-    query, entries = query[order], entries[order]
-    counts = torch.bincount(segment, minlength=batches * hk * n)
-    blocks_per = (counts + ROW_BLOCK - 1) // ROW_BLOCK
+def plan(idx: Tensor, valid: Tensor, t0: int, t1: int, hk: int, n: int) -> Layout:
+    """Layout of the entries of queries [t0, t1) of idx, valid (batch, Lq, hq, K)."""
+    batch, _, hq, kk = idx.shape
+    dense = batch * (t1 - t0) * hq * kk
+    entry = torch.nonzero(valid[:, t0:t1].reshape(-1)).squeeze(1)
+    b = entry // ((t1 - t0) * hq * kk)
+    head = (entry // kk) % hq
+    segment = (b * hk + head // (hq // hk)) * n + idx[:, t0:t1].reshape(-1)[entry]
+    segment, order = torch.sort(segment.to(torch.int32), stable=True)  # int32 sorts several times faster
+    segment, entry = segment.long(), entry[order]
+    counts = torch.bincount(segment, minlength=batch * hk * n)
+    # Pad each segment to a multiple of R; R near half the mean rows per used segment wastes little.
+    mean = entry.numel() / max(int((counts > 0).sum()), 1)
+    R = ROW_BLOCK[0]
+    while R * 2 <= min(ROW_BLOCK[1], mean / 2):
+        R *= 2
+    blocks_per = (counts + R - 1) // R
     first_block = torch.cumsum(blocks_per, 0) - blocks_per
     first_row = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(segment.numel(), device=segment.device) - first_row[segment]
-    pos = first_block[segment] * ROW_BLOCK + rank
+    pos = first_block[segment] * R + torch.arange(entry.numel(), device=entry.device) - first_row[segment]
     block_segment = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), blocks_per)
-    return Layout(query, entries, pos, block_segment, int(block_segment.numel()))
+    blocks = int(block_segment.numel())
+    padded_entry = torch.full((blocks * R,), dense, dtype=torch.long, device=entry.device)
+    padded_entry[pos] = entry
+    dense_to_padded = torch.full((dense,), blocks * R, dtype=torch.long, device=entry.device)
+    dense_to_padded[entry] = pos
+    return Layout(t0, t1, padded_entry, dense_to_padded, block_segment, blocks, R)
 
 
-def _padded(rows: Tensor, layout: Layout) -> Tensor:
-    """(blocks, ROW_BLOCK, d) with ``rows`` (N, d) at their places and zeros in the padding."""
-    out = rows.new_zeros(layout.blocks * ROW_BLOCK, rows.shape[-1])
-    out[layout.pos] = rows
-    return out.view(layout.blocks, ROW_BLOCK, -1)
+def _rows(t: Tensor, width: int) -> Tensor:
+    """``t`` flattened to rows of ``width`` plus one zero row, the sentinel that padding reads."""
+    t = t.reshape(-1, width)
+    return torch.cat([t, t.new_zeros(1, width)])
 
 
-def _query_blocks(valid: Tensor):
-    """Flat indices of the valid selection entries of (batch, Lq, hq, K), one block of queries at a time."""
-    batch, length, hq, kk = valid.shape
-    per_query = batch * hq * kk
-    step = max(1, ROWS_PER_BLOCK // per_query)
-    inner = torch.arange(hq * kk, device=valid.device)
-    for t0 in range(0, length, step):
-        t = torch.arange(t0, min(t0 + step, length), device=valid.device)
-        base = (torch.arange(batch, device=valid.device)[:, None] * length + t[None, :]) * (hq * kk)
-        entries = (base[..., None] + inner).reshape(-1)
-        yield entries[valid.reshape(-1)[entries]]
+def _chunks(k: Tensor, n: int, S: int) -> Tensor:
+    return rearrange(k[:, :n * S], "b (n s) h e -> (b h n) s e", s=S)
+
+
+def _layouts(idx: Tensor, valid: Tensor, hk: int, n: int) -> list[Layout]:
+    batch, length, hq, kk = idx.shape
+    step = max(1, ROWS_PER_BLOCK // (batch * hq * kk))
+    layouts = [plan(idx, valid, t0, min(t0 + step, length), hk, n) for t0 in range(0, length, step)]
+    return [lay for lay in layouts if lay.blocks > 0]
+
+
+def _to_dense(padded: Tensor, lay: Layout, width: int) -> Tensor:
+    """(blocks, rows, width) padded rows → (dense, width) entries (zero for empty slots)."""
+    return _rows(padded, width).index_select(0, lay.dense_to_padded)
 
 
 class ChunkAttention(torch.autograd.Function):
@@ -87,62 +104,52 @@ class ChunkAttention(torch.autograd.Function):
         batch, length, hq, d = q.shape
         hk, kk = k.shape[2], idx.shape[-1]
         n = k.shape[1] // chunk_size  # only complete chunks are ever selected
-        kc = rearrange(k[:, :n * chunk_size], "b (n s) h e -> (b h n) s e", s=chunk_size)
-        vc = rearrange(v[:, :n * chunk_size], "b (n s) h e -> (b h n) s e", s=chunk_size)
-        q2, w2 = q.reshape(-1, d), w.reshape(-1)
-        out = torch.zeros_like(q2)
-        lse = q.new_zeros(w2.shape)
-        dims = (batch, length, hq, hk, kk, n)
-        for entries in _query_blocks(valid):
-            if entries.numel() == 0:
-                continue
-            lay = plan(entries, idx, dims)
-            logits = torch.bmm(_padded(q2[lay.query], lay), kc[lay.block_segment].transpose(1, 2)) * scale
-            row_lse = torch.logsumexp(logits, dim=-1)
-            o = torch.bmm(torch.exp(logits - row_lse[..., None]), vc[lay.block_segment]).view(-1, d)[lay.pos]
-            out.index_add_(0, lay.query, o * w2[lay.slot, None])
-            lse[lay.slot] = row_lse.view(-1)[lay.pos]
-        ctx.save_for_backward(q, k, v, w, idx, valid, lse)
-        ctx.chunk_size, ctx.scale = chunk_size, scale
-        return out.view_as(q)
+        kc, vc = _chunks(k, n, chunk_size), _chunks(v, n, chunk_size)
+        layouts = _layouts(idx, valid, hk, n)
+        out = torch.zeros_like(q)
+        for lay in layouts:
+            qs = _rows(q[:, lay.t0:lay.t1] * scale, d)
+            qp = qs.index_select(0, torch.div(lay.entry, kk, rounding_mode="floor")).view(lay.blocks, lay.rows, d)
+            p = torch.bmm(qp, kc.index_select(0, lay.block_segment).mT).softmax(-1)
+            o = _to_dense(torch.bmm(p, vc.index_select(0, lay.block_segment)), lay, d)
+            out[:, lay.t0:lay.t1] = torch.einsum("bthke,bthk->bthe", o.view(batch, -1, hq, kk, d),
+                                                 w[:, lay.t0:lay.t1])
+        ctx.save_for_backward(q, k, v, w)
+        ctx.layouts, ctx.chunk_size, ctx.scale = layouts, chunk_size, scale
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        q, k, v, w, idx, valid, lse = ctx.saved_tensors
+        q, k, v, w = ctx.saved_tensors
         S, scale = ctx.chunk_size, ctx.scale
         batch, length, hq, d = q.shape
-        hk, kk = k.shape[2], idx.shape[-1]
+        hk, kk = k.shape[2], w.shape[-1]
         n = k.shape[1] // S
-        kc = rearrange(k[:, :n * S], "b (n s) h e -> (b h n) s e", s=S)
-        vc = rearrange(v[:, :n * S], "b (n s) h e -> (b h n) s e", s=S)
-        q2, w2, g2 = q.reshape(-1, d), w.reshape(-1), grad.reshape(-1, d)
-        dq, dw = torch.zeros_like(q2), torch.zeros_like(w2)
+        kc, vc = _chunks(k, n, S), _chunks(v, n, S)
+        dq, dw = torch.zeros_like(q), torch.zeros_like(w)
         dkc, dvc = torch.zeros_like(kc), torch.zeros_like(vc)
-        dims = (batch, length, hq, hk, kk, n)
-        for entries in _query_blocks(valid):
-            if entries.numel() == 0:
-                continue
-            lay = plan(entries, idx, dims)
-            kb, vb = kc[lay.block_segment], vc[lay.block_segment]
-            qp = _padded(q2[lay.query], lay)
-            # Padding rows: q = 0 and dO = 0, so they add nothing to dk, dv (and lse = 0 is harmless).
-            lse_p = _padded(lse[lay.slot, None], lay)
-            p = torch.exp(torch.bmm(qp, kb.transpose(1, 2)) * scale - lse_p)
-            o = torch.bmm(p, vb).view(-1, d)[lay.pos]
-            do_rows = g2[lay.query]
-            w_rows = w2[lay.slot]
-            dw_rows = (do_rows * o).sum(-1)  # ∂L/∂w = dO · o_chunk
-            dw[lay.slot] = dw_rows
-            go = _padded(do_rows * w_rows[:, None], lay)  # ∂L/∂o_chunk = w dO
-            delta = _padded((w_rows * dw_rows)[:, None], lay)  # rowsum(∂L/∂o_chunk ∘ o_chunk)
-            ds = p * (torch.bmm(go, vb.transpose(1, 2)) - delta)  # ∂L/∂logits
-            dq.index_add_(0, lay.query, torch.bmm(ds, kb).view(-1, d)[lay.pos] * scale)
-            dkc.index_add_(0, lay.block_segment, torch.bmm(ds.transpose(1, 2), qp) * scale)
-            dvc.index_add_(0, lay.block_segment, torch.bmm(p.transpose(1, 2), go))
+        for lay in ctx.layouts:
+            t0, t1 = lay.t0, lay.t1
+            shape = (lay.blocks, lay.rows, -1)
+            query = torch.div(lay.entry, kk, rounding_mode="floor")
+            kb, vb = kc.index_select(0, lay.block_segment), vc.index_select(0, lay.block_segment)
+            qp = _rows(q[:, t0:t1] * scale, d).index_select(0, query).view(shape)
+            w_rows = _rows(w[:, t0:t1], 1).index_select(0, lay.entry).view(shape)
+            do = _rows(grad[:, t0:t1], d).index_select(0, query).view(shape)  # padding rows: 0, add nothing
+            p = torch.bmm(qp, kb.mT).softmax(-1)
+            dw_rows = (do * torch.bmm(p, vb)).sum(-1, keepdim=True)  # ∂L/∂w = dO · o_chunk
+            dw[:, t0:t1] = _to_dense(dw_rows, lay, 1).view(dw[:, t0:t1].shape)
+            go = do.mul_(w_rows)  # ∂L/∂o_chunk = w dO
+            ds = torch.bmm(go, vb.mT).sub_(w_rows * dw_rows).mul_(p)  # ∂L/∂logits; rowsum(go ∘ o) = w dw
+            dq[:, t0:t1] = _to_dense(torch.bmm(ds, kb), lay, d).view(batch, -1, hq, kk, d).sum(3) * scale
+            # Row blocks of one segment are adjacent; index_add on flat rows is the fast path.
+            flat = (lay.blocks, -1)
+            dkc.view(dkc.shape[0], -1).index_add_(0, lay.block_segment, torch.bmm(ds.mT, qp).view(flat))
+            dvc.view(dvc.shape[0], -1).index_add_(0, lay.block_segment, torch.bmm(p.mT, go).view(flat))
         dk, dv = torch.zeros_like(k), torch.zeros_like(v)
         dk[:, :n * S] = rearrange(dkc, "(b h n) s e -> b (n s) h e", b=batch, h=hk)
         dv[:, :n * S] = rearrange(dvc, "(b h n) s e -> b (n s) h e", b=batch, h=hk)
-        return dq.view_as(q), dk, dv, dw.view_as(w), None, None, None, None
+        return dq, dk, dv, dw, None, None, None, None
 
 
 def chunk_attention_chunked(q: Tensor, k: Tensor, v: Tensor, w: Tensor, idx: Tensor, valid: Tensor,

@@ -36,38 +36,60 @@ def _landmark_rows(landmarks: Tensor, idx: Tensor, hs: int) -> Tensor:
     return (b * hk + g) * n + idx
 
 
+def _recency_topk(scores: Tensor, kk: int) -> Tensor:
+    """The top-``kk`` columns of every row of ``scores`` (non-past chunks at −inf), ties to the more
+    recent column, as column indices by descending index with −1 for empty slots. Exact but several
+    passes: used for the rows where a tie straddles the K-th place."""
+    n = scores.shape[-1]
+    tau = scores.topk(kk, dim=-1).values[..., -1:]
+    above, equal = scores > tau, scores == tau
+    need = kk - above.sum(-1, keepdim=True)
+    equal_from_here = equal.flip(-1).cumsum(-1).flip(-1)  # equal scores at this column or later
+    selected = (above | (equal & (equal_from_here <= need))) & (scores > float("-inf"))
+    column1 = torch.arange(1, n + 1, device=scores.device)  # column + 1, so 0 can mean "not selected"
+    return torch.where(selected, column1, 0).topk(kk, dim=-1).values - 1
+
+
 @torch.no_grad()
 def select_chunks(sq: Tensor, landmarks: Tensor, chunk_size: int, top_k: int, offset: int) -> tuple[Tensor, Tensor]:
     """idx (batch, Lq, hs, K') long and valid (same shape, bool), K' = min(top_k, most past chunks of any query).
 
-    Slot order is recency: the selected chunks by descending index, empty slots last."""
+    Slot order is recency: the selected chunks by descending index, empty slots last. A block of queries
+    scores only the chunks past for its last query and masks only those not past for its first."""
     batch, length, hs, d_sel = sq.shape
     n, hk = landmarks.shape[1], landmarks.shape[2]
-    most = min(n, (offset + length - 1) // chunk_size)
+    S = chunk_size
+    most = min(n, (offset + length - 1) // S)
     kk = max(1, min(top_k, most))
     idx = torch.zeros(batch, length, hs, kk, dtype=torch.long, device=sq.device)
     valid = torch.zeros(batch, length, hs, kk, dtype=torch.bool, device=sq.device)
     if most == 0:
         return idx, valid
-    lmk = repeat(landmarks, "b n h e -> b n (h r) e", r=hs // hk)
-    ends = (torch.arange(n, device=sq.device) + 1) * chunk_size
-    rank1 = torch.arange(1, n + 1, device=sq.device)  # chunk index + 1, so 0 can mean "not selected"
-    block = _block_len(batch * hs * n, SCORES_PER_BLOCK, length)
+    lmk = repeat(landmarks[:, :most], "b n h e -> b n (h r) e", r=hs // hk)
+    ends = (torch.arange(most, device=sq.device) + 1) * S
+    block = _block_len(batch * hs * most, SCORES_PER_BLOCK, length)
     for t0 in range(0, length, block):
         t1 = min(t0 + block, length)
-        scores = torch.einsum("bthe,bnhe->bthn", sq[:, t0:t1], lmk) / math.sqrt(d_sel)
-        positions = offset + torch.arange(t0, t1, device=sq.device)
-        past = (ends[None, :] <= positions[:, None])[None, :, None, :]  # (1, T, 1, n)
-        scores = scores.masked_fill(~past, float("-inf"))
-        # Keep everything above the K-th largest score, then the most recent of those equal to it.
-        tau = scores.topk(kk, dim=-1).values[..., -1:]
-        above, equal = scores > tau, scores == tau
-        need = kk - above.sum(-1, keepdim=True)
-        equal_from_here = equal.flip(-1).cumsum(-1).flip(-1)  # equal scores at this chunk or later
-        selected = (above | (equal & (equal_from_here <= need))) & past
-        recency = torch.where(selected, rank1, 0).topk(kk, dim=-1).values  # descending chunk index + 1
-        idx[:, t0:t1] = (recency - 1).clamp(min=0)
-        valid[:, t0:t1] = recency > 0
+        hi = min(most, (offset + t1 - 1) // S)  # chunks past for the block's last query
+        if hi == 0:
+            continue
+        lo = min(hi, (offset + t0) // S)  # ... and for its first: past for every query of the block
+        scores = torch.einsum("bthe,bnhe->bthn", sq[:, t0:t1] / math.sqrt(d_sel), lmk[:, :hi])
+        if lo < hi:
+            positions = offset + torch.arange(t0, t1, device=sq.device)
+            hidden = ends[None, lo:hi] > positions[:, None]
+            scores[..., lo:hi].masked_fill_(hidden[None, :, None, :], float("-inf"))
+        k_here = min(kk, hi)
+        vals, cols = scores.topk(k_here, dim=-1)
+        cols = torch.where(vals > float("-inf"), cols, -1)
+        # topk breaks ties its own way: redo exactly the rows where a left-out score equals the K-th.
+        tau = vals[..., -1:]
+        ties = ((scores == tau).sum(-1) > (vals == tau).sum(-1)) & (tau[..., 0] > float("-inf"))
+        if ties.any():
+            cols[ties] = _recency_topk(scores[ties], k_here)
+        cols = cols.sort(dim=-1, descending=True).values  # recency order, empty slots (−1) last
+        idx[:, t0:t1, :, :k_here] = cols.clamp(min=0)
+        valid[:, t0:t1, :, :k_here] = cols >= 0
     return idx, valid
 
 
