@@ -119,7 +119,7 @@ def test_one_chunk_stick_breaking_is_sigmoid_times_softmax():
     args = make_inputs(length=20, chunk_size=4)
     sb = hsa_reference(**args, chunk_size=4, top_k=1, combine="stick_breaking")
     sm = hsa_reference(**args, chunk_size=4, top_k=1, combine="softmax")
-    idx, valid = select_chunks(args["q"], args["landmarks"], 4, 1, 0)
+    idx, valid, _ = select_chunks(args["q"], args["landmarks"], 4, 1, 0)
     lmk = repeat(args["landmarks"], "b n h e -> b n (h r) e", r=2)
     chosen = torch.gather(lmk, 1, repeat(idx[..., 0], "b t h -> b t h e", e=3))
     s = (args["q"] * chosen).sum(-1) / math.sqrt(3)
@@ -190,7 +190,7 @@ def test_ties_go_to_the_more_recent_chunk():
     S, K = 2, 3
     args = make_inputs(batch=1, length=15, hq=2, hk=1, chunk_size=S)
     args["landmarks"] = args["landmarks"][:, :1].expand_as(args["landmarks"]).clone()  # every score ties
-    idx, valid = select_chunks(args["q"], args["landmarks"], S, K, 0)
+    idx, valid, _ = select_chunks(args["q"], args["landmarks"], S, K, 0)
     for t in range(15):
         n = t // S
         want = list(range(n - 1, max(n - K, 0) - 1, -1))  # the most recent past chunks, newest first

@@ -41,11 +41,11 @@ def check_hsa_args(
             raise ValueError(f"hsa: {name} must be a floating tensor, got {t.dtype}")
     dtypes = {str(t.dtype).removeprefix("torch.") for t in named.values()}
     if len(dtypes) > 1:
-        raise ValueError(f"hsa: q, k, v, landmarks (and selection_q) must share one dtype, got "
+        raise ValueError("hsa: q, k, v, landmarks (and selection_q) must share one dtype, got "
                          + ", ".join(f"{n} {str(t.dtype).removeprefix('torch.')}" for n, t in named.items()))
     devices = {t.device for t in named.values()}
     if len(devices) > 1:
-        raise ValueError(f"hsa: all tensors must be on one device, got "
+        raise ValueError("hsa: all tensors must be on one device, got "
                          + ", ".join(f"{n} on {t.device}" for n, t in named.items()))
     _positive_int("chunk_size", chunk_size)
     _positive_int("top_k", top_k)

@@ -73,10 +73,20 @@ def plan(idx: Tensor, valid: Tensor, t0: int, t1: int, hk: int, n: int) -> Layou
     return Layout(t0, t1, padded_entry, dense_to_padded, block_segment, blocks, R)
 
 
-def _rows(t: Tensor, width: int) -> Tensor:
-    """``t`` flattened to rows of ``width`` plus one zero row, the sentinel that padding reads."""
-    t = t.reshape(-1, width)
-    return torch.cat([t, t.new_zeros(1, width)])
+def _rows(t: Tensor, width: int, factor: float = 1.0) -> Tensor:
+    """``t`` · factor flattened to rows of ``width`` plus one zero row, the sentinel that padding reads."""
+    out = t.new_empty(t.numel() // width + 1, width)
+    torch.mul(t.reshape(-1, width), factor, out=out[:-1])
+    out[-1] = 0
+    return out
+
+
+def _bmm_rows(a: Tensor, b: Tensor) -> Tensor:
+    """bmm(a, b) as (blocks · rows + 1, width) rows, the last one zero: the sentinel of empty slots."""
+    out = a.new_empty(a.shape[0] * a.shape[1] + 1, b.shape[-1])
+    torch.bmm(a, b, out=out[:-1].view(a.shape[0], a.shape[1], b.shape[-1]))
+    out[-1] = 0
+    return out
 
 
 def _chunks(k: Tensor, n: int, S: int) -> Tensor:
@@ -88,11 +98,6 @@ def _layouts(idx: Tensor, valid: Tensor, hk: int, n: int) -> list[Layout]:
     step = max(1, ROWS_PER_BLOCK // (batch * hq * kk))
     layouts = [plan(idx, valid, t0, min(t0 + step, length), hk, n) for t0 in range(0, length, step)]
     return [lay for lay in layouts if lay.blocks > 0]
-
-
-def _to_dense(padded: Tensor, lay: Layout, width: int) -> Tensor:
-    """(blocks, rows, width) padded rows → (dense, width) entries (zero for empty slots)."""
-    return _rows(padded, width).index_select(0, lay.dense_to_padded)
 
 
 class ChunkAttention(torch.autograd.Function):
@@ -108,10 +113,10 @@ class ChunkAttention(torch.autograd.Function):
         layouts = _layouts(idx, valid, hk, n)
         out = torch.zeros_like(q)
         for lay in layouts:
-            qs = _rows(q[:, lay.t0:lay.t1] * scale, d)
+            qs = _rows(q[:, lay.t0:lay.t1], d, scale)
             qp = qs.index_select(0, torch.div(lay.entry, kk, rounding_mode="floor")).view(lay.blocks, lay.rows, d)
             p = torch.bmm(qp, kc.index_select(0, lay.block_segment).mT).softmax(-1)
-            o = _to_dense(torch.bmm(p, vc.index_select(0, lay.block_segment)), lay, d)
+            o = _bmm_rows(p, vc.index_select(0, lay.block_segment)).index_select(0, lay.dense_to_padded)
             out[:, lay.t0:lay.t1] = torch.einsum("bthke,bthk->bthe", o.view(batch, -1, hq, kk, d),
                                                  w[:, lay.t0:lay.t1])
         ctx.save_for_backward(q, k, v, w)
@@ -133,15 +138,16 @@ class ChunkAttention(torch.autograd.Function):
             shape = (lay.blocks, lay.rows, -1)
             query = torch.div(lay.entry, kk, rounding_mode="floor")
             kb, vb = kc.index_select(0, lay.block_segment), vc.index_select(0, lay.block_segment)
-            qp = _rows(q[:, t0:t1] * scale, d).index_select(0, query).view(shape)
+            qp = _rows(q[:, t0:t1], d, scale).index_select(0, query).view(shape)
             w_rows = _rows(w[:, t0:t1], 1).index_select(0, lay.entry).view(shape)
             do = _rows(grad[:, t0:t1], d).index_select(0, query).view(shape)  # padding rows: 0, add nothing
             p = torch.bmm(qp, kb.mT).softmax(-1)
             dw_rows = (do * torch.bmm(p, vb)).sum(-1, keepdim=True)  # ∂L/∂w = dO · o_chunk
-            dw[:, t0:t1] = _to_dense(dw_rows, lay, 1).view(dw[:, t0:t1].shape)
+            dw[:, t0:t1] = _rows(dw_rows, 1).index_select(0, lay.dense_to_padded).view(dw[:, t0:t1].shape)
             go = do.mul_(w_rows)  # ∂L/∂o_chunk = w dO
             ds = torch.bmm(go, vb.mT).sub_(w_rows * dw_rows).mul_(p)  # ∂L/∂logits; rowsum(go ∘ o) = w dw
-            dq[:, t0:t1] = _to_dense(torch.bmm(ds, kb), lay, d).view(batch, -1, hq, kk, d).sum(3) * scale
+            dq_rows = _bmm_rows(ds, kb).index_select(0, lay.dense_to_padded)
+            dq[:, t0:t1] = dq_rows.view(batch, -1, hq, kk, d).sum(3).mul_(scale)
             # Row blocks of one segment are adjacent; index_add on flat rows is the fast path.
             flat = (lay.blocks, -1)
             dkc.view(dkc.shape[0], -1).index_add_(0, lay.block_segment, torch.bmm(ds.mT, qp).view(flat))

@@ -28,14 +28,6 @@ def _block_len(per_query: int, budget: int, length: int) -> int:
     return max(1, min(length, budget // max(per_query, 1)))
 
 
-def _landmark_rows(landmarks: Tensor, idx: Tensor, hs: int) -> Tensor:
-    """Rows of ``landmarks`` flattened to (batch · hk · n, d) for the chunks ``idx`` (batch, T, hs, K)."""
-    batch, n, hk, _ = landmarks.shape
-    b = torch.arange(batch, device=idx.device)[:, None, None, None]
-    g = (torch.arange(hs, device=idx.device) // (hs // hk))[None, None, :, None]
-    return (b * hk + g) * n + idx
-
-
 def _recency_topk(scores: Tensor, kk: int) -> Tensor:
     """The top-``kk`` columns of every row of ``scores`` (non-past chunks at −inf), ties to the more
     recent column, as column indices by descending index with −1 for empty slots. Exact but several
@@ -50,30 +42,41 @@ def _recency_topk(scores: Tensor, kk: int) -> Tensor:
     return torch.where(selected, column1, 0).topk(kk, dim=-1).values - 1
 
 
+def _visible(length: int, offset: int, chunk_size: int, n: int, t0: int, t1: int) -> tuple[int, int]:
+    """For queries [t0, t1): (chunks past for the first query, chunks past for the last), at most n."""
+    hi = min(n, (offset + t1 - 1) // chunk_size)
+    return min(hi, (offset + t0) // chunk_size), hi
+
+
+def _score_blocks(sq: Tensor, n: int) -> int:
+    return _block_len(sq.shape[0] * sq.shape[2] * max(n, 1), SCORES_PER_BLOCK, sq.shape[1])
+
+
 @torch.no_grad()
-def select_chunks(sq: Tensor, landmarks: Tensor, chunk_size: int, top_k: int, offset: int) -> tuple[Tensor, Tensor]:
-    """idx (batch, Lq, hs, K') long and valid (same shape, bool), K' = min(top_k, most past chunks of any query).
+def select_chunks(sq: Tensor, landmarks: Tensor, chunk_size: int, top_k: int,
+                  offset: int) -> tuple[Tensor, Tensor, Tensor]:
+    """idx (batch, Lq, hs, K') long, valid (same shape, bool) and the selected scores (same shape, 0 when
+    empty), K' = min(top_k, most past chunks of any query).
 
     Slot order is recency: the selected chunks by descending index, empty slots last. A block of queries
     scores only the chunks past for its last query and masks only those not past for its first."""
     batch, length, hs, d_sel = sq.shape
     n, hk = landmarks.shape[1], landmarks.shape[2]
-    S = chunk_size
-    most = min(n, (offset + length - 1) // S)
+    most = min(n, (offset + length - 1) // chunk_size)
     kk = max(1, min(top_k, most))
     idx = torch.zeros(batch, length, hs, kk, dtype=torch.long, device=sq.device)
     valid = torch.zeros(batch, length, hs, kk, dtype=torch.bool, device=sq.device)
+    chosen = sq.new_zeros(batch, length, hs, kk)
     if most == 0:
-        return idx, valid
+        return idx, valid, chosen
     lmk = repeat(landmarks[:, :most], "b n h e -> b n (h r) e", r=hs // hk)
-    ends = (torch.arange(most, device=sq.device) + 1) * S
-    block = _block_len(batch * hs * most, SCORES_PER_BLOCK, length)
+    ends = (torch.arange(most, device=sq.device) + 1) * chunk_size
+    block = _score_blocks(sq, most)
     for t0 in range(0, length, block):
         t1 = min(t0 + block, length)
-        hi = min(most, (offset + t1 - 1) // S)  # chunks past for the block's last query
+        lo, hi = _visible(length, offset, chunk_size, most, t0, t1)
         if hi == 0:
             continue
-        lo = min(hi, (offset + t0) // S)  # ... and for its first: past for every query of the block
         scores = torch.einsum("bthe,bnhe->bthn", sq[:, t0:t1] / math.sqrt(d_sel), lmk[:, :hi])
         if lo < hi:
             positions = offset + torch.arange(t0, t1, device=sq.device)
@@ -88,53 +91,48 @@ def select_chunks(sq: Tensor, landmarks: Tensor, chunk_size: int, top_k: int, of
         if ties.any():
             cols[ties] = _recency_topk(scores[ties], k_here)
         cols = cols.sort(dim=-1, descending=True).values  # recency order, empty slots (−1) last
+        ok = cols >= 0
         idx[:, t0:t1, :, :k_here] = cols.clamp(min=0)
-        valid[:, t0:t1, :, :k_here] = cols >= 0
-    return idx, valid
+        valid[:, t0:t1, :, :k_here] = ok
+        chosen[:, t0:t1, :, :k_here] = torch.where(ok, scores.gather(-1, cols.clamp(min=0)), 0.0)
+    return idx, valid, chosen
 
 
 class SelectedScores(torch.autograd.Function):
-    """s (batch, Lq, hs, K) = sq · landmark[idx] / √d_sel for the selected chunks, in blocks of queries
-    (never the (batch, Lq, hs, K, d_sel) gathered landmarks); 0 in empty slots."""
+    """The selected chunks' scores s = sq · landmark[idx] / √d_sel (batch, Lq, hs, K) as a function of sq
+    and the landmarks; their values come from :func:`select_chunks`. The backward writes ds into the
+    (queries × visible chunks) grid of one block of queries at a time and takes two matmuls with it,
+    rather than gathering and scattering (batch, Lq, hs, K, d_sel) landmark rows."""
 
     @staticmethod
-    def forward(ctx, sq: Tensor, landmarks: Tensor, idx: Tensor, valid: Tensor) -> Tensor:
-        batch, length, hs, d_sel = sq.shape
-        kk = idx.shape[-1]
-        flat = rearrange(landmarks, "b n h e -> (b h n) e")
-        scale = 1.0 / math.sqrt(d_sel)
-        out = sq.new_zeros(batch, length, hs, kk)
+    def forward(ctx, sq: Tensor, landmarks: Tensor, scores: Tensor, idx: Tensor, valid: Tensor, chunk_size: int,
+                offset: int) -> Tensor:
         ctx.save_for_backward(sq, landmarks, idx, valid)
-        if landmarks.shape[1] == 0:  # no chunk at all: every slot is empty
-            return out
-        block = _block_len(batch * hs * kk * d_sel, SCORES_PER_BLOCK, length)
-        for t0 in range(0, length, block):
-            t1 = min(t0 + block, length)
-            rows = flat[_landmark_rows(landmarks, idx[:, t0:t1], hs)]  # (batch, T, hs, K, d_sel)
-            out[:, t0:t1] = torch.einsum("bthe,bthke->bthk", sq[:, t0:t1], rows) * scale
-        return out * valid
+        ctx.chunk_size, ctx.offset = chunk_size, offset
+        return scores.clone()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         sq, landmarks, idx, valid = ctx.saved_tensors
         batch, length, hs, d_sel = sq.shape
-        kk = idx.shape[-1]
-        flat = rearrange(landmarks, "b n h e -> (b h n) e")
-        scale = 1.0 / math.sqrt(d_sel)
-        grad = grad * valid * scale
+        n, hk = landmarks.shape[1], landmarks.shape[2]
+        most = min(n, (ctx.offset + length - 1) // ctx.chunk_size)
+        grad = grad * valid / math.sqrt(d_sel)
         dsq = torch.zeros_like(sq)
-        dflat = torch.zeros_like(flat)
-        if landmarks.shape[1] == 0:
-            return dsq, torch.zeros_like(landmarks), None, None
-        block = _block_len(batch * hs * kk * d_sel, SCORES_PER_BLOCK, length)
-        for t0 in range(0, length, block):
+        dlmk = sq.new_zeros(batch, n, hs, d_sel)  # per selection head; summed to KV heads below
+        lmk = repeat(landmarks[:, :most], "b n h e -> b n (h r) e", r=hs // hk)
+        block = _score_blocks(sq, most)
+        for t0 in range(0, length if most > 0 else 0, block):
             t1 = min(t0 + block, length)
-            which = _landmark_rows(landmarks, idx[:, t0:t1], hs)
-            g = grad[:, t0:t1]
-            dsq[:, t0:t1] = torch.einsum("bthk,bthke->bthe", g, flat[which])
-            dflat.index_add_(0, which.reshape(-1), (g[..., None] * sq[:, t0:t1, :, None, :]).reshape(-1, d_sel))
-        dlandmarks = rearrange(dflat, "(b h n) e -> b n h e", b=batch, h=landmarks.shape[2])
-        return dsq, dlandmarks, None, None
+            _, hi = _visible(length, ctx.offset, ctx.chunk_size, most, t0, t1)
+            if hi == 0:
+                continue
+            k_here = min(idx.shape[-1], hi)
+            grid = sq.new_zeros(batch, t1 - t0, hs, hi)
+            grid.scatter_add_(-1, idx[:, t0:t1, :, :k_here], grad[:, t0:t1, :, :k_here])
+            dsq[:, t0:t1] = torch.einsum("bthn,bnhe->bthe", grid, lmk[:, :hi])
+            dlmk[:, :hi] += torch.einsum("bthn,bthe->bnhe", grid, sq[:, t0:t1])
+        return dsq, rearrange(dlmk, "b n (h r) e -> b n h r e", h=hk).sum(3), None, None, None, None, None
 
 
 def combine_weights(scores: Tensor, valid: Tensor, combine: str) -> Tensor:
@@ -169,8 +167,8 @@ def sparse_hsa(
     q, k, v, landmarks, sq = (t.to(dtype) for t in (q, k, v, landmarks, sq))
     hq, hs = q.shape[2], sq.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    idx, valid = select_chunks(sq, landmarks, chunk_size, top_k, offset)
-    w = combine_weights(SelectedScores.apply(sq, landmarks, idx, valid), valid, combine)
+    idx, valid, scores = select_chunks(sq, landmarks, chunk_size, top_k, offset)
+    w = combine_weights(SelectedScores.apply(sq, landmarks, scores, idx, valid, chunk_size, offset), valid, combine)
     if hs != hq:  # a selection head's chunks and weights serve its hq / hs query heads
         idx, valid, w = (repeat(t, "b t s k -> b t (s r) k", r=hq // hs) for t in (idx, valid, w))
     return attention(q, k, v, w, idx, valid, chunk_size, scale).to(in_dtype)
