@@ -274,13 +274,34 @@ def test_decoding_steps_equal_the_full_forward(backend, combine):
 
 
 # -- dispatch and arguments -------------------------------------------------------------------------
-def test_auto_takes_chunked_on_cpu_and_the_reference_only_when_small():
+def test_auto_prefers_the_cpp_kernel_on_cpu_and_takes_the_reference_only_when_small():
     cpu = torch.device("cpu")
-    assert dispatch.choose("auto", Request(cpu, torch.float32, grad=True, size=10)).name == "chunked"
+    expected = "cpp" if dispatch.usable("cpp", cpu) else "chunked"
+    assert dispatch.choose("auto", Request(cpu, torch.float32, grad=True, size=10)).name == expected
+    assert dispatch.choose("auto", Request(cpu, torch.bfloat16, size=1 << 30)).name == expected
     dispatch.reset()
-    assert dispatch.names("cpu") == CPU_BACKENDS + ["reference"]  # every CPU backend passes its probe
+    usable = dispatch.names("cpu")  # probes every CPU backend against the reference
+    assert set(usable) >= {"chunked", "reference"} and usable[-1] == "reference"
     caps = dispatch.backends["reference"].capabilities
     assert caps.max_size is not None and not caps.initial_state and not caps.final_state
+    with pytest.MonkeyPatch.context() as mp:  # without the fast backends, auto still serves small calls only
+        mp.setattr(dispatch, "backends", {"reference": dispatch.backends["reference"]})
+        assert dispatch.choose("auto", Request(cpu, torch.float32, size=caps.max_size)).name == "reference"
+        with pytest.raises(ValueError, match="no backend can serve"):
+            dispatch.choose("auto", Request(cpu, torch.float32, size=caps.max_size + 1))
+
+
+def test_the_op_follows_the_template():
+    # The shape test_dispatch.py checks for every op: reference.py's function is the dispatch's
+    # reference and its "reference" backend; backend is keyword-only.
+    import inspect
+
+    from ssmzoo.ops.hsa import reference
+
+    assert dispatch.reference is reference.hsa_reference is dispatch.backends["reference"].fn
+    params = inspect.signature(hsa).parameters
+    for name in ("chunk_size", "top_k", "combine", "scale", "offset", "selection_q", "backend"):
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, name
 
 
 def test_bad_arguments_raise_value_error():

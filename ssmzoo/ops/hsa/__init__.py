@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed
+from . import cpu
 from .checks import check_hsa_args
 from .chunked import hsa_chunked
 from .reference import hsa_reference
@@ -60,6 +61,7 @@ def _triton_available() -> bool:
 dispatch = Dispatcher("hsa", hsa_reference, _probe_case, rtol=1e-3, atol=1e-4)
 dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT, **STATELESS),
                   available=_triton_available)
+dispatch.register("cpp", cpu.hsa_cpu, ("cpu",), Capabilities(dtypes=ALL_FLOAT, **STATELESS), available=cpu.available)
 dispatch.register("chunked", hsa_chunked, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT, **STATELESS))
 # The reference materialises (Lq × Lk) logits per head: auto takes it for small problems only.
 dispatch.register("reference", hsa_reference, ("cpu", "cuda"),

@@ -64,51 +64,50 @@ def select_chunks(sq: Tensor, landmarks: Tensor, chunk_size: int, top_k: int,
     n, hk = landmarks.shape[1], landmarks.shape[2]
     most = min(n, (offset + length - 1) // chunk_size)
     kk = max(1, min(top_k, most))
-    idx = torch.zeros(batch, length, hs, kk, dtype=torch.long, device=sq.device)
-    valid = torch.zeros(batch, length, hs, kk, dtype=torch.bool, device=sq.device)
-    chosen = sq.new_zeros(batch, length, hs, kk)
-    if most == 0:
-        return idx, valid, chosen
-    lmk = repeat(landmarks[:, :most], "b n h e -> b n (h r) e", r=hs // hk)
-    ends = (torch.arange(most, device=sq.device) + 1) * chunk_size
-    block = _score_blocks(sq, most)
-    for t0 in range(0, length, block):
-        t1 = min(t0 + block, length)
-        lo, hi = _visible(length, offset, chunk_size, most, t0, t1)
-        if hi == 0:
-            continue
-        scores = torch.einsum("bthe,bnhe->bthn", sq[:, t0:t1] / math.sqrt(d_sel), lmk[:, :hi])
-        if lo < hi:
-            positions = offset + torch.arange(t0, t1, device=sq.device)
-            hidden = ends[None, lo:hi] > positions[:, None]
-            scores[..., lo:hi].masked_fill_(hidden[None, :, None, :], float("-inf"))
-        k_here = min(kk, hi)
-        vals, cols = scores.topk(k_here, dim=-1)
-        cols = torch.where(vals > float("-inf"), cols, -1)
-        # topk breaks ties its own way: redo exactly the rows where a left-out score equals the K-th.
-        tau = vals[..., -1:]
-        ties = ((scores == tau).sum(-1) > (vals == tau).sum(-1)) & (tau[..., 0] > float("-inf"))
-        if ties.any():
-            cols[ties] = _recency_topk(scores[ties], k_here)
-        cols = cols.sort(dim=-1, descending=True).values  # recency order, empty slots (−1) last
-        ok = cols >= 0
-        idx[:, t0:t1, :, :k_here] = cols.clamp(min=0)
-        valid[:, t0:t1, :, :k_here] = ok
-        chosen[:, t0:t1, :, :k_here] = torch.where(ok, scores.gather(-1, cols.clamp(min=0)), 0.0)
-    return idx, valid, chosen
+    idx = torch.zeros(batch, hs, length, kk, dtype=torch.long, device=sq.device)
+    valid = torch.zeros(batch, hs, length, kk, dtype=torch.bool, device=sq.device)
+    chosen = sq.new_zeros(batch, hs, length, kk)
+    if most > 0:
+        # Heads first, so a block's scores come out of one batched matmul already as (batch, hs, T, chunks).
+        sqh = rearrange(sq, "b t h e -> b h t e") / math.sqrt(d_sel)
+        lmk = repeat(landmarks[:, :most], "b n h e -> b (h r) e n", r=hs // hk)
+        ends = (torch.arange(most, device=sq.device) + 1) * chunk_size
+        block = _score_blocks(sq, most)
+        for t0 in range(0, length, block):
+            t1 = min(t0 + block, length)
+            lo, hi = _visible(length, offset, chunk_size, most, t0, t1)
+            if hi == 0:
+                continue
+            scores = torch.matmul(sqh[:, :, t0:t1], lmk[..., :hi])
+            if lo < hi:
+                positions = offset + torch.arange(t0, t1, device=sq.device)
+                scores[..., lo:hi].masked_fill_(ends[None, lo:hi] > positions[:, None], float("-inf"))
+            k_here = min(kk, hi)
+            # One more than K: a tie straddles the K-th place exactly when the (K+1)-th equals the K-th.
+            vals, cols = scores.topk(min(k_here + 1, hi), dim=-1)
+            ties = None
+            if vals.shape[-1] > k_here:
+                ties = (vals[..., k_here] == vals[..., k_here - 1]) & (vals[..., k_here - 1] > float("-inf"))
+                vals, cols = vals[..., :k_here], cols[..., :k_here]
+            cols = torch.where(vals > float("-inf"), cols, -1)
+            if ties is not None and ties.any():  # topk breaks ties its own way: redo those rows exactly
+                cols[ties] = _recency_topk(scores[ties], k_here)
+            cols = cols.sort(dim=-1, descending=True).values  # recency order, empty slots (−1) last
+            ok = cols >= 0
+            idx[:, :, t0:t1, :k_here] = cols.clamp(min=0)
+            valid[:, :, t0:t1, :k_here] = ok
+            chosen[:, :, t0:t1, :k_here] = torch.where(ok, scores.gather(-1, cols.clamp(min=0)), 0.0)
+    return tuple(rearrange(t, "b h t k -> b t h k") for t in (idx, valid, chosen))
 
 
 class SelectedScores(torch.autograd.Function):
     """The selected chunks' scores s = sq · landmark[idx] / √d_sel (batch, Lq, hs, K) as a function of sq
-    and the landmarks; their values come from :func:`select_chunks`. The backward writes ds into the
-    (queries × visible chunks) grid of one block of queries at a time and takes two matmuls with it,
-    rather than gathering and scattering (batch, Lq, hs, K, d_sel) landmark rows."""
+    and the landmarks; their values come from :func:`select_chunks`. The backward is two products with
+    the sparse (queries · hs) × (batch · hk · chunks) matrix holding ds at the selected chunks."""
 
     @staticmethod
-    def forward(ctx, sq: Tensor, landmarks: Tensor, scores: Tensor, idx: Tensor, valid: Tensor, chunk_size: int,
-                offset: int) -> Tensor:
+    def forward(ctx, sq: Tensor, landmarks: Tensor, scores: Tensor, idx: Tensor, valid: Tensor) -> Tensor:
         ctx.save_for_backward(sq, landmarks, idx, valid)
-        ctx.chunk_size, ctx.offset = chunk_size, offset
         return scores.clone()
 
     @staticmethod
@@ -116,23 +115,20 @@ class SelectedScores(torch.autograd.Function):
         sq, landmarks, idx, valid = ctx.saved_tensors
         batch, length, hs, d_sel = sq.shape
         n, hk = landmarks.shape[1], landmarks.shape[2]
-        most = min(n, (ctx.offset + length - 1) // ctx.chunk_size)
-        grad = grad * valid / math.sqrt(d_sel)
-        dsq = torch.zeros_like(sq)
-        dlmk = sq.new_zeros(batch, n, hs, d_sel)  # per selection head; summed to KV heads below
-        lmk = repeat(landmarks[:, :most], "b n h e -> b n (h r) e", r=hs // hk)
-        block = _score_blocks(sq, most)
-        for t0 in range(0, length if most > 0 else 0, block):
-            t1 = min(t0 + block, length)
-            _, hi = _visible(length, ctx.offset, ctx.chunk_size, most, t0, t1)
-            if hi == 0:
-                continue
-            k_here = min(idx.shape[-1], hi)
-            grid = sq.new_zeros(batch, t1 - t0, hs, hi)
-            grid.scatter_add_(-1, idx[:, t0:t1, :, :k_here], grad[:, t0:t1, :, :k_here])
-            dsq[:, t0:t1] = torch.einsum("bthn,bnhe->bthe", grid, lmk[:, :hi])
-            dlmk[:, :hi] += torch.einsum("bthn,bthe->bnhe", grid, sq[:, t0:t1])
-        return dsq, rearrange(dlmk, "b n (h r) e -> b n h r e", h=hk).sum(3), None, None, None, None, None
+        row = torch.arange(batch * length * hs, device=sq.device)[:, None].expand_as(idx.reshape(-1, idx.shape[-1]))
+        b = row // (length * hs)
+        col = (b * hk + (row % hs) // (hs // hk)) * n + idx.reshape(row.shape)
+        keep = valid.reshape(-1)
+        ds = sparse_rows(row.reshape(-1)[keep], col.reshape(-1)[keep], grad.reshape(-1)[keep] / math.sqrt(d_sel),
+                         (row.shape[0], batch * hk * n))
+        dsq = torch.sparse.mm(ds, rearrange(landmarks, "b n h e -> (b h n) e")).view_as(sq)
+        dlmk = torch.sparse.mm(ds.t(), sq.reshape(-1, d_sel))
+        return dsq, rearrange(dlmk, "(b h n) e -> b n h e", b=batch, h=hk), None, None, None
+
+
+def sparse_rows(rows: Tensor, cols: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """A COO matrix of ``size`` with ``values`` at (rows, cols), no duplicates."""
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, size, check_invariants=False)
 
 
 def combine_weights(scores: Tensor, valid: Tensor, combine: str) -> Tensor:
@@ -168,7 +164,7 @@ def sparse_hsa(
     hq, hs = q.shape[2], sq.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     idx, valid, scores = select_chunks(sq, landmarks, chunk_size, top_k, offset)
-    w = combine_weights(SelectedScores.apply(sq, landmarks, scores, idx, valid, chunk_size, offset), valid, combine)
+    w = combine_weights(SelectedScores.apply(sq, landmarks, scores, idx, valid), valid, combine)
     if hs != hq:  # a selection head's chunks and weights serve its hq / hs query heads
         idx, valid, w = (repeat(t, "b t s k -> b t (s r) k", r=hq // hs) for t in (idx, valid, w))
     return attention(q, k, v, w, idx, valid, chunk_size, scale).to(in_dtype)
