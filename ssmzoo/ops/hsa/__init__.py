@@ -8,10 +8,14 @@ equations and every convention (past chunks, slot order, ties, empty slots, grou
 Backends, in ``auto``'s preference order (``ops/dispatch.py`` explains the choice):
 - ``triton`` (triton.py): Triton kernels, chunk-major, per-(row, chunk) log-sum-exp saved for the
   backward; on CUDA (tested on CPU under ``TRITON_INTERPRET=1``);
+- ``cpp`` (cpu.py, csrc/hsa_cpu.cpp): our C++ CPU kernel, chunk-major, one thread per chunk with its
+  keys in cache, built on first use; 1.8-2.3× less CPU time than ``chunked`` at 16K-64K tokens
+  (benchmarks/speed/hsa_op.py);
 - ``chunked`` (chunked.py): plain PyTorch, chunk-major batched matmuls in blocks of queries,
   recomputation in backward; O(L · K · S) work and no (L × L) anywhere;
 - ``reference`` (reference.py): dense masks, (L × L) per head; the oracle.
-The fast backends share routing.py (selection in blocks of queries, combination weights).
+The fast backends share routing.py (selection in blocks of queries, combination weights); the
+selection scores every past chunk, so it alone grows as L² / S (about a third of ``cpp``'s time at 64K).
 
 Decoding: q may be any later slice of the sequence. ``offset`` is the absolute position of q[:, 0]; k, v
 and landmarks always start at position 0 and must hold every chunk complete before the last query.
