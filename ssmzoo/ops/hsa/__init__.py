@@ -67,7 +67,7 @@ dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT, *
                   available=_triton_available)
 dispatch.register("cpp", cpu.hsa_cpu, ("cpu",), Capabilities(dtypes=ALL_FLOAT, **STATELESS), available=cpu.available)
 dispatch.register("chunked", hsa_chunked, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT, **STATELESS))
-# The reference materialises (Lq × Lk) logits per head: auto takes it for small problems only.
+# The reference materialises (Lq × Lk) logits and (Lq × n × n) ranks per head: auto takes it for small problems only.
 dispatch.register("reference", hsa_reference, ("cpu", "cuda"),
                   Capabilities(dtypes=ALL_FLOAT, max_size=1 << 24, **STATELESS))
 
@@ -108,8 +108,10 @@ def hsa(
     """
     check_hsa_args(q, k, v, landmarks, chunk_size, top_k, combine, scale, offset, selection_q)
     batch, length, hq, _ = q.shape
+    n = landmarks.shape[1]
+    # What the reference materialises: (Lq × Lk) logits and the (Lq × n × n) selection ranks per head.
     request = Request(q.device, q.dtype, grad=grad_needed(q, k, v, landmarks, selection_q),
-                      size=batch * hq * length * k.shape[1])
+                      size=batch * hq * length * (k.shape[1] + n * n))
     fn = dispatch.choose(backend, request).fn
     return fn(q, k, v, landmarks, chunk_size=chunk_size, top_k=top_k, combine=combine, scale=scale, offset=offset,
               selection_q=selection_q)

@@ -42,7 +42,7 @@ def _recency_topk(scores: Tensor, kk: int) -> Tensor:
     return torch.where(selected, column1, 0).topk(kk, dim=-1).values - 1
 
 
-def _visible(length: int, offset: int, chunk_size: int, n: int, t0: int, t1: int) -> tuple[int, int]:
+def _visible(offset: int, chunk_size: int, n: int, t0: int, t1: int) -> tuple[int, int]:
     """For queries [t0, t1): (chunks past for the first query, chunks past for the last), at most n."""
     hi = min(n, (offset + t1 - 1) // chunk_size)
     return min(hi, (offset + t0) // chunk_size), hi
@@ -75,7 +75,7 @@ def select_chunks(sq: Tensor, landmarks: Tensor, chunk_size: int, top_k: int,
         block = _score_blocks(sq, most)
         for t0 in range(0, length, block):
             t1 = min(t0 + block, length)
-            lo, hi = _visible(length, offset, chunk_size, most, t0, t1)
+            lo, hi = _visible(offset, chunk_size, most, t0, t1)
             if hi == 0:
                 continue
             scores = torch.matmul(sqh[:, :, t0:t1], lmk[..., :hi])
