@@ -52,10 +52,13 @@ def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
     return (q, k, v, landmarks), {"chunk_size": S, "top_k": 2, "combine": "stick_breaking"}
 
 
-def _triton(*args, **kwargs):
+def _triton(q: Tensor, k: Tensor, v: Tensor, landmarks: Tensor, *, chunk_size: int, top_k: int,
+            combine: str = "stick_breaking", scale: float | None = None, offset: int = 0,
+            selection_q: Tensor | None = None) -> Tensor:
     from .triton import hsa_triton  # needs triton: imported on first use only
 
-    return hsa_triton(*args, **kwargs)
+    return hsa_triton(q, k, v, landmarks, chunk_size=chunk_size, top_k=top_k, combine=combine, scale=scale,
+                      offset=offset, selection_q=selection_q)
 
 
 def _triton_available() -> bool:
