@@ -9,7 +9,7 @@ Backends, in ``auto``'s preference order (``ops/dispatch.py`` explains the choic
 - ``triton`` (triton.py): Triton kernels, chunk-major, per-(row, chunk) log-sum-exp saved for the
   backward; on CUDA (tested on CPU under ``TRITON_INTERPRET=1``);
 - ``cpp`` (cpu.py, csrc/hsa_cpu.cpp): our C++ CPU kernel, chunk-major, one thread per chunk with its
-  keys in cache, built on first use; 1.8-2.3× less CPU time than ``chunked`` at 16K-64K tokens
+  keys in cache, built on first use; 1.7-2.3× less CPU time than ``chunked`` at 16K-64K tokens
   (benchmarks/speed/hsa_op.py);
 - ``chunked`` (chunked.py): plain PyTorch, chunk-major batched matmuls in blocks of queries,
   recomputation in backward; O(L · K · S) work and no (L × L) anywhere;
