@@ -1,4 +1,4 @@
-"""SSD's chunked algorithm in plain PyTorch (Dao & Gu 2024, sec. 6 / Listing 1), gradients by autograd.
+"""SSD's chunked algorithm in plain PyTorch (Dao & Gu 2024, sec. 6 / Listing 1).
 
 The sequence is cut in chunks of T tokens (sequences.py: every sequence starts a chunk). With
 cs_i = Σ_{k≤i} Δ_k A the chunk-local cumulative log-decay, the output is the sum of four steps:
@@ -9,10 +9,14 @@ cs_i = Σ_{k≤i} Δ_k A the chunk-local cumulative log-decay, the output is the
    or the sequence's initial state on the chunk that starts a sequence; solved in one product with
    the (chunks × chunks) matrix exp(segsum) of the chunk decays (masked across sequences);
 4. state to output: y_i += exp(cs_i) E_c C_i.
-The decay matrices are exp of sums of Δ A over a segment, masked to -inf above the diagonal before
-the exp (no exp of positive sums); step 3 sums its segments by a masked cumsum, not by differences
-of a long cumsum, so chunk decays keep full precision however long the sequence. Memory is
-O(T²) per chunk and head (the decay matrix), never O(L²).
+Within a chunk the decay exponent is cs_i - cs_j, a sum over at most T steps (no precision lost to
+differences of long sums); the upper triangle is pushed far negative before the exp and zeroed after
+(no exp of positive sums); decays are floored at exp(FLOOR) (see FLOOR). Step 3 sums its segments
+by a masked cumsum, so chunk decays keep full precision however long the sequence.
+
+Chunks are processed in blocks with a hand-written backward that recomputes each block's (T, T)
+matrices (IntraChunk): memory is O(T²) per chunk and head for one block at a time, never O(L²),
+and the allocator reuses one block's buffers instead of touching fresh pages for every chunk.
 """
 
 from __future__ import annotations
@@ -40,6 +44,107 @@ def segsum(v: Tensor) -> Tensor:
     return out.masked_fill(~torch.ones_like(strict).tril(), -math.inf)
 
 
+# Decays below exp(FLOOR) are rounded up to it (an absolute error below 1e-26 in float32): exp of a very
+# negative number, or -inf, takes the CPU's slow subnormal path (~100x slower), and subnormal factors
+# slow the matmuls that follow just as much.
+FLOOR = {torch.float32: -60.0, torch.float64: -600.0}
+
+
+def decay_exp(t: Tensor) -> Tensor:
+    """exp(t) for t = a (segment) sum of Δ A, floored at exp(FLOOR) (see FLOOR)."""
+    return t.clamp_min(FLOOR[t.dtype]).exp_()
+
+
+def _intra_chunk(xd: Tensor, cs: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 1 on a block of chunks: xd = Δ x (R, h, T, p), cs (R, h, T), B, C (R, g, T, n).
+
+    Returns y (R, h, T, p), the decay matrix exp(segsum) (R, h, T, T) and the scores C Bᵀ (R, g, T, T).
+    segsum_ij = cs_i - cs_j (a sum over one chunk: no precision lost) comes from one rank-2 product
+    [cs, 1] [1, -cs]ᵀ added to a mask that sends the upper triangle far below FLOOR, so nothing
+    positive is exponentiated there; floor, exp and tril (exact zeros) then work in place."""
+    R, heads, T, _ = xd.shape
+    groups = B.shape[1]
+    ones = torch.ones_like(cs)
+    left = torch.stack([cs, ones], dim=-1).view(R * heads, T, 2)
+    right = torch.stack([ones, -cs], dim=-2).view(R * heads, 2, T)
+    upper = torch.full((T, T), -1e30, dtype=cs.dtype, device=cs.device).triu_(1)
+    decay = torch.baddbmm(upper, left, right).clamp_min_(FLOOR[cs.dtype]).exp_().tril_()
+    decay = decay.view(R, groups, heads // groups, T, T)
+    scores = C @ B.transpose(-1, -2)
+    y = (decay * scores[:, :, None]).view(R, heads, T, T) @ xd
+    return y, decay.view(R, heads, T, T), scores
+
+
+def _blocks(rows: int, heads: int, T: int) -> list[slice]:
+    """Blocks of chunks whose (h, T, T) temporaries take about BLOCK_ELEMENTS entries: small enough to stay
+    in cache and be reused by the allocator, large enough for few Python iterations."""
+    per_block = max(1, BLOCK_ELEMENTS // (heads * T * T))
+    return [slice(i, min(i + per_block, rows)) for i in range(0, rows, per_block)]
+
+
+BLOCK_ELEMENTS = 1 << 21
+
+
+class IntraChunk(torch.autograd.Function):
+    """Steps 1 and 2 for every chunk: y_i = Σ_{j≤i} exp(cs_i - cs_j) (C_i·B_j) Δ_j x_j and the chunk's own
+    end state U = Σ_j exp(cs_T - cs_j) Δ_j x_j B_jᵀ. Chunks go in blocks; the backward recomputes each
+    block's (T, T) matrices instead of saving them, so memory is the inputs plus one block.
+
+    x (R, h, T, p); delta, cs (R, h, T); B, C (R, g, T, n) -> y (R, h, T, p), U (R, h, p, n)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, delta: Tensor, cs: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+        rows, heads, T, headdim = x.shape
+        groups, d_state = B.shape[1], B.shape[3]
+        y = torch.empty_like(x)
+        U = x.new_empty(rows, heads, headdim, d_state)
+        for blk in _blocks(rows, heads, T):
+            xd = x[blk] * delta[blk, ..., None]
+            y[blk] = _intra_chunk(xd, cs[blk], B[blk], C[blk])[0]
+            w = decay_exp(cs[blk, :, -1:] - cs[blk])  # decay from each token to the chunk's end
+            xdw = (xd * w[..., None]).view(-1, groups, heads // groups, T, headdim)
+            U[blk] = torch.einsum("kgrtp,kgtn->kgrpn", xdw, B[blk]).reshape(-1, heads, headdim, d_state)
+        ctx.save_for_backward(x, delta, cs, B, C)
+        return y, U
+
+    @staticmethod
+    def backward(ctx, dy: Tensor, dU: Tensor) -> tuple[Tensor, ...]:
+        x, delta, cs, B, C = ctx.saved_tensors
+        rows, heads, T, headdim = x.shape
+        groups = B.shape[1]
+        r = heads // groups
+        dy = dy.contiguous()
+        dx, ddelta, dcs = torch.empty_like(x), torch.empty_like(delta), torch.empty_like(cs)
+        dB, dC = torch.empty_like(B), torch.empty_like(C)
+        for blk in _blocks(rows, heads, T):
+            xd = x[blk] * delta[blk, ..., None]
+            Bb, Cb, csb, dyb, dUb = B[blk], C[blk], cs[blk], dy[blk], dU[blk]
+            n = len(range(*blk.indices(rows)))
+            _, decay, scores = _intra_chunk(xd, csb, Bb, Cb)
+            M = (decay.view(n, groups, r, T, T) * scores[:, :, None]).view(n, heads, T, T)
+            dM = dyb @ xd.transpose(-1, -2)  # ∂/∂M of y = M xd
+            dxd = M.transpose(-1, -2) @ dyb
+            # exp(cs_i - cs_j): ∂cs_i gets the row sums of dM ∘ M, ∂cs_j minus the column sums.
+            dseg = dM * M
+            dcsb = dseg.sum(-1) - dseg.sum(-2)
+            dscores = (dM * decay).view(n, groups, r, T, T).sum(2)
+            dCb = dscores @ Bb
+            dBb = dscores.transpose(-1, -2) @ Cb
+            # U = Σ_j w_j xd_j B_jᵀ with w_j = exp(cs_T - cs_j)
+            w = decay_exp(csb[..., -1:] - csb)
+            BdU = torch.einsum("kgtn,kgrpn->kgrtp", Bb, dUb.view(n, groups, r, headdim, -1)).reshape(n, heads, T, headdim)
+            dxd += w[..., None] * BdU
+            dw = (xd * BdU).sum(-1) * w
+            dcsb -= dw
+            dcsb[..., -1] += dw.sum(-1)
+            dBb += torch.einsum("kgrtp,kgrpn->kgtn", (xd * w[..., None]).view(n, groups, r, T, headdim),
+                                dUb.view(n, groups, r, headdim, -1))
+            dx[blk] = dxd * delta[blk, ..., None]
+            ddelta[blk] = (dxd * x[blk]).sum(-1)
+            dcs[blk], dB[blk], dC[blk] = dcsb, dBb, dCb
+        return dx, ddelta, dcs, dB, dC
+
+
 def chunk_scan_torch(x: Tensor, delta: Tensor, cs: Tensor, B: Tensor, C: Tensor, init: Tensor | None,
                      starts: Tensor) -> tuple[Tensor, Tensor]:
     """The four steps on chunked inputs.
@@ -48,32 +153,19 @@ def chunk_scan_torch(x: Tensor, delta: Tensor, cs: Tensor, B: Tensor, C: Tensor,
     state of the sequence each chunk starts (zero elsewhere) or None; starts (b, c) bool.
     Returns y (b, c, T, h, p) without the D skip and the gate, and the chunk end states (b, c, h, p, n).
     """
-    batch, nchunks, T, heads, _ = x.shape
-    groups = B.shape[3]
+    batch, nchunks, T, heads, headdim = x.shape
+    groups, d_state = B.shape[3], B.shape[4]
     r = heads // groups
-    # Head-major layouts, so every product below is a batched matmul over (b, h, c) or (b, g, c).
-    cs_h = rearrange(cs, "b c t h -> b h c t")
-    delta_h = rearrange(delta, "b c t h -> b h c t")
-    x_h = rearrange(x, "b c t h p -> b h c t p")
-    B_g = rearrange(B, "b c t g n -> b g c t n")
-    C_g = rearrange(C, "b c t g n -> b g c t n")
-
-    # 1. Diagonal blocks: (decay ∘ C Bᵀ) Δ x, decay = exp(segsum) masked before the exp.
-    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-    decay = torch.exp((cs_h[..., :, None] - cs_h[..., None, :]).masked_fill(~causal, -math.inf))
-    scores = C_g @ B_g.transpose(-1, -2)  # (b, g, c, T, T), shared by the group's heads
-    M = decay.view(batch, groups, r, nchunks, T, T) * scores[:, :, None] * delta_h.view(
-        batch, groups, r, nchunks, 1, T)
-    y = M.view(batch, heads, nchunks, T, T) @ x_h  # (b, h, c, T, p)
-
-    # 2. Each chunk's own end state: Σ_j exp(cs_T - cs_j) Δ_j x_j B_jᵀ.
-    w = torch.exp(cs_h[..., -1:] - cs_h) * delta_h  # (b, h, c, T)
-    xw = (x_h * w[..., None]).view(batch, groups, r, nchunks, T, -1)
-    local = torch.einsum("bgrctp,bgctn->bgrcpn", xw, B_g).reshape(batch, heads, nchunks, -1)
+    # Chunk-major, head-major layouts: every product below is a batched matmul over chunks and heads.
+    cs_k = rearrange(cs, "b c t h -> (b c) h t").contiguous()
+    C_k = rearrange(C, "b c t g n -> (b c) g t n").contiguous()
+    y, U = IntraChunk.apply(rearrange(x, "b c t h p -> (b c) h t p").contiguous(),
+                            rearrange(delta, "b c t h -> (b c) h t").contiguous(), cs_k,
+                            rearrange(B, "b c t g n -> (b c) g t n").contiguous(), C_k)
 
     # 3. Between chunks: S_c = Σ_{j≤c, same sequence} exp(Σ_{i=j+1..c} chunk decay_i) (U_j + exp(decay_j) init_j).
-    chunk_decay = cs_h[..., -1]  # (b, h, c)
-    U = local
+    chunk_decay = rearrange(cs[:, :, -1], "b c h -> b h c")
+    U = rearrange(U, "(b c) h p n -> b h c (p n)", b=batch)
     if init is not None:
         init_h = rearrange(init, "b c h p n -> b h c (p n)")
         U = U + torch.exp(chunk_decay)[..., None] * init_h
@@ -85,11 +177,11 @@ def chunk_scan_torch(x: Tensor, delta: Tensor, cs: Tensor, B: Tensor, C: Tensor,
     E = torch.cat([torch.zeros_like(S[:, :, :1]), S[:, :, :-1]], dim=2) * (~starts)[:, None, :, None]
     if init is not None:
         E = E + init_h
-    E = E.view(batch, groups, r, nchunks, -1, B.shape[-1])
-    y_off = torch.einsum("bgctn,bgrcpn->bgrctp", C_g, E).reshape(batch, heads, nchunks, T, -1)
-    y = y + y_off * torch.exp(cs_h)[..., None]
-    states = rearrange(S, "b h c (p n) -> b c h p n", n=B.shape[-1])
-    return rearrange(y, "b h c t p -> b c t h p"), states
+    E = rearrange(E, "b (g r) c (p n) -> (b c) g r p n", r=r, n=d_state)
+    y_off = torch.einsum("kgtn,kgrpn->kgrtp", C_k, E).reshape(batch * nchunks, heads, T, headdim)
+    y = y + y_off * decay_exp(cs_k)[..., None]
+    states = rearrange(S, "b h c (p n) -> b c h p n", n=d_state)
+    return rearrange(y, "(b c) h t p -> b c t h p", b=batch), states
 
 
 def run_chunked(
