@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -386,6 +388,31 @@ def test_mamba_ssm_serves_packed_calls_only_without_states(mamba_ssm_stand_in):
     ssd(**unpacked, chunk_size=4, output_final_state=True)
     assert len(calls) == 1 and calls[0]["final"] and calls[0]["initial_states"] is not None
     assert dispatch.choose("auto", Request(CPU, torch.float64)).name == "chunked"  # float64: not mamba-ssm
+
+
+TRITON_CHECK = """
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+import functools, torch
+from ssmzoo.ops.ssd.triton import ssd_triton
+from test_ssd import CASES, compare
+for name in ("L1", "L7-chunk3", "L13-chunk16-g4", "L20-chunk6-Dp-limit", "packed-cu", "packed-seq_idx"):
+    compare(ssd_triton, CASES[name], torch.float64, tol=1e-8)
+compare(ssd_triton, {{"length": 9, "chunk_size": 4, "groups": 1}}, torch.float64, tol=1e-8, with_all=False)
+compare(ssd_triton, {{**CASES["packed-cu"], "d_state": 16, "headdim": 8}}, torch.float32, tol=1e-4)
+print("triton interpreter: all match")
+"""
+
+
+def test_triton_matches_reference_under_interpreter():
+    # TRITON_INTERPRET must be set before triton is imported: run in a fresh interpreter.
+    pytest.importorskip("triton")
+    code = TRITON_CHECK.format(root=str(ROOT), tests=str(ROOT / "tests"))
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
+                          timeout=900)
+    assert done.returncode == 0, f"triton check failed:\n{done.stdout}\n{done.stderr}"
+    assert "all match" in done.stdout
 
 
 @pytest.mark.gpu
