@@ -55,24 +55,21 @@ def decay_exp(t: Tensor) -> Tensor:
     return t.clamp_min(FLOOR[t.dtype]).exp_()
 
 
-def _intra_chunk(xd: Tensor, cs: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Step 1 on a block of chunks: xd = Δ x (R, h, T, p), cs (R, h, T), B, C (R, g, T, n).
+def _decay_and_scores(cs: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+    """For a block of chunks, cs (R, h, T), B, C (R, g, T, n): the decay matrices exp(segsum)
+    (R, g, h/g, T, T) and the scores C Bᵀ (R, g, T, T).
 
-    Returns y (R, h, T, p), the decay matrix exp(segsum) (R, h, T, T) and the scores C Bᵀ (R, g, T, T).
     segsum_ij = cs_i - cs_j (a sum over one chunk: no precision lost) comes from one rank-2 product
     [cs, 1] [1, -cs]ᵀ added to a mask that sends the upper triangle far below FLOOR, so nothing
     positive is exponentiated there; floor, exp and tril (exact zeros) then work in place."""
-    R, heads, T, _ = xd.shape
+    R, heads, T = cs.shape
     groups = B.shape[1]
     ones = torch.ones_like(cs)
     left = torch.stack([cs, ones], dim=-1).view(R * heads, T, 2)
     right = torch.stack([ones, -cs], dim=-2).view(R * heads, 2, T)
     upper = torch.full((T, T), -1e30, dtype=cs.dtype, device=cs.device).triu_(1)
     decay = torch.baddbmm(upper, left, right).clamp_min_(FLOOR[cs.dtype]).exp_().tril_()
-    decay = decay.view(R, groups, heads // groups, T, T)
-    scores = C @ B.transpose(-1, -2)
-    y = (decay * scores[:, :, None]).view(R, heads, T, T) @ xd
-    return y, decay.view(R, heads, T, T), scores
+    return decay.view(R, groups, heads // groups, T, T), C @ B.transpose(-1, -2)
 
 
 def _blocks(rows: int, heads: int, T: int) -> list[slice]:
@@ -86,9 +83,10 @@ BLOCK_ELEMENTS = 1 << 21
 
 
 class IntraChunk(torch.autograd.Function):
-    """Steps 1 and 2 for every chunk: y_i = Σ_{j≤i} exp(cs_i - cs_j) (C_i·B_j) Δ_j x_j and the chunk's own
-    end state U = Σ_j exp(cs_T - cs_j) Δ_j x_j B_jᵀ. Chunks go in blocks; the backward recomputes each
-    block's (T, T) matrices instead of saving them, so memory is the inputs plus one block.
+    """Steps 1 and 2 for every chunk: y_i = Σ_{j≤i} M_ij xd_j with M = exp(segsum) ∘ C Bᵀ and xd = Δ x, and
+    the chunk's own end state U = Σ_j w_j xd_j B_jᵀ with w_j = exp(cs_T - cs_j). Chunks go in blocks;
+    the backward recomputes each block's (T, T) matrices instead of saving them, so memory is the
+    inputs plus one block.
 
     x (R, h, T, p); delta, cs (R, h, T); B, C (R, g, T, n) -> y (R, h, T, p), U (R, h, p, n)."""
 
@@ -100,16 +98,18 @@ class IntraChunk(torch.autograd.Function):
         U = x.new_empty(rows, heads, headdim, d_state)
         for blk in _blocks(rows, heads, T):
             xd = x[blk] * delta[blk, ..., None]
-            y[blk] = _intra_chunk(xd, cs[blk], B[blk], C[blk])[0]
+            decay, scores = _decay_and_scores(cs[blk], B[blk], C[blk])
+            M = decay.mul_(scores[:, :, None]).view(-1, heads, T, T)
+            torch.matmul(M, xd, out=y[blk])
             w = decay_exp(cs[blk, :, -1:] - cs[blk])  # decay from each token to the chunk's end
             xdw = (xd * w[..., None]).view(-1, groups, heads // groups, T, headdim)
             U[blk] = torch.einsum("kgrtp,kgtn->kgrpn", xdw, B[blk]).reshape(-1, heads, headdim, d_state)
-        ctx.save_for_backward(x, delta, cs, B, C)
+        ctx.save_for_backward(x, delta, cs, B, C, y)
         return y, U
 
     @staticmethod
     def backward(ctx, dy: Tensor, dU: Tensor) -> tuple[Tensor, ...]:
-        x, delta, cs, B, C = ctx.saved_tensors
+        x, delta, cs, B, C, y = ctx.saved_tensors
         rows, heads, T, headdim = x.shape
         groups = B.shape[1]
         r = heads // groups
@@ -119,17 +119,17 @@ class IntraChunk(torch.autograd.Function):
         for blk in _blocks(rows, heads, T):
             xd = x[blk] * delta[blk, ..., None]
             Bb, Cb, csb, dyb, dUb = B[blk], C[blk], cs[blk], dy[blk], dU[blk]
-            n = len(range(*blk.indices(rows)))
-            _, decay, scores = _intra_chunk(xd, csb, Bb, Cb)
-            M = (decay.view(n, groups, r, T, T) * scores[:, :, None]).view(n, heads, T, T)
-            dM = dyb @ xd.transpose(-1, -2)  # ∂/∂M of y = M xd
+            n = xd.shape[0]
+            decay, scores = _decay_and_scores(csb, Bb, Cb)
+            # ∂/∂(C Bᵀ) of y = (decay ∘ C Bᵀ) xd, summed over the group's heads; then M = decay ∘ C Bᵀ in place.
+            dscores = (dyb @ xd.transpose(-1, -2)).view(n, groups, r, T, T).mul_(decay).sum(2)
+            M = decay.mul_(scores[:, :, None]).view(n, heads, T, T)
             dxd = M.transpose(-1, -2) @ dyb
-            # exp(cs_i - cs_j): ∂cs_i gets the row sums of dM ∘ M, ∂cs_j minus the column sums.
-            dseg = dM * M
-            dcsb = dseg.sum(-1) - dseg.sum(-2)
-            dscores = (dM * decay).view(n, groups, r, T, T).sum(2)
             dCb = dscores @ Bb
             dBb = dscores.transpose(-1, -2) @ Cb
+            # M_ij ∝ exp(cs_i - cs_j): ∂cs_i = Σ_j dM_ij M_ij = <dy_i, y_i> and ∂cs_j -= Σ_i dM_ij M_ij = <xd_j, dxd_j>,
+            # with dM = dy xdᵀ: no (T, T) pass needed.
+            dcsb = (dyb * y[blk]).sum(-1) - (xd * dxd).sum(-1)
             # U = Σ_j w_j xd_j B_jᵀ with w_j = exp(cs_T - cs_j)
             w = decay_exp(csb[..., -1:] - csb)
             BdU = torch.einsum("kgtn,kgrpn->kgrtp", Bb, dUb.view(n, groups, r, headdim, -1)).reshape(n, heads, T, headdim)
