@@ -337,7 +337,8 @@ def test_public_function_and_every_cpu_backend_pass_the_probe():
     for name, backend in dispatch.backends.items():
         if "cpu" in backend.devices and backend.available():
             assert dispatch.usable(name, CPU), f"ssd backend {name} fails its probe"
-    assert dispatch.choose("auto", Request(CPU, torch.float32, grad=True, final_state=True)).name == "chunked"
+    expected = "cpp" if dispatch.usable("cpp", CPU) else "chunked"  # the C++ kernel when it builds
+    assert dispatch.choose("auto", Request(CPU, torch.float32, grad=True, final_state=True)).name == expected
 
 
 @pytest.fixture
@@ -387,7 +388,7 @@ def test_mamba_ssm_serves_packed_calls_only_without_states(mamba_ssm_stand_in):
     unpacked = make_inputs(batch=2, length=8, dtype=torch.float32)
     ssd(**unpacked, chunk_size=4, output_final_state=True)
     assert len(calls) == 1 and calls[0]["final"] and calls[0]["initial_states"] is not None
-    assert dispatch.choose("auto", Request(CPU, torch.float64)).name == "chunked"  # float64: not mamba-ssm
+    assert dispatch.choose("auto", Request(CPU, torch.float64)).name != "mamba_ssm"  # float64: not mamba-ssm
 
 
 TRITON_CHECK = """

@@ -4,6 +4,7 @@ Backends, in ``auto``'s preference order (``ops/dispatch.py`` explains the choic
 - ``mamba_ssm``: mamba-ssm's fused Triton ``mamba_chunk_scan_combined``, when installed (mamba_ssm.py);
   packed sequences for outputs only, float32/half, so packed calls that need a state go on;
 - ``triton``: our Triton kernels (triton.py), on CUDA;
+- ``cpp``: our C++ CPU kernels for the chunk steps (csrc/ssd_cpu.cpp, bound in cpu.py), built on first use;
 - ``chunked``: plain PyTorch, the four-step chunked algorithm, autograd backward (chunked.py);
 - ``reference``: the sequential recurrence, the oracle (reference.py).
 
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed
-from . import mamba_ssm
+from . import cpu, mamba_ssm
 from .checks import check_ssd_args
 from .chunked import ssd_chunked
 from .reference import discretize_dt, ssd_reference
@@ -62,6 +63,7 @@ dispatch.register("mamba_ssm", mamba_ssm.ssd_mamba_ssm, ("cuda",),
                   Capabilities(dtypes=(torch.float32,) + HALF_DTYPES), available=mamba_ssm.available,
                   accepts=_mamba_ssm_accepts)
 dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT), available=_triton_available)
+dispatch.register("cpp", cpu.ssd_cpu, ("cpu",), Capabilities(dtypes=ALL_FLOAT), available=cpu.available)
 dispatch.register("chunked", ssd_chunked, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT))
 dispatch.register("reference", ssd_reference, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT))
 

@@ -17,6 +17,9 @@ by a masked cumsum, so chunk decays keep full precision however long the sequenc
 Chunks are processed in blocks with a hand-written backward that recomputes each block's (T, T)
 matrices (IntraChunk): memory is O(T²) per chunk and head for one block at a time, never O(L²),
 and the allocator reuses one block's buffers instead of touching fresh pages for every chunk.
+Steps 3-4 and everything around the chunks (Δ, layout, D, gate) take autograd's backward.
+``run_chunked`` (Δ, layout, D, gate, final states) is shared with the C++ and Triton backends, which
+replace ``chunk_scan_torch``.
 """
 
 from __future__ import annotations
@@ -145,6 +148,28 @@ class IntraChunk(torch.autograd.Function):
         return dx, ddelta, dcs, dB, dC
 
 
+def pass_states(U: Tensor, chunk_decay: Tensor, init: Tensor | None, starts: Tensor) -> tuple[Tensor, Tensor]:
+    """Step 3, between chunks: S_c = exp(a_c) E_c + U_c with E_c = S_{c-1}, or init_c on a chunk that
+    starts a sequence. Solved as S_c = Σ_{j≤c, same sequence} exp(Σ_{i=j+1..c} a_i) (U_j + exp(a_j) init_j).
+
+    U, init (b, c, h, p, n); chunk_decay a (b, c, h) (each chunk's total log-decay); starts (b, c) bool.
+    Returns the chunk end states S and the entering states E, both (b, c, h, p, n)."""
+    d_state = U.shape[-1]
+    a = rearrange(chunk_decay, "b c h -> b h c")
+    U = rearrange(U, "b c h p n -> b h c (p n)")
+    if init is not None:
+        init = rearrange(init, "b c h p n -> b h c (p n)")
+        U = U + torch.exp(a)[..., None] * init
+    seq = torch.cumsum(starts.long(), dim=1)  # chunks of one sequence share this id
+    same = (seq[:, :, None] == seq[:, None, :])[:, None]  # (b, 1, c, c)
+    S = torch.exp(segsum(a).masked_fill(~same, -math.inf)) @ U  # (b, h, c, p n)
+    E = torch.cat([torch.zeros_like(S[:, :, :1]), S[:, :, :-1]], dim=2) * (~starts)[:, None, :, None]
+    if init is not None:
+        E = E + init
+    back = "b h c (p n) -> b c h p n"
+    return rearrange(S, back, n=d_state), rearrange(E, back, n=d_state)
+
+
 def chunk_scan_torch(x: Tensor, delta: Tensor, cs: Tensor, B: Tensor, C: Tensor, init: Tensor | None,
                      starts: Tensor) -> tuple[Tensor, Tensor]:
     """The four steps on chunked inputs.
@@ -154,34 +179,19 @@ def chunk_scan_torch(x: Tensor, delta: Tensor, cs: Tensor, B: Tensor, C: Tensor,
     Returns y (b, c, T, h, p) without the D skip and the gate, and the chunk end states (b, c, h, p, n).
     """
     batch, nchunks, T, heads, headdim = x.shape
-    groups, d_state = B.shape[3], B.shape[4]
-    r = heads // groups
+    r = heads // B.shape[3]
     # Chunk-major, head-major layouts: every product below is a batched matmul over chunks and heads.
     cs_k = rearrange(cs, "b c t h -> (b c) h t").contiguous()
     C_k = rearrange(C, "b c t g n -> (b c) g t n").contiguous()
     y, U = IntraChunk.apply(rearrange(x, "b c t h p -> (b c) h t p").contiguous(),
                             rearrange(delta, "b c t h -> (b c) h t").contiguous(), cs_k,
                             rearrange(B, "b c t g n -> (b c) g t n").contiguous(), C_k)
-
-    # 3. Between chunks: S_c = Σ_{j≤c, same sequence} exp(Σ_{i=j+1..c} chunk decay_i) (U_j + exp(decay_j) init_j).
-    chunk_decay = rearrange(cs[:, :, -1], "b c h -> b h c")
-    U = rearrange(U, "(b c) h p n -> b h c (p n)", b=batch)
-    if init is not None:
-        init_h = rearrange(init, "b c h p n -> b h c (p n)")
-        U = U + torch.exp(chunk_decay)[..., None] * init_h
-    seq = torch.cumsum(starts.long(), dim=1)  # chunks of one sequence share this id
-    same = (seq[:, :, None] == seq[:, None, :])[:, None]  # (b, 1, c, c)
-    S = torch.exp(segsum(chunk_decay).masked_fill(~same, -math.inf)) @ U  # (b, h, c, p n)
-
-    # 4. Entering states E_c (the previous chunk's end state, or the initial state), to the outputs.
-    E = torch.cat([torch.zeros_like(S[:, :, :1]), S[:, :, :-1]], dim=2) * (~starts)[:, None, :, None]
-    if init is not None:
-        E = E + init_h
-    E = rearrange(E, "b (g r) c (p n) -> (b c) g r p n", r=r, n=d_state)
+    S, E = pass_states(rearrange(U, "(b c) h p n -> b c h p n", b=batch), cs[:, :, -1], init, starts)
+    # 4. State to output: y_i += exp(cs_i) E_c C_i.
+    E = rearrange(E, "b c (g r) p n -> (b c) g r p n", r=r)
     y_off = torch.einsum("kgtn,kgrpn->kgrtp", C_k, E).reshape(batch * nchunks, heads, T, headdim)
     y = y + y_off * decay_exp(cs_k)[..., None]
-    states = rearrange(S, "b h c (p n) -> b c h p n", n=d_state)
-    return rearrange(y, "(b c) h t p -> b c t h p", b=batch), states
+    return rearrange(y, "(b c) h t p -> b c t h p", b=batch), S
 
 
 def run_chunked(
