@@ -261,6 +261,13 @@ def test_backend_matches_reference_float32(backend, case):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_backend_matches_reference_at_kernel_sized_chunks(backend):
+    # Chunks of 64 (the last one partial) and wider heads: the BLAS calls and blocks of real sizes.
+    case = {"length": 150, "chunk_size": 64, "headdim": 16, "d_state": 32, "heads": 4, "groups": 2}
+    compare(functools.partial(ssd, backend=backend), case, torch.float32, tol=1e-4)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_backend_without_optional_arguments(backend):
     fn = functools.partial(ssd, backend=backend)
     compare(fn, {"length": 9, "chunk_size": 4}, torch.float64, tol=1e-8, with_all=False)
