@@ -423,6 +423,35 @@ def test_triton_matches_reference_under_interpreter():
     assert "all match" in done.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_triton_kernels_compile_for_hopper(dtype):
+    # What the interpreter cannot check (tl.dot shapes, types, register/shared-memory limits): compile every
+    # kernel ahead of time for sm_90 with triton's bundled ptxas; no GPU needed. About a minute.
+    triton = pytest.importorskip("triton")
+    import inspect
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ssmzoo.ops.ssd import triton as kernels
+
+    blocks = {"BLOCK_P": 32, "BLOCK_N": 64, "PRECISION": "ieee"}
+    for fn, consts in [(kernels._chunk_outer, {"FROM_END": True, "BLOCK_T": 64, **blocks}),
+                       (kernels._chunk_outer, {"FROM_END": False, "BLOCK_T": 64, **blocks}),
+                       (kernels._state_passing_fwd, {"HAS_INIT": True, "BLOCK": 256}),
+                       (kernels._chunk_scan_fwd, {"BLOCK_M": 64, **blocks}),
+                       (kernels._state_passing_bwd, {"BLOCK": 256}),
+                       (kernels._chunk_scan_bwd_columns, {"BLOCK_M": 64, **blocks}),
+                       (kernels._chunk_scan_bwd_rows, {"BLOCK_M": 64, **blocks})]:
+        params = list(inspect.signature(fn.fn).parameters)
+        signature = {p: "constexpr" if p in consts else ("*i32" if p == "starts_ptr" else f"*{dtype}")
+                     if p.endswith("_ptr") else "i32" for p in params}
+        source = ASTSource(fn, signature, constexprs={(params.index(k),): v for k, v in consts.items()})
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], fn.fn.__name__
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 @pytest.mark.parametrize("case", list(CASES))
