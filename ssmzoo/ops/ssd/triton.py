@@ -8,8 +8,11 @@ flattened to K = batch·nchunks chunk rows: x (K, T, H, P), delta and cs (K, T, 
   E_c = init_c on a chunk that starts a sequence else S_{c-1}, and S_c = exp(cs_T) E_c + U_c (step 3);
 - ``_chunk_scan_fwd``: per (chunk, head, block of rows i), y_i = Σ_{j≤i} exp(cs_i - cs_j) (C_i·B_j) Δ_j x_j
   + exp(cs_i) E C_i (steps 1 and 4).
-Backward, the adjoints of the same steps (``ChunkScan.backward`` lists them); gradients of B and C
-come per head and are summed over each group's heads afterwards, so no atomics are needed.
+Backward, the adjoints in reverse: ``_chunk_outer`` again for dE = Σ_i exp(cs_i) dy_iᵀ C_i (step 4);
+``_state_passing_bwd`` (step 3, chunks in reverse); ``_chunk_scan_bwd_columns`` (per block of columns
+j: dx, dΔ, dB and the terms of dcs that sum over rows) and ``_chunk_scan_bwd_rows`` (per block of rows
+i: dC and the terms of dcs that sum over columns). dB and dC come per head and are summed over each
+group's heads afterwards, so no atomics are needed; the cs_T terms are added by the caller.
 
 Runs on CUDA, and on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests check it). Import this
 module only where triton is installed.
