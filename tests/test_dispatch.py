@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from ssmzoo import layers
-from ssmzoo.ops import causal_conv1d, cauchy, companion, hsa, neural_memory, selective_scan, vandermonde
+from ssmzoo.ops import causal_conv1d, cauchy, companion, hsa, neural_memory, selective_scan, ssd, vandermonde
 from ssmzoo.ops.dispatch import ENV_VAR, Capabilities, Dispatcher, Request
 
 CPU = torch.device("cpu")
 OPS = {
     "selective_scan": selective_scan, "causal_conv1d": causal_conv1d, "cauchy": cauchy,
     "vandermonde": vandermonde, "companion": companion, "neural_memory": neural_memory, "hsa": hsa,
+    "ssd": ssd,
 }
 
 
@@ -155,7 +156,7 @@ def test_every_op_has_the_same_shape(op_name):
     assert package.dispatch.backends["reference"].fn is package.dispatch.reference
     public = {"selective_scan": "selective_scan", "causal_conv1d": "causal_conv1d", "cauchy": "cauchy",
               "vandermonde": "vandermonde", "companion": "companion_kernel", "neural_memory": "neural_memory",
-              "hsa": "hsa"}
+              "hsa": "hsa", "ssd": "ssd"}
     params = inspect.signature(getattr(package, public[op_name])).parameters
     assert params["backend"].kind is inspect.Parameter.KEYWORD_ONLY
     for state_arg in ("initial_state", "output_final_state"):
