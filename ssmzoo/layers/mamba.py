@@ -17,7 +17,6 @@ import math
 from typing import Literal
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from ..modules.checks import check_bool, check_choice, check_float, check_int
@@ -166,7 +165,8 @@ class Mamba(SequenceLayer):
     # -- the selective SSM of one direction -----------------------------------------------------
     @staticmethod
     def _inner_weights(ssm: nn.Module) -> MambaInnerWeights:
-        return MambaInnerWeights(rearrange(ssm.conv1d.weight, "d 1 w -> d w"), ssm.conv1d.bias, ssm.x_proj.weight,
+        # weight[:, 0] is the (D, W) view of the (D, 1, W) conv weight (cheaper than einops per token)
+        return MambaInnerWeights(ssm.conv1d.weight[:, 0], ssm.conv1d.bias, ssm.x_proj.weight,
                                  ssm.dt_proj.weight, ssm.dt_proj.bias, ssm.A_log, ssm.D)
 
     def _ssm(
