@@ -401,6 +401,14 @@ def _load() -> str:
         return "unknown"
 
 
+def _busy() -> bool:
+    """True when the 1-minute load average exceeds the core count (other work competes for the CPUs)."""
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1)
+    except OSError:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test of every case")
@@ -422,6 +430,7 @@ def main() -> None:
 
     quick_flag = ["--quick"] if args.quick else []
     load_before, started = _load(), time.time()
+    busy_before = _busy()
     rows = []
     for key in args.cases:
         case = BY_KEY[key]
@@ -440,6 +449,7 @@ def main() -> None:
         rows.append((case, timing, memory))
         print(f"[{key}] {json.dumps(timing)} {json.dumps(memory)}", flush=True)
     load_after, minutes = _load(), (time.time() - started) / 60
+    busy = busy_before or _busy()
 
     import torch
 
@@ -451,6 +461,8 @@ def main() -> None:
         f"torch {torch.__version__}; peers: " + ", ".join(f"{k} {v}" for k, v in peers.items())
         + ", state-spaces/s4 s4d.py @ 2ed46fc (benchmarks/speed/peers/).",
         f"Load average (1/5/15 min) before: {load_before}; after: {load_after}; the run took {minutes:.1f} min.",
+        *(["", "**⚠ Measured under load (1-minute load average above the core count): provisional figures, not "
+            "results. Rerun on an idle machine.**"] if busy else []),
         f"Command: `python benchmarks/speed/all.py {' '.join(sys.argv[1:])}`".rstrip() + "",
         "",
         f"Times: median of {reps} interleaved repetitions (ours, peer, floor) in one process per workload, after a "
