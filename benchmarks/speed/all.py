@@ -24,6 +24,7 @@ zero-argument callable that runs one repetition for impl in ("ours", "peer", "fl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.metadata
 import importlib.util
@@ -414,6 +415,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes: a smoke test of every case")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions per implementation (5; quick 2)")
     parser.add_argument("--cases", nargs="+", choices=list(BY_KEY), default=list(BY_KEY))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for every workload (default: each workload's own, in the table)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess")
     parser.add_argument("--out", type=Path, default=None, help="default results/summary.md (quick: a file in the temp folder)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
@@ -424,16 +427,20 @@ def main() -> None:
         warnings.filterwarnings("ignore")
         kind, key, *rest = args.worker
         case = BY_KEY[key]
+        if args.threads is not None:
+            case = dataclasses.replace(case, threads=args.threads)
         out = worker_time(case, args.quick, reps) if kind == "time" else worker_memory(case, args.quick, rest[0])
         print(json.dumps(out))
         return
 
-    quick_flag = ["--quick"] if args.quick else []
+    quick_flag = (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
     load_before, started = _load(), time.time()
     busy_before = _busy()
     rows = []
     for key in args.cases:
         case = BY_KEY[key]
+        if args.threads is not None:
+            case = dataclasses.replace(case, threads=args.threads)
         if case.hook:
             try:
                 case.build(args.quick, "ours")
@@ -485,7 +492,7 @@ def main() -> None:
         peer_name = f"{case.peer}: " if case.peer and ok(peer) else ""
         floor_cell = _cell(case, args.quick, floor) if ok(floor) else "—"
         if ok(floor) and case.unit == "tok/s":
-            floor_cell = _fmt_time(Case(**{**case.__dict__, "unit": "s"}), args.quick, floor["median"])
+            floor_cell = _fmt_time(dataclasses.replace(case, unit="s"), args.quick, floor["median"])
         lines.append(f"| {workload} | {case.threads} | {_cell(case, args.quick, ours)} | "
                      f"{peer_name}{_cell(case, args.quick, peer)} | {ratio} | {floor_cell} | {per_floor} | "
                      f"{_mem(memory['ours'])} | {_mem(memory['peer'])} |")
