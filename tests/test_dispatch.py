@@ -138,7 +138,7 @@ def test_layers_validate_backend_names_at_construction(name):
     for param in params:
         op = param.removesuffix("_backend")
         assert op in {"selective_scan", "causal_conv1d", "cauchy", "vandermonde", "companion", "neural_memory",
-                      "ssd", "hsa"}, f"{cls.__name__}.{param} does not follow the '<op>_backend' rule"
+                      "ssd", "hsa", "mamba_inner"}, f"{cls.__name__}.{param} does not follow the '<op>_backend' rule"
         with pytest.raises(ValueError, match=f"{cls.__name__}: unknown {param} 'nope'"):
             layers.build(name, d_model=8, **{param: "nope"})
     for legacy in ("backend", "kernel_backend", "scan_backend", "conv_backend", "kernel_method"):
@@ -195,6 +195,10 @@ def fused_stand_ins(monkeypatch):
         monkeypatch.setattr(op.dispatch.backends[name], "available", lambda: True)
         monkeypatch.setattr(op.dispatch, "_probed", {})
         assert op.dispatch.usable(name, CPU)  # the stand-ins pass the probe against the reference
+    # On CUDA the fused C++ CPU block of Mamba (mamba_inner's "cpp") does not run; here neither.
+    from ssmzoo.ops.selective_scan import fused
+
+    monkeypatch.setattr(fused.dispatch.backends["cpp"], "devices", ())
     calls.clear()
     yield calls
     for op in (selective_scan, causal_conv1d):

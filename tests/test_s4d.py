@@ -10,9 +10,11 @@ import torch
 from ssmzoo import S4D
 from ssmzoo.ops.vandermonde import (
     vandermonde,
+    vandermonde_blocks,
     vandermonde_chunked,
     vandermonde_reference,
     vandermonde_transpose,
+    vandermonde_transpose_blocks,
     vandermonde_transpose_chunked,
     vandermonde_transpose_reference,
 )
@@ -48,14 +50,19 @@ def test_kernel_matches_brute_force(init, disc):
         torch.testing.assert_close(layer.kernel(length), brute_force_kernel(layer, length), rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("length,chunk", [(1, 4), (7, 4), (64, 16), (101, 32)])
-def test_chunked_vandermonde_matches_reference(length, chunk):
+FAST_VANDERMONDE = {"chunked": vandermonde_chunked, "blocks": vandermonde_blocks}
+
+
+@pytest.mark.parametrize("backend", sorted(FAST_VANDERMONDE))
+@pytest.mark.parametrize("length,chunk", [(1, 4), (7, 4), (64, 16), (101, 32), (101, 10), (2, 1)])
+def test_fast_vandermonde_matches_reference(backend, length, chunk):
+    # chunk: the chunked backend's chunk, the blocks backend's block (a non-divisor of L included)
     g = torch.Generator().manual_seed(length)
     v = torch.randn(2, 3, 5, dtype=torch.complex128, generator=g).requires_grad_()
     w = (-torch.rand(3, 5, dtype=torch.float64, generator=g) * 0.1
          + 1j * torch.randn(3, 5, dtype=torch.float64, generator=g)).requires_grad_()
     ref = vandermonde_reference(v, w, length)
-    out = vandermonde_chunked(v, w, length, chunk)
+    out = FAST_VANDERMONDE[backend](v, w, length, chunk)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     gout = torch.randn_like(ref)
     gv_ref, gw_ref = torch.autograd.grad(ref, (v, w), gout)
@@ -64,11 +71,26 @@ def test_chunked_vandermonde_matches_reference(length, chunk):
     torch.testing.assert_close(gw, gw_ref, rtol=1e-10, atol=1e-10)
 
 
-def test_chunked_vandermonde_gradcheck():
+@pytest.mark.parametrize("backend", sorted(FAST_VANDERMONDE))
+def test_fast_vandermonde_gradcheck(backend):
     g = torch.Generator().manual_seed(3)
     v = torch.randn(2, 3, dtype=torch.complex128, generator=g).requires_grad_()
     w = (-0.1 + 1j * torch.randn(2, 3, dtype=torch.float64, generator=g)).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: vandermonde_chunked(a, b, 11, 4), (v, w))
+    assert torch.autograd.gradcheck(lambda a, b: FAST_VANDERMONDE[backend](a, b, 11, 4), (v, w))
+
+
+@pytest.mark.parametrize("length", [1, 5, 300, 4099])
+def test_blocks_vandermonde_float32_as_accurate_as_reference(length):
+    # Against a float64 oracle, the blocks kernel in float32 may not be much worse than the reference's.
+    g = torch.Generator().manual_seed(length)
+    v = torch.randn(4, 8, dtype=torch.complex128, generator=g)
+    w = -torch.rand(4, 8, dtype=torch.float64, generator=g) * 0.01 + 1j * torch.randn(4, 8, dtype=torch.float64,
+                                                                                          generator=g) * 0.1
+    exact = vandermonde_reference(v, w, length)
+    v32, w32 = v.to(torch.complex64), w.to(torch.complex64)
+    err_ref = (vandermonde_reference(v32, w32, length).double() - exact).abs().max()
+    err_blocks = (vandermonde_blocks(v32, w32, length).double() - exact).abs().max()
+    assert err_blocks <= 2 * err_ref + 1e-5 * exact.abs().max()
 
 
 def test_vandermonde_transpose_is_the_state():
@@ -80,15 +102,33 @@ def test_vandermonde_transpose_is_the_state():
     for t in range(29):
         state = z * state + u[..., t, None]
     for got in (vandermonde_transpose_chunked(u, w, chunk=8), vandermonde_transpose_reference(u, w),
-                vandermonde_transpose(u, w)):
+                vandermonde_transpose_blocks(u, w, block=8), vandermonde_transpose_blocks(u, w),
+                vandermonde_transpose_blocks(u.to(torch.complex128), w, block=5), vandermonde_transpose(u, w)):
         torch.testing.assert_close(got, state, rtol=1e-10, atol=1e-10)
 
 
-def test_auto_backend_switches_to_chunked_for_long_kernels(monkeypatch):
+@pytest.mark.parametrize("length,block", [(1, 1), (29, 8), (30, 6), (7, 3)])
+def test_vandermonde_transpose_blocks_gradients(length, block):
+    g = torch.Generator().manual_seed(length)
+    u = torch.randn(2, 3, length, dtype=torch.float64, generator=g).requires_grad_()
+    w = (-0.05 + 1j * torch.randn(3, 4, dtype=torch.float64, generator=g)).requires_grad_()
+    ref = vandermonde_transpose_reference(u, w)
+    out = vandermonde_transpose_blocks(u, w, block=block)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    gout = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(out, (u, w), gout), torch.autograd.grad(ref, (u, w), gout)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_auto_backend_prefers_blocks_then_switches_to_chunked_for_long_kernels(monkeypatch):
     import ssmzoo.ops.vandermonde as vmod
 
     v = torch.randn(4, 8, dtype=torch.complex64)
     w = -0.1 + 1j * torch.randn(4, 8)
+    request = vmod.Request(torch.device("cpu"), torch.complex64, grad=True, size=10**9)
+    assert vmod.dispatch.choose("auto", request).name == "blocks"
+    # Without the blocks backend, auto materialises below the limit and goes chunked above it.
+    monkeypatch.setitem(vmod.dispatch._probed, ("blocks", "cpu"), False)
     calls = []
     monkeypatch.setattr(vmod.dispatch.backends["reference"], "capabilities",
                         dataclasses.replace(vmod.dispatch.backends["reference"].capabilities, max_size=100))

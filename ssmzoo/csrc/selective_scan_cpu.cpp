@@ -20,83 +20,15 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_math.h"
+
 namespace {
 
 constexpr int64_t kMaxState = 256;
 
-// exp by range reduction x = k ln2 + r, |r| <= ln2/2, and a polynomial in r: branch-free, so loops
-// over N that call it vectorise. The rounding uses the 1.5·2^p shifter trick (also branch-free).
-inline float exp_poly(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float shifter = 12582912.0f;  // 1.5 * 2^23
-  float t = x * 1.44269504088896341f + shifter;
-  float k = t - shifter;
-  float r = x - k * 0.693359375f + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  uint32_t tb;
-  std::memcpy(&tb, &t, 4);
-  uint32_t sb = (tb - 0x4B400000u + 127u) << 23;
-  float scale;
-  std::memcpy(&scale, &sb, 4);
-  return p * scale;
-}
-
-inline double exp_poly(double x) {
-  x = std::min(std::max(x, -708.0), 709.0);
-  const double shifter = 6755399441055744.0;  // 1.5 * 2^52
-  double t = x * 1.4426950408889634074 + shifter;
-  double k = t - shifter;
-  double r = x - k * 6.93145751953125e-1 - k * 1.42860682030941723212e-6;
-  // Taylor series to r^13: truncation error below 1e-17 relative for |r| <= ln2/2.
-  double p = 1.0 / 6227020800.0;
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  uint64_t tb;
-  std::memcpy(&tb, &t, 8);
-  uint64_t sb = (tb - 0x4338000000000000ull + 1023ull) << 52;
-  double scale;
-  std::memcpy(&scale, &sb, 8);
-  return p * scale;
-}
-
-// log1p(e) for e in [0, 1], as 2 atanh(s) with s = e / (2 + e) in [0, 1/3] (no cancellation),
-// by its odd series in s; the term count makes the truncation error negligible for T.
-template <typename T>
-inline T log1p_unit(T e) {
-  constexpr int terms = sizeof(T) == 4 ? 9 : 18;
-  const T s = e / (T(2) + e), s2 = s * s;
-  T p = T(1) / T(2 * terms + 1);
-  for (int k = terms - 1; k >= 0; --k) p = p * s2 + T(1) / T(2 * k + 1);
-  return T(2) * s * p;
-}
-
-// softplus(x) = max(x, 0) + log1p(exp(-|x|)): branch-free and vectorisable.
-template <typename T>
-inline T softplus(T x) {
-  return std::max(x, T(0)) + log1p_unit(exp_poly(-std::abs(x)));
-}
-
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + exp_poly(-x));
-}
+using ssmzoo_cpu::exp_poly;
+using ssmzoo_cpu::sigmoid;
+using ssmzoo_cpu::softplus;
 
 // Δ_t = softplus(δ_t + bias) (or δ_t + bias) for a whole row, in one vectorised pass; also the
 // derivative dΔ/dδ = sigmoid(δ_t + bias) when `slope` is given.

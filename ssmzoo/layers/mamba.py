@@ -17,15 +17,14 @@ import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from ..modules.checks import check_bool, check_choice, check_float, check_int
 from ..modules.padding import reverse_padded
 from ..modules.short_conv import ShortConvolution
 from ..ops import selective_scan as scan_op
-from ..ops.selective_scan import selective_scan
+from ..ops.selective_scan import fused
+from ..ops.selective_scan.fused import MambaInnerWeights, MambaStepWeights, mamba_inner, mamba_step
 from .base import SequenceLayer, register, tag_param
 
 
@@ -92,6 +91,11 @@ class Mamba(SequenceLayer):
             "cpp", "chunked", "reference", ...; see ``ssmzoo.ops.selective_scan.dispatch``).
         causal_conv1d_backend: backend of the causal depthwise convolution (None: $SSMZOO_BACKEND or
             "auto"; see ``ssmzoo.ops.causal_conv1d.dispatch``).
+        mamba_inner_backend: backend of the conv + scan + gate block (None: $SSMZOO_BACKEND or "auto";
+            "cpp" fused on CPU, "unfused" (the two ops above), "reference"; see
+            ``ssmzoo.ops.selective_scan.fused.dispatch``). Naming a scan or conv backend above keeps the
+            block unfused. ``step`` uses the fused C++ step where it can, the PyTorch one when this is
+            "unfused" or "reference".
 
     State (causal): a tuple ``(conv_state, ssm_state)``:
         conv_state (batch, D_inner, d_conv - 1): the last d_conv - 1 inputs of the convolution
@@ -118,6 +122,7 @@ class Mamba(SequenceLayer):
         bidirectional: bool = False,
         selective_scan_backend: str | None = None,
         causal_conv1d_backend: str | None = None,
+        mamba_inner_backend: str | None = None,
     ) -> None:
         super().__init__(d_model, causal=not bidirectional)
         for arg, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand)):
@@ -137,10 +142,12 @@ class Mamba(SequenceLayer):
             check_bool("Mamba", arg, value)
         scan_op.dispatch.check_name(selective_scan_backend, "Mamba", "selective_scan_backend")
         ShortConvolution.check_backend(causal_conv1d_backend, "Mamba")
+        fused.dispatch.check_name(mamba_inner_backend, "Mamba", "mamba_inner_backend")
         self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank
         self.d_inner = expand * d_model
         self.bidirectional = bidirectional
         self.selective_scan_backend, self.causal_conv1d_backend = selective_scan_backend, causal_conv1d_backend
+        self.mamba_inner_backend = mamba_inner_backend
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias)
         direction = dict(
@@ -156,31 +163,24 @@ class Mamba(SequenceLayer):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
 
     # -- the selective SSM of one direction -----------------------------------------------------
+    @staticmethod
+    def _inner_weights(ssm: nn.Module) -> MambaInnerWeights:
+        # weight[:, 0] is the (D, W) view of the (D, 1, W) conv weight (cheaper than einops per token)
+        return MambaInnerWeights(ssm.conv1d.weight[:, 0], ssm.conv1d.bias, ssm.x_proj.weight,
+                                 ssm.dt_proj.weight, ssm.dt_proj.bias, ssm.A_log, ssm.D)
+
     def _ssm(
-        self, ssm: nn.Module, x: Tensor, z: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None,
-        return_state: bool,
+        self, ssm: nn.Module, xz: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None, return_state: bool,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """x (batch, length, D_inner), z (batch, D_inner, length) -> y (batch, D_inner, length) gated by
-        SiLU(z), and the final (conv, ssm) states when ``return_state`` (else None: asking for them
-        would keep the scan off fused kernels that cannot return a state, such as mamba-ssm's)."""
-        x = ssm.conv1d(x, conv_state, return_state)  # SiLU(conv(x))
-        new_conv_state = None
+        """xz (batch, length, 2·D_inner) -> y (batch, length, D_inner) gated by SiLU(z), and the final
+        (conv, ssm) states when ``return_state`` (else None: asking for them would keep the scan off
+        fused kernels that cannot return a state, such as mamba-ssm's)."""
+        y = mamba_inner(xz, self._inner_weights(ssm), conv_state=conv_state, ssm_state=ssm_state,
+                        output_final_state=return_state, scan_backend=self.selective_scan_backend,
+                        conv_backend=self.causal_conv1d_backend, backend=self.mamba_inner_backend)
         if return_state:
-            x, new_conv_state = x
-        x_dbl = ssm.x_proj(x)
-        x = rearrange(x, "b l d -> b d l")
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        # Δ before its bias and softplus, which the scan applies (delta_bias, delta_softplus).
-        delta = torch.matmul(ssm.dt_proj.weight, dt.transpose(1, 2))  # (batch, D_inner, length), contiguous
-        A = -torch.exp(ssm.A_log)
-        y = selective_scan(
-            x, delta, A, rearrange(B, "b l n -> b n l"), rearrange(C, "b l n -> b n l"),
-            D=ssm.D, z=z, delta_bias=ssm.dt_proj.bias, delta_softplus=True,
-            initial_state=ssm_state, output_final_state=return_state, backend=self.selective_scan_backend,
-        )
-        if return_state:
-            y, ssm_state = y
-            return y, new_conv_state, ssm_state
+            y, (conv_state, ssm_state) = y
+            return y, conv_state, ssm_state
         return y, None, None
 
     # -- contract -----------------------------------------------------------------------------
@@ -189,16 +189,12 @@ class Mamba(SequenceLayer):
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         xz = self.in_proj(x)
         conv_state, ssm_state = state if state is not None else (None, None)
-        u, z = xz.chunk(2, dim=-1)
-        y, conv_state, ssm_state = self._ssm(self, u, rearrange(z, "b l d -> b d l"), conv_state, ssm_state,
-                                             return_state)
+        y, conv_state, ssm_state = self._ssm(self, xz, conv_state, ssm_state, return_state)
         new_state = (conv_state, ssm_state) if return_state else None
         if self.backward is not None:
-            u_rev, z_rev = reverse_padded(xz, lengths).chunk(2, dim=-1)
-            z_rev = rearrange(z_rev, "b l d -> b d l")
-            y_rev, _, _ = self._ssm(self.backward, u_rev, z_rev, None, None, False)
-            y = y + rearrange(reverse_padded(rearrange(y_rev, "b d l -> b l d"), lengths), "b l d -> b d l")
-        return self.out_proj(rearrange(y, "b d l -> b l d")), new_state
+            y_rev, _, _ = self._ssm(self.backward, reverse_padded(xz, lengths), None, None, False)
+            y = y + reverse_padded(y_rev, lengths)
+        return self.out_proj(y), new_state
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
@@ -206,15 +202,9 @@ class Mamba(SequenceLayer):
         return conv_state, ssm_state
 
     def _step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """One token in O(1): the convolution over the cached window, then one recurrence step."""
-        conv_state, h = state
-        u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (batch, D_inner) each
-        u, conv_state = self.conv1d.step(u, conv_state)
-        dt, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt))  # (batch, D_inner)
-        A = -torch.exp(self.A_log)
-        # Zero-order hold for A, Euler for B (the paper's simplification, section 3.5 / mamba-ssm).
-        h = torch.exp(delta[..., None] * A) * h + (delta * u)[..., None] * B[:, None, :]
-        y = torch.einsum("bdn,bn->bd", h, C) + self.D * u
-        y = y * F.silu(z)
-        return self.out_proj(y), (conv_state, h)
+        """One token in O(1): the convolution over the cached window, then one recurrence step (the
+        whole layer in one C++ call where it can; ``ssmzoo.ops.selective_scan.fused.mamba_step``)."""
+        weights = MambaStepWeights(self.in_proj.weight, self.in_proj.bias, self._inner_weights(self),
+                                   self.out_proj.weight, self.out_proj.bias)
+        backend = "reference" if self.mamba_inner_backend in ("unfused", "reference") else None
+        return mamba_step(x_t, state, weights, backend=backend)

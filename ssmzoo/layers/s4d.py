@@ -54,7 +54,7 @@ class S4D(SequenceLayer):
         lr: learning rate for A, B and log_dt (None: the optimiser's); they never get weight decay.
         activation, output, dropout: what follows the SSM (see OutputProjection).
         vandermonde_backend: backend of the Vandermonde kernel (None: $SSMZOO_BACKEND or "auto";
-            "reference", "chunked"; see ``ssmzoo.ops.vandermonde.dispatch``).
+            "blocks", "reference", "chunked"; see ``ssmzoo.ops.vandermonde.dispatch``).
     """
 
     supported_dtypes = (torch.float32, torch.float64)

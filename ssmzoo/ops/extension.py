@@ -32,11 +32,12 @@ def build_dir(name: str, sources: list[Path]) -> Path:
 
 
 @lru_cache(maxsize=None)
-def load_cpu_extension(name: str, *sources: str) -> ModuleType | None:
-    """Compile (or load the cached build of) a CPU extension from files in csrc/; None on failure."""
+def load_cpu_extension(name: str, *sources: str, headers: tuple[str, ...] = ()) -> ModuleType | None:
+    """Compile (or load the cached build of) a CPU extension from files in csrc/; None on failure.
+    ``headers``: the csrc/ headers the sources include (they key the cache)."""
     linux = sys.platform.startswith("linux")
     return load_extension(
-        name, sources, extra_cflags=["-O3", "-fopenmp", "-march=native"] if linux else ["-O3"],
+        name, sources, headers, extra_cflags=["-O3", "-fopenmp", "-march=native"] if linux else ["-O3"],
         extra_ldflags=["-fopenmp"] if linux else [],
     )
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
 from .reference import MemoryInputs, Weights
@@ -62,14 +61,17 @@ def gradient_factors(weights: Weights, k: Tensor, v: Tensor) -> list[tuple[Tenso
     return factors[::-1]
 
 
-def chunk_update(memory: Weights, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor) -> Weights:
+def chunk_update(weights: Weights, momentum: Weights, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor,
+                 alpha: Tensor) -> tuple[Weights, Weights]:
     """Apply one chunk of n tokens, every gradient at the chunk's starting weights.
 
-    ``memory``: per MLP layer (batch, heads, 2, out, in), the weights [0] and momentum [1] stacked,
-    so that the whole update of a layer is two batched matmuls:
-        [M_n; S_n] = mix @ [M_0; S_0] − Σ_i [c_i; d_i] θ_i δ_i ⊗ a_i
-    with mix = [[Π(1−α), Σ_t Π_{t<j}(1−α_j) Π_{j≤t} η_j], [0, Π η]] (the momentum S_0's share of
-    M_n is carried through every token's forgetting). Returns the new stacked memory."""
+    ``weights``, ``momentum``: per MLP layer (batch, heads, out, in). Per layer, with per-(batch, head)
+    scalars and one matmul for both weighted sums of the per-token gradients δ_i ⊗ a_i:
+        M_n = Π(1−α) M_0 + [Σ_t Π_{t<j}(1−α_j) Π_{j≤t} η_j] S_0 − Σ_i c_i θ_i δ_i ⊗ a_i
+        S_n = Π η S_0 − Σ_i d_i θ_i δ_i ⊗ a_i
+    (the momentum S_0's share of M_n is carried through every token's forgetting). Weights and
+    momentum stay separate tensors, so autograd never splits or stacks a whole memory.
+    Returns the new (weights, momentum)."""
     n = k.shape[2]
     log_eta = torch.cumsum(torch.log(eta), -1)  # log Π_{j≤t} η_j
     log_keep = torch.cumsum(torch.log1p(-alpha), -1)  # log Π_{j≤t} (1 − α_j)
@@ -79,24 +81,46 @@ def chunk_update(memory: Weights, k: Tensor, v: Tensor, theta: Tensor, eta: Tens
     keep_to_end = torch.exp(log_keep[..., -1:] - log_keep)  # Π_{t<j≤n} (1 − α_j)
     to_weights = torch.einsum("bht,bhti->bhi", keep_to_end, momentum_decay) * theta  # c_i θ_i: g_i's share of M_n
     to_momentum = momentum_decay[..., -1, :] * theta  # d_i θ_i: g_i's share of S_n
-    coeff = -torch.stack([to_weights, to_momentum], 2)  # (b, h, 2, n)
+    coeff = -torch.stack([to_weights, to_momentum], -1)  # (b, h, n, 2)
 
-    carry_weights = log_keep[..., -1].exp()  # Π (1 − α): M_0's share of M_n
-    carry_momentum = log_eta[..., -1].exp()  # Π η: S_0's share of S_n
-    momentum_to_weights = (keep_to_end * log_eta.exp()).sum(-1)  # S_0's share of M_n
-    zero = torch.zeros_like(carry_weights)
-    mix = torch.stack([torch.stack([carry_weights, momentum_to_weights], -1), torch.stack([zero, carry_momentum], -1)], -2)
-    mix = rearrange(mix, "b h x y -> (b h) x y")
+    scalar = lambda t: t[..., None, None]  # noqa: E731  (b, h) -> broadcast over (out, in)
+    carry_weights = scalar(log_keep[..., -1].exp())  # Π (1 − α): M_0's share of M_n
+    carry_momentum = scalar(log_eta[..., -1].exp())  # Π η: S_0's share of S_n
+    momentum_to_weights = scalar((keep_to_end * log_eta.exp()).sum(-1))  # S_0's share of M_n
 
-    new_memory = []
-    for mem, (delta, inputs) in zip(memory, gradient_factors(tuple(m.unbind(2)[0] for m in memory), k, v)):
-        b, d_in = mem.shape[0], mem.shape[-1]
-        carried = torch.bmm(mix, rearrange(mem, "b h x o i -> (b h) x (o i)"))
-        scaled = rearrange(coeff[..., None] * delta[:, :, None], "b h x n o -> (b h) (x o) n")
-        updated = torch.baddbmm(rearrange(carried, "bh x (o i) -> bh (x o) i", i=d_in), scaled,
-                                rearrange(inputs, "b h n i -> (b h) n i"))
-        new_memory.append(rearrange(updated, "(b h) (x o) i -> b h x o i", b=b, x=2))
-    return tuple(new_memory)
+    new_weights, new_momentum = [], []
+    for w, s, (delta, inputs) in zip(weights, momentum, gradient_factors(weights, k, v)):
+        # Σ_i c_i θ_i δ_i ⊗ a_i as one matmul (out, n) @ (n, in), and likewise with d_i
+        to_w = torch.matmul((coeff[..., 0:1] * delta).transpose(-1, -2), inputs)
+        to_s = torch.matmul((coeff[..., 1:2] * delta).transpose(-1, -2), inputs)
+        new_weights.append(_Carry.apply(to_w, carry_weights, w, momentum_to_weights, s))
+        new_momentum.append(_Carry.apply(to_s, carry_momentum, s, None, None))
+    return tuple(new_weights), tuple(new_momentum)
+
+
+class _Carry(torch.autograd.Function):
+    """u + a·x (+ b·y) with a, b per (batch, head) (shape (b, h, 1, 1)): one pass forward, and in
+    backward one pass per input (the scalars' gradients as dot products, without a product tensor)."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, a: Tensor, x: Tensor, b: Tensor | None, y: Tensor | None) -> Tensor:
+        out = torch.addcmul(u, a, x)
+        if b is not None:
+            out.addcmul_(b, y)
+        ctx.save_for_backward(a, x, b, y)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        a, x, b, y = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dot = lambda t: torch.einsum("bhoi,bhoi->bh", g, t.expand_as(g))[..., None, None]  # noqa: E731
+        grads = [g if need[0] else None, dot(x).sum_to_size(a.shape) if need[1] else None,
+                 (g * a).sum_to_size(x.shape) if need[2] else None, None, None]
+        if b is not None:
+            grads[3] = dot(y).sum_to_size(b.shape) if need[3] else None
+            grads[4] = (g * b).sum_to_size(y.shape) if need[4] else None
+        return tuple(grads)
 
 
 def neural_memory_chunked(
@@ -110,17 +134,15 @@ def neural_memory_chunked(
     q, k, v, theta, eta, alpha, (weights, momentum), chunk_size, update_last_partial = x
     length = q.shape[2]
     batch, heads = q.shape[:2]
-    memory = tuple(torch.stack(torch.broadcast_tensors(w, s), 2).expand(batch, heads, 2, *w.shape[-2:])
-                   for w, s in zip(weights, momentum))
+    weights = tuple(w.expand(batch, heads, *w.shape[-2:]) for w in weights)
+    momentum = tuple(s.expand(batch, heads, *s.shape[-2:]) for s in momentum)
     ys = []
     for start in range(0, length, chunk_size):
         end = min(start + chunk_size, length)
-        ys.append(memory_forward(tuple(m.unbind(2)[0] for m in memory), q[:, :, start:end]))
+        ys.append(memory_forward(weights, q[:, :, start:end]))
         if end - start == chunk_size or update_last_partial:
             part = slice(start, end)
-            memory = chunk_update(memory, k[:, :, part], v[:, :, part], theta[:, :, part], eta[:, :, part],
-                                  alpha[:, :, part])
+            weights, momentum = chunk_update(weights, momentum, k[:, :, part], v[:, :, part], theta[:, :, part],
+                                             eta[:, :, part], alpha[:, :, part])
     y = torch.cat(ys, 2)
-    if not output_final_state:
-        return y
-    return y, (tuple(m[:, :, 0] for m in memory), tuple(m[:, :, 1] for m in memory))
+    return (y, (weights, momentum)) if output_final_state else y

@@ -11,7 +11,7 @@ MAX_STATE = 256  # the kernel's stack array for the state
 
 
 def extension() -> ModuleType | None:
-    return load_cpu_extension("ssmzoo_selective_scan_cpu", "selective_scan_cpu.cpp")
+    return load_cpu_extension("ssmzoo_selective_scan_cpu", "selective_scan_cpu.cpp", headers=("cpu_math.h",))
 
 
 def available() -> bool:

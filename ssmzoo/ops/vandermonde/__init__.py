@@ -6,6 +6,8 @@ pairs that are not stored. :func:`vandermonde_transpose` is the transposed produ
 diagonal SSM holds after reading a sequence.
 
 Backends of both, in ``auto``'s preference order (``ops/dispatch.py`` explains the choice):
+- ``blocks`` (blocks.py): powers in blocks, z^(c·k + j) = z^(c·k) z^j, so N·(c + L/c) exponentials
+  instead of N·L and the sum over n is one real batched matmul; O(N √L) memory per row;
 - ``reference`` (reference.py): materialises (..., N, L); ``auto`` uses it while that is at most
   ``MATERIALISE_LIMIT`` entries;
 - ``chunked`` (chunked.py): walks L in chunks in forward *and* backward, O(N · chunk) memory per row.
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..dispatch import COMPLEX_DTYPES, Capabilities, Dispatcher, Request, grad_needed
+from .blocks import vandermonde_blocks, vandermonde_transpose_blocks
 from .chunked import vandermonde_chunked, vandermonde_transpose_chunked
 from .reference import vandermonde_reference, vandermonde_transpose_reference
 
@@ -40,11 +43,13 @@ def _transpose_probe_case(device: torch.device, caps: Capabilities) -> tuple[tup
 
 _STATELESS = dict(initial_state=False, final_state=False, dtypes=COMPLEX_DTYPES)
 dispatch = Dispatcher("vandermonde", vandermonde_reference, _probe_case)
+dispatch.register("blocks", vandermonde_blocks, ("cpu", "cuda"), Capabilities(**_STATELESS))
 dispatch.register("reference", vandermonde_reference, ("cpu", "cuda"),
                   Capabilities(**_STATELESS, max_size=MATERIALISE_LIMIT))
 dispatch.register("chunked", vandermonde_chunked, ("cpu", "cuda"), Capabilities(**_STATELESS))
 
 transpose_dispatch = Dispatcher("vandermonde_transpose", vandermonde_transpose_reference, _transpose_probe_case)
+transpose_dispatch.register("blocks", vandermonde_transpose_blocks, ("cpu", "cuda"), Capabilities(**_STATELESS))
 transpose_dispatch.register("reference", vandermonde_transpose_reference, ("cpu", "cuda"),
                             Capabilities(**_STATELESS, max_size=MATERIALISE_LIMIT))
 transpose_dispatch.register("chunked", vandermonde_transpose_chunked, ("cpu", "cuda"), Capabilities(**_STATELESS))
@@ -101,7 +106,7 @@ def vandermonde_transpose(u: Tensor, log_z: Tensor, *, backend: str | None = Non
 
 
 __all__ = [
-    "MATERIALISE_LIMIT", "dispatch", "transpose_dispatch", "vandermonde", "vandermonde_chunked",
-    "vandermonde_reference", "vandermonde_transpose", "vandermonde_transpose_chunked",
+    "MATERIALISE_LIMIT", "dispatch", "transpose_dispatch", "vandermonde", "vandermonde_blocks", "vandermonde_chunked",
+    "vandermonde_reference", "vandermonde_transpose", "vandermonde_transpose_blocks", "vandermonde_transpose_chunked",
     "vandermonde_transpose_reference",
 ]

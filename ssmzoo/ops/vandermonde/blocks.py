@@ -1,0 +1,66 @@
+"""The Vandermonde kernel by powers in blocks: a few exponentials and one real batched matmul.
+
+With a block size c and l = c·k + j (0 <= j < c), z^l = z^(c·k) · z^j, so
+
+    K[c·k + j] = 2 Re Σ_n (v_n z_n^(c·k)) · z_n^j = 2 (Pᵀ Q)[k, j],
+    P = [Re(v z^(c·k)); −Im(v z^(c·k))] (2N, L/c),  Q = [Re z^j; Im z^j] (2N, c)
+
+(Re(ab) = Re a Re b − Im a Im b). Only N·(c + L/c) exponentials instead of N·L, each from the
+same exp(l · log z) the reference evaluates (so the rounding is the reference's, plus one complex
+product), and the sum over n is a real matmul. With c ≈ √L the intermediates are O(N √L) per row,
+so memory stays small in forward and in backward, which autograd derives (matmuls and exps of the
+same small tensors). The transposed product uses the same split on the reversed input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def block_size(length: int) -> int:
+    """⌈√length⌉: balances the c inner and L/c outer powers."""
+    return max(1, math.isqrt(length - 1) + 1) if length > 1 else 1
+
+
+def _powers(log_z: Tensor, block: int, blocks: int) -> tuple[Tensor, Tensor]:
+    """z^j (..., N, c) for j < c and z^(c·k) (..., N, L/c), each by one exp of l · log z."""
+    rdtype, device = log_z.real.dtype, log_z.device
+    inner = torch.exp(log_z[..., None] * torch.arange(block, device=device, dtype=rdtype))
+    outer = torch.exp(log_z[..., None] * (torch.arange(blocks, device=device, dtype=rdtype) * block))
+    return inner, outer
+
+
+def vandermonde_blocks(v: Tensor, log_z: Tensor, length: int, block: int | None = None) -> Tensor:
+    """Same as :func:`vandermonde_reference`: K (..., L) = 2 Re Σ_n v_n z_n^l, by powers in blocks."""
+    block = block or block_size(length)
+    blocks = -(-length // block)
+    inner, outer = _powers(log_z, block, blocks)
+    coarse = v[..., None] * outer  # (..., N, L/c): v_n z_n^(c·k)
+    p = torch.cat([coarse.real, -coarse.imag], -2)  # (..., 2N, L/c)
+    q = torch.cat([inner.real, inner.imag], -2)  # (..., 2N, c), broadcast over v's extra leading dims
+    k = 2 * torch.matmul(p.transpose(-1, -2), q)  # (..., L/c, c)
+    return k.flatten(-2)[..., :length]
+
+
+def vandermonde_transpose_blocks(u: Tensor, log_z: Tensor, block: int | None = None) -> Tensor:
+    """Same as :func:`vandermonde_transpose_reference`: s[..., n] = Σ_l u[..., l] z_n^(L-1-l).
+
+    With u' the reversed input (zero-padded to a whole number of blocks), s_n = Σ_k z_n^(c·k)
+    Σ_j u'[c·k + j] z_n^j: one matmul (L/c, c) @ (c, N) per row, then a weighted sum over k."""
+    length = u.shape[-1]
+    block = block or block_size(length)
+    blocks = -(-length // block)
+    inner, outer = _powers(log_z, block, blocks)
+    rev = torch.nn.functional.pad(u.flip(-1), (0, blocks * block - length)).unflatten(-1, (blocks, block))
+    if u.is_complex():
+        partial = torch.matmul(rev.to(log_z.dtype), inner.transpose(-1, -2))  # (..., L/c, N)
+    else:
+        # A real input times complex powers: one real matmul against [Re z^j, Im z^j].
+        n = log_z.shape[-1]
+        q = torch.cat([inner.real, inner.imag], -2).transpose(-1, -2)  # (..., c, 2N)
+        ri = torch.matmul(rev.to(q.dtype), q)  # (..., L/c, 2N)
+        partial = torch.complex(ri[..., :n], ri[..., n:])
+    return (partial * outer.transpose(-1, -2)).sum(-2)

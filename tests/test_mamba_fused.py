@@ -1,0 +1,182 @@
+"""The fused Mamba block (ops/selective_scan/fused.py, csrc/mamba_cpu.cpp) against its unfused reference:
+forward, every gradient, float64 and float32, awkward shapes (length 1, odd lengths, lengths not a
+multiple of the checkpoint chunk, channel counts not a multiple of the kernel's vector width, conv
+width 1), with and without states; and the one-token C++ step against the PyTorch step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssmzoo import Mamba
+from ssmzoo.ops.dispatch import Request
+from ssmzoo.ops.selective_scan import fused
+from ssmzoo.ops.selective_scan.fused import (
+    MambaInnerInputs,
+    MambaInnerWeights,
+    MambaStepWeights,
+    mamba_inner,
+    mamba_inner_cpp,
+    mamba_inner_reference,
+    mamba_step_cpp,
+    mamba_step_reference,
+)
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="the C++ extension does not build here")
+
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=6e-4, atol=2e-3)}  # as the scan tests (mamba-ssm)
+
+
+def make_inputs(batch, length, d, n, rank, width, dtype, bias=True, states=True, seed=0) -> MambaInnerInputs:
+    g = torch.Generator().manual_seed(seed)
+
+    def leaf(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).requires_grad_()
+
+    w = MambaInnerWeights(leaf(d, width), leaf(d) if bias else None, leaf(rank + 2 * n, d, scale=0.3),
+                          leaf(d, rank, scale=0.5), leaf(d), leaf(d, n, scale=0.5), leaf(d))
+    conv_state, ssm_state = (leaf(batch, d, width - 1), leaf(batch, d, n)) if states else (None, None)
+    return MambaInnerInputs(leaf(batch, length, 2 * d), w, conv_state, ssm_state)
+
+
+def outputs_and_grads(fn, x: MambaInnerInputs, seed: int = 1):
+    y, (conv_state, ssm_state) = fn(x, output_final_state=True)
+    outs = [y, conv_state, ssm_state]
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
+    loss = sum((o * w).sum() for o, w in zip(outs, weights))
+    leaves = [t for t in (x.xz, *x.weights, x.conv_state, x.ssm_state) if t is not None]
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return outs, grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch,length,d,n,rank,width", [
+    (2, 1, 3, 2, 1, 3),      # length 1
+    (2, 7, 5, 3, 2, 4),      # odd length, fewer channels than one vector
+    (1, 130, 20, 16, 3, 4),  # two full checkpoint chunks and a partial one; 20 = 16 + 4 channels
+    (3, 65, 17, 4, 1, 1),    # conv width 1 (no conv state), one step past a chunk
+    (2, 33, 32, 8, 2, 2),    # whole vectors of channels
+])
+@pytest.mark.parametrize("states", [False, True])
+def test_fused_inner_matches_reference(dtype, batch, length, d, n, rank, width, states):
+    x = make_inputs(batch, length, d, n, rank, width, dtype, states=states)
+    want, want_grads = outputs_and_grads(mamba_inner_reference, x)
+    got, got_grads = outputs_and_grads(mamba_inner_cpp, x)
+    for o, w in zip(got, want):
+        torch.testing.assert_close(o, w, **TOL[dtype])
+    for o, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(o, w, **TOL[dtype])
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64])
+def test_fused_inner_checkpoint_chunk_does_not_matter(chunk):
+    x = make_inputs(2, 10, 9, 4, 2, 4, torch.float64, bias=False)
+    want, want_grads = outputs_and_grads(mamba_inner_reference, x)
+    got, got_grads = outputs_and_grads(lambda x, output_final_state: mamba_inner_cpp(
+        x, output_final_state=output_final_state, chunk=chunk), x)
+    for o, w in zip([*got, *got_grads], [*want, *want_grads]):
+        torch.testing.assert_close(o, w, **TOL[torch.float64])
+
+
+def test_fused_inner_without_final_state_and_gradcheck():
+    x = make_inputs(1, 6, 3, 2, 1, 3, torch.float64)
+    torch.testing.assert_close(mamba_inner_cpp(x), mamba_inner_reference(x), **TOL[torch.float64])
+    xz, conv_w, x_w, h0 = x.xz, x.weights.conv_weight, x.weights.x_proj_weight, x.ssm_state
+
+    def f(xz, conv_w, x_w, h0):
+        w = x.weights._replace(conv_weight=conv_w, x_proj_weight=x_w)
+        return mamba_inner_cpp(x._replace(xz=xz, weights=w, ssm_state=h0))
+
+    assert torch.autograd.gradcheck(f, (xz, conv_w, x_w, h0))
+
+
+def step_weights(d_model, d, n, rank, width, dtype, biases, seed=0) -> MambaStepWeights:
+    g = torch.Generator().manual_seed(seed)
+    t = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)  # noqa: E731
+    inner = MambaInnerWeights(t(d, width), t(d) if biases else None, t(rank + 2 * n, d, scale=0.3),
+                              t(d, rank, scale=0.5), t(d), t(d, n, scale=0.5), t(d))
+    return MambaStepWeights(t(2 * d, d_model, scale=0.3), t(2 * d) if biases else None, inner, t(d_model, d, scale=0.3),
+                            t(d_model) if biases else None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch,d_model,d,n,rank,width,biases", [
+    (1, 4, 8, 4, 1, 4, False), (3, 5, 10, 3, 2, 1, True), (2, 6, 20, 16, 2, 2, True),
+])
+def test_cpp_step_matches_reference_step_over_many_tokens(dtype, batch, d_model, d, n, rank, width, biases):
+    w = step_weights(d_model, d, n, rank, width, dtype, biases)
+    g = torch.Generator().manual_seed(2)
+    xs = torch.randn(40, batch, d_model, generator=g, dtype=torch.float64).to(dtype)
+    ref = got = (torch.randn(batch, d, width - 1, generator=g, dtype=torch.float64).to(dtype),
+                 torch.randn(batch, d, n, generator=g, dtype=torch.float64).to(dtype))
+    for x_t in xs:
+        y_ref, ref = mamba_step_reference(x_t, ref, w)
+        y, got = mamba_step_cpp(x_t, got, w)
+        torch.testing.assert_close(y, y_ref, **TOL[dtype])
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def test_cpp_step_leaves_its_input_state_alone():
+    w = step_weights(4, 8, 4, 1, 4, torch.float32, True)
+    state = (torch.randn(2, 8, 3), torch.randn(2, 8, 4))
+    before = tuple(s.clone() for s in state)
+    mamba_step_cpp(torch.randn(2, 4), state, w)
+    for a, b in zip(state, before):
+        assert torch.equal(a, b)
+
+
+def test_layer_fused_and_unfused_agree_forward_backward_and_step():
+    torch.manual_seed(0)
+    x = torch.randn(2, 37, 12, dtype=torch.float64)
+    layers = {name: Mamba(12, d_state=5, mamba_inner_backend=name).double() for name in ("cpp", "unfused")}
+    layers["unfused"].load_state_dict(layers["cpp"].state_dict())
+    outs, grads = {}, {}
+    for name, layer in layers.items():
+        y, state = layer(x, return_state=True)
+        y.square().sum().backward()
+        outs[name] = (y, *state)
+        grads[name] = [p.grad for p in layer.parameters()]
+    for a, b in zip(outs["cpp"], outs["unfused"]):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    for a, b in zip(grads["cpp"], grads["unfused"]):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
+    with torch.no_grad():
+        states = {name: layer.init_state(2) for name, layer in layers.items()}
+        for t in range(5):
+            ys = {}
+            for name, layer in layers.items():
+                ys[name], states[name] = layer.step(x[:, t], states[name])
+            torch.testing.assert_close(ys["cpp"], ys["unfused"], **TOL[torch.float64])
+
+
+def test_dispatch_is_truthful():
+    assert "cpp" in fused.dispatch.names("cpu") and "cpp" in fused.step_dispatch.names("cpu")
+    cpu = torch.device("cpu")
+    choose = lambda **kw: fused.dispatch.choose("auto", Request(cpu, kw.pop("dtype", torch.float32), **kw)).name  # noqa: E731
+    assert choose(grad=True, initial_state=True, final_state=True, facts=(("d_state", 16),)) == "cpp"
+    assert choose(facts=(("d_state", 16), ("scan_backend", "chunked"))) == "unfused"
+    assert choose(facts=(("d_state", 16), ("conv_backend", "reference"))) == "unfused"
+    assert choose(facts=(("d_state", 512),)) == "unfused"
+    assert choose(dtype=torch.bfloat16) == "unfused"
+    with pytest.raises(ValueError, match="selective_scan backend 'chunked'"):
+        fused.dispatch.choose("cpp", Request(cpu, torch.float32, facts=(("scan_backend", "chunked"),)))
+    # The C++ step has no backward: a step that needs gradients goes to the PyTorch one.
+    assert fused.step_dispatch.choose("auto", Request(cpu, torch.float32, grad=True)).name == "reference"
+    assert fused.step_dispatch.choose("auto", Request(cpu, torch.float32)).name == "cpp"
+
+
+def test_naming_a_scan_backend_keeps_the_layer_unfused(monkeypatch):
+    calls = []
+    original = fused.dispatch.backends["unfused"].fn
+    monkeypatch.setattr(fused.dispatch.backends["unfused"], "fn", lambda *a, **k: calls.append(1) or original(*a, **k))
+    layer = Mamba(8, d_state=4, selective_scan_backend="chunked")
+    layer(torch.randn(1, 5, 8))
+    assert calls
+    with pytest.raises(ValueError, match="mamba_inner_backend"):
+        Mamba(8, mamba_inner_backend="nope")
+    xz = torch.randn(1, 5, 6)
+    w = make_inputs(1, 5, 3, 2, 1, 3, torch.float32).weights
+    with pytest.raises(ValueError, match="2·D"):
+        mamba_inner(xz[..., :5], w)
