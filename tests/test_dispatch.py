@@ -13,14 +13,25 @@ import pytest
 import torch
 
 from ssmzoo import layers
-from ssmzoo.ops import causal_conv1d, cauchy, companion, hsa, neural_memory, selective_scan, ssd, vandermonde
+from ssmzoo.ops import (
+    causal_conv1d,
+    cauchy,
+    companion,
+    hsa,
+    mamba_inner,
+    mamba_step,
+    neural_memory,
+    selective_scan,
+    ssd,
+    vandermonde,
+)
 from ssmzoo.ops.dispatch import ENV_VAR, Capabilities, Dispatcher, Request
 
 CPU = torch.device("cpu")
 OPS = {
     "selective_scan": selective_scan, "causal_conv1d": causal_conv1d, "cauchy": cauchy,
     "vandermonde": vandermonde, "companion": companion, "neural_memory": neural_memory, "hsa": hsa,
-    "ssd": ssd,
+    "ssd": ssd, "mamba_inner": mamba_inner, "mamba_step": mamba_step,
 }
 
 
@@ -156,7 +167,7 @@ def test_every_op_has_the_same_shape(op_name):
     assert package.dispatch.backends["reference"].fn is package.dispatch.reference
     public = {"selective_scan": "selective_scan", "causal_conv1d": "causal_conv1d", "cauchy": "cauchy",
               "vandermonde": "vandermonde", "companion": "companion_kernel", "neural_memory": "neural_memory",
-              "hsa": "hsa", "ssd": "ssd"}
+              "hsa": "hsa", "ssd": "ssd", "mamba_inner": "mamba_inner", "mamba_step": "mamba_step"}
     params = inspect.signature(getattr(package, public[op_name])).parameters
     assert params["backend"].kind is inspect.Parameter.KEYWORD_ONLY
     for state_arg in ("initial_state", "output_final_state"):
@@ -196,9 +207,7 @@ def fused_stand_ins(monkeypatch):
         monkeypatch.setattr(op.dispatch, "_probed", {})
         assert op.dispatch.usable(name, CPU)  # the stand-ins pass the probe against the reference
     # On CUDA the fused C++ CPU block of Mamba (mamba_inner's "cpp") does not run; here neither.
-    from ssmzoo.ops.selective_scan import fused
-
-    monkeypatch.setattr(fused.dispatch.backends["cpp"], "devices", ())
+    monkeypatch.setattr(mamba_inner.dispatch.backends["cpp"], "devices", ())
     calls.clear()
     yield calls
     for op in (selective_scan, causal_conv1d):

@@ -1,4 +1,4 @@
-"""The fused Mamba block (ops/selective_scan/fused.py, csrc/mamba_cpu.cpp) against its unfused reference:
+"""The fused Mamba block (ops/mamba_inner, ops/mamba_step, csrc/mamba_cpu.cpp) against its unfused reference:
 forward, every gradient, float64 and float32, awkward shapes (length 1, odd lengths, lengths not a
 multiple of the checkpoint chunk, channel counts not a multiple of the kernel's vector width, conv
 width 1), with and without states; and the one-token C++ step against the PyTorch step."""
@@ -9,18 +9,11 @@ import pytest
 import torch
 
 from ssmzoo import Mamba
+from ssmzoo.ops import mamba_inner as fused
+from ssmzoo.ops import mamba_step as step_op
 from ssmzoo.ops.dispatch import Request
-from ssmzoo.ops.selective_scan import fused
-from ssmzoo.ops.selective_scan.fused import (
-    MambaInnerInputs,
-    MambaInnerWeights,
-    MambaStepWeights,
-    mamba_inner,
-    mamba_inner_cpp,
-    mamba_inner_reference,
-    mamba_step_cpp,
-    mamba_step_reference,
-)
+from ssmzoo.ops.mamba_inner import MambaInnerInputs, MambaInnerWeights, mamba_inner, mamba_inner_cpp, mamba_inner_reference
+from ssmzoo.ops.mamba_step import MambaStepWeights, mamba_step_cpp, mamba_step_reference
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="the C++ extension does not build here")
 
@@ -152,7 +145,7 @@ def test_layer_fused_and_unfused_agree_forward_backward_and_step():
 
 
 def test_dispatch_is_truthful():
-    assert "cpp" in fused.dispatch.names("cpu") and "cpp" in fused.step_dispatch.names("cpu")
+    assert "cpp" in fused.dispatch.names("cpu") and "cpp" in step_op.dispatch.names("cpu")
     cpu = torch.device("cpu")
     choose = lambda **kw: fused.dispatch.choose("auto", Request(cpu, kw.pop("dtype", torch.float32), **kw)).name  # noqa: E731
     assert choose(grad=True, initial_state=True, final_state=True, facts=(("d_state", 16),)) == "cpp"
@@ -163,8 +156,8 @@ def test_dispatch_is_truthful():
     with pytest.raises(ValueError, match="selective_scan backend 'chunked'"):
         fused.dispatch.choose("cpp", Request(cpu, torch.float32, facts=(("scan_backend", "chunked"),)))
     # The C++ step has no backward: a step that needs gradients goes to the PyTorch one.
-    assert fused.step_dispatch.choose("auto", Request(cpu, torch.float32, grad=True)).name == "reference"
-    assert fused.step_dispatch.choose("auto", Request(cpu, torch.float32)).name == "cpp"
+    assert step_op.dispatch.choose("auto", Request(cpu, torch.float32, grad=True)).name == "reference"
+    assert step_op.dispatch.choose("auto", Request(cpu, torch.float32)).name == "cpp"
 
 
 def test_naming_a_scan_backend_keeps_the_layer_unfused(monkeypatch):

@@ -23,8 +23,9 @@ from ..modules.checks import check_bool, check_choice, check_float, check_int
 from ..modules.padding import reverse_padded
 from ..modules.short_conv import ShortConvolution
 from ..ops import selective_scan as scan_op
-from ..ops.selective_scan import fused
-from ..ops.selective_scan.fused import MambaInnerWeights, MambaStepWeights, mamba_inner, mamba_step
+from ..ops import mamba_inner as inner_op
+from ..ops.mamba_inner import MambaInnerWeights, mamba_inner
+from ..ops.mamba_step import MambaStepWeights, mamba_step
 from .base import SequenceLayer, register, tag_param
 
 
@@ -93,7 +94,7 @@ class Mamba(SequenceLayer):
             "auto"; see ``ssmzoo.ops.causal_conv1d.dispatch``).
         mamba_inner_backend: backend of the conv + scan + gate block (None: $SSMZOO_BACKEND or "auto";
             "cpp" fused on CPU, "unfused" (the two ops above), "reference"; see
-            ``ssmzoo.ops.selective_scan.fused.dispatch``). Naming a scan or conv backend above keeps the
+            ``ssmzoo.ops.mamba_inner.dispatch``). Naming a scan or conv backend above keeps the
             block unfused. ``step`` uses the fused C++ step where it can, the PyTorch one when this is
             "unfused" or "reference".
 
@@ -142,7 +143,7 @@ class Mamba(SequenceLayer):
             check_bool("Mamba", arg, value)
         scan_op.dispatch.check_name(selective_scan_backend, "Mamba", "selective_scan_backend")
         ShortConvolution.check_backend(causal_conv1d_backend, "Mamba")
-        fused.dispatch.check_name(mamba_inner_backend, "Mamba", "mamba_inner_backend")
+        inner_op.dispatch.check_name(mamba_inner_backend, "Mamba", "mamba_inner_backend")
         self.d_state, self.d_conv, self.expand, self.dt_rank = d_state, d_conv, expand, dt_rank
         self.d_inner = expand * d_model
         self.bidirectional = bidirectional
@@ -175,9 +176,10 @@ class Mamba(SequenceLayer):
         """xz (batch, length, 2·D_inner) -> y (batch, length, D_inner) gated by SiLU(z), and the final
         (conv, ssm) states when ``return_state`` (else None: asking for them would keep the scan off
         fused kernels that cannot return a state, such as mamba-ssm's)."""
-        y = mamba_inner(xz, self._inner_weights(ssm), conv_state=conv_state, ssm_state=ssm_state,
-                        output_final_state=return_state, scan_backend=self.selective_scan_backend,
-                        conv_backend=self.causal_conv1d_backend, backend=self.mamba_inner_backend)
+        state = (conv_state, ssm_state) if conv_state is not None or ssm_state is not None else None
+        y = mamba_inner(xz, self._inner_weights(ssm), initial_state=state, output_final_state=return_state,
+                        selective_scan_backend=self.selective_scan_backend,
+                        causal_conv1d_backend=self.causal_conv1d_backend, backend=self.mamba_inner_backend)
         if return_state:
             y, (conv_state, ssm_state) = y
             return y, conv_state, ssm_state
@@ -203,7 +205,7 @@ class Mamba(SequenceLayer):
 
     def _step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """One token in O(1): the convolution over the cached window, then one recurrence step (the
-        whole layer in one C++ call where it can; ``ssmzoo.ops.selective_scan.fused.mamba_step``)."""
+        whole layer in one C++ call where it can; ``ssmzoo.ops.mamba_step``)."""
         weights = MambaStepWeights(self.in_proj.weight, self.in_proj.bias, self._inner_weights(self),
                                    self.out_proj.weight, self.out_proj.bias)
         backend = "reference" if self.mamba_inner_backend in ("unfused", "reference") else None
