@@ -98,6 +98,21 @@ def _training_matmuls(rows: int, pairs: list[tuple[int, int]]) -> list[tuple[int
 
 
 # -- workloads -------------------------------------------------------------------------------------
+S4_REPO_VAR = "SSMZOO_S4_REPO"
+
+
+def _s4d_peer() -> type:
+    """state-spaces/s4's standalone ``models/s4/s4d.py``, from a checkout outside this repository (its code
+    is never committed here): ``--s4-repo DIR`` or ``$SSMZOO_S4_REPO``."""
+    repo = os.environ.get(S4_REPO_VAR)
+    if not repo or not (Path(repo) / "models" / "s4" / "s4d.py").is_file():
+        raise PeerMissing("state-spaces/s4 not checked out (clone it and pass --s4-repo DIR)")
+    sys.path.insert(0, repo)
+    from models.s4.s4d import S4D
+
+    return S4D
+
+
 def build_s4d(quick: bool, impl: str) -> Callable[[], None]:
     import torch
 
@@ -110,8 +125,7 @@ def build_s4d(quick: bool, impl: str) -> Callable[[], None]:
 
         layer, x = S4D(h, d_state=n), torch.randn(b, length, h)
     else:
-        from benchmarks.speed.peers.s4d_state_spaces import S4D as Peer
-
+        Peer = _s4d_peer()
         layer, x = Peer(h, d_state=n), torch.randn(b, h, length)  # the peer's own (B, H, L) layout
     grad = torch.randn_like(x)
 
@@ -419,8 +433,12 @@ def main() -> None:
                         help="torch threads for every workload (default: each workload's own, in the table)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess")
     parser.add_argument("--out", type=Path, default=None, help="default results/summary.md (quick: a file in the temp folder)")
+    parser.add_argument("--s4-repo", type=Path, default=None,
+                        help=f"a checkout of state-spaces/s4 (the S4D peer); default ${S4_REPO_VAR}")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.s4_repo is not None:
+        os.environ[S4_REPO_VAR] = str(args.s4_repo.resolve())  # the workers inherit it
     reps = args.reps or (2 if args.quick else 5)
 
     if args.worker:  # a subprocess: time one case, or the memory of one implementation
@@ -466,7 +484,7 @@ def main() -> None:
         "",
         f"{datetime.date.today().isoformat()}; {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"torch {torch.__version__}; peers: " + ", ".join(f"{k} {v}" for k, v in peers.items())
-        + ", state-spaces/s4 s4d.py @ 2ed46fc (benchmarks/speed/peers/).",
+        + f", state-spaces/s4 models/s4/s4d.py from {os.environ.get(S4_REPO_VAR, 'nowhere (not checked out)')}.",
         f"Load average (1/5/15 min) before: {load_before}; after: {load_after}; the run took {minutes:.1f} min.",
         *(["", "**⚠ Measured under load (1-minute load average above the core count): provisional figures, not "
             "results. Rerun on an idle machine.**"] if busy else []),
