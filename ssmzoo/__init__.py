@@ -12,6 +12,7 @@ from .layers import (
     NeuralMemory,
     SequenceLayer,
     ShiftSSM,
+    SWA,
 )
 from .models import MAC, MAG, MAL, LanguageModel, SequenceModel, SpaceTime
 
@@ -32,6 +33,7 @@ __all__ = [
     "NeuralMemory",
     "SequenceLayer",
     "ShiftSSM",
+    "SWA",
     "LanguageModel",
     "MAC",
     "MAG",

@@ -14,6 +14,7 @@ from .base import (
 from .mamba import Mamba
 from .s4 import S4
 from .s4d import S4D
+from .swa import SWA
 from .spacetime import (
     ClosedLoopCompanionSSM,
     CompanionSSM,
@@ -42,4 +43,5 @@ __all__ = [
     "ShiftSSM",
     "NeuralMemory",
     "Mamba",
+    "SWA",
 ]
