@@ -15,7 +15,7 @@ from .layers import (
     ShiftSSM,
     SWA,
 )
-from .models import MAC, MAG, MAL, LanguageModel, SequenceModel, SpaceTime
+from .models import MAC, MAG, MAL, LanguageModel, RAMba, SequenceModel, SpaceTime
 
 __version__ = "0.1.0"
 
@@ -40,6 +40,7 @@ __all__ = [
     "MAC",
     "MAG",
     "MAL",
+    "RAMba",
     "SequenceModel",
     "SpaceTime",
     "__version__",

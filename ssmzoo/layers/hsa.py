@@ -340,39 +340,41 @@ class HSA(SequenceLayer):
         return y, self.memory.extend(state, x_t[:, None])
 
     def _check_state(self, state: HSAState, x: Tensor) -> None:
-        check_hsa_state(self, self.memory, state, x)
+        check_hsa_state(self._name, "state", self.memory, state, x)
 
 
-def check_hsa_state(layer: SequenceLayer, memory: ChunkMemory, state: object, x: Tensor) -> None:
-    """A ValueError naming ``layer`` unless ``state`` has the form of ``memory.init_state`` after the
-    P = n · S + r tokens its shapes say (n from the landmarks, r < S from the pending inputs)."""
+def check_hsa_state(owner: str, path: str, memory: ChunkMemory, state: object, x: Tensor) -> None:
+    """A ValueError naming ``owner`` and ``path`` unless ``state`` has the form of ``memory.init_state`` after
+    the P = n · S + r tokens its shapes say (n from the landmarks, r < S from the pending inputs), for
+    inputs like x: the same dtype, pending inputs and landmarks on x's device, keys and values on the
+    cache device."""
+    batch, S = x.shape[0], memory.chunk_size
+    like = f"like init_state({batch}){path.removeprefix('state')}"
     if not (type(state) is HSAState and all(isinstance(t, Tensor) for t in state)):
-        SequenceLayer._check_state(layer, state, x)  # compares with init_state(batch): raises
-        raise ValueError(f"{layer._name}: state must be an HSAState like init_state({x.shape[0]})")
+        raise ValueError(f"{owner}: {path} must be an HSAState(pending, keys, values, landmarks) {like}, "
+                         f"got {_describe(state)}")
     n = state.landmarks.shape[1] if state.landmarks.dim() == 4 else 0
-    r = min(state.pending.shape[1], memory.chunk_size - 1) if state.pending.dim() == 3 else 0
+    r = min(state.pending.shape[1], S - 1) if state.pending.dim() == 3 else 0
     with torch.no_grad():
-        form = memory.init_state(x.shape[0], torch.device("meta"), x.dtype)
-    S = memory.chunk_size
+        form = memory.init_state(batch, torch.device("meta"), x.dtype)
     want = HSAState(
-        form.pending.new_empty(x.shape[0], r, memory.d_model),
-        form.keys.new_empty(x.shape[0], n * S, memory.kv_heads, memory.head_dim),
-        form.values.new_empty(x.shape[0], n * S, memory.kv_heads, memory.head_dim),
-        form.landmarks.new_empty(x.shape[0], n, memory.kv_heads, memory.retrieval_dim),
+        form.pending.new_empty(batch, r, memory.d_model),
+        form.keys.new_empty(batch, n * S, memory.kv_heads, memory.head_dim),
+        form.values.new_empty(batch, n * S, memory.kv_heads, memory.head_dim),
+        form.landmarks.new_empty(batch, n, memory.kv_heads, memory.retrieval_dim),
     )
     cache = memory.cache_device_for(x.device)
     check_dtypes = not autocast_enabled(x.device)
     for field, device in zip(HSAState._fields, (x.device, cache, cache, x.device)):
-        problem = _compare_state(getattr(state, field), getattr(want, field), f"state.{field}", device, check_dtypes)
+        problem = _compare_state(getattr(state, field), getattr(want, field), f"{path}.{field}", device, check_dtypes)
         if problem is None:
             continue
-        path, expected, got = problem
+        where, expected, got = problem
         hint = ""
-        if isinstance(got, Tensor) and got.dim() == expected.dim() and got.dim() > 0 and got.shape[0] != x.shape[0]:
-            hint = f" (the state has batch size {got.shape[0]} but the input has batch size {x.shape[0]})"
-        raise ValueError(f"{layer._name}: {path} must be {_describe_expected(expected, device)} like "
-                         f"init_state({x.shape[0]}).{field} after {n * S + r} tokens ({n} chunks of {S}, "
-                         f"{r} pending), got {_describe(got)}{hint}")
+        if isinstance(got, Tensor) and got.dim() == expected.dim() and got.dim() > 0 and got.shape[0] != batch:
+            hint = f" (the state has batch size {got.shape[0]} but the input has batch size {batch})"
+        raise ValueError(f"{owner}: {where} must be {_describe_expected(expected, device)} {like}.{field} after "
+                         f"{n * S + r} tokens ({n} chunks of {S}, {r} pending), got {_describe(got)}{hint}")
 
 
 def check_hsa_args(owner: str, d_model: int, heads: int, kv_heads: int, head_dim: int | None, chunk_size: int,
