@@ -314,7 +314,11 @@ class HSA(SequenceLayer):
                                   qk_norm, cache_device, norm_eps)
         self.proj_selection = nn.Linear(d_model, self.retrieval_heads * self.retrieval_dim, bias=False)
         self.read = HSARead(d_model, heads, self.head_dim, chunk_size, top_k, combine, qk_norm, hsa_backend, norm_eps)
-        self.out_proj = self.read.out_proj  # models rescale every layer's out_proj at init
+
+    @property
+    def out_proj(self) -> nn.Linear:
+        """The output projection (``read.out_proj``), under the name models rescale at init."""
+        return self.read.out_proj
 
     def _selection(self, x: Tensor) -> Tensor:
         return rearrange(self.proj_selection(x), "... (h e) -> ... h e", e=self.retrieval_dim)

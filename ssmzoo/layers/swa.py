@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..modules.attention import Attention, attention_mask
 from ..modules.checks import check_bool, check_float, check_int
@@ -85,7 +85,11 @@ class SWA(SequenceLayer):
         self.window = window
         self.attn = Attention(d_model, heads, kv_heads=kv_heads, head_dim=head_dim, causal=True, window=window,
                               rotary=rotary, rotary_base=rotary_base, bias=bias)
-        self.out_proj = self.attn.out
+
+    @property
+    def out_proj(self) -> nn.Linear:
+        """The output projection (``attn.out``), under the name models rescale at init."""
+        return self.attn.out
 
     def _forward(self, x: Tensor, state: SWAState | None, lengths: Tensor | None,
                  return_state: bool) -> tuple[Tensor, SWAState | None]:
