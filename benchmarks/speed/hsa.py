@@ -4,6 +4,8 @@ Shapes (the HSA issue): batch 1, d_model 512 = 8 heads × 64, L in 4K, 16K, 64K,
 
 - ours: ``ssmzoo.layers.HSA`` with 8 query, KV and retrieval heads × 64, chunks of S = 64, top-K = 8,
   stick-breaking, a one-layer chunk encoder: the whole layer (encoder, projections, the op);
+- ours_noenc: the same without the chunk encoder (``encoder_layers=0``: an RMSNorm and mean-pooled
+  landmarks, the authors' encoder-free ablation), to show what the encoder costs;
 - sdpa: full causal attention with the same projections (q, k, v, out: 512 -> 512) and
   ``torch.nn.functional.scaled_dot_product_attention(is_causal=True)``;
 - nsa: native-sparse-attention-pytorch's ``SparseAttention`` (lucidrains), dim 512, 8 heads × 64, causal,
@@ -41,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).parent / "results"
 D_MODEL, HEADS, HEAD_DIM, S, K = 512, 8, 64, 64, 8
 LENGTHS, QUICK_LENGTHS = (4096, 16384, 65536), (1024,)
-IMPLS = ("ours", "sdpa", "nsa")
-NAMES = {"ours": "HSA layer (ssmzoo)", "sdpa": "causal SDPA", "nsa": "NSA (native-sparse-attention-pytorch)"}
+IMPLS = ("ours", "ours_noenc", "sdpa", "nsa")
+NAMES = {"ours": "HSA layer (ssmzoo)", "ours_noenc": "HSA layer, no encoder", "sdpa": "causal SDPA",
+         "nsa": "NSA (native-sparse-attention-pytorch)"}
 
 
 def build(impl: str, length: int, d_model: int = D_MODEL, heads: int = HEADS) -> Callable[[], None]:
@@ -55,10 +58,11 @@ def build(impl: str, length: int, d_model: int = D_MODEL, heads: int = HEADS) ->
 
     torch.manual_seed(0)
     head_dim = d_model // heads
-    if impl == "ours":
+    if impl in ("ours", "ours_noenc"):
         from ssmzoo.layers import HSA
 
-        layer = HSA(d_model, heads=heads, kv_heads=heads, chunk_size=S, top_k=K, encoder_layers=1)
+        layer = HSA(d_model, heads=heads, kv_heads=heads, chunk_size=S, top_k=K,
+                    encoder_layers=1 if impl == "ours" else 0)
     elif impl == "sdpa":
         class CausalAttention(nn.Module):
             def __init__(self) -> None:
@@ -149,8 +153,8 @@ def run(quick: bool, lengths: tuple[int, ...] | None = None, impls: tuple[str, .
         warmup: bool = True, threads: int = 2, mem_limit_gb: float = 8.0, sdpa_max: int = 65536,
         timeout: float = 3600.0) -> list[dict]:
     """Rows of the table, one per L: {"workload", "L", and per impl "<impl>_s" (wall), "<impl>_cpu_s",
-    "<impl>_peak_mb" or "<impl>_error"; "sdpa_over_ours" and "nsa_over_ours" (time ratios, > 1: ours
-    faster)}."""
+    "<impl>_peak_mb" or "<impl>_error"; "<peer>_over_<ours>" and "<peer>_over_<ours>_cpu" (time ratios,
+    > 1: ours faster) for peer in sdpa, nsa and ours in ours, ours_noenc}."""
     lengths = lengths or (QUICK_LENGTHS if quick else LENGTHS)
     rows = []
     for length in lengths:
@@ -167,8 +171,10 @@ def run(quick: bool, lengths: tuple[int, ...] | None = None, impls: tuple[str, .
                             f"{impl}_peak_mb": result["peak_mb"]})
             print(f"L={length} {impl}: {result}", flush=True)
         for peer in ("sdpa", "nsa"):
-            if "ours_s" in row and f"{peer}_s" in row:
-                row[f"{peer}_over_ours"] = row[f"{peer}_s"] / row["ours_s"]
+            for ours in ("ours", "ours_noenc"):
+                if f"{ours}_s" in row and f"{peer}_s" in row:
+                    row[f"{peer}_over_{ours}"] = row[f"{peer}_s"] / row[f"{ours}_s"]
+                    row[f"{peer}_over_{ours}_cpu"] = row[f"{peer}_cpu_s"] / row[f"{ours}_cpu_s"]
         rows.append(row)
     return rows
 
@@ -183,12 +189,13 @@ def _cell(row: dict, impl: str) -> list[str]:
 
 def table(rows: list[dict], impls: tuple[str, ...]) -> str:
     head = ["L"] + [f"{NAMES[i]} {what}" for i in impls for what in ("wall s", "CPU s", "peak MB")]
-    ratios = [p for p in ("sdpa", "nsa") if p in impls and "ours" in impls]
-    head += [f"{p} / ours (wall)" for p in ratios]
+    ratios = [(p, o) for p in ("sdpa", "nsa") for o in ("ours", "ours_noenc") if p in impls and o in impls]
+    head += [f"{p} / {o} (wall, CPU)" for p, o in ratios]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [str(row["L"])] + [c for i in impls for c in _cell(row, i)]
-        cells += [f"{row[f'{p}_over_ours']:.1f}×" if f"{p}_over_ours" in row else "–" for p in ratios]
+        cells += [f"{row[f'{p}_over_{o}']:.1f}×, {row[f'{p}_over_{o}_cpu']:.1f}×" if f"{p}_over_{o}" in row else "–"
+                  for p, o in ratios]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
