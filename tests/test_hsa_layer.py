@@ -131,3 +131,22 @@ def test_offloaded_cache_on_a_gpu_steps_like_forward():
         outs.append(y_t)
     torch.testing.assert_close(torch.stack(outs, 1), y, rtol=1e-4, atol=1e-4)
     assert final.keys.device.type == "cpu" and state.keys.device.type == "cpu"
+
+
+def test_encoder_checkpoint_gives_the_same_outputs_and_gradients(monkeypatch):
+    import ssmzoo.layers.hsa as hsa_module
+
+    monkeypatch.setattr(hsa_module, "ENCODER_BLOCK_TOKENS", 8)  # blocks of 2 chunks of 4
+    x = _x(2, 27)
+    grads = []
+    for encoder_checkpoint in (False, True):
+        layer = _layer(encoder_checkpoint=encoder_checkpoint).train()
+        xx = x.clone().requires_grad_()
+        y = layer(xx)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+        grads.append((y.detach(), xx.grad, {k: p.grad for k, p in layer.named_parameters()}))
+    (y0, gx0, gp0), (y1, gx1, gp1) = grads
+    torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx1, gx0, rtol=1e-10, atol=1e-12)
+    for k in gp0:
+        torch.testing.assert_close(gp1[k], gp0[k], rtol=1e-10, atol=1e-12)

@@ -4,6 +4,8 @@ Shapes (the HSA issue): batch 1, d_model 512 = 8 heads × 64, L in 4K, 16K, 64K,
 
 - ours: ``ssmzoo.layers.HSA`` with 8 query, KV and retrieval heads × 64, chunks of S = 64, top-K = 8,
   stick-breaking, a one-layer chunk encoder: the whole layer (encoder, projections, the op);
+- ours_ckpt: the same with ``encoder_checkpoint=True`` (the encoder recomputed in backward, 4K tokens at
+  a time: the setting for training at long lengths);
 - ours_noenc: the same without the chunk encoder (``encoder_layers=0``: an RMSNorm and mean-pooled
   landmarks, the authors' encoder-free ablation), to show what the encoder costs;
 - sdpa: full causal attention with the same projections (q, k, v, out: 512 -> 512) and
@@ -43,8 +45,10 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).parent / "results"
 D_MODEL, HEADS, HEAD_DIM, S, K = 512, 8, 64, 64, 8
 LENGTHS, QUICK_LENGTHS = (4096, 16384, 65536), (1024,)
-IMPLS = ("ours", "ours_noenc", "sdpa", "nsa")
-NAMES = {"ours": "HSA layer (ssmzoo)", "ours_noenc": "HSA layer, no encoder", "sdpa": "causal SDPA",
+IMPLS = ("ours", "ours_ckpt", "ours_noenc", "sdpa", "nsa")
+OURS = ("ours", "ours_ckpt", "ours_noenc")
+NAMES = {"ours": "HSA layer (ssmzoo)", "ours_ckpt": "HSA layer, encoder checkpointed",
+         "ours_noenc": "HSA layer, no encoder", "sdpa": "causal SDPA",
          "nsa": "NSA (native-sparse-attention-pytorch)"}
 
 
@@ -58,11 +62,11 @@ def build(impl: str, length: int, d_model: int = D_MODEL, heads: int = HEADS) ->
 
     torch.manual_seed(0)
     head_dim = d_model // heads
-    if impl in ("ours", "ours_noenc"):
+    if impl in OURS:
         from ssmzoo.layers import HSA
 
         layer = HSA(d_model, heads=heads, kv_heads=heads, chunk_size=S, top_k=K,
-                    encoder_layers=1 if impl == "ours" else 0)
+                    encoder_layers=0 if impl == "ours_noenc" else 1, encoder_checkpoint=impl == "ours_ckpt")
     elif impl == "sdpa":
         class CausalAttention(nn.Module):
             def __init__(self) -> None:
@@ -154,7 +158,7 @@ def run(quick: bool, lengths: tuple[int, ...] | None = None, impls: tuple[str, .
         timeout: float = 3600.0) -> list[dict]:
     """Rows of the table, one per L: {"workload", "L", and per impl "<impl>_s" (wall), "<impl>_cpu_s",
     "<impl>_peak_mb" or "<impl>_error"; "<peer>_over_<ours>" and "<peer>_over_<ours>_cpu" (time ratios,
-    > 1: ours faster) for peer in sdpa, nsa and ours in ours, ours_noenc}."""
+    > 1: ours faster) for peer in sdpa, nsa and ours in ours, ours_ckpt, ours_noenc}."""
     lengths = lengths or (QUICK_LENGTHS if quick else LENGTHS)
     rows = []
     for length in lengths:
@@ -171,7 +175,7 @@ def run(quick: bool, lengths: tuple[int, ...] | None = None, impls: tuple[str, .
                             f"{impl}_peak_mb": result["peak_mb"]})
             print(f"L={length} {impl}: {result}", flush=True)
         for peer in ("sdpa", "nsa"):
-            for ours in ("ours", "ours_noenc"):
+            for ours in OURS:
                 if f"{ours}_s" in row and f"{peer}_s" in row:
                     row[f"{peer}_over_{ours}"] = row[f"{peer}_s"] / row[f"{ours}_s"]
                     row[f"{peer}_over_{ours}_cpu"] = row[f"{peer}_cpu_s"] / row[f"{ours}_cpu_s"]
@@ -189,7 +193,7 @@ def _cell(row: dict, impl: str) -> list[str]:
 
 def table(rows: list[dict], impls: tuple[str, ...]) -> str:
     head = ["L"] + [f"{NAMES[i]} {what}" for i in impls for what in ("wall s", "CPU s", "peak MB")]
-    ratios = [(p, o) for p in ("sdpa", "nsa") for o in ("ours", "ours_noenc") if p in impls and o in impls]
+    ratios = [(p, o) for p in ("sdpa", "nsa") for o in OURS if p in impls and o in impls]
     head += [f"{p} / {o} (wall, CPU)" for p, o in ratios]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:

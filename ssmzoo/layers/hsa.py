@@ -35,6 +35,7 @@ from typing import Literal, NamedTuple
 import torch
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..modules.attention import Attention
 from ..modules.checks import autocast_enabled, check_bool, check_choice, check_float, check_int
@@ -45,6 +46,7 @@ from ..ops.hsa.routing import select_chunks
 from .base import SequenceLayer, _compare_state, _describe, _describe_expected, register
 
 COMBINES = ("stick_breaking", "softmax")
+ENCODER_BLOCK_TOKENS = 4096  # tokens per recomputed block with encoder_checkpoint
 
 
 class HSAState(NamedTuple):
@@ -117,8 +119,9 @@ class ChunkMemory(nn.Module):
 
     def __init__(self, d_model: int, kv_heads: int, head_dim: int, retrieval_dim: int,
                  chunk_size: int, encoder_layers: int, encoder_heads: int, encoder_d_intermediate: int,
-                 qk_norm: bool, cache_device: str | None, norm_eps: float) -> None:
+                 encoder_checkpoint: bool, qk_norm: bool, cache_device: str | None, norm_eps: float) -> None:
         super().__init__()
+        self.encoder_checkpoint = encoder_checkpoint
         self.d_model, self.kv_heads, self.head_dim = d_model, kv_heads, head_dim
         self.retrieval_dim, self.chunk_size = retrieval_dim, chunk_size
         self.cache_device = cache_device
@@ -135,7 +138,15 @@ class ChunkMemory(nn.Module):
         """chunks (batch, n, S, d_model) -> keys, values (batch, n · S, kv_heads, head_dim), landmarks
         (batch, n, kv_heads, retrieval_dim)."""
         batch = chunks.shape[0]
-        tokens, summary = self.encoder(rearrange(chunks, "b n s d -> (b n) s d"))
+        flat = rearrange(chunks, "b n s d -> (b n) s d")
+        if self.encoder_checkpoint and torch.is_grad_enabled():
+            # Chunks are encoded independently: recompute them in backward a block at a time, so the encoder's
+            # activations (most of the layer's memory at long lengths) are held for one block only.
+            block = max(1, ENCODER_BLOCK_TOKENS // self.chunk_size)
+            parts = [checkpoint(self.encoder, part, use_reentrant=False) for part in flat.split(block)]
+            tokens, summary = (torch.cat(t) for t in zip(*parts))
+        else:
+            tokens, summary = self.encoder(flat)
         keys = rearrange(self.proj_k(tokens), "(b n) s (h e) -> b (n s) h e", b=batch, e=self.head_dim)
         values = rearrange(self.proj_v(tokens), "(b n) s (h e) -> b (n s) h e", b=batch, e=self.head_dim)
         if self.k_norm is not None:
@@ -270,6 +281,8 @@ class HSA(SequenceLayer):
         encoder_heads: attention heads of the encoder (None: heads).
         encoder_d_intermediate: hidden width of the encoder's SwiGLU MLP (None: 8/3 · d_model, to a
             multiple of 8).
+        encoder_checkpoint: recompute the chunk encoder in backward, a block of chunks at a time, instead of
+            keeping its activations (less memory in training, one more encoder forward).
         qk_norm: RMSNorm on every query and key head (the authors' ``enable_qk_norm``).
         cache_device: where the chunk keys and values live (None: with the inputs; "cpu": offloaded while
             the layer runs on a GPU).
@@ -296,6 +309,7 @@ class HSA(SequenceLayer):
         encoder_layers: int = 1,
         encoder_heads: int | None = None,
         encoder_d_intermediate: int | None = None,
+        encoder_checkpoint: bool = False,
         qk_norm: bool = False,
         cache_device: str | None = None,
         hsa_backend: str | None = None,
@@ -303,7 +317,8 @@ class HSA(SequenceLayer):
     ) -> None:
         super().__init__(d_model, causal=True)
         args = check_hsa_args("HSA", d_model, heads, kv_heads, head_dim, chunk_size, top_k, combine, retrieval_heads,
-                              retrieval_dim, encoder_layers, encoder_heads, encoder_d_intermediate, qk_norm,
+                              retrieval_dim, encoder_layers, encoder_heads, encoder_d_intermediate,
+                              encoder_checkpoint, qk_norm,
                               cache_device, hsa_backend, norm_eps)
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, args["head_dim"]
         self.chunk_size, self.top_k, self.combine = chunk_size, top_k, combine
@@ -311,7 +326,7 @@ class HSA(SequenceLayer):
         self.cache_device, self.hsa_backend = cache_device, hsa_backend
         self.memory = ChunkMemory(d_model, kv_heads, self.head_dim, self.retrieval_dim,
                                   chunk_size, encoder_layers, args["encoder_heads"], args["encoder_d_intermediate"],
-                                  qk_norm, cache_device, norm_eps)
+                                  encoder_checkpoint, qk_norm, cache_device, norm_eps)
         self.proj_selection = nn.Linear(d_model, self.retrieval_heads * self.retrieval_dim, bias=False)
         self.read = HSARead(d_model, heads, self.head_dim, chunk_size, top_k, combine, qk_norm, hsa_backend, norm_eps)
 
@@ -384,7 +399,8 @@ def check_hsa_state(owner: str, path: str, memory: ChunkMemory, state: object, x
 def check_hsa_args(owner: str, d_model: int, heads: int, kv_heads: int, head_dim: int | None, chunk_size: int,
                    top_k: int, combine: str, retrieval_heads: int | None, retrieval_dim: int | None,
                    encoder_layers: int, encoder_heads: int | None, encoder_d_intermediate: int | None,
-                   qk_norm: bool, cache_device: str | None, hsa_backend: str | None, norm_eps: float) -> dict:
+                   encoder_checkpoint: bool, qk_norm: bool, cache_device: str | None, hsa_backend: str | None,
+                   norm_eps: float) -> dict:
     """Validate HSA's constructor arguments (``owner`` names the class in the messages); returns the
     defaults resolved: head_dim, retrieval_heads, retrieval_dim, encoder_heads, encoder_d_intermediate."""
     check_int(owner, "heads", heads)
@@ -410,6 +426,7 @@ def check_hsa_args(owner: str, d_model: int, heads: int, kv_heads: int, head_dim
     if encoder_d_intermediate is None:
         encoder_d_intermediate = default_encoder_width(d_model)
     check_int(owner, "encoder_d_intermediate", encoder_d_intermediate)
+    check_bool(owner, "encoder_checkpoint", encoder_checkpoint)
     check_bool(owner, "qk_norm", qk_norm)
     if cache_device is not None:
         try:

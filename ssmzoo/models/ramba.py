@@ -112,7 +112,7 @@ class RAMba(nn.Module):
         lower_layer, local_layer: registered names of causal layers ("mamba2", "mamba", "swa", ...).
         lower_layer_args, local_layer_args: their constructor arguments (d_model is added).
         heads, kv_heads, head_dim, chunk_size, top_k, combine, retrieval_heads, retrieval_dim, encoder_layers,
-            encoder_heads, encoder_d_intermediate, qk_norm, cache_device, hsa_backend: as in
+            encoder_heads, encoder_d_intermediate, encoder_checkpoint, qk_norm, cache_device, hsa_backend: as in
             :class:`ssmzoo.layers.HSA` (the memory's and every HSA block's).
         d_intermediate: hidden width of a SwiGLU MLP after every mixer (0: none, as in Mamba LMs; the SWA
             design is a Transformer and wants one).
@@ -145,6 +145,7 @@ class RAMba(nn.Module):
         encoder_layers: int = 1,
         encoder_heads: int | None = None,
         encoder_d_intermediate: int | None = None,
+        encoder_checkpoint: bool = False,
         qk_norm: bool = False,
         cache_device: str | None = None,
         hsa_backend: str | None = None,
@@ -164,7 +165,8 @@ class RAMba(nn.Module):
         check_float("RAMba", "initializer_range", initializer_range, above=0.0)
         hsa_args = check_hsa_args("RAMba", d_model, heads, kv_heads, head_dim, chunk_size, top_k, combine,
                                   retrieval_heads, retrieval_dim, encoder_layers, encoder_heads,
-                                  encoder_d_intermediate, qk_norm, cache_device, hsa_backend, norm_eps)
+                                  encoder_d_intermediate, encoder_checkpoint, qk_norm, cache_device, hsa_backend,
+                                  norm_eps)
         for arg, value in (("tie_embeddings", tie_embeddings), ("rescale_prenorm_residual", rescale_prenorm_residual)):
             if not isinstance(value, bool):
                 raise ValueError(f"RAMba: {arg} must be True or False, got {value!r}")
@@ -176,7 +178,8 @@ class RAMba(nn.Module):
             MixerBlock(_causal_layer("lower_layer", lower_layer, lower_layer_args, d_model), d_model, norm_eps,
                        d_intermediate) for _ in range(n_lower_layers))
         self.memory = ChunkMemory(d_model, kv_heads, self.head_dim, self.retrieval_dim, chunk_size, encoder_layers,
-                                  hsa_args["encoder_heads"], hsa_args["encoder_d_intermediate"], qk_norm,
+                                  hsa_args["encoder_heads"], hsa_args["encoder_d_intermediate"], encoder_checkpoint,
+                                  qk_norm,
                                   cache_device, norm_eps)
         self.norm_selection = RMSNorm(d_model, eps=norm_eps)
         self.proj_selection = nn.Linear(d_model, hsa_args["retrieval_heads"] * self.retrieval_dim, bias=False)
