@@ -79,7 +79,7 @@ def state_bytes(state: object) -> int:
 def evaluate_model(model: torch.nn.Module, length: int, samples: int, n_digits: int, filler_vocab: int) -> dict:
     """Accuracy and decoding costs at one length (one sequence at a time)."""
     model.eval()
-    right, state_sizes, step_s, prefill_s = 0, [], [], []
+    right, digits_right, state_sizes, step_s, prefill_s = 0, 0, [], [], []
     for i in range(samples):
         g = torch.Generator().manual_seed(EVAL_SEED * 1_000_003 + length * 131 + i)
         depth = i / max(samples - 1, 1)
@@ -99,7 +99,9 @@ def evaluate_model(model: torch.nn.Module, length: int, samples: int, n_digits: 
                 step_s.append(time.perf_counter() - start)
                 token = logits.argmax(-1)
         right += out == tokens[q + 1:].tolist()
-    return {"L": length, "acc": right / samples, "samples": samples, "state_mb": max(state_sizes) / 2**20,
+        digits_right += sum(a == b for a, b in zip(out, tokens[q + 1:].tolist()))
+    return {"L": length, "acc": right / samples, "digit_acc": digits_right / (samples * n_digits), "samples": samples,
+            "state_mb": max(state_sizes) / 2**20,
             "ms_per_decoded_token": 1e3 * sum(step_s) / max(len(step_s), 1),
             "prefill_s": sum(prefill_s) / len(prefill_s)}
 
@@ -112,7 +114,7 @@ def evaluate(models: list[str], runs: Path, lengths: list[int], samples: int, th
         ckpt = results.get("checkpoint") or results["last_checkpoint"]
         task = PasskeyTask.load_from_checkpoint(ckpt, map_location="cpu")
         data = _data_args(Path(results["run_dir"]))
-        row = {"model": name, "label": MODELS[name][0], "train_len": data["seq_len"],
+        row = {"model": name, "label": MODELS[name][0], "train_len": data["seq_len"], "n_digits": data["n_digits"],
                "val_acc": results.get("best_score"), "test_acc_train_len": results.get("test_acc"),
                "steps": results.get("steps"), "params": sum(p.numel() for p in task.model.parameters()),
                "by_length": []}
@@ -134,19 +136,24 @@ def _data_args(run_dir: Path) -> dict:
 
 
 def table(rows: list[dict], lengths: list[int]) -> str:
-    head = ["model", "params", "trained at", "steps"] + [f"acc @ {L // 1024}K" if L >= 1024 else f"acc @ {L}"
-                                                         for L in lengths]
-    head += [f"state MB @ {lengths[-1] // 1024}K", "state bytes / context token", "ms / decoded token"]
+    head = ["model", "params", "trained at", "steps", "digits"] + [f"acc @ {_k(L)}" for L in lengths]
+    head += [f"state MB @ {_k(lengths[-1])}", "state bytes / context token", "ms / decoded token"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         by = {r["L"]: r for r in row["by_length"]}
         first, last = by[lengths[0]], by[lengths[-1]]
         growth = (last["state_mb"] - first["state_mb"]) * 2**20 / max(lengths[-1] - lengths[0], 1)
-        cells = [row["label"], f"{row['params'] / 1e6:.2f}M", str(row["train_len"]), str(row["steps"])]
-        cells += [f"{100 * by[L]['acc']:.0f}%" for L in lengths]
+        cells = [row["label"], f"{row['params'] / 1e6:.2f}M", str(row["train_len"]), str(row["steps"]),
+                 str(row["n_digits"])]
+        cells += [f"{100 * by[L]['acc']:.0f}%" + (f" ({100 * by[L]['digit_acc']:.0f}%)" if row["n_digits"] > 1 else "")
+                  for L in lengths]
         cells += [f"{last['state_mb']:.2f}", f"{growth:.0f}", f"{last['ms_per_decoded_token']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _k(length: int) -> str:
+    return f"{length // 1024}K" if length % 1024 == 0 else str(length)
 
 
 def main() -> None:
@@ -180,6 +187,10 @@ def main() -> None:
         f"`python benchmarks/longcontext/passkey.py {' '.join(sys.argv[1:])}`",
         "",
         table(rows, args.lengths),
+        "",
+        "acc: passkeys decoded whole (in brackets, with several digits: digits right). state: the decoding state "
+        "after the prefill (all layers; the chunk cache for HSA); bytes / context token: its growth per token of "
+        "context between the shortest and the longest length.",
         "",
         f"Published: {PUBLISHED}.",
         "",
