@@ -167,6 +167,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=20, help="examples per length (needle depths 0..1)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS / "passkey.md")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the other models' rows already in the .json beside --out (evaluate models one by one)")
     args = p.parse_args()
     if args.what in ("train", "all"):
         train(args.models, args.runs, args.set)
@@ -176,13 +178,18 @@ def main() -> None:
     start = time.perf_counter()
     rows = evaluate(args.models, args.runs, args.lengths, args.samples, args.threads)
     load1 = os.getloadavg()
+    saved = args.out.with_suffix(".json")
+    if args.keep and saved.exists():
+        kept = [r for r in json.loads(saved.read_text()) if r["model"] not in args.models
+                and [b["L"] for b in r["by_length"]] == args.lengths]
+        rows = sorted(kept + rows, key=lambda r: list(MODELS).index(r["model"]))
     text = "\n".join([
         "# Passkey retrieval beyond the training length",
         "",
         f"{args.samples} examples per length (needle depths evenly spaced over the haystack), prefill by forward, "
-        f"greedy decoding by step; {args.threads} threads, torch {torch.__version__}; evaluation took "
-        f"{time.perf_counter() - start:.0f} s. Load average before: {' '.join(f'{v:.2f}' for v in load0)}, after: "
-        f"{' '.join(f'{v:.2f}' for v in load1)}.",
+        f"greedy decoding by step; {args.threads} threads, torch {torch.__version__}; evaluating "
+        f"{', '.join(args.models)} took {time.perf_counter() - start:.0f} s. Load average before: "
+        f"{' '.join(f'{v:.2f}' for v in load0)}, after: {' '.join(f'{v:.2f}' for v in load1)}.",
         "",
         f"`python benchmarks/longcontext/passkey.py {' '.join(sys.argv[1:])}`",
         "",
