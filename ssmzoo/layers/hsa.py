@@ -234,7 +234,7 @@ def read_gathered(q: Tensor, selection_q: Tensor, memory: HSAState, chunk_size: 
     whose query lies just after them (offset c · S): every chunk is then past and selected, in the same
     recency order, with the same scores, so the result is the op's on the whole cache."""
     S = chunk_size
-    batch, _, hq, _ = q.shape
+    batch = q.shape[0]
     hs, hk = selection_q.shape[2], memory.keys.shape[2]
     c = min(top_k, position // S, memory.landmarks.shape[1])
     if c == 0:
