@@ -7,13 +7,15 @@ from .layers import (
     ClosedLoopCompanionSSM,
     CompanionSSM,
     Differencing,
+    HSA,
     Mamba,
     MovingAverageResidual,
     NeuralMemory,
     SequenceLayer,
     ShiftSSM,
+    SWA,
 )
-from .models import MAC, MAG, MAL, LanguageModel, SequenceModel, SpaceTime
+from .models import MAC, MAG, MAL, LanguageModel, RAMba, SequenceModel, SpaceTime
 
 __version__ = "0.1.0"
 
@@ -27,15 +29,18 @@ __all__ = [
     "ClosedLoopCompanionSSM",
     "CompanionSSM",
     "Differencing",
+    "HSA",
     "Mamba",
     "MovingAverageResidual",
     "NeuralMemory",
     "SequenceLayer",
     "ShiftSSM",
+    "SWA",
     "LanguageModel",
     "MAC",
     "MAG",
     "MAL",
+    "RAMba",
     "SequenceModel",
     "SpaceTime",
     "__version__",

@@ -13,4 +13,6 @@ SMALL_ARGS: dict[str, dict] = {
     "moving_average_residual": dict(windows=[2, 5]),
     "neural_memory": dict(heads=2, memory_depth=2, chunk_size=4, conv_kernel=3),
     "mamba": dict(d_state=4, d_conv=3, expand=2),
+    "hsa": dict(heads=2, kv_heads=1, retrieval_heads=2, chunk_size=4, top_k=2),
+    "swa": dict(heads=2, kv_heads=1, window=5),
 }

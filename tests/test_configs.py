@@ -20,6 +20,7 @@ from ssmzoo.data.lra.image import default_data_dir as cifar_dir
 from ssmzoo.data.lra.pathfinder import default_data_dir as pathfinder_dir
 from ssmzoo.data.lra.text import default_aan_dir, default_imdb_dir
 from ssmzoo.tasks import ClassificationTask, ForecastingTask
+from ssmzoo.tasks.passkey import PasskeyTask
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
@@ -30,6 +31,9 @@ TINY_MODELS = {
     "ssmzoo.models.SpaceTime": {"d_model": "8", "d_state": "8", "n_blocks": "1"},
     "ssmzoo.models.SSMForecaster": {"d_model": "8", "n_layers": "1", "layer_args": "{d_state: 8}"},
     "ssmzoo.models.LinearForecaster": {},
+    "ssmzoo.models.RAMba": {"d_model": "16", "n_lower_layers": "1", "local_per_hsa": "1", "heads": "2",
+                            "chunk_size": "4", "top_k": "2"},
+    "ssmzoo.models.LanguageModel": {"d_model": "8", "n_layers": "1"},
 }
 
 
@@ -41,6 +45,9 @@ def data_overrides(data: dict) -> tuple[list[str], str | None]:
             return [], f"ListOps files at {args['data_dir']} (--data.init_args.data_dir)"
         tiny = {"n_train": 16, "n_val": 4, "n_test": 4, "min_length": 5, "max_length": 40, "max_depth": 3,
                 "max_args": 4, "batch_size": 4}
+        return [f"--data.init_args.{k}={v}" for k, v in tiny.items()], None
+    if name == "PasskeyDataModule":
+        tiny = {"seq_len": 40, "num_train": 16, "num_val": 4, "num_test": 4, "batch_size": 4}
         return [f"--data.init_args.{k}={v}" for k, v in tiny.items()], None
     if name == "ARDataModule":
         return ["--data.init_args.length=1000", "--data.init_args.batch_size=8"], None
@@ -136,6 +143,10 @@ def fit_tiny_and_check(config: str, spec: dict, data_args: list[str], root: Path
     if task is ClassificationTask:
         assert 0 <= results["test_acc"] <= 1 and 0 <= results["majority_baseline"] <= 1
         assert cli.model.model.d_output == cli.datamodule.num_classes
+    elif task is PasskeyTask:
+        # a passkey is retrieved only when all its digits are: whole passkeys never outnumber right digits
+        assert 0 <= results["test_acc"] <= results["test_digit_acc"] <= 1
+        assert cli.model.model.vocab_size == cli.datamodule.vocab_size
     else:
         assert task is ForecastingTask
         # Jensen: the mean absolute error squared never exceeds the mean squared error

@@ -11,9 +11,11 @@ from .base import (
     set_input_checks,
     tag_param,
 )
+from .hsa import HSA
 from .mamba import Mamba
 from .s4 import S4
 from .s4d import S4D
+from .swa import SWA
 from .spacetime import (
     ClosedLoopCompanionSSM,
     CompanionSSM,
@@ -41,5 +43,7 @@ __all__ = [
     "MovingAverageResidual",
     "ShiftSSM",
     "NeuralMemory",
+    "HSA",
     "Mamba",
+    "SWA",
 ]

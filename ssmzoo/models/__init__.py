@@ -4,6 +4,7 @@ from .forecaster import Forecaster
 from .linear_forecaster import LinearForecaster
 from .lm import LanguageModel
 from .norm import MaskedBatchNorm
+from .ramba import RAMba
 from .sequence import SequenceModel
 from .spacetime import SpaceTime
 from .ssm_forecaster import SSMForecaster
@@ -17,6 +18,7 @@ __all__ = [
     "MAG",
     "MAL",
     "MaskedBatchNorm",
+    "RAMba",
     "SSMForecaster",
     "SequenceModel",
     "SpaceTime",

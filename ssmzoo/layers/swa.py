@@ -1,0 +1,133 @@
+"""Sliding-window attention (SWA): causal softmax attention over the last ``window`` tokens, the local
+context of HSA-UltraLong (Hu et al. 2025, "Every Token Counts", PAPERS.md) and of the authors' SWA+HSA
+models, built on :class:`ssmzoo.modules.Attention` (grouped KV heads, rotary positions).
+
+    query at p sees key at s  iff  p − window < s <= p
+
+Decoding keeps a fixed-size cache of the last window − 1 keys and values, so memory per token is
+constant whatever the length.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..modules.attention import Attention, attention_mask
+from ..modules.checks import check_bool, check_float, check_int
+from .base import SequenceLayer, register
+
+
+class SWAState(NamedTuple):
+    """keys, values (batch, kv_heads, window − 1, head_dim): the rotated keys and values of the window − 1
+    tokens before ``position``, oldest first; slots before position 0 are empty (zero, never attended).
+    position (batch,) int64: the tokens seen so far (all sequences of a batch advance together)."""
+
+    keys: Tensor
+    values: Tensor
+    position: Tensor
+
+
+@register("swa")
+class SWA(SequenceLayer):
+    """Causal sliding-window attention. Input and output (batch, length, d_model).
+
+    Args:
+        d_model: model width.
+        heads: query heads.
+        window: the span: a query sees itself and the window − 1 tokens before it.
+        kv_heads: key/value heads (divides heads; None: heads).
+        head_dim: width of each head (None: d_model / heads).
+        rotary: rotary position embeddings on queries and keys.
+        rotary_base: the rotary base frequency.
+        bias: biases in the projections.
+
+    Parameters are those of ``self.attn`` (an :class:`~ssmzoo.modules.Attention`); its output projection
+    is also reachable as ``out_proj`` so models rescale it at init like every layer's.
+
+    State: :class:`SWAState` (keys, values, position); its shapes never change, so memory per decoded
+    token is constant (2 · kv_heads · head_dim · (window − 1) numbers per sequence).
+    """
+
+    supported_dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    block_size = 256  # queries per attention call on long inputs (at least the window)
+
+    def __init__(
+        self,
+        d_model: int,
+        heads: int = 4,
+        window: int = 512,
+        kv_heads: int | None = None,
+        head_dim: int | None = None,
+        rotary: bool = True,
+        rotary_base: float = 10000.0,
+        bias: bool = False,
+    ) -> None:
+        super().__init__(d_model, causal=True)
+        # Checked here as well as in Attention, so the messages name this layer.
+        check_int("SWA", "heads", heads)
+        check_int("SWA", "window", window)
+        if kv_heads is not None:
+            check_int("SWA", "kv_heads", kv_heads)
+            if heads % kv_heads:
+                raise ValueError(f"SWA: kv_heads={kv_heads} must divide heads={heads}")
+        if head_dim is None and d_model % heads:
+            raise ValueError(f"SWA: heads={heads} must divide d_model={d_model} (or give head_dim)")
+        if head_dim is not None:
+            check_int("SWA", "head_dim", head_dim)
+        check_bool("SWA", "rotary", rotary)
+        check_float("SWA", "rotary_base", rotary_base, above=1.0)
+        check_bool("SWA", "bias", bias)
+        if rotary and (head_dim or d_model // heads) % 2:
+            raise ValueError(f"SWA: rotary embeddings need an even head_dim, got {head_dim or d_model // heads}")
+        self.window = window
+        self.attn = Attention(d_model, heads, kv_heads=kv_heads, head_dim=head_dim, causal=True, window=window,
+                              rotary=rotary, rotary_base=rotary_base, bias=bias)
+
+    @property
+    def out_proj(self) -> nn.Linear:
+        """The output projection (``attn.out``), under the name models rescale at init."""
+        return self.attn.out
+
+    def _forward(self, x: Tensor, state: SWAState | None, lengths: Tensor | None,
+                 return_state: bool) -> tuple[Tensor, SWAState | None]:
+        # Right padding never reaches a real token through a causal rule, so lengths needs no handling.
+        block = max(self.block_size, self.window)
+        if state is None and not return_state and x.shape[1] <= block:
+            return self.attn(x), None
+        # Long inputs go in blocks of queries, each after the cache the previous block left: O(n · window)
+        # time and memory instead of the (n × n) mask and scores of one call.
+        if state is None:
+            state = self._init_state(x.shape[0], x.device, x.dtype)
+        ys = []
+        for i in range(0, x.shape[1], block):
+            y, state = self._attend_cached(x[:, i:i + block], state)
+            ys.append(y)
+        return torch.cat(ys, 1), state
+
+    def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> SWAState:
+        a = self.attn
+        empty = torch.zeros(batch_size, a.kv_heads, self.window - 1, a.head_dim, device=device, dtype=dtype)
+        return SWAState(empty, empty.clone(), torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def _step(self, x_t: Tensor, state: SWAState) -> tuple[Tensor, SWAState]:
+        y, state = self._attend_cached(x_t[:, None], state)
+        return y[:, 0], state
+
+    def _attend_cached(self, x: Tensor, state: SWAState) -> tuple[Tensor, SWAState]:
+        """x (batch, n, d_model) after the tokens the cache holds: the same projections, rotary angles and
+        mask as ``self.attn(whole sequence)``, with [cache ‖ new] as the keys."""
+        a, n, w = self.attn, x.shape[1], self.window - 1
+        start = state.position[0]  # a tensor: no device sync
+        positions = start + torch.arange(n, device=x.device)
+        q, k, v = a._project(x)
+        q, k = a._rotate(q, positions), a._rotate(k, positions)
+        keys = torch.cat([state.keys.to(k.dtype), k], 2)
+        values = torch.cat([state.values.to(v.dtype), v], 2)
+        key_positions = torch.cat([start - w + torch.arange(w, device=x.device), positions])
+        allowed = attention_mask(positions, key_positions, True, self.window) & (key_positions >= 0)[None, :]
+        y = a._attend(q, keys, values, allowed)
+        # The next cache: the last window − 1 keys (empty slots keep init_state's zeros).
+        return y, SWAState(keys[:, :, keys.shape[2] - w:], values[:, :, values.shape[2] - w:], state.position + n)
