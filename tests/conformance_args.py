@@ -13,4 +13,6 @@ SMALL_ARGS: dict[str, dict] = {
     "moving_average_residual": dict(windows=[2, 5]),
     "neural_memory": dict(heads=2, memory_depth=2, chunk_size=4, conv_kernel=3),
     "mamba": dict(d_state=4, d_conv=3, expand=2),
+    # 4 heads of 4 channels in 2 groups; chunks of 4 so the conformance lengths span several chunks
+    "mamba2": dict(d_state=4, d_conv=3, expand=2, headdim=4, ngroups=2, chunk_size=4),
 }

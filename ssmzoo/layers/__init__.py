@@ -12,6 +12,7 @@ from .base import (
     tag_param,
 )
 from .mamba import Mamba
+from .mamba2 import Mamba2
 from .s4 import S4
 from .s4d import S4D
 from .spacetime import (
@@ -42,4 +43,5 @@ __all__ = [
     "ShiftSSM",
     "NeuralMemory",
     "Mamba",
+    "Mamba2",
 ]
