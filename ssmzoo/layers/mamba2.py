@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -40,6 +41,20 @@ def _check_pair(arg: str, value: object, positive: bool, allow_inf: bool) -> tup
         raise ValueError(f"Mamba2: {arg} must be a pair (low, high) of {'' if allow_inf else 'finite '}numbers with "
                          f"0 {'<' if positive else '<='} low <= high, got {value!r}")
     return float(value[0]), float(value[1])
+
+
+class _ChannelsLastCopy(torch.autograd.Function):
+    """(batch, D, length) -> a contiguous (batch, length, D) copy, whose backward hands back a contiguous gradient
+    too: the transposed view that ``.contiguous()``'s backward returns would reach the convolution's SiLU backward
+    strided, several times slower on CPU than the copy."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return rearrange(x, "b d l -> b l d").contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return rearrange(grad, "b l d -> b d l").contiguous()
 
 
 @register("mamba2")
@@ -238,7 +253,8 @@ class Mamba2(SequenceLayer):
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         # Causal: right padding (lengths) cannot reach real tokens, so it needs nothing here.
         conv_state, ssm_state = state if state is not None else (None, None)
-        z, xBC, dt = torch.split(self.in_proj(x), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        z, xBC, dt = self._project(x)
+        xBC = rearrange(xBC, "b d l -> b l d")  # a view: the convolution reads the channels-first tensor itself
         starts = None if self._packing is None else self._document_starts(x, *self._packing)
         if starts is None:
             xBC = self.conv1d(xBC, conv_state, return_state)
@@ -246,6 +262,8 @@ class Mamba2(SequenceLayer):
             xBC = self._conv_documents(xBC, starts, conv_state, return_state)
         if return_state:
             xBC, conv_state = xBC
+        if starts is None:  # the convolution's output is channels first (a transposed view here)
+            xBC = _ChannelsLastCopy.apply(rearrange(xBC, "b l d -> b d l"))
         xs, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         ssd_args = dict(
             chunk_size=self.chunk_size, D=self._D(),
@@ -266,6 +284,18 @@ class Mamba2(SequenceLayer):
         if self.norm is not None:
             y = self.norm(y, z)
         return self.out_proj(y), ((conv_state, ssm_state) if return_state else None)
+
+    def _project(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """in_proj (one weight, mamba-ssm's [z, x, B, C, dt] layout) as three products: z (batch, length, D_inner)
+        and dt (batch, length, nheads) channels last, for the norm and the SSD; x, B, C (batch, conv_dim, length)
+        channels first, the layout the convolution reads, straight out of the product (no transposing copy)."""
+        sizes = [self.d_inner, self.conv_dim, self.nheads]
+        w_z, w_xBC, w_dt = self.in_proj.weight.split(sizes)
+        b_z, b_xBC, b_dt = self.in_proj.bias.split(sizes) if self.in_proj.bias is not None else (None, None, None)
+        xBC = torch.matmul(w_xBC, u.mT)
+        if b_xBC is not None:
+            xBC = xBC + b_xBC[:, None]
+        return F.linear(u, w_z, b_z), xBC, F.linear(u, w_dt, b_dt)
 
     def _conv_documents(
         self, xBC: Tensor, starts: Tensor, conv_state: Tensor | None, return_state: bool
