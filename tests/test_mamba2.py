@@ -244,6 +244,18 @@ def test_packing_errors():
         assert "mamba2" in str(info.value)
 
 
+def test_rows_always_start_a_document():
+    """With the value checks off (as on GPU), a cu_seqlens without a row start still never lets a document run
+    from one row into the next: rows are computed apart."""
+    from ssmzoo.layers import input_checks
+
+    layer = make()
+    x = rand(2, LENGTH, 16)
+    with input_checks(False):
+        y = layer(x, cu_seqlens=torch.tensor([0, 10, 34]))
+    torch.testing.assert_close(y, layer(x, cu_seqlens=torch.tensor([0, 10, 17, 34])), rtol=0, atol=0)
+
+
 # -- the fused kernel serves calls that need no state ------------------------------------------------
 @pytest.fixture
 def fused_ssd_stand_in(monkeypatch):

@@ -43,6 +43,16 @@ def _check_pair(arg: str, value: object, positive: bool, allow_inf: bool) -> tup
     return float(value[0]), float(value[1])
 
 
+def _transposed(x: Tensor) -> Tensor:
+    """(batch, m, n) -> a contiguous (batch, n, m) copy, one matrix at a time: a 2-D transposing copy takes ATen's
+    blocked path on CPU, 1.4-3x faster at these sizes than the element-wise copy a 3-D one gets (whose strided reads
+    miss the TLB on every element once a row spans pages)."""
+    out = x.new_empty(x.shape[0], x.shape[2], x.shape[1])
+    for matrix, source in zip(out, x):
+        matrix.copy_(source.t())
+    return out
+
+
 class _ChannelsLastCopy(torch.autograd.Function):
     """(batch, D, length) -> a contiguous (batch, length, D) copy, whose backward hands back a contiguous gradient
     too: the transposed view that ``.contiguous()``'s backward returns would reach the convolution's SiLU backward
@@ -50,11 +60,11 @@ class _ChannelsLastCopy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
-        return rearrange(x, "b d l -> b l d").contiguous()
+        return _transposed(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        return rearrange(grad, "b l d -> b d l").contiguous()
+        return _transposed(grad)
 
 
 @register("mamba2")
@@ -224,7 +234,8 @@ class Mamba2(SequenceLayer):
             # Marks on a buffer one longer than the tokens, so an empty last document's boundary (= total) falls off.
             marks = torch.zeros(total + 1, dtype=torch.bool, device=x.device)
             marks[cu_seqlens[:-1].long()] = True
-            from_cu = rearrange(marks[:total], "(b l) -> b l", b=batch)
+            from_cu = rearrange(marks[:total], "(b l) -> b l", b=batch).clone()
+            from_cu[:, 0] = True  # rows are computed apart: each starts a document (checked above when checks are on)
             if starts is not None and checks and not torch.equal(starts, from_cu):
                 raise ValueError(f"{self._name}: seq_idx and cu_seqlens disagree on where documents start")
             if starts is None:
