@@ -43,28 +43,38 @@ def _check_pair(arg: str, value: object, positive: bool, allow_inf: bool) -> tup
     return float(value[0]), float(value[1])
 
 
-def _transposed(x: Tensor) -> Tensor:
-    """(batch, m, n) -> a contiguous (batch, n, m) copy, one matrix at a time: a 2-D transposing copy takes ATen's
-    blocked path on CPU, 1.4-3x faster at these sizes than the element-wise copy a 3-D one gets (whose strided reads
-    miss the TLB on every element once a row spans pages)."""
-    out = x.new_empty(x.shape[0], x.shape[2], x.shape[1])
-    for matrix, source in zip(out, x):
-        matrix.copy_(source.t())
+def _transposed(x: Tensor, out: Tensor | None = None) -> Tensor:
+    """(batch, m, n) -> (batch, n, m) copied into ``out`` (new and contiguous by default), one matrix at a time: a
+    2-D transposing copy between contiguous matrices takes ATen's blocked path on CPU, 1.4-3x faster at these sizes
+    than the element-wise copy a 3-D one gets (whose strided accesses miss the TLB once a row spans pages)."""
+    if out is None:
+        out = x.new_empty(x.shape[0], x.shape[2], x.shape[1])
+    for target, source in zip(out, x):
+        target.copy_(source.t())
     return out
 
 
-class _ChannelsLastCopy(torch.autograd.Function):
-    """(batch, D, length) -> a contiguous (batch, length, D) copy, whose backward hands back a contiguous gradient
-    too: the transposed view that ``.contiguous()``'s backward returns would reach the convolution's SiLU backward
-    strided, several times slower on CPU than the copy."""
+class _ChannelsLastSplit(torch.autograd.Function):
+    """x, B, C out of the convolution's channels-first output (batch, conv_dim, length) as contiguous channels-last
+    tensors (batch, length, size): the layout the SSD's chunks read without another copy. The backward writes their
+    gradients, transposed, into one contiguous channels-first gradient (autograd's own transposes would hand the
+    convolution's SiLU backward a strided gradient, several times slower on CPU)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return _transposed(x)
+    def forward(ctx, xBC: Tensor, sizes: list[int]) -> tuple[Tensor, ...]:
+        ctx.sizes = sizes
+        return tuple(_transposed(piece) for piece in xBC.split(sizes, dim=1))
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return _transposed(grad)
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor, None]:
+        given = next(g for g in grads if g is not None)
+        out = given.new_empty(given.shape[0], sum(ctx.sizes), given.shape[1])
+        for grad, piece in zip(grads, out.split(ctx.sizes, dim=1)):
+            if grad is None:
+                piece.zero_()
+            else:
+                _transposed(grad.contiguous(), out=piece)
+        return out, None
 
 
 @register("mamba2")
@@ -273,9 +283,11 @@ class Mamba2(SequenceLayer):
             xBC = self._conv_documents(xBC, starts, conv_state, return_state)
         if return_state:
             xBC, conv_state = xBC
+        sizes = [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state]
         if starts is None:  # the convolution's output is channels first (a transposed view here)
-            xBC = _ChannelsLastCopy.apply(rearrange(xBC, "b l d -> b d l"))
-        xs, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+            xs, B, C = _ChannelsLastSplit.apply(rearrange(xBC, "b l d -> b d l"), sizes)
+        else:
+            xs, B, C = torch.split(xBC, sizes, dim=-1)
         ssd_args = dict(
             chunk_size=self.chunk_size, D=self._D(),
             z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.headdim),
