@@ -15,4 +15,6 @@ SMALL_ARGS: dict[str, dict] = {
     "mamba": dict(d_state=4, d_conv=3, expand=2),
     "hsa": dict(heads=2, kv_heads=1, retrieval_heads=2, chunk_size=4, top_k=2),
     "swa": dict(heads=2, kv_heads=1, window=5),
+    # 4 heads of 4 channels in 2 groups; chunks of 4 so the conformance lengths span several chunks
+    "mamba2": dict(d_state=4, d_conv=3, expand=2, headdim=4, ngroups=2, chunk_size=4),
 }

@@ -13,6 +13,7 @@ from .base import (
 )
 from .hsa import HSA
 from .mamba import Mamba
+from .mamba2 import Mamba2
 from .s4 import S4
 from .s4d import S4D
 from .swa import SWA
@@ -46,4 +47,5 @@ __all__ = [
     "HSA",
     "Mamba",
     "SWA",
+    "Mamba2",
 ]

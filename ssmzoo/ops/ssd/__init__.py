@@ -9,7 +9,7 @@ Backends, in ``auto``'s preference order (``ops/dispatch.py`` explains the choic
 - ``reference``: the sequential recurrence, the oracle (reference.py).
 
 Packed sequences (``cu_seqlens`` or ``seq_idx``) and the numbering of initial/final states: see
-sequences.py.
+sequences.py. One token at a time (a layer's ``step``): ``ssd_update`` (update.py).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from . import cpu, mamba_ssm
 from .checks import check_ssd_args
 from .chunked import ssd_chunked
 from .reference import discretize_dt, ssd_reference
+from .update import ssd_update
 
 ALL_FLOAT = REAL_DTYPES + HALF_DTYPES
 
@@ -116,4 +117,4 @@ def ssd(
               seq_idx=seq_idx, cu_seqlens=cu_seqlens)
 
 
-__all__ = ["discretize_dt", "dispatch", "ssd", "ssd_chunked", "ssd_reference"]
+__all__ = ["discretize_dt", "dispatch", "ssd", "ssd_chunked", "ssd_reference", "ssd_update"]

@@ -1,0 +1,393 @@
+"""Mamba-2: the SSD block (Dao & Gu, "Transformers are SSMs: Generalized Models and Efficient Algorithms
+Through Structured State Space Duality", 2024), section 7.1 and Figure 6.
+
+    z, xBC, dt = in_proj(u)                        # one projection: A, B, C, Δ are produced in parallel
+    x, B, C = SiLU(causal depthwise conv1d(xBC))   # width d_conv, over x, B and C together
+    Δ = clamp(softplus(dt + dt_bias), dt_limit),  A_h = -exp(A_log_h)          # A scalar per head
+    S_t = exp(Δ_t A_h) S_{t-1} + Δ_t x_t B_tᵀ,  y_t = S_t C_t + D_h x_t       # SSD, per head (ops/ssd)
+    y = RMSNorm(y · SiLU(z))                       # gated norm, per group of heads (norm_before_gate=False)
+    out = out_proj(y)
+
+x has nheads = expand · d_model / headdim heads of headdim channels; B and C have ngroups groups of d_state,
+each group shared by nheads / ngroups heads (the paper's multi-value attention analogue, section 7.2).
+Parameter names follow mamba-ssm's ``Mamba2`` module (in_proj, conv1d, dt_bias, A_log, D, norm, out_proj) and
+the in_proj output order [z, x, B, C, dt], so its checkpoints and Hugging Face's ``Mamba2Mixer`` load by name.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from ..modules.checks import check_bool, check_float, check_int
+from ..modules.rmsnorm import RMSNorm
+from ..modules.short_conv import ShortConvolution
+from ..ops import ssd as ssd_op
+from ..ops.ssd import ssd, ssd_update
+from .base import SequenceLayer, input_checks_enabled, register, tag_param
+
+
+def _check_pair(arg: str, value: object, positive: bool, allow_inf: bool) -> tuple[float, float]:
+    """A (low, high) pair of numbers with 0 < low (``positive``) or 0 <= low, low <= high, only high maybe inf."""
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) for v in value)
+    ok = ok and math.isfinite(value[0]) and (allow_inf or math.isfinite(value[1])) and value[0] <= value[1]
+    ok = ok and (value[0] > 0 if positive else value[0] >= 0)
+    if not ok:
+        raise ValueError(f"Mamba2: {arg} must be a pair (low, high) of {'' if allow_inf else 'finite '}numbers with "
+                         f"0 {'<' if positive else '<='} low <= high, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def _transposed(x: Tensor, out: Tensor | None = None) -> Tensor:
+    """(batch, m, n) -> (batch, n, m) copied into ``out`` (new and contiguous by default), one matrix at a time: a
+    2-D transposing copy between contiguous matrices takes ATen's blocked path on CPU, 1.4-3x faster at these sizes
+    than the element-wise copy a 3-D one gets (whose strided accesses miss the TLB once a row spans pages)."""
+    if out is None:
+        out = x.new_empty(x.shape[0], x.shape[2], x.shape[1])
+    for target, source in zip(out, x):
+        target.copy_(source.t())
+    return out
+
+
+class _ChannelsLastSplit(torch.autograd.Function):
+    """x, B, C out of the convolution's channels-first output (batch, conv_dim, length) as contiguous channels-last
+    tensors (batch, length, size): the layout the SSD's chunks read without another copy. The backward writes their
+    gradients, transposed, into one contiguous channels-first gradient (autograd's own transposes would hand the
+    convolution's SiLU backward a strided gradient, several times slower on CPU)."""
+
+    @staticmethod
+    def forward(ctx, xBC: Tensor, sizes: list[int]) -> tuple[Tensor, ...]:
+        ctx.sizes = sizes
+        return tuple(_transposed(piece) for piece in xBC.split(sizes, dim=1))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor, None]:
+        given = next(g for g in grads if g is not None)
+        out = given.new_empty(given.shape[0], sum(ctx.sizes), given.shape[1])
+        for grad, piece in zip(grads, out.split(ctx.sizes, dim=1)):
+            if grad is None:
+                piece.zero_()
+            else:
+                _transposed(grad.contiguous(), out=piece)
+        return out, None
+
+
+@register("mamba2")
+class Mamba2(SequenceLayer):
+    """Mamba-2 block. Input and output (batch, length, d_model).
+
+    Args:
+        d_model: model width.
+        d_state: SSM state size N per head (the size of B and C per group).
+        d_conv: width of the causal depthwise convolution over x, B and C (>= 1).
+        conv_init: if given, the conv weight is initialised uniform in ±conv_init (else as nn.Conv1d).
+        expand: D_inner = expand · d_model channels in x and z.
+        headdim: channels per head P; nheads = D_inner / headdim.
+        ngroups: groups of B and C (and of the gated norm); divides nheads.
+        A_init_range: A_h = -exp(A_log_h) is initialised with -A_h uniform in this range (low > 0).
+        D_has_hdim: D per channel (D_inner,) instead of per head (nheads,).
+        rmsnorm: gated RMSNorm after the SSD; if False, y · SiLU(z) without a norm (and no ``norm`` parameter).
+        norm_before_gate: RMSNorm(y) · SiLU(z) instead of RMSNorm(y · SiLU(z)).
+        norm_eps: epsilon of that norm.
+        dt_min, dt_max: softplus(dt_bias) is initialised log-uniform in [dt_min, dt_max].
+        dt_init_floor: lower clamp of that initial Δ.
+        dt_limit: Δ is clamped to this (low, high) range after the softplus (forward and step alike).
+        bias: biases in in_proj and out_proj.
+        conv_bias: bias in the convolution.
+        chunk_size: chunk length of the SSD's chunked algorithm (results do not depend on it beyond rounding).
+        ssd_backend: backend of the SSD (None: $SSMZOO_BACKEND or "auto"; "mamba_ssm", "triton", "cpp",
+            "chunked", "reference"; see ``ssmzoo.ops.ssd.dispatch``).
+        causal_conv1d_backend: backend of the convolution (None: $SSMZOO_BACKEND or "auto"; see
+            ``ssmzoo.ops.causal_conv1d.dispatch``).
+
+    State: a tuple ``(conv_state, ssm_state)``:
+        conv_state (batch, D_inner + 2·ngroups·d_state, d_conv - 1), in the input's dtype: the last d_conv - 1
+            inputs of the convolution (x, B, C before it; mamba-ssm's cache also keeps the current one);
+        ssm_state (batch, nheads, headdim, d_state): S_t, as mamba-ssm's cache; float32 for float32 and half
+            inputs, float64 for float64 (the SSD op's state dtype).
+
+    Packed documents: ``forward(..., seq_idx=..., cu_seqlens=...)`` (see :meth:`forward`).
+    """
+
+    supported_dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 128,
+        d_conv: int = 4,
+        conv_init: float | None = None,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        A_init_range: tuple[float, float] = (1.0, 16.0),
+        D_has_hdim: bool = False,
+        rmsnorm: bool = True,
+        norm_before_gate: bool = False,
+        norm_eps: float = 1e-5,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dt_init_floor: float = 1e-4,
+        dt_limit: tuple[float, float] = (0.0, math.inf),
+        bias: bool = False,
+        conv_bias: bool = True,
+        chunk_size: int = 256,
+        ssd_backend: str | None = None,
+        causal_conv1d_backend: str | None = None,
+    ) -> None:
+        super().__init__(d_model)
+        for arg, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("headdim", headdim),
+                           ("ngroups", ngroups), ("chunk_size", chunk_size)):
+            check_int("Mamba2", arg, value)
+        check_float("Mamba2", "conv_init", conv_init, above=0.0, optional=True)
+        for arg, value in (("D_has_hdim", D_has_hdim), ("rmsnorm", rmsnorm), ("norm_before_gate", norm_before_gate),
+                           ("bias", bias), ("conv_bias", conv_bias)):
+            check_bool("Mamba2", arg, value)
+        check_float("Mamba2", "norm_eps", norm_eps, at_least=0.0)
+        for arg, value in (("dt_min", dt_min), ("dt_max", dt_max), ("dt_init_floor", dt_init_floor)):
+            check_float("Mamba2", arg, value, above=0.0)
+        if dt_min > dt_max:
+            raise ValueError(f"Mamba2: need dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        A_low, A_high = _check_pair("A_init_range", A_init_range, positive=True, allow_inf=False)
+        self.dt_limit = _check_pair("dt_limit", dt_limit, positive=False, allow_inf=True)
+        ssd_op.dispatch.check_name(ssd_backend, "Mamba2", "ssd_backend")
+        ShortConvolution.check_backend(causal_conv1d_backend, "Mamba2")
+        # Each argument alone first (above), then how they fit together.
+        d_inner = expand * d_model
+        if d_inner % headdim:
+            raise ValueError(f"Mamba2: headdim must divide expand * d_model = {d_inner}, got headdim={headdim}")
+        nheads = d_inner // headdim
+        if nheads % ngroups:
+            raise ValueError(f"Mamba2: ngroups must divide the number of heads (expand * d_model / headdim = "
+                             f"{nheads}), got ngroups={ngroups}")
+        self.d_state, self.d_conv, self.expand, self.headdim, self.ngroups = d_state, d_conv, expand, headdim, ngroups
+        self.d_inner, self.nheads, self.chunk_size = d_inner, nheads, chunk_size
+        self.conv_dim = d_inner + 2 * ngroups * d_state
+        self.D_has_hdim, self.rmsnorm = D_has_hdim, rmsnorm
+        self.ssd_backend, self.causal_conv1d_backend = ssd_backend, causal_conv1d_backend
+
+        self.in_proj = nn.Linear(d_model, d_inner + self.conv_dim + nheads, bias=bias)  # [z, x, B, C, dt]
+        self.conv1d = ShortConvolution(self.conv_dim, d_conv, bias=conv_bias, activation="silu",
+                                       causal_conv1d_backend=causal_conv1d_backend)
+        if conv_init is not None:
+            nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
+        # softplus(dt_bias) log-uniform in [dt_min, dt_max] (as Mamba, section 3.6): dt_bias = softplus⁻¹(dt)
+        # = dt + log(1 - exp(-dt)).
+        dt = torch.exp(torch.rand(nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = tag_param(nn.Parameter(dt + torch.log(-torch.expm1(-dt))))
+        # A_h = -exp(A_log_h) < 0 keeps every head's decay exp(Δ A_h) in (0, 1).
+        self.A_log = tag_param(nn.Parameter(torch.log(torch.empty(nheads).uniform_(A_low, A_high))))
+        self.D = tag_param(nn.Parameter(torch.ones(d_inner if D_has_hdim else nheads)))
+        self.norm = (RMSNorm(d_inner, eps=norm_eps, group_size=d_inner // ngroups, norm_before_gate=norm_before_gate)
+                     if rmsnorm else None)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        # (seq_idx, cu_seqlens) of the packed call in progress (see forward); None otherwise.
+        self._packing: tuple[Tensor | None, Tensor | None] | None = None
+
+    # -- packed documents -------------------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        state: tuple[Tensor, Tensor] | None = None,
+        return_state: bool = False,
+        lengths: Tensor | None = None,
+        seq_idx: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x (batch, length, d_model) -> y (batch, length, d_model) [, final state]; as every layer (base.py),
+        plus packed documents, which never see each other (neither in the convolution nor in the SSD):
+
+        seq_idx (batch, length): integer document ids, non-decreasing along each row; a run of one id is a
+            document (``ssmzoo.data.lm``'s windows carry it).
+        cu_seqlens (num_docs + 1,): document boundaries over the batch flattened to one row (batch · length
+            tokens, flash-attn's convention; with batch 1 the usual one); every row start must be a boundary.
+        Give either or both (they must agree). With a state, ``state`` enters the first document of each row
+        and the final state is the one after each row's last token (its last document's)."""
+        if seq_idx is None and cu_seqlens is None:
+            return super().forward(x, state, return_state, lengths)
+        # base.forward validates x, state and lengths, then calls _forward, which reads the documents from here.
+        self._packing = (seq_idx, cu_seqlens)
+        try:
+            return super().forward(x, state, return_state, lengths)
+        finally:
+            self._packing = None
+
+    def _document_starts(self, x: Tensor, seq_idx: Tensor | None, cu_seqlens: Tensor | None) -> Tensor:
+        """(batch, length) bool: True where a document starts (always at a row's first token)."""
+        batch, length = x.shape[:2]
+        checks = input_checks_enabled(x.device)
+        starts = None
+        if seq_idx is not None:
+            self._check_integer(seq_idx, "seq_idx", x, (batch, length), "(batch, length)")
+            change = seq_idx[:, 1:] != seq_idx[:, :-1]
+            if checks and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
+                raise ValueError(f"{self._name}: seq_idx must be non-decreasing along each row (a document is a "
+                                 "run of one id)")
+            starts = torch.cat([torch.ones_like(change[:, :1]), change], dim=1)
+        if cu_seqlens is not None:
+            self._check_integer(cu_seqlens, "cu_seqlens", x, None, "(num_docs + 1,)")
+            total = batch * length
+            if checks:
+                cu = cu_seqlens.tolist()
+                if len(cu) < 2 or cu[0] != 0 or cu[-1] != total or any(b < a for a, b in zip(cu, cu[1:])):
+                    raise ValueError(f"{self._name}: cu_seqlens must rise from 0 to batch * length = {total} "
+                                     f"(boundaries over the batch flattened to one row), got {cu}")
+                if not set(range(0, total, length)) <= set(cu):
+                    raise ValueError(f"{self._name}: cu_seqlens must have a boundary at every row start (multiples "
+                                     f"of length = {length}): a document cannot run from one row into the next")
+            # Marks on a buffer one longer than the tokens, so an empty last document's boundary (= total) falls off.
+            marks = torch.zeros(total + 1, dtype=torch.bool, device=x.device)
+            marks[cu_seqlens[:-1].long()] = True
+            from_cu = rearrange(marks[:total], "(b l) -> b l", b=batch).clone()
+            from_cu[:, 0] = True  # rows are computed apart: each starts a document (checked above when checks are on)
+            if starts is not None and checks and not torch.equal(starts, from_cu):
+                raise ValueError(f"{self._name}: seq_idx and cu_seqlens disagree on where documents start")
+            if starts is None:
+                starts = from_cu
+        return starts
+
+    def _check_integer(self, t: object, arg: str, x: Tensor, shape: tuple[int, ...] | None, doc: str) -> None:
+        if not isinstance(t, Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{self._name}: {arg} must be an integer tensor {doc}, got {got}")
+        if (shape is not None and tuple(t.shape) != shape) or (shape is None and t.dim() != 1):
+            raise ValueError(f"{self._name}: {arg} must have shape {doc}"
+                             f"{'' if shape is None else ' = ' + str(shape)}, got {tuple(t.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{self._name}: {arg} is on {t.device} but x is on {x.device}")
+
+    # -- contract ---------------------------------------------------------------------------------
+    def _D(self) -> Tensor:
+        return rearrange(self.D, "(h p) -> h p", p=self.headdim) if self.D_has_hdim else self.D
+
+    def _A(self) -> Tensor:
+        return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+
+    def _forward(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None, lengths: Tensor | None, return_state: bool
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        # Causal: right padding (lengths) cannot reach real tokens, so it needs nothing here.
+        conv_state, ssm_state = state if state is not None else (None, None)
+        z, xBC, dt = self._project(x)
+        xBC = rearrange(xBC, "b d l -> b l d")  # a view: the convolution reads the channels-first tensor itself
+        starts = None if self._packing is None else self._document_starts(x, *self._packing)
+        if starts is None:
+            xBC = self.conv1d(xBC, conv_state, return_state)
+        else:
+            xBC = self._conv_documents(xBC, starts, conv_state, return_state)
+        if return_state:
+            xBC, conv_state = xBC
+        sizes = [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state]
+        if starts is None:  # the convolution's output is channels first (a transposed view here)
+            xs, B, C = _ChannelsLastSplit.apply(rearrange(xBC, "b l d -> b d l"), sizes)
+        else:
+            xs, B, C = torch.split(xBC, sizes, dim=-1)
+        ssd_args = dict(
+            chunk_size=self.chunk_size, D=self._D(),
+            z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.headdim),
+            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit, backend=self.ssd_backend,
+        )
+        xs = rearrange(xs, "b l (h p) -> b l h p", p=self.headdim)
+        B = rearrange(B, "b l (g n) -> b l g n", g=self.ngroups)
+        C = rearrange(C, "b l (g n) -> b l g n", g=self.ngroups)
+        # The final state is asked for only when wanted: fused kernels (mamba-ssm's) serve the other calls.
+        if starts is None:
+            y = ssd(xs, dt, self._A(), B, C, initial_state=ssm_state, output_final_state=return_state, **ssd_args)
+            if return_state:
+                y, ssm_state = y
+        else:
+            y, ssm_state = self._ssd_documents(xs, dt, B, C, starts, ssm_state, return_state, ssd_args)
+        y = rearrange(y, "b l h p -> b l (h p)")
+        if self.norm is not None:
+            y = self.norm(y, z)
+        return self.out_proj(y), ((conv_state, ssm_state) if return_state else None)
+
+    def _project(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """in_proj (one weight, mamba-ssm's [z, x, B, C, dt] layout) as three products: z (batch, length, D_inner)
+        and dt (batch, length, nheads) channels last, for the norm and the SSD; x, B, C (batch, conv_dim, length)
+        channels first, the layout the convolution reads, straight out of the product (no transposing copy)."""
+        sizes = [self.d_inner, self.conv_dim, self.nheads]
+        w_z, w_xBC, w_dt = self.in_proj.weight.split(sizes)
+        b_z, b_xBC, b_dt = self.in_proj.bias.split(sizes) if self.in_proj.bias is not None else (None, None, None)
+        xBC = torch.matmul(w_xBC, u.mT)
+        if b_xBC is not None:
+            xBC = xBC + b_xBC[:, None]
+        return F.linear(u, w_z, b_z), xBC, F.linear(u, w_dt, b_dt)
+
+    def _conv_documents(
+        self, xBC: Tensor, starts: Tensor, conv_state: Tensor | None, return_state: bool
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The convolution of packed documents, none seeing another's inputs: each document gets d_conv - 1
+        slots before it, zeros (or ``conv_state`` before a row's first document), in an expanded row that is
+        right-aligned, so one plain causal convolution computes it and the row's final conv state is its
+        last d_conv - 1 inputs, as in an unpacked call. xBC (batch, length, conv_dim)."""
+        w = self.d_conv - 1
+        if w == 0:  # a width-1 convolution mixes no positions
+            return self.conv1d(xBC, conv_state, return_state)
+        batch, length, _ = xBC.shape
+        doc = starts.long().cumsum(dim=1)  # (batch, length): the 1-based document of each token in its row
+        expanded_len = length + w * doc[:, -1]
+        width = int(expanded_len.max())
+        offset = width - expanded_len  # (batch,) leading unused positions: rows end together
+        rows = torch.arange(batch, device=xBC.device)[:, None] * width
+        where = (rows + offset[:, None] + torch.arange(length, device=xBC.device) + w * doc).flatten()
+        expanded = xBC.new_zeros(batch * width, xBC.shape[-1]).index_copy(
+            0, where, rearrange(xBC, "b l d -> (b l) d"))
+        if conv_state is not None:  # the slots before each row's first document
+            slots = (rows + offset[:, None] + torch.arange(w, device=xBC.device)).flatten()
+            expanded = expanded.index_copy(0, slots, rearrange(conv_state.to(xBC.dtype), "b d w -> (b w) d"))
+        out = self.conv1d(rearrange(expanded, "(b l) d -> b l d", b=batch), None, return_state)
+        y = out[0] if return_state else out
+        y = rearrange(rearrange(y, "b l d -> (b l) d").index_select(0, where), "(b l) d -> b l d", b=batch)
+        return (y, out[1]) if return_state else y
+
+    def _ssd_documents(
+        self, xs: Tensor, dt: Tensor, B: Tensor, C: Tensor, starts: Tensor, ssm_state: Tensor | None,
+        return_state: bool, ssd_args: dict,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The SSD of packed documents (the op's seq_idx: sequences numbered row by row), the row state entering
+        each row's first document and leaving after its last."""
+        seq_idx = starts.long().cumsum(dim=1) - 1  # document ids from 0 in every row
+        if ssm_state is None and not return_state:
+            return ssd(xs, dt, self._A(), B, C, seq_idx=seq_idx, **ssd_args), None
+        counts = seq_idx[:, -1] + 1  # documents per row
+        last = counts.cumsum(0) - 1  # the op's number of each row's last document
+        first = last - counts + 1
+        initial = None
+        if ssm_state is not None:
+            initial = ssm_state.new_zeros(int(last[-1]) + 1, *ssm_state.shape[1:]).index_copy(0, first, ssm_state)
+        out = ssd(xs, dt, self._A(), B, C, seq_idx=seq_idx, initial_state=initial, output_final_state=return_state,
+                  **ssd_args)
+        if not return_state:
+            return out, None
+        y, finals = out
+        return y, finals.index_select(0, last)
+
+    def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        conv_state = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
+        ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
+                                dtype=torch.promote_types(dtype, torch.float32))
+        return conv_state, ssm_state
+
+    def _step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One token in O(1): the convolution over the cached window, then one SSD step (ops/ssd/update.py)."""
+        conv_state, ssm_state = state
+        z, xBC, dt = torch.split(self.in_proj(x_t), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC, conv_state = self.conv1d.step(xBC, conv_state)
+        xs, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        y, ssm_state = ssd_update(
+            rearrange(xs, "b (h p) -> b h p", p=self.headdim), dt, self._A(),
+            rearrange(B, "b (g n) -> b g n", g=self.ngroups), rearrange(C, "b (g n) -> b g n", g=self.ngroups),
+            ssm_state, D=self._D(), z=None if self.rmsnorm else rearrange(z, "b (h p) -> b h p", p=self.headdim),
+            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit,
+        )
+        y = rearrange(y, "b h p -> b (h p)")
+        if self.norm is not None:
+            y = self.norm(y, z)
+        return self.out_proj(y), (conv_state, ssm_state)

@@ -1,0 +1,91 @@
+"""One token of SSD (Mamba-2's recurrent mode): the state update of reference.py for a single step, O(1) in
+the sequence length. Layers step with it while generating; it is tested against ``ssd`` over whole sequences.
+
+Per head h, with Δ = clamp(softplus?(dt + dt_bias), dt_limit) (reference.discretize_dt, so forward and
+step discretise alike):
+    S ← exp(Δ A_h) S + Δ x Bᵀ,   y = S C + D_h x,   y *= silu(z) when z is given.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+from torch import Tensor
+
+from .reference import discretize_dt
+
+
+def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor, D: Tensor | None,
+           z: Tensor | None, dt_bias: Tensor | None) -> None:
+    fn = "ssd_update"
+    for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("state", state), ("D", D), ("z", z),
+                    ("dt_bias", dt_bias)):
+        if t is not None and (not isinstance(t, Tensor) or not t.is_floating_point()):
+            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"{fn}: {name} must be a real floating tensor, got {got}")
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{fn}: {name} must be on x's device {x.device}, got {t.device}")
+    if x.dim() != 3:
+        raise ValueError(f"{fn}: x must be (batch, heads, headdim), got shape {tuple(x.shape)}")
+    batch, heads, headdim = x.shape
+    if dt.shape != (batch, heads):
+        raise ValueError(f"{fn}: dt must be (batch={batch}, heads={heads}), got shape {tuple(dt.shape)}")
+    if A.shape != (heads,):
+        raise ValueError(f"{fn}: A must be (heads={heads},), got shape {tuple(A.shape)}")
+    if B.dim() != 3 or B.shape[0] != batch or B.shape[1] < 1 or heads % B.shape[1]:
+        raise ValueError(f"{fn}: B must be (batch={batch}, groups, d_state) with groups dividing heads={heads}, "
+                         f"got shape {tuple(B.shape)}")
+    if C.shape != B.shape:
+        raise ValueError(f"{fn}: C must have B's shape {tuple(B.shape)}, got {tuple(C.shape)}")
+    if state.shape != (batch, heads, headdim, B.shape[2]):
+        raise ValueError(f"{fn}: state must be (batch={batch}, heads={heads}, headdim={headdim}, "
+                         f"d_state={B.shape[2]}), got shape {tuple(state.shape)}")
+    if D is not None and D.shape not in ((heads,), (heads, headdim)):
+        raise ValueError(f"{fn}: D must be (heads={heads},) or (heads, headdim={headdim}), got shape {tuple(D.shape)}")
+    if z is not None and z.shape != x.shape:
+        raise ValueError(f"{fn}: z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}")
+    if dt_bias is not None and dt_bias.shape != (heads,):
+        raise ValueError(f"{fn}: dt_bias must be (heads={heads},), got shape {tuple(dt_bias.shape)}")
+
+
+def ssd_update(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    state: Tensor,
+    *,
+    D: Tensor | None = None,
+    z: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, math.inf),
+) -> tuple[Tensor, Tensor]:
+    """One step of :func:`ssmzoo.ops.ssd.ssd`.
+
+    x (batch, heads, headdim); dt (batch, heads); A (heads,); B, C (batch, groups, d_state), group g serving
+    heads g·heads/groups .. (g+1)·heads/groups - 1; state (batch, heads, headdim, d_state), the state before
+    this token; D (heads,) or (heads, headdim); z like x; dt_bias (heads,).
+    Returns (y (batch, heads, headdim) in x's dtype, the next state (batch, heads, headdim, d_state) in
+    float32, float64 for float64 x), the dtypes of ``ssd``'s outputs and final states."""
+    _check(x, dt, A, B, C, state, D, z, dt_bias)
+    in_dtype = x.dtype
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    groups = B.shape[1]
+    x = x.to(dtype)
+    delta = discretize_dt(dt.to(dtype), dt_bias, dt_softplus, dt_limit)  # (batch, heads)
+    decay = torch.exp(delta * A.to(dtype))
+    # Heads grouped as (g r) so each group's B and C serve its r heads without being repeated.
+    xg = rearrange(x * delta[..., None], "b (g r) p -> b g r p", g=groups)
+    S = rearrange(state.to(dtype) * decay[..., None, None], "b (g r) p n -> b g r p n", g=groups)
+    S = S + einsum(xg, B.to(dtype), "b g r p, b g n -> b g r p n")
+    y = rearrange(einsum(S, C.to(dtype), "b g r p n, b g n -> b g r p"), "b g r p -> b (g r) p")
+    if D is not None:
+        y = y + (D.to(dtype)[:, None] if D.dim() == 1 else D.to(dtype)) * x
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y.to(in_dtype), rearrange(S, "b g r p n -> b (g r) p n")
