@@ -67,9 +67,10 @@ PATHS = DataCommand(
 
 def data_commands() -> dict[str, DataCommand]:
     """Every ``ssmzoo data`` command by name."""
+    from .lm.shakespeare import SHAKESPEARE
     from .lra.listops.command import LISTOPS
 
-    return {command.name: command for command in (LISTOPS, PATHS)}
+    return {command.name: command for command in (LISTOPS, SHAKESPEARE, PATHS)}
 
 
 def build_parser(prog: str = "ssmzoo data") -> argparse.ArgumentParser:

@@ -1,7 +1,9 @@
-"""Synthetic tasks from the Mamba paper: selective copying and induction heads."""
+"""Synthetic tasks: selective copying and induction heads (Mamba paper), passkey retrieval (Titans paper)."""
 
-from .datamodule import InductionHeadsDataModule, SelectiveCopyingDataModule
+from .datamodule import InductionHeadsDataModule, PasskeyDataModule, SelectiveCopyingDataModule
 from .induction_heads import induction_heads
+from .passkey import passkey
 from .selective_copying import selective_copying
 
-__all__ = ["InductionHeadsDataModule", "SelectiveCopyingDataModule", "induction_heads", "selective_copying"]
+__all__ = ["InductionHeadsDataModule", "PasskeyDataModule", "SelectiveCopyingDataModule", "induction_heads",
+           "passkey", "selective_copying"]
