@@ -15,6 +15,15 @@ from ssmzoo.data.synthetic import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on shared cores: one thread (a second one only adds contention)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_selective_copying_definition():
     g = torch.Generator().manual_seed(0)
     tokens, targets = selective_copying(200, seq_len=30, num_tokens=5, vocab_size=8, generator=g)
