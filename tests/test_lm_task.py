@@ -202,3 +202,24 @@ def test_bad_arguments():
 def test_constant_schedule_after_warmup():
     assert [_warmup_constant(s, 4) for s in range(7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
     assert _warmup_constant(0, 0) == 1.0
+
+
+def test_first_use_under_inference_mode_gets_the_fast_backends():
+    """``ssmzoo test`` in a fresh process runs the model first under Lightning's inference mode: the backends'
+    probes must still run (with gradients), or every op falls back to its reference (and the neural memory's,
+    which takes inner gradients, cannot run at all)."""
+    import warnings
+
+    from ssmzoo.models import MAC
+    from ssmzoo.ops.causal_conv1d import dispatch as conv_dispatch
+    from ssmzoo.ops.neural_memory import dispatch as memory_dispatch
+
+    torch.manual_seed(0)
+    model = MAC(48, d_model=16, n_layers=1, heads=2, segment_len=8)
+    for dispatch in (conv_dispatch, memory_dispatch):
+        dispatch.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a failed probe warns
+        with torch.inference_mode():
+            model(torch.randint(0, 48, (2, 20)))
+    assert memory_dispatch._probed[("chunked", "cpu")] and conv_dispatch._probed[("conv", "cpu")]
