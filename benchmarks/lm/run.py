@@ -81,13 +81,17 @@ def run_config(name: str, args: argparse.Namespace) -> dict:
 
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     steps = int(checkpoint["global_step"])
+    # Lightning's Timer (max_time): seconds in the training loop (its validations included) and in those validations
+    elapsed = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("Timer"))["time_elapsed"]
     unique = {v.data_ptr(): v.numel() for v in checkpoint["state_dict"].values()}  # a tied head counted once
     params = sum(unique.values())
     data_args = yaml.safe_load(config.read_text())["data"]["init_args"]
     batch, seq_len = data_args["batch_size"], data_args["seq_len"]
     row = {"config": f"configs/lm/{name}.yaml", "params": params, "steps": steps,
            "train_bytes": steps * batch * seq_len, "fit_seconds": round(fit_seconds, 1),
-           "seconds_per_step": fit_seconds / max(steps, 1), "val_bpb": final.get("val/bpb"),
+           "train_loop_seconds": round(elapsed["train"], 1), "curve_validation_seconds": round(elapsed["validate"], 1),
+           "seconds_per_step": (elapsed["train"] - elapsed["validate"]) / max(steps, 1),
+           "val_bpb": final.get("val/bpb"),
            "test_bpb": final.get("test/bpb"), "test_ppl": final.get("test/ppl"),
            "curve": curve, "train_curve": train, "run_dir": str(run_dir),
            "sample": _last_sample(run_dir)}
@@ -123,9 +127,10 @@ def plot(rows: list[dict], path: Path, minutes: float) -> None:
         steps, bpb = zip(*r["curve"])
         batch_bytes = r["train_bytes"] / max(r["steps"], 1)
         by_bytes.plot([s * batch_bytes / 1e6 for s in steps], bpb, marker=".", label=name)
-        by_time.plot([s * r["seconds_per_step"] / 60 for s in steps], bpb, marker=".", label=name)
+        loop = r["train_loop_seconds"] / max(r["steps"], 1)  # per step, its share of the curve validations included
+        by_time.plot([s * loop / 60 for s in steps], bpb, marker=".", label=name)
     by_bytes.set_xlabel("bytes trained on (millions)")
-    by_time.set_xlabel("wall time (minutes; steps × mean time per step)")
+    by_time.set_xlabel("training wall time (minutes; steps × mean time per step)")
     for ax in (by_bytes, by_time):
         ax.set_ylabel("validation bits per byte (first batches)")
         ax.grid(alpha=0.3)
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "the final weights on the whole validation and test splits (2 works each, the same text for every model). "
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}.",
         "",
-        "| layer | parameters | steps | bytes trained on | s / step | val bpb | test bpb | test ppl (per byte token) |",
+        "| layer | parameters | steps | bytes trained on | s / training step | val bpb | test bpb | test ppl (per byte) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

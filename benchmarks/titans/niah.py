@@ -6,7 +6,8 @@ tested through the ``ssmzoo`` command from ``configs/synthetic/passkey/<model>.y
 Each model is one ``ssmzoo fit`` (trained at length 64, fresh samples every step: ``--steps`` x 16), then one
 ``ssmzoo test`` of its best checkpoint per test length (``--data.init_args.test_seq_len``), where most needles
 lie beyond the attention span (16) and only a memory can carry them. Models run in parallel processes, one
-thread each. Writes ``benchmarks/titans/results/niah.md`` (or ``--out``) and the runs under ``--root``.
+thread each. Each model's result goes to ``<--results>/niah_<model>.json`` and ``niah.md`` there is rebuilt from
+every such JSON (so models run separately land in one table; each row says its settings). Runs go under ``--root``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
         ssmzoo(["test", *common, "--ckpt_path", fitted["checkpoint"], f"--data.init_args.test_seq_len={length}",
                 f"--data.init_args.num_test={args.samples}", *args.cli_args], args.threads, log)
         tested = sorted((Path(args.root).resolve() / run_name).glob("version_*"), key=lambda p: int(p.name[8:]))[-1]
-        accuracy[length] = json.loads((tested / "results.json").read_text())["test_acc"]
+        accuracy[str(length)] = json.loads((tested / "results.json").read_text())["test_acc"]
     with open(run_dir / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     row = {"model": name, "config": str(config.relative_to(REPO)), "run_dir": str(run_dir),
@@ -63,6 +64,39 @@ def run_model(name: str, args: argparse.Namespace) -> dict:
            "best_val_acc": fitted["best_score"], "seconds": round(time.perf_counter() - started)}
     print(json.dumps(row), flush=True)
     return row
+
+
+def write_table(results: Path) -> str:
+    """``niah.md`` from every ``niah_*.json`` in ``results``."""
+    rows = [json.loads(p.read_text()) for p in sorted(results.glob("niah_*.json"))]
+    order = list(MODELS)
+    rows.sort(key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+    lengths = sorted({int(n) for r in rows for n in r["accuracy"]})
+    table = ["| model | config | steps | final train loss | best val acc | "
+             + " | ".join(f"acc @ {n}" for n in lengths) + " | seconds |",
+             "|---|---|---|---|---|" + "---|" * len(lengths) + "---|"]
+    for r in rows:
+        loss = "–" if r["final_train_loss"] is None else f"{r['final_train_loss']:.3f}"
+        accs = " | ".join(f"{100 * r['accuracy'][str(n)]:.1f}%" if str(n) in r["accuracy"] else "–" for n in lengths)
+        extra = f" `{' '.join(r['extra_args'])}`" if r.get("extra_args") else ""
+        table.append(f"| {r['model']} | `{r['config']}`{extra} | {r['steps']} | {loss} | {100 * r['best_val_acc']:.1f}% "
+                     f"| {accs} | {r['seconds']} |")
+    text = "\n".join([
+        "# Needle-in-a-haystack passkey retrieval (CPU)",
+        "",
+        "One key→value needle hidden among 16 filler tokens, the key asked again at the end; accuracy of the recalled "
+        "value (chance 6.25%). Each model trained through `ssmzoo fit` at length 64 (fresh samples every step, batches "
+        "of 16; configs in `configs/synthetic/passkey/`), its best checkpoint (by val/acc) tested with `ssmzoo test` on "
+        "fresh sequences of each length (256 per length). Attention span (MAC segment, MAG/MAL window) 16: at 128 and "
+        "beyond, most needles are out of the attention's reach and only a memory carries them. One thread per model "
+        "on a shared 2-core machine (seconds: fit and tests, wall-clock).",
+        "",
+        *table,
+        "",
+        "Reproduce: `python benchmarks/titans/niah.py --steps 3000` (one row: `--only MAC`).",
+    ]) + "\n"
+    (results / "niah.md").write_text(text)
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,40 +109,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="*", default=None, choices=list(MODELS))
     parser.add_argument("--root", default="runs/benchmarks/niah")
     parser.add_argument("--tag", default="", help="suffix of the run names (ablations)")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "niah.md")
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="where niah_<model>.json and niah.md go")
     parser.add_argument("cli_args", nargs="*", help="extra ssmzoo fit/test arguments (after --)")
     args = parser.parse_args(argv)
     names = args.only or list(MODELS)
     with ThreadPoolExecutor(min(args.jobs, len(names))) as pool:
         rows = list(pool.map(lambda n: run_model(n, args), names))
-    lengths = " | ".join(f"acc @ {n}" for n in args.test_lengths)
-    table = [f"| model | config | final train loss | best val acc | {lengths} | seconds |",
-             "|---|---|---|---|" + "---|" * len(args.test_lengths) + "---|"]
-    for r in rows:
-        accs = " | ".join(f"{100 * r['accuracy'][n]:.1f}%" for n in args.test_lengths)
-        loss = "–" if r["final_train_loss"] is None else f"{r['final_train_loss']:.3f}"
-        table.append(f"| {r['model']} | `{r['config']}` | {loss} | {100 * r['best_val_acc']:.1f}% "
-                     f"| {accs} | {r['seconds']} |")
-    extra = f" Extra arguments: `{' '.join(args.cli_args)}`." if args.cli_args else ""
-    text = "\n".join([
-        "# Needle-in-a-haystack passkey retrieval (CPU)",
-        "",
-        f"One key→value needle hidden among 16 filler tokens, the key asked again at the end; accuracy of the recalled "
-        f"value (chance 6.25%). Trained {args.steps} steps of {BATCH} at length 64 through `ssmzoo fit` (configs in "
-        f"`configs/synthetic/passkey/`), the best checkpoint (by val/acc) tested on {args.samples} fresh sequences per "
-        f"length with `ssmzoo test`. Attention span (MAC segment, MAG/MAL window) 16. {args.threads} thread per model, "
-        f"{args.jobs} models at once (seconds are wall-clock, fit and tests).{extra}",
-        "",
-        *table,
-        "",
-        f"Reproduce: `python benchmarks/titans/niah.py --steps {args.steps}"
-        + (f" --only {' '.join(names)}" if args.only else "") + (f" -- {' '.join(args.cli_args)}" if args.cli_args else "")
-        + "`",
-    ]) + "\n"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    (args.out.with_suffix(".json")).write_text(json.dumps(rows, indent=2) + "\n")
-    print(text)
+    args.results.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        row.update(steps=args.steps, extra_args=args.cli_args)
+        (args.results / f"niah_{row['model']}{args.tag}.json").write_text(json.dumps(row, indent=2) + "\n")
+    print(write_table(args.results))
 
 
 if __name__ == "__main__":

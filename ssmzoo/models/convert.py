@@ -92,7 +92,7 @@ _PREFIXES = {
     "hf": (("backbone.embeddings.", "embedding."), ("backbone.", ""), ("", "")),
 }
 _OUR_KEY = re.compile(r"^(embedding\.weight|norm_f\.weight|lm_head\.weight|layers\.\d+\.(norm|norm2|mixer|mlp)\..+)$")
-_MLP = (("mlp.fc1.", "mlp.up."), ("mlp.fc2.", "mlp.down."))
+_MLP = (("mlp.fc1.", "mlp.up."), ("mlp.fc2.", "mlp.down."))  # (mamba-ssm's, ours)
 
 
 def _rename(state_dict: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
@@ -261,8 +261,8 @@ def to_mamba_ssm(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor
     }
 
     def name(key: str) -> str:
-        for ours, theirs in _MLP:
-            key = key.replace(theirs, ours)
+        for theirs, ours in _MLP:
+            key = key.replace(ours, theirs)
         return key if key == "lm_head.weight" else f"backbone.{key}"
 
     return ssm, _weights_for_saving(model, name), "pytorch_model.bin"

@@ -66,10 +66,24 @@ class TokenSplit:
     tokens: np.ndarray
     byte_counts: np.ndarray
     starts: np.ndarray
+    folder: Path | None = None
+    name: str = ""
 
     @property
     def num_bytes(self) -> int:
         return int(self.byte_counts.sum(dtype=np.int64))
+
+    def __getstate__(self) -> dict:
+        # A memory map pickles as a copy of its data: DataLoader workers started by spawn get the paths instead.
+        if self.folder is None:
+            return self.__dict__
+        return {"folder": self.folder, "name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        if "tokens" in state:
+            self.__dict__.update(state)
+        else:
+            self.__dict__.update(load_split(state["folder"], state["name"]).__dict__)
 
 
 def _batches(pieces, chars: int):
@@ -172,7 +186,7 @@ def load_split(folder: Path, split: str) -> TokenSplit:
     tokens = np.memmap(folder / f"{split}.tokens.bin", dtype=meta["token_dtype"], mode="r", shape=(n,))
     byte_counts = np.memmap(folder / f"{split}.bytes.bin", dtype=np.uint16, mode="r", shape=(n,))
     starts = np.fromfile(folder / f"{split}.starts.bin", dtype=np.int64)
-    return TokenSplit(tokens, byte_counts, starts)
+    return TokenSplit(tokens, byte_counts, starts, folder, split)
 
 
 class WindowDataset(Dataset):
