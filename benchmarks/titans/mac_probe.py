@@ -10,6 +10,7 @@ For each run folder of ``niah.py`` (its best checkpoint), on fresh passkey sampl
   then holds another haystack, so accuracy beyond the span should fall to chance if the model uses it;
 - per block, a linear probe (multinomial logistic regression, trained on half the samples, scored on the other)
   of the needle's value from the memory read-out at the question position: does the memory hold the answer?
+- what kind of token it answers (a value, right or wrong; a key; a filler token);
 - MAC only: per block, the attention mass the question puts on the persistent tokens, on the memory read-outs
   (on its own read-out h_T in particular) and on the segment's tokens.
 """
@@ -124,6 +125,10 @@ def probe(run_dir: Path, n: int, length: int) -> dict:
         "acc_within_span": accuracy(logits, within), "acc_beyond_span": accuracy(logits, ~within),
         "acc_within_span_memory_swapped": accuracy(rolled, within),
         "acc_beyond_span_memory_swapped": accuracy(rolled, ~within),
+        # what the model answers: a value (right or wrong), a key, or a filler token
+        "answers_value": float((logits[:, question].argmax(-1) >= FILLER + KEYS).float().mean()),
+        "answers_key": float(((logits[:, question].argmax(-1) >= FILLER)
+                              & (logits[:, question].argmax(-1) < FILLER + KEYS)).float().mean()),
         "probe_value_from_memory_readout": [linear_probe(r[:, question], value) for r in reads],
         "probe_value_from_memory_readout_beyond_span": [
             linear_probe(r[~within][:, question], value[~within]) for r in reads],
