@@ -1,35 +1,84 @@
-"""LanguageModel: streaming forward == step, greedy generation == argmax of full re-runs, sampling."""
+"""LanguageModel over every registered causal layer: streaming forward == step == forward, greedy generation ==
+argmax of full re-runs; the generate API (max_length / max_new_tokens, sampling filters, eos, streamers); packed
+documents reach the layers that take them."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conformance_args import SMALL_ARGS
 
 import ssmzoo
+from ssmzoo import layers
+from ssmzoo.layers.base import SequenceLayer
 from ssmzoo.models import LanguageModel
+from ssmzoo.models.generation import sample_next
+from ssmzoo.models.lm import Block
 
 
-def tiny(layer="mamba", layer_args=None, seed=0, vocab=11):
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on shared cores: one thread (a second one only adds contention)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+VOCAB = 11
+
+
+def causal_layers() -> list[str]:
+    """Every registered layer that is causal when built with its conformance arguments (new layers join here)."""
+    out = []
+    for name in layers.available():
+        layer = layers.build(name, **dict(SMALL_ARGS.get(name, {}), d_model=8))
+        if layer.causal:
+            out.append(name)
+    return out
+
+
+CAUSAL = causal_layers()
+
+
+def tiny(layer="mamba", layer_args=None, seed=0, d_intermediate=0):
     torch.manual_seed(seed)
-    args = layer_args if layer_args is not None else dict(d_state=4, d_conv=3)
-    return LanguageModel(vocab_size=vocab, d_model=8, n_layers=2, layer=layer, layer_args=args).double().eval()
+    args = SMALL_ARGS.get(layer, {}) if layer_args is None else layer_args
+    return LanguageModel(VOCAB, d_model=8, n_layers=2, layer=layer, layer_args=args,
+                         d_intermediate=d_intermediate).double().eval()
 
 
-def test_exported():
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Nothing here trains: no autograd graphs (several times faster on these tiny models)."""
+    with torch.no_grad():
+        yield
+
+
+def _flat(state):
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [t for s in state for t in _flat(s)]
+
+
+def test_exported_and_every_lm_layer_covered():
     assert ssmzoo.LanguageModel is LanguageModel
+    assert {"s4", "s4d", "companion", "mamba", "neural_memory"} <= set(CAUSAL)
 
 
 def test_tied_head_and_shapes():
     model = tiny()
     assert model.lm_head.weight is model.embedding.weight
-    logits = model(torch.randint(0, 11, (3, 7)))
-    assert logits.shape == (3, 7, 11)
+    assert model(torch.randint(0, VOCAB, (3, 7))).shape == (3, 7, VOCAB)
+    padded = LanguageModel(VOCAB, 8, 1, layer_args=SMALL_ARGS["mamba"], pad_vocab_size_multiple=8)
+    assert padded(torch.randint(0, VOCAB, (1, 3))).shape == (1, 3, 16) and padded.vocab_size == VOCAB
 
 
-@pytest.mark.parametrize("layer,args", [("mamba", dict(d_state=4, d_conv=3)), ("s4d", dict(d_state=4))])
-def test_step_and_continuation_match_forward(layer, args):
-    model = tiny(layer, args)
-    tokens = torch.randint(0, 11, (2, 12))
+@pytest.mark.parametrize("layer", CAUSAL)
+def test_step_and_continuation_match_forward(layer):
+    """For every causal layer (with a gated MLP in the blocks): token-by-token step and a forward continued
+    from a state give forward's logits and final state (float64)."""
+    model = tiny(layer, d_intermediate=12)
+    tokens = torch.randint(0, VOCAB, (2, 13))
     logits, final = model(tokens, return_state=True)
     a, s = model(tokens[:, :5], return_state=True)
     b, s = model(tokens[:, 5:], state=s, return_state=True)
@@ -45,52 +94,145 @@ def test_step_and_continuation_match_forward(layer, args):
             torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
 
 
-def _flat(state):
-    if isinstance(state, torch.Tensor):
-        return [state]
-    return [t for s in state for t in _flat(s)]
+@pytest.mark.parametrize("layer", CAUSAL)
+def test_greedy_generate_equals_argmax_of_full_reruns(layer):
+    model = tiny(layer, seed=3)
+    prompt = torch.randint(0, VOCAB, (2, 5))
+    out = model.generate(prompt, max_new_tokens=8)
+    assert out.shape == (2, 13) and torch.equal(out[:, :5], prompt)
+    seq = prompt
+    for _ in range(8):
+        seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(out, seq)
 
 
 def test_causality():
     model = tiny()
-    tokens = torch.randint(0, 11, (1, 10))
+    tokens = torch.randint(0, VOCAB, (1, 10))
     other = tokens.clone()
-    other[:, 6:] = (other[:, 6:] + 1) % 11
+    other[:, 6:] = (other[:, 6:] + 1) % VOCAB
     torch.testing.assert_close(model(tokens)[:, :6], model(other)[:, :6], rtol=0, atol=1e-12)
 
 
-def test_greedy_generate_equals_argmax_of_full_reruns():
-    model = tiny(seed=3)
-    prompt = torch.randint(0, 11, (2, 5))
-    out = model.generate(prompt, max_new_tokens=8, temperature=0.0)
-    assert out.shape == (2, 13)
-    assert torch.equal(out[:, :5], prompt)
-    seq = prompt
-    for _ in range(8):
-        nxt = model(seq)[:, -1].argmax(-1, keepdim=True)
-        seq = torch.cat([seq, nxt], 1)
-    assert torch.equal(out, seq)
+# -- generate's arguments ---------------------------------------------------------------------------
+def test_max_length_counts_the_prompt():
+    model = tiny(seed=1)
+    prompt = torch.randint(0, VOCAB, (2, 4))
+    assert torch.equal(model.generate(prompt, max_length=10), model.generate(prompt, max_new_tokens=6))
+    assert torch.equal(model.generate(prompt, max_length=3), prompt)  # nothing to add
+    assert torch.equal(model.generate(prompt, max_new_tokens=0), prompt)
 
 
-def test_sampling_is_seeded_and_respects_top_k():
+def test_sampling_is_seeded_and_filters_are_off_at_their_off_values():
     model = tiny(seed=4)
-    prompt = torch.randint(0, 11, (4, 3))
-    a = model.generate(prompt, 6, temperature=1.0, top_k=3, seed=7)
-    b = model.generate(prompt, 6, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(7))
+    prompt = torch.randint(0, VOCAB, (4, 3))
+    a = model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=3, seed=7)
+    b = model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=3, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
-    # every sampled token is among the top 3 of the logits that produced it
-    logits = model(a[:, :-1])[:, 2:]
-    top3 = logits.topk(3, dim=-1).indices
-    assert (top3 == a[:, 3:, None]).any(-1).all()
+    logits = model(a[:, :-1])[:, 2:]  # every sampled token is among the top 3 of the logits that produced it
+    assert (logits.topk(3, dim=-1).indices == a[:, 3:, None]).any(-1).all()
+    plain = model.generate(prompt, max_new_tokens=6, do_sample=True, seed=5)
+    for off in (dict(top_k=0), dict(top_p=0.0), dict(top_p=1.0), dict(top_k=VOCAB)):
+        assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=True, seed=5, **off), plain)
+    # do_sample=False is greedy whatever the temperature
+    assert torch.equal(model.generate(prompt, max_new_tokens=4, temperature=5.0), model.generate(prompt, max_new_tokens=4))
 
 
 def test_top_p_keeps_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     g = torch.Generator().manual_seed(0)
-    draws = torch.stack([LanguageModel._sample(logits, 1.0, None, 0.75, g) for _ in range(300)])
+    draws = torch.stack([sample_next(logits, True, 1.0, 0, 0.75, g) for _ in range(300)])
     assert set(draws.flatten().tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.75; 0.15 and 0.05 are cut
-    draws = torch.stack([LanguageModel._sample(logits, 1.0, None, 0.4, g) for _ in range(50)])
+    draws = torch.stack([sample_next(logits, True, 1.0, 0, 0.4, g) for _ in range(50)])
     assert set(draws.flatten().tolist()) == {0}
+
+
+def test_eos_stops_and_pads_finished_sequences():
+    model = tiny(seed=2)
+    prompt = torch.randint(0, VOCAB, (3, 4))
+    free = model.generate(prompt, max_new_tokens=10)
+    eos = int(free[0, 6])  # the third token generated for sequence 0
+    out = model.generate(prompt, max_new_tokens=10, eos_token_id=[eos, VOCAB + 5])
+    for row, ref in zip(out, free):
+        new, ref_new = row[4:].tolist(), ref[4:].tolist()
+        if eos in ref_new:  # identical up to the first eos, then eos to the end
+            k = ref_new.index(eos)
+            assert new[: k + 1] == ref_new[: k + 1] and set(new[k:]) == {eos}
+        else:
+            assert new == ref_new[: len(new)]
+    assert out.shape[1] <= free.shape[1]
+    all_done = model.generate(prompt[:1], max_new_tokens=10, eos_token_id=eos)
+    first = free[0, 4:].tolist().index(eos)  # at most 2
+    assert torch.equal(all_done, free[:1, : 4 + first + 1])  # stopped once every sequence had ended
+
+
+def test_streamers():
+    model = tiny(seed=5)
+    prompt = torch.randint(0, VOCAB, (2, 3))
+
+    class Streamer:  # transformers' streamer protocol
+        def __init__(self):
+            self.put_calls, self.ended = [], False
+
+        def put(self, value):
+            self.put_calls.append(value.clone())
+
+        def end(self):
+            self.ended = True
+
+    streamer = Streamer()
+    out = model.generate(prompt, max_new_tokens=4, streamer=streamer)
+    assert streamer.ended and torch.equal(streamer.put_calls[0], prompt)
+    assert torch.equal(torch.stack(streamer.put_calls[1:], 1), out[:, 3:])
+    seen = []
+    model.generate(prompt, max_new_tokens=4, streamer=seen.append)
+    assert torch.equal(torch.stack(seen, 1), out[:, 3:])
+
+
+def test_generate_argument_errors():
+    model = tiny()
+    prompt = torch.zeros(1, 2, dtype=torch.long)
+    cases = [
+        (dict(), "exactly one"), (dict(max_length=5, max_new_tokens=2), "exactly one"),
+        (dict(max_new_tokens=-1), "max_new_tokens"), (dict(max_length=0), "max_length"),
+        (dict(max_new_tokens=2, top_p=1.5), "top_p"), (dict(max_new_tokens=2, top_k=-1), "top_k"),
+        (dict(max_new_tokens=2, temperature=0.0, do_sample=True), "temperature"),
+        (dict(max_new_tokens=2, do_sample=1), "do_sample"), (dict(max_new_tokens=2, eos_token_id=[]), "eos_token_id"),
+        (dict(max_new_tokens=2, streamer=3), "streamer"), (dict(max_new_tokens=2, seed=1, generator=torch.Generator()), "seed"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            model.generate(prompt, **kwargs)
+    with pytest.raises(ValueError, match="input_ids"):
+        model.generate(torch.zeros(1, 2), max_new_tokens=1)
+
+
+# -- packed documents -----------------------------------------------------------------------------------
+class PackingAware(SequenceLayer):
+    """An (unregistered) causal layer that takes seq_idx and records what it was given."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__(d_model, causal=True)
+        self.proj = torch.nn.Linear(d_model, d_model)
+        self.seen: list = []
+
+    def forward(self, x, state=None, return_state=False, lengths=None, seq_idx=None):
+        self.seen.append(seq_idx)
+        return super().forward(x, state, return_state, lengths)
+
+    def _forward(self, x, state, lengths, return_state):
+        return self.proj(x), None
+
+
+def test_packing_reaches_only_the_layers_that_take_it():
+    model = tiny()
+    aware = PackingAware(8).double()
+    model.layers[0] = Block(aware, 8, 1e-5, 0)
+    seq_idx = torch.tensor([[0, 0, 1, 1, 1]], dtype=torch.int32)
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    model(torch.randint(0, VOCAB, (1, 5)), seq_idx=seq_idx, cu_seqlens=cu)  # the mamba block takes neither
+    assert model.layers[0].packing == ("seq_idx",) and model.layers[1].packing == ()
+    assert aware.seen[-1] is seq_idx
 
 
 def test_bad_arguments():
@@ -98,30 +240,32 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="input_ids"):
         model(torch.randn(2, 3))
     with pytest.raises(ValueError, match="vocab_size"):
-        model(torch.full((1, 3), 11))
-    with pytest.raises(ValueError, match="top_p"):
-        model.generate(torch.zeros(1, 2, dtype=torch.long), 2, top_p=1.5)
+        model(torch.full((1, 3), VOCAB))
     with pytest.raises(ValueError, match="not causal"):
-        LanguageModel(11, 8, 1, layer="mamba", layer_args=dict(bidirectional=True))
+        LanguageModel(VOCAB, 8, 1, layer="mamba", layer_args=dict(bidirectional=True))
     with pytest.raises(ValueError, match="d_model"):
-        LanguageModel(11, 8, 1, layer="mamba", layer_args=dict(d_model=8))
+        LanguageModel(VOCAB, 8, 1, layer="mamba", layer_args=dict(d_model=8))
+    for arg, value in (("d_intermediate", -1), ("pad_vocab_size_multiple", 0), ("n_layers", 0)):
+        with pytest.raises(ValueError, match=arg):
+            LanguageModel(**{"vocab_size": VOCAB, "d_model": 8, "n_layers": 1, arg: value})
 
 
 def test_layers_run_without_the_value_scan(monkeypatch):
     """Token ids are range-checked once per call; the layers' NaN scans (a device sync each on GPU)
-    are off inside the model."""
+    are off inside the model, and in generation."""
     calls = []
     real = torch.isfinite
     monkeypatch.setattr(torch, "isfinite", lambda t: calls.append(1) or real(t))
     model = tiny()
-    logits, state = model(torch.randint(0, 11, (2, 5)), return_state=True)
-    model.step(torch.randint(0, 11, (2,)), state)
+    logits, state = model(torch.randint(0, VOCAB, (2, 5)), return_state=True)
+    model.step(torch.randint(0, VOCAB, (2,)), state)
+    model.generate(torch.randint(0, VOCAB, (2, 5)), max_new_tokens=3)
     assert calls == []
 
 
 def test_bad_states_and_tokens():
     model = tiny()
-    tokens = torch.randint(0, 11, (2, 4))
+    tokens = torch.randint(0, VOCAB, (2, 4))
     with pytest.raises(ValueError, match="one entry per layer"):
         model(tokens, state=model.init_state(2)[:1])
     with pytest.raises(ValueError, match="one entry per layer"):

@@ -7,10 +7,21 @@ import torch
 
 from ssmzoo.data.synthetic import (
     InductionHeadsDataModule,
+    NeedleDataModule,
     SelectiveCopyingDataModule,
     induction_heads,
+    needles,
     selective_copying,
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models on shared cores: one thread (a second one only adds contention)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_selective_copying_definition():
@@ -45,25 +56,56 @@ def test_induction_heads_definition():
     assert min(firsts) == 0 and max(firsts) == 17
 
 
-def test_seeded_and_split_dependent():
+def tensors(dm, split):
+    samples = [dm.dataset(split)[i] for i in range(len(dm.dataset(split)))]
+    return torch.stack([x["input_ids"] for x in samples]), torch.stack([x["targets"] for x in samples])
+
+
+def test_needles_definition():
+    g = torch.Generator().manual_seed(0)
+    tokens, targets = needles(300, seq_len=40, pairs=2, filler=5, keys=4, values=6, generator=g)
+    assert tokens.shape == targets.shape == (300, 40)
+    slots = set()
+    for x, y in zip(tokens, targets):
+        haystack, asked = x[:36], x[36:]
+        where = (haystack >= 5).nonzero().flatten().tolist()  # keys and values only: the filler is 0..4
+        assert len(where) == 4 and all(p % 2 == 0 for p in where[::2])
+        memory = {int(haystack[p]): int(haystack[p + 1]) for p in where[::2]}
+        assert all(5 <= k < 9 for k in memory) and all(9 <= v < 15 for v in memory.values())
+        assert len(memory) == 2  # distinct keys
+        for j in (0, 2):
+            key, value = int(asked[j]), int(asked[j + 1])
+            assert memory[key] == value and y[36 + j] == value and y[37 + j] == -100
+        assert {int(asked[0]), int(asked[2])} == set(memory)  # every key asked once
+        assert (y[:36] == -100).all()
+        slots.update(where[::2])
+    assert slots == set(range(0, 36, 2))  # needles anywhere in the haystack
+
+
+def test_samples_are_seeded_per_index_and_split():
     a = SelectiveCopyingDataModule(seq_len=20, num_tokens=4, vocab_size=6, num_train=8, num_val=8, num_test=8, seed=3)
     b = SelectiveCopyingDataModule(seq_len=20, num_tokens=4, vocab_size=6, num_train=8, num_val=8, num_test=8, seed=3)
     c = SelectiveCopyingDataModule(seq_len=20, num_tokens=4, vocab_size=6, num_train=8, num_val=8, num_test=8, seed=4)
-    for dm in (a, b, c):
-        dm.setup("fit")
-    assert torch.equal(a.dataset("train").tensors[0], b.dataset("train").tensors[0])
-    assert not torch.equal(a.dataset("train").tensors[0], c.dataset("train").tensors[0])
-    assert not torch.equal(a.dataset("train").tensors[0], a.dataset("val").tensors[0])
-    tokens, targets = next(iter(a.train_dataloader()))
-    assert tokens.shape == targets.shape == (8, 24) and tokens.dtype == targets.dtype == torch.long
+    assert torch.equal(tensors(a, "train")[0], tensors(b, "train")[0])
+    assert not torch.equal(tensors(a, "train")[0], tensors(c, "train")[0])
+    assert not torch.equal(tensors(a, "train")[0], tensors(a, "val")[0])
+    assert torch.equal(a.dataset("test")[5]["input_ids"], a.dataset("test")[5]["input_ids"])  # read again: the same
+    batch = next(iter(a.train_dataloader()))
+    assert set(batch) == {"input_ids", "targets"} and batch["input_ids"].shape == (8, 24)
+    assert batch["input_ids"].dtype == batch["targets"].dtype == torch.long
     assert a.vocab_size == 6 and a.ignore_index == -100
+    # a large split is not held in memory: samples are made when read
+    big = SelectiveCopyingDataModule(seq_len=20, num_tokens=4, vocab_size=6, num_train=10**9)
+    assert len(big.dataset("train")) == 10**9 and big.dataset("train")[10**9 - 1]["input_ids"].shape == (24,)
 
 
-def test_induction_heads_test_length():
+def test_test_lengths():
     dm = InductionHeadsDataModule(seq_len=16, test_seq_len=40, vocab_size=5, num_train=4, num_val=4, num_test=4)
-    dm.setup("test")
-    assert dm.dataset("train").tensors[0].shape == (4, 16)
-    assert dm.dataset("test").tensors[0].shape == (4, 40)
+    assert tensors(dm, "train")[0].shape == (4, 16) and tensors(dm, "val")[0].shape == (4, 16)
+    assert tensors(dm, "test")[0].shape == (4, 40)
+    pk = NeedleDataModule(seq_len=32, test_seq_len=128, num_train=4, num_val=4, num_test=4)
+    assert tensors(pk, "val")[0].shape == (4, 32) and tensors(pk, "test")[0].shape == (4, 128)
+    assert pk.vocab_size == 48 and int(tensors(pk, "test")[0].max()) < 48
 
 
 def test_bad_arguments():
@@ -81,3 +123,7 @@ def test_bad_arguments():
         InductionHeadsDataModule(seed=0.5)
     with pytest.raises(ValueError, match="split"):
         InductionHeadsDataModule().dataset("dev")
+    with pytest.raises(ValueError, match="keys must be an int >= pairs"):
+        NeedleDataModule(pairs=3, num_keys=2)
+    with pytest.raises(ValueError, match="seq_len"):
+        NeedleDataModule(test_seq_len=3)

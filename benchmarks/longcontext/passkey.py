@@ -7,7 +7,7 @@
 
 Training goes through the ``ssmzoo`` command with ``configs/longcontext/passkey_<model>.yaml`` (extra
 ``--set key=value`` overrides are passed on, e.g. ``--set trainer.max_steps=300``); each run writes its
-``results.json``, whose checkpoint ``evaluate`` loads (``PasskeyTask.load_from_checkpoint``).
+``results.json``, whose checkpoint ``evaluate`` loads (``RecallTask.load_from_checkpoint``).
 
 Evaluation uses the models directly: for each length, ``--samples`` examples (``passkey_example`` with the
 needle at evenly spaced depths from 0 to 1, digits drawn from a seed the training never used); the
@@ -38,13 +38,13 @@ sys.path.insert(0, str(ROOT))  # this checkout's ssmzoo, not an installed one
 import torch  # noqa: E402
 
 from ssmzoo.data.synthetic.passkey import QUERY, passkey_example  # noqa: E402
-from ssmzoo.tasks.passkey import PasskeyTask  # noqa: E402
+from ssmzoo.tasks import RecallTask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = {
     "ramba": ("RAMba (Mamba + HSA)", "configs/longcontext/passkey_ramba.yaml"),
     "hsa_swa": ("HSA + SWA (HSA-UltraLong design)", "configs/longcontext/passkey_hsa_swa.yaml"),
-    "mamba": ("Mamba (baseline; Mamba-2 once registered)", "configs/longcontext/passkey_mamba.yaml"),
+    "mamba2": ("Mamba-2 (baseline)", "configs/longcontext/passkey_mamba2.yaml"),
 }
 PUBLISHED = ("RAMba paper: 100% passkey accuracy at 64M tokens after pretraining at 4K (370M parameters); "
              "HSA-UltraLong: > 90% on most in-context retrieval tasks up to 16M (8B MoE, pretrained at 8K)")
@@ -112,10 +112,10 @@ def evaluate(models: list[str], runs: Path, lengths: list[int], samples: int, th
     for name in models:
         results = latest_results(runs, name)
         ckpt = results.get("checkpoint") or results["last_checkpoint"]
-        task = PasskeyTask.load_from_checkpoint(ckpt, map_location="cpu")
+        task = RecallTask.load_from_checkpoint(ckpt, map_location="cpu")
         data = _data_args(Path(results["run_dir"]))
         row = {"model": name, "label": MODELS[name][0], "train_len": data["seq_len"], "n_digits": data["n_digits"],
-               "val_acc": results.get("best_score"), "test_acc_train_len": results.get("test_acc"),
+               "val_digit_acc": results.get("best_score"), "test_acc_train_len": results.get("test_exact"),
                "steps": results.get("steps"), "params": sum(p.numel() for p in task.model.parameters()),
                "by_length": []}
         for length in lengths:

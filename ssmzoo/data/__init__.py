@@ -1,4 +1,4 @@
-"""LightningDataModules, one subpackage per data family (lra/, timeseries/, synthetic/).
+"""LightningDataModules, one subpackage per data family (lra/, timeseries/, synthetic/, lm/).
 
 Every datamodule checks its arguments in ``__init__`` (a ValueError naming the argument), writes generated
 files in ``prepare_data`` and reads in ``setup``; training batches come in an order set by the run seed and
@@ -12,8 +12,9 @@ from .lra import (
     LRATextDataModule,
     PathfinderDataModule,
 )
+from .lm import TextDataModule
 from .paths import data_root
-from .synthetic import InductionHeadsDataModule, SelectiveCopyingDataModule
+from .synthetic import InductionHeadsDataModule, NeedleDataModule, PasskeyDataModule, SelectiveCopyingDataModule
 from .timeseries import ARDataModule, InformerDataModule
 
 __all__ = [
@@ -25,7 +26,10 @@ __all__ = [
     "LRARetrievalDataModule",
     "LRATextDataModule",
     "ListOpsDataModule",
+    "NeedleDataModule",
+    "PasskeyDataModule",
     "PathfinderDataModule",
     "SelectiveCopyingDataModule",
+    "TextDataModule",
     "data_root",
 ]

@@ -46,6 +46,7 @@ def _paths(args: argparse.Namespace) -> list[tuple[str, Path, bool]]:
         ("ETTh2", default_csv("ETTh2"), "--data.init_args.path"),
         ("ETTm1", default_csv("ETTm1"), "--data.init_args.path"),
         ("ETTm2", default_csv("ETTm2"), "--data.init_args.path"),
+        ("Shakespeare (LM default)", data_root() / "shakespeare" / "texts", "--data.init_args.path"),
     ]
     print(f"data root: {data_root()}  (set $SSMZOO_DATA to move it)")
     found = []
@@ -67,9 +68,10 @@ PATHS = DataCommand(
 
 def data_commands() -> dict[str, DataCommand]:
     """Every ``ssmzoo data`` command by name."""
+    from .lm.shakespeare import SHAKESPEARE
     from .lra.listops.command import LISTOPS
 
-    return {command.name: command for command in (LISTOPS, PATHS)}
+    return {command.name: command for command in (LISTOPS, SHAKESPEARE, PATHS)}
 
 
 def build_parser(prog: str = "ssmzoo data") -> argparse.ArgumentParser:

@@ -1,13 +1,24 @@
-"""Load Mamba language-model checkpoints from mamba-ssm and Hugging Face into ``LanguageModel``.
+"""Checkpoint formats of language models, each a :class:`Converter` in a registry keyed by format name, so
+``LanguageModel.from_pretrained`` / ``save_pretrained`` (``pretrained.py``) dispatch on a folder's
+``config.json`` and a new format is one ``register_converter`` call:
 
-Both use our parameter names inside each block (``mixer.in_proj``, ``mixer.conv1d``, ``mixer.x_proj``,
-``mixer.dt_proj``, ``mixer.A_log``, ``mixer.D``, ``mixer.out_proj``, ``norm``), so converting is
-renaming the outer keys:
+    format               config.json                        weights                    here
+    "mamba"              Hugging Face, model_type "mamba"    model.safetensors          load and save
+    "mamba_ssm.Mamba1"   mamba-ssm: d_model, n_layer, ssm_cfg pytorch_model.bin          load and save
+    "ssmzoo"             model_type "ssmzoo": our arguments  model.safetensors          load and save (any layer)
+    "mamba2", "mamba_ssm.Mamba2"                              (for the Mamba-2 layer's converter to add)
+
+:func:`checkpoint_format` names a config's format: its ``model_type``, else ``mamba_ssm.<ssm_cfg layer>``.
+
+Mamba-1 weights need only renaming, since our blocks use mamba-ssm's names inside (``mixer.in_proj``,
+``mixer.conv1d``, ``mixer.x_proj``, ``mixer.dt_proj``, ``mixer.A_log``, ``mixer.D``, ``mixer.out_proj``, ``norm``):
 
     mamba-ssm (MambaLMHeadModel)        Hugging Face (MambaForCausalLM)     ssmzoo (LanguageModel)
     backbone.embedding.weight           backbone.embeddings.weight          embedding.weight
     backbone.layers.{i}.norm.weight     backbone.layers.{i}.norm.weight     layers.{i}.norm.weight
     backbone.layers.{i}.mixer.*         backbone.layers.{i}.mixer.*         layers.{i}.mixer.*
+    backbone.layers.{i}.norm2.weight    -                                   layers.{i}.norm2.weight
+    backbone.layers.{i}.mlp.fc1/fc2     -                                   layers.{i}.mlp.up/down
     backbone.norm_f.weight              backbone.norm_f.weight              norm_f.weight
     lm_head.weight                      lm_head.weight                      lm_head.weight
 
@@ -17,18 +28,71 @@ Neither library is imported here: pass a state dict (or a module) and its config
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
 from .lm import LanguageModel
 
+# -- the registry ---------------------------------------------------------------------------------
+Loader = Callable[[Mapping[str, Any], Mapping[str, Tensor]], LanguageModel]
+# (config.json as a dict, state dict, weights file name), or None when the format cannot express the model
+Saver = Callable[[LanguageModel], "tuple[dict[str, Any], dict[str, Tensor], str] | None"]
+
+
+@dataclass(frozen=True)
+class Converter:
+    """A checkpoint format: ``load(config, state_dict)`` builds a LanguageModel; ``save(model)`` gives the
+    format's (config, state dict, weights file name), or None if the model has no counterpart in it."""
+
+    name: str
+    load: Loader
+    save: Saver | None = None
+
+
+_CONVERTERS: dict[str, Converter] = {}
+
+
+def register_converter(name: str, load: Loader, save: Saver | None = None) -> Converter:
+    """Add a format (a ValueError if the name is taken). ``save_pretrained`` tries the formats that can save in
+    registration order, ``"ssmzoo"`` last."""
+    if name in _CONVERTERS:
+        raise ValueError(f"checkpoint format {name!r} is already registered")
+    _CONVERTERS[name] = Converter(name, load, save)
+    return _CONVERTERS[name]
+
+
+def converters() -> dict[str, Converter]:
+    """The registered formats by name."""
+    return dict(_CONVERTERS)
+
+
+def get_converter(name: str) -> Converter:
+    if name not in _CONVERTERS:
+        raise ValueError(f"no converter for checkpoint format {name!r}; known formats: {', '.join(_CONVERTERS)}")
+    return _CONVERTERS[name]
+
+
+def checkpoint_format(config: Mapping[str, Any]) -> str:
+    """The format of a ``config.json``: its ``model_type`` (Hugging Face, ssmzoo), else ``"mamba_ssm.<layer>"`` for
+    mamba-ssm's (keys d_model, n_layer; the layer from ssm_cfg, default Mamba1)."""
+    if "model_type" in config:
+        return str(config["model_type"])
+    if "d_model" in config and "n_layer" in config:
+        return f"mamba_ssm.{(config.get('ssm_cfg') or {}).get('layer', 'Mamba1')}"
+    raise ValueError(f"config.json names no model_type and is not a mamba-ssm config (d_model, n_layer); keys: "
+                     f"{', '.join(sorted(config))}")
+
+
+# -- helpers --------------------------------------------------------------------------------------
 _PREFIXES = {
     "mamba_ssm": (("backbone.embedding.", "embedding."), ("backbone.", ""), ("", "")),
     "hf": (("backbone.embeddings.", "embedding."), ("backbone.", ""), ("", "")),
 }
-_OUR_KEY = re.compile(r"^(embedding\.weight|norm_f\.weight|lm_head\.weight|layers\.\d+\.(norm|mixer)\..+)$")
+_OUR_KEY = re.compile(r"^(embedding\.weight|norm_f\.weight|lm_head\.weight|layers\.\d+\.(norm|norm2|mixer|mlp)\..+)$")
+_MLP = (("mlp.fc1.", "mlp.up."), ("mlp.fc2.", "mlp.down."))  # (mamba-ssm's, ours)
 
 
 def _rename(state_dict: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
@@ -38,6 +102,8 @@ def _rename(state_dict: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
             if key.startswith(old):
                 name = new + key[len(old) :]
                 break
+        for old, new in _MLP:
+            name = name.replace(old, new)
         if not _OUR_KEY.match(name):
             raise ValueError(f"{source} checkpoint: unexpected key {key!r} (no counterpart in LanguageModel)")
         out[name] = value
@@ -68,66 +134,154 @@ def _state_dict(model_or_state_dict: nn.Module | Mapping[str, Tensor]) -> Mappin
     raise ValueError(f"expected an nn.Module or a state dict, got {type(model_or_state_dict).__name__}")
 
 
+def _weights_for_saving(model: LanguageModel, prefix: Callable[[str], str]) -> dict[str, Tensor]:
+    """The model's tensors under the format's names; a tied head is left out (it is the embedding)."""
+    tied = model.lm_head.weight is model.embedding.weight
+    return {prefix(k): v.detach().contiguous() for k, v in model.state_dict().items()
+            if not (tied and k == "lm_head.weight")}
+
+
+# -- Hugging Face MambaForCausalLM ----------------------------------------------------------------
+# LanguageModel's Mamba arguments with a MambaConfig counterpart (our name, theirs); others keep a model
+# out of the Hugging Face format.
+_HF_MAMBA_ARGS = (("d_state", "state_size"), ("d_conv", "conv_kernel"), ("expand", "expand"),
+                  ("dt_rank", "time_step_rank"), ("conv_bias", "use_conv_bias"), ("bias", "use_bias"),
+                  ("dt_min", "time_step_min"), ("dt_max", "time_step_max"), ("dt_init", "time_step_init_scheme"),
+                  ("dt_scale", "time_step_scale"), ("dt_init_floor", "time_step_floor"))
+
+
 def from_hf_mamba(model_or_state_dict: nn.Module | Mapping[str, Tensor], config: Any = None) -> LanguageModel:
     """A ``LanguageModel`` with the weights of a Hugging Face ``MambaForCausalLM``.
 
-    config: its ``MambaConfig`` (or a dict with the same fields); taken from the model if omitted."""
+    config: its ``MambaConfig`` (or a dict with the same fields, as in config.json); taken from the model if
+    omitted."""
     if config is None:
         config = getattr(model_or_state_dict, "config", None)
         if config is None:
             raise ValueError("from_hf_mamba: pass the MambaConfig when giving a bare state dict")
     sd = _rename(_state_dict(model_or_state_dict), "hf")
-    d_model, expand = _get(config, "hidden_size"), _get(config, "expand")
+    d_model, expand = _get(config, "hidden_size"), _get(config, "expand", 2)
     intermediate = _get(config, "intermediate_size", expand * d_model)
     if intermediate != expand * d_model:
         raise ValueError(f"from_hf_mamba: intermediate_size {intermediate} != expand * hidden_size ({expand} * {d_model})")
+    if _get(config, "hidden_act", "silu") != "silu":
+        raise ValueError(f"from_hf_mamba: hidden_act {_get(config, 'hidden_act')!r}: the Mamba layer uses SiLU only")
+    layer_args = {ours: _get(config, theirs) for ours, theirs in _HF_MAMBA_ARGS if _get(config, theirs) is not None}
+    tied = bool(_get(config, "tie_word_embeddings", True))
     model = LanguageModel(
         vocab_size=sd["embedding.weight"].shape[0],
         d_model=d_model,
         n_layers=_get(config, "num_hidden_layers"),
         layer="mamba",
-        layer_args=dict(
-            d_state=_get(config, "state_size"),
-            d_conv=_get(config, "conv_kernel"),
-            expand=expand,
-            dt_rank=_get(config, "time_step_rank"),
-            conv_bias=_get(config, "use_conv_bias", True),
-            bias=_get(config, "use_bias", False),
-        ),
+        layer_args=layer_args,
         norm_eps=_get(config, "layer_norm_epsilon", 1e-5),
-        tie_embeddings=_get(config, "tie_word_embeddings", True),
+        tie_embeddings=tied,
     )
-    return _load(model, sd, _get(config, "tie_word_embeddings", True), "Hugging Face Mamba")
+    return _load(model, sd, tied, "Hugging Face Mamba")
+
+
+def to_hf_mamba(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
+    """(config.json, state dict, "model.safetensors") of ``model`` as a Hugging Face ``MambaForCausalLM``, or None
+    when it has no counterpart there (another layer, an MLP, a backend choice)."""
+    config = model.config
+    layer_args = dict(config["layer_args"])
+    theirs = dict(_HF_MAMBA_ARGS)
+    if config["layer"] != "mamba" or config["d_intermediate"] or set(layer_args) - set(theirs):
+        return None
+    mixer = model.layers[0].mixer
+    ours = {"d_state": mixer.d_state, "d_conv": mixer.d_conv, "expand": mixer.expand, "dt_rank": mixer.dt_rank,
+            "conv_bias": mixer.conv1d.bias is not None, "bias": mixer.in_proj.bias is not None}
+    hf = {
+        "architectures": ["MambaForCausalLM"], "model_type": "mamba",
+        "vocab_size": model.embedding.num_embeddings, "hidden_size": model.d_model,
+        "num_hidden_layers": model.n_layers, "layer_norm_epsilon": config["norm_eps"],
+        "intermediate_size": mixer.d_inner, "hidden_act": "silu",
+        "tie_word_embeddings": model.lm_head.weight is model.embedding.weight,
+        # an init-time rescaling: the weights here are final (transformers would rescale them again on loading)
+        "initializer_range": config["initializer_range"], "rescale_prenorm_residual": False,
+        "residual_in_fp32": True, "use_cache": True,
+    }
+    hf.update({theirs[k]: v for k, v in ours.items()})
+    hf.update({theirs[k]: v for k, v in layer_args.items() if k not in ours})
+    state_dict = _weights_for_saving(model, lambda k: "backbone.embeddings.weight" if k == "embedding.weight"
+                                     else k if k == "lm_head.weight" else f"backbone.{k}")
+    return hf, state_dict, "model.safetensors"
+
+
+# -- mamba-ssm MambaLMHeadModel -------------------------------------------------------------------
+_SSM_CFG = ("d_state", "d_conv", "expand", "dt_rank", "conv_bias", "bias", "dt_min", "dt_max", "dt_init_floor",
+            "dt_init", "dt_scale")
 
 
 def from_mamba_ssm(model_or_state_dict: nn.Module | Mapping[str, Tensor], config: Any) -> LanguageModel:
-    """A ``LanguageModel`` with the weights of a mamba-ssm ``MambaLMHeadModel`` (Mamba-1 blocks).
+    """A ``LanguageModel`` with the weights of a mamba-ssm ``MambaLMHeadModel`` (Mamba-1 blocks, with or without
+    the gated MLP of ``d_intermediate``).
 
     config: its ``MambaConfig`` (d_model, n_layer, ssm_cfg, rms_norm, tie_embeddings, ...) or a dict
     of it (the checkpoint's config.json). The vocabulary size, padded by mamba-ssm, is read from
     the embedding."""
     if not _get(config, "rms_norm", True):
         raise ValueError("from_mamba_ssm: only rms_norm=True checkpoints are supported (LanguageModel uses RMSNorm)")
-    if _get(config, "d_intermediate", 0):
-        raise ValueError("from_mamba_ssm: checkpoints with MLP blocks (d_intermediate > 0) are not supported")
     if _get(config, "attn_layer_idx", None):
         raise ValueError("from_mamba_ssm: checkpoints with attention layers (attn_layer_idx) are not supported")
     ssm_cfg = dict(_get(config, "ssm_cfg", None) or {})
     if ssm_cfg.pop("layer", "Mamba1") != "Mamba1":
         raise ValueError("from_mamba_ssm: only Mamba1 layers are supported (ssm_cfg['layer'])")
-    known = ("d_state", "d_conv", "expand", "dt_rank", "conv_bias", "bias", "dt_min", "dt_max", "dt_init_floor")
-    unknown = [k for k in ssm_cfg if k not in known]
+    unknown = [k for k in ssm_cfg if k not in _SSM_CFG]
     if unknown:
         raise ValueError(f"from_mamba_ssm: unsupported ssm_cfg entries {unknown}")
     sd = _rename(_state_dict(model_or_state_dict), "mamba_ssm")
-    tied = _get(config, "tie_embeddings", True)
+    tied = bool(_get(config, "tie_embeddings", True))
+    # mamba-ssm rounds the MLP's hidden width up to a multiple of 128: the checkpoint's own width counts
+    d_intermediate = sd["layers.0.mlp.down.weight"].shape[1] if _get(config, "d_intermediate", 0) else 0
     model = LanguageModel(
         vocab_size=sd["embedding.weight"].shape[0],
         d_model=_get(config, "d_model"),
         n_layers=_get(config, "n_layer"),
         layer="mamba",
         layer_args=ssm_cfg,
+        d_intermediate=d_intermediate,
         norm_eps=1e-5,  # mamba-ssm's create_block default
         tie_embeddings=tied,
     )
     return _load(model, sd, tied, "mamba-ssm")
+
+
+def to_mamba_ssm(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
+    """(config.json, state dict, "pytorch_model.bin") of ``model`` as a mamba-ssm ``MambaLMHeadModel``, or None."""
+    config = model.config
+    if config["layer"] != "mamba" or set(config["layer_args"]) - set(_SSM_CFG) or config["norm_eps"] != 1e-5 \
+            or (config["d_intermediate"] and config["d_intermediate"] % 128):
+        return None
+    ssm = {
+        "d_model": model.d_model, "d_intermediate": config["d_intermediate"], "n_layer": model.n_layers,
+        "vocab_size": model.embedding.num_embeddings, "ssm_cfg": {"layer": "Mamba1", **config["layer_args"]},
+        "attn_layer_idx": [], "attn_cfg": {}, "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
+        "pad_vocab_size_multiple": 1, "tie_embeddings": model.lm_head.weight is model.embedding.weight,
+    }
+
+    def name(key: str) -> str:
+        for theirs, ours in _MLP:
+            key = key.replace(ours, theirs)
+        return key if key == "lm_head.weight" else f"backbone.{key}"
+
+    return ssm, _weights_for_saving(model, name), "pytorch_model.bin"
+
+
+# -- ssmzoo's own ---------------------------------------------------------------------------------
+def from_ssmzoo(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> LanguageModel:
+    args = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "ssmzoo_version")}
+    model = LanguageModel(**args)
+    return _load(model, dict(state_dict), model.lm_head.weight is model.embedding.weight, "ssmzoo")
+
+
+def to_ssmzoo(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str]:
+    from .. import __version__
+
+    config = {"model_type": "ssmzoo", "architectures": ["LanguageModel"], "ssmzoo_version": __version__, **model.config}
+    return config, _weights_for_saving(model, lambda k: k), "model.safetensors"
+
+
+register_converter("mamba", lambda config, sd: from_hf_mamba(sd, config), to_hf_mamba)
+register_converter("mamba_ssm.Mamba1", lambda config, sd: from_mamba_ssm(sd, config), to_mamba_ssm)
+register_converter("ssmzoo", from_ssmzoo, to_ssmzoo)

@@ -1,57 +1,87 @@
-"""A causal language model from any registered causal layer: embedding, pre-norm residual blocks,
-final RMSNorm and an LM head tied to the embedding (the Mamba LM of Gu & Dao, section 4.2, and
-mamba-ssm's ``MambaLMHeadModel``); ``generate`` prefills with one ``forward`` and then decodes one
-token at a time with the layers' ``step``, so each new token costs O(1) in the sequence length.
+"""A causal language model from any registered causal layer: embedding, pre-norm residual blocks (the layer,
+optionally followed by a gated MLP), final RMSNorm and an LM head tied to the embedding (the Mamba LM of
+Gu & Dao, section 4.2, and mamba-ssm's ``MambaLMHeadModel``).
+
+``generate`` (``generation.py``) prefills with one ``forward`` and then decodes one token at a time with the
+layers' ``step``, so each new token costs O(1) in the sequence length; ``from_pretrained`` /
+``save_pretrained`` (``pretrained.py``) read and write Hugging Face and mamba-ssm checkpoint folders.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import build
 from ..layers.base import SequenceLayer, check_lengths, input_checks, input_checks_enabled
+from ..modules.mlp import MLP
 from ..modules.rmsnorm import RMSNorm
+from .generation import GenerationMixin
+
+# Keyword arguments of a packed batch's document boundaries, passed to the layers whose forward takes them.
+PACKING = ("seq_idx", "cu_seqlens")
 
 
 class Block(nn.Module):
-    """x + layer(RMSNorm(x)). Names (norm, mixer) follow mamba-ssm so its checkpoints load by name."""
+    """x + layer(RMSNorm(x)), then x + MLP(RMSNorm(x)) when the block has an MLP. Names (norm, mixer, norm2, mlp)
+    follow mamba-ssm so its checkpoints load by name."""
 
-    def __init__(self, mixer: SequenceLayer, d_model: int, norm_eps: float) -> None:
+    def __init__(self, mixer: SequenceLayer, d_model: int, norm_eps: float, d_intermediate: int) -> None:
         super().__init__()
         self.norm = RMSNorm(d_model, eps=norm_eps)
         self.mixer = mixer
-
-    def forward(self, x: Tensor, state: Any, return_state: bool, lengths: Tensor | None) -> tuple[Tensor, Any]:
-        if return_state or state is not None:
-            y, state = self.mixer(self.norm(x), state=state, return_state=True, lengths=lengths)
+        if d_intermediate:  # mamba-ssm's GatedMLP: fc1 -> [y ‖ gate], y · SiLU(gate), fc2 (our up, down)
+            self.norm2 = RMSNorm(d_model, eps=norm_eps)
+            self.mlp = MLP(d_model, d_intermediate, activation="silu", gated=True, bias=False)
         else:
-            y = self.mixer(self.norm(x), lengths=lengths)
-        return x + y, state
+            self.norm2 = self.mlp = None
+        accepted = inspect.signature(mixer.forward).parameters
+        self.packing = tuple(k for k in PACKING if k in accepted)
 
-    def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        y_t, state = self.mixer.step(self.norm(x_t), state)
-        return x_t + y_t, state
+    def forward(self, x: Tensor, state: Any, return_state: bool, lengths: Tensor | None,
+                packing: dict[str, Tensor]) -> tuple[Tensor, Any]:
+        extras = {k: packing[k] for k in self.packing if k in packing}
+        if return_state or state is not None:
+            y, state = self.mixer(self.norm(x), state=state, return_state=True, lengths=lengths, **extras)
+        else:
+            y = self.mixer(self.norm(x), lengths=lengths, **extras)
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x, state
+
+    def step(self, x_t: Tensor, state: Any, checked: bool = True) -> tuple[Tensor, Any]:
+        """One token; ``checked=False`` skips the layer's state checks (generation, from its own prefill)."""
+        y_t, state = (self.mixer.step if checked else self.mixer._step)(self.norm(x_t), state)
+        x_t = x_t + y_t
+        if self.mlp is not None:
+            x_t = x_t + self.mlp(self.norm2(x_t))
+        return x_t, state
 
 
-class LanguageModel(nn.Module):
+class LanguageModel(GenerationMixin, nn.Module):
     """Tokens (batch, length) -> next-token logits (batch, length, vocab_size).
 
     Args:
-        vocab_size: number of tokens.
+        vocab_size: number of tokens (under the ``ssmzoo`` command: from the datamodule).
         d_model: width.
         n_layers: number of residual blocks.
-        layer: registered name of a causal sequence layer ("mamba", "s4d", ...).
+        layer: registered name of a causal sequence layer ("mamba", "s4d", "s4", "companion", "neural_memory", ...).
         layer_args: that layer's constructor arguments (d_model is added).
+        d_intermediate: hidden width of a gated (SwiGLU) MLP after each layer (0: none, as in Mamba).
         norm_eps: epsilon of the RMSNorms.
         tie_embeddings: share the LM head's weight with the embedding.
         initializer_range: std of the embedding init.
-        rescale_prenorm_residual: scale each block's output projection by 1/sqrt(n_layers) at init
-            (GPT-2's scheme, used by mamba-ssm), so the residual stream does not grow with depth.
+        rescale_prenorm_residual: scale each block's output projections (the layer's ``out_proj``, the MLP's
+            ``down``) by 1/sqrt(residuals per block · n_layers) at init (GPT-2's scheme, used by mamba-ssm),
+            so the residual stream does not grow with depth.
+        pad_vocab_size_multiple: round the embedding and head up to a multiple of this (mamba-ssm pads 50,277
+            GPT-NeoX tokens to 50,280); the extra logits are never targets.
     """
 
     def __init__(
@@ -61,40 +91,54 @@ class LanguageModel(nn.Module):
         n_layers: int,
         layer: str = "mamba",
         layer_args: dict[str, Any] | None = None,
+        d_intermediate: int = 0,
         norm_eps: float = 1e-5,
         tie_embeddings: bool = True,
         initializer_range: float = 0.02,
         rescale_prenorm_residual: bool = True,
+        pad_vocab_size_multiple: int = 1,
     ) -> None:
         super().__init__()
-        for arg, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"LanguageModel: {arg} must be a positive int, got {value!r}")
+        for arg, value, low in (("vocab_size", vocab_size, 1), ("d_model", d_model, 1), ("n_layers", n_layers, 1),
+                                ("d_intermediate", d_intermediate, 0), ("pad_vocab_size_multiple", pad_vocab_size_multiple, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"LanguageModel: {arg} must be an int >= {low}, got {value!r}")
+        if not isinstance(layer, str):
+            raise ValueError(f"LanguageModel: layer must be a registered layer name, got {layer!r}")
         layer_args = dict(layer_args or {})
         if "d_model" in layer_args:
             raise ValueError("LanguageModel: give d_model once, not inside layer_args")
-        self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
-        self.embedding = nn.Embedding(vocab_size, d_model)
+        # What save_pretrained writes and from_pretrained rebuilds from (the constructor's arguments).
+        self.config = {
+            "vocab_size": vocab_size, "d_model": d_model, "n_layers": n_layers, "layer": layer,
+            "layer_args": layer_args, "d_intermediate": d_intermediate, "norm_eps": norm_eps,
+            "tie_embeddings": tie_embeddings, "initializer_range": initializer_range,
+            "rescale_prenorm_residual": rescale_prenorm_residual, "pad_vocab_size_multiple": pad_vocab_size_multiple,
+        }
+        self.vocab_size, self.d_model, self.n_layers, self.layer = vocab_size, d_model, n_layers, layer
+        padded = math.ceil(vocab_size / pad_vocab_size_multiple) * pad_vocab_size_multiple
+        self.embedding = nn.Embedding(padded, d_model)
         self.layers = nn.ModuleList()
         for _ in range(n_layers):
             mixer = build(layer, d_model=d_model, **layer_args)
             if not mixer.causal:
                 raise ValueError(f"LanguageModel: layer {layer!r} with {layer_args} is not causal")
-            self.layers.append(Block(mixer, d_model, norm_eps))
+            self.layers.append(Block(mixer, d_model, norm_eps, d_intermediate))
         self.norm_f = RMSNorm(d_model, eps=norm_eps)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        self.lm_head = nn.Linear(d_model, padded, bias=False)
 
         nn.init.normal_(self.embedding.weight, std=initializer_range)
         if tie_embeddings:
             self.lm_head.weight = self.embedding.weight
         if rescale_prenorm_residual:
+            scale = math.sqrt((2 if d_intermediate else 1) * n_layers)
             with torch.no_grad():
                 for block in self.layers:
-                    out_proj = getattr(block.mixer, "out_proj", None)
-                    if isinstance(out_proj, nn.Linear):
-                        out_proj.weight /= math.sqrt(n_layers)
+                    for proj in (getattr(block.mixer, "out_proj", None), getattr(block.mlp, "down", None)):
+                        if isinstance(proj, nn.Linear):
+                            proj.weight /= scale
 
-    # -- whole sequences ----------------------------------------------------------------------
+    # -- checks ------------------------------------------------------------------------------
     def _check_tokens(self, tokens: Tensor, arg: str, rank: int) -> None:
         """Shape and dtype always; the id range (a value check) under the rule of ssmzoo.layers.base."""
         if not isinstance(tokens, Tensor) or tokens.dim() != rank:
@@ -109,9 +153,9 @@ class LanguageModel(nn.Module):
             raise ValueError(f"LanguageModel: {arg} is on {tokens.device} but the model is on "
                              f"{self.embedding.weight.device}")
         if input_checks_enabled(tokens.device) and (
-            bool((tokens < 0).any()) or bool((tokens >= self.vocab_size).any())
+            bool((tokens < 0).any()) or bool((tokens >= self.embedding.num_embeddings).any())
         ):
-            raise ValueError(f"LanguageModel: {arg} must lie in [0, vocab_size={self.vocab_size})")
+            raise ValueError(f"LanguageModel: {arg} must lie in [0, vocab_size={self.embedding.num_embeddings})")
 
     def _check_state(self, state: Any, where: str) -> None:
         if not isinstance(state, (list, tuple)) or len(state) != self.n_layers:
@@ -119,25 +163,31 @@ class LanguageModel(nn.Module):
             raise ValueError(f"LanguageModel.{where}: state must be a list with one entry per layer "
                              f"({self.n_layers}), as init_state returns, got {got}")
 
+    # -- whole sequences ----------------------------------------------------------------------
     def forward(
         self,
         input_ids: Tensor,
         state: list[Any] | None = None,
         return_state: bool = False,
         lengths: Tensor | None = None,
+        seq_idx: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[Any]]:
-        """input_ids (batch, length) -> logits (batch, length, vocab_size); with ``return_state``
-        also the per-layer states, which ``state=`` or ``step`` continue from."""
+        """input_ids (batch, length) -> logits (batch, length, vocab_size); with ``return_state`` also the
+        per-layer states, which ``state=`` or ``step`` continue from. ``seq_idx`` (batch, length) /
+        ``cu_seqlens`` mark packed documents (``ssmzoo.data.lm``); they reach the layers whose forward takes
+        them (the others see the whole window, the separator token between documents)."""
         self._check_tokens(input_ids, "input_ids", 2)
         if state is not None:
             self._check_state(state, "forward")
         if lengths is not None:
             lengths = check_lengths(lengths, input_ids, "LanguageModel")
+        packing = {k: v for k, v in (("seq_idx", seq_idx), ("cu_seqlens", cu_seqlens)) if v is not None}
         x = self.embedding(input_ids)
         states = []
         with input_checks(False):  # the input was checked once, above; a layer's scan would cost a sync each
             for i, block in enumerate(self.layers):
-                x, s = block(x, None if state is None else state[i], return_state, lengths)
+                x, s = block(x, None if state is None else state[i], return_state, lengths, packing)
                 states.append(s)
         logits = self.lm_head(self.norm_f(x))
         return (logits, states) if return_state else logits
@@ -160,63 +210,33 @@ class LanguageModel(nn.Module):
                 new_state.append(s)
         return self.lm_head(self.norm_f(x)), new_state
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Continue ``input_ids`` (batch, length) by ``max_new_tokens`` tokens; returns
-        (batch, length + max_new_tokens). temperature 0 is greedy (argmax); top_k keeps the k most
-        likely tokens, top_p the smallest set whose probability reaches p (nucleus sampling).
-        Sampling draws from ``generator``, or one seeded with ``seed``."""
-        self._check_tokens(input_ids, "input_ids", 2)
-        if input_ids.shape[1] == 0:
-            raise ValueError("LanguageModel.generate: input_ids must hold at least one token per sequence")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"LanguageModel.generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-        if temperature < 0:
-            raise ValueError(f"LanguageModel.generate: temperature must be >= 0, got {temperature}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"LanguageModel.generate: top_k must be a positive int or None, got {top_k!r}")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"LanguageModel.generate: top_p must lie in (0, 1], got {top_p}")
-        if seed is not None and generator is not None:
-            raise ValueError("LanguageModel.generate: give seed or generator, not both")
-        if generator is None and seed is not None:
-            generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    def _prefill(self, input_ids: Tensor) -> tuple[Tensor, list[Any]]:
+        logits, state = self.forward(input_ids, return_state=True)
+        return logits[:, -1], state
 
-        logits, state = self.forward(input_ids, return_state=True)  # prefill
-        next_logits = logits[:, -1]
-        out = [input_ids]
-        for i in range(max_new_tokens):
-            token = self._sample(next_logits, temperature, top_k, top_p, generator)
-            out.append(token[:, None])
-            if i + 1 < max_new_tokens:
-                next_logits, state = self.step(token, state)
-        return torch.cat(out, dim=1)
+    def _decode(self, token: Tensor, state: list[Any]) -> tuple[Tensor, list[Any]]:
+        x = self.embedding(token)
+        new_state = []
+        for block, s in zip(self.layers, state):
+            x, s = block.step(x, s, checked=False)
+            new_state.append(s)
+        return self.lm_head(self.norm_f(x)), new_state
 
-    @staticmethod
-    def _sample(
-        logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
-    ) -> Tensor:
-        if temperature == 0:
-            return logits.argmax(-1)
-        logits = logits.float() / temperature
-        if top_k is not None and top_k < logits.shape[-1]:
-            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if top_p is not None and top_p < 1:
-            sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-            cum = sorted_logits.softmax(-1).cumsum(-1)
-            # drop a token when the tokens ranked above it already reach top_p; the top one always stays
-            drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
-            drop = drop_sorted.scatter(-1, order, drop_sorted)
-            logits = logits.masked_fill(drop, float("-inf"))
-        probs = F.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    # -- checkpoints ----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
+                        device: torch.device | str | None = None) -> LanguageModel:
+        """Load a local checkpoint folder (no download): a Hugging Face Mamba / Mamba-2 folder (config.json with
+        ``model_type``, model.safetensors or pytorch_model.bin), a mamba-ssm one (config.json with ``d_model``,
+        ``n_layer``, ``ssm_cfg``; pytorch_model.bin), or one written by :meth:`save_pretrained`."""
+        from .pretrained import load_pretrained
+
+        return load_pretrained(path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path: str | Path, format: str | None = None) -> Path:
+        """Write config.json and the weights to the folder ``path``. ``format`` (None: the first that fits):
+        ``"mamba"``, Hugging Face's ``MambaForCausalLM`` layout (model.safetensors; transformers loads it too),
+        for Mamba models; ``"mamba_ssm.Mamba1"``, mamba-ssm's (pytorch_model.bin); ``"ssmzoo"``, any layer."""
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, path, format)

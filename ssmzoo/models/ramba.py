@@ -18,8 +18,8 @@ authors' later HSA-UltraLong ("Every Token Counts", 2025), which they recommend 
 
 Where we differ from the authors: the selection is recomputed by each HSA layer's op call from the shared
 selection queries and landmarks (the same chunks and weights; they compute it once); no segment-wise
-state resets while training (``segment_size``); layers come by registered name, so the lower and local
-mixers are "mamba2" only once that layer is registered (the default is "mamba2" when it is, else "mamba").
+state resets while training (``segment_size``); the lower and local mixers are any registered causal
+layer by name (default "mamba2", the paper's).
 """
 
 from __future__ import annotations
@@ -31,15 +31,14 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..layers import available, build
+from ..layers import build
 from ..layers.base import SequenceLayer, check_lengths, input_checks, input_checks_enabled
 from ..layers.hsa import ChunkMemory, HSARead, HSAState, check_hsa_args, check_hsa_state, state_length
 from ..modules.checks import check_float, check_int
 from ..modules.mlp import MLP
 from ..modules.rmsnorm import RMSNorm
 
-# The paper's mixer, when this install has it.
-DEFAULT_MIXER = "mamba2" if "mamba2" in available() else "mamba"
+DEFAULT_MIXER = "mamba2"  # the paper's
 
 
 class RAMbaState(NamedTuple):

@@ -12,6 +12,11 @@ segment (its chunk), so nothing here looks ahead.
   side on the same input, combined as o = norm(y_attn) ⊙ σ(norm(y_mem)).
 - MAL, memory as a layer (section 4.3): the memory layer, then sliding-window attention.
 
+Generation: ``forward(tokens, return_state=True)`` prefills, then ``step`` runs one token at a time with
+exactly ``forward``'s outputs: the memory steps exactly (it buffers its unfinished chunk), MAG/MAL keep
+the attention's last window − 1 keys and values, MAC the keys and values of the current segment's tokens
+and memory read-outs (emptied when a segment ends); so per token, constant memory besides that cache.
+
 Differences from the paper, kept deliberately simple: MAC writes the segment's input tokens to
 the memory (the paper writes the attention output and then gates it with a read from the updated
 memory, which inside a segment would let a token see later ones in a causal LM); rotary position
@@ -20,21 +25,31 @@ embeddings on attention queries and keys; a SiLU MLP after each mixing sublayer.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from ..layers.base import input_checks, input_checks_enabled
-from ..layers.titans import NeuralMemory
-from ..modules.attention import Attention
+from ..layers.titans import NeuralMemory, NeuralMemoryState
+from ..modules.attention import Attention, KVCache
 from ..modules.checks import check_int
 from ..modules.mlp import MLP
 from ..modules.rmsnorm import RMSNorm
+from .generation import GenerationMixin
 
 # nn.RMSNorm's default eps (None) is the dtype's machine epsilon; a fixed one keeps float64 and
 # float32 models the same function.
 NORM_EPS = 1e-6
+
+
+class TitansState(NamedTuple):
+    """One block's stream state: its memory's and its attention's KV cache (MAC: the current segment's)."""
+
+    memory: NeuralMemoryState
+    attention: KVCache
 
 
 class TitansBlock(nn.Module):
@@ -56,23 +71,36 @@ class TitansBlock(nn.Module):
         if variant == "mag":
             self.gate_norm_attn, self.gate_norm_mem = RMSNorm(d_model, eps=NORM_EPS), RMSNorm(d_model, eps=NORM_EPS)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, return_state: bool = False) -> tuple[Tensor, TitansState | None]:
+        """x (batch, length, d_model) -> (y, the stream's state after x if ``return_state``, else None)."""
+        state = None
         if self.variant == "mac":
-            x = x + self._memory_as_context(self.norm_attn(x))
+            y, state = self._memory_as_context(self.norm_attn(x), return_state)
+            x = x + y
         elif self.variant == "mag":
-            y = self.attn(self.norm_attn(x))
-            m = self.memory(self.norm_mem(x))
+            y, cache = self._attend(self.norm_attn(x), return_state)
+            m, memory = self._remember(self.norm_mem(x), return_state)
             x = x + self.gate_norm_attn(y) * torch.sigmoid(self.gate_norm_mem(m))
+            state = TitansState(memory, cache) if return_state else None
         else:  # mal
-            x = x + self.memory(self.norm_mem(x))
-            x = x + self.attn(self.norm_attn(x))
-        return x + self.mlp(self.norm_mlp(x))
+            m, memory = self._remember(self.norm_mem(x), return_state)
+            x = x + m
+            y, cache = self._attend(self.norm_attn(x), return_state)
+            x = x + y
+            state = TitansState(memory, cache) if return_state else None
+        return x + self.mlp(self.norm_mlp(x)), state
 
-    def _memory_as_context(self, x: Tensor) -> Tensor:
+    def _attend(self, x: Tensor, return_state: bool) -> tuple[Tensor, KVCache | None]:
+        return self.attn(x, return_cache=True) if return_state else (self.attn(x), None)
+
+    def _remember(self, x: Tensor, return_state: bool) -> tuple[Tensor, NeuralMemoryState | None]:
+        return self.memory(x, return_state=True) if return_state else (self.memory(x), None)
+
+    def _memory_as_context(self, x: Tensor, return_state: bool) -> tuple[Tensor, TitansState | None]:
         """Segments attend to [persistent ‖ h ‖ segment]; h read from the memory before the segment."""
         batch, length = x.shape[:2]
         s = self.segment_len
-        h = self.memory(x)  # h_t = M*(q_t) with the weights from before t's segment (chunk = segment)
+        h, memory = self._remember(x, return_state)  # h_t = M*(q_t), weights from before t's segment (chunk = segment)
         pad = (-length) % s
         xs = rearrange(F.pad(x, (0, 0, 0, pad)), "b (n s) d -> (b n) s d", s=s)
         hs = rearrange(F.pad(h, (0, 0, 0, pad)), "b (n s) d -> (b n) s d", s=s)
@@ -80,10 +108,43 @@ class TitansBlock(nn.Module):
         # the same (relative, within-segment) positions as x makes the causal rule say exactly that.
         local = torch.arange(s, device=x.device)
         y = self.attn(xs, local, context=hs, context_positions=local)
-        return rearrange(y, "(b n) s d -> b (n s) d", b=batch)[:, :length]
+        y = rearrange(y, "(b n) s d -> b (n s) d", b=batch)[:, :length]
+        if not return_state:
+            return y, None
+        # The cache of the unfinished last segment: its tokens' and read-outs' keys and values, stepped in.
+        cache = self.attn.init_cache(batch, x.device, x.dtype)
+        for t in range(length - length % s, length):
+            _, cache = self.attn.step(x[:, t], cache, context=h[:, t])
+        return y, TitansState(memory, cache)
+
+    def init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> TitansState:
+        return TitansState(self.memory.init_state(batch_size, device, dtype),
+                           self.attn.init_cache(batch_size, device, dtype))
+
+    def step(self, x_t: Tensor, state: TitansState, checked: bool = True) -> tuple[Tensor, TitansState]:
+        """One token x_t (batch, d_model); ``checked=False`` skips the memory's state checks (generation)."""
+        remember = self.memory.step if checked else self.memory._step
+        cache = state.attention
+        if self.variant == "mac":
+            u = self.norm_attn(x_t)
+            h_t, memory = remember(u, state.memory)
+            if cache.keys.shape[2] == 2 * self.segment_len:  # the segment is complete: the next one starts empty
+                cache = self.attn.init_cache(x_t.shape[0], x_t.device, cache.keys.dtype)
+            y, cache = self.attn.step(u, cache, context=h_t)
+            x_t = x_t + y
+        elif self.variant == "mag":
+            y, cache = self.attn.step(self.norm_attn(x_t), cache)
+            m, memory = remember(self.norm_mem(x_t), state.memory)
+            x_t = x_t + self.gate_norm_attn(y) * torch.sigmoid(self.gate_norm_mem(m))
+        else:  # mal
+            m, memory = remember(self.norm_mem(x_t), state.memory)
+            x_t = x_t + m
+            y, cache = self.attn.step(self.norm_attn(x_t), cache)
+            x_t = x_t + y
+        return x_t + self.mlp(self.norm_mlp(x_t)), TitansState(memory, cache)
 
 
-class TitansLM(nn.Module):
+class TitansLM(GenerationMixin, nn.Module):
     """A Titans language model: embedding, ``n_layers`` blocks of one variant, norm, LM head.
 
     Args:
@@ -108,7 +169,7 @@ class TitansLM(nn.Module):
             check_int("TitansLM", name, value)
         if d_model % heads or (d_model // heads) % 2:
             raise ValueError(f"TitansLM: d_model={d_model} must split into heads={heads} heads of even width")
-        self.variant, self.vocab_size = variant, vocab_size
+        self.variant, self.vocab_size, self.n_layers = variant, vocab_size, n_layers
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(
             TitansBlock(variant, d_model, heads, segment_len, window, persistent_tokens, memory_heads,
@@ -118,22 +179,65 @@ class TitansLM(nn.Module):
         self.norm = RMSNorm(d_model, eps=NORM_EPS)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        """tokens (batch, length) int64 -> logits (batch, length, vocab_size)."""
-        if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long or 0 in tokens.shape:
+    def _check_tokens(self, tokens: Tensor, arg: str = "tokens", rank: int = 2) -> None:
+        doc = "(batch >= 1, length >= 1)" if rank == 2 else "(batch >= 1,)"
+        if not isinstance(tokens, Tensor) or tokens.dim() != rank or tokens.dtype != torch.long or 0 in tokens.shape:
             got = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, Tensor) else type(tokens).__name__
-            raise ValueError(f"TitansLM: tokens must be a (batch >= 1, length >= 1) int64 tensor, got {got}")
+            raise ValueError(f"TitansLM: {arg} must be a {doc} int64 tensor, got {got}")
         if tokens.device != self.embed.weight.device:
-            raise ValueError(f"TitansLM: tokens are on {tokens.device} but the model is on {self.embed.weight.device}")
+            raise ValueError(f"TitansLM: {arg} are on {tokens.device} but the model is on {self.embed.weight.device}")
         if input_checks_enabled(tokens.device) and (
             bool((tokens < 0).any()) or bool((tokens >= self.vocab_size).any())
         ):
-            raise ValueError(f"TitansLM: tokens must lie in [0, vocab_size={self.vocab_size})")
+            raise ValueError(f"TitansLM: {arg} must lie in [0, vocab_size={self.vocab_size})")
+
+    def forward(self, tokens: Tensor, return_state: bool = False) -> Tensor | tuple[Tensor, list[TitansState]]:
+        """tokens (batch, length) int64 -> logits (batch, length, vocab_size); with ``return_state`` also the
+        blocks' states, which ``step`` continues from."""
+        self._check_tokens(tokens)
+        if not isinstance(return_state, bool):
+            raise ValueError(f"TitansLM: return_state must be True or False, got {return_state!r}")
         x = self.embed(tokens)
+        states = []
         with input_checks(False):  # checked once, above
             for block in self.blocks:
-                x = block(x)
-        return self.head(self.norm(x))
+                x, state = block(x, return_state)
+                states.append(state)
+        logits = self.head(self.norm(x))
+        return (logits, states) if return_state else logits
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> list[TitansState]:
+        """The state of a fresh stream (``step`` from it equals ``forward`` from the first token)."""
+        check_int("TitansLM.init_state", "batch_size", batch_size)
+        device = torch.device(device) if device is not None else self.embed.weight.device
+        dtype = dtype or self.embed.weight.dtype
+        return [block.init_state(batch_size, device, dtype) for block in self.blocks]
+
+    def step(self, token: Tensor, state: list[TitansState]) -> tuple[Tensor, list[TitansState]]:
+        """token (batch,) -> logits (batch, vocab_size) for the next token, and the next state."""
+        self._check_tokens(token, "token", 1)
+        if not isinstance(state, (list, tuple)) or len(state) != self.n_layers or \
+                not all(isinstance(s, TitansState) for s in state):
+            raise ValueError(f"TitansLM.step: state must be a list of {self.n_layers} TitansState, as init_state or "
+                             "forward(..., return_state=True) return")
+        return self._run_step(token, state, checked=True)
+
+    def _run_step(self, token: Tensor, state: list[TitansState], checked: bool) -> tuple[Tensor, list[TitansState]]:
+        x = self.embed(token)
+        new_state = []
+        with input_checks(False):
+            for block, s in zip(self.blocks, state):
+                x, s = block.step(x, s, checked)
+                new_state.append(s)
+        return self.head(self.norm(x)), new_state
+
+    def _prefill(self, input_ids: Tensor) -> tuple[Tensor, list[TitansState]]:
+        logits, state = self.forward(input_ids, return_state=True)
+        return logits[:, -1], state
+
+    def _decode(self, token: Tensor, state: list[TitansState]) -> tuple[Tensor, list[TitansState]]:
+        return self._run_step(token, state, checked=False)
 
 
 class MAC(TitansLM):

@@ -206,12 +206,19 @@ class Attention(nn.Module):
         empty = torch.zeros(batch_size, self.kv_heads, 0, self.head_dim, device=device, dtype=dtype)
         return KVCache(empty, empty.clone(), torch.zeros((), dtype=torch.long, device=device))
 
-    def step(self, x_t: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
+    def step(self, x_t: Tensor, cache: KVCache, context: Tensor | None = None) -> tuple[Tensor, KVCache]:
         """One token: x_t (batch, d_model) and the cache -> (y_t (batch, d_model), next cache).
-        Equals ``forward`` on the whole sequence at that position."""
+        Equals ``forward`` on the whole sequence at that position.
+
+        context (batch, d_model): a context token at x_t's position (as ``forward``'s context with
+        context_positions equal to positions), whose key and value join the cache just before x_t's."""
         if not self.causal:
             raise ValueError("Attention.step: needs causal attention (this one sees the future)")
         self._check_x(x_t, "x_t", 2, "(batch, d_model)")
+        if context is not None:
+            self._check_x(context, "context", 2, "(batch, d_model)")
+            if context.shape[0] != x_t.shape[0] or self.window is not None:
+                raise ValueError("Attention.step: context must have x_t's batch size, and needs window=None")
         if not isinstance(cache, KVCache):
             raise ValueError(f"Attention.step: cache must be a KVCache (from init_cache or forward with "
                              f"return_cache=True), got {type(cache).__name__}")
@@ -224,6 +231,9 @@ class Attention(nn.Module):
         q, k, v = self._project(x_t[:, None])
         position = cache.position.reshape(1)
         q, k = self._rotate(q, position), self._rotate(k, position)
+        if context is not None:
+            _, ck, cv = self._project(context[:, None])
+            k, v = torch.cat([self._rotate(ck, position), k], 2), torch.cat([cv, v], 2)
         keys = torch.cat([cache.keys.to(k.dtype), k], 2)
         values = torch.cat([cache.values.to(v.dtype), v], 2)
         # Every cached key is visible: the rule is causal, and a sliding-window cache holds only the window.

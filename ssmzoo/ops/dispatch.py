@@ -200,8 +200,9 @@ class Dispatcher:
             try:
                 ok = bool(b.available())
                 if ok and b.probe and b.fn is not self.reference:
-                    case = self.probe_case(device, b.capabilities)
-                    probe_against_reference(b.fn, self.reference, case, b.capabilities.grad, self.rtol, self.atol)
+                    with torch.inference_mode(False):  # Lightning evaluates under inference mode: no grad there
+                        case = self.probe_case(device, b.capabilities)
+                        probe_against_reference(b.fn, self.reference, case, b.capabilities.grad, self.rtol, self.atol)
             except Exception as e:  # an optional backend that is broken here costs one warning, nothing more
                 warnings.warn(f"ssmzoo: {self.op} backend {name!r} failed its probe on {device.type} "
                               f"({type(e).__name__}: {e}); using another backend", stacklevel=3)

@@ -4,5 +4,6 @@ checkpoints monitor (:class:`Task`)."""
 from .base import Task
 from .classification import ClassificationTask
 from .forecasting import ForecastingTask
+from .language_modeling import LanguageModelingTask, RecallTask
 
-__all__ = ["ClassificationTask", "ForecastingTask", "Task"]
+__all__ = ["ClassificationTask", "ForecastingTask", "LanguageModelingTask", "RecallTask", "Task"]

@@ -1,23 +1,50 @@
-"""LightningDataModules for the synthetic tasks: seeded, generated in memory, any model.
+"""LightningDataModules for the synthetic tasks: seeded, generated on demand, any model.
 
-Batches are ``(tokens, targets)``: tokens LongTensor (batch, length), targets LongTensor
-(batch, length) holding the token expected at each position or ``ignore_index`` (-100) where
-nothing is asked (the convention of ``F.cross_entropy``)."""
+Every sample is generated from its own seed (the datamodule's seed, the split and its index), so splits may
+be as large as training wants (fresh data every step, as the papers train) without being held in memory, and
+a resumed run sees the same samples. Batches are dicts ``{"input_ids", "targets"}``, both LongTensor
+(batch, length); targets hold the token expected at each position or ``ignore_index`` (-100) where nothing is
+asked (the convention of ``F.cross_entropy`` and of :class:`ssmzoo.tasks.RecallTask`)."""
 
 from __future__ import annotations
 
+import hashlib
 from abc import abstractmethod
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from ..loader import ResumableDataLoader, check_loader_args, eval_loader
 from .induction_heads import induction_heads
+from .needle import needles
 from .selective_copying import selective_copying
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+def sample_seed(seed: int, split: str, index: int) -> int:
+    """A 63-bit seed for one sample of one split."""
+    digest = hashlib.blake2b(f"ssmzoo-synthetic:{seed}:{split}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class GeneratedDataset(Dataset):
+    """``size`` samples, sample i made by ``make(generator)`` with a generator seeded by (seed, split, i)."""
+
+    def __init__(self, module: _SyntheticDataModule, split: str, size: int) -> None:
+        self.module, self.split, self.size = module, split, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        if not 0 <= index < self.size:
+            raise IndexError(f"sample {index} of {self.size}")
+        generator = torch.Generator().manual_seed(sample_seed(self.module.seed, self.split, index))
+        tokens, targets = self.module._generate(self.split, 1, generator)
+        return {"input_ids": tokens[0], "targets": targets[0]}
 
 
 class _SyntheticDataModule(L.LightningDataModule):
@@ -33,24 +60,16 @@ class _SyntheticDataModule(L.LightningDataModule):
         check_loader_args(type(self).__name__, batch_size, num_workers)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
-        self.datasets: dict[str, TensorDataset] = {}
 
     @abstractmethod
     def _generate(self, split: str, num_samples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """(tokens, targets) of one split."""
+        """(tokens, targets) of ``num_samples`` samples of ``split``."""
 
-    def dataset(self, split: str) -> TensorDataset:
-        """The split's examples; each split has its own seed derived from ``seed``."""
+    def dataset(self, split: str) -> GeneratedDataset:
+        """The split's samples, each generated when read."""
         if split not in _SPLITS:
             raise ValueError(f"{type(self).__name__}: split must be one of {', '.join(_SPLITS)}, got {split!r}")
-        if split not in self.datasets:
-            generator = torch.Generator().manual_seed(self.seed * len(_SPLITS) + _SPLITS[split])
-            self.datasets[split] = TensorDataset(*self._generate(split, self.sizes[split], generator))
-        return self.datasets[split]
-
-    def setup(self, stage: str | None = None) -> None:
-        for split in _SPLITS:
-            self.dataset(split)
+        return GeneratedDataset(self, split, self.sizes[split])
 
     def train_dataloader(self) -> DataLoader:
         # order set by the run seed and the epoch, resumable mid-epoch (see ssmzoo.data.loader)
@@ -112,3 +131,39 @@ class InductionHeadsDataModule(_SyntheticDataModule):
     def _generate(self, split: str, num_samples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         length = self.test_seq_len if split == "test" else self.seq_len
         return induction_heads(num_samples, length, self.vocab_size, generator)
+
+
+class NeedleDataModule(_SyntheticDataModule):
+    """Key-value needles (see needle.py; the Titans paper's passkey test): ``pairs`` key→value needles in a
+    haystack of filler tokens, then
+    every key asked again. Trained and validated at ``seq_len``, tested at ``test_seq_len`` (default the same),
+    so a model trained short can be tested on haystacks longer than its attention span.
+
+    ``vocab_size`` is ``num_filler + num_keys + num_values``."""
+
+    def __init__(
+        self,
+        seq_len: int = 64,
+        test_seq_len: int | None = None,
+        pairs: int = 1,
+        num_filler: int = 16,
+        num_keys: int = 16,
+        num_values: int = 16,
+        num_train: int = 48000,
+        num_val: int = 256,
+        num_test: int = 256,
+        batch_size: int = 16,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(num_train, num_val, num_test, batch_size, seed, num_workers)
+        self.seq_len, self.pairs = seq_len, pairs
+        self.test_seq_len = test_seq_len if test_seq_len is not None else seq_len
+        self.num_filler, self.num_keys, self.num_values = num_filler, num_keys, num_values
+        for length in {seq_len, self.test_seq_len}:
+            needles(1, length, pairs, num_filler, num_keys, num_values, torch.Generator())  # validate arguments now
+        self.vocab_size = num_filler + num_keys + num_values
+
+    def _generate(self, split: str, num_samples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        length = self.test_seq_len if split == "test" else self.seq_len
+        return needles(num_samples, length, self.pairs, self.num_filler, self.num_keys, self.num_values, generator)
