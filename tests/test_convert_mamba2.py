@@ -193,3 +193,19 @@ def test_conversion_errors():
             from_mamba_ssm_mamba2(sd, {**ssm_config, "ssm_cfg": {**ssm_config["ssm_cfg"], **bad}})
     with pytest.raises(ValueError, match="d_intermediate"):
         from_mamba_ssm_mamba2(sd, {**ssm_config, "d_intermediate": 64})
+
+
+def test_from_pretrained_and_save_pretrained_go_through_the_registry(tmp_path):
+    # A folder written by transformers loads by its config.json's model_type; save_pretrained writes HF's
+    # format back (it can express the model), which transformers reads as the same model.
+    theirs, _ = hf_model(False, 2, (0.0, 0.05))
+    theirs.save_pretrained(str(tmp_path / "hf"))
+    ours = LanguageModel.from_pretrained(tmp_path / "hf")
+    t = tokens()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(t), hf_logits(theirs, t), rtol=1e-4, atol=1e-4)
+    ours.save_pretrained(tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "mamba2"
+    again = transformers.Mamba2ForCausalLM.from_pretrained(str(tmp_path / "ours")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf_logits(again, t), ours(t), rtol=1e-4, atol=1e-4)

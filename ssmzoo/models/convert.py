@@ -6,7 +6,8 @@
     "mamba"              Hugging Face, model_type "mamba"    model.safetensors          load and save
     "mamba_ssm.Mamba1"   mamba-ssm: d_model, n_layer, ssm_cfg pytorch_model.bin          load and save
     "ssmzoo"             model_type "ssmzoo": our arguments  model.safetensors          load and save (any layer)
-    "mamba2", "mamba_ssm.Mamba2"                              (for the Mamba-2 layer's converter to add)
+    "mamba2"             Hugging Face Mamba2ForCausalLM      model.safetensors          load and save (convert_mamba2)
+    "mamba_ssm.Mamba2"   mamba-ssm, ssm_cfg layer Mamba2     pytorch_model.bin          load and save (convert_mamba2)
 
 :func:`checkpoint_format` names a config's format: its ``model_type``, else ``mamba_ssm.<ssm_cfg layer>``.
 
@@ -34,6 +35,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .convert_mamba2 import load_hf_mamba2, load_mamba_ssm_mamba2, to_hf_mamba2, to_mamba_ssm_mamba2
 from .lm import LanguageModel
 
 # -- the registry ---------------------------------------------------------------------------------
@@ -284,4 +286,6 @@ def to_ssmzoo(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], 
 
 register_converter("mamba", lambda config, sd: from_hf_mamba(sd, config), to_hf_mamba)
 register_converter("mamba_ssm.Mamba1", lambda config, sd: from_mamba_ssm(sd, config), to_mamba_ssm)
+register_converter("mamba2", load_hf_mamba2, to_hf_mamba2)
+register_converter("mamba_ssm.Mamba2", load_mamba_ssm_mamba2, to_mamba_ssm_mamba2)
 register_converter("ssmzoo", from_ssmzoo, to_ssmzoo)

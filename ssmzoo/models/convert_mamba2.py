@@ -19,9 +19,9 @@ and translating the configuration (the tables ``HF_ARGS`` and ``MAMBA_SSM_ARGS``
 - mamba-ssm: eps 1e-5 for every norm (create_block's and RMSNormGated's defaults); ``ssm_cfg`` holds the
   Mamba2 constructor's arguments, kernel options (use_mem_eff_path) aside.
 Neither library is imported here: pass a state dict (or a module) and its config object or dict. The
-``load_*(config, state_dict)`` / ``to_*(model)`` pairs have the signatures of a checkpoint-format registry
-(config.json as a dict; a saver returns (config, state dict, weights file name), or None when the format cannot
-express the model).
+``load_*(config, state_dict)`` / ``to_*(model)`` pairs are registered in ``convert.py``'s checkpoint-format
+registry as "mamba2" and "mamba_ssm.Mamba2", so ``LanguageModel.from_pretrained`` / ``save_pretrained`` read and
+write both formats.
 """
 
 from __future__ import annotations
