@@ -318,7 +318,8 @@ def test_command_line(tmp_path, capsys):
     folder = main(["--out", str(tmp_path), "--size", "32", "--n", "4", "--seed", "2", "--contour-length", "9",
                    "--batch-size", "3"])
     assert folder == tmp_path / "curv_contour_length_9"
-    assert "wrote 4 32x32 images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote 4 GENERATED 32x32 Pathfinder images" in out and "not the LRA release" in out
     assert len(read_folder(folder)) == 4
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "x"), "--size", "48"])
