@@ -108,6 +108,8 @@ def run_config(config: Path, root: str, cli_args: list[str], note: str, results_
     wall = time.perf_counter() - start
     if cli.results is None or cli.results.get("test_acc") is None:
         raise SystemExit(f"{config}: the run produced no test accuracy (is test_after_fit off?)")
+    if not cli.trainer.is_global_zero:  # under DDP Lightning runs this script once per rank; rank 0 reports
+        return Path()
     datamodule, network = cli.datamodule, cli.model.model
     task = lra_task(datamodule)
     name = f"{config.parent.name}_{config.stem}"
