@@ -240,6 +240,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--task", nargs="+", help="with --mini or --full: these tasks only")
     parser.add_argument("--model", nargs="+", choices=MODELS, help="with --mini or --full: these models only")
     parser.add_argument("--table", action="store_true", help="only rebuild results.md from the result JSON files")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's, the number of cores). On a machine shared with "
+                        "other jobs use 1: two threads that wait for each other lose most of their time to the "
+                        "other jobs (10x slower steps measured at a load of 10 on 2 cores)")
     parser.add_argument("--root", default="runs/benchmarks", help="trainer.default_root_dir of the runs")
     parser.add_argument("--note", default="", help="a remark stored with each result (e.g. the machine was shared)")
     parser.add_argument("--results-dir", default=str(HERE / "results"),
@@ -248,6 +252,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parser.parse_args(argv)
     if args.mini and args.full:
         raise SystemExit("--mini and --full: choose one")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     results_dir = Path(args.results_dir)
     outputs = []
     if not args.table:
