@@ -377,13 +377,27 @@ def test_generated_datamodule_writes_once_under_generated_and_labels_it(tmp_path
     def no_generation(*args, **kwargs):
         raise AssertionError("generated again")
 
-    monkeypatch.setattr("ssmzoo.data.lra.pathfinder_generator.generate_pathfinder", no_generation)
-    again = GeneratedPathfinderDataModule(n=10, contour_length=6, generator_seed=2)
-    again.prepare_data()
-    assert np.array_equal(again.load_split("test")[1], dm.load_split("test")[1])
-    # other arguments are another data set, in another folder
+    with monkeypatch.context() as patch:
+        patch.setattr("ssmzoo.data.lra.pathfinder_generator.generate_pathfinder", no_generation)
+        again = GeneratedPathfinderDataModule(n=10, contour_length=6, generator_seed=2)
+        again.prepare_data()
+        assert np.array_equal(again.load_split("test")[1], dm.load_split("test")[1])
+    # other arguments are another data set, in another folder; another contour length sits beside this one
     assert GeneratedPathfinderDataModule(n=10, contour_length=6, generator_seed=3).folder != dm.folder
     assert pathfinder.generated_dir(32, 6, 10, 2) == dm.folder
+    longer = GeneratedPathfinderDataModule(n=10, contour_length=9, generator_seed=2)
+    longer.prepare_data()
+    assert longer.folder.parent == dm.folder.parent and len(longer.load_split("train")[1]) == 8
+    assert sorted(p.name for p in dm.folder.parent.iterdir()) == ["curv_baseline", "curv_contour_length_9"]
+
+
+def test_generated_datamodule_refuses_a_folder_it_did_not_complete(tmp_path):
+    from ssmzoo.data.lra import GeneratedPathfinderDataModule
+
+    dm = GeneratedPathfinderDataModule(n=10, contour_length=6)
+    (dm.folder / "imgs").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="params.json"):
+        dm.prepare_data()
 
 
 @pytest.mark.parametrize("kwargs,name", [({"n": 2}, "n"), ({"resolution": 256}, "resolution"),
