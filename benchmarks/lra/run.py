@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -172,15 +173,21 @@ def _published_cell(r: dict) -> str:
 
 def _row(r: dict) -> str:
     load = r.get("load_1min") or {}
+    parameters = f"{r['parameters']:,}" if "parameters" in r else "?"
     cpu = f"{r['cpu_time_s'] / 60:.1f} min" if "cpu_time_s" in r else "–"
     return (f"| {r['task']} | {r.get('layer', '?')} | {100 * r['test_acc']:.2f} | {100 * r['majority_baseline']:.2f} "
-            f"| {_published_cell(r)} | {r['steps']} × {r.get('batch_size', '?')} | {r.get('parameters', 0):,} "
-            f"| {r['wall_time_s'] / 60:.1f} min | {cpu} | {load.get('mean', '?')} | {r['data']} | `{r['config']}` |")
+            f"| {_published_cell(r)} | {r['steps']} × {r.get('batch_size', '?')} | {parameters} "
+            f"| {r['wall_time_s'] / 60:.1f} min | {cpu} | {load.get('mean', '?')} | {r.get('data') or r.get('data_note', '?')} "
+            f"| `{r['config']}` |")
 
 
 def write_table(results_dir: Path, table: Path) -> None:
     results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
     results = [r for r in results if "test_acc" in r]
+    for r in results:  # results written before run.py recorded the layer: read it from the config
+        config = REPO / r["config"]
+        if "layer" not in r and config.is_file():
+            r["layer"] = yaml.safe_load(config.read_text())["model"]["init_args"]["model"]["init_args"]["layer"]
     mini = {(Path(r["config"]).stem.rsplit("_", 1)[0], r.get("layer")): r for r in results if r.get("mini")}
     head = ("| task | model | test acc | majority baseline | published (full LRA; not comparable) | steps × batch "
             "| parameters | wall time | CPU time | mean 1-min load (2 cores) | data | config |\n"
@@ -265,6 +272,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             raise SystemExit(f"no such config: {', '.join(missing)}")
         for config in configs:
             outputs.append(run_config(config, args.root, args.cli_args, args.note, results_dir))
+    results_dir.mkdir(parents=True, exist_ok=True)
     write_table(results_dir, results_dir.parent / "results.md")
     return outputs
 
