@@ -52,7 +52,7 @@ PUBLISHED_FOR_LAYER = {"s4": "S4 (v2)", "s4d": "S4D-LegS"}
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 MINI_TASKS = ("listops", "pathfinder", "fashion_mnist")
-MODELS = ("s4d", "s4", "mamba")
+MODELS = ("s4d", "s4", "mamba")  # Mamba-2 and HSA join with their configs: configs/lra/{<task>,mini}/...mamba2|hsa
 MINI_COMMAND = "python benchmarks/lra/run.py --mini"
 
 
