@@ -108,7 +108,7 @@ def cpu_seconds() -> float:
                                                  resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
-def run_config(config: Path, root: str, cli_args: list[str], note: str, results_dir: Path) -> Path:
+def run_config(config: Path, root: str, cli_args: list[str], note: str, results_dir: Path, threads: int | None) -> Path:
     """Train ``config`` through the CLI, write its result JSON and return its path."""
     start, start_cpu = time.perf_counter(), cpu_seconds()
     with LoadSampler() as load:
@@ -130,6 +130,7 @@ def run_config(config: Path, root: str, cli_args: list[str], note: str, results_
         "mini": config.parent.name == "mini",
         "config": shown,
         "command": "python benchmarks/lra/run.py --config " + shlex.quote(shown)
+        + (f" --threads {threads}" if threads is not None else "")
         + "".join(" " + shlex.quote(a) for a in (["--"] + cli_args if cli_args else [])),
         "layer": cli.config["fit"]["model"]["init_args"]["model"]["init_args"]["layer"],
         "parameters": sum(p.numel() for p in network.parameters()),
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         if missing:
             raise SystemExit(f"no such config: {', '.join(missing)}")
         for config in configs:
-            outputs.append(run_config(config, args.root, args.cli_args, args.note, results_dir))
+            outputs.append(run_config(config, args.root, args.cli_args, args.note, results_dir, args.threads))
     results_dir.mkdir(parents=True, exist_ok=True)
     write_table(results_dir, results_dir.parent / "results.md")
     return outputs
