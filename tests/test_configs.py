@@ -13,9 +13,11 @@ import torch
 import yaml
 
 from offline_data import ett_dir
+from test_fashion_mnist import write_fashion
 from test_lra_data import write_cifar, write_imdb, write_pathfinder
 from ssmzoo.cli import run
 from ssmzoo.data import data_root
+from ssmzoo.data.lra.fashion_mnist import DEBIAN_DIR as fashion_mnist_dir
 from ssmzoo.data.lra.image import default_data_dir as cifar_dir
 from ssmzoo.data.lra.pathfinder import default_data_dir as pathfinder_dir
 from ssmzoo.data.lra.text import default_aan_dir, default_imdb_dir
@@ -44,8 +46,8 @@ SYNTHETIC = {"SelectiveCopyingDataModule": {}, "InductionHeadsDataModule": {"tes
 
 
 def data_overrides(data: dict, scratch: Path) -> tuple[list[str], str | None]:
-    """(arguments that make the config's data tiny and point at it, or the reason it is not here); ``scratch``
-    is a folder for stand-in files."""
+    """(arguments that make the config's data tiny and point at it, or why this test does not fit it);
+    ``scratch`` is a folder for stand-in files."""
     name, args = data["class_path"].rsplit(".", 1)[1], data.get("init_args") or {}
     if name == "TextDataModule":
         corpus = scratch / "corpus"
@@ -61,16 +63,23 @@ def data_overrides(data: dict, scratch: Path) -> tuple[list[str], str | None]:
         return [f"--data.init_args.{k}={v}" for k, v in tiny.items()], None
     if name == "ListOpsDataModule":
         if args.get("data_dir"):
-            return [], f"ListOps files at {args['data_dir']} (--data.init_args.data_dir)"
+            return [], f"needs ListOps files at {args['data_dir']} (--data.init_args.data_dir)"
         tiny = {"n_train": 16, "n_val": 4, "n_test": 4, "min_length": 5, "max_length": 40, "max_depth": 3,
                 "max_args": 4, "batch_size": 4}
         return [f"--data.init_args.{k}={v}" for k, v in tiny.items()], None
+    if name == "GeneratedPathfinderDataModule":  # generated offline, 40 images (cached for the next configs)
+        return ["--data.init_args.n=40", "--data.init_args.generator_workers=1", "--data.init_args.batch_size=4"], None
+    if name == "FashionMNISTDataModule":
+        # Fitted on tiny IDX files by the next test (whether or not Debian's package is installed); the Debian
+        # files themselves are read by test_fashion_mnist.py::test_real_debian_files.
+        return [], (f"fitted on Fashion-MNIST IDX files written by the next test instead (the real files at "
+                    f"{fashion_mnist_dir} are read by test_fashion_mnist.py)")
     if name == "ARDataModule":
         return ["--data.init_args.length=1000", "--data.init_args.batch_size=8"], None
     if name == "InformerDataModule":
         folder = ett_dir()
         if folder is None:
-            return [], f"ETT-small under $SSMZOO_DATA ({data_root() / 'ETT-small'}); or pass --data.init_args.path"
+            return [], f"needs ETT-small under $SSMZOO_DATA ({data_root() / 'ETT-small'}); or pass --data.init_args.path"
         csv = folder / f"{args.get('name', 'ETTh1')}.csv"
         return [f"--data.init_args.path={csv}", "--data.init_args.batch_size=4"], None
     where = {
@@ -80,7 +89,7 @@ def data_overrides(data: dict, scratch: Path) -> tuple[list[str], str | None]:
         "PathfinderDataModule": pathfinder_dir(args.get("resolution", 32)),
     }[name]
     if not Path(where).is_dir():
-        return [], f"the {name} files at {where} (or pass --data.init_args.data_dir)"
+        return [], f"needs the {name} files at {where} (or pass --data.init_args.data_dir)"
     return [f"--data.init_args.data_dir={where}", "--data.init_args.batch_size=4"], None
 
 
@@ -96,6 +105,12 @@ def data_home(tmp_path_factory):
 
 def test_the_configs_are_found():
     assert "configs/lra/listops/s4d_small.yaml" in CONFIGS and any(c.startswith("configs/timeseries/") for c in CONFIGS)
+    # every LRA task at the published scale, and the CPU mini-LRA, for each model
+    for model in ("s4", "s4d", "mamba"):
+        for task in ("listops", "text", "retrieval", "image", "pathfinder", "pathx"):
+            assert f"configs/lra/{task}/{model}.yaml" in CONFIGS
+        for task in ("listops", "pathfinder", "fashion_mnist"):
+            assert f"configs/lra/mini/{task}_{model}.yaml" in CONFIGS
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -105,7 +120,7 @@ def test_shipped_config_fits_and_writes_results(config, data_home, tmp_path, mon
     data_args, missing = data_overrides(spec["data"], tmp_path / "standin")
     monkeypatch.setenv("SSMZOO_DATA", str(data_home))
     if missing:
-        pytest.skip(f"needs {missing}")
+        pytest.skip(missing)
     fit_tiny_and_check(config, spec, data_args, tmp_path)
 
 
@@ -117,6 +132,8 @@ def write_standin(name: str, folder: Path, resolution: int) -> None:
         write_pathfinder(folder, n=40, resolution=resolution)
     elif name == "LRATextDataModule":
         write_imdb(folder)
+    elif name == "FashionMNISTDataModule":
+        write_fashion(folder, n_train=16, n_test=8)
     else:
         assert name == "LRARetrievalDataModule"
         folder.mkdir()
@@ -126,7 +143,8 @@ def write_standin(name: str, folder: Path, resolution: int) -> None:
 
 
 STANDIN = [c for c in CONFIGS if yaml.safe_load((ROOT / c).read_text())["data"]["class_path"].rsplit(".", 1)[1]
-           in ("LRAImageDataModule", "PathfinderDataModule", "LRATextDataModule", "LRARetrievalDataModule")]
+           in ("LRAImageDataModule", "PathfinderDataModule", "LRATextDataModule", "LRARetrievalDataModule",
+               "FashionMNISTDataModule")]
 
 
 @pytest.mark.parametrize("config", STANDIN)
@@ -137,8 +155,8 @@ def test_shipped_config_fits_on_files_in_the_official_format(config, data_home, 
     name = spec["data"]["class_path"].rsplit(".", 1)[1]
     write_standin(name, tmp_path / "data", spec["data"]["init_args"].get("resolution", 32))
     data_args = [f"--data.init_args.data_dir={tmp_path / 'data'}", "--data.init_args.batch_size=4"]
-    if name == "LRAImageDataModule":
-        data_args.append("--data.init_args.val_size=8")  # of the 40 stand-in training images
+    if name in ("LRAImageDataModule", "FashionMNISTDataModule"):
+        data_args.append("--data.init_args.val_size=8")  # of the 40 (CIFAR) or 16 (Fashion-MNIST) training images
     fit_tiny_and_check(config, spec, data_args, tmp_path / "runs")
 
 

@@ -318,7 +318,8 @@ def test_command_line(tmp_path, capsys):
     folder = main(["--out", str(tmp_path), "--size", "32", "--n", "4", "--seed", "2", "--contour-length", "9",
                    "--batch-size", "3"])
     assert folder == tmp_path / "curv_contour_length_9"
-    assert "wrote 4 32x32 images" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote 4 GENERATED 32x32 Pathfinder images" in out and "not the LRA release" in out
     assert len(read_folder(folder)) == 4
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "x"), "--size", "48"])
@@ -326,3 +327,92 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "y"), "--n", "0"])
     assert "n must be" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# `ssmzoo data pathfinder` and GeneratedPathfinderDataModule
+
+
+@pytest.mark.parametrize("entry", ["registry", "ssmzoo"])
+def test_ssmzoo_data_pathfinder_writes_what_the_datamodule_reads(tmp_path, capsys, entry):
+    args = ["pathfinder", "--out", str(tmp_path / "out"), "--size", "32", "--n", "6", "--seed", "3",
+            "--contour-length", "14"]
+    if entry == "registry":
+        from ssmzoo.data.commands import data_commands
+        from ssmzoo.data.commands import main as data_main
+
+        assert "pathfinder" in data_commands()
+        folder = data_main(args)
+    else:
+        from ssmzoo.cli import main as ssmzoo_main
+
+        ssmzoo_main(["data", *args])
+        folder = tmp_path / "out" / "curv_contour_length_14"
+    assert "GENERATED" in capsys.readouterr().out
+    truth = read_folder(folder)
+    dm = PathfinderDataModule(data_dir=str(folder), resolution=32, val_fraction=1 / 6, test_fraction=1 / 6)
+    seqs, labels = dm.load_split("train")
+    assert len(labels) == 4 and all(s.shape == (1024, 1) for s in seqs)
+    # the same images as the generator's own samples with that seed
+    assert {img.tobytes() for img, _ in truth.values()} == {make_sample(32, 14, 3, i).image.tobytes() for i in range(6)}
+
+
+def test_generated_datamodule_writes_once_under_generated_and_labels_it(tmp_path, monkeypatch):
+    from ssmzoo.data.lra import GeneratedPathfinderDataModule, pathfinder
+
+    dm = GeneratedPathfinderDataModule(n=10, contour_length=6, generator_seed=2, batch_size=4)
+    cache = tmp_path / "cache"
+    assert dm.folder == cache / "generated" / "pathfinder32" / dm.folder.parent.name / "curv_baseline"
+    assert "lra_release" not in str(dm.folder)
+    assert "generated" in dm.generated and "not the LRA release" in dm.generated
+    dm.prepare_data()
+    # the files are the generator's, for that seed and contour length
+    reference = generate_pathfinder(tmp_path / "reference", n=10, seed=2, contour_length=6)
+    for png in reference.rglob("*.png"):
+        assert png.read_bytes() == (dm.folder / png.relative_to(reference)).read_bytes()
+    x, lengths, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 1024, 1) and len(dm.load_split("train")[1]) == 8
+
+    # another datamodule with the same arguments reads them and generates nothing
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generated again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("ssmzoo.data.lra.pathfinder_generator.generate_pathfinder", no_generation)
+        again = GeneratedPathfinderDataModule(n=10, contour_length=6, generator_seed=2)
+        again.prepare_data()
+        assert np.array_equal(again.load_split("test")[1], dm.load_split("test")[1])
+    # other arguments are another data set, in another folder; another contour length sits beside this one
+    assert GeneratedPathfinderDataModule(n=10, contour_length=6, generator_seed=3).folder != dm.folder
+    assert pathfinder.generated_dir(32, 6, 10, 2) == dm.folder
+    longer = GeneratedPathfinderDataModule(n=10, contour_length=9, generator_seed=2)
+    longer.prepare_data()
+    assert longer.folder.parent == dm.folder.parent and len(longer.load_split("train")[1]) == 8
+    assert sorted(p.name for p in dm.folder.parent.iterdir()) == ["curv_baseline", "curv_contour_length_9"]
+
+
+def test_generated_datamodule_refuses_a_folder_it_did_not_complete(tmp_path):
+    from ssmzoo.data.lra import GeneratedPathfinderDataModule
+
+    dm = GeneratedPathfinderDataModule(n=10, contour_length=6)
+    (dm.folder / "imgs").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="params.json"):
+        dm.prepare_data()
+
+
+@pytest.mark.parametrize("kwargs,name", [({"n": 2}, "n"), ({"resolution": 256}, "resolution"),
+                                         ({"contour_length": 7}, "contour_length"),
+                                         ({"generator_seed": -1}, "generator_seed"),
+                                         ({"generator_workers": 0}, "generator_workers")])
+def test_generated_datamodule_bad_arguments_name_the_argument(kwargs, name):
+    from ssmzoo.data.lra import GeneratedPathfinderDataModule
+
+    with pytest.raises(ValueError, match=f"GeneratedPathfinderDataModule: {name} must"):
+        GeneratedPathfinderDataModule(**kwargs)
+
+
+def test_lra_package_exports():
+    import ssmzoo.data.lra as lra
+
+    for name in ("generate_pathfinder", "FashionMNISTDataModule", "read_idx", "GeneratedPathfinderDataModule"):
+        assert name in lra.__all__ and getattr(lra, name) is not None

@@ -29,6 +29,7 @@ def _paths_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _paths(args: argparse.Namespace) -> list[tuple[str, Path, bool]]:
     """Print where each data set is looked for by default and whether it is there."""
+    from .lra.fashion_mnist import DEBIAN_DIR as fashion_mnist_dir
     from .lra.image import default_data_dir as cifar_dir
     from .lra.pathfinder import default_data_dir as pathfinder_dir
     from .lra.text import default_aan_dir, default_imdb_dir
@@ -42,6 +43,8 @@ def _paths(args: argparse.Namespace) -> list[tuple[str, Path, bool]]:
         ("LRA Retrieval (AAN)", default_aan_dir(), "--data.init_args.data_dir"),
         ("LRA Pathfinder", pathfinder_dir(32), "--data.init_args.data_dir"),
         ("LRA Path-X", pathfinder_dir(128), "--data.init_args.data_dir"),
+        ("Pathfinder (generated)", data_root() / "generated", "ssmzoo data pathfinder --out"),
+        ("Fashion-MNIST (stand-in)", Path(fashion_mnist_dir), "--data.init_args.data_dir"),
         ("ETTh1", default_csv("ETTh1"), "--data.init_args.path"),
         ("ETTh2", default_csv("ETTh2"), "--data.init_args.path"),
         ("ETTm1", default_csv("ETTm1"), "--data.init_args.path"),
@@ -67,11 +70,18 @@ PATHS = DataCommand(
 
 
 def data_commands() -> dict[str, DataCommand]:
-    """Every ``ssmzoo data`` command by name."""
+    """Every ``ssmzoo data`` command by name: one import and one entry per command."""
     from .lm.shakespeare import SHAKESPEARE
     from .lra.listops.command import LISTOPS
+    from .lra.pathfinder_generator import PATHFINDER
 
-    return {command.name: command for command in (LISTOPS, SHAKESPEARE, PATHS)}
+    commands = (
+        LISTOPS,
+        PATHFINDER,
+        SHAKESPEARE,
+        PATHS,
+    )
+    return {command.name: command for command in commands}
 
 
 def build_parser(prog: str = "ssmzoo data") -> argparse.ArgumentParser:

@@ -1,5 +1,6 @@
 """LRA Pathfinder (32×32, 1,024 pixels) and Path-X (128×128, 16,384): are the two circles joined
-by one dashed contour? 2 classes.
+by one dashed contour? 2 classes. :class:`PathfinderDataModule` reads the official release (or any folder in
+its layout); :class:`GeneratedPathfinderDataModule` generates such a folder first, with ssmzoo's generator.
 
 Reads the official release: ``<data_dir>/metadata/*.npy`` are text files whose lines read
 ``<image dir> <file name> <index> <label> ...``, and images lie at ``<data_dir>/<image dir>/<file name>``
@@ -10,10 +11,14 @@ image files and the decoder's version, so the PNGs are read once and a changed f
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
 
 from ..paths import data_root
 from .common import ClassificationDataModule, cache_file, files_key, holdout, require_dir
@@ -146,3 +151,114 @@ class PathfinderDataModule(ClassificationDataModule):
         chosen = images[idx]
         seqs = list(chosen.astype(np.int64) + 1) if self.tokens else list((chosen / 127.5 - 1.0).astype(np.float32)[..., None])
         return seqs, labels[idx]
+
+
+def generated_dir(resolution: int, contour_length: int, n: int, generator_seed: int) -> Path:
+    """Where :class:`GeneratedPathfinderDataModule` keeps its data: under ``$SSMZOO_DATA/generated/`` (never
+    ``lra_release/``, which holds the official files), one folder per generator version and arguments."""
+    from .pathfinder_generator import FOLDER_NAMES, GENERATOR_VERSION
+
+    name = f"n{n}-seed{generator_seed}-v{GENERATOR_VERSION}"
+    return data_root() / "generated" / f"pathfinder{resolution}" / name / FOLDER_NAMES[contour_length]
+
+
+class GeneratedPathfinderDataModule(PathfinderDataModule):
+    """Pathfinder / Path-X drawn by ssmzoo's seeded generator (:mod:`.pathfinder_generator`), written once in the
+    official layout under ``$SSMZOO_DATA/generated/pathfinder<resolution>/n<n>-seed<s>-v<version>/`` and read
+    as :class:`PathfinderDataModule` reads the release. GENERATED data, not the LRA release: the ``generated``
+    attribute says so for results tables, and the class name does in every run's config and results.json.
+
+    Args:
+        n: images to generate (split val_fraction / test_fraction / rest, as the release).
+        resolution: 32 (Pathfinder), 64, or 128 (Path-X).
+        contour_length: dashes per contour: 14 (LRA's hard level), 9 or 6.
+        generator_seed: the generator's seed (image ``i`` depends only on it, ``i``, resolution and contour length).
+        generator_workers: processes drawing the images the first time (the files are the same for any number).
+        tokens, val_fraction, test_fraction, batch_size, num_workers, seed: as :class:`PathfinderDataModule`.
+    """
+
+    def __init__(
+        self,
+        n: int = 10_000,
+        resolution: int = 32,
+        contour_length: int = 14,
+        generator_seed: int = 0,
+        generator_workers: int = 1,
+        tokens: bool = False,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        from .pathfinder_generator import CONTOUR_LENGTHS, SIZES
+
+        owner = type(self).__name__
+        if resolution not in SIZES:
+            raise ValueError(f"{owner}: resolution must be one of {SIZES} (the generator's sizes), got {resolution!r}")
+        if contour_length not in CONTOUR_LENGTHS:
+            raise ValueError(f"{owner}: contour_length must be one of {CONTOUR_LENGTHS}, got {contour_length!r}")
+        for name, value, low in (("n", n, 3), ("generator_seed", generator_seed, 0), ("generator_workers", generator_workers, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{owner}: {name} must be an int >= {low}, got {value!r}")
+        super().__init__(
+            data_dir=str(generated_dir(resolution, contour_length, n, generator_seed)),
+            resolution=resolution,
+            tokens=tokens,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            seed=seed,
+        )
+        self.n, self.contour_length, self.generator_seed = n, contour_length, generator_seed
+        self.generator_workers = generator_workers
+        self.generated = (f"generated Pathfinder-{resolution} (ssmzoo's seeded generator, contour length "
+                          f"{contour_length}, {n} images, seed {generator_seed}; not the LRA release)")
+
+    @property
+    def folder(self) -> Path:
+        """The generated data set's folder (the ``data_dir`` it is read from)."""
+        return Path(self.data_dir)
+
+    def _is_complete(self) -> bool:
+        return (self.folder / "params.json").is_file()
+
+    def prepare_data(self) -> None:
+        """Generate the images once (on one process); later runs with the same arguments reuse them."""
+        if self._is_complete():
+            return
+        from .pathfinder_generator import GENERATOR_VERSION, generate_pathfinder
+
+        folder = self.folder
+        if folder.exists():  # ours are renamed into place complete, with params.json
+            raise FileExistsError(f"{type(self).__name__}: {folder} exists but has no params.json, so it is not a "
+                                  "complete generated data set (another program's files?); delete it to generate anew")
+        folder.parent.mkdir(parents=True, exist_ok=True)  # <n>-<seed>-<version>/ holds one folder per contour length
+        rank_zero_info(f"Generating {self.n} Pathfinder images into {folder} (once; later runs reuse them)")
+        # Write a private folder, then rename it into place: a crash or a concurrent process never leaves a
+        # half-written data set that looks complete.
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            written = generate_pathfinder(staging, size=self.resolution, n=self.n, seed=self.generator_seed,
+                                          contour_length=self.contour_length, workers=self.generator_workers)
+            params = {"generator_version": GENERATOR_VERSION, "n": self.n, "size": self.resolution,
+                      "contour_length": self.contour_length, "seed": self.generator_seed,
+                      "note": "generated by ssmzoo's Pathfinder generator; not the LRA release"}
+            (written / "params.json").write_text(json.dumps(params, indent=1) + "\n")
+            try:
+                os.rename(written, folder)
+            except OSError:
+                if not self._is_complete():  # not a concurrent writer finishing first
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        rank_zero_info(f"{type(self).__name__}: {self.generated}, read from {self.folder}")
+        super().setup(stage)
+
+    def _decoded(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._all is None and not self._is_complete():
+            self.prepare_data()  # setup without prepare_data (e.g. used outside a Trainer)
+        return super()._decoded()

@@ -100,9 +100,16 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..commands import DataCommand
+
 SIZES = (32, 64, 128)
 CONTOUR_LENGTHS = (6, 9, 14)
 FOLDER_NAMES = {6: "curv_baseline", 9: "curv_contour_length_9", 14: "curv_contour_length_14"}
+# Bump when a change makes the same (seed, index, size, contour length) draw a different image, so that data
+# cached by GeneratedPathfinderDataModule under an older version is generated again.
+GENERATOR_VERSION = 1
+DESCRIPTION = ("Generate LRA Pathfinder / Path-X images (ssmzoo's seeded generator, not the LRA release) in the "
+               "official layout (<out>/curv_contour_length_14/imgs/<b>/sample_<i>.png, metadata/<b>.npy).")
 
 # Extra edge-to-edge clearance between contours beyond the largest gap inside one (2·margin), so
 # that "joined" and "separate" never look alike and the label follows from the geometry.
@@ -678,12 +685,8 @@ def generate_pathfinder(
     return folder
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        prog="ssmzoo data pathfinder",
-        description="Generate LRA Pathfinder / Path-X images in the official layout "
-                    "(<out>/curv_contour_length_14/imgs/<b>/sample_<i>.png, metadata/<b>.npy).",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``ssmzoo data pathfinder``."""
     parser.add_argument("--out", required=True, help="output folder; the data set goes in <out>/<curv_...>/")
     parser.add_argument("--size", type=int, choices=SIZES, default=32, help="32 or 64 (Pathfinder), 128 (Path-X)")
     parser.add_argument("--n", type=int, default=1000, help="number of images")
@@ -693,21 +696,42 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--batch-size", type=int, default=1000, help="images per imgs/<b> folder and metadata file")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier data set in the same folder")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing samples (same files for any number)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> Path:
+    """Generate what ``args`` asks for and print what was written, saying that it is generated data."""
     start = time.perf_counter()
     try:
         folder = generate_pathfinder(args.out, size=args.size, n=args.n, seed=args.seed,
                                      contour_length=args.contour_length, batch_size=args.batch_size,
                                      overwrite=args.overwrite, workers=args.workers)
     except (ValueError, FileExistsError) as e:
+        if parser is None:
+            raise
         parser.error(str(e))
     seconds = time.perf_counter() - start
     positives = sum(sample_label(args.seed, i) for i in range(args.n))
-    print(f"wrote {args.n} {args.size}x{args.size} images (contour length {args.contour_length}) to {folder} in "
-          f"{seconds:.1f} s ({args.n / seconds:.0f} images/s); label 1 (same contour): {positives}, "
-          f"label 0: {args.n - positives}")
-    print(f"read it with PathfinderDataModule(data_dir={str(folder)!r}, resolution={args.size})")
+    print(f"wrote {args.n} GENERATED {args.size}x{args.size} Pathfinder images (ssmzoo's seeded generator, not the "
+          f"LRA release; contour length {args.contour_length}, seed {args.seed}) to {folder} in {seconds:.1f} s "
+          f"({args.n / seconds:.0f} images/s); label 1 (same contour): {positives}, label 0: {args.n - positives}")
+    print(f"read it with PathfinderDataModule(data_dir={str(folder)!r}, resolution={args.size}), or let "
+          f"GeneratedPathfinderDataModule(n={args.n}, resolution={args.size}) generate and cache it")
     return folder
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """``python -m ssmzoo.data.lra.pathfinder_generator``: the same as ``ssmzoo data pathfinder``."""
+    parser = argparse.ArgumentParser(prog="ssmzoo data pathfinder", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv), parser)
+
+
+PATHFINDER = DataCommand(
+    name="pathfinder",
+    help="generate Pathfinder / Path-X images (seeded; generated data, not the LRA release) in the official layout",
+    add_arguments=add_arguments,
+    run=run,
+)
 
 
 if __name__ == "__main__":

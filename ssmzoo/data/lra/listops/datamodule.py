@@ -81,6 +81,16 @@ class ListOpsDataModule(ClassificationDataModule):
         self.max_tokens = max_tokens
 
     @property
+    def generated(self) -> str | None:
+        """What the data is, for results tables, when it is generated (None for the official files)."""
+        if self.data_dir is not None:
+            return None
+        a = self.generator_args
+        return (f"generated ListOps (ssmzoo's seeded generator: {a['n_train']} / {a['n_val']} / {a['n_test']}, "
+                f"{a['min_length']} < tokens < {a['max_length']}, depth <= {a['max_depth']}, <= {a['max_args']} "
+                f"args, seed {a['seed']}; not the LRA release)")
+
+    @property
     def split_dir(self) -> Path:
         """The folder the TSV files are read from."""
         if self.data_dir is not None:
