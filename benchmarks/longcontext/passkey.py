@@ -42,7 +42,7 @@ from ssmzoo.tasks import RecallTask  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = {
-    "ramba": ("RAMba (Mamba + HSA)", "configs/longcontext/passkey_ramba.yaml"),
+    "ramba": ("RAMba (Mamba-2 + HSA)", "configs/longcontext/passkey_ramba.yaml"),
     "hsa_swa": ("HSA + SWA (HSA-UltraLong design)", "configs/longcontext/passkey_hsa_swa.yaml"),
     "mamba2": ("Mamba-2 (baseline)", "configs/longcontext/passkey_mamba2.yaml"),
 }
