@@ -380,3 +380,26 @@ def test_gpu_step_equals_forward():
             outs.append(y_t)
     torch.testing.assert_close(torch.stack(outs, 1), y, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(state[1], final[1], rtol=1e-3, atol=1e-3)
+
+
+def test_bidirectional_is_two_causal_directions():
+    # Without the norm (the gate inside the SSD) and without an out_proj bias, the block is linear after the
+    # SSD, so the bidirectional layer is a causal layer with the forward direction's parameters plus the
+    # time reversal of one with the backward direction's (sharing in_proj and out_proj).
+    torch.manual_seed(0)
+    args = dict(d_model=8, d_state=4, d_conv=3, expand=2, headdim=4, ngroups=2, chunk_size=4, rmsnorm=False)
+    bi = Mamba2(bidirectional=True, **args).double()
+    assert not bi.causal
+    with torch.no_grad():
+        for p in bi.backward.parameters():
+            p.add_(0.3 * torch.randn_like(p))  # the directions must differ for the test to mean anything
+    fwd, bwd = Mamba2(**args).double(), Mamba2(**args).double()
+    shared = {k: v for k, v in bi.state_dict().items() if not k.startswith("backward.")}
+    fwd.load_state_dict(shared)
+    bwd.load_state_dict({**shared, **{k[len("backward."):]: v for k, v in bi.state_dict().items()
+                                      if k.startswith("backward.")}})
+    x = torch.randn(2, 11, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(bi(x), fwd(x) + bwd(x.flip(1)).flip(1), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="bidirectional"):
+        bi(x, seq_idx=torch.zeros(2, 11, dtype=torch.long))

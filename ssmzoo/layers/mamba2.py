@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..modules.checks import check_bool, check_float, check_int
+from ..modules.padding import reverse_padded
 from ..modules.rmsnorm import RMSNorm
 from ..modules.short_conv import ShortConvolution
 from ..ops import ssd as ssd_op
@@ -77,6 +78,26 @@ class _ChannelsLastSplit(torch.autograd.Function):
         return out, None
 
 
+def _add_direction(
+    module: nn.Module, conv_dim: int, d_conv: int, conv_bias: bool, conv_init: float | None, nheads: int,
+    d_D: int, dt_min: float, dt_max: float, dt_init_floor: float, A_range: tuple[float, float],
+    causal_conv1d_backend: str | None,
+) -> None:
+    """Give ``module`` one direction's parameters: conv1d, dt_bias, A_log, D."""
+    module.conv1d = ShortConvolution(conv_dim, d_conv, bias=conv_bias, activation="silu",
+                                     causal_conv1d_backend=causal_conv1d_backend)
+    if conv_init is not None:
+        nn.init.uniform_(module.conv1d.weight, -conv_init, conv_init)
+    # softplus(dt_bias) log-uniform in [dt_min, dt_max] (as Mamba, section 3.6): dt_bias = softplus⁻¹(dt)
+    # = dt + log(1 - exp(-dt)).
+    dt = torch.exp(torch.rand(nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    module.dt_bias = tag_param(nn.Parameter(dt + torch.log(-torch.expm1(-dt))))
+    # A_h = -exp(A_log_h) < 0 keeps every head's decay exp(Δ A_h) in (0, 1).
+    module.A_log = tag_param(nn.Parameter(torch.log(torch.empty(nheads).uniform_(*A_range))))
+    module.D = tag_param(nn.Parameter(torch.ones(d_D)))
+
+
 @register("mamba2")
 class Mamba2(SequenceLayer):
     """Mamba-2 block. Input and output (batch, length, d_model).
@@ -99,6 +120,10 @@ class Mamba2(SequenceLayer):
         dt_limit: Δ is clamped to this (low, high) range after the softplus (forward and step alike).
         bias: biases in in_proj and out_proj.
         conv_bias: bias in the convolution.
+        bidirectional: add a backward direction for non-causal tasks (LRA): its own conv1d, dt_bias, A_log and D
+            (under ``backward.``), sharing in_proj, the norm and out_proj; both directions' SSD outputs are
+            summed before the gated norm (as the Mamba layer's ``bidirectional``). Padded batches (``lengths``)
+            run the backward direction from each sequence's last real token. No state, step or packed documents.
         chunk_size: chunk length of the SSD's chunked algorithm (results do not depend on it beyond rounding).
         ssd_backend: backend of the SSD (None: $SSMZOO_BACKEND or "auto"; "mamba_ssm", "triton", "cpp",
             "chunked", "reference"; see ``ssmzoo.ops.ssd.dispatch``).
@@ -136,17 +161,18 @@ class Mamba2(SequenceLayer):
         dt_limit: tuple[float, float] = (0.0, math.inf),
         bias: bool = False,
         conv_bias: bool = True,
+        bidirectional: bool = False,
         chunk_size: int = 256,
         ssd_backend: str | None = None,
         causal_conv1d_backend: str | None = None,
     ) -> None:
-        super().__init__(d_model)
+        super().__init__(d_model, causal=not bidirectional)
         for arg, value in (("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("headdim", headdim),
                            ("ngroups", ngroups), ("chunk_size", chunk_size)):
             check_int("Mamba2", arg, value)
         check_float("Mamba2", "conv_init", conv_init, above=0.0, optional=True)
         for arg, value in (("D_has_hdim", D_has_hdim), ("rmsnorm", rmsnorm), ("norm_before_gate", norm_before_gate),
-                           ("bias", bias), ("conv_bias", conv_bias)):
+                           ("bias", bias), ("conv_bias", conv_bias), ("bidirectional", bidirectional)):
             check_bool("Mamba2", arg, value)
         check_float("Mamba2", "norm_eps", norm_eps, at_least=0.0)
         for arg, value in (("dt_min", dt_min), ("dt_max", dt_max), ("dt_init_floor", dt_init_floor)):
@@ -172,21 +198,19 @@ class Mamba2(SequenceLayer):
         self.ssd_backend, self.causal_conv1d_backend = ssd_backend, causal_conv1d_backend
 
         self.in_proj = nn.Linear(d_model, d_inner + self.conv_dim + nheads, bias=bias)  # [z, x, B, C, dt]
-        self.conv1d = ShortConvolution(self.conv_dim, d_conv, bias=conv_bias, activation="silu",
-                                       causal_conv1d_backend=causal_conv1d_backend)
-        if conv_init is not None:
-            nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
-        # softplus(dt_bias) log-uniform in [dt_min, dt_max] (as Mamba, section 3.6): dt_bias = softplus⁻¹(dt)
-        # = dt + log(1 - exp(-dt)).
-        dt = torch.exp(torch.rand(nheads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_bias = tag_param(nn.Parameter(dt + torch.log(-torch.expm1(-dt))))
-        # A_h = -exp(A_log_h) < 0 keeps every head's decay exp(Δ A_h) in (0, 1).
-        self.A_log = tag_param(nn.Parameter(torch.log(torch.empty(nheads).uniform_(A_low, A_high))))
-        self.D = tag_param(nn.Parameter(torch.ones(d_inner if D_has_hdim else nheads)))
+        direction = dict(conv_dim=self.conv_dim, d_conv=d_conv, conv_bias=conv_bias, conv_init=conv_init,
+                         nheads=nheads, d_D=d_inner if D_has_hdim else nheads, dt_min=dt_min, dt_max=dt_max,
+                         dt_init_floor=dt_init_floor, A_range=(A_low, A_high),
+                         causal_conv1d_backend=causal_conv1d_backend)
+        _add_direction(self, **direction)  # the forward (causal) direction, under mamba-ssm's names
         self.norm = (RMSNorm(d_inner, eps=norm_eps, group_size=d_inner // ngroups, norm_before_gate=norm_before_gate)
                      if rmsnorm else None)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        self.bidirectional = bidirectional
+        self.backward: nn.Module | None = None
+        if bidirectional:  # created last, so a causal layer's initial weights do not depend on this option
+            self.backward = nn.Module()
+            _add_direction(self.backward, **direction)
         # (seq_idx, cu_seqlens) of the packed call in progress (see forward); None otherwise.
         self._packing: tuple[Tensor | None, Tensor | None] | None = None
 
@@ -211,6 +235,9 @@ class Mamba2(SequenceLayer):
         and the final state is the one after each row's last token (its last document's)."""
         if seq_idx is None and cu_seqlens is None:
             return super().forward(x, state, return_state, lengths)
+        if self.bidirectional:
+            raise ValueError(f"{self._name}: seq_idx / cu_seqlens (packed documents) need a causal layer; this one "
+                             "is bidirectional")
         # base.forward validates x, state and lengths, then calls _forward, which reads the documents from here.
         self._packing = (seq_idx, cu_seqlens)
         try:
@@ -263,22 +290,40 @@ class Mamba2(SequenceLayer):
             raise ValueError(f"{self._name}: {arg} is on {t.device} but x is on {x.device}")
 
     # -- contract ---------------------------------------------------------------------------------
-    def _D(self) -> Tensor:
-        return rearrange(self.D, "(h p) -> h p", p=self.headdim) if self.D_has_hdim else self.D
+    def _D(self, direction: nn.Module | None = None) -> Tensor:
+        D = (direction or self).D
+        return rearrange(D, "(h p) -> h p", p=self.headdim) if self.D_has_hdim else D
 
-    def _A(self) -> Tensor:
-        return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+    def _A(self, direction: nn.Module | None = None) -> Tensor:
+        A_log = (direction or self).A_log
+        return -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))
 
     def _forward(
         self, x: Tensor, state: tuple[Tensor, Tensor] | None, lengths: Tensor | None, return_state: bool
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        # Causal: right padding (lengths) cannot reach real tokens, so it needs nothing here.
+        # Causal: right padding (lengths) cannot reach real tokens, so the forward direction needs nothing here.
         conv_state, ssm_state = state if state is not None else (None, None)
         z, xBC, dt = self._project(x)
         xBC = rearrange(xBC, "b d l -> b l d")  # a view: the convolution reads the channels-first tensor itself
         starts = None if self._packing is None else self._document_starts(x, *self._packing)
+        y, conv_state, ssm_state = self._direction(self, xBC, dt, z, conv_state, ssm_state, return_state, starts)
+        if self.backward is not None:
+            y_rev, _, _ = self._direction(self.backward, reverse_padded(xBC, lengths), reverse_padded(dt, lengths),
+                                          reverse_padded(z, lengths), None, None, False, None)
+            y = y + reverse_padded(y_rev, lengths)
+        y = rearrange(y, "b l h p -> b l (h p)")
+        if self.norm is not None:
+            y = self.norm(y, z)
+        return self.out_proj(y), ((conv_state, ssm_state) if return_state else None)
+
+    def _direction(
+        self, m: nn.Module, xBC: Tensor, dt: Tensor, z: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None,
+        return_state: bool, starts: Tensor | None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The convolution and the SSD of one direction (``m`` holds its parameters): xBC (batch, length,
+        conv_dim) -> y (batch, length, nheads, headdim) and, when ``return_state``, the final states."""
         if starts is None:
-            xBC = self.conv1d(xBC, conv_state, return_state)
+            xBC = m.conv1d(xBC, conv_state, return_state)
         else:
             xBC = self._conv_documents(xBC, starts, conv_state, return_state)
         if return_state:
@@ -289,24 +334,21 @@ class Mamba2(SequenceLayer):
         else:
             xs, B, C = torch.split(xBC, sizes, dim=-1)
         ssd_args = dict(
-            chunk_size=self.chunk_size, D=self._D(),
+            chunk_size=self.chunk_size, D=self._D(m),
             z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.headdim),
-            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit, backend=self.ssd_backend,
+            dt_bias=m.dt_bias, dt_softplus=True, dt_limit=self.dt_limit, backend=self.ssd_backend,
         )
         xs = rearrange(xs, "b l (h p) -> b l h p", p=self.headdim)
         B = rearrange(B, "b l (g n) -> b l g n", g=self.ngroups)
         C = rearrange(C, "b l (g n) -> b l g n", g=self.ngroups)
         # The final state is asked for only when wanted: fused kernels (mamba-ssm's) serve the other calls.
         if starts is None:
-            y = ssd(xs, dt, self._A(), B, C, initial_state=ssm_state, output_final_state=return_state, **ssd_args)
+            y = ssd(xs, dt, self._A(m), B, C, initial_state=ssm_state, output_final_state=return_state, **ssd_args)
             if return_state:
                 y, ssm_state = y
         else:
             y, ssm_state = self._ssd_documents(xs, dt, B, C, starts, ssm_state, return_state, ssd_args)
-        y = rearrange(y, "b l h p -> b l (h p)")
-        if self.norm is not None:
-            y = self.norm(y, z)
-        return self.out_proj(y), ((conv_state, ssm_state) if return_state else None)
+        return y, conv_state, ssm_state
 
     def _project(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """in_proj (one weight, mamba-ssm's [z, x, B, C, dt] layout) as three products: z (batch, length, D_inner)
