@@ -163,7 +163,10 @@ def test_shipped_config_fits_on_files_in_the_official_format(config, data_home, 
 def fit_tiny_and_check(config: str, spec: dict, data_args: list[str], root: Path) -> None:
     model = spec["model"]["init_args"]["model"]
     assert model["class_path"] in TINY_MODELS, f"add {model['class_path']} to TINY_MODELS"
-    model_args = [f"--model.init_args.model.init_args.{k}={v}" for k, v in TINY_MODELS[model["class_path"]].items()]
+    tiny = dict(TINY_MODELS[model["class_path"]])
+    if (model.get("init_args") or {}).get("layer") == "mamba2":
+        tiny["d_model"] = "32"  # expand · d_model must hold whole heads of the config's headdim (up to 64)
+    model_args = [f"--model.init_args.model.init_args.{k}={v}" for k, v in tiny.items()]
     trainer_args = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
                     "--trainer.num_sanity_val_steps=0", "--trainer.val_check_interval=1", "--trainer.accelerator=cpu",
                     "--trainer.devices=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",

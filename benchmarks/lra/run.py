@@ -52,7 +52,7 @@ PUBLISHED_FOR_LAYER = {"s4": "S4 (v2)", "s4d": "S4D-LegS"}
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 MINI_TASKS = ("listops", "pathfinder", "fashion_mnist")
-MODELS = ("s4d", "s4", "mamba")  # Mamba-2 and HSA join with their configs: configs/lra/{<task>,mini}/...mamba2|hsa
+MODELS = ("s4d", "s4", "mamba", "mamba2")
 MINI_COMMAND = "python benchmarks/lra/run.py --mini"
 
 
@@ -166,7 +166,7 @@ def _published_cell(r: dict) -> str:
     published = r.get("published") or {}
     key = PUBLISHED_FOR_LAYER.get(r.get("layer", ""))
     cell = f"{key} {published[key]:.2f}" if key in published else (
-        "none published" if r.get("layer") == "mamba" else ", ".join(f"{k} {v:.2f}" for k, v in published.items()) or "–")
+        "none published" if r.get("layer") in ("mamba", "mamba2") else ", ".join(f"{k} {v:.2f}" for k, v in published.items()) or "–")
     if r.get("stand_in") and published:
         cell += " (on LRA Image: CIFAR-10, another data set)"
     return cell
