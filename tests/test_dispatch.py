@@ -104,6 +104,17 @@ def test_probe_runs_with_autograd_even_under_no_grad():
     assert d.usable("fast", CPU)
 
 
+def test_a_first_use_under_autocast_keeps_the_fast_backends():
+    # The probe compares float32 outputs: under autocast the backend's would be bfloat16 and fail it, marking a
+    # good backend broken for the whole process (this happened when a bf16 test first touched the conv).
+    from ssmzoo.ops import causal_conv1d
+
+    causal_conv1d.dispatch.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert causal_conv1d.dispatch.usable("conv", CPU)
+    causal_conv1d.dispatch.reset()
+
+
 @pytest.mark.parametrize("name", ["cpp", "keops"])
 def test_cauchy_backends_survive_a_first_use_under_no_grad(name):
     if name not in cauchy.dispatch.names("cpu"):

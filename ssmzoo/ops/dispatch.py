@@ -16,12 +16,13 @@ dtypes, and an optional size limit for ``auto``). A call describes what it needs
 - on the ``meta`` device, whatever was asked: the reference, which infers output shapes.
 
 The probe (:func:`probe_against_reference`) runs a backend on the op's tiny case, forward and
-backward, under ``torch.enable_grad()`` whatever the caller's mode, and compares it with the
-reference; an importable but broken backend costs one warning and is never chosen.
+backward, under ``torch.enable_grad()`` and outside inference mode and autocast whatever the caller's mode,
+and compares it with the reference; an importable but broken backend costs one warning and is never chosen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +35,13 @@ ENV_VAR = "SSMZOO_BACKEND"
 REAL_DTYPES = (torch.float32, torch.float64)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
+
+def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    try:
+        return torch.autocast(device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -200,7 +208,9 @@ class Dispatcher:
             try:
                 ok = bool(b.available())
                 if ok and b.probe and b.fn is not self.reference:
-                    with torch.inference_mode(False):  # Lightning evaluates under inference mode: no grad there
+                    # Lightning evaluates under inference mode (no grad there), and a first use under autocast
+                    # would make the backend's output half precision: the probe runs outside both.
+                    with torch.inference_mode(False), _no_autocast(device):
                         case = self.probe_case(device, b.capabilities)
                         probe_against_reference(b.fn, self.reference, case, b.capabilities.grad, self.rtol, self.atol)
             except Exception as e:  # an optional backend that is broken here costs one warning, nothing more
