@@ -37,6 +37,7 @@ from ..layers.hsa import ChunkMemory, HSARead, HSAState, check_hsa_args, check_h
 from ..modules.checks import check_float, check_int
 from ..modules.mlp import MLP
 from ..modules.rmsnorm import RMSNorm
+from .generation import GenerationMixin
 
 DEFAULT_MIXER = "mamba2"  # the paper's
 
@@ -99,7 +100,7 @@ def _with_mlp(mlp: nn.Module | None, x: Tensor) -> Tensor:
     return x if mlp is None else x + mlp(x)
 
 
-class RAMba(nn.Module):
+class RAMba(GenerationMixin, nn.Module):
     """Tokens (batch, length) -> next-token logits (batch, length, vocab_size).
 
     Args:
@@ -307,32 +308,13 @@ class RAMba(nn.Module):
             memory = self.memory.extend(state.memory, lower_out[:, None])
         return self.lm_head(self.norm_f(x)), RAMbaState(tuple(lower_states), memory, tuple(local_states))
 
-    @torch.no_grad()
-    def generate(self, input_ids: Tensor, max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """Continue ``input_ids`` (batch, length) by ``max_new_tokens`` tokens: one ``forward`` over the
-        prompt, then one ``step`` per token. temperature 0 is greedy; else a draw from
-        softmax(logits / temperature) over the ``top_k`` most likely tokens (all when None)."""
-        self._check_tokens(input_ids, "input_ids", 2)
-        check_int("RAMba.generate", "max_new_tokens", max_new_tokens, minimum=0)
-        check_float("RAMba.generate", "temperature", temperature, at_least=0.0)
-        if top_k is not None:
-            check_int("RAMba.generate", "top_k", top_k)
+    # -- generation (GenerationMixin.generate: prefill by forward, then unchecked steps) ------------------------
+    def _prefill(self, input_ids: Tensor) -> tuple[Tensor, RAMbaState]:
         logits, state = self.forward(input_ids, return_state=True)
-        next_logits, out = logits[:, -1], [input_ids]
-        for i in range(max_new_tokens):
-            if temperature == 0:
-                token = next_logits.argmax(-1)
-            else:
-                scaled = next_logits.float() / temperature
-                if top_k is not None and top_k < scaled.shape[-1]:
-                    kth = scaled.topk(top_k, dim=-1).values[:, -1:]
-                    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-                token = torch.multinomial(scaled.softmax(-1), 1, generator=generator)[:, 0]
-            out.append(token[:, None])
-            if i + 1 < max_new_tokens:
-                next_logits, state = self.step(token, state)
-        return torch.cat(out, 1)
+        return logits[:, -1], state
+
+    def _decode(self, token: Tensor, state: RAMbaState) -> tuple[Tensor, RAMbaState]:
+        return self.step(token, state)
 
 
 def _causal_layer(arg: str, name: str, args: dict[str, Any] | None, d_model: int) -> SequenceLayer:
