@@ -20,5 +20,5 @@ def test_all_py_quick_writes_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = out.read_text()
     assert "| workload | threads | ours | peer | ratio | floor | ours / floor | ours peak | peer peak |" in text
-    assert "no peer" in text and "not yet in ssmzoo" in text or "add its Case" in text
+    assert "no peer" in text
     assert "error" not in text

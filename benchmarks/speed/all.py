@@ -16,9 +16,9 @@ and write of the bytes the op must touch, timed as a copy of that size. Ours is 
 of it. A peer that does not install gets a "not installed" cell; a workload that fails gets its error
 in its row; nothing stops the table from being written.
 
-To add a workload (Mamba-2, HSA as they land): write ``build_<name>(quick, impl)`` returning a
-zero-argument callable that runs one repetition for impl in ("ours", "peer", "floor"), and add a
-``Case`` to ``CASES``. The ``mamba2`` and ``hsa`` rows are hooks that say whether the op exists yet.
+To add a workload: write ``build_<name>(quick, impl)`` returning a zero-argument callable that runs one
+repetition for impl in ("ours", "peer", "floor"), and add a ``Case`` to ``CASES`` (Mamba-2 and HSA take theirs
+from ``mamba2.py`` and ``hsa.py``, whose own tables go to more lengths).
 """
 
 from __future__ import annotations
@@ -285,11 +285,18 @@ def build_companion(quick: bool, impl: str) -> Callable[[], None]:
     return lambda: companion_kernel_from_c_tilde(a, b, c, length)
 
 
-def _pending(op: str, what: str) -> Callable[[bool, str], Callable[[], None]]:
+def _from_script(script: str, fn: str) -> Callable[[bool, str], Callable[[], None]]:
+    """``fn(quick, impl)`` of a per-workload script beside this one (mamba2.py, hsa.py), its own "peer missing"
+    exception turned into ours."""
+
     def build(quick: bool, impl: str) -> Callable[[], None]:
-        present = importlib.util.find_spec(f"ssmzoo.ops.{op}") is not None
-        raise PeerMissing(f"ssmzoo.ops.{op} is here: add its Case to all.py" if present
-                          else f"{what} not yet in ssmzoo (hook: ssmzoo.ops.{op})")
+        spec = importlib.util.spec_from_file_location(f"_speed_{script}", Path(__file__).parent / f"{script}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        try:
+            return getattr(module, fn)(quick, impl)
+        except getattr(module, "PeerMissing", PeerMissing) as e:
+            raise PeerMissing(str(e)) from e
 
     return build
 
@@ -305,7 +312,6 @@ class Case:
     build: Callable[[bool, str], Callable[[], None]]
     unit: str = "s"  # "s": seconds per run; "tok/s": tokens per second (batch · new tokens / time)
     tokens: Callable[[bool], int] | None = None
-    hook: bool = False  # a placeholder row: answered in this process, no subprocesses
 
 
 def _new_tokens(batch: int) -> Callable[[bool], int]:
@@ -328,8 +334,11 @@ CASES = [
          "", "", 2, build_s4_kernel),
     Case("companion", "SpaceTime companion kernel, 16 heads, d 64, L 16,384, fwd", "4 heads, d 16, L 256",
          "", "", 1, build_companion),
-    Case("mamba2", "Mamba-2 (SSD) layer", "Mamba-2", "", "", 2, _pending("ssd", "Mamba-2 / SSD"), hook=True),
-    Case("hsa", "HSA layer", "HSA", "", "", 2, _pending("hsa", "HSA"), hook=True),
+    Case("mamba2", "Mamba-2 layer, B 4, d_model 128, 8 heads x 32, N 64, chunk 256, L 4,096, fwd+bwd",
+         "Mamba-2 B 1, d 16, 2 heads x 16, N 8, L 256", "transformers Mamba2Mixer (torch path)", "transformers", 2,
+         _from_script("mamba2", "build_mamba2")),
+    Case("hsa", "HSA layer, B 1, d_model 512, 8 heads x 64, S 64, top-8, L 16,384, fwd+bwd",
+         "HSA layer, L 1,024", "causal SDPA (torch)", "", 2, _from_script("hsa", "build_hsa")),
 ]
 BY_KEY = {c.key: c for c in CASES}
 
@@ -459,14 +468,6 @@ def main() -> None:
         case = BY_KEY[key]
         if args.threads is not None:
             case = dataclasses.replace(case, threads=args.threads)
-        if case.hook:
-            try:
-                case.build(args.quick, "ours")
-                message = {"error": "the hook built a workload: give it a real Case"}
-            except PeerMissing as e:
-                message = {"missing": str(e)}
-            rows.append((case, {"ours": message}, {"ours": message, "peer": {"missing": ""}}))
-            continue
         print(f"[{key}] timing ...", flush=True)
         timing = _subprocess(["--worker", "time", key, "--reps", str(reps), *quick_flag], args.timeout)
         memory = {impl: _subprocess(["--worker", "memory", key, impl, *quick_flag], args.timeout)
