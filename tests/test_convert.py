@@ -16,12 +16,7 @@ from ssmzoo.models.convert import checkpoint_format, from_hf_mamba, from_mamba_s
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
 
 
 def hf_model(tie: bool, seed: int = 0):

@@ -21,13 +21,7 @@ from ssmzoo.data.lm.tokenizer import bytes_from_offsets, utf8_lengths
 from ssmzoo.data.lm.tokens import split_documents
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on shared cores: one thread (a second one only adds contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
 
 DOCS = [
     "First document.\nIt has two lines, and a café.\n",

@@ -27,12 +27,7 @@ DOCS = ["Now is the winter of our discontent\nMade glorious summer by this sun o
         "O Romeo, Romeo! wherefore art thou Romeo? — « naïve » 日本\n" * 4]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
 
 
 @pytest.fixture

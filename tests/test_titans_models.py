@@ -11,13 +11,7 @@ from ssmzoo.models import MAC, MAG, MAL
 from ssmzoo.modules import Attention
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on shared cores: one thread (a second one only adds contention)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add overhead
 
 SMALL = {"vocab_size": 11, "d_model": 16, "n_layers": 2, "heads": 2, "persistent_tokens": 2, "memory_heads": 2, "memory_depth": 2}
 
