@@ -193,7 +193,8 @@ def write_table(results_dir: Path, table: Path) -> None:
     head = ("| task | model | test acc | majority baseline | published (full LRA; not comparable) | steps × batch "
             "| parameters | wall time | CPU time | mean 1-min load (2 cores) | data | config |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    grid = ["| task | data | S4D | S4 | Mamba |", "|---|---|---|---|---|"]
+    names = {"s4d": "S4D", "s4": "S4", "mamba": "Mamba", "mamba2": "Mamba-2"}
+    grid = ["| task | data | " + " | ".join(names[m] for m in MODELS) + " |", "|---|---|" + "---|" * len(MODELS)]
     for task, what in (("listops", "generated ListOps, 10 < tokens < 100, depth ≤ 4"),
                        ("pathfinder", "GENERATED Pathfinder-32, contour length 14"),
                        ("fashion_mnist", "sequential Fashion-MNIST, STAND-IN for Image")):
