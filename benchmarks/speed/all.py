@@ -197,7 +197,7 @@ def _generation(quick: bool, impl: str, batch: int) -> Callable[[], None]:
         from ssmzoo.models.convert import from_hf_mamba
 
         model = from_hf_mamba(hf).eval()
-        return lambda: model.generate(ids, g["new"], temperature=0)
+        return lambda: model.generate(ids, max_new_tokens=g["new"])  # greedy, as the peer
     return lambda: hf.generate(ids, max_new_tokens=g["new"], min_new_tokens=g["new"], do_sample=False,
                                eos_token_id=None, pad_token_id=0)
 
