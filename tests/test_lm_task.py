@@ -19,7 +19,7 @@ from ssmzoo.data.lm import TextDataModule
 from ssmzoo.data.synthetic import NeedleDataModule
 from ssmzoo.models import LanguageModel
 from ssmzoo.tasks import LanguageModelingTask, RecallTask
-from ssmzoo.tasks.language_modeling import _warmup_constant
+from ssmzoo.tasks.schedule import warmup_constant
 
 DOCS = ["Now is the winter of our discontent\nMade glorious summer by this sun of York;\n" * 4,
         "All the world's a stage,\nAnd all the men and women merely players;\n" * 4,
@@ -195,8 +195,8 @@ def test_bad_arguments():
 
 
 def test_constant_schedule_after_warmup():
-    assert [_warmup_constant(s, 4) for s in range(7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
-    assert _warmup_constant(0, 0) == 1.0
+    assert [warmup_constant(s, 4) for s in range(7)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0]
+    assert warmup_constant(0, 0) == 1.0
 
 
 def test_first_use_under_inference_mode_gets_the_fast_backends():

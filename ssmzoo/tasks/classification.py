@@ -7,19 +7,16 @@ layers, grouped by :func:`ssmzoo.optim.param_groups`), linear warmup then cosine
 
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import SequenceModel
-from ..optim import param_groups
 from .base import Task
-from .schedule import warmup_cosine, warmup_steps_from
+from .schedule import adamw_with_schedule, warmup_steps_from
 
 
 class ClassificationTask(Task):
@@ -118,11 +115,5 @@ class ClassificationTask(Task):
         return line
 
     def configure_optimizers(self) -> dict:
-        groups = param_groups(self.model, self.lr, self.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = functools.partial(
-            warmup_cosine, warmup_steps=warmup_steps_from(self.warmup, total), total_steps=total
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_with_schedule(self.model, self.lr, self.weight_decay, self.betas, self.warmup,
+                                   self.trainer.estimated_stepping_batches)

@@ -17,7 +17,6 @@ byte model and a BPE model evaluated on the same documents).
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
 import warnings
@@ -28,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..optim import param_groups
 from .base import Task
-from .schedule import warmup_cosine, warmup_steps_from
+from .schedule import adamw_with_schedule, warmup_steps_from
 
 IGNORE_INDEX = -100
 _SUMS = ("nats", "tokens", "bytes", "correct", "sequences", "exact")
@@ -171,20 +169,8 @@ class _NextTokenTask(Task):
 
     # -- optimisation ----------------------------------------------------------------------------
     def configure_optimizers(self) -> dict:
-        groups = param_groups(self.model, self.lr, self.weight_decay)
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, betas=self.betas)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup_steps = warmup_steps_from(self.warmup, total)
-        if self.lr_schedule == "cosine":
-            schedule = functools.partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=total)
-        else:
-            schedule = functools.partial(_warmup_constant, warmup_steps=warmup_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _warmup_constant(step: int, warmup_steps: int) -> float:
-    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+        return adamw_with_schedule(self.model, self.lr, self.weight_decay, self.betas, self.warmup,
+                                   self.trainer.estimated_stepping_batches, self.lr_schedule)
 
 
 class LanguageModelingTask(_NextTokenTask):
