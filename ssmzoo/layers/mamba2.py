@@ -291,11 +291,12 @@ class Mamba2(SequenceLayer):
 
     # -- contract ---------------------------------------------------------------------------------
     def _D(self, direction: nn.Module | None = None) -> Tensor:
-        D = (direction or self).D
+        """D of ``direction`` (self: the forward one; ``self.backward``), per head or (heads, headdim)."""
+        D = (self if direction is None else direction).D
         return rearrange(D, "(h p) -> h p", p=self.headdim) if self.D_has_hdim else D
 
     def _A(self, direction: nn.Module | None = None) -> Tensor:
-        A_log = (direction or self).A_log
+        A_log = (self if direction is None else direction).A_log
         return -torch.exp(A_log.to(torch.promote_types(A_log.dtype, torch.float32)))
 
     def _forward(
