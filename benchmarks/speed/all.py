@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -41,6 +42,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's ssmzoo and benchmarks/, not an installed copy
@@ -285,14 +287,21 @@ def build_companion(quick: bool, impl: str) -> Callable[[], None]:
     return lambda: companion_kernel_from_c_tilde(a, b, c, length)
 
 
+@functools.cache
+def _script(script: str) -> ModuleType:
+    """A per-workload script beside this one, loaded once per process."""
+    spec = importlib.util.spec_from_file_location(f"_speed_{script}", Path(__file__).parent / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _from_script(script: str, fn: str) -> Callable[[bool, str], Callable[[], None]]:
     """``fn(quick, impl)`` of a per-workload script beside this one (mamba2.py, hsa.py), its own "peer missing"
     exception turned into ours."""
 
     def build(quick: bool, impl: str) -> Callable[[], None]:
-        spec = importlib.util.spec_from_file_location(f"_speed_{script}", Path(__file__).parent / f"{script}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = _script(script)
         try:
             return getattr(module, fn)(quick, impl)
         except getattr(module, "PeerMissing", PeerMissing) as e:
