@@ -22,8 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured 2026-12-02: the mini-LRA S4D row is at chance (test 51.0%, bound "
-                   "53.4%): 1,000 steps of 16 do not get S4D off Pathfinder's initial plateau at LRA's hard level")
 def test_s4d_learns_generated_pathfinder_above_chance(tmp_path, monkeypatch):
     monkeypatch.setenv("SSMZOO_DATA", str(tmp_path / "cache"))
     torch.set_num_threads(1)  # as the mini-LRA row; two threads on a shared 2-core machine wait for each other
