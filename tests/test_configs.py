@@ -106,9 +106,10 @@ def data_home(tmp_path_factory):
 def test_the_configs_are_found():
     assert "configs/lra/listops/s4d_small.yaml" in CONFIGS and any(c.startswith("configs/timeseries/") for c in CONFIGS)
     # every LRA task at the published scale, and the CPU mini-LRA, for each model
-    for model in ("s4", "s4d", "mamba"):
+    for model in ("s4", "s4d", "mamba", "mamba2", "hsa"):
         for task in ("listops", "text", "retrieval", "image", "pathfinder", "pathx"):
             assert f"configs/lra/{task}/{model}.yaml" in CONFIGS
+    for model in ("s4", "s4d", "mamba", "mamba2"):
         for task in ("listops", "pathfinder", "fashion_mnist"):
             assert f"configs/lra/mini/{task}_{model}.yaml" in CONFIGS
 

@@ -136,6 +136,11 @@ def test_mean_and_last_pooling_read_real_positions():
         (dict(d_output=2, vocab_size=4, layer="nope"), "nope"),
         (dict(d_output=2, vocab_size=4, layer_args={"d_sate": 4}), "d_sate"),
         (dict(d_output=2, vocab_size=4, layer_args={"d_model": 4}), "d_model"),
+        (dict(d_output=2, vocab_size=4, layer=[]), "layer"),
+        (dict(d_output=2, vocab_size=4, layer=["s4d", 3]), "layer"),
+        (dict(d_output=2, vocab_size=4, layer=["s4d", "swa"], layer_args=[{}]), "one dict per layer"),
+        (dict(d_output=2, vocab_size=4, layer=["s4d", "swa"], layer_args=[{}, {"d_model": 4}]), "d_model"),
+        (dict(d_output=2, vocab_size=4, layer_args=[{"d_state": 4}, {"d_state": 4}]), "one dict per layer"),
     ],
 )
 def test_bad_constructor_arguments_are_named(kwargs, word):
@@ -212,3 +217,27 @@ def test_input_dtype_and_device_must_match_the_model():
         real(torch.randn(1, 4, 3, dtype=torch.float64, device="meta"))
     with pytest.raises(ValueError, match="integer"):
         _tiny()(torch.zeros(2, 4, dtype=torch.long), torch.tensor([4.0, 2.0]))
+
+
+def test_a_layer_pattern_repeats_with_its_own_arguments():
+    from ssmzoo.layers import SWA, HSA, S4D
+
+    model = SequenceModel(d_output=2, vocab_size=VOCAB, d_model=8, n_layers=5, layer=["s4d", "swa", "hsa"],
+                          layer_args=[{"d_state": 4}, {"heads": 2, "window": 3}, {"heads": 2, "chunk_size": 4, "top_k": 2}],
+                          ffn="glu")
+    mixers = [b.sublayer for b in model.blocks][::2]  # every mixer is followed by its feed-forward block
+    assert [type(m) for m in mixers] == [S4D, SWA, HSA, S4D, SWA]
+    assert mixers[0].d_state == 4 and mixers[1].window == 3 and mixers[2].chunk_size == 4
+    # the same arguments for every layer of the pattern when one dict is given
+    same = SequenceModel(d_output=2, vocab_size=VOCAB, d_model=8, n_layers=2, layer=["s4d", "s4d"],
+                         layer_args={"d_state": 6})
+    assert [b.sublayer.d_state for b in same.blocks] == [6, 6]
+
+
+def test_a_pattern_with_causal_layers_keeps_padding_out_of_real_outputs():
+    torch.manual_seed(0)
+    model = SequenceModel(d_output=3, vocab_size=VOCAB, d_model=8, n_layers=2, layer=["swa", "hsa"],
+                          layer_args=[{"heads": 2, "window": 3}, {"heads": 2, "chunk_size": 4, "top_k": 2}]).double().eval()
+    seqs = [torch.randint(0, VOCAB, (n,)) for n in (11, 3, 9)]
+    x, lengths = _padded_batch(seqs, 13, garbage=True)
+    torch.testing.assert_close(model(x, lengths), torch.cat([model(s[None]) for s in seqs]), rtol=1e-9, atol=1e-9)

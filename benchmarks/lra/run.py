@@ -52,7 +52,8 @@ PUBLISHED_FOR_LAYER = {"s4": "S4 (v2)", "s4d": "S4D-LegS"}
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 MINI_TASKS = ("listops", "pathfinder", "fashion_mnist")
-MODELS = ("s4d", "s4", "mamba", "mamba2")
+MODELS = ("s4d", "s4", "mamba", "mamba2")  # the mini-LRA's columns
+FULL_MODELS = MODELS + ("hsa",)  # --full: HSA (with sliding-window attention under it) too
 MINI_COMMAND = "python benchmarks/lra/run.py --mini"
 
 
@@ -132,7 +133,7 @@ def run_config(config: Path, root: str, cli_args: list[str], note: str, results_
         "command": "python benchmarks/lra/run.py --config " + shlex.quote(shown)
         + (f" --threads {threads}" if threads is not None else "")
         + "".join(" " + shlex.quote(a) for a in (["--"] + cli_args if cli_args else [])),
-        "layer": cli.config["fit"]["model"]["init_args"]["model"]["init_args"]["layer"],
+        "layer": layer_name(cli.config["fit"]["model"]["init_args"]["model"]["init_args"]["layer"]),
         "parameters": sum(p.numel() for p in network.parameters()),
         "test_acc": cli.results["test_acc"],
         "majority_baseline": cli.results["majority_baseline"],
@@ -166,7 +167,7 @@ def _published_cell(r: dict) -> str:
     published = r.get("published") or {}
     key = PUBLISHED_FOR_LAYER.get(r.get("layer", ""))
     cell = f"{key} {published[key]:.2f}" if key in published else (
-        "none published" if r.get("layer") in ("mamba", "mamba2") else ", ".join(f"{k} {v:.2f}" for k, v in published.items()) or "–")
+        "none published" if r.get("layer") in ("mamba", "mamba2", "swa+hsa") else ", ".join(f"{k} {v:.2f}" for k, v in published.items()) or "–")
     if r.get("stand_in") and published:
         cell += " (on LRA Image: CIFAR-10, another data set)"
     return cell
@@ -182,13 +183,18 @@ def _row(r: dict) -> str:
             f"| `{r['config']}` |")
 
 
+def layer_name(layer: str | list[str]) -> str:
+    """A config's layer, or its repeating pattern of layers joined by "+" (e.g. "swa+hsa")."""
+    return layer if isinstance(layer, str) else "+".join(layer)
+
+
 def write_table(results_dir: Path, table: Path) -> None:
     results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
     results = [r for r in results if "test_acc" in r]
     for r in results:  # results written before run.py recorded the layer: read it from the config
         config = REPO / r["config"]
         if "layer" not in r and config.is_file():
-            r["layer"] = yaml.safe_load(config.read_text())["model"]["init_args"]["model"]["init_args"]["layer"]
+            r["layer"] = layer_name(yaml.safe_load(config.read_text())["model"]["init_args"]["model"]["init_args"]["layer"])
     mini = {(Path(r["config"]).stem.rsplit("_", 1)[0], r.get("layer")): r for r in results if r.get("mini")}
     head = ("| task | model | test acc | majority baseline | published (full LRA; not comparable) | steps × batch "
             "| parameters | wall time | CPU time | mean 1-min load (2 cores) | data | config |\n"
@@ -229,13 +235,15 @@ def configs_for(args: argparse.Namespace) -> list[Path]:
         bad = sorted(set(tasks) - set(MINI_TASKS))
         if bad:
             raise SystemExit(f"--mini --task: {bad} are not mini-LRA tasks; choose from {MINI_TASKS}")
+        if set(args.model or ()) - set(MODELS):
+            raise SystemExit(f"--mini --model: the mini-LRA runs {MODELS}; hsa has --full configs only")
         return [REPO / "configs" / "lra" / "mini" / f"{t}_{m}.yaml" for t in tasks for m in args.model or MODELS]
     if args.full:
         tasks = args.task or TASKS
         bad = sorted(set(tasks) - set(TASKS))
         if bad:
             raise SystemExit(f"--full --task: {bad} are not LRA tasks; choose from {TASKS}")
-        return [REPO / "configs" / "lra" / t / f"{m}.yaml" for t in tasks for m in args.model or MODELS]
+        return [REPO / "configs" / "lra" / t / f"{m}.yaml" for t in tasks for m in args.model or FULL_MODELS]
     if args.task or args.model:
         raise SystemExit("--task / --model choose among --mini or --full configs; pass one of those too")
     return [Path(c) for c in args.config or ["configs/lra/listops/s4d_small.yaml"]]
@@ -247,7 +255,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--mini", action="store_true", help="the mini-LRA configs (configs/lra/mini/)")
     parser.add_argument("--full", action="store_true", help="the published-scale configs (configs/lra/<task>/)")
     parser.add_argument("--task", nargs="+", help="with --mini or --full: these tasks only")
-    parser.add_argument("--model", nargs="+", choices=MODELS, help="with --mini or --full: these models only")
+    parser.add_argument("--model", nargs="+", choices=FULL_MODELS,
+                        help="with --mini or --full: these models only (hsa: --full only)")
     parser.add_argument("--table", action="store_true", help="only rebuild results.md from the result JSON files")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's, the number of cores). On a machine shared with "

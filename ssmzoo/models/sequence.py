@@ -53,6 +53,26 @@ class ResidualBlock(nn.Module):
         return _zero_padding(x, mask)
 
 
+def _layer_pattern(layer: Any, layer_args: Any) -> tuple[list[str], list[dict[str, Any]]]:
+    """``layer`` / ``layer_args`` as equal-length lists of names and argument dicts (checked)."""
+    names = [layer] if isinstance(layer, str) else layer
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"SequenceModel: layer must be a layer name or a non-empty list of names, got {layer!r}")
+    names = list(names)
+    if layer_args is None or isinstance(layer_args, dict):
+        args = [dict(layer_args or {}) for _ in names]
+    elif isinstance(layer_args, (list, tuple)) and all(isinstance(a, dict) for a in layer_args):
+        if len(layer_args) != len(names):
+            raise ValueError(f"SequenceModel: layer_args must be one dict or one dict per layer in {names}, "
+                             f"got {len(layer_args)} dicts")
+        args = [dict(a) for a in layer_args]
+    else:
+        raise ValueError(f"SequenceModel: layer_args must be a dict or a list of dicts, got {layer_args!r}")
+    if any("d_model" in a for a in args):
+        raise ValueError("SequenceModel: layer_args must not contain d_model; it is set from d_model")
+    return names, args
+
+
 class SequenceModel(nn.Module):
     """Sequence classifier/regressor built from a registered sequence layer.
 
@@ -62,8 +82,10 @@ class SequenceModel(nn.Module):
         d_input: channels of real-valued inputs (batch, length, d_input); give this or ``vocab_size``.
         d_model: width of the residual stream.
         n_layers: number of residual blocks.
-        layer: registered layer name (``ssmzoo.layers.available()``).
-        layer_args: extra constructor arguments of that layer (``d_model`` is set here).
+        layer: registered layer name (``ssmzoo.layers.available()``), or a list of names: a repeating pattern,
+            block i using ``layer[i % len(layer)]`` (e.g. ``["swa", "hsa"]``: a local mixer under each HSA layer).
+        layer_args: extra constructor arguments of that layer (``d_model`` is set here); with a list of layers,
+            one dict per entry of the list (or one dict that every layer takes).
         norm: "layer", "batch" (statistics over real positions only) or "rms".
         prenorm: normalise before each sub-block (True) or after the residual sum (False).
         dropout: dropout on each sub-block's output before the residual sum.
@@ -86,8 +108,8 @@ class SequenceModel(nn.Module):
         d_input: int | None = None,
         d_model: int = 128,
         n_layers: int = 4,
-        layer: str = "s4d",
-        layer_args: dict[str, Any] | None = None,
+        layer: str | list[str] = "s4d",
+        layer_args: dict[str, Any] | list[dict[str, Any]] | None = None,
         norm: Literal["layer", "batch", "rms"] = "layer",
         prenorm: bool = True,
         dropout: float = 0.0,
@@ -123,9 +145,7 @@ class SequenceModel(nn.Module):
             raise ValueError("SequenceModel: paired=True needs a pooled representation; pooling must be 'mean' or 'last'")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"SequenceModel: dropout must lie in [0, 1), got {dropout!r}")
-        layer_args = dict(layer_args or {})
-        if "d_model" in layer_args:
-            raise ValueError("SequenceModel: layer_args must not contain d_model; it is set from d_model")
+        pattern, pattern_args = _layer_pattern(layer, layer_args)
 
         self.vocab_size, self.d_input, self.d_output = vocab_size, d_input, d_output
         self.d_model, self.pooling, self.prenorm, self.paired = d_model, pooling, prenorm, paired
@@ -133,8 +153,9 @@ class SequenceModel(nn.Module):
             nn.Embedding(vocab_size, d_model) if vocab_size is not None else nn.Linear(d_input, d_model)  # type: ignore[arg-type]
         )
         blocks: list[nn.Module] = []
-        for _ in range(n_layers):
-            mixer = layer_registry.build(layer, d_model=d_model, **layer_args)
+        for i in range(n_layers):
+            j = i % len(pattern)
+            mixer = layer_registry.build(pattern[j], d_model=d_model, **pattern_args[j])
             blocks.append(ResidualBlock(mixer, d_model, norm, prenorm, dropout))
             if ffn != "none":
                 feed_forward = MLP(d_model, ffn_expand * d_model, activation="sigmoid" if ffn == "glu" else "gelu",
