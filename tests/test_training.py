@@ -326,3 +326,23 @@ class PlainTask(ClassificationTask):
     """A task that does not say which metric its runs follow."""
 
     monitor = None
+
+
+def test_evaluation_of_a_diverged_model_warns_that_its_accuracy_is_meaningless():
+    from lightning.pytorch import Trainer
+
+    from ssmzoo import SequenceModel
+
+    data = TinyClassification()
+    model = SequenceModel(d_output=3, vocab_size=data.vocab_size, d_model=8, n_layers=1, layer="s4d",
+                          layer_args={"d_state": 4})
+    task = ClassificationTask(model)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False)
+    with torch.no_grad():  # a finite model: no warning
+        trainer.validate(task, datamodule=data, verbose=False)
+        model.decoder.bias.fill_(float("nan"))  # what a diverged run leaves behind
+    with pytest.warns(UserWarning, match=r"2 val batch\(es\) .* non-finite logits"):
+        trainer.validate(task, datamodule=data, verbose=False)
+    with pytest.warns(UserWarning, match=r"test batch\(es\) .* non-finite logits"):
+        trainer.test(task, datamodule=data, verbose=False)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -74,6 +76,7 @@ class ClassificationTask(Task):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self._nonfinite = {"val": 0, "test": 0}  # evaluation batches with non-finite logits, this epoch
 
     def forward(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
         return self.model(tokens, lengths)
@@ -81,6 +84,8 @@ class ClassificationTask(Task):
     def _shared_step(self, batch: Any, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
         tokens, lengths, labels = batch
         logits = self(tokens, lengths)
+        if stage != "train" and not bool(torch.isfinite(logits).all()):
+            self._nonfinite[stage] += 1
         loss = F.cross_entropy(logits, labels)
         accuracy(logits.argmax(-1), labels)
         batch_size = labels.shape[0]
@@ -99,7 +104,20 @@ class ClassificationTask(Task):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._shared_step(batch, "test", self.test_acc)
 
+    def _warn_nonfinite(self, stage: str) -> None:
+        # A diverged model's argmax over NaN/inf logits still yields an "accuracy"; say so instead of letting a
+        # NaN loss in the logs be the only sign.
+        count, self._nonfinite[stage] = self._nonfinite[stage], 0
+        if count:
+            rank_zero_warn(f"ClassificationTask: {count} {stage} batch(es) at step {self.global_step} gave non-finite "
+                           f"logits: the model has diverged and {stage}/acc is meaningless (lower the lr, clip "
+                           "gradients, or use pre-norm)")
+
+    def on_validation_epoch_end(self) -> None:
+        self._warn_nonfinite("val")
+
     def on_test_epoch_end(self) -> None:
+        self._warn_nonfinite("test")
         datamodule = getattr(self.trainer, "datamodule", None)
         baseline = getattr(datamodule, "majority_class_accuracy", None)
         if callable(baseline):
