@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -172,16 +173,33 @@ struct ScanDims {
 };
 
 // Loads lanes [d0, d0 + V) of a row, zero past D (padded lanes then contribute nothing).
+// A full block (all but a ragged last one) is one plain copy, which compiles to vector moves.
 template <typename T, int64_t V>
 inline void load_lanes(const T* row, int64_t d0, int64_t D, T* out) {
-  const int64_t nv = std::min(V, D - d0);
+  if (d0 + V <= D) {
+    std::memcpy(out, row + d0, V * sizeof(T));
+    return;
+  }
+  const int64_t nv = D - d0;
   for (int64_t j = 0; j < V; ++j) out[j] = j < nv ? row[d0 + j] : T(0);
 }
 
 template <typename T, int64_t V>
 inline void store_lanes(T* row, int64_t d0, int64_t D, const T* in) {
-  const int64_t nv = std::min(V, D - d0);
-  for (int64_t j = 0; j < nv; ++j) row[d0 + j] = in[j];
+  if (d0 + V <= D) {
+    std::memcpy(row + d0, in, V * sizeof(T));
+    return;
+  }
+  for (int64_t j = 0; j < D - d0; ++j) row[d0 + j] = in[j];
+}
+
+// acc = (acc + D u) · SiLU(z) over one block. Its own function: inlined into the scan's loop nest, GCC
+// leaves this loop scalar ("bad loop form"), one division per lane.
+template <typename T, int64_t V>
+__attribute__((noinline)) void gate_lanes(T* __restrict acc, const T* __restrict dskip, const T* __restrict u,
+                                          const T* __restrict z) {
+#pragma omp simd
+  for (int64_t j = 0; j < V; ++j) acc[j] = (acc[j] + dskip[j] * u[j]) * (z[j] * sigmoid(z[j]));
 }
 
 template <typename T>
@@ -226,8 +244,7 @@ void scan_forward_kernel(const T* u, const T* delta, const T* bias, const T* At,
           }
         }
         load_lanes<T, V>(z + row * s.z_stride, d0, D, zz);
-#pragma omp simd
-        for (int64_t j = 0; j < V; ++j) acc[j] = (acc[j] + dskip_v[j] * uu[j]) * (zz[j] * sigmoid(zz[j]));
+        gate_lanes<T, V>(acc, dskip_v, uu, zz);
         store_lanes<T, V>(y + row * D, d0, D, acc);
       }
       for (int64_t j = 0; j < nv; ++j)
