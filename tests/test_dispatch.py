@@ -19,6 +19,7 @@ from ssmzoo.ops import (
     companion,
     hsa,
     mamba_inner,
+    mamba_lm_step,
     mamba_step,
     neural_memory,
     selective_scan,
@@ -31,7 +32,7 @@ CPU = torch.device("cpu")
 OPS = {
     "selective_scan": selective_scan, "causal_conv1d": causal_conv1d, "cauchy": cauchy,
     "vandermonde": vandermonde, "companion": companion, "neural_memory": neural_memory, "hsa": hsa,
-    "ssd": ssd, "mamba_inner": mamba_inner, "mamba_step": mamba_step,
+    "ssd": ssd, "mamba_inner": mamba_inner, "mamba_step": mamba_step, "mamba_lm_step": mamba_lm_step,
 }
 
 
@@ -178,7 +179,8 @@ def test_every_op_has_the_same_shape(op_name):
     assert package.dispatch.backends["reference"].fn is package.dispatch.reference
     public = {"selective_scan": "selective_scan", "causal_conv1d": "causal_conv1d", "cauchy": "cauchy",
               "vandermonde": "vandermonde", "companion": "companion_kernel", "neural_memory": "neural_memory",
-              "hsa": "hsa", "ssd": "ssd", "mamba_inner": "mamba_inner", "mamba_step": "mamba_step"}
+              "hsa": "hsa", "ssd": "ssd", "mamba_inner": "mamba_inner", "mamba_step": "mamba_step",
+              "mamba_lm_step": "mamba_lm_step"}
     params = inspect.signature(getattr(package, public[op_name])).parameters
     assert params["backend"].kind is inspect.Parameter.KEYWORD_ONLY
     for state_arg in ("initial_state", "output_final_state"):

@@ -9,9 +9,17 @@
 
 namespace ssmzoo_cpu {
 
+// Forced inline: a call left in a loop body (GCC's inliner gives up in large kernels) is control flow
+// that keeps the loop from vectorising.
+#if defined(__GNUC__)
+#define SSMZOO_INLINE inline __attribute__((always_inline))
+#else
+#define SSMZOO_INLINE inline
+#endif
+
 // exp by range reduction x = k ln2 + r, |r| <= ln2/2, and a polynomial in r: branch-free, so loops
 // over N that call it vectorise. The rounding uses the 1.5·2^p shifter trick (also branch-free).
-inline float exp_poly(float x) {
+SSMZOO_INLINE float exp_poly(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
   const float shifter = 12582912.0f;  // 1.5 * 2^23
   float t = x * 1.44269504088896341f + shifter;
@@ -32,7 +40,7 @@ inline float exp_poly(float x) {
   return p * scale;
 }
 
-inline double exp_poly(double x) {
+SSMZOO_INLINE double exp_poly(double x) {
   x = std::min(std::max(x, -708.0), 709.0);
   const double shifter = 6755399441055744.0;  // 1.5 * 2^52
   double t = x * 1.4426950408889634074 + shifter;
@@ -64,7 +72,7 @@ inline double exp_poly(double x) {
 // log1p(e) for e in [0, 1], as 2 atanh(s) with s = e / (2 + e) in [0, 1/3] (no cancellation),
 // by its odd series in s; the term count makes the truncation error negligible for T.
 template <typename T>
-inline T log1p_unit(T e) {
+SSMZOO_INLINE T log1p_unit(T e) {
   constexpr int terms = sizeof(T) == 4 ? 9 : 18;
   const T s = e / (T(2) + e), s2 = s * s;
   T p = T(1) / T(2 * terms + 1);
@@ -74,12 +82,12 @@ inline T log1p_unit(T e) {
 
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)): branch-free and vectorisable.
 template <typename T>
-inline T softplus(T x) {
+SSMZOO_INLINE T softplus(T x) {
   return std::max(x, T(0)) + log1p_unit(exp_poly(-std::abs(x)));
 }
 
 template <typename T>
-inline T sigmoid(T x) {
+SSMZOO_INLINE T sigmoid(T x) {
   return T(1) / (T(1) + exp_poly(-x));
 }
 

@@ -14,13 +14,17 @@
 // per work unit and summed by the caller.
 //
 // `step` is one token of the whole layer (in_proj, conv over the cached window, x_proj, dt_proj,
-// one recurrence step, gate, out_proj) in one call, for generation.
+// one recurrence step, gate, out_proj) in one call, for generation; `lm_step` one token of a whole
+// Mamba language model (embedding, every block's RMSNorm + step + residual, final norm, LM head).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "cpu_math.h"
@@ -169,16 +173,33 @@ struct ScanDims {
 };
 
 // Loads lanes [d0, d0 + V) of a row, zero past D (padded lanes then contribute nothing).
+// A full block (all but a ragged last one) is one plain copy, which compiles to vector moves.
 template <typename T, int64_t V>
 inline void load_lanes(const T* row, int64_t d0, int64_t D, T* out) {
-  const int64_t nv = std::min(V, D - d0);
+  if (d0 + V <= D) {
+    std::memcpy(out, row + d0, V * sizeof(T));
+    return;
+  }
+  const int64_t nv = D - d0;
   for (int64_t j = 0; j < V; ++j) out[j] = j < nv ? row[d0 + j] : T(0);
 }
 
 template <typename T, int64_t V>
 inline void store_lanes(T* row, int64_t d0, int64_t D, const T* in) {
-  const int64_t nv = std::min(V, D - d0);
-  for (int64_t j = 0; j < nv; ++j) row[d0 + j] = in[j];
+  if (d0 + V <= D) {
+    std::memcpy(row + d0, in, V * sizeof(T));
+    return;
+  }
+  for (int64_t j = 0; j < D - d0; ++j) row[d0 + j] = in[j];
+}
+
+// acc = (acc + D u) · SiLU(z) over one block. Its own function: inlined into the scan's loop nest, GCC
+// leaves this loop scalar ("bad loop form"), one division per lane.
+template <typename T, int64_t V>
+__attribute__((noinline)) void gate_lanes(T* __restrict acc, const T* __restrict dskip, const T* __restrict u,
+                                          const T* __restrict z) {
+#pragma omp simd
+  for (int64_t j = 0; j < V; ++j) acc[j] = (acc[j] + dskip[j] * u[j]) * (z[j] * sigmoid(z[j]));
 }
 
 template <typename T>
@@ -223,8 +244,7 @@ void scan_forward_kernel(const T* u, const T* delta, const T* bias, const T* At,
           }
         }
         load_lanes<T, V>(z + row * s.z_stride, d0, D, zz);
-#pragma omp simd
-        for (int64_t j = 0; j < V; ++j) acc[j] = (acc[j] + dskip_v[j] * uu[j]) * (zz[j] * sigmoid(zz[j]));
+        gate_lanes<T, V>(acc, dskip_v, uu, zz);
         store_lanes<T, V>(y + row * D, d0, D, acc);
       }
       for (int64_t j = 0; j < nv; ++j)
@@ -470,68 +490,241 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b)
   return b.numel() > 0 ? at::addmm(b, x, w.t()) : at::mm(x, w.t());
 }
 
-// One token of the layer. x (B, d_model); conv_state (B, D, W-1); h (B, D, N). Returns
-// (out (B, d_model), new conv_state, new h); the states passed in are not modified. The formulas
-// are those of the layer's PyTorch step, with the standard library's exp/log1p (softplus with
-// torch's threshold of 20), so the two agree to rounding.
-std::vector<at::Tensor> step(at::Tensor x, at::Tensor conv_state, at::Tensor h, at::Tensor in_w, at::Tensor in_b,
-                             at::Tensor conv_w, at::Tensor conv_b, at::Tensor xproj_w, at::Tensor dt_w, at::Tensor dt_b,
-                             at::Tensor A_log, at::Tensor Dskip, at::Tensor out_w, at::Tensor out_b) {
-  const int64_t B = x.size(0), D = conv_w.size(0), W = conv_w.size(1), N = A_log.size(1), R = dt_w.size(1);
-  auto xz = linear(x, in_w, in_b);  // (B, 2D)
-  auto u = at::empty({B, D}, x.options());
-  auto new_conv = at::empty({B, D, W - 1}, x.options());
-  auto new_h = at::empty_like(h);
-  auto y = at::empty({B, D}, x.options());
-  auto A = at::exp(A_log).neg_();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mamba_step", [&] {
-    using T = scalar_t;
-    const T *xzp = xz.data_ptr<T>(), *cs = conv_state.data_ptr<T>(), *cw = conv_w.data_ptr<T>();
-    const T* cb = opt_ptr<T>(conv_b);
-    T *up = u.data_ptr<T>(), *nc = new_conv.data_ptr<T>();
-    at::parallel_for(0, B * D, 1024, [&](int64_t begin, int64_t end) {
-      for (int64_t bd = begin; bd < end; ++bd) {
-        const int64_t b = bd / D, d = bd % D;
+void linear_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (b.numel() > 0) {
+    at::addmm_out(out, b, x, w.t());
+  } else {
+    at::mm_out(out, x, w.t());
+  }
+}
+
+// ---- one token (generation) ----------------------------------------------------------------------
+// The formulas are the layer's PyTorch step (ops/mamba_step/reference.py) with the vectorisable exp,
+// softplus and sigmoid of cpu_math.h that the forward kernels use, so step and forward agree to
+// rounding. Loops over the state run over contiguous N entries of one channel: one SIMD register
+// for N = 16 floats, where std::exp would cost one scalar call per entry (B·D·N per layer).
+
+// A layer's weights; optional biases are empty tensors.
+struct LayerWeights {
+  at::Tensor in_w, in_b, conv_w, conv_b, xproj_w, dt_w, dt_b, A_log, Dskip, out_w, out_b;
+};
+
+// Scratch of one step, reused by every layer of a model step.
+struct StepScratch {
+  at::Tensor xz, u, xdbl, dtr, y, A;
+  StepScratch(int64_t B, int64_t D, int64_t N, int64_t R, const at::TensorOptions& o)
+      : xz(at::empty({B, 2 * D}, o)), u(at::empty({B, D}, o)), xdbl(at::empty({B, R + 2 * N}, o)),
+        dtr(at::empty({B, D}, o)), y(at::empty({B, D}, o)), A(at::empty({D, N}, o)) {}
+};
+
+// Work units: (batch row, block of kStepBlock channels). A grain of about 2^14 state entries keeps a
+// small batch on one thread, where waking a second would cost more than the work.
+constexpr int64_t kStepBlock = 64;
+
+inline int64_t step_grain(int64_t per_channel) {
+  return std::max<int64_t>(1, (int64_t(1) << 14) / (kStepBlock * std::max<int64_t>(per_channel, 1)));
+}
+
+// The conv over the cached window, then SiLU: u (B, D) and the shifted window nc (B, D, W-1) from the
+// first half of xz (B, 2D) and the old window cs.
+template <typename T>
+void step_conv_kernel(const T* xz, const T* cs, const T* cw, const T* cb, int64_t B, int64_t D, int64_t W, T* u,
+                      T* nc) {
+  const int64_t blocks = (D + kStepBlock - 1) / kStepBlock;
+  at::parallel_for(0, B * blocks, step_grain(W), [&](int64_t begin, int64_t end) {
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t b = unit / blocks, d0 = (unit % blocks) * kStepBlock, d1 = std::min(D, d0 + kStepBlock);
+      T* ub = u + b * D;
+      for (int64_t d = d0; d < d1; ++d) {
+        const int64_t bd = b * D + d;
         const T* win = cs + bd * (W - 1);
-        const T xt = xzp[b * 2 * D + d];
-        T acc = 0;
+        const T xt = xz[b * 2 * D + d];
+        T acc = cb != nullptr ? cb[d] : T(0);
         for (int64_t k = 0; k < W - 1; ++k) acc += win[k] * cw[d * W + k];
-        acc += xt * cw[d * W + W - 1];
-        if (cb != nullptr) acc += cb[d];
-        up[bd] = acc / (T(1) + std::exp(-acc));
+        ub[d] = acc + xt * cw[d * W + W - 1];
         for (int64_t k = 0; k + 1 < W - 1; ++k) nc[bd * (W - 1) + k] = win[k + 1];
         if (W > 1) nc[bd * (W - 1) + W - 2] = xt;
       }
-    });
+#pragma omp simd
+      for (int64_t d = d0; d < d1; ++d) ub[d] = ub[d] * sigmoid(ub[d]);
+    }
   });
-  auto xdbl = at::mm(u, xproj_w.t());  // (B, R + 2N)
-  auto dtr = at::mm(xdbl.narrow(1, 0, R), dt_w.t());  // (B, D), before its bias
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mamba_step_scan", [&] {
-    using T = scalar_t;
-    const T *xzp = xz.data_ptr<T>(), *xd = xdbl.data_ptr<T>(), *dp = dtr.data_ptr<T>(), *db = dt_b.data_ptr<T>();
-    const T *Ap = A.data_ptr<T>(), *hp = h.data_ptr<T>(), *Dp = Dskip.data_ptr<T>(), *up = u.data_ptr<T>();
-    T *nh = new_h.data_ptr<T>(), *yp = y.data_ptr<T>();
-    const int64_t xs = xdbl.size(1);
-    at::parallel_for(0, B * D, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t bd = begin; bd < end; ++bd) {
-        const int64_t b = bd / D, d = bd % D;
-        const T raw = dp[bd] + db[d];
-        const T delta = raw > T(20) ? raw : std::log1p(std::exp(raw));
-        const T du = delta * up[bd];
-        const T* Bt = xd + b * xs + R;
-        const T* Ct = Bt + N;
+}
+
+// One recurrence step and the gate: h' = exp(Δ A) ⊙ h + Δ u B, y = (C · h' + D u) · SiLU(z), with
+// Δ = softplus(dtr + dt_b), B and C the columns R.. of xdbl (B, xs), z the second half of xz.
+template <typename T>
+void step_scan_kernel(const T* xz, const T* u, const T* xdbl, int64_t xs, int64_t R, const T* dtr, const T* dt_b,
+                      const T* A, const T* h, const T* Dskip, int64_t B, int64_t D, int64_t N, T* nh, T* y) {
+  const int64_t blocks = (D + kStepBlock - 1) / kStepBlock;
+  at::parallel_for(0, B * blocks, step_grain(N), [&](int64_t begin, int64_t end) {
+    alignas(64) T delta[kStepBlock], gate[kStepBlock];
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t b = unit / blocks, d0 = (unit % blocks) * kStepBlock, nd = std::min(kStepBlock, D - d0);
+      const T* zb = xz + b * 2 * D + D + d0;
+#pragma omp simd
+      for (int64_t j = 0; j < nd; ++j) {
+        delta[j] = softplus(dtr[b * D + d0 + j] + dt_b[d0 + j]);
+        gate[j] = zb[j] * sigmoid(zb[j]);
+      }
+      const T* Bt = xdbl + b * xs + R;
+      const T* Ct = Bt + N;
+      for (int64_t j = 0; j < nd; ++j) {
+        const int64_t d = d0 + j, bd = b * D + d;
+        const T dl = delta[j], du = dl * u[bd];
+        const T* Ad = A + d * N;
+        const T* hd = h + bd * N;
+        T* nhd = nh + bd * N;
         T acc = 0;
+#pragma omp simd reduction(+ : acc)
         for (int64_t n = 0; n < N; ++n) {
-          const T hn = std::exp(delta * Ap[d * N + n]) * hp[bd * N + n] + du * Bt[n];
-          nh[bd * N + n] = hn;
+          const T hn = exp_poly(dl * Ad[n]) * hd[n] + du * Bt[n];
+          nhd[n] = hn;
           acc += hn * Ct[n];
         }
-        const T zt = xzp[b * 2 * D + D + d];
-        yp[bd] = (acc + Dp[d] * up[bd]) * (zt / (T(1) + std::exp(-zt)));
+        y[bd] = (acc + Dskip[d] * u[bd]) * gate[j];
       }
-    });
+    }
   });
-  return {linear(y, out_w, out_b), new_conv, new_h};
+}
+
+// A = -exp(A_log), the layer's decay rates.
+template <typename T>
+void neg_exp(const T* a_log, int64_t n, T* a) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) a[i] = -exp_poly(a_log[i]);
+}
+
+// One layer from xz = in_proj(x) (already in s.xz): the gated y (B, D) into s.y, the new states into
+// new_conv (B, D, W-1) and new_h (B, D, N). The states passed in are not modified.
+void layer_step(const at::Tensor& conv_state, const at::Tensor& h, const LayerWeights& w, StepScratch& s,
+                at::Tensor& new_conv, at::Tensor& new_h) {
+  const int64_t B = s.xz.size(0), D = w.conv_w.size(0), W = w.conv_w.size(1), N = w.A_log.size(1);
+  const int64_t R = w.dt_w.size(1);
+  AT_DISPATCH_FLOATING_TYPES(s.xz.scalar_type(), "mamba_step_conv", [&] {
+    using T = scalar_t;
+    step_conv_kernel<T>(s.xz.data_ptr<T>(), conv_state.data_ptr<T>(), w.conv_w.data_ptr<T>(), opt_ptr<T>(w.conv_b), B,
+                        D, W, s.u.data_ptr<T>(), new_conv.data_ptr<T>());
+    neg_exp<T>(w.A_log.data_ptr<T>(), D * N, s.A.data_ptr<T>());
+  });
+  at::mm_out(s.xdbl, s.u, w.xproj_w.t());                   // (B, R + 2N)
+  at::mm_out(s.dtr, s.xdbl.narrow(1, 0, R), w.dt_w.t());    // (B, D), before its bias
+  AT_DISPATCH_FLOATING_TYPES(s.xz.scalar_type(), "mamba_step_scan", [&] {
+    using T = scalar_t;
+    step_scan_kernel<T>(s.xz.data_ptr<T>(), s.u.data_ptr<T>(), s.xdbl.data_ptr<T>(), s.xdbl.size(1), R,
+                        s.dtr.data_ptr<T>(), w.dt_b.data_ptr<T>(), s.A.data_ptr<T>(), h.data_ptr<T>(),
+                        w.Dskip.data_ptr<T>(), B, D, N, new_h.data_ptr<T>(), s.y.data_ptr<T>());
+  });
+}
+
+// One token of the layer. x (B, d_model); conv_state (B, D, W-1); h (B, D, N). Returns
+// (out (B, d_model), new conv_state, new h); the states passed in are not modified.
+std::vector<at::Tensor> step(at::Tensor x, at::Tensor conv_state, at::Tensor h, at::Tensor in_w, at::Tensor in_b,
+                             at::Tensor conv_w, at::Tensor conv_b, at::Tensor xproj_w, at::Tensor dt_w, at::Tensor dt_b,
+                             at::Tensor A_log, at::Tensor Dskip, at::Tensor out_w, at::Tensor out_b) {
+  const LayerWeights w{in_w, in_b, conv_w, conv_b, xproj_w, dt_w, dt_b, A_log, Dskip, out_w, out_b};
+  const int64_t B = x.size(0), D = conv_w.size(0), W = conv_w.size(1), N = A_log.size(1), R = dt_w.size(1);
+  StepScratch s(B, D, N, R, x.options());
+  linear_out(s.xz, x, in_w, in_b);
+  auto new_conv = at::empty({B, D, W - 1}, x.options());
+  auto new_h = at::empty_like(h);
+  layer_step(conv_state, h, w, s, new_conv, new_h);
+  return {linear(s.y, out_w, out_b), new_conv, new_h};
+}
+
+// ---- one token of a whole Mamba language model -----------------------------------------------------
+// x = embedding[token]; per layer x += out_proj(mamba(RMSNorm(x))); logits = lm_head(RMSNorm_f(x)):
+// the per-token work of generation in one call, with the scratch shared by the layers and out_proj's
+// residual add fused into its matmul.
+
+void check_arg(bool ok, const std::string& msg) {
+  if (!ok) throw pybind11::value_error("mamba_lm_step: " + msg);
+}
+
+// out = x / sqrt(mean(x²) + eps) · weight, per row of x (B, C); the order of RMSNorm's formula.
+template <typename T>
+void rms_norm_rows(const T* x, const T* weight, T eps, int64_t B, int64_t C, T* out) {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* xb = x + b * C;
+    T* ob = out + b * C;
+    T ss = 0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t c = 0; c < C; ++c) ss += xb[c] * xb[c];
+    const T r = T(1) / std::sqrt(ss / T(C) + eps);
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) ob[c] = xb[c] * r * weight[c];
+  }
+}
+
+void rms_norm_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight, double eps) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mamba_lm_rms_norm", [&] {
+    rms_norm_rows<scalar_t>(x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), scalar_t(eps), x.size(0), x.size(1),
+                            out.data_ptr<scalar_t>());
+  });
+}
+
+// token (B,) integer ids; states: per layer [conv_state (B, D, W-1), h (B, D, N)]; layers: per layer
+// [norm_w, in_w, in_b, conv_w (D, W), conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w, out_b] (empty
+// tensors for absent biases). Returns [logits (B, vocab), conv_state_0, h_0, conv_state_1, ...].
+std::vector<at::Tensor> lm_step(at::Tensor token, std::vector<std::vector<at::Tensor>> states, at::Tensor embedding,
+                                std::vector<std::vector<at::Tensor>> layers, at::Tensor norm_f_w, at::Tensor head_w,
+                                double eps) {
+  check_arg(token.dim() == 1 && token.size(0) > 0, "token must be a non-empty (batch,) tensor");
+  check_arg(states.size() == layers.size(), "state must have one entry per layer");
+  check_arg(embedding.dim() == 2 && embedding.is_contiguous(), "embedding must be a contiguous (vocab, d_model) tensor");
+  const auto dtype = embedding.scalar_type();
+  check_arg(dtype == at::kFloat || dtype == at::kDouble, "the weights must be float32 or float64");
+  const int64_t B = token.size(0), V = embedding.size(0), C = embedding.size(1);
+  auto same = [&](const at::Tensor& t) { return t.scalar_type() == dtype && t.is_contiguous(); };
+  check_arg(same(norm_f_w) && norm_f_w.numel() == C, "norm_f weight must be a contiguous (d_model,) tensor");
+  check_arg(same(head_w) && head_w.dim() == 2 && head_w.size(1) == C, "lm_head weight must be (vocab, d_model)");
+  auto ids = token.to(at::kLong).contiguous();
+  const int64_t* idp = ids.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) check_arg(idp[b] >= 0 && idp[b] < V, "token ids must lie in [0, vocab)");
+
+  std::vector<LayerWeights> lw;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto& l = layers[i];
+    const std::string at_layer = " (layer " + std::to_string(i) + ")";
+    check_arg(l.size() == 12, "each layer needs 12 weights" + at_layer);
+    for (const auto& t : l) check_arg(t.numel() == 0 || same(t), "weights must be contiguous and of one dtype" + at_layer);
+    check_arg(l[0].numel() == C, "norm weight must be (d_model,)" + at_layer);
+    const LayerWeights w{l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8], l[9], l[10], l[11]};
+    const int64_t D = w.conv_w.size(0), W = w.conv_w.size(1), N = w.A_log.size(1), R = w.dt_w.size(1);
+    check_arg(w.in_w.dim() == 2 && w.in_w.size(0) == 2 * D && w.in_w.size(1) == C, "in_proj must be (2 D, d_model)" + at_layer);
+    check_arg(w.xproj_w.dim() == 2 && w.xproj_w.size(0) == R + 2 * N && w.xproj_w.size(1) == D,
+              "x_proj must be (dt_rank + 2 N, D)" + at_layer);
+    check_arg(w.out_w.dim() == 2 && w.out_w.size(0) == C && w.out_w.size(1) == D, "out_proj must be (d_model, D)" + at_layer);
+    check_arg(N <= kMaxState, "d_state must be at most " + std::to_string(kMaxState) + at_layer);
+    const auto& st = states[i];
+    check_arg(st.size() == 2 && same(st[0]) && same(st[1]) && st[0].dim() == 3 && st[1].dim() == 3 &&
+                  st[0].size(0) == B && st[0].size(1) == D && st[0].size(2) == W - 1 && st[1].size(0) == B &&
+                  st[1].size(1) == D && st[1].size(2) == N,
+              "state must be (conv_state (batch, D, W-1), ssm_state (batch, D, N)), contiguous, in the weights' dtype" +
+                  at_layer);
+    lw.push_back(w);
+  }
+
+  const auto opts = embedding.options();
+  auto x = embedding.index_select(0, ids);  // (B, d_model), a copy: the residual stream, updated in place
+  auto normed = at::empty({B, C}, opts);
+  std::vector<at::Tensor> out(1 + 2 * lw.size());
+  std::unique_ptr<StepScratch> s;
+  for (size_t i = 0; i < lw.size(); ++i) {
+    const auto& w = lw[i];
+    const int64_t D = w.conv_w.size(0), W = w.conv_w.size(1), N = w.A_log.size(1), R = w.dt_w.size(1);
+    if (!s || s->u.size(1) != D || s->A.size(1) != N || s->xdbl.size(1) != R + 2 * N) s.reset(new StepScratch(B, D, N, R, opts));
+    rms_norm_out(normed, x, layers[i][0], eps);
+    linear_out(s->xz, normed, w.in_w, w.in_b);
+    out[1 + 2 * i] = at::empty({B, D, W - 1}, opts);
+    out[2 + 2 * i] = at::empty({B, D, N}, opts);
+    layer_step(states[i][0], states[i][1], w, *s, out[1 + 2 * i], out[2 + 2 * i]);
+    x.addmm_(s->y, w.out_w.t());  // x += y out_projᵀ
+    if (w.out_b.numel() > 0) x.add_(w.out_b);
+  }
+  rms_norm_out(normed, x, norm_f_w, eps);
+  out[0] = at::mm(normed, head_w.t());
+  return out;
 }
 
 }  // namespace
@@ -542,4 +735,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_forward", &scan_forward, "selective scan + gate, channels last (CPU)");
   m.def("scan_backward", &scan_backward, "its backward (CPU)");
   m.def("step", &step, "one token of the Mamba layer (CPU)");
+  m.def("lm_step", &lm_step, "one token of a Mamba language model: embedding, layers, norm, head (CPU)");
 }

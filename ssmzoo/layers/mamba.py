@@ -203,10 +203,14 @@ class Mamba(SequenceLayer):
         ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype)
         return conv_state, ssm_state
 
+    def step_weights(self) -> MambaStepWeights:
+        """The parameters as the ``mamba_step`` op takes them."""
+        return MambaStepWeights(self.in_proj.weight, self.in_proj.bias, self._inner_weights(self),
+                                self.out_proj.weight, self.out_proj.bias)
+
     def _step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """One token in O(1): the convolution over the cached window, then one recurrence step (the
         whole layer in one C++ call where it can; ``ssmzoo.ops.mamba_step``)."""
-        weights = MambaStepWeights(self.in_proj.weight, self.in_proj.bias, self._inner_weights(self),
-                                   self.out_proj.weight, self.out_proj.bias)
+        weights = self.step_weights()
         backend = "reference" if self.mamba_inner_backend in ("unfused", "reference") else None
         return mamba_step(x_t, state, weights, backend=backend)

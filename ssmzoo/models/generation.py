@@ -56,6 +56,10 @@ class GenerationMixin:
     def _decode(self, token: Tensor, state: Any) -> tuple[Tensor, Any]:
         raise NotImplementedError
 
+    def _decoder(self) -> Callable[[Tensor, Any], tuple[Tensor, Any]]:
+        """The step ``generate`` calls per token: ``_decode`` unless a model prepares a faster one per call."""
+        return self._decode
+
     @torch.no_grad()
     def generate(
         self,
@@ -129,6 +133,7 @@ class GenerationMixin:
         with input_checks(False):  # the prompt was checked once, above
             if new:
                 logits, state = self._prefill(input_ids)
+                decode = self._decoder()
             for i in range(new):
                 token = sample_next(logits, do_sample, temperature, top_k, top_p, generator)
                 if finished is not None:
@@ -141,7 +146,7 @@ class GenerationMixin:
                     streamer(token)
                 if i + 1 == new or (finished is not None and bool(finished.all())):
                     break
-                logits, state = self._decode(token, state)
+                logits, state = decode(token, state)
         if callable(getattr(streamer, "end", None)):
             streamer.end()
         return torch.cat(out, dim=1)

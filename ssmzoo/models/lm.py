@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,11 @@ from torch import Tensor, nn
 
 from ..layers import build
 from ..layers.base import SequenceLayer, check_lengths, input_checks, input_checks_enabled
+from ..layers.mamba import Mamba
 from ..modules.mlp import MLP
 from ..modules.rmsnorm import RMSNorm
+from ..ops import mamba_lm_step as lm_step_op
+from ..ops.mamba_lm_step import MambaLMStepWeights
 from .generation import GenerationMixin
 
 # Keyword arguments of a packed batch's document boundaries, passed to the layers whose forward takes them.
@@ -126,6 +130,8 @@ class LanguageModel(GenerationMixin, nn.Module):
             self.layers.append(Block(mixer, d_model, norm_eps, d_intermediate))
         self.norm_f = RMSNorm(d_model, eps=norm_eps)
         self.lm_head = nn.Linear(d_model, padded, bias=False)
+        # Backend of the mamba_lm_step op that generate decodes with (Mamba stacks; None: $SSMZOO_BACKEND or auto).
+        self.decode_backend: str | None = None
 
         nn.init.normal_(self.embedding.weight, std=initializer_range)
         if tie_embeddings:
@@ -183,14 +189,20 @@ class LanguageModel(GenerationMixin, nn.Module):
         if lengths is not None:
             lengths = check_lengths(lengths, input_ids, "LanguageModel")
         packing = {k: v for k, v in (("seq_idx", seq_idx), ("cu_seqlens", cu_seqlens)) if v is not None}
+        x, states = self._hidden(input_ids, state, return_state, lengths, packing)
+        logits = self.lm_head(self.norm_f(x))
+        return (logits, states) if return_state else logits
+
+    def _hidden(self, input_ids: Tensor, state: list[Any] | None, return_state: bool, lengths: Tensor | None,
+                packing: dict[str, Tensor]) -> tuple[Tensor, list[Any]]:
+        """The last block's output (batch, length, d_model) and the per-layer states, from checked input."""
         x = self.embedding(input_ids)
         states = []
-        with input_checks(False):  # the input was checked once, above; a layer's scan would cost a sync each
+        with input_checks(False):  # the input was checked once; a layer's scan would cost a sync each
             for i, block in enumerate(self.layers):
                 x, s = block(x, None if state is None else state[i], return_state, lengths, packing)
                 states.append(s)
-        logits = self.lm_head(self.norm_f(x))
-        return (logits, states) if return_state else logits
+        return x, states
 
     # -- one token at a time ------------------------------------------------------------------
     def init_state(
@@ -211,16 +223,45 @@ class LanguageModel(GenerationMixin, nn.Module):
         return self.lm_head(self.norm_f(x)), new_state
 
     def _prefill(self, input_ids: Tensor) -> tuple[Tensor, list[Any]]:
-        logits, state = self.forward(input_ids, return_state=True)
-        return logits[:, -1], state
+        # generate needs the last position's logits only: the final norm and the head run on that one.
+        x, state = self._hidden(input_ids, None, True, None, {})
+        return self.lm_head(self.norm_f(x[:, -1])), state
 
     def _decode(self, token: Tensor, state: list[Any]) -> tuple[Tensor, list[Any]]:
+        return self._decoder()(token, state)
+
+    def _decoder(self) -> Callable[[Tensor, list[Any]], tuple[Tensor, list[Any]]]:
+        """The unchecked one-token step generate loops over. A stack of plain Mamba blocks (no MLP) decodes
+        through the ``mamba_lm_step`` op, the whole token in one call where its C++ backend serves
+        (``decode_backend``); its weights are gathered here, once per generate call. Other stacks step
+        block by block."""
+        weights = self._mamba_lm_step_weights()
+        if weights is None:
+            return self._decode_blocks
+        # A layer built to avoid the fused kernels ("unfused" / "reference") steps with the PyTorch formulas.
+        pytorch_step = any(b.mixer.mamba_inner_backend in ("unfused", "reference") for b in self.layers)
+        backend = self.decode_backend if self.decode_backend is not None else ("reference" if pytorch_step else None)
+        lm_step_op.dispatch.check_name(backend, "LanguageModel", "decode_backend")
+        return lambda token, state: lm_step_op.mamba_lm_step(token, state, weights, backend=backend)
+
+    def _decode_blocks(self, token: Tensor, state: list[Any]) -> tuple[Tensor, list[Any]]:
         x = self.embedding(token)
         new_state = []
         for block, s in zip(self.layers, state):
             x, s = block.step(x, s, checked=False)
             new_state.append(s)
         return self.lm_head(self.norm_f(x)), new_state
+
+    def _mamba_lm_step_weights(self) -> MambaLMStepWeights | None:
+        """The model's weights as the ``mamba_lm_step`` op takes them, or None when some block is not a plain
+        Mamba block (another layer, an MLP, a grouped norm)."""
+        if not all(type(b.mixer) is Mamba and b.mixer.causal and b.mlp is None and b.norm.group_size == self.d_model
+                   and b.norm.eps == self.norm_f.eps for b in self.layers):
+            return None
+        return MambaLMStepWeights(
+            self.embedding.weight, tuple(b.norm.weight for b in self.layers),
+            tuple(b.mixer.step_weights() for b in self.layers), self.norm_f.weight, self.lm_head.weight,
+            self.norm_f.eps)
 
     # -- checkpoints ----------------------------------------------------------------------------
     @classmethod

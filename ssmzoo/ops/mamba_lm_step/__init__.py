@@ -1,0 +1,72 @@
+"""One token of a whole Mamba language model: ``mamba_lm_step(token, state, weights)`` -> (logits, next state).
+
+Generation spends its decode loop here: embedding, every block's RMSNorm + Mamba step + residual, the final
+RMSNorm and the LM head. Backends, in ``auto``'s preference order: ``cpp`` (cpu.py: the whole token in one C++
+call, no gradient, CPU float32/float64), ``reference`` (reference.py: the PyTorch formulas, block by block).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed
+from ..mamba_inner import MambaInnerWeights, State
+from ..mamba_inner import available as cpp_available
+from ..mamba_inner.cpu import MAX_STATE
+from ..mamba_step.reference import MambaStepWeights
+from .cpu import mamba_lm_step_cpp
+from .reference import MambaLMStepWeights, mamba_lm_step_reference
+
+
+def _state_at_most_max(request: Request) -> str | None:
+    n = request.fact("d_state", 0)
+    return None if n <= MAX_STATE else f"it supports d_state <= {MAX_STATE}, got {n}"
+
+
+def _lm_probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
+    g = torch.Generator().manual_seed(0)
+    batch, vocab, d_model, d, n, rank, width, n_layers = 2, 5, 3, 4, 2, 1, 3, 2
+    t = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
+    layers = tuple(MambaStepWeights(t(2 * d, d_model), t(2 * d), MambaInnerWeights(
+        t(d, width), t(d), t(rank + 2 * n, d), t(d, rank), t(d), t(d, n) * 0.5, t(d)), t(d_model, d), None)
+        for _ in range(n_layers))
+    w = MambaLMStepWeights(t(vocab, d_model), tuple(t(d_model) for _ in range(n_layers)), layers, t(d_model),
+                           t(vocab, d_model), 1e-5)
+    state = [(t(batch, d, width - 1), t(batch, d, n)) for _ in range(n_layers)]
+    return (torch.tensor([1, 4], device=device), state, w), {}
+
+
+dispatch = Dispatcher("mamba_lm_step", mamba_lm_step_reference, _lm_probe_case, rtol=1e-4, atol=1e-5)
+dispatch.register("cpp", mamba_lm_step_cpp, ("cpu",), Capabilities(grad=False), available=cpp_available,
+                  accepts=_state_at_most_max)
+dispatch.register("reference", mamba_lm_step_reference, ("cpu", "cuda"),
+                  Capabilities(dtypes=REAL_DTYPES + HALF_DTYPES))
+
+
+def mamba_lm_step(token: Tensor, state: list[State], weights: MambaLMStepWeights, *,
+                  backend: str | None = None) -> tuple[Tensor, list[State]]:
+    """token (batch,) integer ids, state one (conv_state (batch, D, W-1), ssm_state (batch, D, N)) per
+    block -> (logits (batch, vocab) of the next token, the next state). Shape checks only (per token they
+    must cost nothing next to the step); the ids are range-checked by the C++ backend."""
+    if not isinstance(token, Tensor) or token.dim() != 1 or token.shape[0] == 0 or token.is_floating_point() \
+            or token.is_complex() or token.dtype == torch.bool:
+        raise ValueError(f"mamba_lm_step: token must be a non-empty (batch,) integer tensor, got "
+                         f"{getattr(token, 'dtype', type(token).__name__)} of shape {tuple(getattr(token, 'shape', ()))}")
+    if len(weights.layers) != len(weights.norm_weights):
+        raise ValueError(f"mamba_lm_step: weights has {len(weights.layers)} layers but {len(weights.norm_weights)} "
+                         "norm_weights")
+    if not isinstance(state, (list, tuple)) or len(state) != len(weights.layers):
+        got = f"{len(state)} entries" if isinstance(state, (list, tuple)) else type(state).__name__
+        raise ValueError(f"mamba_lm_step: state must hold one (conv_state, ssm_state) per layer "
+                         f"({len(weights.layers)}), got {got}")
+    emb = weights.embedding
+    request = Request(emb.device, emb.dtype, initial_state=True, final_state=True,
+                      grad=grad_needed(state, tuple(weights.norm_weights), tuple(map(tuple, weights.layers)),
+                                       tuple(tuple(layer.inner) for layer in weights.layers), emb,
+                                       weights.norm_f_weight, weights.lm_head_weight),
+                      facts=(("d_state", max(layer.inner.A_log.shape[1] for layer in weights.layers)),))
+    return dispatch.choose(backend, request).fn(token, state, weights)
+
+
+__all__ = ["MambaLMStepWeights", "dispatch", "mamba_lm_step", "mamba_lm_step_cpp", "mamba_lm_step_reference"]

@@ -1,0 +1,22 @@
+"""One token of a whole Mamba language model in one C++ call (``lm_step`` in csrc/mamba_cpu.cpp)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from ..mamba_inner import State
+from ..mamba_inner.cpu import extension
+from .reference import MambaLMStepWeights
+
+
+def mamba_lm_step_cpp(token: Tensor, state: list[State], w: MambaLMStepWeights) -> tuple[Tensor, list[State]]:
+    """Same formulas as the reference; the states passed in are not modified."""
+    empty = w.embedding.new_empty(0)
+    opt = lambda t: empty if t is None else t.contiguous()  # noqa: E731
+    layers = [[opt(norm), opt(l.in_proj_weight), opt(l.in_proj_bias), opt(l.inner.conv_weight), opt(l.inner.conv_bias),
+               opt(l.inner.x_proj_weight), opt(l.inner.dt_proj_weight), opt(l.inner.dt_proj_bias), opt(l.inner.A_log),
+               opt(l.inner.D), opt(l.out_proj_weight), opt(l.out_proj_bias)]
+              for norm, l in zip(w.norm_weights, w.layers)]
+    out = extension().lm_step(token, [[s[0].contiguous(), s[1].contiguous()] for s in state], w.embedding.contiguous(),
+                              layers, w.norm_f_weight.contiguous(), w.lm_head_weight.contiguous(), float(w.eps))
+    return out[0], [(out[1 + 2 * i], out[2 + 2 * i]) for i in range(len(layers))]

@@ -1,0 +1,166 @@
+"""Generation's fast decode: the ``mamba_lm_step`` op (ops/mamba_lm_step, ``lm_step`` in csrc/mamba_cpu.cpp), one
+token of a whole Mamba LM in one C++ call, against its reference (the block-by-block PyTorch step), and
+``generate`` with it on and off; plus the prefill that runs the head on the last position only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssmzoo.models.lm import LanguageModel
+from ssmzoo.ops import mamba_lm_step as lm_step_op
+from ssmzoo.ops.dispatch import Request
+from ssmzoo.ops.mamba_lm_step import mamba_lm_step, mamba_lm_step_cpp, mamba_lm_step_reference
+
+pytestmark = pytest.mark.skipif("cpp" not in lm_step_op.dispatch.names("cpu"),
+                                reason="the C++ extension did not build here")
+
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=6e-4, atol=2e-3)}  # as test_mamba_fused
+
+
+def make_model(dtype, n_layers=2, d_model=12, vocab=37, seed=0, **layer_args) -> LanguageModel:
+    """A random Mamba LM whose norms, biases and states are not at their (symmetric) initial values."""
+    torch.manual_seed(seed)
+    model = LanguageModel(vocab, d_model, n_layers, layer_args={"d_state": 5, **layer_args}).to(dtype).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def random_state(model, batch, dtype, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [tuple(torch.randn(s.shape, generator=g, dtype=torch.float64).to(dtype) for s in layer)
+            for layer in model.init_state(batch, dtype=dtype)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch,n_layers,layer_args", [
+    (1, 2, {}),
+    (3, 3, {"bias": True, "d_state": 16}),
+    (5, 1, {"d_conv": 1, "conv_bias": False}),        # no conv state
+    (2, 2, {"d_conv": 2, "expand": 3, "dt_rank": 3}),  # D_inner not a multiple of the C++ block (64)
+])
+def test_cpp_lm_step_matches_reference_over_many_tokens(dtype, batch, n_layers, layer_args):
+    model = make_model(dtype, n_layers=n_layers, d_model=24 if layer_args.get("expand") == 3 else 12, **layer_args)
+    w = model._mamba_lm_step_weights()
+    ref = got = random_state(model, batch, dtype)
+    token = torch.arange(batch) % model.vocab_size
+    with torch.no_grad():
+        for _ in range(40):
+            logits_ref, ref = mamba_lm_step_reference(token, ref, w)
+            logits, got = mamba_lm_step_cpp(token, got, w)
+            torch.testing.assert_close(logits, logits_ref, **TOL[dtype])
+            for layer_got, layer_ref in zip(got, ref):
+                for a, b in zip(layer_got, layer_ref):
+                    torch.testing.assert_close(a, b, **TOL[dtype])
+            token = logits_ref.argmax(-1)
+
+
+def test_reference_is_the_block_by_block_step():
+    # mamba_inner_backend="reference": the layers step with the PyTorch formulas, as the op's reference does
+    model = make_model(torch.float64, n_layers=3, mamba_inner_backend="reference")
+    state = random_state(model, 2, torch.float64)
+    token = torch.tensor([3, 7])
+    with torch.no_grad():
+        want_logits, want = model._decode_blocks(token, state)
+        logits, got = mamba_lm_step_reference(token, state, model._mamba_lm_step_weights())
+    torch.testing.assert_close(logits, want_logits, rtol=0, atol=0)
+    for layer_got, layer_want in zip(got, want):
+        for a, b in zip(layer_got, layer_want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cpp_lm_step_leaves_its_input_state_alone():
+    model = make_model(torch.float32)
+    state = random_state(model, 3, torch.float32)
+    before = [tuple(s.clone() for s in layer) for layer in state]
+    with torch.no_grad():
+        mamba_lm_step_cpp(torch.tensor([1, 2, 3]), state, model._mamba_lm_step_weights())
+    for layer, layer_before in zip(state, before):
+        for a, b in zip(layer, layer_before):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_generate_gives_the_same_tokens_with_the_fast_decode_on_and_off(dtype, batch, monkeypatch):
+    model = make_model(dtype, n_layers=3, d_model=16, vocab=29)
+    prompt = torch.randint(0, 29, (batch, 9), generator=torch.Generator().manual_seed(4))
+    model.decode_backend = "cpp"
+    fast = model.generate(prompt, max_new_tokens=30)
+    model.decode_backend = "reference"
+    reference = model.generate(prompt, max_new_tokens=30)
+    model.decode_backend = None
+    auto = model.generate(prompt, max_new_tokens=30)
+    monkeypatch.setattr(model, "_mamba_lm_step_weights", lambda: None)  # the block-by-block step
+    blocks = model.generate(prompt, max_new_tokens=30)
+    assert torch.equal(fast, reference) and torch.equal(fast, auto) and torch.equal(fast, blocks)
+    # and sampling draws the same tokens from the same seed
+    model.decode_backend = "cpp"
+    a = model.generate(prompt, max_new_tokens=12, do_sample=True, top_k=5, seed=3)
+    model.decode_backend = "reference"
+    b = model.generate(prompt, max_new_tokens=12, do_sample=True, top_k=5, seed=3)
+    assert torch.equal(a, b)
+
+
+def test_prefill_gives_forwards_last_logits_and_state():
+    model = make_model(torch.float64)
+    ids = torch.randint(0, model.vocab_size, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits, state = model(ids, return_state=True)
+        last, prefill_state = model._prefill(ids)
+    torch.testing.assert_close(last, logits[:, -1], rtol=1e-12, atol=1e-12)
+    for layer_got, layer_want in zip(prefill_state, state):
+        for a, b in zip(layer_got, layer_want):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_dispatch_choice():
+    cpu = torch.device("cpu")
+    assert lm_step_op.dispatch.choose("auto", Request(cpu, torch.float32)).name == "cpp"
+    # no backward in C++; half precision and large states stay with the reference
+    assert lm_step_op.dispatch.choose("auto", Request(cpu, torch.float32, grad=True)).name == "reference"
+    assert lm_step_op.dispatch.choose("auto", Request(cpu, torch.bfloat16)).name == "reference"
+    assert lm_step_op.dispatch.choose("auto", Request(cpu, torch.float32, facts=(("d_state", 300),))).name == "reference"
+
+
+def test_other_stacks_and_unfused_layers_step_block_by_block():
+    torch.manual_seed(0)
+    with_mlp = LanguageModel(20, 8, 2, layer_args={"d_state": 4}, d_intermediate=16).eval()
+    s4d = LanguageModel(20, 8, 2, layer="s4d").eval()
+    for model in (with_mlp, s4d):
+        assert model._mamba_lm_step_weights() is None
+        assert model._decoder() == model._decode_blocks
+    unfused = LanguageModel(20, 8, 2, layer_args={"d_state": 4, "mamba_inner_backend": "unfused"}).eval()
+    calls = []
+    original = lm_step_op.dispatch.choose
+    lm_step_op.dispatch.choose = lambda backend, request: calls.append(backend) or original(backend, request)
+    try:
+        unfused.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3)
+    finally:
+        lm_step_op.dispatch.choose = original
+    assert calls == ["reference", "reference"]
+
+
+def test_bad_input_gives_a_clear_error():
+    model = make_model(torch.float32)
+    w = model._mamba_lm_step_weights()
+    state = random_state(model, 2, torch.float32)
+    token = torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="token must be a non-empty"):
+        mamba_lm_step(token.float(), state, w)
+    with pytest.raises(ValueError, match="token must be a non-empty"):
+        mamba_lm_step(token[None], state, w)
+    with pytest.raises(ValueError, match="state must hold one"):
+        mamba_lm_step(token, state[:1], w)
+    with torch.no_grad():  # the C++ backend has no backward
+        with pytest.raises(ValueError, match="token ids must lie in"):
+            mamba_lm_step(torch.tensor([1, model.vocab_size]), state, w, backend="cpp")
+        with pytest.raises(ValueError, match=r"state must be \(conv_state"):
+            mamba_lm_step(torch.tensor([1]), state, w, backend="cpp")  # a batch of 1, states of 2
+        with pytest.raises(ValueError, match="state must be"):
+            mamba_lm_step(token, [(c, h.double()) for c, h in state], w, backend="cpp")
+    model.decode_backend = "fast"
+    with pytest.raises(ValueError, match="LanguageModel: unknown decode_backend 'fast'"):
+        model.generate(torch.tensor([[1, 2]]), max_new_tokens=2)
