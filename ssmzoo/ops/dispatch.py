@@ -101,6 +101,16 @@ class Backend:
         return self.accepts(request) if self.accepts is not None else None
 
 
+def state_at_most(limit: int) -> Callable[[Request], str | None]:
+    """A backend's ``accepts`` for kernels that hold the state in a fixed-size array: the request's
+    ``d_state`` fact must not exceed ``limit``."""
+    def accepts(request: Request) -> str | None:
+        n = request.fact("d_state", 0)
+        return None if n <= limit else f"it supports d_state <= {limit}, got {n}"
+
+    return accepts
+
+
 def grad_needed(*tensors: Any) -> bool:
     """True when autograd will need gradients through a call on these tensors (nested tuples ok)."""
     if not torch.is_grad_enabled():

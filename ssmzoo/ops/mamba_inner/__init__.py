@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..causal_conv1d import dispatch as conv_dispatch
-from ..dispatch import ENV_VAR, HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed
+from ..dispatch import ENV_VAR, HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, state_at_most
 from ..selective_scan import dispatch as scan_dispatch
 from .cpu import MAX_STATE, available, mamba_inner_cpp
 from .reference import MambaInnerInputs, MambaInnerWeights, State, mamba_inner_reference, mamba_inner_unfused
@@ -36,8 +36,9 @@ def _inner_probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, 
 
 
 def _cpp_accepts(request: Request) -> str | None:
-    if request.fact("d_state", 0) > MAX_STATE:
-        return f"it supports d_state <= {MAX_STATE}, got {request.fact('d_state')}"
+    too_big = state_at_most(MAX_STATE)(request)
+    if too_big is not None:
+        return too_big
     asked = [f"{op} backend {name!r}" for op, name in (("selective_scan", request.fact("scan_backend")),
                                                         ("causal_conv1d", request.fact("conv_backend")))
              if name not in (None, "auto")]

@@ -9,17 +9,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed
+from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, state_at_most
 from ..mamba_inner import MambaInnerWeights, State
 from ..mamba_inner import available as cpp_available
 from ..mamba_inner.cpu import MAX_STATE
 from .cpu import mamba_step_cpp
 from .reference import MambaStepWeights, mamba_step_reference
-
-
-def _state_at_most_max(request: Request) -> str | None:
-    n = request.fact("d_state", 0)
-    return None if n <= MAX_STATE else f"it supports d_state <= {MAX_STATE}, got {n}"
 
 
 def _step_probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
@@ -33,7 +28,7 @@ def _step_probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, d
 
 dispatch = Dispatcher("mamba_step", mamba_step_reference, _step_probe_case, rtol=1e-4, atol=1e-5)
 dispatch.register("cpp", mamba_step_cpp, ("cpu",), Capabilities(grad=False), available=cpp_available,
-                  accepts=_state_at_most_max)
+                  accepts=state_at_most(MAX_STATE))
 dispatch.register("reference", mamba_step_reference, ("cpu", "cuda"),
                   Capabilities(dtypes=REAL_DTYPES + HALF_DTYPES))
 

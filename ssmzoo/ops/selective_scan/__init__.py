@@ -17,7 +17,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed
+from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, state_at_most
 from . import cpu, cuda, mamba_ssm
 from .checks import check_selective_scan_args
 from .chunked import selective_scan_chunked
@@ -48,22 +48,14 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
-def _state_at_most(limit: int):
-    def accepts(request: Request) -> str | None:
-        n = request.fact("d_state", 0)
-        return None if n <= limit else f"it supports d_state <= {limit}, got {n}"
-
-    return accepts
-
-
 dispatch = Dispatcher("selective_scan", selective_scan_reference, _probe_case)
 dispatch.register("mamba_ssm", mamba_ssm.selective_scan_mamba_ssm, ("cuda",),
                   Capabilities(initial_state=False, final_state=False, dtypes=ALL_FLOAT), available=mamba_ssm.available)
 dispatch.register("cuda", cuda.selective_scan_cuda, ("cuda",), Capabilities(dtypes=ALL_FLOAT),
-                  available=cuda.available, accepts=_state_at_most(cuda.MAX_STATE))
+                  available=cuda.available, accepts=state_at_most(cuda.MAX_STATE))
 dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT), available=_triton_available)
 dispatch.register("cpp", cpu.selective_scan_cpu, ("cpu",), Capabilities(dtypes=ALL_FLOAT),
-                  available=cpu.available, accepts=_state_at_most(cpu.MAX_STATE))
+                  available=cpu.available, accepts=state_at_most(cpu.MAX_STATE))
 dispatch.register("chunked", selective_scan_chunked, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT))
 dispatch.register("reference", selective_scan_reference, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT))
 
