@@ -76,7 +76,9 @@ class ClassificationTask(Task):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self._nonfinite = {"val": 0, "test": 0}  # evaluation batches with non-finite logits, this epoch
+        # Evaluation batches with non-finite logits this epoch: a count on the logits' device, read once at the
+        # epoch's end (a check per batch would wait for the device every batch).
+        self._nonfinite: dict[str, Tensor | int] = {"val": 0, "test": 0}
 
     def forward(self, tokens: Tensor, lengths: Tensor | None = None) -> Tensor:
         return self.model(tokens, lengths)
@@ -84,8 +86,8 @@ class ClassificationTask(Task):
     def _shared_step(self, batch: Any, stage: str, accuracy: MulticlassAccuracy) -> Tensor:
         tokens, lengths, labels = batch
         logits = self(tokens, lengths)
-        if stage != "train" and not bool(torch.isfinite(logits).all()):
-            self._nonfinite[stage] += 1
+        if stage != "train":
+            self._nonfinite[stage] = self._nonfinite[stage] + (~torch.isfinite(logits).all()).long()
         loss = F.cross_entropy(logits, labels)
         accuracy(logits.argmax(-1), labels)
         batch_size = labels.shape[0]
@@ -107,7 +109,7 @@ class ClassificationTask(Task):
     def _warn_nonfinite(self, stage: str) -> None:
         # A diverged model's argmax over NaN/inf logits still yields an "accuracy"; say so instead of letting a
         # NaN loss in the logs be the only sign.
-        count, self._nonfinite[stage] = self._nonfinite[stage], 0
+        count, self._nonfinite[stage] = int(self._nonfinite[stage]), 0
         if count:
             rank_zero_warn(f"ClassificationTask: {count} {stage} batch(es) at step {self.global_step} gave non-finite "
                            f"logits: the model has diverged and {stage}/acc is meaningless (lower the lr, clip "
