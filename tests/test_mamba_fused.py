@@ -50,6 +50,7 @@ def outputs_and_grads(fn, x: MambaInnerInputs, seed: int = 1):
     (1, 130, 20, 16, 3, 4),  # two full checkpoint chunks and a partial one; 20 = 16 + 4 channels
     (3, 65, 17, 4, 1, 1),    # conv width 1 (no conv state), one step past a chunk
     (2, 33, 32, 8, 2, 2),    # whole vectors of channels
+    (1, 40, 70, 5, 2, 4),    # one batch row: the forward splits 5 (9 in float64) channel blocks into groups; odd N
 ])
 @pytest.mark.parametrize("states", [False, True])
 def test_fused_inner_matches_reference(dtype, batch, length, d, n, rank, width, states):

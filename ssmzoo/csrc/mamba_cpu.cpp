@@ -25,7 +25,12 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
+
+// 512-bit vectors for this file's loops (GCC's default for AVX-512 targets is 256): one register holds
+// a block of 16 float channels, and the scan's exp polynomial is its cost (about 1.2x at batch 16).
+#pragma GCC target("prefer-vector-width=512")
 
 #include "cpu_math.h"
 
@@ -202,53 +207,121 @@ __attribute__((noinline)) void gate_lanes(T* __restrict acc, const T* __restrict
   for (int64_t j = 0; j < V; ++j) acc[j] = (acc[j] + dskip[j] * u[j]) * (z[j] * sigmoid(z[j]));
 }
 
+// Rows per tile. The forward runs in three passes per tile of rows and group of channels: the step sizes
+// over whole rows, the recurrence block by block, the gate over whole rows again. Every read and write of
+// the (batch, length, channels) tensors is then a contiguous run along a row; a unit that walked one
+// 16-channel block down the rows touched one cache line per row stride and waited on memory.
+constexpr int64_t kTileRows = 16;
+
+// One state's step for a block: h ← exp(Δ a) h + Δu b, acc += c h.
+template <typename T, int64_t V>
+SSMZOO_INLINE void state_step(T* __restrict h, const T* __restrict an, const T* __restrict dt,
+                              const T* __restrict dtu, T bn, T cn, T* __restrict acc) {
+#pragma omp simd
+  for (int64_t j = 0; j < V; ++j) {
+    h[j] = exp_poly(dt[j] * an[j]) * h[j] + dtu[j] * bn;
+    acc[j] += cn * h[j];
+  }
+}
+
+#if defined(__AVX512F__)
+template <>
+SSMZOO_INLINE void state_step<float, 16>(float* __restrict h, const float* __restrict an, const float* __restrict dt,
+                                         const float* __restrict dtu, float bn, float cn, float* __restrict acc) {
+  const __m512 decay = ssmzoo_cpu::exp_poly16(_mm512_mul_ps(_mm512_loadu_ps(dt), _mm512_loadu_ps(an)));
+  const __m512 hv = _mm512_fmadd_ps(decay, _mm512_loadu_ps(h), _mm512_mul_ps(_mm512_loadu_ps(dtu), _mm512_set1_ps(bn)));
+  _mm512_storeu_ps(h, hv);
+  _mm512_storeu_ps(acc, _mm512_fmadd_ps(_mm512_set1_ps(cn), hv, _mm512_loadu_ps(acc)));
+}
+#endif
+
 template <typename T>
 void scan_forward_kernel(const T* u, const T* delta, const T* bias, const T* At, const T* xdbl, const T* z,
                          const T* Dskip, const T* h0, const ScanDims& s, T* y, T* hfinal, T* ckpt) {
-  constexpr int64_t V = lanes<T>();
+  constexpr int64_t V = lanes<T>(), R = kTileRows;
   const int64_t N = s.N, D = s.D, L = s.L;
-  at::parallel_for(0, s.B * s.blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> hbuf(N * V);
+  // Work units: (batch row, group of channel blocks); enough groups that every thread has work at small batch.
+  const int64_t groups = std::min(s.blocks, std::max<int64_t>(1, (4 * at::get_num_threads() + s.B - 1) / s.B));
+  const int64_t per_group = (s.blocks + groups - 1) / groups;
+  at::parallel_for(0, s.B * groups, 1, [&](int64_t begin, int64_t end) {
+    const int64_t Wp = per_group * V;  // a tile row: the group's channels, padded to whole blocks
+    std::vector<T> hbuf(per_group * N * V), dt(R * Wp), dtu(R * Wp), acc_tile(R * Wp);
+    alignas(64) T acc[V], acc2[V];
     for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t b = unit / s.blocks, d0 = (unit % s.blocks) * V, nv = std::min(V, D - d0);
-      T* h = hbuf.data();
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t j = 0; j < V; ++j) h[n * V + j] = (h0 != nullptr && j < nv) ? h0[((b * D) + d0 + j) * N + n] : T(0);
-      alignas(64) T bias_v[V], dskip_v[V], dt[V], du[V], uu[V], acc[V], zz[V];
-      load_lanes<T, V>(bias, d0, D, bias_v);
-      load_lanes<T, V>(Dskip, d0, D, dskip_v);
-      for (int64_t t = 0; t < L; ++t) {
-        const int64_t row = b * L + t;
-        if (t % s.chunk == 0) {
-          T* c = ckpt + ((b * s.nchunks + t / s.chunk) * N) * s.Dpad + d0;
-          for (int64_t n = 0; n < N; ++n) std::copy(h + n * V, h + (n + 1) * V, c + n * s.Dpad);
-        }
-        load_lanes<T, V>(delta + row * D, d0, D, dt);
-        load_lanes<T, V>(u + row * D, d0, D, uu);
+      const int64_t b = unit / groups, blk0 = (unit % groups) * per_group;
+      const int64_t blk1 = std::min(s.blocks, blk0 + per_group);
+      if (blk0 >= blk1) continue;
+      const int64_t c0 = blk0 * V, width = std::min(D, blk1 * V) - c0;  // the channels [c0, c0 + width)
+      for (int64_t blk = blk0; blk < blk1; ++blk) {
+        const int64_t d0 = blk * V, nv = std::min(V, D - d0);
+        T* h = hbuf.data() + (blk - blk0) * N * V;
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t j = 0; j < V; ++j) h[n * V + j] = (h0 != nullptr && j < nv) ? h0[((b * D) + d0 + j) * N + n] : T(0);
+      }
+      for (int64_t r0 = 0; r0 < L; r0 += R) {
+        const int64_t rows = std::min(R, L - r0);
+        // Pass 1: step sizes Δ = softplus(δ + bias) and Δu along whole rows (padding lanes 0).
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t row = b * L + r0 + i;
+          const T* dr = delta + row * D + c0;
+          const T* ur = u + row * D + c0;
+          const T* bs = bias + c0;
+          T* dti = dt.data() + i * Wp;
+          T* dtui = dtu.data() + i * Wp;
 #pragma omp simd
-        for (int64_t j = 0; j < V; ++j) {
-          dt[j] = softplus(dt[j] + bias_v[j]);
-          du[j] = dt[j] * uu[j];
-          acc[j] = T(0);
+          for (int64_t c = 0; c < width; ++c) {
+            dti[c] = softplus(dr[c] + bs[c]);
+            dtui[c] = dti[c] * ur[c];
+          }
+          std::fill(dti + width, dti + Wp, T(0));
+          std::fill(dtui + width, dtui + Wp, T(0));
         }
-        const T* Bt = xdbl + row * s.bc_stride + s.b_col;
-        const T* Ct = xdbl + row * s.bc_stride + s.c_col;
-        for (int64_t n = 0; n < N; ++n) {
-          const T bn = Bt[n], cn = Ct[n];
-          const T* an = At + n * s.Dpad + d0;
-          T* hn = h + n * V;
+        // Pass 2: the recurrence, block by block; C·h into the tile.
+        for (int64_t blk = blk0; blk < blk1; ++blk) {
+          const int64_t d0 = blk * V, off = (blk - blk0) * V;
+          T* h = hbuf.data() + (blk - blk0) * N * V;
+          for (int64_t i = 0; i < rows; ++i) {
+            const int64_t t = r0 + i, row = b * L + t;
+            if (t % s.chunk == 0) {
+              T* c = ckpt + ((b * s.nchunks + t / s.chunk) * N) * s.Dpad + d0;
+              for (int64_t n = 0; n < N; ++n) std::copy(h + n * V, h + (n + 1) * V, c + n * s.Dpad);
+            }
+            const T* Bt = xdbl + row * s.bc_stride + s.b_col;
+            const T* Ct = xdbl + row * s.bc_stride + s.c_col;
+            const T* dti = dt.data() + i * Wp + off;
+            const T* dtui = dtu.data() + i * Wp + off;
+            std::fill(acc, acc + V, T(0));
+            std::fill(acc2, acc2 + V, T(0));
+            // Two accumulators: two independent add chains over the states instead of one.
+            int64_t n = 0;
+            for (; n + 1 < N; n += 2) {
+              state_step<T, V>(h + n * V, At + n * s.Dpad + d0, dti, dtui, Bt[n], Ct[n], acc);
+              state_step<T, V>(h + (n + 1) * V, At + (n + 1) * s.Dpad + d0, dti, dtui, Bt[n + 1], Ct[n + 1], acc2);
+            }
+            if (n < N) state_step<T, V>(h + n * V, At + n * s.Dpad + d0, dti, dtui, Bt[n], Ct[n], acc);
+            T* out = acc_tile.data() + i * Wp + off;
 #pragma omp simd
-          for (int64_t j = 0; j < V; ++j) {
-            hn[j] = exp_poly(dt[j] * an[j]) * hn[j] + du[j] * bn;
-            acc[j] += cn * hn[j];
+            for (int64_t j = 0; j < V; ++j) out[j] = acc[j] + acc2[j];
           }
         }
-        load_lanes<T, V>(z + row * s.z_stride, d0, D, zz);
-        gate_lanes<T, V>(acc, dskip_v, uu, zz);
-        store_lanes<T, V>(y + row * D, d0, D, acc);
+        // Pass 3: y = (C·h + D u) · SiLU(z) along whole rows.
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t row = b * L + r0 + i;
+          const T* ai = acc_tile.data() + i * Wp;
+          const T* ur = u + row * D + c0;
+          const T* zr = z + row * s.z_stride + c0;
+          const T* ds = Dskip + c0;
+          T* yr = y + row * D + c0;
+#pragma omp simd
+          for (int64_t c = 0; c < width; ++c) yr[c] = (ai[c] + ds[c] * ur[c]) * (zr[c] * sigmoid(zr[c]));
+        }
       }
-      for (int64_t j = 0; j < nv; ++j)
-        for (int64_t n = 0; n < N; ++n) hfinal[(b * D + d0 + j) * N + n] = h[n * V + j];
+      for (int64_t blk = blk0; blk < blk1; ++blk) {
+        const int64_t d0 = blk * V, nv = std::min(V, D - d0);
+        const T* h = hbuf.data() + (blk - blk0) * N * V;
+        for (int64_t j = 0; j < nv; ++j)
+          for (int64_t n = 0; n < N; ++n) hfinal[(b * D + d0 + j) * N + n] = h[n * V + j];
+      }
     }
   });
 }
@@ -576,8 +649,22 @@ void step_scan_kernel(const T* xz, const T* u, const T* xdbl, int64_t xs, int64_
         const T* hd = h + bd * N;
         T* nhd = nh + bd * N;
         T acc = 0;
+        int64_t n0 = 0;
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<T, float>) {  // whole registers of 16 states: the intrinsic exp
+          __m512 accv = _mm512_setzero_ps();
+          for (; n0 + 16 <= N; n0 += 16) {
+            const __m512 decay = ssmzoo_cpu::exp_poly16(_mm512_mul_ps(_mm512_set1_ps(dl), _mm512_loadu_ps(Ad + n0)));
+            const __m512 hn = _mm512_fmadd_ps(decay, _mm512_loadu_ps(hd + n0),
+                                              _mm512_mul_ps(_mm512_set1_ps(du), _mm512_loadu_ps(Bt + n0)));
+            _mm512_storeu_ps(nhd + n0, hn);
+            accv = _mm512_fmadd_ps(hn, _mm512_loadu_ps(Ct + n0), accv);
+          }
+          acc = _mm512_reduce_add_ps(accv);
+        }
+#endif
 #pragma omp simd reduction(+ : acc)
-        for (int64_t n = 0; n < N; ++n) {
+        for (int64_t n = n0; n < N; ++n) {
           const T hn = exp_poly(dl * Ad[n]) * hd[n] + du * Bt[n];
           nhd[n] = hn;
           acc += hn * Ct[n];
