@@ -174,6 +174,7 @@ void conv_backward_kernel(const T* x, int64_t xs, const T* wt, const T* bias, co
 // ---- the scan, channels last -------------------------------------------------------------------
 struct ScanDims {
   int64_t B, L, D, N, chunk, nchunks, blocks, Dpad;
+  int64_t groups, per_group;  // work units are (batch row, group of per_group channel blocks)
   int64_t bc_stride, b_col, c_col, z_stride;  // x_dbl row stride and the columns of B and C; xz row stride
 };
 
@@ -240,9 +241,7 @@ void scan_forward_kernel(const T* u, const T* delta, const T* bias, const T* At,
                          const T* Dskip, const T* h0, const ScanDims& s, T* y, T* hfinal, T* ckpt) {
   constexpr int64_t V = lanes<T>(), R = kTileRows;
   const int64_t N = s.N, D = s.D, L = s.L;
-  // Work units: (batch row, group of channel blocks); enough groups that every thread has work at small batch.
-  const int64_t groups = std::min(s.blocks, std::max<int64_t>(1, (4 * at::get_num_threads() + s.B - 1) / s.B));
-  const int64_t per_group = (s.blocks + groups - 1) / groups;
+  const int64_t groups = s.groups, per_group = s.per_group;
   at::parallel_for(0, s.B * groups, 1, [&](int64_t begin, int64_t end) {
     const int64_t Wp = per_group * V;  // a tile row: the group's channels, padded to whole blocks
     std::vector<T> hbuf(per_group * N * V), dt(R * Wp), dtu(R * Wp), acc_tile(R * Wp);
@@ -250,7 +249,6 @@ void scan_forward_kernel(const T* u, const T* delta, const T* bias, const T* At,
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t b = unit / groups, blk0 = (unit % groups) * per_group;
       const int64_t blk1 = std::min(s.blocks, blk0 + per_group);
-      if (blk0 >= blk1) continue;
       const int64_t c0 = blk0 * V, width = std::min(D, blk1 * V) - c0;  // the channels [c0, c0 + width)
       for (int64_t blk = blk0; blk < blk1; ++blk) {
         const int64_t d0 = blk * V, nv = std::min(V, D - d0);
@@ -326,127 +324,202 @@ void scan_forward_kernel(const T* u, const T* delta, const T* bias, const T* At,
   });
 }
 
+// The backward's recompute of one state: a = exp(Δ a_n), h = a h_prev + Δu b (both kept).
+template <typename T, int64_t V>
+SSMZOO_INLINE void decay_step(const T* __restrict an, const T* __restrict dt, const T* __restrict dtu, T bn,
+                              const T* __restrict hp, T* __restrict a, T* __restrict h) {
+#pragma omp simd
+  for (int64_t j = 0; j < V; ++j) {
+    a[j] = exp_poly(dt[j] * an[j]);
+    h[j] = a[j] * hp[j] + dtu[j] * bn;
+  }
+}
+
+#if defined(__AVX512F__)
+template <>
+SSMZOO_INLINE void decay_step<float, 16>(const float* __restrict an, const float* __restrict dt,
+                                         const float* __restrict dtu, float bn, const float* __restrict hp,
+                                         float* __restrict a, float* __restrict h) {
+  const __m512 av = ssmzoo_cpu::exp_poly16(_mm512_mul_ps(_mm512_loadu_ps(dt), _mm512_loadu_ps(an)));
+  _mm512_storeu_ps(a, av);
+  _mm512_storeu_ps(h, _mm512_fmadd_ps(av, _mm512_loadu_ps(hp), _mm512_mul_ps(_mm512_loadu_ps(dtu), _mm512_set1_ps(bn))));
+}
+#endif
+
 template <typename T>
 void scan_backward_kernel(const T* u, const T* delta, const T* bias, const T* At, const T* xdbl, const T* z,
                           const T* Dskip, const T* ckpt, const T* dy, const T* dh_final, const ScanDims& s, T* du,
                           T* ddelta, T* dz, T* dA_part, T* dD_part, T* dbias_part, T* dB_part, T* dC_part, T* dh0) {
   constexpr int64_t V = lanes<T>();
   const int64_t N = s.N, D = s.D, L = s.L, K = s.chunk;
-  at::parallel_for(0, s.B * s.blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> hbuf(K * N * V), abuf(K * N * V), dtbuf(K * V), dh(N * V), dA(N * V), hstart(N * V);
+  // Work units as the forward's: (batch row, group of channel blocks). Per checkpoint chunk, the rows' inputs
+  // for the group are staged along whole rows first and the outputs written back so afterwards (the
+  // forward's comment says why); in between, each block's recurrences read and write the staging tiles.
+  const int64_t groups = s.groups, per_group = s.per_group;
+  at::parallel_for(0, s.B * groups, 1, [&](int64_t begin, int64_t end) {
+    const int64_t Wp = per_group * V;
+    std::vector<T> hbuf(K * N * V), abuf(K * N * V), hstart(N * V), dh(per_group * N * V), dA(per_group * N * V);
+    // [row][Wp] tiles: pre = δ + bias (then d δ), dt = softplus(pre), uu = u (then du), gyb = dy, zb = z (then dz).
+    std::vector<T> pre(K * Wp), dtb(K * Wp), ub(K * Wp), gyb(K * Wp), zb(K * Wp), dD_acc(Wp), dbias_acc(Wp);
+    // dB_t, dC_t sum over channels: lane-wise over the group's blocks first, across lanes once per (t, n).
+    std::vector<T> sBv(K * N * V), sCv(K * N * V);
     for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t b = unit / s.blocks, blk = unit % s.blocks, d0 = blk * V, nv = std::min(V, D - d0);
-      alignas(64) T bias_v[V], dskip_v[V], uu[V], gy[V], zz[V], g[V], ddt[V], du_acc[V], dD_acc[V], dbias_acc[V];
-      load_lanes<T, V>(bias, d0, D, bias_v);
-      load_lanes<T, V>(Dskip, d0, D, dskip_v);
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t j = 0; j < V; ++j) {
-          dh[n * V + j] = j < nv ? dh_final[(b * D + d0 + j) * N + n] : T(0);
-          dA[n * V + j] = T(0);
-        }
-      std::fill(dD_acc, dD_acc + V, T(0));
-      std::fill(dbias_acc, dbias_acc + V, T(0));
-      T* dBp = dB_part + (blk * s.B + b) * L * N;
-      T* dCp = dC_part + (blk * s.B + b) * L * N;
+      const int64_t b = unit / groups, blk0 = (unit % groups) * per_group;
+      const int64_t blk1 = std::min(s.blocks, blk0 + per_group);
+      const int64_t c0 = blk0 * V, width = std::min(D, blk1 * V) - c0;
+      T* dBp = dB_part + ((unit % groups) * s.B + b) * L * N;
+      T* dCp = dC_part + ((unit % groups) * s.B + b) * L * N;
+      for (int64_t blk = blk0; blk < blk1; ++blk) {
+        const int64_t d0 = blk * V, nv = std::min(V, D - d0);
+        T* dhb = dh.data() + (blk - blk0) * N * V;
+        T* dAb = dA.data() + (blk - blk0) * N * V;
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t j = 0; j < V; ++j) {
+            dhb[n * V + j] = j < nv ? dh_final[(b * D + d0 + j) * N + n] : T(0);
+            dAb[n * V + j] = T(0);
+          }
+      }
+      std::fill(dD_acc.begin(), dD_acc.end(), T(0));
+      std::fill(dbias_acc.begin(), dbias_acc.end(), T(0));
       for (int64_t c = s.nchunks - 1; c >= 0; --c) {
         const int64_t t0 = c * K, t1 = std::min(L, t0 + K);
-        const T* ck = ckpt + ((b * s.nchunks + c) * N) * s.Dpad + d0;
-        for (int64_t n = 0; n < N; ++n) std::copy(ck + n * s.Dpad, ck + n * s.Dpad + V, hstart.data() + n * V);
-        // Recompute this chunk's steps, decays and states.
-        for (int64_t t = t0; t < t1; ++t) {
-          const int64_t row = b * L + t;
-          T* dt = dtbuf.data() + (t - t0) * V;
-          load_lanes<T, V>(delta + row * D, d0, D, dt);
-          load_lanes<T, V>(u + row * D, d0, D, uu);
-          alignas(64) T dtu[V];
+        // Stage the chunk's rows (padding lanes 0).
+        for (int64_t i = 0; i < t1 - t0; ++i) {
+          const int64_t row = b * L + t0 + i;
+          const T* dr = delta + row * D + c0;
+          const T* bs = bias + c0;
+          T* pi = pre.data() + i * Wp;
+          T* di = dtb.data() + i * Wp;
 #pragma omp simd
-          for (int64_t j = 0; j < V; ++j) {
-            dt[j] = softplus(dt[j] + bias_v[j]);
-            dtu[j] = dt[j] * uu[j];
+          for (int64_t k = 0; k < width; ++k) {
+            pi[k] = dr[k] + bs[k];
+            di[k] = softplus(pi[k]);
           }
-          const T* Bt = xdbl + row * s.bc_stride + s.b_col;
-          const T* hp = t > t0 ? hbuf.data() + (t - 1 - t0) * N * V : hstart.data();
-          T* hc = hbuf.data() + (t - t0) * N * V;
-          T* ac = abuf.data() + (t - t0) * N * V;
-          for (int64_t n = 0; n < N; ++n) {
-            const T bn = Bt[n];
-            const T* an = At + n * s.Dpad + d0;
+          std::copy(u + row * D + c0, u + row * D + c0 + width, ub.data() + i * Wp);
+          std::copy(dy + row * D + c0, dy + row * D + c0 + width, gyb.data() + i * Wp);
+          std::copy(z + row * s.z_stride + c0, z + row * s.z_stride + c0 + width, zb.data() + i * Wp);
+          for (T* tile : {pi, di, ub.data() + i * Wp, gyb.data() + i * Wp, zb.data() + i * Wp})
+            std::fill(tile + width, tile + Wp, T(0));
+        }
+        std::fill(sBv.begin(), sBv.end(), T(0));
+        std::fill(sCv.begin(), sCv.end(), T(0));
+        for (int64_t blk = blk0; blk < blk1; ++blk) {
+          const int64_t d0 = blk * V, off = (blk - blk0) * V;
+          T* dhb = dh.data() + (blk - blk0) * N * V;
+          T* dAb = dA.data() + (blk - blk0) * N * V;
+          T* dD_v = dD_acc.data() + off;
+          T* dbias_v = dbias_acc.data() + off;
+          alignas(64) T dskip_v[V], uu[V], gy[V], zz[V], ddt[V], du_acc[V];
+          load_lanes<T, V>(Dskip, d0, D, dskip_v);
+          const T* ck = ckpt + ((b * s.nchunks + c) * N) * s.Dpad + d0;
+          for (int64_t n = 0; n < N; ++n) std::copy(ck + n * s.Dpad, ck + n * s.Dpad + V, hstart.data() + n * V);
+          // Recompute this chunk's decays and states.
+          for (int64_t t = t0; t < t1; ++t) {
+            const int64_t row = b * L + t, i = t - t0;
+            const T* dt = dtb.data() + i * Wp + off;
+            const T* ui = ub.data() + i * Wp + off;
+            alignas(64) T dtu[V];
+#pragma omp simd
+            for (int64_t j = 0; j < V; ++j) dtu[j] = dt[j] * ui[j];
+            const T* Bt = xdbl + row * s.bc_stride + s.b_col;
+            const T* hp = t > t0 ? hbuf.data() + (i - 1) * N * V : hstart.data();
+            T* hc = hbuf.data() + i * N * V;
+            T* ac = abuf.data() + i * N * V;
+            for (int64_t n = 0; n < N; ++n)
+              decay_step<T, V>(At + n * s.Dpad + d0, dt, dtu, Bt[n], hp + n * V, ac + n * V, hc + n * V);
+          }
+          for (int64_t t = t1 - 1; t >= t0; --t) {
+            const int64_t row = b * L + t, i = t - t0;
+            const T* dt = dtb.data() + i * Wp + off;
+            const T* hc = hbuf.data() + i * N * V;
+            const T* ac = abuf.data() + i * N * V;
+            const T* hp = t > t0 ? hbuf.data() + (i - 1) * N * V : hstart.data();
+            const T* Bt = xdbl + row * s.bc_stride + s.b_col;
+            const T* Ct = xdbl + row * s.bc_stride + s.c_col;
+            T* ui = ub.data() + i * Wp + off;   // u in, du out
+            T* zi = zb.data() + i * Wp + off;   // z in, dz out
+            T* pi = pre.data() + i * Wp + off;  // δ + bias in, d δ out
+            std::copy(ui, ui + V, uu);
+            std::copy(gyb.data() + i * Wp + off, gyb.data() + i * Wp + off + V, gy);
+            std::copy(zi, zi + V, zz);
+            // The gate: out = y · SiLU(z); y_t = C_t · h_t + D u_t is recomputed.
+            alignas(64) T yt[V];
+#pragma omp simd
+            for (int64_t j = 0; j < V; ++j) yt[j] = dskip_v[j] * uu[j];
+            for (int64_t n = 0; n < N; ++n) {
+              const T cn = Ct[n];
+#pragma omp simd
+              for (int64_t j = 0; j < V; ++j) yt[j] += cn * hc[n * V + j];
+            }
 #pragma omp simd
             for (int64_t j = 0; j < V; ++j) {
-              ac[n * V + j] = exp_poly(dt[j] * an[j]);
-              hc[n * V + j] = ac[n * V + j] * hp[n * V + j] + dtu[j] * bn;
+              const T sz = sigmoid(zz[j]);
+              zi[j] = gy[j] * yt[j] * sz * (T(1) + zz[j] * (T(1) - sz));
+              gy[j] *= zz[j] * sz;
+              dD_v[j] += gy[j] * uu[j];
+              du_acc[j] = gy[j] * dskip_v[j];
+              ddt[j] = T(0);
+            }
+            for (int64_t n = 0; n < N; ++n) {
+              const T bn = Bt[n], cn = Ct[n];
+              const T* an = At + n * s.Dpad + d0;
+              T* sB = sBv.data() + (i * N + n) * V;
+              T* sC = sCv.data() + (i * N + n) * V;
+#pragma omp simd
+              for (int64_t j = 0; j < V; ++j) {
+                const T h = hc[n * V + j], a = ac[n * V + j], ahp = a * hp[n * V + j];
+                const T gj = dhb[n * V + j] + gy[j] * cn;  // the total adjoint of h_t
+                sC[j] += gy[j] * h;
+                sB[j] += gj * dt[j] * uu[j];
+                ddt[j] += gj * (bn * uu[j] + an[j] * ahp);
+                du_acc[j] += gj * dt[j] * bn;
+                dAb[n * V + j] += gj * dt[j] * ahp;
+                dhb[n * V + j] = a * gj;
+              }
+            }
+#pragma omp simd
+            for (int64_t j = 0; j < V; ++j) {
+              ddt[j] *= sigmoid(pi[j]);  // softplus' = sigmoid
+              dbias_v[j] += ddt[j];
+              pi[j] = ddt[j];
+              ui[j] = du_acc[j];
             }
           }
         }
-        for (int64_t t = t1 - 1; t >= t0; --t) {
-          const int64_t row = b * L + t;
-          const T* dt = dtbuf.data() + (t - t0) * V;
-          const T* hc = hbuf.data() + (t - t0) * N * V;
-          const T* ac = abuf.data() + (t - t0) * N * V;
-          const T* hp = t > t0 ? hbuf.data() + (t - 1 - t0) * N * V : hstart.data();
-          const T* Bt = xdbl + row * s.bc_stride + s.b_col;
-          const T* Ct = xdbl + row * s.bc_stride + s.c_col;
-          load_lanes<T, V>(u + row * D, d0, D, uu);
-          load_lanes<T, V>(dy + row * D, d0, D, gy);
-          load_lanes<T, V>(z + row * s.z_stride, d0, D, zz);
-          // The gate: out = y · SiLU(z); y_t = C_t · h_t + D u_t is recomputed.
-          alignas(64) T yt[V], dzv[V];
-#pragma omp simd
-          for (int64_t j = 0; j < V; ++j) yt[j] = dskip_v[j] * uu[j];
+        for (int64_t i = 0; i < t1 - t0; ++i)
           for (int64_t n = 0; n < N; ++n) {
-            const T cn = Ct[n];
-#pragma omp simd
-            for (int64_t j = 0; j < V; ++j) yt[j] += cn * hc[n * V + j];
-          }
-#pragma omp simd
-          for (int64_t j = 0; j < V; ++j) {
-            const T sz = sigmoid(zz[j]);
-            dzv[j] = gy[j] * yt[j] * sz * (T(1) + zz[j] * (T(1) - sz));
-            gy[j] *= zz[j] * sz;
-            dD_acc[j] += gy[j] * uu[j];
-            du_acc[j] = gy[j] * dskip_v[j];
-            ddt[j] = T(0);
-          }
-          store_lanes<T, V>(dz + row * s.z_stride, d0, D, dzv);
-          T* dBt = dBp + t * N;
-          T* dCt = dCp + t * N;
-          for (int64_t n = 0; n < N; ++n) {
-            const T bn = Bt[n], cn = Ct[n];
-            const T* an = At + n * s.Dpad + d0;
-            T sB = 0, sC = 0;
-#pragma omp simd reduction(+ : sB, sC)
+            const T* sB = sBv.data() + (i * N + n) * V;
+            const T* sC = sCv.data() + (i * N + n) * V;
+            T tB = 0, tC = 0;
+#pragma omp simd reduction(+ : tB, tC)
             for (int64_t j = 0; j < V; ++j) {
-              const T h = hc[n * V + j], a = ac[n * V + j], ahp = a * hp[n * V + j];
-              const T gj = dh[n * V + j] + gy[j] * cn;  // the total adjoint of h_t
-              sC += gy[j] * h;
-              sB += gj * dt[j] * uu[j];
-              ddt[j] += gj * (bn * uu[j] + an[j] * ahp);
-              du_acc[j] += gj * dt[j] * bn;
-              dA[n * V + j] += gj * dt[j] * ahp;
-              dh[n * V + j] = a * gj;
+              tB += sB[j];
+              tC += sC[j];
             }
-            dBt[n] = sB;
-            dCt[n] = sC;
+            dBp[(t0 + i) * N + n] = tB;
+            dCp[(t0 + i) * N + n] = tC;
           }
-          alignas(64) T slope[V];
-          load_lanes<T, V>(delta + row * D, d0, D, slope);
-#pragma omp simd
-          for (int64_t j = 0; j < V; ++j) {
-            ddt[j] *= sigmoid(slope[j] + bias_v[j]);  // softplus' = sigmoid
-            dbias_acc[j] += ddt[j];
-          }
-          store_lanes<T, V>(du + row * D, d0, D, du_acc);
-          store_lanes<T, V>(ddelta + row * D, d0, D, ddt);
+        // Write the chunk's du, d δ and dz back along whole rows.
+        for (int64_t i = 0; i < t1 - t0; ++i) {
+          const int64_t row = b * L + t0 + i;
+          std::copy(ub.data() + i * Wp, ub.data() + i * Wp + width, du + row * D + c0);
+          std::copy(pre.data() + i * Wp, pre.data() + i * Wp + width, ddelta + row * D + c0);
+          std::copy(zb.data() + i * Wp, zb.data() + i * Wp + width, dz + row * s.z_stride + c0);
         }
       }
-      for (int64_t j = 0; j < nv; ++j) {
-        const int64_t bd = b * D + d0 + j;
-        for (int64_t n = 0; n < N; ++n) {
-          dh0[bd * N + n] = dh[n * V + j];
-          dA_part[bd * N + n] = dA[n * V + j];
+      for (int64_t blk = blk0; blk < blk1; ++blk) {
+        const int64_t d0 = blk * V, nv = std::min(V, D - d0), off = (blk - blk0) * V;
+        const T* dhb = dh.data() + off * N;
+        const T* dAb = dA.data() + off * N;
+        for (int64_t j = 0; j < nv; ++j) {
+          const int64_t bd = b * D + d0 + j;
+          for (int64_t n = 0; n < N; ++n) {
+            dh0[bd * N + n] = dhb[n * V + j];
+            dA_part[bd * N + n] = dAb[n * V + j];
+          }
+          dD_part[bd] = dD_acc[off + j];
+          dbias_part[bd] = dbias_acc[off + j];
         }
-        dD_part[bd] = dD_acc[j];
-        dbias_part[bd] = dbias_acc[j];
       }
     }
   });
@@ -463,6 +536,10 @@ ScanDims make_dims(const at::Tensor& u, const at::Tensor& A, const at::Tensor& x
   s.nchunks = (s.L + chunk - 1) / chunk;
   s.blocks = (s.D + V - 1) / V;
   s.Dpad = s.blocks * V;
+  // Enough groups that every thread has work at small batch; none of them empty.
+  const int64_t want = std::min(s.blocks, std::max<int64_t>(1, (4 * at::get_num_threads() + s.B - 1) / s.B));
+  s.per_group = (s.blocks + want - 1) / want;
+  s.groups = (s.blocks + s.per_group - 1) / s.per_group;
   s.bc_stride = xdbl.size(2);
   s.b_col = b_col;
   s.c_col = b_col + s.N;
@@ -544,8 +621,8 @@ std::vector<at::Tensor> scan_backward(at::Tensor u, at::Tensor delta, at::Tensor
     auto dA_part = at::empty({s.B, s.D, s.N}, u.options());
     auto dD_part = at::empty({s.B, s.D}, u.options());
     auto dbias_part = at::empty({s.B, s.D}, u.options());
-    auto dB_part = at::empty({s.blocks, s.B, s.L, s.N}, u.options());
-    auto dC_part = at::empty({s.blocks, s.B, s.L, s.N}, u.options());
+    auto dB_part = at::empty({s.groups, s.B, s.L, s.N}, u.options());
+    auto dC_part = at::empty({s.groups, s.B, s.L, s.N}, u.options());
     auto dh0 = at::empty({s.B, s.D, s.N}, u.options());
     scan_backward_kernel<scalar_t>(
         u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), At.data_ptr<scalar_t>(),
