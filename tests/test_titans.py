@@ -207,3 +207,15 @@ def test_read_out_norms_each_head_alone():
     a, b = mem.norm(y.permute(0, 2, 1, 3).flatten(2)), mem.norm(scaled.permute(0, 2, 1, 3).flatten(2))
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # each group normalised alone: the scale drops out
     assert mem.norm.group_size == 4 and list(mem.state_dict()).count("norm.weight") == 1
+
+
+@pytest.mark.parametrize("out_in", [(3, 5), (256, 300)])  # a vecdot, and a BLAS dot per (batch, head) from 2^16 on
+@pytest.mark.parametrize("t_batch", [1, 2])  # the learned initial weights are shared by the batch
+def test_chunked_scalar_gradient_dots_equal_sums(out_in, t_batch):
+    from ssmzoo.ops.neural_memory.chunked import _dot
+
+    g = torch.randn(2, 3, *out_in, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.randn(t_batch, 3, *out_in, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    want = (g * t).sum((-2, -1), keepdim=True)
+    torch.testing.assert_close(_dot(g, t), want)
+    torch.testing.assert_close(_dot(g, t.expand_as(g)), want)

@@ -108,42 +108,60 @@ def _update(weights: Weights, momentum: Weights, k: Tensor, v: Tensor, theta: Te
         # Σ_i c_i θ_i δ_i ⊗ a_i as one matmul (out, n) @ (n, in), and likewise with d_i
         to_w = torch.matmul((coeff[..., 0:1] * delta).transpose(-1, -2), inputs)
         to_s = torch.matmul((coeff[..., 1:2] * delta).transpose(-1, -2), inputs)
-        new_weights.append(_Carry.apply(to_w, carry_weights, w, momentum_to_weights, s))
-        new_momentum.append(_Carry.apply(to_s, carry_momentum, s, None, None))
+        new_w, new_s = _Carry.apply(to_w, to_s, carry_weights, w, momentum_to_weights, carry_momentum, s)
+        new_weights.append(new_w)
+        new_momentum.append(new_s)
     return tuple(new_weights), tuple(new_momentum), read
 
 
 def _dot(g: Tensor, t: Tensor) -> Tensor:
-    """Σ_{o,i} g t per (batch, head) as (b, h, 1, 1); g contiguous (b, h, o, i), t (batch or 1, h, o, i). A vector
-    dot over flattened views: an einsum here became a batched matmul with a copy of each operand (about 6x
-    the time), a product-and-sum over the two dims 2.5x."""
+    """Σ_{o,i} g t per (batch, head) as (b, h, 1, 1); g contiguous (b, h, o, i), t (batch or 1, h, o, i)."""
     b, h = g.shape[:2]
-    return torch.linalg.vecdot(g.view(b, h, -1), t.reshape(t.shape[0], h, -1))[..., None, None]
+    gf, tf = g.view(b, h, -1), t.reshape(t.shape[0], h, -1)
+    if gf.shape[-1] >= 1 << 16:
+        # Large memories: a BLAS dot per (batch, head) reads each operand once, without a product tensor
+        # (half vecdot's time at dim 384; an einsum here was a batched matmul over copies, 6x).
+        return torch.stack([torch.dot(gf[i, j], tf[i % tf.shape[0], j]) for i in range(b) for j in range(h)]).view(b, h, 1, 1)
+    return torch.linalg.vecdot(gf, tf)[..., None, None]
 
 
 class _Carry(torch.autograd.Function):
-    """u + a·x (+ b·y) with a, b per (batch, head) (shape (b, h, 1, 1)): one pass forward, and in
-    backward one pass per input (the scalars' gradients as dot products)."""
+    """One layer's end-of-chunk weights and momentum from the chunk's gradient sums:
+        new_w = to_w + a·w + b·s,   new_s = to_s + c·s
+    with a, b, c per (batch, head) (shape (b, h, 1, 1)). One function for both, so the backward forms the
+    momentum's gradient in one pass and a whole-memory gradient is never accumulated by autograd twice;
+    the scalars' gradients are dot products."""
 
     @staticmethod
-    def forward(ctx, u: Tensor, a: Tensor, x: Tensor, b: Tensor | None, y: Tensor | None) -> Tensor:
-        out = torch.addcmul(u, a, x)
-        if b is not None:
-            out.addcmul_(b, y)
-        ctx.save_for_backward(a, x, b, y)
-        return out
+    def forward(ctx, to_w: Tensor, to_s: Tensor, a: Tensor, w: Tensor, b: Tensor, c: Tensor,
+                s: Tensor) -> tuple[Tensor, Tensor]:
+        new_w = torch.addcmul(to_w, a, w).addcmul_(b, s)
+        new_s = torch.addcmul(to_s, c, s)
+        ctx.save_for_backward(a, w, b, c, s)
+        ctx.set_materialize_grads(False)  # the last chunk's momentum is often unused: no zero gradient for it
+        return new_w, new_s
 
     @staticmethod
-    def backward(ctx, g: Tensor):
-        a, x, b, y = ctx.saved_tensors
+    def backward(ctx, gw: Tensor | None, gs: Tensor | None):
+        a, w, b, c, s = ctx.saved_tensors
         need = ctx.needs_input_grad
-        g = g.contiguous()  # it arrives transposed from the matmuls' backward; four passes read it below
-        dot = lambda t: _dot(g, t)  # noqa: E731
-        grads = [g if need[0] else None, dot(x).sum_to_size(a.shape) if need[1] else None,
-                 (g * a).sum_to_size(x.shape) if need[2] else None, None, None]
-        if b is not None:
-            grads[3] = dot(y).sum_to_size(b.shape) if need[3] else None
-            grads[4] = (g * b).sum_to_size(y.shape) if need[4] else None
+        # the gradients arrive transposed from the matmuls' backward; each is read several times below
+        gw = None if gw is None else gw.contiguous()
+        gs = None if gs is None else gs.contiguous()
+        grads: list[Tensor | None] = [None] * 7
+        if gw is not None:
+            grads[0] = gw if need[0] else None
+            grads[2] = _dot(gw, w).sum_to_size(a.shape) if need[2] else None
+            grads[3] = (gw * a).sum_to_size(w.shape) if need[3] else None
+            grads[4] = _dot(gw, s).sum_to_size(b.shape) if need[4] else None
+        if gs is not None:
+            grads[1] = gs if need[1] else None
+            grads[5] = _dot(gs, s).sum_to_size(c.shape) if need[5] else None
+        if need[6] and (gw is not None or gs is not None):
+            ds = gw * b if gw is not None else None
+            if gs is not None:
+                ds = gs * c if ds is None else ds.addcmul_(gs, c)
+            grads[6] = ds.sum_to_size(s.shape)
         return tuple(grads)
 
 
