@@ -30,7 +30,9 @@
 
 // 512-bit vectors for this file's loops (GCC's default for AVX-512 targets is 256): one register holds
 // a block of 16 float channels, and the scan's exp polynomial is its cost (about 1.2x at batch 16).
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
 #pragma GCC target("prefer-vector-width=512")
+#endif
 
 #include "cpu_math.h"
 
