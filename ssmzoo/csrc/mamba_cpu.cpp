@@ -198,6 +198,23 @@ inline void load_lanes(const T* row, int64_t d0, int64_t D, T* out) {
 // 16-channel block down the rows touched one cache line per row stride and waited on memory.
 constexpr int64_t kTileRows = 16;
 
+// δ + bias for the channels [c0, c0 + width) of one row: dt_proj (R → D) applied here, from the row's
+// first R columns of x_dbl and dtwT (R, D), its weight transposed, so δ is never a (batch, length, D)
+// tensor written and read back (nor kept for the backward, which recomputes it the same way).
+template <typename T>
+SSMZOO_INLINE void dt_pre(const T* __restrict x, const T* __restrict dtwT, const T* __restrict bias, int64_t R,
+                          int64_t D, int64_t c0, int64_t width, T* __restrict out) {
+  std::fill(out, out + width, T(0));
+  for (int64_t r = 0; r < R; ++r) {
+    const T xr = x[r];
+    const T* w = dtwT + r * D + c0;
+#pragma omp simd
+    for (int64_t c = 0; c < width; ++c) out[c] += xr * w[c];
+  }
+#pragma omp simd
+  for (int64_t c = 0; c < width; ++c) out[c] += bias[c0 + c];
+}
+
 // One state's step for a block: h ← exp(Δ a) h + Δu b, acc += c h.
 template <typename T, int64_t V>
 SSMZOO_INLINE void state_step(T* __restrict h, const T* __restrict an, const T* __restrict dt,
@@ -221,7 +238,7 @@ SSMZOO_INLINE void state_step<float, 16>(float* __restrict h, const float* __res
 #endif
 
 template <typename T>
-void scan_forward_kernel(const T* u, const T* delta, const T* bias, const T* At, const T* xdbl, const T* z,
+void scan_forward_kernel(const T* u, const T* dtwT, const T* bias, const T* At, const T* xdbl, const T* z,
                          const T* Dskip, const T* h0, const ScanDims& s, T* y, T* hfinal, T* ckpt) {
   constexpr int64_t V = lanes<T>(), R = kTileRows;
   const int64_t N = s.N, D = s.D, L = s.L;
@@ -245,14 +262,13 @@ void scan_forward_kernel(const T* u, const T* delta, const T* bias, const T* At,
         // Pass 1: step sizes Δ = softplus(δ + bias) and Δu along whole rows (padding lanes 0).
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t row = b * L + r0 + i;
-          const T* dr = delta + row * D + c0;
           const T* ur = u + row * D + c0;
-          const T* bs = bias + c0;
           T* dti = dt.data() + i * Wp;
           T* dtui = dtu.data() + i * Wp;
+          dt_pre(xdbl + row * s.bc_stride, dtwT, bias, s.b_col, D, c0, width, dti);
 #pragma omp simd
           for (int64_t c = 0; c < width; ++c) {
-            dti[c] = softplus(dr[c] + bs[c]);
+            dti[c] = softplus(dti[c]);
             dtui[c] = dti[c] * ur[c];
           }
           std::fill(dti + width, dti + Wp, T(0));
@@ -331,7 +347,7 @@ SSMZOO_INLINE void decay_step<float, 16>(const float* __restrict an, const float
 #endif
 
 template <typename T>
-void scan_backward_kernel(const T* u, const T* delta, const T* bias, const T* At, const T* xdbl, const T* z,
+void scan_backward_kernel(const T* u, const T* dtwT, const T* bias, const T* At, const T* xdbl, const T* z,
                           const T* Dskip, const T* ckpt, const T* dy, const T* dh_final, const ScanDims& s, T* du,
                           T* ddelta, T* dz, T* dA_part, T* dD_part, T* dbias_part, T* dB_part, T* dC_part, T* dh0) {
   constexpr int64_t V = lanes<T>();
@@ -370,15 +386,11 @@ void scan_backward_kernel(const T* u, const T* delta, const T* bias, const T* At
         // Stage the chunk's rows (padding lanes 0).
         for (int64_t i = 0; i < t1 - t0; ++i) {
           const int64_t row = b * L + t0 + i;
-          const T* dr = delta + row * D + c0;
-          const T* bs = bias + c0;
           T* pi = pre.data() + i * Wp;
           T* di = dtb.data() + i * Wp;
+          dt_pre(xdbl + row * s.bc_stride, dtwT, bias, s.b_col, D, c0, width, pi);
 #pragma omp simd
-          for (int64_t k = 0; k < width; ++k) {
-            pi[k] = dr[k] + bs[k];
-            di[k] = softplus(pi[k]);
-          }
+          for (int64_t k = 0; k < width; ++k) di[k] = softplus(pi[k]);
           std::copy(u + row * D + c0, u + row * D + c0 + width, ub.data() + i * Wp);
           std::copy(dy + row * D + c0, dy + row * D + c0 + width, gyb.data() + i * Wp);
           std::copy(z + row * s.z_stride + c0, z + row * s.z_stride + c0 + width, zb.data() + i * Wp);
@@ -573,16 +585,18 @@ std::vector<at::Tensor> conv_backward(at::Tensor xz, at::Tensor w, at::Tensor bi
 }
 
 // Returns y (B, L, D), final state (B, D, N), checkpoints (B, nchunks, N, Dpad).
-std::vector<at::Tensor> scan_forward(at::Tensor u, at::Tensor delta, at::Tensor bias, at::Tensor A, at::Tensor xdbl,
+std::vector<at::Tensor> scan_forward(at::Tensor u, at::Tensor dt_w, at::Tensor bias, at::Tensor A, at::Tensor xdbl,
                                      int64_t b_col, at::Tensor xz, at::Tensor Dskip, at::Tensor h0, int64_t chunk) {
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mamba_scan_forward", [&] {
     const ScanDims s = make_dims(u, A, xdbl, b_col, xz, chunk, lanes<scalar_t>());
     auto At = padded_transpose(A, s.Dpad);
+    TORCH_CHECK(dt_w.size(0) == s.D && dt_w.size(1) == b_col, "mamba cpp: dt_proj weight must be (D, R = b_col)");
+    auto dtwT = dt_w.t().contiguous();  // (R, D): a row of weights per input of dt_proj
     auto y = at::empty_like(u);
     auto hfinal = at::empty({s.B, s.D, s.N}, u.options());
     auto ckpt = at::empty({s.B, s.nchunks, s.N, s.Dpad}, u.options());
-    scan_forward_kernel<scalar_t>(u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
+    scan_forward_kernel<scalar_t>(u.data_ptr<scalar_t>(), dtwT.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
                                   At.data_ptr<scalar_t>(), xdbl.data_ptr<scalar_t>(), xz.data_ptr<scalar_t>() + s.D,
                                   Dskip.data_ptr<scalar_t>(), opt_ptr<scalar_t>(h0), s, y.data_ptr<scalar_t>(),
                                   hfinal.data_ptr<scalar_t>(), ckpt.data_ptr<scalar_t>());
@@ -593,13 +607,15 @@ std::vector<at::Tensor> scan_forward(at::Tensor u, at::Tensor delta, at::Tensor 
 
 // Writes dL/dz into dxz[..., D:]; returns du, d delta (before bias and softplus), dA (D, N), dD (D,),
 // d bias (D,), dB (B, L, N), dC (B, L, N), d h0 (B, D, N).
-std::vector<at::Tensor> scan_backward(at::Tensor u, at::Tensor delta, at::Tensor bias, at::Tensor A, at::Tensor xdbl,
+std::vector<at::Tensor> scan_backward(at::Tensor u, at::Tensor dt_w, at::Tensor bias, at::Tensor A, at::Tensor xdbl,
                                       int64_t b_col, at::Tensor xz, at::Tensor Dskip, at::Tensor ckpt, at::Tensor dy,
                                       at::Tensor dh_final, int64_t chunk, at::Tensor dxz) {
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mamba_scan_backward", [&] {
     const ScanDims s = make_dims(u, A, xdbl, b_col, xz, chunk, lanes<scalar_t>());
     auto At = padded_transpose(A, s.Dpad);
+    TORCH_CHECK(dt_w.size(0) == s.D && dt_w.size(1) == b_col, "mamba cpp: dt_proj weight must be (D, R = b_col)");
+    auto dtwT = dt_w.t().contiguous();  // (R, D): a row of weights per input of dt_proj
     auto du = at::empty_like(u);
     auto ddelta = at::empty_like(u);
     auto dA_part = at::empty({s.B, s.D, s.N}, u.options());
@@ -609,7 +625,7 @@ std::vector<at::Tensor> scan_backward(at::Tensor u, at::Tensor delta, at::Tensor
     auto dC_part = at::empty({s.groups, s.B, s.L, s.N}, u.options());
     auto dh0 = at::empty({s.B, s.D, s.N}, u.options());
     scan_backward_kernel<scalar_t>(
-        u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), At.data_ptr<scalar_t>(),
+        u.data_ptr<scalar_t>(), dtwT.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), At.data_ptr<scalar_t>(),
         xdbl.data_ptr<scalar_t>(), xz.data_ptr<scalar_t>() + s.D, Dskip.data_ptr<scalar_t>(), ckpt.data_ptr<scalar_t>(),
         dy.data_ptr<scalar_t>(), dh_final.data_ptr<scalar_t>(), s, du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(),
         dxz.data_ptr<scalar_t>() + s.D, dA_part.data_ptr<scalar_t>(), dD_part.data_ptr<scalar_t>(),

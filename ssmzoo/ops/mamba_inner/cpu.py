@@ -44,22 +44,22 @@ class _FusedInner(torch.autograd.Function):
         rank = dt_w.shape[1]
         u = ext.conv_forward(xz, conv_w, empty if conv_b is None else conv_b, empty if conv_state is None else conv_state)
         x_dbl = F.linear(u, xproj_w)  # (batch, length, R + 2N)
-        delta = F.linear(x_dbl[..., :rank], dt_w)  # (batch, length, D), before its bias and softplus
-        y, h_final, ckpt = ext.scan_forward(u, delta, dt_b, A, x_dbl, rank, xz, Dskip, empty if h0 is None else h0, chunk)
-        ctx.save_for_backward(xz, conv_w, conv_b, xproj_w, dt_w, dt_b, A, Dskip, conv_state, u, x_dbl, delta, ckpt)
+        # the scan applies dt_proj (R -> D) to x_dbl's first R columns itself: δ is never materialised
+        y, h_final, ckpt = ext.scan_forward(u, dt_w, dt_b, A, x_dbl, rank, xz, Dskip, empty if h0 is None else h0, chunk)
+        ctx.save_for_backward(xz, conv_w, conv_b, xproj_w, dt_w, dt_b, A, Dskip, conv_state, u, x_dbl, ckpt)
         ctx.ext, ctx.chunk = ext, chunk
         return y, h_final
 
     @staticmethod
     def backward(ctx, dy, dh_final):
-        xz, conv_w, conv_b, xproj_w, dt_w, dt_b, A, Dskip, conv_state, u, x_dbl, delta, ckpt = ctx.saved_tensors
+        xz, conv_w, conv_b, xproj_w, dt_w, dt_b, A, Dskip, conv_state, u, x_dbl, ckpt = ctx.saved_tensors
         ext, rank = ctx.ext, dt_w.shape[1]
         batch, length, d_inner = u.shape
         empty = xz.new_empty(0)
         dy = dy.contiguous() if dy is not None else torch.zeros_like(u)
         dh_final = dh_final.contiguous() if dh_final is not None else u.new_zeros(batch, d_inner, A.shape[1])
         dxz = torch.empty_like(xz)  # the scan writes the z half, the conv the x half
-        du, ddelta, dA, dD, dbias, dB, dC, dh0 = ext.scan_backward(u, delta, dt_b, A, x_dbl, rank, xz, Dskip, ckpt, dy,
+        du, ddelta, dA, dD, dbias, dB, dC, dh0 = ext.scan_backward(u, dt_w, dt_b, A, x_dbl, rank, xz, Dskip, ckpt, dy,
                                                                    dh_final, ctx.chunk, dxz)
         flat = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731
         d_dt = torch.matmul(ddelta, dt_w)  # (batch, length, R)
