@@ -1,11 +1,12 @@
 // Mamba's inner block on CPU in the layer's own channels-last layout (Gu & Dao 2023, Fig. 3):
 //   u = SiLU(causal depthwise conv(x)),  Δ = softplus(δ + bias),
 //   h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t,  y_t = (C_t · h_t + D u_t) · SiLU(z_t)
-// with x and z the two halves of in_proj's output xz (batch, length, 2·D_inner), u, δ and y
-// (batch, length, D_inner), and B, C read in place from x_proj's output (batch, length, R + 2N).
+// with x and z the two halves of in_proj's output xz (batch, length, 2·D_inner), u and y
+// (batch, length, D_inner), and δ = dt_proj(x_dbl[..., :R]), B, C from x_proj's output x_dbl
+// (batch, length, R + 2N), read in place (δ is computed row by row in the scan, never stored).
 // Nothing is transposed: the scan vectorises over a block of V channels (one 64-byte register,
-// V = 16 floats or 8 doubles) instead of over the state, so every load of u, δ, z, y is contiguous.
-// The projections between the conv and the scan are matmuls that the Python side runs (ATen).
+// V = 16 floats or 8 doubles) instead of over the state, so every load of u, z, y is contiguous.
+// x_proj between the conv and the scan is a matmul that the Python side runs (ATen).
 //
 // The scan's backward works as selective_scan_cpu.cpp's: forward keeps the state at the start of
 // each chunk, backward recomputes one chunk at a time and runs the adjoint recurrence

@@ -1,6 +1,6 @@
 """The fused Mamba inner block on CPU (csrc/mamba_cpu.cpp): conv and scan kernels that read and write
 the layer's channels-last layout directly (no transposes, no concatenations; the gradient of xz is
-written in place, both halves), with the projections as matmuls in between."""
+written in place, both halves), with x_proj as a matmul in between; the scan applies dt_proj itself."""
 
 from __future__ import annotations
 
