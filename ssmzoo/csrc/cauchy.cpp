@@ -42,27 +42,37 @@ void forward_kernel(const std::complex<T>* v, const std::complex<T>* w, const st
 //   S1[m,n] = sum_l h_l / (z_l - w) + conj(h_l) / (conj(z_l) - w)
 //   S2[m,n] = sum_l h_l / (z_l - w)^2 + conj(h_l) / (conj(z_l) - w)^2
 //   grad_v = conj(S1), grad_w = conj(v S2).
+// Written in real arithmetic, reciprocals as conj(d) / |d|^2 (as the forward): std::complex's division and
+// product call libgcc's __divsc3 / __mulsc3 (scaling and NaN checks) per term and keep the loop scalar.
 template <typename T>
 void backward_kernel(const std::complex<T>* v, const std::complex<T>* w, const std::complex<T>* z,
                      const std::complex<T>* grad, std::complex<T>* grad_v, std::complex<T>* grad_w,
                      int64_t M, int64_t N, int64_t L) {
+  const T* zp = reinterpret_cast<const T*>(z);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t n = 0; n < N; ++n) {
-      const std::complex<T> wn = w[m * N + n];
-      const std::complex<T>* gm = grad + m * L;
-      std::complex<T> s1(0, 0), s2(0, 0);
+      const T wr = w[m * N + n].real(), wi = w[m * N + n].imag();
+      const T* gp = reinterpret_cast<const T*>(grad + m * L);
+      T s1r = 0, s1i = 0, s2r = 0, s2i = 0;
+#pragma omp simd reduction(+ : s1r, s1i, s2r, s2i)
       for (int64_t l = 0; l < L; ++l) {
-        const std::complex<T> h = std::conj(gm[l]);
-        const std::complex<T> r1 = T(1) / (z[l] - wn);
-        const std::complex<T> r2 = T(1) / (std::conj(z[l]) - wn);
-        const std::complex<T> t1 = h * r1;
-        const std::complex<T> t2 = std::conj(h) * r2;
-        s1 += t1 + t2;
-        s2 += t1 * r1 + t2 * r2;
+        const T zr = zp[2 * l], zi = zp[2 * l + 1], gr = gp[2 * l], gi = gp[2 * l + 1];
+        // r1 = 1 / (z - w), r2 = 1 / (conj(z) - w)
+        const T d1r = zr - wr, d1i = zi - wi, d2i = -zi - wi;
+        const T n1 = T(1) / (d1r * d1r + d1i * d1i), n2 = T(1) / (d1r * d1r + d2i * d2i);
+        const T r1r = d1r * n1, r1i = -d1i * n1, r2r = d1r * n2, r2i = -d2i * n2;
+        // t1 = h r1 with h = conj(g); t2 = conj(h) r2 = g r2
+        const T t1r = gr * r1r + gi * r1i, t1i = gr * r1i - gi * r1r;
+        const T t2r = gr * r2r - gi * r2i, t2i = gr * r2i + gi * r2r;
+        s1r += t1r + t2r;
+        s1i += t1i + t2i;
+        s2r += (t1r * r1r - t1i * r1i) + (t2r * r2r - t2i * r2i);
+        s2i += (t1r * r1i + t1i * r1r) + (t2r * r2i + t2i * r2r);
       }
-      grad_v[m * N + n] = std::conj(s1);
-      grad_w[m * N + n] = std::conj(v[m * N + n] * s2);
+      const T vr = v[m * N + n].real(), vi = v[m * N + n].imag();
+      grad_v[m * N + n] = std::complex<T>(s1r, -s1i);
+      grad_w[m * N + n] = std::complex<T>(vr * s2r - vi * s2i, -(vr * s2i + vi * s2r));
     }
   }
 }
