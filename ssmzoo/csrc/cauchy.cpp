@@ -5,35 +5,50 @@
 // beyond the (M, L) output and the (M, N) gradients.
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <complex>
 #include <vector>
 
 namespace {
 
+// Positions per block of the forward: the sum over n runs outside, vectorised over a block of positions.
+constexpr int64_t kBlockL = 64;
+
 template <typename T>
 void forward_kernel(const std::complex<T>* v, const std::complex<T>* w, const std::complex<T>* z,
                     std::complex<T>* out, int64_t M, int64_t N, int64_t L) {
   // v/(z-w) + conj(v)/(z-conj(w)) = 2 (z Re v - Re(v conj w)) / (z^2 - 2 Re(w) z + |w|^2):
-  // one complex division per term instead of two.
+  // one complex division per term instead of two, in real arithmetic (std::complex's operators call
+  // libgcc's checked routines and keep loops scalar), vectorised over positions l.
+  const T* zp = reinterpret_cast<const T*>(z);
+  const int64_t blocks = (L + kBlockL - 1) / kBlockL;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t m = 0; m < M; ++m) {
-    for (int64_t l = 0; l < L; ++l) {
-      const std::complex<T>* vm = v + m * N;
-      const std::complex<T>* wm = w + m * N;
-      const std::complex<T> zl = z[l];
-      const std::complex<T> z2 = zl * zl;
-      T acc_re = 0, acc_im = 0;
-      for (int64_t n = 0; n < N; ++n) {
-        const T a = vm[n].real();
-        const T b = vm[n].real() * wm[n].real() + vm[n].imag() * wm[n].imag();
-        const std::complex<T> num(zl.real() * a - b, zl.imag() * a);
-        const std::complex<T> den = z2 - (T(2) * wm[n].real()) * zl + std::norm(wm[n]);
-        const T inv = T(1) / std::norm(den);
-        // num / den = num * conj(den) / |den|^2
-        acc_re += (num.real() * den.real() + num.imag() * den.imag()) * inv;
-        acc_im += (num.imag() * den.real() - num.real() * den.imag()) * inv;
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const int64_t l0 = blk * kBlockL, nl = std::min(kBlockL, L - l0);
+      alignas(64) T zr[kBlockL], zi[kBlockL], z2r[kBlockL], z2i[kBlockL], acc_re[kBlockL], acc_im[kBlockL];
+      for (int64_t j = 0; j < nl; ++j) {
+        zr[j] = zp[2 * (l0 + j)];
+        zi[j] = zp[2 * (l0 + j) + 1];
+        z2r[j] = zr[j] * zr[j] - zi[j] * zi[j];
+        z2i[j] = T(2) * zr[j] * zi[j];
+        acc_re[j] = acc_im[j] = T(0);
       }
-      out[m * L + l] = std::complex<T>(T(2) * acc_re, T(2) * acc_im);
+      for (int64_t n = 0; n < N; ++n) {
+        const T vr = v[m * N + n].real(), vi = v[m * N + n].imag();
+        const T wr = w[m * N + n].real(), wi = w[m * N + n].imag();
+        const T a = vr, b = vr * wr + vi * wi, tw = T(2) * wr, nw = wr * wr + wi * wi;
+#pragma omp simd
+        for (int64_t j = 0; j < nl; ++j) {
+          const T num_r = zr[j] * a - b, num_i = zi[j] * a;
+          const T den_r = z2r[j] - tw * zr[j] + nw, den_i = z2i[j] - tw * zi[j];
+          const T inv = T(1) / (den_r * den_r + den_i * den_i);
+          // num / den = num conj(den) / |den|^2
+          acc_re[j] += (num_r * den_r + num_i * den_i) * inv;
+          acc_im[j] += (num_i * den_r - num_r * den_i) * inv;
+        }
+      }
+      for (int64_t j = 0; j < nl; ++j) out[m * L + l0 + j] = std::complex<T>(T(2) * acc_re[j], T(2) * acc_im[j]);
     }
   }
 }
