@@ -7,10 +7,11 @@ v, w (..., N/2) complex (broadcastable), z (L,) complex; z is a constant (no gra
 Backends, in ``auto``'s preference order (``ops/dispatch.py`` explains the choice):
 - ``reference`` (reference.py): materialises (..., N/2, L); ``auto`` uses it while that is at most
   ``MATERIALISE_LIMIT`` entries (fast and simple for small kernels).
-- ``keops`` (keops.py): pykeops reductions (CPU or GPU; the ``[keops]`` extra), O(N + L) memory. On an
-  idle CPU it is 2-9x faster than our C++ kernel once its formulas are compiled (about 6 s each, once
-  per machine; benchmarks/speed/results/s4_kernel.md), so ``auto`` tries it first where installed.
-- ``cpp`` (cpu.py): csrc/cauchy.cpp, OpenMP forward and backward kernels, no intermediate (CPU).
+- ``cpp`` (cpu.py): csrc/cauchy.cpp, OpenMP forward and backward kernels in vectorised real arithmetic, no
+  intermediate (CPU). 2.6-4.5x faster than keops on this CPU for the S4 kernel at L 1K-16K
+  (benchmarks/speed/results/s4_kernel.md), so on a CPU ``auto`` takes it before keops.
+- ``keops`` (keops.py): pykeops reductions (CPU or GPU; the ``[keops]`` extra), O(N + L) memory; ``auto``'s
+  choice on a GPU (its formulas compile once per machine, about 6 s each).
 - ``chunked`` (chunked.py): PyTorch, walks L in chunks in forward *and* backward: O(N · chunk) memory.
 """
 
@@ -42,8 +43,8 @@ dispatch = Dispatcher("cauchy", cauchy_reference, _probe_case, rtol=1e-3, atol=1
 dispatch.register("reference", cauchy_reference, ("cpu", "cuda"),
                   Capabilities(initial_state=False, final_state=False, dtypes=COMPLEX_DTYPES,
                                max_size=MATERIALISE_LIMIT))
-dispatch.register("keops", keops.cauchy_keops, ("cpu", "cuda"), STATELESS, available=keops.available)
 dispatch.register("cpp", cpu.cauchy_cpp, ("cpu",), STATELESS, available=cpu.available)
+dispatch.register("keops", keops.cauchy_keops, ("cpu", "cuda"), STATELESS, available=keops.available)
 dispatch.register("chunked", cauchy_chunked, ("cpu", "cuda"), STATELESS)
 
 
