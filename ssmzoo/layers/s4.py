@@ -209,7 +209,7 @@ class S4(SequenceLayer):
             new_state = ops.scan_final_state(a_bar, bu)
             if state is not None:
                 new_state = new_state + torch.einsum("hij,bhj->bhi", torch.linalg.matrix_power(a_bar, length), state)
-        y = rearrange(y, "b c h l -> b l (c h)")
+        y = rearrange(y, "b c h l -> b l (c h)").contiguous()  # see S4D: the activation's backward on the view is slow
         return self.out(y.to(x.dtype)), new_state
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:

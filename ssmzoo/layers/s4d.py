@@ -136,7 +136,9 @@ class S4D(SequenceLayer):
                 new_state = b * vandermonde_transpose(u, log_a, backend=self.vandermonde_backend)
             if return_state and state is not None:
                 new_state = new_state + torch.exp(log_a * length) * state
-        y = rearrange(y, "b c h l -> b l (c h)")
+        # contiguous before the activation: on the transposed view its backward ran ~6x slower, and the output
+        # projection's matmul copies it anyway
+        y = rearrange(y, "b c h l -> b l (c h)").contiguous()
         return self.out(y.to(x.dtype)), new_state
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:

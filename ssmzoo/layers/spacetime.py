@@ -120,7 +120,7 @@ class _CompanionConvolution(SequenceLayer):
             if state is not None:
                 w = w + companion_kernel(a, _apply_A(a, state), e, length, backend=self.companion_backend)
             new_state = companion_final_state(a, b, u[:, None], w, state)
-        y = rearrange(y, "b c h l -> b l (c h)")
+        y = rearrange(y, "b c h l -> b l (c h)").contiguous()  # see S4D: the activation's backward on the view is slow
         return self.out(y.to(x.dtype)), new_state
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
