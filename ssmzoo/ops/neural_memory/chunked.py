@@ -174,7 +174,6 @@ def neural_memory_chunked(
     Chunks start at position 0. A last chunk shorter than ``chunk_size`` is retrieved from and,
     when ``update_last_partial``, also applied (the layer leaves it out and buffers it instead)."""
     q, k, v, theta, eta, alpha, (weights, momentum), chunk_size, update_last_partial = x
-    length = q.shape[2]
     batch, heads = q.shape[:2]
     weights = tuple(w.expand(batch, heads, *w.shape[-2:]) for w in weights)
     momentum = tuple(s.expand(batch, heads, *s.shape[-2:]) for s in momentum)
