@@ -193,6 +193,40 @@ inline void load_lanes(const T* row, int64_t d0, int64_t D, T* out) {
   for (int64_t j = 0; j < V; ++j) out[j] = j < nv ? row[d0 + j] : T(0);
 }
 
+// One work unit's channels: batch row b, channel blocks [blk0, blk1), channels [c0, c0 + width); the
+// group's index g keys the per-group partial sums.
+struct UnitSpan {
+  int64_t b, g, blk0, blk1, c0, width;
+};
+
+inline UnitSpan unit_span(const ScanDims& s, int64_t unit, int64_t V) {
+  UnitSpan u;
+  u.b = unit / s.groups;
+  u.g = unit % s.groups;
+  u.blk0 = u.g * s.per_group;
+  u.blk1 = std::min(s.blocks, u.blk0 + s.per_group);
+  u.c0 = u.blk0 * V;
+  u.width = std::min(s.D, u.blk1 * V) - u.c0;
+  return u;
+}
+
+// A (B, D, N) state's channels [d0, d0 + V) of batch row b as (N, V) lanes, zero past D (all zero for a
+// null src); and the way back, valid lanes only.
+template <typename T, int64_t V>
+void load_state_lanes(const T* src, int64_t b, int64_t d0, const ScanDims& s, T* lanes_out) {
+  const int64_t nv = std::min(V, s.D - d0);
+  for (int64_t n = 0; n < s.N; ++n)
+    for (int64_t j = 0; j < V; ++j)
+      lanes_out[n * V + j] = (src != nullptr && j < nv) ? src[(b * s.D + d0 + j) * s.N + n] : T(0);
+}
+
+template <typename T, int64_t V>
+void store_state_lanes(const T* lanes_in, int64_t b, int64_t d0, const ScanDims& s, T* dst) {
+  const int64_t nv = std::min(V, s.D - d0);
+  for (int64_t j = 0; j < nv; ++j)
+    for (int64_t n = 0; n < s.N; ++n) dst[(b * s.D + d0 + j) * s.N + n] = lanes_in[n * V + j];
+}
+
 // Rows per tile. The forward runs in three passes per tile of rows and group of channels: the step sizes
 // over whole rows, the recurrence block by block, the gate over whole rows again. Every read and write of
 // the (batch, length, channels) tensors is then a contiguous run along a row; a unit that walked one
@@ -243,21 +277,14 @@ void scan_forward_kernel(const T* u, const T* dtwT, const T* bias, const T* At, 
                          const T* Dskip, const T* h0, const ScanDims& s, T* y, T* hfinal, T* ckpt) {
   constexpr int64_t V = lanes<T>(), R = kTileRows;
   const int64_t N = s.N, D = s.D, L = s.L;
-  const int64_t groups = s.groups, per_group = s.per_group;
-  at::parallel_for(0, s.B * groups, 1, [&](int64_t begin, int64_t end) {
-    const int64_t Wp = per_group * V;  // a tile row: the group's channels, padded to whole blocks
-    std::vector<T> hbuf(per_group * N * V), dt(R * Wp), dtu(R * Wp), acc_tile(R * Wp);
+  at::parallel_for(0, s.B * s.groups, 1, [&](int64_t begin, int64_t end) {
+    const int64_t Wp = s.per_group * V;  // a tile row: the group's channels, padded to whole blocks
+    std::vector<T> hbuf(s.per_group * N * V), dt(R * Wp), dtu(R * Wp), acc_tile(R * Wp);
     alignas(64) T acc[V], acc2[V];
     for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t b = unit / groups, blk0 = (unit % groups) * per_group;
-      const int64_t blk1 = std::min(s.blocks, blk0 + per_group);
-      const int64_t c0 = blk0 * V, width = std::min(D, blk1 * V) - c0;  // the channels [c0, c0 + width)
-      for (int64_t blk = blk0; blk < blk1; ++blk) {
-        const int64_t d0 = blk * V, nv = std::min(V, D - d0);
-        T* h = hbuf.data() + (blk - blk0) * N * V;
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t j = 0; j < V; ++j) h[n * V + j] = (h0 != nullptr && j < nv) ? h0[((b * D) + d0 + j) * N + n] : T(0);
-      }
+      const auto [b, g, blk0, blk1, c0, width] = unit_span(s, unit, V);
+      for (int64_t blk = blk0; blk < blk1; ++blk)
+        load_state_lanes<T, V>(h0, b, blk * V, s, hbuf.data() + (blk - blk0) * N * V);
       for (int64_t r0 = 0; r0 < L; r0 += R) {
         const int64_t rows = std::min(R, L - r0);
         // Pass 1: step sizes Δ = softplus(δ + bias) and Δu along whole rows (padding lanes 0).
@@ -315,12 +342,8 @@ void scan_forward_kernel(const T* u, const T* dtwT, const T* bias, const T* At, 
           for (int64_t c = 0; c < width; ++c) yr[c] = (ai[c] + ds[c] * ur[c]) * (zr[c] * sigmoid(zr[c]));
         }
       }
-      for (int64_t blk = blk0; blk < blk1; ++blk) {
-        const int64_t d0 = blk * V, nv = std::min(V, D - d0);
-        const T* h = hbuf.data() + (blk - blk0) * N * V;
-        for (int64_t j = 0; j < nv; ++j)
-          for (int64_t n = 0; n < N; ++n) hfinal[(b * D + d0 + j) * N + n] = h[n * V + j];
-      }
+      for (int64_t blk = blk0; blk < blk1; ++blk)
+        store_state_lanes<T, V>(hbuf.data() + (blk - blk0) * N * V, b, blk * V, s, hfinal);
     }
   });
 }
@@ -356,30 +379,20 @@ void scan_backward_kernel(const T* u, const T* dtwT, const T* bias, const T* At,
   // Work units as the forward's: (batch row, group of channel blocks). Per checkpoint chunk, the rows' inputs
   // for the group are staged along whole rows first and the outputs written back so afterwards (the
   // forward's comment says why); in between, each block's recurrences read and write the staging tiles.
-  const int64_t groups = s.groups, per_group = s.per_group;
-  at::parallel_for(0, s.B * groups, 1, [&](int64_t begin, int64_t end) {
-    const int64_t Wp = per_group * V;
-    std::vector<T> hbuf(K * N * V), abuf(K * N * V), hstart(N * V), dh(per_group * N * V), dA(per_group * N * V);
+  at::parallel_for(0, s.B * s.groups, 1, [&](int64_t begin, int64_t end) {
+    const int64_t Wp = s.per_group * V;
+    std::vector<T> hbuf(K * N * V), abuf(K * N * V), hstart(N * V), dh(s.per_group * N * V), dA(s.per_group * N * V);
     // [row][Wp] tiles: pre = δ + bias (then d δ), dt = softplus(pre), uu = u (then du), gyb = dy, zb = z (then dz).
     std::vector<T> pre(K * Wp), dtb(K * Wp), ub(K * Wp), gyb(K * Wp), zb(K * Wp), dD_acc(Wp), dbias_acc(Wp);
     // dB_t, dC_t sum over channels: lane-wise over the group's blocks first, across lanes once per (t, n).
     std::vector<T> sBv(K * N * V), sCv(K * N * V);
     for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t b = unit / groups, blk0 = (unit % groups) * per_group;
-      const int64_t blk1 = std::min(s.blocks, blk0 + per_group);
-      const int64_t c0 = blk0 * V, width = std::min(D, blk1 * V) - c0;
-      T* dBp = dB_part + ((unit % groups) * s.B + b) * L * N;
-      T* dCp = dC_part + ((unit % groups) * s.B + b) * L * N;
-      for (int64_t blk = blk0; blk < blk1; ++blk) {
-        const int64_t d0 = blk * V, nv = std::min(V, D - d0);
-        T* dhb = dh.data() + (blk - blk0) * N * V;
-        T* dAb = dA.data() + (blk - blk0) * N * V;
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t j = 0; j < V; ++j) {
-            dhb[n * V + j] = j < nv ? dh_final[(b * D + d0 + j) * N + n] : T(0);
-            dAb[n * V + j] = T(0);
-          }
-      }
+      const auto [b, g, blk0, blk1, c0, width] = unit_span(s, unit, V);
+      T* dBp = dB_part + (g * s.B + b) * L * N;
+      T* dCp = dC_part + (g * s.B + b) * L * N;
+      for (int64_t blk = blk0; blk < blk1; ++blk)
+        load_state_lanes<T, V>(dh_final, b, blk * V, s, dh.data() + (blk - blk0) * N * V);
+      std::fill(dA.begin(), dA.end(), T(0));
       std::fill(dD_acc.begin(), dD_acc.end(), T(0));
       std::fill(dbias_acc.begin(), dbias_acc.end(), T(0));
       for (int64_t c = s.nchunks - 1; c >= 0; --c) {
@@ -505,19 +518,12 @@ void scan_backward_kernel(const T* u, const T* dtwT, const T* bias, const T* At,
         }
       }
       for (int64_t blk = blk0; blk < blk1; ++blk) {
-        const int64_t d0 = blk * V, nv = std::min(V, D - d0), off = (blk - blk0) * V;
-        const T* dhb = dh.data() + off * N;
-        const T* dAb = dA.data() + off * N;
-        for (int64_t j = 0; j < nv; ++j) {
-          const int64_t bd = b * D + d0 + j;
-          for (int64_t n = 0; n < N; ++n) {
-            dh0[bd * N + n] = dhb[n * V + j];
-            dA_part[bd * N + n] = dAb[n * V + j];
-          }
-          dD_part[bd] = dD_acc[off + j];
-          dbias_part[bd] = dbias_acc[off + j];
-        }
+        const int64_t d0 = blk * V, off = (blk - blk0) * V;
+        store_state_lanes<T, V>(dh.data() + off * N, b, d0, s, dh0);
+        store_state_lanes<T, V>(dA.data() + off * N, b, d0, s, dA_part);
       }
+      std::copy(dD_acc.begin(), dD_acc.begin() + width, dD_part + b * D + c0);
+      std::copy(dbias_acc.begin(), dbias_acc.begin() + width, dbias_part + b * D + c0);
     }
   });
 }
@@ -545,6 +551,12 @@ ScanDims make_dims(const at::Tensor& u, const at::Tensor& A, const at::Tensor& x
   TORCH_CHECK(chunk >= 1, "mamba cpp: chunk must be positive");
   TORCH_CHECK(xz.size(2) == 2 * s.D && s.c_col + s.N <= s.bc_stride, "mamba cpp: bad xz or x_dbl width");
   return s;
+}
+
+// dt_proj's weight (D, R = b_col) as (R, D): a row of weights per input of dt_proj, as dt_pre reads them.
+at::Tensor dt_rows(const at::Tensor& dt_w, const ScanDims& s) {
+  TORCH_CHECK(dt_w.size(0) == s.D && dt_w.size(1) == s.b_col, "mamba cpp: dt_proj weight must be (D, R = b_col)");
+  return dt_w.t().contiguous();
 }
 
 // A (D, N) as (N, Dpad), zero-padded: a channel block's decays for one n are contiguous.
@@ -592,8 +604,7 @@ std::vector<at::Tensor> scan_forward(at::Tensor u, at::Tensor dt_w, at::Tensor b
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mamba_scan_forward", [&] {
     const ScanDims s = make_dims(u, A, xdbl, b_col, xz, chunk, lanes<scalar_t>());
     auto At = padded_transpose(A, s.Dpad);
-    TORCH_CHECK(dt_w.size(0) == s.D && dt_w.size(1) == b_col, "mamba cpp: dt_proj weight must be (D, R = b_col)");
-    auto dtwT = dt_w.t().contiguous();  // (R, D): a row of weights per input of dt_proj
+    auto dtwT = dt_rows(dt_w, s);
     auto y = at::empty_like(u);
     auto hfinal = at::empty({s.B, s.D, s.N}, u.options());
     auto ckpt = at::empty({s.B, s.nchunks, s.N, s.Dpad}, u.options());
@@ -615,8 +626,7 @@ std::vector<at::Tensor> scan_backward(at::Tensor u, at::Tensor dt_w, at::Tensor 
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mamba_scan_backward", [&] {
     const ScanDims s = make_dims(u, A, xdbl, b_col, xz, chunk, lanes<scalar_t>());
     auto At = padded_transpose(A, s.Dpad);
-    TORCH_CHECK(dt_w.size(0) == s.D && dt_w.size(1) == b_col, "mamba cpp: dt_proj weight must be (D, R = b_col)");
-    auto dtwT = dt_w.t().contiguous();  // (R, D): a row of weights per input of dt_proj
+    auto dtwT = dt_rows(dt_w, s);
     auto du = at::empty_like(u);
     auto ddelta = at::empty_like(u);
     auto dA_part = at::empty({s.B, s.D, s.N}, u.options());
