@@ -56,7 +56,9 @@ def loop_hsa(q, k, v, landmarks, chunk_size, top_k, combine, scale=None, offset=
                 s_head = h // (hq // hs)
                 g_sel, g = s_head // (hs // hk), h // (hq // hk)
                 past = [i for i in range(landmarks.shape[1]) if (i + 1) * S <= p]
-                score = {i: sq[b, t, s_head] @ landmarks[b, i, g_sel] / math.sqrt(d_sel) for i in past}
+                # Copies: BLAS's dot may sum in an order that depends on the operands' alignment (MKL on
+                # AMD CPUs does), which would break the equal scores of the tie test unequally.
+                score = {i: sq[b, t, s_head].clone() @ landmarks[b, i, g_sel].clone() / math.sqrt(d_sel) for i in past}
                 chosen = sorted(past, key=lambda i: (-float(score[i].detach()), -i))[:top_k]  # ties: more recent
                 order = sorted(chosen, reverse=True)  # stick-breaking starts at the most recent chunk
                 if combine == "softmax" and order:

@@ -93,8 +93,13 @@ def test_the_block_is_its_equations(args):
     y, (conv, ssm) = layer(u, state=(conv0, ssm0), return_state=True)
     expected, (conv_e, ssm_e) = block_by_equations(layer, u, conv0, ssm0)
     torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(conv, conv_e, rtol=0, atol=0)
+    # The equations' in_proj is another product order than the layer's (a BLAS may round them differently), so
+    # the window is compared as y is; that it holds the layer's own projected inputs unchanged is exact.
+    torch.testing.assert_close(conv, conv_e, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(ssm, ssm_e, rtol=1e-10, atol=1e-10)
+    width = layer.d_conv - 1
+    if width:
+        torch.testing.assert_close(conv, layer._project(u)[1][..., -width:], rtol=0, atol=0)
 
 
 def test_step_equals_forward_over_1000_tokens():
