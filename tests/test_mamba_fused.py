@@ -97,7 +97,8 @@ def step_weights(d_model, d, n, rank, width, dtype, biases, seed=0) -> MambaStep
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("batch,d_model,d,n,rank,width,biases", [
     (1, 4, 8, 4, 1, 4, False), (3, 5, 10, 3, 2, 1, True), (2, 6, 20, 16, 2, 2, True),
-    (2, 5, 20, 32, 1, 3, True),  # float32: 16 channels at a time with two 16-state registers, then 4 channels
+    (2, 5, 20, 32, 1, 3, True),  # float32: 16 (AVX-512) or 8 (AVX2) channels at a time, several registers of states
+    (2, 5, 13, 24, 1, 3, True),  # float32, AVX2: three 8-state registers, 8 channels then 5
     (2, 5, 9, 36, 1, 3, True),   # a state count that is not a whole number of registers
 ])
 def test_cpp_step_matches_reference_step_over_many_tokens(dtype, batch, d_model, d, n, rank, width, biases):
