@@ -167,6 +167,22 @@ def test_bidirectional_sees_the_future(variant):
     assert (layer(x2)[:, 0] - layer(x)[:, 0]).abs().max() > 1e-8
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex64])
+def test_the_finite_check_finds_one_bad_value_anywhere(dtype):
+    from ssmzoo.layers.base import _all_finite
+
+    x = torch.randn(3, 37, 5, dtype=dtype)
+    assert _all_finite(x) and _all_finite(x.transpose(0, 2)) and _all_finite(x[:, :0])
+    for bad in (math.nan, math.inf, -math.inf):
+        for index in [(0, 0, 0), (2, 36, 4), (1, 17, 2)]:
+            y = x.clone()
+            y[index] = bad
+            assert not _all_finite(y) and not _all_finite(y.transpose(0, 2)), (bad, index)
+    if dtype == torch.float32:  # finite values whose sum would overflow are finite
+        assert _all_finite(torch.full((1000,), 3e38))
+    assert _all_finite(torch.arange(5))
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=ids)
 def test_bad_inputs(variant):
     layer = make(*variant)
