@@ -10,6 +10,7 @@ from conformance_args import SMALL_ARGS
 
 import ssmzoo
 from ssmzoo import layers
+from ssmzoo.layers import base as layer_base
 from ssmzoo.layers.base import SequenceLayer
 from ssmzoo.models import LanguageModel
 from ssmzoo.models.generation import sample_next
@@ -248,13 +249,15 @@ def test_layers_run_without_the_value_scan(monkeypatch):
     """Token ids are range-checked once per call; the layers' NaN scans (a device sync each on GPU)
     are off inside the model, and in generation."""
     calls = []
-    real = torch.isfinite
-    monkeypatch.setattr(torch, "isfinite", lambda t: calls.append(1) or real(t))
+    real = layer_base._all_finite
+    monkeypatch.setattr(layer_base, "_all_finite", lambda t: calls.append(1) or real(t))
     model = tiny()
     logits, state = model(torch.randint(0, VOCAB, (2, 5)), return_state=True)
     model.step(torch.randint(0, VOCAB, (2,)), state)
     model.generate(torch.randint(0, VOCAB, (2, 5)), max_new_tokens=3)
     assert calls == []
+    model.layers[0].mixer(torch.randn(1, 3, model.d_model, dtype=logits.dtype))  # a layer on its own does scan
+    assert calls == [1]
 
 
 def test_bad_states_and_tokens():
