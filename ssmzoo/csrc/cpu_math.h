@@ -44,45 +44,94 @@ SSMZOO_INLINE float exp_poly(float x) {
   return p * scale;
 }
 
+// Float SIMD vectors for the kernels' intrinsics: 16 lanes with AVX-512, 8 with AVX2 + FMA. GCC vectorises the
+// portable loops too, but it compiled exp_poly's clamp into compares and blends and leaves sums across lanes
+// to one horizontal add per vector; the kernels that need more write their loops once over SimdF.
 #if defined(__AVX512F__)
-// exp_poly(float) on 16 lanes with AVX-512 intrinsics: the same reduction and polynomial, with 2^k applied by
-// vscalefps (no integer exponent tricks) and the clamp as two min/max instructions. GCC compiles the portable
-// version's clamp into compares, mask logic and blends, which cost about as much as the polynomial.
-SSMZOO_INLINE __m512 exp_poly16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, k);
-}
+#define SSMZOO_SIMD_F 1
+struct SimdF {
+  using V = __m512;
+  static constexpr int64_t W = 16;
+  SSMZOO_INLINE static V load(const float* p) { return _mm512_loadu_ps(p); }
+  SSMZOO_INLINE static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  SSMZOO_INLINE static V set1(float x) { return _mm512_set1_ps(x); }
+  SSMZOO_INLINE static V zero() { return _mm512_setzero_ps(); }
+  SSMZOO_INLINE static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  SSMZOO_INLINE static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  SSMZOO_INLINE static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  SSMZOO_INLINE static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+  SSMZOO_INLINE static V clamp(V x, float lo, float hi) {
+    return _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(lo)), _mm512_set1_ps(hi));
+  }
+  SSMZOO_INLINE static V round(V x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  SSMZOO_INLINE static V scale2k(V p, V k) { return _mm512_scalef_ps(p, k); }  // p · 2^k by vscalefps
+  // Lane j of the result is the sum of p[j]'s 16 lanes: a transpose-and-add tree (about 45 instructions for
+  // 16 vectors, where a horizontal sum per vector costs about 8 and a serial dependency chain).
+  SSMZOO_INLINE static V sum_lanes(const V* p) {
+    __m512 t[8], q[4];
+    for (int i = 0; i < 8; ++i)  // 256-bit halves: p[2i]'s partial sums, then p[2i+1]'s
+      t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0x44),
+                           _mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0xEE));
+    for (int i = 0; i < 4; ++i)  // 128-bit chunk c: partial sums of p[4i + c]
+      q[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
+                           _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+    const __m512 v01 = _mm512_add_ps(_mm512_unpacklo_ps(q[0], q[1]), _mm512_unpackhi_ps(q[0], q[1]));
+    const __m512 v23 = _mm512_add_ps(_mm512_unpacklo_ps(q[2], q[3]), _mm512_unpackhi_ps(q[2], q[3]));
+    const __m512 w = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(v01), _mm512_castps_pd(v23))),
+                                   _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(v01), _mm512_castps_pd(v23))));
+    // lane 4c + m of w is the sum of p[4m + c]
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), w);
+  }
+};
+#elif defined(__AVX2__) && defined(__FMA__)
+#define SSMZOO_SIMD_F 1
+struct SimdF {
+  using V = __m256;
+  static constexpr int64_t W = 8;
+  SSMZOO_INLINE static V load(const float* p) { return _mm256_loadu_ps(p); }
+  SSMZOO_INLINE static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  SSMZOO_INLINE static V set1(float x) { return _mm256_set1_ps(x); }
+  SSMZOO_INLINE static V zero() { return _mm256_setzero_ps(); }
+  SSMZOO_INLINE static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  SSMZOO_INLINE static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  SSMZOO_INLINE static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  SSMZOO_INLINE static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+  SSMZOO_INLINE static V clamp(V x, float lo, float hi) {
+    return _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
+  }
+  SSMZOO_INLINE static V round(V x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // p · 2^k from k's bits, (k + 127) << 23: exp_simd's clamp keeps k in [-126, 127], a normal float.
+  SSMZOO_INLINE static V scale2k(V p, V k) {
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(
+                                _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23)));
+  }
+  // Lane j of the result is the sum of p[j]'s 8 lanes: pairwise adds within 128-bit halves, then the halves.
+  SSMZOO_INLINE static V sum_lanes(const V* p) {
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(p[0], p[1]), _mm256_hadd_ps(p[2], p[3]));
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(p[4], p[5]), _mm256_hadd_ps(p[6], p[7]));
+    // u0's lane i (i < 4) holds half of p[i]'s sum, lane 4 + i the other half; u1 the same for p[4 + i]
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+  }
+};
 #endif
 
-#if defined(__AVX2__) && defined(__FMA__)
-// exp_poly(float) on 8 lanes with AVX2 + FMA: the same reduction and polynomial; 2^k from k's bits
-// ((k + 127) << 23: k lies in [-126, 127] after the clamp, so the scale is a normal float).
-SSMZOO_INLINE __m256 exp_poly8(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fmadd_ps(k, _mm256_set1_ps(2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+#if defined(SSMZOO_SIMD_F)
+// exp_poly(float) on a whole vector: the same reduction and polynomial, the clamp as two min/max instructions
+// and 2^k by the instruction set's own means.
+SSMZOO_INLINE SimdF::V exp_simd(SimdF::V x) {
+  using S = SimdF;
+  x = S::clamp(x, -87.0f, 88.0f);
+  const S::V k = S::round(S::mul(x, S::set1(1.44269504088896341f)));
+  S::V r = S::fnmadd(k, S::set1(0.693359375f), x);
+  r = S::fmadd(k, S::set1(2.12194440e-4f), r);
+  S::V p = S::set1(1.9875691500e-4f);
+  p = S::fmadd(p, r, S::set1(1.3981999507e-3f));
+  p = S::fmadd(p, r, S::set1(8.3334519073e-3f));
+  p = S::fmadd(p, r, S::set1(4.1665795894e-2f));
+  p = S::fmadd(p, r, S::set1(1.6666665459e-1f));
+  p = S::fmadd(p, r, S::set1(5.0000001201e-1f));
+  p = S::fmadd(S::mul(p, r), r, S::add(r, S::set1(1.0f)));
+  return S::scale2k(p, k);
 }
 #endif
 

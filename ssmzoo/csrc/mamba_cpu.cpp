@@ -43,59 +43,9 @@ using ssmzoo_cpu::exp_poly;
 using ssmzoo_cpu::sigmoid;
 using ssmzoo_cpu::softplus;
 
-// Float SIMD vectors where the kernels use intrinsics (GCC vectorises the portable loops, but it compiled
-// exp_poly's clamp into compares and blends and left the state step's sums to horizontal adds): 16 lanes
-// with AVX-512, 8 with AVX2 + FMA; the block of 16 channels the scan vectorises over is 16 / W vectors.
-#if defined(__AVX512F__)
-#define SSMZOO_SIMD_F 1
-struct SimdF {
-  using V = __m512;
-  static constexpr int64_t W = 16;
-  SSMZOO_INLINE static V load(const float* p) { return _mm512_loadu_ps(p); }
-  SSMZOO_INLINE static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  SSMZOO_INLINE static V set1(float x) { return _mm512_set1_ps(x); }
-  SSMZOO_INLINE static V zero() { return _mm512_setzero_ps(); }
-  SSMZOO_INLINE static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
-  SSMZOO_INLINE static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  SSMZOO_INLINE static V exp(V x) { return ssmzoo_cpu::exp_poly16(x); }
-  // Lane j of the result is the sum of p[j]'s 16 lanes: a transpose-and-add tree (about 45 instructions for
-  // 16 vectors, where a horizontal sum per vector costs about 8 and a serial dependency chain).
-  SSMZOO_INLINE static V sum_lanes(const V* p) {
-    __m512 t[8], q[4];
-    for (int i = 0; i < 8; ++i)  // 256-bit halves: p[2i]'s partial sums, then p[2i+1]'s
-      t[i] = _mm512_add_ps(_mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0x44),
-                           _mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0xEE));
-    for (int i = 0; i < 4; ++i)  // 128-bit chunk c: partial sums of p[4i + c]
-      q[i] = _mm512_add_ps(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88),
-                           _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
-    const __m512 v01 = _mm512_add_ps(_mm512_unpacklo_ps(q[0], q[1]), _mm512_unpackhi_ps(q[0], q[1]));
-    const __m512 v23 = _mm512_add_ps(_mm512_unpacklo_ps(q[2], q[3]), _mm512_unpackhi_ps(q[2], q[3]));
-    const __m512 w = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(v01), _mm512_castps_pd(v23))),
-                                   _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(v01), _mm512_castps_pd(v23))));
-    // lane 4c + m of w is the sum of p[4m + c]
-    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), w);
-  }
-};
-#elif defined(__AVX2__) && defined(__FMA__)
-#define SSMZOO_SIMD_F 1
-struct SimdF {
-  using V = __m256;
-  static constexpr int64_t W = 8;
-  SSMZOO_INLINE static V load(const float* p) { return _mm256_loadu_ps(p); }
-  SSMZOO_INLINE static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  SSMZOO_INLINE static V set1(float x) { return _mm256_set1_ps(x); }
-  SSMZOO_INLINE static V zero() { return _mm256_setzero_ps(); }
-  SSMZOO_INLINE static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
-  SSMZOO_INLINE static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  SSMZOO_INLINE static V exp(V x) { return ssmzoo_cpu::exp_poly8(x); }
-  // Lane j of the result is the sum of p[j]'s 8 lanes: pairwise adds within 128-bit halves, then the halves.
-  SSMZOO_INLINE static V sum_lanes(const V* p) {
-    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(p[0], p[1]), _mm256_hadd_ps(p[2], p[3]));
-    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(p[4], p[5]), _mm256_hadd_ps(p[6], p[7]));
-    // u0's lane i (i < 4) holds half of p[i]'s sum, lane 4 + i the other half; u1 the same for p[4 + i]
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
-  }
-};
+#if defined(SSMZOO_SIMD_F)
+using ssmzoo_cpu::exp_simd;
+using ssmzoo_cpu::SimdF;
 #endif
 
 constexpr int64_t kMaxState = 256;
@@ -322,7 +272,7 @@ SSMZOO_INLINE void state_step<float, 16>(float* __restrict h, const float* __res
                                          const float* __restrict dtu, float bn, float cn, float* __restrict acc) {
   using S = SimdF;
   for (int64_t j = 0; j < 16; j += S::W) {
-    const S::V decay = S::exp(S::mul(S::load(dt + j), S::load(an + j)));
+    const S::V decay = exp_simd(S::mul(S::load(dt + j), S::load(an + j)));
     const S::V hv = S::fmadd(decay, S::load(h + j), S::mul(S::load(dtu + j), S::set1(bn)));
     S::store(h + j, hv);
     S::store(acc + j, S::fmadd(S::set1(cn), hv, S::load(acc + j)));
@@ -424,7 +374,7 @@ SSMZOO_INLINE void decay_step<float, 16>(const float* __restrict an, const float
                                          float* __restrict a, float* __restrict h) {
   using S = SimdF;
   for (int64_t j = 0; j < 16; j += S::W) {
-    const S::V av = S::exp(S::mul(S::load(dt + j), S::load(an + j)));
+    const S::V av = exp_simd(S::mul(S::load(dt + j), S::load(an + j)));
     S::store(a + j, av);
     S::store(h + j, S::fmadd(av, S::load(hp + j), S::mul(S::load(dtu + j), S::set1(bn))));
   }
@@ -789,7 +739,7 @@ inline void step_scan_block(int64_t b, int64_t d0, int64_t nd, int64_t D, int64_
       const int64_t d = d0 + s0 + j, bd = b * D + d;
       const float dl = delta[s0 + j], du = dl * u[bd];
       for (int64_t n0 = 0; n0 < N; n0 += S::W) {
-        const S::V decay = S::exp(S::mul(S::set1(dl), S::load(A + d * N + n0)));
+        const S::V decay = exp_simd(S::mul(S::set1(dl), S::load(A + d * N + n0)));
         const S::V hn = S::fmadd(decay, S::load(h + bd * N + n0), S::mul(S::set1(du), S::load(Bt + n0)));
         S::store(nh + bd * N + n0, hn);
         p[j] = S::fmadd(hn, S::load(Ct + n0), p[j]);
