@@ -4,8 +4,9 @@
 // with x and z the two halves of in_proj's output xz (batch, length, 2·D_inner), u and y
 // (batch, length, D_inner), and δ = dt_proj(x_dbl[..., :R]), B, C from x_proj's output x_dbl
 // (batch, length, R + 2N), read in place (δ is computed row by row in the scan, never stored).
-// Nothing is transposed: the scan vectorises over a block of V channels (one 64-byte register,
-// V = 16 floats or 8 doubles) instead of over the state, so every load of u, z, y is contiguous.
+// Nothing is transposed: the scan vectorises over a block of V channels (64 bytes, V = 16 floats or
+// 8 doubles: one AVX-512 register, two AVX2 ones) instead of over the state, so every load of u, z, y
+// is contiguous.
 // x_proj between the conv and the scan is a matmul that the Python side runs (ATen).
 //
 // The scan's backward works as selective_scan_cpu.cpp's: forward keeps the state at the start of
@@ -31,6 +32,7 @@
 
 // 512-bit vectors for this file's loops (GCC's default for AVX-512 targets is 256): one register holds
 // a block of 16 float channels, and the scan's exp polynomial is its cost (about 1.2x at batch 16).
+// Targets without AVX-512 ignore it.
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
 #pragma GCC target("prefer-vector-width=512")
 #endif
