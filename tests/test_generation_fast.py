@@ -10,11 +10,14 @@ import torch
 from ssmzoo.models.lm import LanguageModel
 from ssmzoo.ops import mamba_lm_step as lm_step_op
 from ssmzoo.ops.dispatch import Request
+from ssmzoo.layers.mamba import Mamba
+from ssmzoo.ops.mamba_inner.cpu import extension
 from ssmzoo.ops.mamba_lm_step import mamba_lm_step, mamba_lm_step_cpp, mamba_lm_step_reference
 
 pytestmark = pytest.mark.skipif("cpp" not in lm_step_op.dispatch.names("cpu"),
                                 reason="the C++ extension did not build here")
 
+HAS_PANELS = extension() is not None and extension().pack_panels(torch.ones(1, 1)).numel() > 0
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=6e-4, atol=2e-3)}  # as test_mamba_fused
 
 
@@ -34,16 +37,22 @@ def random_state(model, batch, dtype, seed=1):
             for layer in model.init_state(batch, dtype=dtype)]
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("batch,n_layers,layer_args", [
     (1, 2, {}),
     (3, 3, {"bias": True, "d_state": 16}),
     (5, 1, {"d_conv": 1, "conv_bias": False}),        # no conv state
     (2, 2, {"d_conv": 2, "expand": 3, "dt_rank": 3}),  # D_inner not a multiple of the C++ block (64)
+    (13, 2, {"bias": True}),                           # two whole 6-row blocks of the packed matmul and one row
 ])
-def test_cpp_lm_step_matches_reference_over_many_tokens(dtype, batch, n_layers, layer_args):
+def test_cpp_lm_step_matches_reference_over_many_tokens(dtype, batch, n_layers, layer_args, packed):
     model = make_model(dtype, n_layers=n_layers, d_model=24 if layer_args.get("expand") == 3 else 12, **layer_args)
     w = model._mamba_lm_step_weights()
+    if packed:
+        w = lm_step_op.pack_weights(w)
+        # float32 only (and only where this CPU has the SIMD kernel); float64 steps multiply with ATen
+        assert (w.packed is None) == (dtype == torch.float64 or not HAS_PANELS)
     ref = got = random_state(model, batch, dtype)
     token = torch.arange(batch) % model.vocab_size
     with torch.no_grad():
@@ -114,6 +123,53 @@ def test_prefill_gives_forwards_last_logits_and_state():
     for layer_got, layer_want in zip(prefill_state, state):
         for a, b in zip(layer_got, layer_want):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 8, 21])
+def test_prefill_in_pieces_equals_one_call(rows, monkeypatch):
+    # Mamba.prefill_rows rows (batch x length) per call: pieces of 1, 2, 4 and 10 tokens for a batch of 2
+    model = make_model(torch.float64, n_layers=3)
+    ids = torch.randint(0, model.vocab_size, (2, 11), generator=torch.Generator().manual_seed(0))
+    calls = []
+    hidden = model._hidden
+    monkeypatch.setattr(model, "_hidden", lambda ids, *a: calls.append(ids.shape[1]) or hidden(ids, *a))
+    with torch.no_grad():
+        monkeypatch.setattr(Mamba, "prefill_rows", None)
+        want_logits, want = model._prefill(ids)
+        monkeypatch.setattr(Mamba, "prefill_rows", rows)
+        logits, got = model._prefill(ids)
+    piece = max(1, rows // 2)
+    assert calls == [11] + [min(piece, 11 - start) for start in range(0, 11, piece)]
+    torch.testing.assert_close(logits, want_logits, rtol=1e-12, atol=1e-12)
+    for layer_got, layer_want in zip(got, want):
+        for a, b in zip(layer_got, layer_want):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not HAS_PANELS, reason="no SIMD matmul kernel for this CPU")
+@pytest.mark.parametrize("m,n,k", [(1, 37, 5), (6, 16, 1), (7, 1024, 256), (13, 17, 16), (16, 48, 512), (0, 5, 3)])
+def test_packed_matmul_matches_float64(m, n, k):
+    g = torch.Generator().manual_seed(m * 1000 + n)
+    w, x = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g)
+    panels = extension().pack_panels(w)
+    got = extension().packed_linear(x, panels, w)
+    # float32 products summed in float32 over k terms: within k ulps of |x| |w|
+    bound = k * torch.finfo(torch.float32).eps * (x.abs().double() @ w.abs().double().T) + 1e-30
+    assert got.shape == (m, n)
+    assert ((got.double() - x.double() @ w.double().T).abs() <= bound).all()
+
+
+def test_packed_weights_of_another_model_are_refused():
+    model, other = make_model(torch.float32), make_model(torch.float32, d_model=16)
+    w = model._mamba_lm_step_weights()
+    w_other = lm_step_op.pack_weights(other._mamba_lm_step_weights())
+    if w_other.packed is None:
+        pytest.skip("no SIMD matmul kernel for this CPU")
+    state = random_state(model, 2, torch.float32)
+    with torch.no_grad(), pytest.raises(ValueError, match="packed weights do not match"):
+        mamba_lm_step_cpp(torch.tensor([1, 2]), state, w._replace(packed=w_other.packed))
+    with torch.no_grad(), pytest.raises(ValueError, match="panels must be empty or hold 4 per layer"):
+        mamba_lm_step_cpp(torch.tensor([1, 2]), state, w._replace(packed=w_other.packed[:3]))
 
 
 def test_dispatch_choice():

@@ -37,6 +37,7 @@
 #pragma GCC target("prefer-vector-width=512")
 #endif
 
+#include "cpu_gemm.h"
 #include "cpu_math.h"
 
 namespace {
@@ -672,6 +673,64 @@ void linear_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const
   }
 }
 
+// ---- packed weights for the decode step (cpu_gemm.h) -----------------------------------------------
+// W (N, K) float32 -> its column panels (panel count, K, panel width); an empty tensor where this build
+// has no SIMD kernel (the step then multiplies with ATen).
+at::Tensor pack_panels(at::Tensor w) {
+  if (w.dim() != 2 || w.scalar_type() != at::kFloat) throw pybind11::value_error("pack_panels: w must be a 2-D float32 tensor");
+#if defined(SSMZOO_SIMD_F)
+  w = w.contiguous();
+  auto out = at::empty({ssmzoo_cpu::panel_count(w.size(0)), w.size(1), ssmzoo_cpu::kPanelWidth}, w.options());
+  ssmzoo_cpu::pack_panels(w.data_ptr<float>(), w.size(0), w.size(1), out.data_ptr<float>());
+  return out;
+#else
+  return w.new_empty({0});
+#endif
+}
+
+// Whether `panels` is W's packing for this build (a wrong one is an error, not a wrong result).
+bool has_panels(const at::Tensor& panels, const at::Tensor& w) {
+  if (!panels.defined() || panels.numel() == 0) return false;
+#if defined(SSMZOO_SIMD_F)
+  if (panels.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && panels.is_contiguous() &&
+      panels.dim() == 3 && panels.size(0) == ssmzoo_cpu::panel_count(w.size(0)) && panels.size(1) == w.size(1) &&
+      panels.size(2) == ssmzoo_cpu::kPanelWidth)
+    return true;
+#endif
+  throw pybind11::value_error("packed weights do not match their matrix (shape " + std::to_string(w.size(0)) + " x " +
+                             std::to_string(w.size(1)) + "); pack them again with pack_panels");
+}
+
+// out (=|+=) x Wᵀ (+ b): from W's panels where given, else ATen. x's rows may be strided (a column
+// range of a wider matrix); out is contiguous.
+void project(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const at::Tensor& panels, const at::Tensor& b,
+             bool accumulate) {
+#if defined(SSMZOO_SIMD_F)
+  if (has_panels(panels, w) && x.stride(1) == 1) {
+    ssmzoo_cpu::packed_gemm(x.data_ptr<float>(), x.stride(0), x.size(0), x.size(1), panels.data_ptr<float>(), w.size(0),
+                            out.data_ptr<float>(), accumulate);
+    if (b.numel() > 0) out.add_(b);
+    return;
+  }
+#endif
+  if (accumulate) {
+    out.addmm_(x, w.t());
+    if (b.numel() > 0) out.add_(b);
+  } else {
+    linear_out(out, x, w, b);
+  }
+}
+
+// x (M, K) float32 times the matrix packed in `panels` (n rows): the kernel alone, for its tests.
+at::Tensor packed_linear(at::Tensor x, at::Tensor panels, at::Tensor w) {
+  if (x.dim() != 2 || x.scalar_type() != at::kFloat || x.size(1) != w.size(1))
+    throw pybind11::value_error("packed_linear: x must be a float32 (rows, K) tensor with w's K columns");
+  auto out = at::empty({x.size(0), w.size(0)}, x.options());
+  x = x.stride(1) == 1 ? x : x.contiguous();
+  project(out, x, w, panels, w.new_empty({0}), false);
+  return out;
+}
+
 // ---- one token (generation) ----------------------------------------------------------------------
 // The formulas are the layer's PyTorch step (ops/mamba_step/reference.py) with the vectorisable exp,
 // softplus and sigmoid of cpu_math.h that the forward kernels use, so step and forward agree to
@@ -681,6 +740,7 @@ void linear_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const
 // A layer's weights; optional biases are empty tensors.
 struct LayerWeights {
   at::Tensor in_w, in_b, conv_w, conv_b, xproj_w, dt_w, dt_b, A_log, Dskip, out_w, out_b;
+  at::Tensor in_p, xproj_p, dt_p, out_p;  // the matrices' panels (pack_panels), or empty: ATen multiplies
 };
 
 // Scratch of one step, reused by every layer of a model step.
@@ -821,8 +881,9 @@ void layer_step(const at::Tensor& conv_state, const at::Tensor& h, const LayerWe
                         D, W, s.u.data_ptr<T>(), new_conv.data_ptr<T>());
     neg_exp<T>(w.A_log.data_ptr<T>(), D * N, s.A.data_ptr<T>());
   });
-  at::mm_out(s.xdbl, s.u, w.xproj_w.t());                   // (B, R + 2N)
-  at::mm_out(s.dtr, s.xdbl.narrow(1, 0, R), w.dt_w.t());    // (B, D), before its bias
+  const auto none = s.u.new_empty({0});
+  project(s.xdbl, s.u, w.xproj_w, w.xproj_p, none, false);                 // (B, R + 2N)
+  project(s.dtr, s.xdbl.narrow(1, 0, R), w.dt_w, w.dt_p, none, false);     // (B, D), before its bias
   AT_DISPATCH_FLOATING_TYPES(s.xz.scalar_type(), "mamba_step_scan", [&] {
     using T = scalar_t;
     step_scan_kernel<T>(s.xz.data_ptr<T>(), s.u.data_ptr<T>(), s.xdbl.data_ptr<T>(), s.xdbl.size(1), R,
@@ -882,7 +943,7 @@ void rms_norm_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight
 // tensors for absent biases). Returns [logits (B, vocab), conv_state_0, h_0, conv_state_1, ...].
 std::vector<at::Tensor> lm_step(at::Tensor token, std::vector<std::vector<at::Tensor>> states, at::Tensor embedding,
                                 std::vector<std::vector<at::Tensor>> layers, at::Tensor norm_f_w, at::Tensor head_w,
-                                double eps) {
+                                double eps, std::vector<at::Tensor> panels) {
   check_arg(token.dim() == 1 && token.size(0) > 0, "token must be a non-empty (batch,) tensor");
   check_arg(states.size() == layers.size(), "state must have one entry per layer");
   check_arg(embedding.dim() == 2 && embedding.is_contiguous(), "embedding must be a contiguous (vocab, d_model) tensor");
@@ -892,6 +953,10 @@ std::vector<at::Tensor> lm_step(at::Tensor token, std::vector<std::vector<at::Te
   auto same = [&](const at::Tensor& t) { return t.scalar_type() == dtype && t.is_contiguous(); };
   check_arg(same(norm_f_w) && norm_f_w.numel() == C, "norm_f weight must be a contiguous (d_model,) tensor");
   check_arg(same(head_w) && head_w.dim() == 2 && head_w.size(1) == C, "lm_head weight must be (vocab, d_model)");
+  check_arg(panels.empty() || panels.size() == 4 * layers.size() + 1,
+            "panels must be empty or hold 4 per layer (in_proj, x_proj, dt_proj, out_proj) and the head's");
+  const auto no_panels = embedding.new_empty({0});
+  auto panel = [&](size_t i) { return panels.empty() ? no_panels : panels[i]; };
   auto ids = token.to(at::kLong).contiguous();
   const int64_t* idp = ids.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b) check_arg(idp[b] >= 0 && idp[b] < V, "token ids must lie in [0, vocab)");
@@ -903,7 +968,8 @@ std::vector<at::Tensor> lm_step(at::Tensor token, std::vector<std::vector<at::Te
     check_arg(l.size() == 12, "each layer needs 12 weights" + at_layer);
     for (const auto& t : l) check_arg(t.numel() == 0 || same(t), "weights must be contiguous and of one dtype" + at_layer);
     check_arg(l[0].numel() == C, "norm weight must be (d_model,)" + at_layer);
-    const LayerWeights w{l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8], l[9], l[10], l[11]};
+    const LayerWeights w{l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8], l[9], l[10], l[11],
+                         panel(4 * i), panel(4 * i + 1), panel(4 * i + 2), panel(4 * i + 3)};
     const int64_t D = w.conv_w.size(0), W = w.conv_w.size(1), N = w.A_log.size(1), R = w.dt_w.size(1);
     check_arg(w.in_w.dim() == 2 && w.in_w.size(0) == 2 * D && w.in_w.size(1) == C, "in_proj must be (2 D, d_model)" + at_layer);
     check_arg(w.xproj_w.dim() == 2 && w.xproj_w.size(0) == R + 2 * N && w.xproj_w.size(1) == D,
@@ -929,15 +995,15 @@ std::vector<at::Tensor> lm_step(at::Tensor token, std::vector<std::vector<at::Te
     const int64_t D = w.conv_w.size(0), W = w.conv_w.size(1), N = w.A_log.size(1), R = w.dt_w.size(1);
     if (!s || s->u.size(1) != D || s->A.size(1) != N || s->xdbl.size(1) != R + 2 * N) s.reset(new StepScratch(B, D, N, R, opts));
     rms_norm_out(normed, x, layers[i][0], eps);
-    linear_out(s->xz, normed, w.in_w, w.in_b);
+    project(s->xz, normed, w.in_w, w.in_p, w.in_b, false);
     out[1 + 2 * i] = at::empty({B, D, W - 1}, opts);
     out[2 + 2 * i] = at::empty({B, D, N}, opts);
     layer_step(states[i][0], states[i][1], w, *s, out[1 + 2 * i], out[2 + 2 * i]);
-    x.addmm_(s->y, w.out_w.t());  // x += y out_projᵀ
-    if (w.out_b.numel() > 0) x.add_(w.out_b);
+    project(x, s->y, w.out_w, w.out_p, w.out_b, true);  // x += y out_projᵀ (+ bias)
   }
   rms_norm_out(normed, x, norm_f_w, eps);
-  out[0] = at::mm(normed, head_w.t());
+  out[0] = at::empty({B, head_w.size(0)}, opts);
+  project(out[0], normed, head_w, panel(panels.empty() ? 0 : panels.size() - 1), no_panels, false);
   return out;
 }
 
@@ -950,4 +1016,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_backward", &scan_backward, "its backward (CPU)");
   m.def("step", &step, "one token of the Mamba layer (CPU)");
   m.def("lm_step", &lm_step, "one token of a Mamba language model: embedding, layers, norm, head (CPU)");
+  m.def("pack_panels", &pack_panels, "a float32 matrix (N, K) packed for the decode step's matmuls (CPU)");
+  m.def("packed_linear", &packed_linear, "x Wᵀ from W's packed panels (the decode step's kernel; CPU)");
 }

@@ -129,6 +129,9 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
 
     Class attributes a subclass may override:
       ``supported_dtypes``: the floating dtypes its ops accept; others get a ``ValueError``.
+      ``prefill_rows``: how many (batch x length) rows one forward call should take when a model prefills a
+      long prompt: the prompt then runs in pieces, each continuing from the last one's state (exact by the
+      contract). None: the whole prompt in one call.
     Instance attribute:
       ``causal``: True when the output at t depends only on inputs up to t; set in ``__init__``
       (a layer with ``bidirectional=True`` is not causal).
@@ -136,6 +139,7 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
 
     registry_name: ClassVar[str] = ""
     supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32, torch.float64)
+    prefill_rows: ClassVar[int | None] = None
 
     def __init__(self, d_model: int, causal: bool = True) -> None:
         super().__init__()

@@ -105,6 +105,10 @@ class Mamba(SequenceLayer):
     """
 
     supported_dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    # A 16 x 1,024 prompt in 4 pieces prefilled 20-25% faster than in one call on a 2-core CPU: its
+    # (rows, 2 D_inner) activations were fresh memory every call (150,000 page faults), the pieces' are reused
+    # and stay in cache; the peak memory is a quarter.
+    prefill_rows = 4096
 
     def __init__(
         self,

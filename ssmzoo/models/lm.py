@@ -223,8 +223,14 @@ class LanguageModel(GenerationMixin, nn.Module):
         return self.lm_head(self.norm_f(x)), new_state
 
     def _prefill(self, input_ids: Tensor) -> tuple[Tensor, list[Any]]:
-        # generate needs the last position's logits only: the final norm and the head run on that one.
-        x, state = self._hidden(input_ids, None, True, None, {})
+        # generate needs the last position's logits only: the final norm and the head run on that one. A long
+        # prompt runs in pieces of about the layers' prefill_rows (batch x length) rows, state carried over.
+        rows = [block.mixer.prefill_rows for block in self.layers]
+        batch, length = input_ids.shape
+        piece = length if None in rows else max(1, min(rows) // batch)
+        state = None
+        for start in range(0, length, piece):
+            x, state = self._hidden(input_ids[:, start:start + piece], state, True, None, {})
         return self.lm_head(self.norm_f(x[:, -1])), state
 
     def _decode(self, token: Tensor, state: list[Any]) -> tuple[Tensor, list[Any]]:
@@ -242,6 +248,8 @@ class LanguageModel(GenerationMixin, nn.Module):
         pytorch_step = any(b.mixer.mamba_inner_backend in ("unfused", "reference") for b in self.layers)
         backend = self.decode_backend if self.decode_backend is not None else ("reference" if pytorch_step else None)
         lm_step_op.dispatch.check_name(backend, "LanguageModel", "decode_backend")
+        if backend != "reference":
+            weights = lm_step_op.pack_weights(weights)  # the C++ step's matmul layout, once per generate call
         return lambda token, state: lm_step_op.mamba_lm_step(token, state, weights, backend=backend)
 
     def _decode_blocks(self, token: Tensor, state: list[Any]) -> tuple[Tensor, list[Any]]:

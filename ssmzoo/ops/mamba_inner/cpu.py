@@ -19,7 +19,7 @@ MAX_STATE = 256  # the C++ kernels' stack arrays for the state
 
 
 def extension() -> ModuleType | None:
-    return load_cpu_extension("ssmzoo_mamba_cpu", "mamba_cpu.cpp", headers=("cpu_math.h",))
+    return load_cpu_extension("ssmzoo_mamba_cpu", "mamba_cpu.cpp", headers=("cpu_math.h", "cpu_gemm.h"))
 
 
 def available() -> bool:

@@ -15,7 +15,7 @@ from ..mamba_inner import MambaInnerWeights, State
 from ..mamba_inner import available as cpp_available
 from ..mamba_inner.cpu import MAX_STATE
 from ..mamba_step.reference import MambaStepWeights
-from .cpu import mamba_lm_step_cpp
+from .cpu import mamba_lm_step_cpp, pack_weights
 from .reference import MambaLMStepWeights, mamba_lm_step_reference
 
 
@@ -64,4 +64,5 @@ def mamba_lm_step(token: Tensor, state: list[State], weights: MambaLMStepWeights
     return dispatch.choose(backend, request).fn(token, state, weights)
 
 
-__all__ = ["MambaLMStepWeights", "dispatch", "mamba_lm_step", "mamba_lm_step_cpp", "mamba_lm_step_reference"]
+__all__ = ["MambaLMStepWeights", "dispatch", "mamba_lm_step", "mamba_lm_step_cpp", "mamba_lm_step_reference",
+           "pack_weights"]

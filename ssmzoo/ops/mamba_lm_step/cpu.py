@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ..mamba_inner import State
 from ..mamba_inner.cpu import extension
 from .reference import MambaLMStepWeights
+
+
+def pack_weights(w: MambaLMStepWeights) -> MambaLMStepWeights:
+    """``w`` with ``packed`` filled in for the C++ backend (float32 on CPU, where the extension builds and
+    has a SIMD kernel for this CPU); otherwise ``w`` unchanged. Costs one copy of the matrices: do it once
+    per sequence of steps (generate does it once per call)."""
+    ext = extension()
+    if ext is None or w.embedding.device.type != "cpu" or w.embedding.dtype != torch.float32:
+        return w
+    mats = [m for layer in w.layers for m in (layer.in_proj_weight, layer.inner.x_proj_weight,
+                                                layer.inner.dt_proj_weight, layer.out_proj_weight)]
+    mats.append(w.lm_head_weight)
+    if any(m.dtype != torch.float32 or m.device.type != "cpu" or m.dim() != 2 for m in mats):
+        return w
+    with torch.no_grad():
+        packed = tuple(ext.pack_panels(m.detach()) for m in mats)
+    return w if any(p.numel() == 0 for p in packed) else w._replace(packed=packed)
 
 
 def mamba_lm_step_cpp(token: Tensor, state: list[State], w: MambaLMStepWeights) -> tuple[Tensor, list[State]]:
@@ -18,5 +36,6 @@ def mamba_lm_step_cpp(token: Tensor, state: list[State], w: MambaLMStepWeights) 
                opt(l.inner.D), opt(l.out_proj_weight), opt(l.out_proj_bias)]
               for norm, l in zip(w.norm_weights, w.layers)]
     out = extension().lm_step(token, [[s[0].contiguous(), s[1].contiguous()] for s in state], w.embedding.contiguous(),
-                              layers, w.norm_f_weight.contiguous(), w.lm_head_weight.contiguous(), float(w.eps))
+                              layers, w.norm_f_weight.contiguous(), w.lm_head_weight.contiguous(), float(w.eps),
+                              list(w.packed) if w.packed is not None else [])
     return out[0], [(out[1 + 2 * i], out[2 + 2 * i]) for i in range(len(layers))]

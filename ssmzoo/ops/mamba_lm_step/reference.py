@@ -24,6 +24,10 @@ class MambaLMStepWeights(NamedTuple):
     norm_f_weight: Tensor                  # (d_model,)
     lm_head_weight: Tensor                 # (vocab, d_model)
     eps: float
+    # The C++ backend's copies of the matrices packed for its decode matmuls (``pack_weights``: per layer
+    # in_proj, x_proj, dt_proj, out_proj, then the head), or None (it multiplies with ATen). A snapshot:
+    # pack again after changing the weights. The reference ignores it.
+    packed: tuple[Tensor, ...] | None = None
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
