@@ -248,9 +248,7 @@ class LanguageModel(GenerationMixin, nn.Module):
         pytorch_step = any(b.mixer.mamba_inner_backend in ("unfused", "reference") for b in self.layers)
         backend = self.decode_backend if self.decode_backend is not None else ("reference" if pytorch_step else None)
         lm_step_op.dispatch.check_name(backend, "LanguageModel", "decode_backend")
-        if backend != "reference":
-            weights = lm_step_op.pack_weights(weights)  # the C++ step's matmul layout, once per generate call
-        return lambda token, state: lm_step_op.mamba_lm_step(token, state, weights, backend=backend)
+        return lm_step_op.mamba_lm_stepper(weights, backend=backend)  # chosen and prepared once per generate call
 
     def _decode_blocks(self, token: Tensor, state: list[Any]) -> tuple[Tensor, list[Any]]:
         x = self.embedding(token)

@@ -7,6 +7,8 @@ call, no gradient, CPU float32/float64), ``reference`` (reference.py: the PyTorc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -15,7 +17,7 @@ from ..mamba_inner import MambaInnerWeights, State
 from ..mamba_inner import available as cpp_available
 from ..mamba_inner.cpu import MAX_STATE
 from ..mamba_step.reference import MambaStepWeights
-from .cpu import mamba_lm_step_cpp, pack_weights
+from .cpu import cpp_stepper, mamba_lm_step_cpp, pack_weights
 from .reference import MambaLMStepWeights, mamba_lm_step_reference
 
 
@@ -55,14 +57,40 @@ def mamba_lm_step(token: Tensor, state: list[State], weights: MambaLMStepWeights
         got = f"{len(state)} entries" if isinstance(state, (list, tuple)) else type(state).__name__
         raise ValueError(f"mamba_lm_step: state must hold one (conv_state, ssm_state) per layer "
                          f"({len(weights.layers)}), got {got}")
+    return dispatch.choose(backend, _request(weights, state)).fn(token, state, weights)
+
+
+def _request(weights: MambaLMStepWeights, state: list[State] | None) -> Request:
     emb = weights.embedding
-    request = Request(emb.device, emb.dtype, initial_state=True, final_state=True,
-                      grad=grad_needed(state, tuple(weights.norm_weights), tuple(map(tuple, weights.layers)),
-                                       tuple(tuple(layer.inner) for layer in weights.layers), emb,
-                                       weights.norm_f_weight, weights.lm_head_weight),
-                      facts=(("d_state", max(layer.inner.A_log.shape[1] for layer in weights.layers)),))
-    return dispatch.choose(backend, request).fn(token, state, weights)
+    return Request(emb.device, emb.dtype, initial_state=True, final_state=True,
+                   grad=grad_needed(state, tuple(weights.norm_weights), tuple(map(tuple, weights.layers)),
+                                    tuple(tuple(layer.inner) for layer in weights.layers), emb,
+                                    weights.norm_f_weight, weights.lm_head_weight),
+                   facts=(("d_state", max(layer.inner.A_log.shape[1] for layer in weights.layers)),))
+
+
+def mamba_lm_stepper(weights: MambaLMStepWeights, *, backend: str | None = None
+                     ) -> Callable[[Tensor, list[State]], tuple[Tensor, list[State]]]:
+    """``step(token, state) -> (logits, next state)``, ``mamba_lm_step`` with the backend chosen and the weights
+    prepared once (the C++ backend's packed matrices and argument lists): a decode loop's step, where choosing
+    per call cost as much as a small model's whole token (about 0.17 ms). The weights are a snapshot: make a
+    new stepper after changing them. With autograd recording, each call goes through ``mamba_lm_step``."""
+    chosen = dispatch.choose(backend, _request(weights, None))
+    if chosen.name == "cpp":
+        fast = cpp_stepper(pack_weights(weights))
+    else:
+        fast = lambda token, state: chosen.fn(token, state, weights)  # noqa: E731
+
+    def step(token: Tensor, state: list[State]) -> tuple[Tensor, list[State]]:
+        if torch.is_grad_enabled():  # the state may need gradients the C++ backend cannot give
+            return mamba_lm_step(token, state, weights, backend=backend)
+        if len(state) != len(weights.layers):
+            raise ValueError(f"mamba_lm_step: state must hold one (conv_state, ssm_state) per layer "
+                             f"({len(weights.layers)}), got {len(state)} entries")
+        return fast(token, state)
+
+    return step
 
 
 __all__ = ["MambaLMStepWeights", "dispatch", "mamba_lm_step", "mamba_lm_step_cpp", "mamba_lm_step_reference",
-           "pack_weights"]
+           "mamba_lm_stepper", "pack_weights"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -27,15 +29,25 @@ def pack_weights(w: MambaLMStepWeights) -> MambaLMStepWeights:
     return w if any(p.numel() == 0 for p in packed) else w._replace(packed=packed)
 
 
-def mamba_lm_step_cpp(token: Tensor, state: list[State], w: MambaLMStepWeights) -> tuple[Tensor, list[State]]:
-    """Same formulas as the reference; the states passed in are not modified."""
+def cpp_stepper(w: MambaLMStepWeights) -> Callable[[Tensor, list[State]], tuple[Tensor, list[State]]]:
+    """``mamba_lm_step_cpp`` with the weights' argument lists built once: the step takes (token, state)."""
     empty = w.embedding.new_empty(0)
     opt = lambda t: empty if t is None else t.contiguous()  # noqa: E731
     layers = [[opt(norm), opt(l.in_proj_weight), opt(l.in_proj_bias), opt(l.inner.conv_weight), opt(l.inner.conv_bias),
                opt(l.inner.x_proj_weight), opt(l.inner.dt_proj_weight), opt(l.inner.dt_proj_bias), opt(l.inner.A_log),
                opt(l.inner.D), opt(l.out_proj_weight), opt(l.out_proj_bias)]
               for norm, l in zip(w.norm_weights, w.layers)]
-    out = extension().lm_step(token, [[s[0].contiguous(), s[1].contiguous()] for s in state], w.embedding.contiguous(),
-                              layers, w.norm_f_weight.contiguous(), w.lm_head_weight.contiguous(), float(w.eps),
-                              list(w.packed) if w.packed is not None else [])
-    return out[0], [(out[1 + 2 * i], out[2 + 2 * i]) for i in range(len(layers))]
+    rest = (w.embedding.contiguous(), layers, w.norm_f_weight.contiguous(), w.lm_head_weight.contiguous(), float(w.eps),
+            list(w.packed) if w.packed is not None else [])
+    lm_step, n = extension().lm_step, len(layers)
+
+    def step(token: Tensor, state: list[State]) -> tuple[Tensor, list[State]]:
+        out = lm_step(token, [[s[0].contiguous(), s[1].contiguous()] for s in state], *rest)
+        return out[0], [(out[1 + 2 * i], out[2 + 2 * i]) for i in range(n)]
+
+    return step
+
+
+def mamba_lm_step_cpp(token: Tensor, state: list[State], w: MambaLMStepWeights) -> tuple[Tensor, list[State]]:
+    """Same formulas as the reference; the states passed in are not modified."""
+    return cpp_stepper(w)(token, state)
