@@ -102,6 +102,25 @@ def test_chunked_continuation(variant, split):
     torch.testing.assert_close(y0, y, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("variant", CAUSAL, ids=ids)
+@pytest.mark.parametrize("grad", [False, True])
+def test_final_state_is_forwards_state(variant, grad):
+    layer = make(*variant)
+    x = rand(2, 17)
+    _, s1 = layer(x[:, :6], return_state=True)
+    with torch.set_grad_enabled(grad):
+        _, want = layer(x[:, 6:], state=s1, return_state=True)
+        got = layer.final_state(x[:, 6:], s1)
+        fresh_want, fresh = layer(x, return_state=True)[1], layer.final_state(x)
+    for a, b in list(zip(_flat(got), _flat(want))) + list(zip(_flat(fresh), _flat(fresh_want))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    if grad:  # and it is differentiable: the state's gradient reaches the input
+        xg = x.clone().requires_grad_()
+        states = [torch.view_as_real(t) if t.is_complex() else t for t in _flat(layer.final_state(xg))]
+        sum(t.sum() for t in states if t.is_floating_point()).backward()
+        assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=ids)
 def test_gradients_reach_every_parameter(variant):
     layer = make(*variant).train()
@@ -156,6 +175,8 @@ def test_bidirectional_cannot_stream(variant):
         layer.step(rand(2, 1)[:, 0], None)
     with pytest.raises(ValueError, match="bidirectional"):
         layer(rand(2, 5), return_state=True)
+    with pytest.raises(ValueError, match="bidirectional"):
+        layer.final_state(rand(2, 5))
 
 
 @pytest.mark.parametrize("variant", BIDIRECTIONAL, ids=ids)

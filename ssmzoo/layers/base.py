@@ -213,6 +213,15 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
         self._check_state(state, x_t)
         return self._step(x_t, state)
 
+    def final_state(self, x: Tensor, state: State | None = None) -> State:
+        """The state after x: ``forward(x, state, return_state=True)[1]``, skipping the output where the layer
+        can (generation's prefill needs only the last layer's state and its last position's output)."""
+        self._require_causal("final_state")
+        self._check_sequence(x)
+        if state is not None:
+            self._check_state(state, x)
+        return self._final_state(x, state)
+
     # -- what subclasses implement ------------------------------------------------------------
     @abc.abstractmethod
     def _forward(
@@ -220,6 +229,10 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
     ) -> tuple[Tensor, State | None]:
         """Map x (batch, length, d_model) to (y, final state); inputs are already validated. The final
         state may be None unless ``return_state`` (layers whose final state is costly skip it then)."""
+
+    def _final_state(self, x: Tensor, state: State | None) -> State:
+        """``final_state`` from validated input; a layer whose state costs less than its output overrides it."""
+        return self._forward(x, state, None, True)[1]
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> State:
         raise NotImplementedError(f"{self._name} is causal but does not implement _init_state")

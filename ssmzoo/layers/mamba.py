@@ -17,6 +17,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modules.checks import check_bool, check_choice, check_float, check_int
@@ -201,6 +202,26 @@ class Mamba(SequenceLayer):
             y_rev, _, _ = self._ssm(self.backward, reverse_padded(xz, lengths), None, None, False)
             y = y + reverse_padded(y_rev, lengths)
         return self.out_proj(y), new_state
+
+    def _final_state(self, x: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        # Only x's half of in_proj and no out_proj: about half the layer's matmuls. z = 0 makes the discarded
+        # output 0 (the fused kernel always writes one).
+        d, batch, length = self.d_inner, x.shape[0], x.shape[1]
+        w, b = self.in_proj.weight[:d], self.in_proj.bias
+        b = None if b is None else b[:d]
+        if torch.is_grad_enabled():  # out= below has no autograd
+            xz = torch.cat([F.linear(x, w, b), x.new_zeros(batch, length, d)], -1)
+        else:  # x's half written in place: no copy, no concatenation
+            xz = x.new_empty(batch, length, 2 * d)
+            flat, x2 = xz.view(batch * length, 2 * d), x.reshape(batch * length, self.d_model)
+            if b is None:
+                torch.mm(x2, w.t(), out=flat[:, :d])
+            else:
+                torch.addmm(b, x2, w.t(), out=flat[:, :d])
+            flat[:, d:].zero_()
+        conv_state, ssm_state = state if state is not None else (None, None)
+        _, conv_state, ssm_state = self._ssm(self, xz, conv_state, ssm_state, True)
+        return conv_state, ssm_state
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)

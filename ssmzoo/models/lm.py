@@ -223,15 +223,30 @@ class LanguageModel(GenerationMixin, nn.Module):
         return self.lm_head(self.norm_f(x)), new_state
 
     def _prefill(self, input_ids: Tensor) -> tuple[Tensor, list[Any]]:
-        # generate needs the last position's logits only: the final norm and the head run on that one. A long
-        # prompt runs in pieces of about the layers' prefill_rows (batch x length) rows, state carried over.
+        """The last position's logits and every layer's state. Generate needs no other output, so the final norm
+        and the head run on the last position only, and so does the last block where its layer has a cheaper
+        ``final_state`` (the other positions only advance its state). A long prompt runs in pieces of about the
+        layers' ``prefill_rows`` (batch x length) rows, the state carried over."""
         rows = [block.mixer.prefill_rows for block in self.layers]
         batch, length = input_ids.shape
         piece = length if None in rows else max(1, min(rows) // batch)
-        state = None
-        for start in range(0, length, piece):
-            x, state = self._hidden(input_ids[:, start:start + piece], state, True, None, {})
-        return self.lm_head(self.norm_f(x[:, -1])), state
+        *blocks, last = self.layers
+        split_last = type(last.mixer)._final_state is not SequenceLayer._final_state
+        states: list[Any] = [None] * len(self.layers)
+        with input_checks(False):  # the prompt was checked once
+            for start in range(0, length, piece):
+                x = self.embedding(input_ids[:, start:start + piece])
+                for i, block in enumerate(blocks):
+                    x, states[i] = block(x, states[i], True, None, {})
+                final = start + piece >= length
+                if not final or split_last:
+                    head = x[:, :-1] if final else x
+                    if head.shape[1]:
+                        states[-1] = last.mixer.final_state(last.norm(head), states[-1])
+                    x = x[:, -1:] if final else x
+                if final:
+                    x, states[-1] = last(x, states[-1], True, None, {})
+        return self.lm_head(self.norm_f(x[:, -1])), states
 
     def _decode(self, token: Tensor, state: list[Any]) -> tuple[Tensor, list[Any]]:
         return self._decoder()(token, state)

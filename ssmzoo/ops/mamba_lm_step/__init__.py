@@ -75,7 +75,8 @@ def mamba_lm_stepper(weights: MambaLMStepWeights, *, backend: str | None = None
     prepared once (the C++ backend's packed matrices and argument lists): a decode loop's step, where choosing
     per call cost as much as a small model's whole token (about 0.17 ms). The weights are a snapshot: make a
     new stepper after changing them. With autograd recording, each call goes through ``mamba_lm_step``."""
-    chosen = dispatch.choose(backend, _request(weights, None))
+    with torch.no_grad():  # the choice for calls without autograd: the only ones that use it
+        chosen = dispatch.choose(backend, _request(weights, None))
     if chosen.name == "cpp":
         fast = cpp_stepper(pack_weights(weights))
     else:
