@@ -721,7 +721,7 @@ void project(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const at
   }
 }
 
-// x (M, K) float32 times the matrix packed in `panels` (n rows): the kernel alone, for its tests.
+// x (M, K) float32 times Wᵀ from W's panels: the kernel alone, for its tests.
 at::Tensor packed_linear(at::Tensor x, at::Tensor panels, at::Tensor w) {
   if (x.dim() != 2 || x.scalar_type() != at::kFloat || x.size(1) != w.size(1))
     throw pybind11::value_error("packed_linear: x must be a float32 (rows, K) tensor with w's K columns");
@@ -1003,7 +1003,7 @@ std::vector<at::Tensor> lm_step(at::Tensor token, std::vector<std::vector<at::Te
   }
   rms_norm_out(normed, x, norm_f_w, eps);
   out[0] = at::empty({B, head_w.size(0)}, opts);
-  project(out[0], normed, head_w, panel(panels.empty() ? 0 : panels.size() - 1), no_panels, false);
+  project(out[0], normed, head_w, panel(4 * layers.size()), no_panels, false);
   return out;
 }
 

@@ -238,14 +238,13 @@ class LanguageModel(GenerationMixin, nn.Module):
                 x = self.embedding(input_ids[:, start:start + piece])
                 for i, block in enumerate(blocks):
                     x, states[i] = block(x, states[i], True, None, {})
-                final = start + piece >= length
-                if not final or split_last:
-                    head = x[:, :-1] if final else x
-                    if head.shape[1]:
-                        states[-1] = last.mixer.final_state(last.norm(head), states[-1])
-                    x = x[:, -1:] if final else x
-                if final:
-                    x, states[-1] = last(x, states[-1], True, None, {})
+                if start + piece < length:  # no output of this piece is used: the last block only advances
+                    states[-1] = last.mixer.final_state(last.norm(x), states[-1])
+                    continue
+                if split_last and x.shape[1] > 1:
+                    states[-1] = last.mixer.final_state(last.norm(x[:, :-1]), states[-1])
+                    x = x[:, -1:]
+                x, states[-1] = last(x, states[-1], True, None, {})
         return self.lm_head(self.norm_f(x[:, -1])), states
 
     def _decode(self, token: Tensor, state: list[Any]) -> tuple[Tensor, list[Any]]:

@@ -53,11 +53,15 @@ def mamba_lm_step(token: Tensor, state: list[State], weights: MambaLMStepWeights
     if len(weights.layers) != len(weights.norm_weights):
         raise ValueError(f"mamba_lm_step: weights has {len(weights.layers)} layers but {len(weights.norm_weights)} "
                          "norm_weights")
+    _check_state_count(state, weights)
+    return dispatch.choose(backend, _request(weights, state)).fn(token, state, weights)
+
+
+def _check_state_count(state: list[State], weights: MambaLMStepWeights) -> None:
     if not isinstance(state, (list, tuple)) or len(state) != len(weights.layers):
         got = f"{len(state)} entries" if isinstance(state, (list, tuple)) else type(state).__name__
         raise ValueError(f"mamba_lm_step: state must hold one (conv_state, ssm_state) per layer "
                          f"({len(weights.layers)}), got {got}")
-    return dispatch.choose(backend, _request(weights, state)).fn(token, state, weights)
 
 
 def _request(weights: MambaLMStepWeights, state: list[State] | None) -> Request:
@@ -85,9 +89,7 @@ def mamba_lm_stepper(weights: MambaLMStepWeights, *, backend: str | None = None
     def step(token: Tensor, state: list[State]) -> tuple[Tensor, list[State]]:
         if torch.is_grad_enabled():  # the state may need gradients the C++ backend cannot give
             return mamba_lm_step(token, state, weights, backend=backend)
-        if len(state) != len(weights.layers):
-            raise ValueError(f"mamba_lm_step: state must hold one (conv_state, ssm_state) per layer "
-                             f"({len(weights.layers)}), got {len(state)} entries")
+        _check_state_count(state, weights)
         return fast(token, state)
 
     return step
