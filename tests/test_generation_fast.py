@@ -11,6 +11,7 @@ from ssmzoo.models.lm import LanguageModel
 from ssmzoo.ops import mamba_lm_step as lm_step_op
 from ssmzoo.ops.dispatch import Request
 from ssmzoo.layers.mamba import Mamba
+from ssmzoo.layers.mamba2 import Mamba2
 from ssmzoo.ops.mamba_inner.cpu import extension
 from ssmzoo.ops.mamba_lm_step import mamba_lm_step, mamba_lm_step_cpp, mamba_lm_step_reference
 
@@ -128,17 +129,24 @@ def test_prefill_gives_forwards_last_logits_and_state():
             torch.testing.assert_close(a, b, **tol)
 
 
+@pytest.mark.parametrize("layer", ["mamba", "mamba2"])
 @pytest.mark.parametrize("rows", [1, 5, 8, 21])
-def test_prefill_in_pieces_equals_one_call(rows, monkeypatch):
-    # Mamba.prefill_rows rows (batch x length) per call: pieces of 1, 2, 4 and 10 tokens for a batch of 2
-    model = make_model(torch.float64, n_layers=3)
+def test_prefill_in_pieces_equals_one_call(rows, layer, monkeypatch):
+    # prefill_rows rows (batch x length) per call: pieces of 1, 2, 4 and 10 tokens for a batch of 2 (Mamba-2's
+    # chunk of 4 makes the pieces of 10 tokens end inside a chunk)
+    if layer == "mamba":
+        model, cls = make_model(torch.float64, n_layers=3), Mamba
+    else:
+        torch.manual_seed(0)
+        model = LanguageModel(37, 16, 3, layer="mamba2", layer_args={"d_state": 5, "headdim": 8, "chunk_size": 4})
+        model, cls = model.double().eval(), Mamba2
     ids = torch.randint(0, model.vocab_size, (2, 11), generator=torch.Generator().manual_seed(0))
     calls = []
     model.embedding.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))  # one per piece
     with torch.no_grad():
-        monkeypatch.setattr(Mamba, "prefill_rows", None)
+        monkeypatch.setattr(cls, "prefill_rows", None)
         want_logits, want = model._prefill(ids)
-        monkeypatch.setattr(Mamba, "prefill_rows", rows)
+        monkeypatch.setattr(cls, "prefill_rows", rows)
         logits, got = model._prefill(ids)
     piece = max(1, rows // 2)
     assert calls == [11] + [min(piece, 11 - start) for start in range(0, 11, piece)]

@@ -140,6 +140,9 @@ class Mamba2(SequenceLayer):
     """
 
     supported_dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    # As Mamba's: a 16 x 1,024 prompt of a 4-layer d_model 256 LM prefilled in 1,152 instead of 1,573 ms (2-core
+    # AMD EPYC, interleaved medians of 6) in pieces of 4,096 rows; 8,192-row pieces took 1,236 ms.
+    prefill_rows = 4096
 
     def __init__(
         self,
