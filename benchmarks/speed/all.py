@@ -453,6 +453,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default results/summary.md (quick: a file in the temp folder)")
     parser.add_argument("--s4-repo", type=Path, default=None,
                         help=f"a checkout of state-spaces/s4 (the S4D peer); default ${S4_REPO_VAR}")
+    parser.add_argument("--allocator", choices=("default", "keep"), default="default",
+                        help="keep: every worker calls ssmzoo.allocator.keep_freed_memory() first (both sides reuse "
+                             "freed memory without page faults, as under jemalloc); default: glibc as it comes")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.s4_repo is not None:
@@ -461,6 +464,11 @@ def main() -> None:
 
     if args.worker:  # a subprocess: time one case, or the memory of one implementation
         warnings.filterwarnings("ignore")
+        if args.allocator == "keep":
+            from ssmzoo.allocator import keep_freed_memory
+
+            if not keep_freed_memory():
+                raise SystemExit("--allocator keep: this platform's malloc has no mallopt (glibc only)")
         kind, key, *rest = args.worker
         case = BY_KEY[key]
         if args.threads is not None:
@@ -469,7 +477,8 @@ def main() -> None:
         print(json.dumps(out))
         return
 
-    quick_flag = (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
+    quick_flag = ((["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
+                  + ["--allocator", args.allocator])
     load_before, started = _load(), time.time()
     busy_before = _busy()
     rows = []
@@ -496,6 +505,11 @@ def main() -> None:
         f"torch {torch.__version__}; peers: " + ", ".join(f"{k} {v}" for k, v in peers.items())
         + f", state-spaces/s4 models/s4/s4d.py from {os.environ.get(S4_REPO_VAR, 'nowhere (not checked out)')}.",
         f"Load average (1/5/15 min) before: {load_before}; after: {load_after}; the run took {minutes:.1f} min.",
+        "Allocator: " + ("freed memory kept in the process for both sides (`--allocator keep`: "
+                         "ssmzoo.allocator.keep_freed_memory(), glibc's mmap and trim thresholds at 1 GiB)."
+                         if args.allocator == "keep" else
+                         "glibc's malloc as it comes (blocks above 32 MB mapped fresh on every allocation: page "
+                         "faults; `--allocator keep` removes them for both sides)."),
         *(["", "**⚠ Measured under load (1-minute load average above the core count): provisional figures, not "
             "results. Rerun on an idle machine.**"] if busy else []),
         f"Command: `python benchmarks/speed/all.py {' '.join(sys.argv[1:])}`".rstrip() + "",

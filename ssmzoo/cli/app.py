@@ -46,6 +46,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 import ssmzoo.data  # noqa: F401
 import ssmzoo.tasks  # noqa: F401
 
+from ..allocator import keep_freed_memory_from_env
 from ..data.commands import build_parser as build_data_parser
 from ..data.commands import main as data_main
 from .callbacks import LastCheckpoint, LoaderPosition, RNGStates
@@ -313,6 +314,7 @@ def run(args: list[str] | None = None) -> SsmzooCLI:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``ssmzoo`` console script."""
+    keep_freed_memory_from_env()  # this process is ours: large activations reused without page faults
     argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] == "data":
         data_main(argv[1:])

@@ -1,0 +1,64 @@
+"""ssmzoo.allocator: freed large blocks are reused without page faults once keep_freed_memory() ran."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ssmzoo import allocator
+
+# A fresh process each: the setting is process-wide and cannot be undone.
+FAULTS = textwrap.dedent("""
+    import resource, sys, torch
+    from ssmzoo.allocator import keep_freed_memory
+    def faults_per_alloc(n=64 * 2**18):  # 64 MB of float32
+        torch.ones(n)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            torch.ones(n)
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+    default = faults_per_alloc()
+    kept = keep_freed_memory()
+    print(default, kept, faults_per_alloc())
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_kept_memory_is_reused_without_page_faults():
+    out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True, timeout=300)
+    default, kept, after = out.stdout.split()
+    default, after = float(default), float(after)
+    assert kept == "True"
+    if default < 4096:  # a 64 MB block is 16,384 pages; fewer faults: the kernel maps huge pages already
+        pytest.skip(f"large blocks fault {default:.0f} times here: nothing to remove")
+    assert after < default / 4, (default, after)
+
+
+def test_threshold_is_checked():
+    for bad in (0, -1, 1 << 31, 2.5, True, "1"):
+        with pytest.raises(ValueError, match="threshold"):
+            allocator.keep_freed_memory(bad)
+
+
+def test_env_var_turns_the_cli_hook_off(monkeypatch):
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    for off in ("0", "false", "Off", " no "):
+        monkeypatch.setenv(allocator.ENV_VAR, off)
+        assert allocator.keep_freed_memory_from_env() is False
+    assert calls == []
+    monkeypatch.delenv(allocator.ENV_VAR)
+    assert allocator.keep_freed_memory_from_env() is True and calls == [1]
+
+
+def test_the_cli_keeps_freed_memory(monkeypatch):
+    from ssmzoo.cli import app
+
+    calls = []
+    monkeypatch.setattr(app, "keep_freed_memory_from_env", lambda: calls.append(1))
+    monkeypatch.setattr(app, "data_main", lambda argv: None)
+    app.main(["data"])
+    assert calls == [1]
