@@ -162,10 +162,13 @@ def test_resumed_run_tests_its_best_checkpoint_from_another_directory(setup, tmp
     assert 0.0 <= resumed.results["test_acc"] <= 1.0
 
 
-def test_last_checkpoint_is_the_final_state_even_between_validations(setup):
+def test_last_checkpoint_is_the_final_state_even_between_validations(setup, caplog):
     """Training ends at step 7, after the last validation (step 4): last.ckpt still holds step 7."""
     config, root = setup
-    cli = fit(config, root / "final", "--trainer.max_steps", "7", "--last_checkpoint.every_n_train_steps", "0")
+    with caplog.at_level("INFO"):
+        cli = fit(config, root / "final", "--trainer.max_steps", "7", "--last_checkpoint.every_n_train_steps", "0")
+    # every save says what it writes: Lightning logged "`weights_only` was not set" per save otherwise
+    assert not [r for r in caplog.records if "weights_only" in r.getMessage()]
     checkpoints = Path(cli.trainer.log_dir) / "checkpoints"
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 7
     best = [p.name for p in checkpoints.glob("best-*.ckpt")]
