@@ -357,22 +357,28 @@ def worker_time(case: Case, quick: bool, reps: int) -> dict:
     import torch
 
     torch.set_num_threads(case.threads)
-    runs, result = {}, {}
+    fns, result = {}, {}
     for impl in ("ours", "peer", "floor"):
         try:
-            runs[impl] = _timed(case.build(quick, impl))
+            fns[impl] = case.build(quick, impl)
         except PeerMissing as e:
             result[impl] = {"missing": str(e)}
+    result.update(time_interleaved(fns, reps))
+    return result
+
+
+def time_interleaved(fns: dict[str, Callable[[], None]], reps: int) -> dict[str, dict[str, float]]:
+    """Median, min and max seconds of each callable over ``reps`` rounds after one warm-up round, the order of
+    the callables reversed every other round."""
+    runs = {key: _timed(fn) for key, fn in fns.items()}
     for run in runs.values():  # warm-up: extension builds, allocator, peers' lazy setup
         run()
-    times: dict[str, list[float]] = {impl: [] for impl in runs}
+    times: dict[str, list[float]] = {key: [] for key in runs}
     for r in range(reps):
         order = list(runs) if r % 2 == 0 else list(reversed(list(runs)))
-        for impl in order:
-            times[impl].append(runs[impl]())
-    for impl, ts in times.items():
-        result[impl] = {"median": statistics.median(ts), "min": min(ts), "max": max(ts)}
-    return result
+        for key in order:
+            times[key].append(runs[key]())
+    return {key: {"median": statistics.median(ts), "min": min(ts), "max": max(ts)} for key, ts in times.items()}
 
 
 def worker_memory(case: Case, quick: bool, impl: str) -> dict:

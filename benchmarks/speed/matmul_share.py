@@ -6,7 +6,7 @@
 
 For each side of an ``all.py`` case, one fwd+bwd (or generate) call runs under a dispatch mode that records
 every matmul it issues (mm, bmm, addmm, baddbmm: shapes and count); those matmuls are then replayed alone on
-fresh random inputs of the same shapes, and timed interleaved with the whole call and all.py's floor. The
+fresh random inputs of the same shapes, and timed interleaved (all.py's `time_interleaved`) with the whole call and all.py's floor. The
 replay is the time the call spends in BLAS at the least, whatever its other code costs; against the peer's
 time it says which ratio a side can reach at all (peer time / replay) without issuing fewer matmul FLOPs.
 """
@@ -14,9 +14,7 @@ time it says which ratio a side can reach at all (peer time / replay) without is
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,16 +75,9 @@ def measure(name: str, reps: int, quick: bool = False) -> str:
         timed[impl], timed[f"{impl} matmuls"] = run, replay(recorder.calls)
         gflop[impl] = flops(recorder.calls) / 1e9
     timed["floor"] = case.build(quick, "floor")
-    times: dict[str, list[float]] = {k: [] for k in timed}
-    for fn in timed.values():
-        fn()
-    for _ in range(reps):
-        for key, fn in timed.items():
-            start = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    spread = {k: max(v) / min(v) - 1 for k, v in times.items()}
+    stats = speed.time_interleaved(timed, reps)
+    med = {k: v["median"] for k, v in stats.items()}
+    spread = {k: v["max"] / v["min"] - 1 for k, v in stats.items()}
     flag = lambda k: " ⚠" if spread[k] > speed.SPREAD_LIMIT else ""  # noqa: E731
     lines = [f"{case.quick_workload if quick else case.workload} ({case.threads} thread{'s' if case.threads > 1 else ''}, median of {reps})"]
     for impl in gflop:
