@@ -10,6 +10,8 @@ from .layers import (
     HSA,
     Mamba,
     Mamba2,
+    MemoryAsContext,
+    MemoryAsGate,
     MovingAverageResidual,
     NeuralMemory,
     SequenceLayer,
@@ -17,6 +19,7 @@ from .layers import (
     SWA,
 )
 from .models import MAC, MAG, MAL, LanguageModel, RAMba, SequenceModel, SpaceTime
+from .ops.segments import Segments
 
 __version__ = "0.1.0"
 
@@ -33,6 +36,8 @@ __all__ = [
     "HSA",
     "Mamba",
     "Mamba2",
+    "MemoryAsContext",
+    "MemoryAsGate",
     "MovingAverageResidual",
     "NeuralMemory",
     "SequenceLayer",
@@ -43,6 +48,7 @@ __all__ = [
     "MAG",
     "MAL",
     "RAMba",
+    "Segments",
     "SequenceModel",
     "SpaceTime",
     "__version__",

@@ -14,7 +14,9 @@ SMALL_ARGS: dict[str, dict] = {
     "neural_memory": dict(heads=2, memory_depth=2, chunk_size=4, conv_kernel=3),
     "mamba": dict(d_state=4, d_conv=3, expand=2),
     "hsa": dict(heads=2, kv_heads=1, retrieval_heads=2, chunk_size=4, top_k=2),
-    "swa": dict(heads=2, kv_heads=1, window=5),
+    "swa": dict(heads=2, kv_heads=1, window=5, persistent_tokens=2),
+    "memory_as_gate": dict(heads=2, window=5, persistent_tokens=2, memory_heads=2, memory_chunk=4),
+    "memory_as_context": dict(heads=2, segment_len=4, persistent_tokens=2, memory_heads=2),
     # 4 heads of 4 channels in 2 groups; chunks of 4 so the conformance lengths span several chunks
     "mamba2": dict(d_state=4, d_conv=3, expand=2, headdim=4, ngroups=2, chunk_size=4),
 }

@@ -1,7 +1,10 @@
 """Sequence layers under one contract (see base.py); importing this registers every layer."""
 
+from . import shared_memories
 from .base import (
+    MemoryReader,
     SequenceLayer,
+    SharedMemory,
     available,
     build,
     get,
@@ -11,9 +14,12 @@ from .base import (
     set_input_checks,
     tag_param,
 )
+from ..ops.segments import Segments
 from .hsa import HSA
 from .mamba import Mamba
 from .mamba2 import Mamba2
+from .memory_as_context import MemoryAsContext
+from .memory_as_gate import MemoryAsGate
 from .s4 import S4
 from .s4d import S4D
 from .swa import SWA
@@ -27,7 +33,11 @@ from .spacetime import (
 from .titans import NeuralMemory
 
 __all__ = [
+    "MemoryReader",
     "SequenceLayer",
+    "SharedMemory",
+    "shared_memories",
+    "Segments",
     "available",
     "build",
     "get",
@@ -48,4 +58,6 @@ __all__ = [
     "Mamba",
     "SWA",
     "Mamba2",
+    "MemoryAsContext",
+    "MemoryAsGate",
 ]

@@ -28,8 +28,9 @@ from ..modules.padding import reverse_padded
 from ..modules.rmsnorm import RMSNorm
 from ..modules.short_conv import ShortConvolution
 from ..ops import ssd as ssd_op
+from ..ops.segments import Segments
 from ..ops.ssd import ssd, ssd_update
-from .base import SequenceLayer, input_checks_enabled, register, tag_param
+from .base import SequenceLayer, register, tag_param
 
 
 def _check_pair(arg: str, value: object, positive: bool, allow_inf: bool) -> tuple[float, float]:
@@ -123,7 +124,7 @@ class Mamba2(SequenceLayer):
         bidirectional: add a backward direction for non-causal tasks (LRA): its own conv1d, dt_bias, A_log and D
             (under ``backward.``), sharing in_proj, the norm and out_proj; both directions' SSD outputs are
             summed before the gated norm (as the Mamba layer's ``bidirectional``). Padded batches (``lengths``)
-            run the backward direction from each sequence's last real token. No state, step or packed documents.
+            run the backward direction from each sequence's last real token. No state or step.
         chunk_size: chunk length of the SSD's chunked algorithm (results do not depend on it beyond rounding).
         ssd_backend: backend of the SSD (None: $SSMZOO_BACKEND or "auto"; "mamba_ssm", "triton", "cpp",
             "chunked", "reference"; see ``ssmzoo.ops.ssd.dispatch``).
@@ -136,13 +137,15 @@ class Mamba2(SequenceLayer):
         ssm_state (batch, nheads, headdim, d_state): S_t, as mamba-ssm's cache; float32 for float32 and half
             inputs, float64 for float64 (the SSD op's state dtype).
 
-    Packed documents: ``forward(..., seq_idx=..., cu_seqlens=...)`` (see :meth:`forward`).
+    Packed documents (``segments=``): one pass, neither the convolution nor the SSD reading across a document
+    start; bidirectional layers run each document alone.
     """
 
     supported_dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     # As Mamba's: a 16 x 1,024 prompt of a 4-layer d_model 256 LM prefilled in 1,152 instead of 1,573 ms (2-core
     # AMD EPYC, interleaved medians of 6) in pieces of 4,096 rows; 8,192-row pieces took 1,236 ms.
     prefill_rows = 4096
+    segments_fast_path = True
 
     def __init__(
         self,
@@ -214,84 +217,6 @@ class Mamba2(SequenceLayer):
         if bidirectional:  # created last, so a causal layer's initial weights do not depend on this option
             self.backward = nn.Module()
             _add_direction(self.backward, **direction)
-        # (seq_idx, cu_seqlens) of the packed call in progress (see forward); None otherwise.
-        self._packing: tuple[Tensor | None, Tensor | None] | None = None
-
-    # -- packed documents -------------------------------------------------------------------------
-    def forward(
-        self,
-        x: Tensor,
-        state: tuple[Tensor, Tensor] | None = None,
-        return_state: bool = False,
-        lengths: Tensor | None = None,
-        seq_idx: Tensor | None = None,
-        cu_seqlens: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x (batch, length, d_model) -> y (batch, length, d_model) [, final state]; as every layer (base.py),
-        plus packed documents, which never see each other (neither in the convolution nor in the SSD):
-
-        seq_idx (batch, length): integer document ids, non-decreasing along each row; a run of one id is a
-            document (``ssmzoo.data.lm``'s windows carry it).
-        cu_seqlens (num_docs + 1,): document boundaries over the batch flattened to one row (batch · length
-            tokens, flash-attn's convention; with batch 1 the usual one); every row start must be a boundary.
-        Give either or both (they must agree). With a state, ``state`` enters the first document of each row
-        and the final state is the one after each row's last token (its last document's)."""
-        if seq_idx is None and cu_seqlens is None:
-            return super().forward(x, state, return_state, lengths)
-        if self.bidirectional:
-            raise ValueError(f"{self._name}: seq_idx / cu_seqlens (packed documents) need a causal layer; this one "
-                             "is bidirectional")
-        # base.forward validates x, state and lengths, then calls _forward, which reads the documents from here.
-        self._packing = (seq_idx, cu_seqlens)
-        try:
-            return super().forward(x, state, return_state, lengths)
-        finally:
-            self._packing = None
-
-    def _document_starts(self, x: Tensor, seq_idx: Tensor | None, cu_seqlens: Tensor | None) -> Tensor:
-        """(batch, length) bool: True where a document starts (always at a row's first token)."""
-        batch, length = x.shape[:2]
-        checks = input_checks_enabled(x.device)
-        starts = None
-        if seq_idx is not None:
-            self._check_integer(seq_idx, "seq_idx", x, (batch, length), "(batch, length)")
-            change = seq_idx[:, 1:] != seq_idx[:, :-1]
-            if checks and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
-                raise ValueError(f"{self._name}: seq_idx must be non-decreasing along each row (a document is a "
-                                 "run of one id)")
-            starts = torch.cat([torch.ones_like(change[:, :1]), change], dim=1)
-        if cu_seqlens is not None:
-            self._check_integer(cu_seqlens, "cu_seqlens", x, None, "(num_docs + 1,)")
-            total = batch * length
-            if checks:
-                cu = cu_seqlens.tolist()
-                if len(cu) < 2 or cu[0] != 0 or cu[-1] != total or any(b < a for a, b in zip(cu, cu[1:])):
-                    raise ValueError(f"{self._name}: cu_seqlens must rise from 0 to batch * length = {total} "
-                                     f"(boundaries over the batch flattened to one row), got {cu}")
-                if not set(range(0, total, length)) <= set(cu):
-                    raise ValueError(f"{self._name}: cu_seqlens must have a boundary at every row start (multiples "
-                                     f"of length = {length}): a document cannot run from one row into the next")
-            # Marks on a buffer one longer than the tokens, so an empty last document's boundary (= total) falls off.
-            marks = torch.zeros(total + 1, dtype=torch.bool, device=x.device)
-            marks[cu_seqlens[:-1].long()] = True
-            from_cu = rearrange(marks[:total], "(b l) -> b l", b=batch).clone()
-            from_cu[:, 0] = True  # rows are computed apart: each starts a document (checked above when checks are on)
-            if starts is not None and checks and not torch.equal(starts, from_cu):
-                raise ValueError(f"{self._name}: seq_idx and cu_seqlens disagree on where documents start")
-            if starts is None:
-                starts = from_cu
-        return starts
-
-    def _check_integer(self, t: object, arg: str, x: Tensor, shape: tuple[int, ...] | None, doc: str) -> None:
-        if not isinstance(t, Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{self._name}: {arg} must be an integer tensor {doc}, got {got}")
-        if (shape is not None and tuple(t.shape) != shape) or (shape is None and t.dim() != 1):
-            raise ValueError(f"{self._name}: {arg} must have shape {doc}"
-                             f"{'' if shape is None else ' = ' + str(shape)}, got {tuple(t.shape)}")
-        if t.device != x.device:
-            raise ValueError(f"{self._name}: {arg} is on {t.device} but x is on {x.device}")
-
     # -- contract ---------------------------------------------------------------------------------
     def _D(self, direction: nn.Module | None = None) -> Tensor:
         """D of ``direction`` (self: the forward one; ``self.backward``), per head or (heads, headdim)."""
@@ -309,50 +234,62 @@ class Mamba2(SequenceLayer):
         conv_state, ssm_state = state if state is not None else (None, None)
         z, xBC, dt = self._project(x)
         xBC = rearrange(xBC, "b d l -> b l d")  # a view: the convolution reads the channels-first tensor itself
-        starts = None if self._packing is None else self._document_starts(x, *self._packing)
-        y, conv_state, ssm_state = self._direction(self, xBC, dt, z, conv_state, ssm_state, return_state, starts)
+        y, conv_state, ssm_state = self._direction(self, xBC, dt, z, conv_state, ssm_state, return_state)
         if self.backward is not None:
             y_rev, _, _ = self._direction(self.backward, reverse_padded(xBC, lengths), reverse_padded(dt, lengths),
-                                          reverse_padded(z, lengths), None, None, False, None)
+                                          reverse_padded(z, lengths), None, None, False)
             y = y + reverse_padded(y_rev, lengths)
+        return self._output(y, z), ((conv_state, ssm_state) if return_state else None)
+
+    def _forward_segments(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None, segments: Segments, return_state: bool
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Packed documents in one pass: the convolution never reads across a document start
+        (:meth:`_conv_documents`), and the SSD restarts its state there (its ``seq_idx``). States are per document."""
+        if self.backward is not None:  # the backward direction runs from each document's end: each alone
+            return super()._forward_segments(x, state, segments, return_state)
+        conv_state, ssm_state = state if state is not None else (None, None)
+        z, xBC, dt = self._project(x)
+        xBC, conv_state = self._conv_documents(rearrange(xBC, "b d l -> b l d"), segments, conv_state, return_state)
+        xs, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        y = self._ssd(self, xs, B, C, dt, z, ssm_state, return_state, segments.doc)
+        y, ssm_state = y if return_state else (y, None)
+        return self._output(y, z), ((conv_state, ssm_state) if return_state else None)
+
+    def _output(self, y: Tensor, z: Tensor) -> Tensor:
         y = rearrange(y, "b l h p -> b l (h p)")
         if self.norm is not None:
             y = self.norm(y, z)
-        return self.out_proj(y), ((conv_state, ssm_state) if return_state else None)
+        return self.out_proj(y)
 
     def _direction(
         self, m: nn.Module, xBC: Tensor, dt: Tensor, z: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None,
-        return_state: bool, starts: Tensor | None,
+        return_state: bool,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """The convolution and the SSD of one direction (``m`` holds its parameters): xBC (batch, length,
         conv_dim) -> y (batch, length, nheads, headdim) and, when ``return_state``, the final states."""
-        if starts is None:
-            xBC = m.conv1d(xBC, conv_state, return_state)
-        else:
-            xBC = self._conv_documents(xBC, starts, conv_state, return_state)
+        xBC = m.conv1d(xBC, conv_state, return_state)
         if return_state:
             xBC, conv_state = xBC
         sizes = [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state]
-        if starts is None:  # the convolution's output is channels first (a transposed view here)
-            xs, B, C = _ChannelsLastSplit.apply(rearrange(xBC, "b l d -> b d l"), sizes)
-        else:
-            xs, B, C = torch.split(xBC, sizes, dim=-1)
-        ssd_args = dict(
+        # The convolution's output is channels first (a transposed view here).
+        xs, B, C = _ChannelsLastSplit.apply(rearrange(xBC, "b l d -> b d l"), sizes)
+        y = self._ssd(m, xs, B, C, dt, z, ssm_state, return_state, None)
+        y, ssm_state = y if return_state else (y, None)
+        return y, conv_state, ssm_state
+
+    def _ssd(self, m: nn.Module, xs: Tensor, B: Tensor, C: Tensor, dt: Tensor, z: Tensor, ssm_state: Tensor | None,
+             return_state: bool, seq_idx: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
+        """The SSD of direction ``m`` on channels-last x, B, C; the final state is asked for only when wanted
+        (fused kernels, mamba-ssm's, serve the other calls)."""
+        return ssd(
+            rearrange(xs, "b l (h p) -> b l h p", p=self.headdim), dt, self._A(m),
+            rearrange(B, "b l (g n) -> b l g n", g=self.ngroups), rearrange(C, "b l (g n) -> b l g n", g=self.ngroups),
             chunk_size=self.chunk_size, D=self._D(m),
             z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.headdim),
             dt_bias=m.dt_bias, dt_softplus=True, dt_limit=self.dt_limit, backend=self.ssd_backend,
+            initial_state=ssm_state, output_final_state=return_state, seq_idx=seq_idx,
         )
-        xs = rearrange(xs, "b l (h p) -> b l h p", p=self.headdim)
-        B = rearrange(B, "b l (g n) -> b l g n", g=self.ngroups)
-        C = rearrange(C, "b l (g n) -> b l g n", g=self.ngroups)
-        # The final state is asked for only when wanted: fused kernels (mamba-ssm's) serve the other calls.
-        if starts is None:
-            y = ssd(xs, dt, self._A(m), B, C, initial_state=ssm_state, output_final_state=return_state, **ssd_args)
-            if return_state:
-                y, ssm_state = y
-        else:
-            y, ssm_state = self._ssd_documents(xs, dt, B, C, starts, ssm_state, return_state, ssd_args)
-        return y, conv_state, ssm_state
 
     def _project(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """in_proj (one weight, mamba-ssm's [z, x, B, C, dt] layout) as three products: z (batch, length, D_inner)
@@ -367,53 +304,39 @@ class Mamba2(SequenceLayer):
         return F.linear(u, w_z, b_z), xBC, F.linear(u, w_dt, b_dt)
 
     def _conv_documents(
-        self, xBC: Tensor, starts: Tensor, conv_state: Tensor | None, return_state: bool
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """The convolution of packed documents, none seeing another's inputs: each document gets d_conv - 1
-        slots before it, zeros (or ``conv_state`` before a row's first document), in an expanded row that is
-        right-aligned, so one plain causal convolution computes it and the row's final conv state is its
-        last d_conv - 1 inputs, as in an unpacked call. xBC (batch, length, conv_dim)."""
-        w = self.d_conv - 1
-        if w == 0:  # a width-1 convolution mixes no positions
-            return self.conv1d(xBC, conv_state, return_state)
-        batch, length, _ = xBC.shape
-        doc = starts.long().cumsum(dim=1)  # (batch, length): the 1-based document of each token in its row
-        expanded_len = length + w * doc[:, -1]
-        width = int(expanded_len.max())
-        offset = width - expanded_len  # (batch,) leading unused positions: rows end together
-        rows = torch.arange(batch, device=xBC.device)[:, None] * width
-        where = (rows + offset[:, None] + torch.arange(length, device=xBC.device) + w * doc).flatten()
-        expanded = xBC.new_zeros(batch * width, xBC.shape[-1]).index_copy(
-            0, where, rearrange(xBC, "b l d -> (b l) d"))
-        if conv_state is not None:  # the slots before each row's first document
-            slots = (rows + offset[:, None] + torch.arange(w, device=xBC.device)).flatten()
-            expanded = expanded.index_copy(0, slots, rearrange(conv_state.to(xBC.dtype), "b d w -> (b w) d"))
-        out = self.conv1d(rearrange(expanded, "(b l) d -> b l d", b=batch), None, return_state)
-        y = out[0] if return_state else out
-        y = rearrange(rearrange(y, "b l d -> (b l) d").index_select(0, where), "(b l) d -> b l d", b=batch)
-        return (y, out[1]) if return_state else y
-
-    def _ssd_documents(
-        self, xs: Tensor, dt: Tensor, B: Tensor, C: Tensor, starts: Tensor, ssm_state: Tensor | None,
-        return_state: bool, ssd_args: dict,
+        self, xBC: Tensor, segments: Segments, conv_state: Tensor | None, return_state: bool
     ) -> tuple[Tensor, Tensor | None]:
-        """The SSD of packed documents (the op's seq_idx: sequences numbered row by row), the row state entering
-        each row's first document and leaving after its last."""
-        seq_idx = starts.long().cumsum(dim=1) - 1  # document ids from 0 in every row
-        if ssm_state is None and not return_state:
-            return ssd(xs, dt, self._A(), B, C, seq_idx=seq_idx, **ssd_args), None
-        counts = seq_idx[:, -1] + 1  # documents per row
-        last = counts.cumsum(0) - 1  # the op's number of each row's last document
-        first = last - counts + 1
-        initial = None
-        if ssm_state is not None:
-            initial = ssm_state.new_zeros(int(last[-1]) + 1, *ssm_state.shape[1:]).index_copy(0, first, ssm_state)
-        out = ssd(xs, dt, self._A(), B, C, seq_idx=seq_idx, initial_state=initial, output_final_state=return_state,
-                  **ssd_args)
+        """The convolution of packed documents, none seeing another's inputs: each document gets d_conv - 1
+        slots before it (zeros, or its initial ``conv_state``) in an expanded row, right-aligned, so one plain
+        causal convolution computes them all; a document's final conv state is the d_conv - 1 expanded inputs
+        ending at its last token. xBC (batch, length, conv_dim); conv states (num_docs, conv_dim, d_conv - 1)."""
+        w = self.d_conv - 1
+        batch, length, width = xBC.shape
+        if w == 0:  # a width-1 convolution mixes no positions
+            y = self.conv1d(xBC)
+            return y, (xBC.new_zeros(segments.num_docs, width, 0) if return_state else None)
+        device = xBC.device
+        local = segments.starts.long().cumsum(dim=1)  # (batch, length): each token's 1-based document in its row
+        expanded_len = length + w * local[:, -1]
+        total = int(expanded_len.max())
+        row_base = torch.arange(batch, device=device) * total + (total - expanded_len)  # rows end together
+        where = (row_base[:, None] + torch.arange(length, device=device) + w * local).flatten()
+        expanded = xBC.new_zeros(batch * total, width).index_copy(0, where, rearrange(xBC, "b l d -> (b l) d"))
+        # Expanded position of each document's first slot: row start + doc start + w · (its 0-based index in the row).
+        index_in_row = local.flatten()[segments.cu_seqlens[:-1]] - 1
+        rows = torch.tensor([s.row for s in segments.spans], device=device)
+        first_slot = row_base[rows] + torch.tensor([s.start for s in segments.spans], device=device) + w * index_in_row
+        slots = first_slot[:, None] + torch.arange(w, device=device)  # (num_docs, w)
+        if conv_state is not None:
+            expanded = expanded.index_copy(0, slots.flatten(),
+                                           rearrange(conv_state.to(xBC.dtype), "k d w -> (k w) d"))
+        y = self.conv1d(rearrange(expanded, "(b l) d -> b l d", b=batch))
+        y = rearrange(rearrange(y, "b l d -> (b l) d").index_select(0, where), "(b l) d -> b l d", b=batch)
         if not return_state:
-            return out, None
-        y, finals = out
-        return y, finals.index_select(0, last)
+            return y, None
+        ends = slots + segments.doc_lengths[:, None]  # the w expanded inputs ending at each document's last token
+        final = rearrange(expanded.index_select(0, ends.flatten()), "(k w) d -> k d w", w=w)
+        return y, final
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         conv_state = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)

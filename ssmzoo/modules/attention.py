@@ -42,8 +42,9 @@ class KVCache(NamedTuple):
 def attention_mask(
     query_positions: Tensor, key_positions: Tensor, causal: bool, window: int | None
 ) -> Tensor:
-    """(n, m) bool, True where the query at query_positions[i] may see the key at key_positions[j]."""
-    diff = query_positions[:, None] - key_positions[None, :]
+    """(..., n, m) bool, True where the query at query_positions[..., i] may see the key at key_positions[..., j]
+    (positions (n,) and (m,), or with the same leading dimensions, e.g. one row of positions per sequence)."""
+    diff = query_positions[..., :, None] - key_positions[..., None, :]
     allowed = torch.ones(diff.shape, dtype=torch.bool, device=diff.device)
     if causal:
         allowed = allowed & (diff >= 0)
