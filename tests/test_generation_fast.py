@@ -15,6 +15,11 @@ from ssmzoo.layers.mamba2 import Mamba2
 from ssmzoo.ops.mamba_inner.cpu import extension
 from ssmzoo.ops.mamba_lm_step import mamba_lm_step, mamba_lm_step_cpp, mamba_lm_step_reference
 
+def lm_weights(model):
+    """The model's weights as the mamba_lm_step op takes them (None unless a plain Mamba stack)."""
+    return Mamba.lm_step_weights(model.decode_stack())
+
+
 pytestmark = pytest.mark.skipif("cpp" not in lm_step_op.dispatch.names("cpu"),
                                 reason="the C++ extension did not build here")
 
@@ -49,7 +54,7 @@ def random_state(model, batch, dtype, seed=1):
 ])
 def test_cpp_lm_step_matches_reference_over_many_tokens(dtype, batch, n_layers, layer_args, packed):
     model = make_model(dtype, n_layers=n_layers, d_model=24 if layer_args.get("expand") == 3 else 12, **layer_args)
-    w = model._mamba_lm_step_weights()
+    w = lm_weights(model)
     if packed:
         w = lm_step_op.pack_weights(w)
         # float32 only (and only where this CPU has the SIMD kernel); float64 steps multiply with ATen
@@ -73,8 +78,8 @@ def test_reference_is_the_block_by_block_step():
     state = random_state(model, 2, torch.float64)
     token = torch.tensor([3, 7])
     with torch.no_grad():
-        want_logits, want = model._decode_blocks(token, state)
-        logits, got = mamba_lm_step_reference(token, state, model._mamba_lm_step_weights())
+        want_logits, want = model._decode(token, state)
+        logits, got = mamba_lm_step_reference(token, state, lm_weights(model))
     torch.testing.assert_close(logits, want_logits, rtol=0, atol=0)
     for layer_got, layer_want in zip(got, want):
         for a, b in zip(layer_got, layer_want):
@@ -86,7 +91,7 @@ def test_cpp_lm_step_leaves_its_input_state_alone():
     state = random_state(model, 3, torch.float32)
     before = [tuple(s.clone() for s in layer) for layer in state]
     with torch.no_grad():
-        mamba_lm_step_cpp(torch.tensor([1, 2, 3]), state, model._mamba_lm_step_weights())
+        mamba_lm_step_cpp(torch.tensor([1, 2, 3]), state, lm_weights(model))
     for layer, layer_before in zip(state, before):
         for a, b in zip(layer, layer_before):
             assert torch.equal(a, b)
@@ -103,7 +108,7 @@ def test_generate_gives_the_same_tokens_with_the_fast_decode_on_and_off(dtype, b
     reference = model.generate(prompt, max_new_tokens=30)
     model.decode_backend = None
     auto = model.generate(prompt, max_new_tokens=30)
-    monkeypatch.setattr(model, "_mamba_lm_step_weights", lambda: None)  # the block-by-block step
+    monkeypatch.setattr(model, "decode_stack", lambda: None)  # the block-by-block step
     blocks = model.generate(prompt, max_new_tokens=30)
     assert torch.equal(fast, reference) and torch.equal(fast, auto) and torch.equal(fast, blocks)
     # and sampling draws the same tokens from the same seed
@@ -191,8 +196,8 @@ def test_packed_matmul_matches_float64(m, n, k):
 @pytest.mark.skipif(not HAS_PANELS, reason="no SIMD matmul kernel for this CPU")
 def test_packed_weights_of_another_model_are_refused():
     model, other = make_model(torch.float32), make_model(torch.float32, d_model=16)
-    w = model._mamba_lm_step_weights()
-    w_other = lm_step_op.pack_weights(other._mamba_lm_step_weights())
+    w = lm_weights(model)
+    w_other = lm_step_op.pack_weights(lm_weights(other))
     assert w_other.packed is not None
     state = random_state(model, 2, torch.float32)
     with torch.no_grad(), pytest.raises(ValueError, match="packed weights do not match"):
@@ -203,7 +208,7 @@ def test_packed_weights_of_another_model_are_refused():
 
 def test_stepper_equals_the_op_and_defers_to_it_under_autograd(monkeypatch):
     model = make_model(torch.float32, n_layers=3)
-    w = model._mamba_lm_step_weights()
+    w = lm_weights(model)
     state = random_state(model, 7, torch.float32)
     token = torch.arange(7) % model.vocab_size
     made, cpp_stepper = [], lm_step_op.cpp_stepper
@@ -240,8 +245,8 @@ def test_other_stacks_and_unfused_layers_step_block_by_block():
     with_mlp = LanguageModel(20, 8, 2, layer_args={"d_state": 4}, d_intermediate=16).eval()
     s4d = LanguageModel(20, 8, 2, layer="s4d").eval()
     for model in (with_mlp, s4d):
-        assert model._mamba_lm_step_weights() is None
-        assert model._decoder() == model._decode_blocks
+        assert lm_weights(model) is None
+        assert model._decoder() == model._decode
     unfused = LanguageModel(20, 8, 2, layer_args={"d_state": 4, "mamba_inner_backend": "unfused"}).eval()
     calls = []
     original = lm_step_op.dispatch.choose
@@ -255,7 +260,7 @@ def test_other_stacks_and_unfused_layers_step_block_by_block():
 
 def test_bad_input_gives_a_clear_error():
     model = make_model(torch.float32)
-    w = model._mamba_lm_step_weights()
+    w = lm_weights(model)
     state = random_state(model, 2, torch.float32)
     token = torch.tensor([1, 2])
     with pytest.raises(ValueError, match="token must be a non-empty"):

@@ -25,9 +25,11 @@ from ..modules.padding import reverse_padded
 from ..modules.short_conv import ShortConvolution
 from ..ops import selective_scan as scan_op
 from ..ops import mamba_inner as inner_op
+from ..ops import mamba_lm_step as lm_step_op
 from ..ops.mamba_inner import MambaInnerWeights, mamba_inner
+from ..ops.mamba_lm_step import MambaLMStepWeights
 from ..ops.mamba_step import MambaStepWeights, mamba_step
-from .base import SequenceLayer, register, tag_param
+from .base import DecodeStack, SequenceLayer, StackDecoder, register, tag_param
 
 
 def _add_direction(
@@ -232,6 +234,34 @@ class Mamba(SequenceLayer):
         """The parameters as the ``mamba_step`` op takes them."""
         return MambaStepWeights(self.in_proj.weight, self.in_proj.bias, self._inner_weights(self),
                                 self.out_proj.weight, self.out_proj.bias)
+
+    @classmethod
+    def lm_step_weights(cls, stack: DecodeStack) -> MambaLMStepWeights | None:
+        """The stack's weights as the ``mamba_lm_step`` op takes them, or None unless every block is a plain
+        causal Mamba block (no MLP, an ungrouped RMSNorm with the final norm's epsilon)."""
+        d_model = stack.embedding.shape[1]
+        plain = all(type(b.mixer) is cls and b.mixer.causal and b.mlp is None and b.norm is not None
+                    and getattr(b.norm, "group_size", None) == d_model and b.norm.eps == stack.norm_f.eps
+                    for b in stack.blocks)
+        if not plain:
+            return None
+        return MambaLMStepWeights(stack.embedding, tuple(b.norm.weight for b in stack.blocks),
+                                  tuple(b.mixer.step_weights() for b in stack.blocks), stack.norm_f.weight,
+                                  stack.head, stack.norm_f.eps)
+
+    @classmethod
+    def stack_decoder(cls, stack: DecodeStack) -> StackDecoder | None:
+        """A stack of plain Mamba blocks (``lm_step_weights``) decodes through the ``mamba_lm_step`` op: the whole
+        token in one call where its C++ backend serves, with the weights gathered and packed once per generate
+        call."""
+        weights = cls.lm_step_weights(stack)
+        if weights is None:
+            return None
+        # A layer built to avoid the fused kernels ("unfused" / "reference") steps with the PyTorch formulas.
+        pytorch_step = any(b.mixer.mamba_inner_backend in ("unfused", "reference") for b in stack.blocks)
+        backend = stack.backend if stack.backend is not None else ("reference" if pytorch_step else None)
+        lm_step_op.dispatch.check_name(backend, "LanguageModel", "decode_backend")
+        return lm_step_op.mamba_lm_stepper(weights, backend=backend)
 
     def _step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """One token in O(1): the convolution over the cached window, then one recurrence step (the

@@ -5,7 +5,8 @@ Batches are dicts (``ssmzoo.data.lm``, ``ssmzoo.data.synthetic``):
     input_ids  (batch, length) int64
     targets    (batch, length) int64, the token expected after each input token, -100 where nothing is asked
     num_bytes  (batch,) int64, the UTF-8 bytes the targets cover (text only)
-    seq_idx, cu_seqlens   document boundaries of packed windows, passed to models whose forward takes them
+    seq_idx    (batch, length) the document of each token in packed windows (text only): the model gets
+               ``segments=Segments.from_seq_idx(seq_idx)``, so no document sees the one before it
 
 Evaluation sums over the whole split (float64), so the numbers do not depend on the batch size:
 
@@ -17,7 +18,6 @@ byte model and a BPE model evaluated on the same documents).
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from pathlib import Path
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.segments import Segments
 from .base import Task
 from .schedule import adamw_with_schedule, warmup_steps_from
 
@@ -75,27 +76,25 @@ class _NextTokenTask(Task):
         self.model = model
         self.lr, self.weight_decay, self.warmup, self.betas = lr, weight_decay, warmup, tuple(betas)
         self.lr_schedule = lr_schedule
-        accepted = inspect.signature(model.forward).parameters
-        self._extras = tuple(k for k in ("seq_idx", "cu_seqlens") if k in accepted)
         self._sums: dict[str, Tensor] = {}
 
     # -- batches ---------------------------------------------------------------------------------
-    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None]:
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor, Segments | None, Tensor | None]:
         if not isinstance(batch, dict) or "input_ids" not in batch or "targets" not in batch:
             got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
             raise ValueError(f"{type(self).__name__}: batches must be dicts with input_ids and targets "
                              f"(see ssmzoo.data.lm / ssmzoo.data.synthetic), got {got}")
-        extras = {k: batch[k] for k in self._extras if k in batch}
-        return batch["input_ids"], batch["targets"], extras, batch.get("num_bytes")
+        seq_idx = batch.get("seq_idx")
+        segments = None if seq_idx is None else Segments.from_seq_idx(seq_idx)
+        return batch["input_ids"], batch["targets"], segments, batch.get("num_bytes")
 
-    def forward(self, input_ids: Tensor, seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
-        """Logits (batch, length, vocab); the document boundaries go to the model only if it takes them."""
-        given = {"seq_idx": seq_idx, "cu_seqlens": cu_seqlens}
-        return self.model(input_ids, **{k: given[k] for k in self._extras if given[k] is not None})
+    def forward(self, input_ids: Tensor, segments: Segments | None = None) -> Tensor:
+        """Logits (batch, length, vocab); ``segments``: the packed documents of the batch, if any."""
+        return self.model(input_ids) if segments is None else self.model(input_ids, segments=segments)
 
     def _loss(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        input_ids, targets, extras, num_bytes = self._unpack(batch)
-        logits = self(input_ids, **extras)
+        input_ids, targets, segments, num_bytes = self._unpack(batch)
+        logits = self(input_ids, segments)
         nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
                                reduction="none").view_as(targets)
         return logits, targets, nats, num_bytes

@@ -32,8 +32,8 @@ class TextDataModule(L.LightningDataModule):
         seq_idx             (batch, seq_len) int32   document of each token within its window
         cu_seqlens          (segments + 1,) int32    document boundaries with the batch flattened to one row
 
-    Documents are packed: each starts with the separator token, and windows run across document ends (a layer
-    that takes ``seq_idx``/``cu_seqlens`` may stop its state there).
+    Documents are packed: each starts with the separator token, and windows run across document ends; the
+    language-modelling task passes ``Segments.from_seq_idx(seq_idx)`` to the model, so no document sees another.
 
     Args:
         path: a text or jsonl file, a folder of them, or a list of these. A relative path is looked up in the
