@@ -19,4 +19,7 @@ SMALL_ARGS: dict[str, dict] = {
     "memory_as_context": dict(heads=2, segment_len=4, persistent_tokens=2, memory_heads=2),
     # 4 heads of 4 channels in 2 groups; chunks of 4 so the conformance lengths span several chunks
     "mamba2": dict(d_state=4, d_conv=3, expand=2, headdim=4, ngroups=2, chunk_size=4),
+    # 2 key heads of 4 serving 4 value heads of 3 (grouped values); chunks of 4 span several per sequence
+    "gated_deltanet": dict(num_k_heads=2, num_v_heads=4, head_k_dim=4, head_v_dim=3, conv_kernel_size=3,
+                           chunk_size=4),
 }

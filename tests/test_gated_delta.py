@@ -367,3 +367,26 @@ def test_triton_matches_reference_under_interpreter():
                           timeout=900)
     assert done.returncode == 0, f"triton check failed:\n{done.stdout}\n{done.stderr}"
     assert "all match" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_triton_kernels_compile_for_hopper(dtype):
+    # What the interpreter cannot check (tl.dot shapes, types, register/shared-memory limits): compile both kernels
+    # ahead of time for sm_90 with triton's bundled ptxas, at chunks of 64 and heads of 128; no GPU needed.
+    triton = pytest.importorskip("triton")
+    import inspect
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ssmzoo.ops.gated_delta import triton as kernels
+
+    for fn in (kernels._forward, kernels._backward):
+        consts = {"HAS_INIT": True, **kernels._meta(64, 128, 128)}
+        params = list(inspect.signature(fn.fn).parameters)
+        signature = {p: "constexpr" if p in consts else ("*i32" if p == "starts_ptr" else f"*{dtype}")
+                     if p.endswith("_ptr") else (dtype if p == "scale" else "i32") for p in params}
+        source = ASTSource(fn, signature, constexprs={(params.index(k),): v for k, v in consts.items()})
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], fn.fn.__name__

@@ -15,6 +15,7 @@ from .base import (
     tag_param,
 )
 from ..ops.segments import Segments
+from .gated_deltanet import GatedDeltaNet
 from .hsa import HSA
 from .mamba import Mamba
 from .mamba2 import Mamba2
@@ -58,6 +59,7 @@ __all__ = [
     "Mamba",
     "SWA",
     "Mamba2",
+    "GatedDeltaNet",
     "MemoryAsContext",
     "MemoryAsGate",
 ]
