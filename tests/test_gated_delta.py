@@ -262,6 +262,22 @@ def test_backend_in_half_precision_computes_in_float32(backend):
     assert_close_scaled(o.float(), want_o.float(), 1e-2, "o")  # up to one bf16 rounding of the output
 
 
+def test_repeated_keys_stay_accurate_in_float32():
+    # One key repeated through a 64-token chunk with β near 1 and no decay: the UT system's strictly lower part is
+    # all ~1, whose inverse is tame but whose powers grow like binomial coefficients (a power series in M loses
+    # every digit in float32). Every backend in float32 against the float64 reference.
+    args = make_inputs(batch=1, length=64, heads_k=1, heads_v=1, d_k=16, d_v=8, with_state=False)
+    args["k"] = args["k"][:, :1].expand_as(args["k"]).contiguous()
+    args["beta"] = 0.9 + 0.1 * args["beta"]
+    args["g"] = torch.zeros_like(args["g"])
+    want, want_final = ref(args, output_final_state=True)
+    for backend in CPU_BACKENDS:
+        o, final = gated_delta_rule(**{n: x.float() for n, x in args.items()}, chunk_size=64, output_final_state=True,
+                                    backend=backend)
+        assert_close_scaled(o.double(), want, 1e-4, f"{backend} o")
+        assert_close_scaled(final.double(), want_final, 1e-4, f"{backend} final state")
+
+
 def test_strong_decay_stays_finite():
     # g far below exp's range: decays underflow to (floored) zeros, never inf or NaN, forward or backward.
     args = make_inputs(length=12)
@@ -345,7 +361,7 @@ sys.path[:0] = [{root!r}, {tests!r}]
 import functools, torch
 from ssmzoo.ops.gated_delta.triton import gated_delta_triton
 from ssmzoo.ops.gated_delta.inputs import GatedDeltaInputs
-from test_gated_delta import CASES, compare
+from test_gated_delta import CASES, assert_close_scaled, compare, gated_delta_reference_kw, make_inputs
 
 def fn(q, k, v, g, beta, initial_state=None, output_final_state=False, segments=None, chunk_size=64, scale=None):
     x = GatedDeltaInputs(q, k, v, g, beta, scale, chunk_size, initial_state, segments)
@@ -354,6 +370,13 @@ def fn(q, k, v, g, beta, initial_state=None, output_final_state=False, segments=
 for name in ("L1", "L7-chunk3", "L20-chunk6-no-state", "packed"):
     compare(fn, CASES[name], torch.float64, tol=1e-8)
 compare(fn, {{**CASES["L8-chunk4-gva1"], "d_k": 16, "d_v": 8}}, torch.float32, tol=1e-4)
+# one key repeated through a chunk of 16 with β near 1 (see test_repeated_keys_stay_accurate_in_float32)
+args = {{n: x.float() for n, x in make_inputs(batch=1, length=16, heads_k=1, heads_v=1, d_k=16, d_v=16,
+                                            with_state=False).items()}}
+args["k"] = args["k"][:, :1].expand_as(args["k"]).contiguous()
+args["beta"], args["g"] = 0.9 + 0.1 * args["beta"], torch.zeros_like(args["g"])
+want = gated_delta_reference_kw(**{{n: x.double() for n, x in args.items()}}, chunk_size=16)
+assert_close_scaled(fn(**args, chunk_size=16).double(), want, 1e-4, "repeated keys")
 print("triton interpreter: all match")
 """
 

@@ -2,9 +2,8 @@
 
 One program per (batch row, value head) runs that head's chunks in order, its (d_k, d_v) state on chip: per
 chunk it loads the chunk's q, k, v, g, β, builds Γ, M and the UT inverse P = (I + M)⁻¹, and writes the chunk's
-outputs and end state. P is formed by products only: M is strictly lower triangular, so with X = −M,
-(I + M)⁻¹ = Σ_{i<T} Xⁱ = (I + X)(I + X²)(I + X⁴)···, log2(T) squarings and products on the tensor cores instead
-of a sequential substitution. The backward program runs the chunks in reverse, recomputes each chunk's factors
+outputs and end state (P by forward substitution on the chunk's tile: T row updates; fla's blocked inverse
+would take fewer steps on a GPU). The backward program runs the chunks in reverse, recomputes each chunk's factors
 from the inputs and the saved chunk states (as the C++ backend does), and writes the gradients of its tokens and
 of the entering state; dq and dk come per value head and are summed over the heads that share a key head
 afterwards, so no atomics are needed. Layouts are csrc/gated_delta_cpu.cpp's (the chunk layout of run_chunked).
@@ -28,8 +27,7 @@ from .inputs import GatedDeltaInputs
 
 @triton.jit
 def _chunk_factors(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, b, c, h, hk, scale, T, Lp, Hk, Hv, K, V,
-                   BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, LOG2_T: tl.constexpr,
-                   PRECISION: tl.constexpr):
+                   BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, PRECISION: tl.constexpr):
     """Chunk c of (b, h): its inputs (q scaled) and the factors that do not depend on the entering state."""
     t = tl.arange(0, BLOCK_T)
     kk = tl.arange(0, BLOCK_K)
@@ -53,12 +51,12 @@ def _chunk_factors(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, b, c, h, hk, scale, T, 
     KK = tl.dot(Kc, tl.trans(Kc), input_precision=PRECISION)
     G = tl.dot(Q, tl.trans(Kc), input_precision=PRECISION) * Gam
     M = tl.where(strict, beta[:, None] * KK * Gam, 0.0)
-    # P = (I + M)⁻¹ = (I + X)(I + X²)(I + X⁴)··· with X = −M (nilpotent: X^BLOCK_T = 0).
-    X = -M
-    P = tl.where(t[:, None] == t[None, :], 1.0, 0.0).to(X.dtype) + X
-    for _ in tl.static_range(LOG2_T - 1):
-        X = tl.dot(X, X, input_precision=PRECISION)
-        P = P + tl.dot(P, X, input_precision=PRECISION)
+    # P = (I + M)⁻¹ by forward substitution, row by row: P_i = e_i − Σ_{j<i} M_ij P_j (stable; a power series
+    # in M is not: its terms grow like binomial coefficients when keys repeat).
+    P = tl.where(t[:, None] == t[None, :], 1.0, 0.0).to(M.dtype)
+    for i in range(1, T):
+        m_i = tl.sum(tl.where(t[:, None] == i, M, 0.0), 0)  # row i of M, indexed by the column j
+        P = tl.where(t[:, None] == i, P - tl.sum(m_i[:, None] * P, 0)[None, :], P)
     U = tl.dot(P, beta[:, None] * Vc, input_precision=PRECISION)
     W = tl.dot(P, (beta * e)[:, None] * Kc, input_precision=PRECISION)
     return Q, Kc, Vc, beta, e, f, last, Gam, KK, M, G, P, U, W
@@ -67,7 +65,7 @@ def _chunk_factors(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, b, c, h, hk, scale, T, 
 @triton.jit
 def _forward(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, init_ptr, starts_ptr, o_ptr, S_ptr, scale, NC, T, Lp, Hk, Hv,
              K, V, HAS_INIT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
-             LOG2_T: tl.constexpr, PRECISION: tl.constexpr):
+             PRECISION: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // Hv
     h = pid % Hv
@@ -88,7 +86,7 @@ def _forward(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, init_ptr, starts_ptr, o_ptr, 
             E = tl.where(start, 0.0, E)
         Q, Kc, Vc, beta, e, f, last, Gam, KK, M, G, P, U, W = _chunk_factors(
             q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, b, c, h, hk, scale, T, Lp, Hk, Hv, K, V, BLOCK_T, BLOCK_K,
-            BLOCK_V, LOG2_T, PRECISION)
+            BLOCK_V, PRECISION)
         Delta = U - tl.dot(W, E, input_precision=PRECISION)
         O = tl.dot(Q * e[:, None], E, input_precision=PRECISION) + tl.dot(G, Delta, input_precision=PRECISION)
         row = b * Lp + c * T + t
@@ -100,7 +98,7 @@ def _forward(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, init_ptr, starts_ptr, o_ptr, 
 @triton.jit
 def _backward(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, init_ptr, starts_ptr, S_ptr, do_ptr, dS_ptr, dq_ptr, dk_ptr,
               dv_ptr, dg_ptr, dbeta_ptr, dinit_ptr, scale, NC, T, Lp, Hk, Hv, K, V, HAS_INIT: tl.constexpr,
-              BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr, LOG2_T: tl.constexpr,
+              BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_V: tl.constexpr,
               PRECISION: tl.constexpr):
     """The adjoint of _forward, chunk by chunk in reverse (the terms are csrc/gated_delta_cpu.cpp's)."""
     pid = tl.program_id(0)
@@ -131,7 +129,7 @@ def _backward(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, init_ptr, starts_ptr, S_ptr,
         dS = tl.load(dS_ptr + base + state, mask=mstate, other=0.0) + carry
         Q, Kc, Vc, beta, e, f, last, Gam, KK, M, G, P, U, W = _chunk_factors(
             q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, b, c, h, hk, scale, T, Lp, Hk, Hv, K, V, BLOCK_T, BLOCK_K,
-            BLOCK_V, LOG2_T, PRECISION)
+            BLOCK_V, PRECISION)
         Delta = U - tl.dot(W, E, input_precision=PRECISION)
         row = b * Lp + c * T + t
         dO = tl.load(do_ptr + (row[:, None] * Hv + h) * V + vv[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
@@ -182,7 +180,7 @@ def _backward(q_ptr, k_ptr, v_ptr, g_ptr, beta_ptr, init_ptr, starts_ptr, S_ptr,
 def _meta(T: int, K: int, V: int) -> dict:
     block_t = max(16, triton.next_power_of_2(T))
     return {"BLOCK_T": block_t, "BLOCK_K": max(16, triton.next_power_of_2(K)),
-            "BLOCK_V": max(16, triton.next_power_of_2(V)), "LOG2_T": block_t.bit_length() - 1, "PRECISION": "ieee"}
+            "BLOCK_V": max(16, triton.next_power_of_2(V)), "PRECISION": "ieee"}
 
 
 class GatedDeltaTriton(Function):
