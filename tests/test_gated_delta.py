@@ -98,6 +98,12 @@ def test_op_matches_transformers_qwen3_next_torch_paths(path, length, chunk):
         o, final = gated_delta_rule(**args, chunk_size=chunk, output_final_state=True, backend=backend)
         torch.testing.assert_close(o, o_hf, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(final, final_hf, rtol=1e-5, atol=1e-5)
+    # use_qk_l2norm_in_kernel=True (what Qwen3-Next calls) is our op on q, k divided by sqrt(Σ x² + 1e-6).
+    raw = {**args, "q": 3 * args["q"], "k": 2 * args["q"].flip(1)}
+    o_hf, _ = fn(raw["q"], raw["k"], raw["v"], g=raw["g"], beta=raw["beta"], initial_state=raw["initial_state"],
+                 output_final_state=True, use_qk_l2norm_in_kernel=True, **kwargs)
+    unit = {n: raw[n] * torch.rsqrt((raw[n] ** 2).sum(-1, keepdim=True) + 1e-6) for n in ("q", "k")}
+    torch.testing.assert_close(ref({**raw, **unit}), o_hf, rtol=1e-5, atol=1e-5)
 
 
 def test_gates_do_what_they_say():
