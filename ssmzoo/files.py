@@ -64,18 +64,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_partials(path: Path) -> list[Path]:
-    """Remove the temporary files of ``path`` (``.<name>.partial-<host>-<pid>-<random>``) whose writer, on this
-    machine, is gone. Returns what was removed."""
-    pattern = re.compile(re.escape(f".{path.name}{PARTIAL}") + r"(.+)-[0-9a-f]{8}")
+_PARTIAL_NAME = re.compile(r"\.(?P<name>.+)" + re.escape(PARTIAL) + r"(?P<tag>.+)-[0-9a-f]{8}")
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Remove the temporary files in ``folder`` (``.<name>.partial-<host>-<pid>-<random>``) whose writer, on
+    this machine, is gone: what a killed save left, whichever file it was saving. Returns what was removed."""
     removed = []
     try:
-        entries = list(path.parent.iterdir())
+        entries = list(folder.iterdir())
     except FileNotFoundError:
         return removed
     for entry in entries:
-        match = pattern.fullmatch(entry.name)
-        if match and _stale(match.group(1)) and entry.is_file() and not entry.is_symlink():
+        match = _PARTIAL_NAME.fullmatch(entry.name)
+        if match and _stale(match.group("tag")) and entry.is_file() and not entry.is_symlink():
             try:
                 entry.unlink()
                 removed.append(entry)
@@ -89,7 +91,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     renamed over ``path``. A kill leaves either the old file or the new one, whole. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(path)
+    remove_stale_partials(path.parent)
     partial = path.with_name(f".{path.name}{PARTIAL}{writer_tag()}-{secrets.token_hex(4)}")
     try:
         with open(partial, "xb") as f:

@@ -143,8 +143,9 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path):
-    """A killed save leaves ``.last.ckpt.partial-<host>-<pid>-<random>``; the next save removes those of dead
-    processes on this machine, and leaves live writers', other machines' and anything else."""
+    """A killed save leaves ``.<name>.partial-<host>-<pid>-<random>``; the next save in the folder removes those
+    of dead processes on this machine (whichever file they were saving: a best checkpoint's name is never saved
+    again), and leaves live writers', other machines' and anything else."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host = socket.gethostname()
@@ -152,15 +153,15 @@ def test_leftovers_of_killed_writers_are_removed_and_nothing_else(tmp_path):
         "dead": f".last.ckpt{PARTIAL}{host}-{dead.pid}-0123abcd",
         "alive": f".last.ckpt{PARTIAL}{host}-{os.getppid()}-0123abcd",
         "other_host": f".last.ckpt{PARTIAL}elsewhere.example-{dead.pid}-0123abcd",
-        "other_file": f".best.ckpt{PARTIAL}{host}-{dead.pid}-0123abcd",
+        "other_file": f".best-epoch0-step5.ckpt{PARTIAL}{host}-{dead.pid}-0123abcd",
+        "not_ours": f".best.ckpt{PARTIAL}{host}-{dead.pid}-notahex",
         "user": "notes.txt",
     }
     for name in names.values():
         (tmp_path / name).write_bytes(b"x")
     AtomicCheckpointIO().save_checkpoint({"w": torch.ones(1)}, tmp_path / "last.ckpt")
     left = {p.name for p in tmp_path.iterdir()}
-    assert names["dead"] not in left
-    assert left == {"last.ckpt"} | {v for k, v in names.items() if k != "dead"}
+    assert left == {"last.ckpt"} | {v for k, v in names.items() if k not in ("dead", "other_file")}
 
 
 def test_cli_trainer_gets_the_plugin_unless_it_has_a_checkpoint_io():

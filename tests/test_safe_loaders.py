@@ -6,12 +6,10 @@ from __future__ import annotations
 import os
 import pickle
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from ssmzoo.data.lra.image import LRAImageDataModule, read_cifar_batch
 
