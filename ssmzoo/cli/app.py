@@ -50,6 +50,7 @@ from ..allocator import keep_freed_memory_from_env
 from ..data.commands import build_parser as build_data_parser
 from ..data.commands import main as data_main
 from .callbacks import LastCheckpoint, LoaderPosition, RNGStates
+from .checkpoint_io import with_atomic_checkpoint_io
 from .runs import RunCSVLogger, allocate_version, check_checkpoint, find_last_checkpoint, run_dir_of, run_name
 
 RESULTS_FILE = "results.json"
@@ -221,6 +222,8 @@ class SsmzooCLI(LightningCLI):
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         if trainer_config.get("logger") in (None, True):
             trainer_config["logger"] = self._loggers(Path(trainer_config["default_root_dir"]))
+        # checkpoints written atomically in their own folder, read with weights_only=True (checkpoint_io.py)
+        trainer_config["plugins"] = with_atomic_checkpoint_io(trainer_config.get("plugins"))
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         callbacks += [RNGStates(), LoaderPosition()]
         patience = self._section().get("early_stopping_patience")

@@ -9,6 +9,8 @@ says (safetensors, or ``pytorch_model.bin`` for mamba-ssm).
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +24,69 @@ CONFIG = "config.json"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def _read_weights(file: Path) -> dict[str, Tensor]:
-    if file.name.endswith(".index.json"):
-        index = json.loads(file.read_text())
-        weights: dict[str, Tensor] = {}
-        for shard in sorted(set(index["weight_map"].values())):
-            weights.update(_read_weights(file.parent / shard))
-        return weights
+def _read_index(file: Path) -> list[Path]:
+    """The shard files a ``*.index.json`` names, each inside the index's folder (a ValueError otherwise)."""
+    try:
+        index = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"from_pretrained: {file} is not valid JSON ({error}); is it truncated?") from error
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise ValueError(f"from_pretrained: {file} has no \"weight_map\" object of tensor names to shard file names")
+    folder = file.parent.resolve()
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        shard = (file.parent / name).resolve()  # symbolic links followed: the file itself must be inside
+        if Path(name).is_absolute() or not shard.is_relative_to(folder) or shard == folder:
+            raise ValueError(f"from_pretrained: {file} names the shard {name!r}, which is not a file inside {folder}; "
+                             "shards must lie in the checkpoint folder")
+        if not shard.is_file():
+            raise FileNotFoundError(f"from_pretrained: {file} names the shard {name!r}, but {shard} does not exist")
+        shards.append(shard)
+    return shards
+
+
+def _read_file(file: Path) -> dict[str, Tensor]:
+    """The tensors of one weights file; a ValueError naming it if it cannot be read."""
+    if file.stat().st_size == 0:
+        raise ValueError(f"from_pretrained: {file} is empty (0 bytes); copy the checkpoint again")
     if file.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(file))
-    return torch.load(file, map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(file))
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError (and OSError)
+            raise ValueError(f"from_pretrained: {file} is not a readable safetensors file, it is truncated or "
+                             f"damaged ({type(error).__name__}: {error})") from error
+    try:
+        weights = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"from_pretrained: {file} is refused: it holds objects other than tensors, which would run "
+                         f"code while loading (read with weights_only=True)") from error
+    except (EOFError, RuntimeError, zipfile.BadZipFile) as error:
+        raise ValueError(f"from_pretrained: {file} is not a readable PyTorch file, it is truncated or damaged "
+                         f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from error
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in weights.items()):
+        raise ValueError(f"from_pretrained: {file} holds a {type(weights).__name__}, not a state dict of tensors")
+    return weights
+
+
+def _read_weights(file: Path) -> dict[str, Tensor]:
+    if not file.name.endswith(".index.json"):
+        return _read_file(file)
+    weights: dict[str, Tensor] = {}
+    for shard in _read_index(file):
+        weights.update(_read_file(shard))
+    return weights
+
+
+def _check_finite(weights: dict[str, Tensor], file: Path) -> None:
+    bad = [name for name, t in weights.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        shown = ", ".join(bad[:8]) + (f", ... ({len(bad)} in all)" if len(bad) > 8 else "")
+        raise ValueError(f"from_pretrained: {file} holds NaN or infinite weights in {shown}; a model with them "
+                         "computes NaN (was it saved after training diverged?)")
 
 
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -44,17 +97,28 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]
                                 f"and weights); nothing is downloaded")
     if not (folder / CONFIG).is_file():
         raise FileNotFoundError(f"from_pretrained: no {CONFIG} in {folder}")
-    config = json.loads((folder / CONFIG).read_text())
+    try:
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"from_pretrained: {folder / CONFIG} is not valid JSON ({error}); is it truncated?") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"from_pretrained: {folder / CONFIG} holds a JSON {type(config).__name__}, not an object of "
+                         "settings")
     file = next((folder / name for name in WEIGHTS if (folder / name).is_file()), None)
     if file is None:
         raise FileNotFoundError(f"from_pretrained: no weights in {folder} (looked for {', '.join(WEIGHTS)})")
-    return config, _read_weights(file)
+    weights = _read_weights(file)
+    _check_finite(weights, file)
+    return config, weights
 
 
 def load_pretrained(path: str | Path, dtype: torch.dtype | None = None,
                     device: torch.device | str | None = None) -> LanguageModel:
     config, state_dict = read_checkpoint(path)
-    model = get_converter(checkpoint_format(config)).load(config, state_dict)
+    try:
+        model = get_converter(checkpoint_format(config)).load(config, state_dict)
+    except ValueError as error:  # the converter's message, with the folder it was about
+        raise ValueError(f"from_pretrained: {Path(path).expanduser()}: {error}") from error
     return model.to(device=device, dtype=dtype).eval()
 
 
