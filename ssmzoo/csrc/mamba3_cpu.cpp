@@ -1,0 +1,268 @@
+// Mamba-3's intra-chunk step on CPU (arXiv 2603.15569; ssmzoo/ops/mamba3/chunked.py has the math and the
+// PyTorch twin, intra_torch). Per chunk and head, rows i = (token t_i, rank r_i) token-major, M = T * R rows:
+//   y_i = sum_j Lam_ij (q_i . k_j) v_j,   Lam_ij = exp(cs_{t_i} - cs_{t_j}) w_{t_j}   if t_j < t_i
+//                                                 = g_{t_i}                              if t_j = t_i
+//                                                 = 0                                    if t_j > t_i
+// and its adjoint (dq, dk, dv, dcs, dg, dw). One OpenMP work item is one (chunk, head); the (M, M) matrices
+// stay in per-thread buffers, the element-wise work on them is one fused pass, and the products go to the
+// Fortran BLAS that torch's CPU library carries (sgemm_/dgemm_, single-threaded inside the parallel region).
+// Lam is lower block-triangular (blocks of R rows): products with it go by row blocks of whole tokens and skip
+// the blocks above the diagonal; only the diagonal blocks' upper parts are ever read, so only those hold zeros.
+//
+// Layouts (contiguous): q, k (K, H, M, N); v, y, dy (K, H, M, P); cs, g, w (K, H, T).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "cpu_math.h"
+
+namespace {
+
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
+            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+            const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
+            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+            const int* ldc);
+}
+
+inline void gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
+                 const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
+                 const int* ldc) {
+  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+inline void gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
+                 const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
+                 const int* ldc) {
+  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+// C = op(A) op(B) + beta C for row-major matrices (BLAS is column-major: C^T = op(B)^T op(A)^T).
+template <typename scalar_t>
+void mm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
+        const scalar_t* b, int64_t ldb, scalar_t beta, scalar_t* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
+  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  const scalar_t one = 1;
+  gemm(&ta, &tb, &M, &N, &K, &one, b, &la, a, &lb, &beta, c, &lc);
+}
+
+// exp(max(x, floor)): decays below exp(floor) are rounded up to it (no subnormal slow path). Float uses the
+// shared branch-free polynomial (vectorises), double std::exp.
+inline float decay_exp(float x) { return ssmzoo_cpu::exp_poly(std::max(x, -60.0f)); }
+inline double decay_exp(double x) { return std::exp(std::max(x, -600.0)); }
+
+struct Sizes {
+  int64_t K, H, T, R, N, P;
+  int64_t M() const { return T * R; }
+  // Row blocks of whole tokens, about 64 rows.
+  int64_t block() const { return R * std::max<int64_t>(1, 64 / R); }
+  int64_t qk(int64_t item) const { return item * M() * N; }
+  int64_t vy(int64_t item) const { return item * M() * P; }
+  int64_t tok(int64_t item) const { return item * T; }
+};
+
+// out (M, M), rows [r0, r1) and columns [0, r1) of each row block = A B^T (A, B (M, K) row-major).
+template <typename scalar_t>
+void lower_outer(const Sizes& s, int64_t K, const scalar_t* A, const scalar_t* B, scalar_t* out) {
+  const int64_t M = s.M(), TB = s.block();
+  for (int64_t r0 = 0; r0 < M; r0 += TB) {
+    const int64_t r1 = std::min(r0 + TB, M);
+    mm<scalar_t>(false, true, r1 - r0, r1, K, A + r0 * K, K, B, K, 0, out + r0 * M, M);
+  }
+}
+
+// out (M, cols) = L R for block-lower L (M, M): rows [r0, r1) of out need columns [0, r1) of L.
+template <typename scalar_t>
+void lower_times(const Sizes& s, int64_t cols, const scalar_t* L, const scalar_t* R, scalar_t* out) {
+  const int64_t M = s.M(), TB = s.block();
+  for (int64_t r0 = 0; r0 < M; r0 += TB) {
+    const int64_t r1 = std::min(r0 + TB, M);
+    mm<scalar_t>(false, false, r1 - r0, cols, r1, L + r0 * M, M, R, cols, 0, out + r0 * cols, cols);
+  }
+}
+
+// out (M, cols) = L^T R for block-lower L (M, M): rows [c0, c1) of out need rows [c0, M) of L and R.
+template <typename scalar_t>
+void lower_transposed_times(const Sizes& s, int64_t cols, const scalar_t* L, const scalar_t* R, scalar_t* out) {
+  const int64_t M = s.M(), TB = s.block();
+  for (int64_t c0 = 0; c0 < M; c0 += TB) {
+    const int64_t c1 = std::min(c0 + TB, M);
+    mm<scalar_t>(true, false, c1 - c0, cols, M - c0, L + c0 * M + c0, M, R + c0 * cols, cols, 0, out + c0 * cols,
+                 cols);
+  }
+}
+
+// Per-row copies of per-token values (row j holds token j / R's): the inner loops then run over rows.
+template <typename scalar_t>
+void expand_rows(const scalar_t* per_token, int64_t T, int64_t R, scalar_t* out) {
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t r = 0; r < R; ++r) out[t * R + r] = per_token[t];
+}
+
+// S becomes Lam o S in place (rows of each block past their token's last rank zeroed: see lower_times).
+template <typename scalar_t>
+void mask_scores(const Sizes& s, const scalar_t* cs, const scalar_t* g, const scalar_t* csj, const scalar_t* wj,
+                 scalar_t* S) {
+  const int64_t M = s.M(), R = s.R, TB = s.block();
+  for (int64_t i = 0; i < M; ++i) {
+    const int64_t t = i / R, strict = t * R, diag_end = strict + R;
+    const scalar_t ci = cs[t], gi = g[t];
+    scalar_t* row = S + i * M;
+#pragma omp simd
+    for (int64_t j = 0; j < strict; ++j) row[j] *= decay_exp(ci - csj[j]) * wj[j];
+    for (int64_t j = strict; j < diag_end; ++j) row[j] *= gi;
+    std::fill(row + diag_end, row + std::min((i / TB + 1) * TB, M), scalar_t(0));
+  }
+}
+
+template <typename scalar_t>
+void intra_forward(const Sizes& s, const scalar_t* q, const scalar_t* k, const scalar_t* v, const scalar_t* cs,
+                   const scalar_t* g, const scalar_t* w, scalar_t* y) {
+  const int64_t M = s.M();
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    std::vector<scalar_t> S(M * M), csj(M), wj(M);
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < s.K * s.H; ++item) {
+      const scalar_t* c = cs + s.tok(item);
+      expand_rows(c, s.T, s.R, csj.data());
+      expand_rows(w + s.tok(item), s.T, s.R, wj.data());
+      lower_outer<scalar_t>(s, s.N, q + s.qk(item), k + s.qk(item), S.data());  // q k^T
+      mask_scores(s, c, g + s.tok(item), csj.data(), wj.data(), S.data());
+      lower_times<scalar_t>(s, s.P, S.data(), v + s.vy(item), y + s.vy(item));
+    }
+  }
+}
+
+template <typename scalar_t>
+void intra_backward(const Sizes& s, const scalar_t* q, const scalar_t* k, const scalar_t* v, const scalar_t* cs,
+                    const scalar_t* g, const scalar_t* w, const scalar_t* dy, scalar_t* dq, scalar_t* dk,
+                    scalar_t* dv, scalar_t* dcs, scalar_t* dg, scalar_t* dw) {
+  const int64_t M = s.M(), R = s.R, T = s.T, TB = s.block();
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    std::vector<scalar_t> S(M * M), dP(M * M), csj(M), wj(M), col_cs(M), col_w(M), row_cs(M), row_g(M);
+#pragma omp for schedule(dynamic)
+    for (int64_t item = 0; item < s.K * s.H; ++item) {
+      const scalar_t* c = cs + s.tok(item);
+      const scalar_t* gt = g + s.tok(item);
+      expand_rows(c, T, R, csj.data());
+      expand_rows(w + s.tok(item), T, R, wj.data());
+      const scalar_t* qi = q + s.qk(item);
+      const scalar_t* ki = k + s.qk(item);
+      const scalar_t* vi = v + s.vy(item);
+      const scalar_t* dyi = dy + s.vy(item);
+      lower_outer<scalar_t>(s, s.N, qi, ki, S.data());    // S = q k^T
+      lower_outer<scalar_t>(s, s.P, dyi, vi, dP.data());  // dP = dy v^T, the adjoint of Lam o S
+      std::fill(col_cs.begin(), col_cs.end(), scalar_t(0));
+      std::fill(col_w.begin(), col_w.end(), scalar_t(0));
+      // One pass: with e = exp(cs_i - cs_j) and Lam = e w_j below the diagonal blocks, g_i on them,
+      //   d cs_{t_i} += dP S Lam,  d cs_{t_j} -= dP S Lam,  d w_{t_j} += dP S e,  d g_{t_i} += dP S (diagonal blocks);
+      // then dP becomes dS = dP o Lam (for dq, dk) and S becomes Lam o S (for dv).
+      for (int64_t i = 0; i < M; ++i) {
+        const int64_t t = i / R, strict = t * R, diag_end = strict + R;
+        const scalar_t ci = c[t], gi = gt[t];
+        scalar_t* srow = S.data() + i * M;
+        scalar_t* prow = dP.data() + i * M;
+        scalar_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < strict; ++j) {
+          const scalar_t e = decay_exp(ci - csj[j]);
+          const scalar_t lam = e * wj[j];
+          const scalar_t dps = prow[j] * srow[j];
+          acc += dps * lam;
+          col_cs[j] -= dps * lam;
+          col_w[j] += dps * e;
+          prow[j] *= lam;
+          srow[j] *= lam;
+        }
+        scalar_t diag = 0;
+        for (int64_t j = strict; j < diag_end; ++j) {
+          diag += prow[j] * srow[j];
+          prow[j] *= gi;
+          srow[j] *= gi;
+        }
+        row_cs[i] = acc;
+        row_g[i] = diag;
+        const int64_t block_end = std::min((i / TB + 1) * TB, M);
+        std::fill(srow + diag_end, srow + block_end, scalar_t(0));
+        std::fill(prow + diag_end, prow + block_end, scalar_t(0));
+      }
+      lower_transposed_times<scalar_t>(s, s.P, S.data(), dyi, dv + s.vy(item));  // dv = (Lam o S)^T dy
+      lower_times<scalar_t>(s, s.N, dP.data(), ki, dq + s.qk(item));             // dq = dS k
+      lower_transposed_times<scalar_t>(s, s.N, dP.data(), qi, dk + s.qk(item));  // dk = dS^T q
+      scalar_t* dc = dcs + s.tok(item);
+      scalar_t* dgt = dg + s.tok(item);
+      scalar_t* dwt = dw + s.tok(item);
+      for (int64_t tt = 0; tt < T; ++tt) {
+        scalar_t a = 0, b = 0, d = 0;
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t j = tt * R + r;
+          a += row_cs[j] + col_cs[j];
+          b += row_g[j];
+          d += col_w[j];
+        }
+        dc[tt] = a;
+        dgt[tt] = b;
+        dwt[tt] = d;
+      }
+    }
+  }
+}
+
+void check(const torch::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.dim() == dim, "mamba3_cpu: ", name,
+              " must be a contiguous CPU tensor of rank ", dim);
+}
+
+Sizes sizes_of(const torch::Tensor& q, const torch::Tensor& v, const torch::Tensor& cs, int64_t rank) {
+  check(q, "q", 4); check(v, "v", 4); check(cs, "cs", 3);
+  TORCH_CHECK(rank >= 1 && q.size(2) == cs.size(2) * rank && v.size(2) == q.size(2), "mamba3_cpu: rows must be T * rank");
+  return {q.size(0), q.size(1), cs.size(2), rank, q.size(3), v.size(3)};
+}
+
+torch::Tensor forward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor cs, torch::Tensor g,
+                      torch::Tensor w, int64_t rank) {
+  const Sizes s = sizes_of(q, v, cs, rank);
+  check(k, "k", 4); check(g, "g", 3); check(w, "w", 3);
+  auto y = torch::empty_like(v);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mamba3_intra_forward", [&] {
+    intra_forward<scalar_t>(s, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                            cs.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                            y.data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+std::vector<torch::Tensor> backward(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor cs,
+                                    torch::Tensor g, torch::Tensor w, int64_t rank, torch::Tensor dy) {
+  const Sizes s = sizes_of(q, v, cs, rank);
+  check(k, "k", 4); check(g, "g", 3); check(w, "w", 3); check(dy, "dy", 4);
+  auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+  auto dcs = torch::empty_like(cs), dg = torch::empty_like(g), dw = torch::empty_like(w);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "mamba3_intra_backward", [&] {
+    intra_backward<scalar_t>(s, q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                             cs.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                             dy.data_ptr<scalar_t>(), dq.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(),
+                             dv.data_ptr<scalar_t>(), dcs.data_ptr<scalar_t>(), dg.data_ptr<scalar_t>(),
+                             dw.data_ptr<scalar_t>());
+  });
+  return {dq, dk, dv, dcs, dg, dw};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("intra_forward", &forward, "y = (Lam o q k^T) v per chunk and head");
+  m.def("intra_backward", &backward, "adjoint of intra_forward: (dq, dk, dv, dcs, dg, dw)");
+}
