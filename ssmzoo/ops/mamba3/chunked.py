@@ -1,10 +1,11 @@
 """Mamba-3 in chunks, plain PyTorch; ``run_chunked`` is shared with the C++ and Triton backends, which only
-replace the intra-chunk step (``IntraChunk``: csrc/mamba3_cpu.cpp, triton.py).
+replace the intra-chunk step (``Intra``: csrc/mamba3_cpu.cpp, triton.py).
 
-Everything element-wise runs first, with autograd (``prepare``): the phases φ (one float64 cumsum per
-document), the rotated and biased B̄ (keys k) and C̄ (queries q), x lifted to the rank (values v), and three
-per-token weights. Then the trapezoid is rewritten so the scan is Mamba-2's SSD with two weights: with
-S_t = h_t + (1 - λ_{t+1}) Δ_{t+1} x_t B̄_tᵀ (the state plus the left-endpoint term the next step will add),
+The element-wise part runs first, with autograd: the phases φ (one float64 cumsum per document), three
+per-token weights (``prepare``), and the rows the scan reads (``rows``): the rotated and biased B̄ (keys k) and
+C̄ (queries q) and x lifted to the rank (values v), built once, per head, directly in the chunk layout. Then the
+trapezoid is rewritten so the scan is Mamba-2's SSD with two weights: with S_t = h_t + (1 - λ_{t+1}) Δ_{t+1}
+x_t B̄_tᵀ (the state plus the left-endpoint term the next step will add),
 
     S_t = exp(a_t) S_{t-1} + w_t Σ_r v_t^r k_t^{rᵀ},    y_t^r = (exp(a_t) S_{t-1} + g_t Σ_r v_t^r k_t^{rᵀ}) q_t^r
 
@@ -18,7 +19,8 @@ cumsum of a, the output is the sum of
 2. the chunk's own end state U = Σ_j exp(cs_T - cs_{t_j}) w_{t_j} v_j k_jᵀ;
 3. the states between chunks (SSD's ``pass_states``: every document starts a chunk, ssd/sequences.py);
 4. state to output: y_i += exp(cs_{t_i}) E q_i, E the state entering the chunk.
-Steps 2-4 are einsums with autograd here for every backend; step 1 is the backend's.
+Steps 2-4 are einsums with autograd here for every backend; step 1 is the backend's. D, the gate and MIMO's
+down-projection follow in the chunk layout, which is left once at the end.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ import math
 from typing import Callable, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
 from ..ssd.chunked import pass_states
 from ..ssd.sequences import ChunkLayout, Span
 from .inputs import Mamba3Inputs, Mamba3State, compute_dtype
-from .reference import TWO_PI, as_rank_form, finish_output
+from .reference import TWO_PI
 from .rotary import rotate
 
 # intra(q, k, v, cs, g, w, rank) -> y: q, k (K, heads, T·rank, d_state); v (K, heads, T·rank, headdim);
@@ -42,15 +45,10 @@ Intra = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int], Tensor]
 
 
 class Prepared(NamedTuple):
-    """The element-wise part, (batch, length, heads, ...) in the compute dtype: q = C̄, k = B̄ (rank, d_state),
-    v = x^r and the gate (rank, headdim); a = Δ A, g and w (see the module docstring); phi the phases;
-    init the folded initial SSM state (num, heads, headdim, d_state) or None; first/last each sequence's first
-    and last token as flat (row · length + t) indices."""
+    """Per token (batch, length, heads, ...) in the compute dtype: a = Δ A, g and w (see the module docstring), the
+    phases phi; init the folded initial SSM state (num, heads, headdim, d_state) or None; first and last each
+    sequence's first and last token as flat (row · length + t) indices; the sequences' spans."""
 
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    gate: Tensor | None
     a: Tensor
     g: Tensor
     w: Tensor
@@ -58,6 +56,7 @@ class Prepared(NamedTuple):
     init: Tensor | None
     first: Tensor
     last: Tensor
+    spans: list
 
 
 def _spans(inputs: Mamba3Inputs) -> list:
@@ -84,32 +83,84 @@ def phases(turn: Tensor, inputs: Mamba3Inputs, dtype: torch.dtype) -> Tensor:
     return torch.remainder(total, TWO_PI).to(dtype)
 
 
+def _lifted(v: Tensor, inputs: Mamba3Inputs, dtype: torch.dtype) -> Tensor:
+    """A state's x (num, heads, headdim) lifted to the rank: (num, heads, rank, headdim)."""
+    return v.to(dtype)[:, :, None] * inputs.mimo_x.to(dtype) if inputs.mimo else v.to(dtype)[:, :, None]
+
+
 def prepare(inputs: Mamba3Inputs) -> Prepared:
     dtype = compute_dtype(inputs.x)
-    B, C, v, gate = as_rank_form(inputs, dtype)
-    batch, length = B.shape[:2]
+    batch, length = inputs.x.shape[:2]
     dt, A = inputs.dt.to(dtype), inputs.A.to(dtype)
     lam = torch.sigmoid(inputs.trap.to(dtype))
     gamma, beta = lam * dt, (1 - lam) * dt  # β without its α: α multiplies the whole S_{t-1} + left endpoint
     phi = phases(math.pi * torch.tanh(inputs.angles.to(dtype)) * dt[..., None], inputs, dtype)
-    cos, sin = torch.cos(phi)[:, :, :, None], torch.sin(phi)[:, :, :, None]
-    k, q = rotate(B, cos, sin, inputs.pairs), rotate(C, cos, sin, inputs.pairs)
     # The next token's left-endpoint weight, where the next token belongs to the same document.
-    nxt = torch.cat([beta[:, 1:], torch.zeros_like(beta[:, :1])], dim=1)
+    nxt = F.pad(beta[:, 1:], (0, 0, 0, 1))
     if inputs.segments is not None:
-        later = torch.cat([inputs.segments.starts[:, 1:], torch.ones_like(inputs.segments.starts[:, :1])], dim=1)
-        nxt = nxt.masked_fill(later[:, :, None], 0.0)
+        nxt = nxt.masked_fill(F.pad(inputs.segments.starts[:, 1:], (0, 1), value=True)[:, :, None], 0.0)
     spans = _spans(inputs)
-    first = torch.tensor([s.row * length + s.start for s in spans], dtype=torch.long, device=B.device)
-    last = torch.tensor([s.row * length + s.stop - 1 for s in spans], dtype=torch.long, device=B.device)
+    first = torch.tensor([s.row * length + s.start for s in spans], dtype=torch.long, device=dt.device)
+    last = torch.tensor([s.row * length + s.stop - 1 for s in spans], dtype=torch.long, device=dt.device)
     init = None
     if inputs.initial_state is not None:
         s = inputs.initial_state
         k0 = s.k.to(dtype) if inputs.mimo else s.k.to(dtype)[:, :, None]
-        v0 = s.v.to(dtype)[:, :, None] * inputs.mimo_x.to(dtype) if inputs.mimo else s.v.to(dtype)[:, :, None]
         beta0 = rearrange(beta, "b l h -> (b l) h").index_select(0, first)
-        init = s.ssm.to(dtype) + beta0[:, :, None, None] * torch.einsum("shrp,shrn->shpn", v0, k0)
-    return Prepared(q, k, v, gate, dt * A, gamma, gamma + nxt, phi, init, first, last)
+        init = s.ssm.to(dtype) + beta0[:, :, None, None] * torch.einsum("shrp,shrn->shpn", _lifted(s.v, inputs, dtype),
+                                                                         k0)
+    return Prepared(dt * A, gamma, gamma + nxt, phi, init, first, last, spans)
+
+
+def entry_rotation(cos: Tensor, sin: Tensor, d_state: int, pairs: str) -> tuple[Tensor, Tensor, Tensor]:
+    """rotate(t) = t · c + t[..., partner] · s for every entry: (c, s) (..., d_state) from the pairs' cos and sin
+    (..., n_angles) (1 and 0 on entries that do not turn), and partner (d_state,), each entry's pair partner."""
+    a = cos.shape[-1]
+    ones, zeros = cos.new_ones(*cos.shape[:-1], 1), cos.new_zeros(*cos.shape[:-1], 1)
+    partner = torch.arange(d_state, device=cos.device)
+    if pairs == "interleaved":
+        c = torch.cat([torch.stack([cos, cos], -1).flatten(-2), ones.expand(*cos.shape[:-1], d_state - 2 * a)], -1)
+        s = torch.cat([torch.stack([-sin, sin], -1).flatten(-2), zeros.expand(*cos.shape[:-1], d_state - 2 * a)], -1)
+        partner[:2 * a] = partner[:2 * a].view(a, 2).flip(-1).flatten()
+    else:
+        half = d_state // 2
+        fill_c, fill_s = ones.expand(*cos.shape[:-1], half - a), zeros.expand(*cos.shape[:-1], half - a)
+        c = torch.cat([cos, fill_c, cos, fill_c], -1)
+        s = torch.cat([-sin, fill_s, sin, fill_s], -1)
+        partner[:a], partner[half:half + a] = partner[half:half + a].clone(), partner[:a].clone()
+    return c, s, partner
+
+
+def rows(inputs: Mamba3Inputs, prep: Prepared, layout: ChunkLayout) -> tuple[Tensor, Tensor, Tensor]:
+    """q = C̄, k = B̄ (K, heads, T·rank, d_state) and v = x^r (K, heads, T·rank, headdim) in the chunk layout, one
+    head per (rotated) copy, built in one pass each from the groups' B and C."""
+    dtype = prep.a.dtype
+    x = inputs.x.to(dtype)
+    batch, length, heads, headdim = x.shape
+    rank = inputs.rank
+    T = layout.chunk
+
+    def chunks(t: Tensor) -> Tensor:  # (batch, length, ...) -> (K, T, ...)
+        c = layout.to_chunks(t)
+        return c.reshape(c.shape[0] * c.shape[1], *c.shape[2:])
+
+    phi = rearrange(chunks(prep.phi), "k t h a -> k h t 1 a")
+    c, s, partner = entry_rotation(torch.cos(phi), torch.sin(phi), inputs.B.shape[-1], inputs.pairs)
+
+    def keys(t: Tensor, bias: Tensor | None) -> Tensor:
+        t = t.to(dtype) if inputs.mimo else t.to(dtype)[:, :, None]
+        groups = t.shape[3]
+        t = rearrange(chunks(t), "k t r g n -> k g 1 t r n")
+        if bias is not None:
+            bias = bias.to(dtype) if inputs.mimo else bias.to(dtype)[:, None]
+            t = t + rearrange(bias, "(g e) r n -> g e 1 r n", g=groups)
+        t = t.expand(-1, -1, heads // groups, -1, -1, -1).reshape(-1, heads, T, rank, t.shape[-1])
+        return rearrange(t * c + t[..., partner] * s, "k h t r n -> k h (t r) n")
+
+    q, k = keys(inputs.C, inputs.C_bias), keys(inputs.B, inputs.B_bias)
+    xc = rearrange(chunks(x), "k t h p -> k h t 1 p")
+    v = xc * inputs.mimo_x.to(dtype)[:, None] if inputs.mimo else xc
+    return q, k, rearrange(v, "k h t r p -> k h (t r) p")
 
 
 def intra_torch(q: Tensor, k: Tensor, v: Tensor, cs: Tensor, g: Tensor, w: Tensor, rank: int) -> Tensor:
@@ -123,51 +174,75 @@ def intra_torch(q: Tensor, k: Tensor, v: Tensor, cs: Tensor, g: Tensor, w: Tenso
     return (lam * (q @ k.transpose(-1, -2))) @ v
 
 
-def chunk_scan(prep: Prepared, inputs: Mamba3Inputs, intra: Intra) -> tuple[Tensor, Tensor]:
-    """Steps 1-4: (h C̄ per rank (batch, length, heads, rank, headdim), final SSM states (num, heads, headdim,
+def chunk_scan(q: Tensor, k: Tensor, v: Tensor, prep: Prepared, layout: ChunkLayout, rank: int,
+               intra: Intra) -> tuple[Tensor, Tensor]:
+    """Steps 1-4 on the rows: (h C̄ per row (K, heads, T·rank, headdim), final SSM states (num, heads, headdim,
     d_state))."""
-    batch, length, heads, rank, _ = prep.q.shape
-    spans = _spans(inputs)
-    chunk = max(1, min(inputs.chunk_size, max(s.stop - s.start for s in spans)))
-    layout = ChunkLayout(spans, batch, length, chunk, prep.q.device)
+    batch = layout.batch
 
-    def rows(t: Tensor) -> Tensor:  # (batch, length, heads, rank, n) -> (chunks, heads, T·rank, n)
-        return rearrange(layout.to_chunks(t), "b c t h r n -> (b c) h (t r) n").contiguous()
-
-    def tokens(t: Tensor) -> Tensor:  # (batch, length, heads) -> (chunks, heads, T)
+    def tokens(t: Tensor) -> Tensor:  # (batch, length, heads) -> (K, heads, T)
         return rearrange(layout.to_chunks(t), "b c t h -> (b c) h t").contiguous()
 
-    q, k, v = rows(prep.q), rows(prep.k), rows(prep.v)
     cs = torch.cumsum(tokens(prep.a), dim=-1)
     w = tokens(prep.w)
     y = intra(q, k, v, cs, tokens(prep.g), w, rank)
-    nchunks = layout.nchunks
     # 2. U = Σ_j exp(cs_T - cs_j) w_j v_j k_jᵀ
-    omega = (torch.exp(cs[..., -1:] - cs) * w).repeat_interleave(rank, dim=-1)
-    U = torch.einsum("khmp,khmn->khpn", v * omega[..., None], k)
+    omega = torch.exp(cs[..., -1:] - cs) * w
+    U = rearrange(v, "k h (t r) p -> k h t r p", r=rank) * omega[..., None, None]
+    U = torch.einsum("khmp,khmn->khpn", rearrange(U, "k h t r p -> k h (t r) p"), k)
     # 3. between chunks
     S, E = pass_states(rearrange(U, "(b c) h p n -> b c h p n", b=batch),
                        rearrange(cs[..., -1], "(b c) h -> b c h", b=batch), layout.initial_chunks(prep.init),
                        layout.starts)
     # 4. y_i += exp(cs_i) E q_i
-    decay = torch.exp(cs).repeat_interleave(rank, dim=-1)
-    y = y + decay[..., None] * torch.einsum("khmn,khpn->khmp", q, rearrange(E, "b c h p n -> (b c) h p n"))
-    y = layout.from_chunks(rearrange(y, "(b c) h (t r) p -> b c t h r p", b=batch, c=nchunks, r=rank))
+    off = torch.einsum("khmn,khpn->khmp", q, rearrange(E, "b c h p n -> (b c) h p n"))
+    off = rearrange(off, "k h (t r) p -> k h t r p", r=rank) * torch.exp(cs)[..., None, None]
+    y = y + rearrange(off, "k h t r p -> k h (t r) p")
     return y, layout.final_states(S, prep.init)
+
+
+def _last_keys(inputs: Mamba3Inputs, prep: Prepared) -> Tensor:
+    """Each sequence's last rotated key B̄ (num, heads, rank, d_state), the trapezoid's next left endpoint."""
+    dtype = prep.a.dtype
+    B = rearrange(inputs.B, "b l ... -> (b l) ...").index_select(0, prep.last).to(dtype)
+    B = B if inputs.mimo else B[:, None]
+    B = B.repeat_interleave(inputs.x.shape[2] // B.shape[2], dim=2).transpose(1, 2)
+    if inputs.B_bias is not None:
+        B = B + (inputs.B_bias.to(dtype) if inputs.mimo else inputs.B_bias.to(dtype)[:, None])
+    phi = rearrange(prep.phi, "b l h a -> (b l) h a").index_select(0, prep.last)[:, :, None]
+    return rotate(B, torch.cos(phi), torch.sin(phi), inputs.pairs)
 
 
 def run_chunked(inputs: Mamba3Inputs, output_final_state: bool, intra: Intra) -> Tensor | tuple[Tensor, Mamba3State]:
     """The whole op around an intra-chunk step; returns what ``mamba3_reference`` returns."""
     prep = prepare(inputs)
-    y, ssm = chunk_scan(prep, inputs, intra)
-    y = finish_output(y, prep.v, prep.gate, inputs)
+    batch, length, heads, headdim = inputs.x.shape
+    rank = inputs.rank
+    chunk = max(1, min(inputs.chunk_size, max(s.stop - s.start for s in prep.spans)))
+    layout = ChunkLayout(prep.spans, batch, length, chunk, inputs.x.device)
+    q, k, v = rows(inputs, prep, layout)
+    y, ssm = chunk_scan(q, k, v, prep, layout, rank, intra)
+    dtype = y.dtype
+    y = rearrange(y, "k h (t r) p -> k t h r p", r=rank)
+    v = rearrange(v, "k h (t r) p -> k t h r p", r=rank)
+    if inputs.D is not None:
+        y = y + inputs.D.to(dtype)[:, None, None] * v
+    if inputs.z is not None:
+        zc = layout.to_chunks(inputs.z.to(dtype)).flatten(0, 1)[:, :, :, None]
+        y = y * F.silu(zc * inputs.mimo_z.to(dtype) if inputs.mimo else zc)
+    if not inputs.mimo:
+        y = y[..., 0, :]
+    elif inputs.mimo_o is not None:
+        y = (y * inputs.mimo_o.to(dtype)).sum(-2)
+    else:
+        y = rearrange(y, "k t h r p -> k t r h p")
+    y = layout.from_chunks(y.reshape(batch, -1, *y.shape[1:])).to(inputs.x.dtype)
     if not output_final_state:
         return y
-    flat = "b l h ... -> (b l) h ..."
-    angle = rearrange(prep.phi, flat).index_select(0, prep.last)
-    k = rearrange(prep.k, flat).index_select(0, prep.last)
-    x_last = rearrange(inputs.x, flat).index_select(0, prep.last).to(ssm.dtype)
-    return y, Mamba3State(angle, ssm, k if inputs.mimo else k[:, :, 0], x_last)
+    angle = rearrange(prep.phi, "b l h a -> (b l) h a").index_select(0, prep.last)
+    keys = _last_keys(inputs, prep)
+    x_last = rearrange(inputs.x, "b l h p -> (b l) h p").index_select(0, prep.last).to(dtype)
+    return y, Mamba3State(angle, ssm, keys if inputs.mimo else keys[:, :, 0], x_last)
 
 
 def mamba3_chunked(inputs: Mamba3Inputs, output_final_state: bool = False) -> Tensor | tuple[Tensor, Mamba3State]:

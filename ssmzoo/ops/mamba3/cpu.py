@@ -28,6 +28,7 @@ class IntraChunkCpp(Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, cs: Tensor, g: Tensor, w: Tensor, rank: int) -> Tensor:
+        q, k, v, cs, g, w = (t.contiguous() for t in (q, k, v, cs, g, w))
         ctx.rank = rank
         ctx.save_for_backward(q, k, v, cs, g, w)
         return extension().intra_forward(q, k, v, cs, g, w, rank)

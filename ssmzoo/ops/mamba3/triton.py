@@ -147,6 +147,7 @@ class IntraChunkTriton(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, v: Tensor, cs: Tensor, g: Tensor, w: Tensor, rank: int) -> Tensor:
+        q, k, v, cs, g, w = (t.contiguous() for t in (q, k, v, cs, g, w))
         K, H, M, N = q.shape
         T, P = cs.shape[2], v.shape[3]
         meta = _meta(q, v)
