@@ -1,5 +1,5 @@
 """Mamba-3 in chunks, plain PyTorch; ``run_chunked`` is shared with the C++ and Triton backends, which only
-replace the intra-chunk step (``Intra``: csrc/mamba3_cpu.cpp, triton.py).
+replace some steps with their own kernels (``Kernels``: csrc/mamba3_cpu.cpp, triton.py).
 
 The element-wise part runs first, with autograd: the phases φ (one float64 cumsum per document), three
 per-token weights (``prepare``), and the rows the scan reads (``rows``): the rotated and biased B̄ (keys k) and
@@ -19,8 +19,8 @@ cumsum of a, the output is the sum of
 2. the chunk's own end state U = Σ_j exp(cs_T - cs_{t_j}) w_{t_j} v_j k_jᵀ;
 3. the states between chunks (SSD's ``pass_states``: every document starts a chunk, ssd/sequences.py);
 4. state to output: y_i += exp(cs_{t_i}) E q_i, E the state entering the chunk.
-Steps 2-4 are einsums with autograd here for every backend; step 1 is the backend's. D, the gate and MIMO's
-down-projection follow in the chunk layout, which is left once at the end.
+Step 3 is SSD's for every backend; the rows and steps 1, 2 and 4 are the backend's (here einsums with autograd).
+D, the gate and MIMO's down-projection follow in the chunk layout, which is left once at the end.
 """
 
 from __future__ import annotations
@@ -39,9 +39,17 @@ from .inputs import Mamba3Inputs, Mamba3State, compute_dtype
 from .reference import TWO_PI
 from .rotary import rotate
 
-# intra(q, k, v, cs, g, w, rank) -> y: q, k (K, heads, T·rank, d_state); v (K, heads, T·rank, headdim);
-# cs, g, w (K, heads, T). Rows are (token, rank), token-major.
-Intra = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int], Tensor]
+class Kernels(NamedTuple):
+    """What a backend computes its own way (the PyTorch forms below define each contract):
+    keys(t, bias, cos, sin, heads, pairs) -> the rotated rows (keys_torch);
+    intra(q, k, v, cs, g, w, rank) -> (y, U), steps 1 and 2 (intra_torch);
+    output(y, cs, q, E, rank) -> y + step 4 (output_torch).
+    Rows are (token, rank), token-major: q, k (K, heads, T·rank, d_state), v and y (K, heads, T·rank, headdim);
+    cs, g, w (K, heads, T); U and E (K, heads, headdim, d_state)."""
+
+    keys: Callable
+    intra: Callable
+    output: Callable
 
 
 class Prepared(NamedTuple):
@@ -131,51 +139,71 @@ def entry_rotation(cos: Tensor, sin: Tensor, d_state: int, pairs: str) -> tuple[
     return c, s, partner
 
 
-def rows(inputs: Mamba3Inputs, prep: Prepared, layout: ChunkLayout) -> tuple[Tensor, Tensor, Tensor]:
+def keys_torch(t: Tensor, bias: Tensor | None, cos: Tensor, sin: Tensor, heads: int, pairs: str) -> Tensor:
+    """The rotated, biased keys (or queries) of every head in the chunk layout, (K, heads, T·rank, d_state), from the
+    groups' t (K, T, rank, groups, d_state), bias (heads, rank, d_state) or None and the phases' cos and sin
+    (K, T, heads, n_angles)."""
+    groups, d_state = t.shape[3], t.shape[4]
+    c, s, partner = entry_rotation(rearrange(cos, "k t h a -> k h t 1 a"), rearrange(sin, "k t h a -> k h t 1 a"),
+                                   d_state, pairs)
+    t = rearrange(t, "k t r g n -> k g 1 t r n")
+    if bias is not None:
+        t = t + rearrange(bias, "(g e) r n -> g e 1 r n", g=groups)
+    t = t.expand(-1, -1, heads // groups, -1, -1, -1).flatten(1, 2)
+    return rearrange(t * c + t[..., partner] * s, "k h t r n -> k h (t r) n")
+
+
+def rows(inputs: Mamba3Inputs, prep: Prepared, layout: ChunkLayout, keys: Callable) -> tuple[Tensor, Tensor, Tensor]:
     """q = C̄, k = B̄ (K, heads, T·rank, d_state) and v = x^r (K, heads, T·rank, headdim) in the chunk layout, one
-    head per (rotated) copy, built in one pass each from the groups' B and C."""
+    copy per head, each built in one pass from the groups' B and C."""
     dtype = prep.a.dtype
-    x = inputs.x.to(dtype)
-    batch, length, heads, headdim = x.shape
-    rank = inputs.rank
-    T = layout.chunk
+    heads = inputs.x.shape[2]
 
     def chunks(t: Tensor) -> Tensor:  # (batch, length, ...) -> (K, T, ...)
         c = layout.to_chunks(t)
         return c.reshape(c.shape[0] * c.shape[1], *c.shape[2:])
 
-    phi = rearrange(chunks(prep.phi), "k t h a -> k h t 1 a")
-    c, s, partner = entry_rotation(torch.cos(phi), torch.sin(phi), inputs.B.shape[-1], inputs.pairs)
+    phi = chunks(prep.phi)
+    cos, sin = torch.cos(phi), torch.sin(phi)
 
-    def keys(t: Tensor, bias: Tensor | None) -> Tensor:
-        t = t.to(dtype) if inputs.mimo else t.to(dtype)[:, :, None]
-        groups = t.shape[3]
-        t = rearrange(chunks(t), "k t r g n -> k g 1 t r n")
+    def rotated(t: Tensor, bias: Tensor | None) -> Tensor:
+        t = chunks(t.to(dtype) if inputs.mimo else t.to(dtype)[:, :, None])
         if bias is not None:
             bias = bias.to(dtype) if inputs.mimo else bias.to(dtype)[:, None]
-            t = t + rearrange(bias, "(g e) r n -> g e 1 r n", g=groups)
-        t = t.expand(-1, -1, heads // groups, -1, -1, -1).reshape(-1, heads, T, rank, t.shape[-1])
-        return rearrange(t * c + t[..., partner] * s, "k h t r n -> k h (t r) n")
+        return keys(t, bias, cos, sin, heads, inputs.pairs)
 
-    q, k = keys(inputs.C, inputs.C_bias), keys(inputs.B, inputs.B_bias)
-    xc = rearrange(chunks(x), "k t h p -> k h t 1 p")
+    q, k = rotated(inputs.C, inputs.C_bias), rotated(inputs.B, inputs.B_bias)
+    xc = rearrange(chunks(inputs.x.to(dtype)), "k t h p -> k h t 1 p")
     v = xc * inputs.mimo_x.to(dtype)[:, None] if inputs.mimo else xc
     return q, k, rearrange(v, "k h t r p -> k h (t r) p")
 
 
-def intra_torch(q: Tensor, k: Tensor, v: Tensor, cs: Tensor, g: Tensor, w: Tensor, rank: int) -> Tensor:
-    """Step 1 with autograd: the (T·R, T·R) matrix Λ ∘ q kᵀ per chunk and head."""
+def end_state_torch(k: Tensor, v: Tensor, cs: Tensor, w: Tensor, rank: int) -> Tensor:
+    """Step 2: U = Σ_j exp(cs_T - cs_{t_j}) w_{t_j} v_j k_jᵀ per chunk and head."""
+    omega = torch.exp(cs[..., -1:] - cs) * w
+    vw = rearrange(rearrange(v, "k h (t r) p -> k h t r p", r=rank) * omega[..., None, None], "k h t r p -> k h (t r) p")
+    return torch.einsum("khmp,khmn->khpn", vw, k)
+
+
+def intra_torch(q: Tensor, k: Tensor, v: Tensor, cs: Tensor, g: Tensor, w: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """Steps 1 and 2 with autograd: the (T·R, T·R) matrix Λ ∘ q kᵀ per chunk and head, and U."""
     T = cs.shape[-1]
     strict = torch.ones(T, T, dtype=torch.bool, device=cs.device).tril(-1)
     diff = (cs[..., :, None] - cs[..., None, :]).masked_fill(~strict, -math.inf)  # nothing positive exponentiated
     lam = torch.exp(diff) * w[..., None, :] + torch.diag_embed(g)
     if rank > 1:
         lam = lam.repeat_interleave(rank, dim=-1).repeat_interleave(rank, dim=-2)
-    return (lam * (q @ k.transpose(-1, -2))) @ v
+    return (lam * (q @ k.transpose(-1, -2))) @ v, end_state_torch(k, v, cs, w, rank)
+
+
+def output_torch(y: Tensor, cs: Tensor, q: Tensor, E: Tensor, rank: int) -> Tensor:
+    """Step 4: y_i + exp(cs_{t_i}) E q_i."""
+    off = rearrange(torch.einsum("khmn,khpn->khmp", q, E), "k h (t r) p -> k h t r p", r=rank)
+    return y + rearrange(off * torch.exp(cs)[..., None, None], "k h t r p -> k h (t r) p")
 
 
 def chunk_scan(q: Tensor, k: Tensor, v: Tensor, prep: Prepared, layout: ChunkLayout, rank: int,
-               intra: Intra) -> tuple[Tensor, Tensor]:
+               kernels: Kernels) -> tuple[Tensor, Tensor]:
     """Steps 1-4 on the rows: (h C̄ per row (K, heads, T·rank, headdim), final SSM states (num, heads, headdim,
     d_state))."""
     batch = layout.batch
@@ -184,20 +212,11 @@ def chunk_scan(q: Tensor, k: Tensor, v: Tensor, prep: Prepared, layout: ChunkLay
         return rearrange(layout.to_chunks(t), "b c t h -> (b c) h t").contiguous()
 
     cs = torch.cumsum(tokens(prep.a), dim=-1)
-    w = tokens(prep.w)
-    y = intra(q, k, v, cs, tokens(prep.g), w, rank)
-    # 2. U = Σ_j exp(cs_T - cs_j) w_j v_j k_jᵀ
-    omega = torch.exp(cs[..., -1:] - cs) * w
-    U = rearrange(v, "k h (t r) p -> k h t r p", r=rank) * omega[..., None, None]
-    U = torch.einsum("khmp,khmn->khpn", rearrange(U, "k h t r p -> k h (t r) p"), k)
-    # 3. between chunks
+    y, U = kernels.intra(q, k, v, cs, tokens(prep.g), tokens(prep.w), rank)
     S, E = pass_states(rearrange(U, "(b c) h p n -> b c h p n", b=batch),
                        rearrange(cs[..., -1], "(b c) h -> b c h", b=batch), layout.initial_chunks(prep.init),
                        layout.starts)
-    # 4. y_i += exp(cs_i) E q_i
-    off = torch.einsum("khmn,khpn->khmp", q, rearrange(E, "b c h p n -> (b c) h p n"))
-    off = rearrange(off, "k h (t r) p -> k h t r p", r=rank) * torch.exp(cs)[..., None, None]
-    y = y + rearrange(off, "k h t r p -> k h (t r) p")
+    y = kernels.output(y, cs, q, rearrange(E, "b c h p n -> (b c) h p n"), rank)
     return y, layout.final_states(S, prep.init)
 
 
@@ -213,15 +232,15 @@ def _last_keys(inputs: Mamba3Inputs, prep: Prepared) -> Tensor:
     return rotate(B, torch.cos(phi), torch.sin(phi), inputs.pairs)
 
 
-def run_chunked(inputs: Mamba3Inputs, output_final_state: bool, intra: Intra) -> Tensor | tuple[Tensor, Mamba3State]:
-    """The whole op around an intra-chunk step; returns what ``mamba3_reference`` returns."""
+def run_chunked(inputs: Mamba3Inputs, output_final_state: bool, kernels: Kernels) -> Tensor | tuple[Tensor, Mamba3State]:
+    """The whole op around a backend's kernels; returns what ``mamba3_reference`` returns."""
     prep = prepare(inputs)
     batch, length, heads, headdim = inputs.x.shape
     rank = inputs.rank
     chunk = max(1, min(inputs.chunk_size, max(s.stop - s.start for s in prep.spans)))
     layout = ChunkLayout(prep.spans, batch, length, chunk, inputs.x.device)
-    q, k, v = rows(inputs, prep, layout)
-    y, ssm = chunk_scan(q, k, v, prep, layout, rank, intra)
+    q, k, v = rows(inputs, prep, layout, kernels.keys)
+    y, ssm = chunk_scan(q, k, v, prep, layout, rank, kernels)
     dtype = y.dtype
     y = rearrange(y, "k h (t r) p -> k t h r p", r=rank)
     v = rearrange(v, "k h (t r) p -> k t h r p", r=rank)
@@ -245,6 +264,9 @@ def run_chunked(inputs: Mamba3Inputs, output_final_state: bool, intra: Intra) ->
     return y, Mamba3State(angle, ssm, keys if inputs.mimo else keys[:, :, 0], x_last)
 
 
+TORCH_KERNELS = Kernels(keys_torch, intra_torch, output_torch)
+
+
 def mamba3_chunked(inputs: Mamba3Inputs, output_final_state: bool = False) -> Tensor | tuple[Tensor, Mamba3State]:
-    """Same contract as :func:`~.reference.mamba3_reference`; the intra-chunk step in plain PyTorch."""
-    return run_chunked(inputs, output_final_state, intra_torch)
+    """Same contract as :func:`~.reference.mamba3_reference`; every step in plain PyTorch."""
+    return run_chunked(inputs, output_final_state, TORCH_KERNELS)

@@ -1,5 +1,5 @@
-"""Mamba-3's intra-chunk step (chunked.py's step 1) in Triton kernels, forward and backward; everything else is
-chunked.py's (``run_chunked``).
+"""Mamba-3's intra-chunk step (chunked.py's step 1, its quadratic part) in Triton kernels, forward and backward;
+everything else is chunked.py's PyTorch (``run_chunked``).
 
 Per chunk and head, rows i = (token t_i, rank r_i), M = T·R of them: y_i = Σ_j Λ_ij (q_i·k_j) v_j with
 Λ_ij = exp(cs_{t_i} - cs_{t_j}) w_{t_j} for t_j < t_i, g_{t_i} for t_j = t_i, 0 after. Layouts: q, k (K, H, M, N);
@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .chunked import run_chunked
+from .chunked import Kernels, end_state_torch, keys_torch, output_torch, run_chunked
 from .inputs import Mamba3Inputs, Mamba3State
 
 
@@ -176,10 +176,14 @@ class IntraChunkTriton(torch.autograd.Function):
         return dq, dk, dv, per_token(rows_cs + cols_cs), per_token(rows_g), per_token(cols_w), None
 
 
-def intra_triton(q: Tensor, k: Tensor, v: Tensor, cs: Tensor, g: Tensor, w: Tensor, rank: int) -> Tensor:
-    return IntraChunkTriton.apply(q, k, v, cs, g, w, rank)
+def intra_triton(q: Tensor, k: Tensor, v: Tensor, cs: Tensor, g: Tensor, w: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """Step 1 in the kernels above; step 2 (one product per chunk and head) in PyTorch."""
+    return IntraChunkTriton.apply(q, k, v, cs, g, w, rank), end_state_torch(k, v, cs, w, rank)
+
+
+TRITON_KERNELS = Kernels(keys_torch, intra_triton, output_torch)
 
 
 def mamba3_triton(inputs: Mamba3Inputs, output_final_state: bool = False) -> Tensor | tuple[Tensor, Mamba3State]:
     """Same contract as :func:`~.reference.mamba3_reference`; needs triton (CUDA, or CPU with TRITON_INTERPRET=1)."""
-    return run_chunked(inputs, output_final_state, intra_triton)
+    return run_chunked(inputs, output_final_state, TRITON_KERNELS)
