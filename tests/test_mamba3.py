@@ -448,3 +448,25 @@ def test_bad_arguments_give_value_errors(call, arg):
     with pytest.raises(ValueError, match=arg) as info:
         mamba3(**call)
     assert "mamba3" in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["fp32", "fp64"])
+def test_triton_kernels_compile_for_hopper(dtype):
+    # What the interpreter cannot check (tl.dot shapes, types, register/shared-memory limits): compile every
+    # kernel ahead of time for sm_90 with triton's bundled ptxas; no GPU needed.
+    triton = pytest.importorskip("triton")
+    import inspect
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ssmzoo.ops.mamba3 import triton as kernels
+
+    consts = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_P": 32, "PRECISION": "ieee"}
+    for fn in (kernels._intra_fwd, kernels._intra_bwd_rows, kernels._intra_bwd_cols):
+        params = list(inspect.signature(fn.fn).parameters)
+        signature = {p: "constexpr" if p in consts else (f"*{dtype}" if p.endswith("_ptr") else "i32") for p in params}
+        source = ASTSource(fn, signature, constexprs={(params.index(k),): v for k, v in consts.items()})
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], fn.fn.__name__

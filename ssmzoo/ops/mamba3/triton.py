@@ -25,9 +25,9 @@ from .inputs import Mamba3Inputs, Mamba3State
 
 
 @triton.jit
-def _weights(cs_ptr, g_ptr, w_ptr, base, i, j, R, M, WITH_DECAY: tl.constexpr):
-    """Λ_ij (and, WITH_DECAY, e_ij = exp(cs_{t_i} - cs_{t_j}) below the diagonal blocks, 0 elsewhere) for row
-    indices i and column indices j; 0 outside the matrix. The exponent is masked before the exp."""
+def _weights(cs_ptr, g_ptr, w_ptr, base, i, j, R, M):
+    """(Λ_ij, e_ij = exp(cs_{t_i} - cs_{t_j}) below the diagonal blocks and 0 elsewhere, the diagonal blocks' mask)
+    for row indices i and column indices j; 0 outside the matrix. The exponent is masked before the exp."""
     ti, tj = i // R, j // R
     inside = (i < M)[:, None] & (j < M)[None, :]
     strict = (tj[None, :] < ti[:, None]) & inside
@@ -38,9 +38,7 @@ def _weights(cs_ptr, g_ptr, w_ptr, base, i, j, R, M, WITH_DECAY: tl.constexpr):
     w_j = tl.load(w_ptr + base + tj, mask=j < M, other=0.0)
     e = tl.where(strict, tl.exp(tl.where(strict, cs_i[:, None] - cs_j[None, :], 0.0)), 0.0)
     lam = e * w_j[None, :] + tl.where(diag, g_i[:, None], 0.0)
-    if WITH_DECAY:
-        return lam, e, diag
-    return lam
+    return lam, e, diag
 
 
 @triton.jit
@@ -60,7 +58,7 @@ def _intra_fwd(q_ptr, k_ptr, v_ptr, cs_ptr, g_ptr, w_ptr, y_ptr, T, R, N, P,
         mj = j < M
         k_j = tl.load(k_ptr + (item * M + j[:, None]) * N + n[None, :], mask=mj[:, None] & mn[None, :], other=0.0)
         v_j = tl.load(v_ptr + (item * M + j[:, None]) * P + p[None, :], mask=mj[:, None] & mp[None, :], other=0.0)
-        lam = _weights(cs_ptr, g_ptr, w_ptr, item * T, i, j, R, M, False)
+        lam, _, _ = _weights(cs_ptr, g_ptr, w_ptr, item * T, i, j, R, M)
         scores = tl.dot(q_i, tl.trans(k_j), input_precision=PRECISION)
         acc = tl.dot(scores * lam, v_j, acc, input_precision=PRECISION)
     tl.store(y_ptr + (item * M + i[:, None]) * P + p[None, :], acc, mask=mi[:, None] & mp[None, :])
@@ -88,7 +86,7 @@ def _intra_bwd_rows(q_ptr, k_ptr, v_ptr, cs_ptr, g_ptr, w_ptr, dy_ptr, dq_ptr, d
         mj = j < M
         k_j = tl.load(k_ptr + (item * M + j[:, None]) * N + n[None, :], mask=mj[:, None] & mn[None, :], other=0.0)
         v_j = tl.load(v_ptr + (item * M + j[:, None]) * P + p[None, :], mask=mj[:, None] & mp[None, :], other=0.0)
-        lam, e, diag = _weights(cs_ptr, g_ptr, w_ptr, item * T, i, j, R, M, True)
+        lam, e, diag = _weights(cs_ptr, g_ptr, w_ptr, item * T, i, j, R, M)
         dP = tl.dot(dy_i, tl.trans(v_j), input_precision=PRECISION)
         dps = dP * tl.dot(q_i, tl.trans(k_j), input_precision=PRECISION)
         dq = tl.dot(dP * lam, k_j, dq, input_precision=PRECISION)
@@ -122,7 +120,7 @@ def _intra_bwd_cols(q_ptr, k_ptr, v_ptr, cs_ptr, g_ptr, w_ptr, dy_ptr, dk_ptr, d
         mi = i < M
         q_i = tl.load(q_ptr + (item * M + i[:, None]) * N + n[None, :], mask=mi[:, None] & mn[None, :], other=0.0)
         dy_i = tl.load(dy_ptr + (item * M + i[:, None]) * P + p[None, :], mask=mi[:, None] & mp[None, :], other=0.0)
-        lam, e, diag = _weights(cs_ptr, g_ptr, w_ptr, item * T, i, j, R, M, True)
+        lam, e, diag = _weights(cs_ptr, g_ptr, w_ptr, item * T, i, j, R, M)
         scores = tl.dot(q_i, tl.trans(k_j), input_precision=PRECISION)
         dP = tl.dot(dy_i, tl.trans(v_j), input_precision=PRECISION)
         dps = dP * scores
