@@ -1,15 +1,19 @@
-// Mamba-3's intra-chunk step on CPU (arXiv 2603.15569; ssmzoo/ops/mamba3/chunked.py has the math and the
-// PyTorch twin, intra_torch). Per chunk and head, rows i = (token t_i, rank r_i) token-major, M = T * R rows:
-//   y_i = sum_j Lam_ij (q_i . k_j) v_j,   Lam_ij = exp(cs_{t_i} - cs_{t_j}) w_{t_j}   if t_j < t_i
-//                                                 = g_{t_i}                              if t_j = t_i
-//                                                 = 0                                    if t_j > t_i
-// and its adjoint (dq, dk, dv, dcs, dg, dw). One OpenMP work item is one (chunk, head); the (M, M) matrices
-// stay in per-thread buffers, the element-wise work on them is one fused pass, and the products go to the
-// Fortran BLAS that torch's CPU library carries (sgemm_/dgemm_, single-threaded inside the parallel region).
-// Lam is lower block-triangular (blocks of R rows): products with it go by row blocks of whole tokens and skip
-// the blocks above the diagonal; only the diagonal blocks' upper parts are ever read, so only those hold zeros.
+// Mamba-3's chunk steps on CPU (arXiv 2603.15569; ssmzoo/ops/mamba3/chunked.py has the math and the PyTorch
+// twins intra_torch, output_torch and keys_torch). Per chunk and head, rows i = (token t_i, rank r_i) token-major,
+// M = T * R rows, cs the chunk-local cumulative log-decay:
+//   intra:  y_i = sum_j Lam_ij (q_i . k_j) v_j,   Lam_ij = exp(cs_{t_i} - cs_{t_j}) w_{t_j}   if t_j < t_i
+//                                                        = g_{t_i}                              if t_j = t_i
+//                                                        = 0                                    if t_j > t_i
+//           U = sum_j exp(cs_T - cs_{t_j}) w_{t_j} v_j k_j^T          (the chunk's own end state)
+//   output: y_i += exp(cs_{t_i}) E q_i                                 (E: the state entering the chunk)
+//   rows:   the rotated, biased keys / queries of every head in this layout, from the groups' B / C
+// and their adjoints. One OpenMP work item is one (chunk, head); the (M, M) matrices stay in per-thread buffers,
+// the element-wise work on them is one fused pass, and the products go to the Fortran BLAS that torch's CPU
+// library carries (sgemm_/dgemm_, single-threaded inside the parallel region). Lam is lower block-triangular
+// (blocks of R rows): products with it go by row blocks of whole tokens and skip the blocks above the diagonal;
+// only the diagonal blocks' upper parts are ever read, so only those hold zeros.
 //
-// Layouts (contiguous): q, k (K, H, M, N); v, y, dy (K, H, M, P); cs, g, w (K, H, T).
+// Layouts (contiguous): q, k (K, H, M, N); v, y, dy (K, H, M, P); cs, g, w (K, H, T); U, E (K, H, P, N).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>

@@ -2,12 +2,13 @@
 
 The exponential-trapezoidal recurrence with a complex (rotary) state, SISO or MIMO; reference.py states
 the equations. Backends, in ``auto``'s preference order (``ops/dispatch.py`` explains the choice):
-- ``triton``: our Triton kernel for the intra-chunk step (triton.py), on CUDA;
-- ``cpp``: our C++ CPU kernel for the intra-chunk step (csrc/mamba3_cpu.cpp, bound in cpu.py), built on first use;
+- ``triton``: our Triton kernels for the quadratic intra-chunk step (triton.py), on CUDA;
+- ``cpp``: our C++ CPU kernels (csrc/mamba3_cpu.cpp, bound in cpu.py) for the per-chunk steps and the rotated
+  rows, built on first use;
 - ``chunked``: plain PyTorch, the chunked form (chunked.py);
 - ``reference``: the token-by-token recurrence, the oracle (reference.py).
-Every backend shares chunked.py's element-wise part and inter-chunk steps; they differ in the quadratic
-intra-chunk step, where the time goes. mamba-ssm's fused kernels (CUDA, bfloat16 inside) are not a backend
+Every backend shares chunked.py's element-wise part and the recurrence between chunks; they differ in the
+per-chunk work, where the time goes. mamba-ssm's fused kernels (CUDA, bfloat16 inside) are not a backend
 here: they do not install on CPU machines, where this package is tested.
 """
 
