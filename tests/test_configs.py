@@ -166,7 +166,7 @@ def fit_tiny_and_check(config: str, spec: dict, data_args: list[str], root: Path
     assert model["class_path"] in TINY_MODELS, f"add {model['class_path']} to TINY_MODELS"
     tiny = dict(TINY_MODELS[model["class_path"]])
     model_init = model.get("init_args") or {}
-    if "mamba2" in (model_init.get(k) for k in ("layer", "lower_layer", "local_layer")):
+    if any(model_init.get(k) in ("mamba2", "mamba3") for k in ("layer", "lower_layer", "local_layer")):
         tiny["d_model"] = "32"  # expand · d_model must hold whole heads of the config's headdim (up to 64)
     model_args = [f"--model.init_args.model.init_args.{k}={v}" for k, v in tiny.items()]
     trainer_args = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
