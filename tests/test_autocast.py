@@ -97,7 +97,7 @@ def test_forward_and_backward_under_autocast(variant, dtype):
         assert p.grad is not None, f"no gradient reaches {name} under autocast"
         assert torch.isfinite(p.grad).all(), f"non-finite gradient in {name} under autocast"
         scale = want[name].abs().max().clamp(min=1.0)  # gradients of sums over many terms: relative to their size
-        torch.testing.assert_close(p.grad / scale, want[name] / scale, **TOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(p.grad / scale, want[name] / scale, **TOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("variant", CAUSAL, ids=ids)

@@ -333,7 +333,7 @@ class RecordThreads(Callback):
 
 def test_help_answers_without_loading_torch_and_lists_every_subcommand():
     """Before: `ssmzoo --help` imported torch and Lightning (5.5 s on an idle machine)."""
-    from ssmzoo.cli.main import SUBCOMMANDS
+    from ssmzoo.cli.entry import SUBCOMMANDS
 
     code = ("import sys\nfrom ssmzoo.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n"
             "    assert e.code == 0\nprint('TORCH' if 'torch' in sys.modules else 'NO TORCH')")
@@ -435,11 +435,11 @@ def test_openmp_waits_passively_unless_the_user_chose(monkeypatch):
 def test_the_cli_process_starts_with_passive_openmp(tmp_path):
     """The policy must be in the environment before torch loads (OpenMP reads it once): check it from inside a
     real `ssmzoo` process, through a callback that reports it."""
-    code = ("import os, sys\nfrom ssmzoo.cli.main import main\nimport ssmzoo.cli.threads as t\n"
-            "orig = t.prepare_environment\n"
+    code = ("import os, sys\nimport ssmzoo.cli.entry as entry\n"
+            "orig = entry.prepare_environment\n"
             "def spy():\n    orig()\n    print('POLICY', os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)\n"
-            "t.prepare_environment = spy\n"
-            "try:\n    main(['generate', '--help'])\nexcept SystemExit:\n    pass\n")
+            "entry.prepare_environment = spy\n"
+            "try:\n    entry.main(['generate', '--help'])\nexcept SystemExit:\n    pass\n")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           env={**env, "PYTHONPATH": str(ROOT)})

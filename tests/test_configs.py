@@ -215,6 +215,7 @@ def fit_tiny_and_check(config: str, spec: dict, data_args: list[str], root: Path
     trainer_args = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
                     "--trainer.num_sanity_val_steps=0", "--trainer.val_check_interval=1", "--trainer.accelerator=cpu",
                     "--trainer.devices=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                    "--trainer.log_every_n_steps=1",
                     f"--trainer.default_root_dir={root}", "--data.init_args.num_workers=0"]
     task_args = ["--model.init_args.sample_length=4"] if spec["model"]["class_path"].endswith("LanguageModelingTask") else []
     cli = run(["fit", "--config", str(ROOT / config), *trainer_args, *model_args, *task_args, *data_args, *extra])

@@ -1,4 +1,4 @@
-"""The ``ssmzoo`` command (``main.py``: the entry point; ``app.py``: the LightningCLI), its run folders and
+"""The ``ssmzoo`` command (``entry.py``: the entry point; ``app.py``: the LightningCLI), its run folders and
 checkpoint paths (``runs.py``), the callbacks that keep a run's work (``callbacks.py``), progress output
 (``progress.py``), thread use (``threads.py``) and ``ssmzoo generate`` (``generate.py``).
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .main import main
+from .entry import main
 
 _LAZY = {"RESULTS_FILE": ".app", "SsmzooCLI": ".app", "run": ".app", "load_tokenizer": ".generate",
          "LastCheckpoint": ".callbacks", "LoaderPosition": ".callbacks", "RNGStates": ".callbacks"}

@@ -68,7 +68,7 @@ from ..data.commands import build_parser as build_data_parser  # noqa: E402
 from ..models.pretrained import run_checkpoint  # noqa: E402
 from ..tasks.predict import PredictOptions  # noqa: E402
 from .callbacks import LastCheckpoint, LoaderPosition, RNGStates  # noqa: E402
-from .main import SUBCOMMANDS  # noqa: E402
+from .entry import SUBCOMMANDS  # noqa: E402
 from .progress import ProgressLines, RunProgressBar, RunSummary  # noqa: E402
 from .runs import (RunCSVLogger, allocate_version, check_checkpoint, find_last_checkpoint,  # noqa: E402
                    remove_failed_run, run_dir_of, run_name)
@@ -574,7 +574,7 @@ def run(args: list[str] | None = None) -> SsmzooCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    """The ``ssmzoo`` command (see ``main.py``, which this forwards to)."""
-    from .main import main as entry
+    """The ``ssmzoo`` command (see ``entry.py``, which this forwards to)."""
+    from .entry import main as entry
 
     entry(args)

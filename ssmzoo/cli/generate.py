@@ -56,8 +56,8 @@ class TextStreamer:
     """Prints the text of the tokens ``generate`` hands it, as they come. Decodes everything so far and prints
     what is new, holding back a trailing replacement character (a multi-byte character or merge not complete yet)."""
 
-    def __init__(self, tokenizer: Any, out: TextIO = sys.stdout) -> None:
-        self.tokenizer, self.out = tokenizer, out
+    def __init__(self, tokenizer: Any, out: TextIO | None = None) -> None:
+        self.tokenizer, self.out = tokenizer, out if out is not None else sys.stdout
         self.ids: list[int] = []
         self.shown = 0
         self.prompt_seen = False
@@ -105,10 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def generate_text(args: argparse.Namespace, out: TextIO = sys.stdout) -> str:
-    """Run ``ssmzoo generate`` on parsed ``args``; returns the continuation (also written to ``out``)."""
+def generate_text(args: argparse.Namespace, out: TextIO | None = None) -> str:
+    """Run ``ssmzoo generate`` on parsed ``args``; returns the continuation (also written to ``out``, default the
+    standard output at the time of the call)."""
     import torch
 
+    out = out if out is not None else sys.stdout
     from ..models.pretrained import load_run
 
     threads, _ = choose_threads(check_threads(args.threads))

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import sys
 
+from ..allocator import keep_freed_memory_from_env  # ctypes only: light
+from .threads import prepare_environment  # os only until a thread count is chosen
+
 # name -> one line of help; `ssmzoo SUBCOMMAND --help` shows the subcommand's own arguments
 # (tests/test_cli_user.py checks that this list is the LightningCLI's, plus generate and data).
 SUBCOMMANDS = {
@@ -46,26 +49,26 @@ def top_help() -> str:
     return "\n".join(lines)
 
 
+def data_main(argv: list[str]) -> None:
+    """``ssmzoo data ...`` (``ssmzoo.data.commands``, imported only for it)."""
+    from ..data.commands import main as data_commands
+
+    data_commands(argv)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``ssmzoo`` console script (``args``: the command line without the program name)."""
     argv = sys.argv[1:] if args is None else list(args)
     if not argv or argv[0] in ("-h", "--help"):
         print(top_help())
         sys.exit(0 if argv else 2)
-    if argv[0] == "data":
-        from ..data.commands import main as data_main
-
-        data_main(argv[1:])
-        return
     if argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
         sys.exit(f"{USAGE}\nssmzoo: error: unknown subcommand {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}")
-
-    from .threads import prepare_environment
-
-    prepare_environment()  # before torch loads: OpenMP reads its settings once, at start-up
-    from ..allocator import keep_freed_memory_from_env
-
     keep_freed_memory_from_env()  # this process is ours: large activations reused without page faults
+    if argv[0] == "data":
+        data_main(argv[1:])
+        return
+    prepare_environment()  # before torch loads: OpenMP reads its settings once, at start-up
     if argv[0] == "generate":
         from .generate import main as generate_main
 
