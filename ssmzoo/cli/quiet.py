@@ -25,6 +25,9 @@ WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     # ssmzoo chooses DataLoader workers itself (SsmzooCLI._choose_workers: none on CPU, where the compute threads
     # take every core; on a GPU, from the CPUs available); the datamodules' batches are in memory
     (Warning, r"The '\w+' does not have many workers"),
+    # a new run's folder is taken fresh (runs.allocate_version), so this fires only when --ckpt_path resumes a run
+    # in its own folder, which is what resuming means here
+    (Warning, r"Checkpoint directory .* exists and is not empty"),
 )
 
 # Only for validate, test and predict: a checkpoint's ModelCheckpoint state names its own run folder, and an
