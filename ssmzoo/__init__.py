@@ -4,6 +4,8 @@ from . import layers, models, modules, optim
 from .layers import (
     S4,
     S4D,
+    S5,
+    LRU,
     ClosedLoopCompanionSSM,
     CompanionSSM,
     Differencing,
@@ -30,6 +32,8 @@ __all__ = [
     "optim",
     "S4",
     "S4D",
+    "S5",
+    "LRU",
     "ClosedLoopCompanionSSM",
     "CompanionSSM",
     "Differencing",
