@@ -155,3 +155,14 @@ def test_s5_rejects_bad_arguments(bad, message):
 def test_lru_rejects_bad_arguments(bad, message):
     with pytest.raises(ValueError, match=f"LRU: .*{message}"):
         LRU(8, **bad)
+
+
+@pytest.mark.parametrize("cls", [S5, LRU])
+def test_runs_under_bfloat16_autocast(cls):
+    # complex numbers have no bfloat16 form: the recurrence must run outside autocast (this raised before)
+    torch.manual_seed(0)
+    layer = cls(8, d_state=8, bidirectional=True)
+    x = torch.randn(2, 9, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    torch.testing.assert_close(y.float(), layer(x), rtol=0.05, atol=0.05)

@@ -10,6 +10,8 @@ A subclass defines ``_discrete`` (λ and B̄) and holds ``C`` (directions, d_mod
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -21,6 +23,15 @@ from .base import SequenceLayer
 
 def complex_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """The recurrence and its projections outside autocast: complex numbers have no bfloat16 form, and a long
+    recurrence in half precision loses its memory. The output stage after it may still autocast."""
+    try:
+        return torch.autocast(device.type, enabled=False)
+    except RuntimeError:  # a device type autocast does not know (meta)
+        return contextlib.nullcontext()
 
 
 class DiagonalSSMLayer(SequenceLayer):
@@ -50,6 +61,13 @@ class DiagonalSSMLayer(SequenceLayer):
 
     def _run(self, x: Tensor, state: Tensor | None, return_state: bool, segments: Segments | None,
              lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        with full_precision(x.device):
+            y, final = self._ssm(x, state, return_state, segments, lengths)
+        return self.out(y), final
+
+    def _ssm(self, x: Tensor, state: Tensor | None, return_state: bool, segments: Segments | None,
+             lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """y = s · Re(C h) + D u (and the backward direction's readout), and the final state."""
         lam, bu = self._inputs(x)
         if lengths is not None and self.bidirectional:
             # The backward direction starts at the row's end: padding must enter it as zeros.
@@ -63,7 +81,7 @@ class DiagonalSSMLayer(SequenceLayer):
         if self.bidirectional:
             back = diagonal_recurrence(bu, lam, reverse=True, segments=segments, backend=self.recurrence_backend)
             y = y + self._readout(back, 1)
-        return self.out(y.to(x.dtype)), final
+        return y.to(x.dtype), final
 
     def _forward(self, x: Tensor, state: Tensor | None, lengths: Tensor | None,
                  return_state: bool) -> tuple[Tensor, Tensor | None]:
@@ -74,18 +92,20 @@ class DiagonalSSMLayer(SequenceLayer):
         return self._run(x, state, return_state, segments, None)
 
     def _final_state(self, x: Tensor, state: Tensor | None) -> Tensor:
-        lam, bu = self._inputs(x)
-        return diagonal_recurrence(bu, lam, initial_state=state, output_final_state=True,
-                                   backend=self.recurrence_backend)[1]
+        with full_precision(x.device):
+            lam, bu = self._inputs(x)
+            return diagonal_recurrence(bu, lam, initial_state=state, output_final_state=True,
+                                       backend=self.recurrence_backend)[1]
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """The state: (batch, N) complex (complex128 for float64 inputs, else complex64)."""
         return torch.zeros(batch_size, self.C.shape[2], dtype=complex_dtype(dtype), device=device)
 
     def _step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        lam, b = self._discrete(state.dtype)
-        state = lam * state + torch.complex(x_t @ b.real.T, x_t @ b.imag.T)
-        y = self._readout(state, 0) + self.D * x_t
+        with full_precision(x_t.device):
+            lam, b = self._discrete(state.dtype)
+            state = lam * state + torch.complex(x_t @ b.real.T, x_t @ b.imag.T)
+            y = self._readout(state, 0) + self.D * x_t
         return self.out(y.to(x_t.dtype)), state
 
 
