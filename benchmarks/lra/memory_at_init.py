@@ -4,7 +4,7 @@ Pathfinder layers (d_model 64, their mini configs' layer arguments, bidirectiona
 Pathfinder-32 needs a token to see pixels one row (32 tokens) and many rows (hundreds of tokens) away; a layer
 whose influence has died out at those distances at initialisation must first learn to reach them. Prints the
 influence at distances 1, 32, 128, 511 relative to distance 0, per layer (mean over channels and inputs);
-``mamba2*`` is configs/lra/mini/recipes/pathfinder_mamba2_long_memory.yaml's layer.
+``mamba*`` and ``mamba2*`` are the layers of configs/lra/mini/recipes/pathfinder_mamba{,2}_long_memory.yaml.
 
     python benchmarks/lra/memory_at_init.py
 """
@@ -46,7 +46,8 @@ def main() -> None:
     torch.manual_seed(0)
     mini = ROOT / "configs" / "lra" / "mini"
     cases = {name: layer_from(mini / f"pathfinder_{name}.yaml") for name in ("s4d", "s4", "s5", "lru", "mamba", "mamba2")}
-    # the recipe trial: Mamba-2 with -A in [0.01, 0.1] and Delta in [0.01, 0.1]
+    # the recipe trials: Mamba and Mamba-2 with -A in [0.01, 0.1] and Delta in [0.01, 0.1]
+    cases["mamba*"] = layer_from(mini / "recipes" / "pathfinder_mamba_long_memory.yaml")
     cases["mamba2*"] = layer_from(mini / "recipes" / "pathfinder_mamba2_long_memory.yaml")
     print(f"{'layer':>8} " + " ".join(f"{'d=' + str(d):>10}" for d in DISTANCES) + "   (|dy_t/dx_s| at |t-s| = d, over d = 0)")
     for name, layer in cases.items():
