@@ -163,7 +163,7 @@ def test_layers_validate_backend_names_at_construction(name):
     for param in params:
         op = param.removesuffix("_backend")
         assert op in {"selective_scan", "causal_conv1d", "cauchy", "vandermonde", "companion", "neural_memory",
-                      "ssd", "hsa", "mamba_inner", "mamba3"}, f"{cls.__name__}.{param} does not follow the '<op>_backend' rule"
+                      "ssd", "hsa", "mamba_inner", "mamba3", "diagonal_recurrence"}, f"{cls.__name__}.{param} does not follow the '<op>_backend' rule"
         with pytest.raises(ValueError, match=f"{cls.__name__}: unknown {param} 'nope'"):
             layers.build(name, d_model=8, **{param: "nope"})
     for legacy in ("backend", "kernel_backend", "scan_backend", "conv_backend", "kernel_method"):
