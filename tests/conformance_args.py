@@ -7,6 +7,8 @@ D_MODEL = 8
 SMALL_ARGS: dict[str, dict] = {
     "s4": dict(d_state=8),
     "s4d": dict(d_state=8),
+    "s5": dict(d_state=8, blocks=2),
+    "lru": dict(d_state=6, r_min=0.5, r_max=0.95),
     "companion": dict(d_state=6, heads=2, kernel_repeat=2),
     "shift": dict(d_state=5, heads=2),
     "differencing": dict(orders=[0, 1, 2]),
@@ -19,6 +21,8 @@ SMALL_ARGS: dict[str, dict] = {
     "memory_as_context": dict(heads=2, segment_len=4, persistent_tokens=2, memory_heads=2),
     # 4 heads of 4 channels in 2 groups; chunks of 4 so the conformance lengths span several chunks
     "mamba2": dict(d_state=4, d_conv=3, expand=2, headdim=4, ngroups=2, chunk_size=4),
+    # 4 heads of 4 channels in 2 groups, N 8 (2 rotated pairs); chunks of 4 so the conformance lengths span several
+    "mamba3": dict(d_state=8, expand=2, headdim=4, ngroups=2, chunk_size=4),
     # 2 key heads of 4 serving 4 value heads of 3 (grouped values); chunks of 4 span several per sequence
     "gated_deltanet": dict(num_k_heads=2, num_v_heads=4, head_k_dim=4, head_v_dim=3, conv_kernel_size=3,
                            chunk_size=4),

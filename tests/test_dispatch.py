@@ -17,7 +17,9 @@ from ssmzoo.ops import (
     causal_conv1d,
     cauchy,
     companion,
+    gated_delta,
     hsa,
+    mamba3,
     mamba_inner,
     mamba_lm_step,
     mamba_step,
@@ -33,6 +35,7 @@ OPS = {
     "selective_scan": selective_scan, "causal_conv1d": causal_conv1d, "cauchy": cauchy,
     "vandermonde": vandermonde, "companion": companion, "neural_memory": neural_memory, "hsa": hsa,
     "ssd": ssd, "mamba_inner": mamba_inner, "mamba_step": mamba_step, "mamba_lm_step": mamba_lm_step,
+    "mamba3": mamba3, "gated_delta": gated_delta,
 }
 
 
@@ -161,7 +164,8 @@ def test_layers_validate_backend_names_at_construction(name):
     for param in params:
         op = param.removesuffix("_backend")
         assert op in {"selective_scan", "causal_conv1d", "cauchy", "vandermonde", "companion", "neural_memory",
-                      "ssd", "hsa", "mamba_inner"}, f"{cls.__name__}.{param} does not follow the '<op>_backend' rule"
+                      "ssd", "hsa", "mamba_inner", "mamba3", "diagonal_recurrence",
+                      "gated_delta"}, f"{cls.__name__}.{param} does not follow the '<op>_backend' rule"
         with pytest.raises(ValueError, match=f"{cls.__name__}: unknown {param} 'nope'"):
             layers.build(name, d_model=8, **{param: "nope"})
     for legacy in ("backend", "kernel_backend", "scan_backend", "conv_backend", "kernel_method"):
@@ -180,7 +184,8 @@ def test_every_op_has_the_same_shape(op_name):
     public = {"selective_scan": "selective_scan", "causal_conv1d": "causal_conv1d", "cauchy": "cauchy",
               "vandermonde": "vandermonde", "companion": "companion_kernel", "neural_memory": "neural_memory",
               "hsa": "hsa", "ssd": "ssd", "mamba_inner": "mamba_inner", "mamba_step": "mamba_step",
-              "mamba_lm_step": "mamba_lm_step"}
+              "mamba_lm_step": "mamba_lm_step", "mamba3": "mamba3",
+              "gated_delta": "gated_delta_rule"}
     params = inspect.signature(getattr(package, public[op_name])).parameters
     assert params["backend"].kind is inspect.Parameter.KEYWORD_ONLY
     for state_arg in ("initial_state", "output_final_state"):

@@ -7,6 +7,7 @@ A data set that has something to write or show registers a :class:`DataCommand` 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,25 @@ def build_parser(prog: str = "ssmzoo data") -> argparse.ArgumentParser:
     return parser
 
 
+# What a command raises for arguments it cannot use (a bad value, an existing output, a missing input file):
+# reported as a usage error, one line and exit status 2 as argparse does, not as a traceback.
+USAGE_ERRORS = (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError)
+
+
+def run_command(prog: str, run: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> object:
+    """``run(args)``, with a usage error (``USAGE_ERRORS``) reported as ``<prog>: error: <message>`` on one line of
+    stderr and exit status 2."""
+    try:
+        return run(args)
+    except USAGE_ERRORS as error:
+        message = " ".join(str(error).split())  # one line, whatever the message
+        message = message.removeprefix(f"{prog}: ")
+        sys.stderr.write(f"{prog}: error: {message} (see {prog} --help)\n")
+        raise SystemExit(2) from error
+
+
 def main(argv: Sequence[str] | None = None) -> object:
     """Parse ``argv`` (the words after ``ssmzoo data``) and run the named command."""
-    args = build_parser().parse_args(argv)
-    return data_commands()[args.command].run(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_command(f"{parser.prog} {args.command}", data_commands()[args.command].run, args)

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed
+from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, autocast_off, grad_needed
 from . import cpu, mamba_ssm
 from .checks import check_ssd_args
 from .chunked import ssd_chunked
@@ -112,9 +112,13 @@ def ssd(
         facts=(("packed", seq_idx is not None or cu_seqlens is not None),),
     )
     fn = dispatch.choose(backend, request).fn
-    return fn(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-              dt_limit=tuple(dt_limit), initial_state=initial_state, output_final_state=output_final_state,
-              seq_idx=seq_idx, cu_seqlens=cu_seqlens)
+    # Under autocast the inputs arrive in mixed precisions (x in bf16, A a float32 parameter); every backend
+    # computes in float32 itself, so autocast is switched off inside (else it recasts the backends' float32
+    # intermediates to bf16 on their way into the C++ and Triton kernels).
+    with autocast_off(x.device):
+        return fn(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                  dt_limit=tuple(dt_limit), initial_state=initial_state, output_final_state=output_final_state,
+                  seq_idx=seq_idx, cu_seqlens=cu_seqlens)
 
 
 __all__ = ["discretize_dt", "dispatch", "ssd", "ssd_chunked", "ssd_reference", "ssd_update"]

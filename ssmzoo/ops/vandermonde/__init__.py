@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..dispatch import COMPLEX_DTYPES, Capabilities, Dispatcher, Request, grad_needed
+from ..dispatch import COMPLEX_DTYPES, HALF_DTYPES, Capabilities, Dispatcher, Request, autocast_off, grad_needed
 from .blocks import vandermonde_blocks, vandermonde_transpose_blocks
 from .chunked import vandermonde_chunked, vandermonde_transpose_chunked
 from .reference import vandermonde_reference, vandermonde_transpose_reference
@@ -82,7 +82,8 @@ def vandermonde(v: Tensor, log_z: Tensor, length: int, *, backend: str | None = 
         raise ValueError(f"vandermonde: v {_shape(v)} and log_z {_shape(log_z)} must broadcast "
                          "(the same state size N in the last dimension)") from e
     request = Request(v.device, v.dtype, grad=grad_needed(v, log_z), size=shape.numel() * length)
-    return dispatch.choose(backend, request).fn(v, log_z, length)
+    with autocast_off(v.device):  # complex arithmetic, which autocast would send to half precision
+        return dispatch.choose(backend, request).fn(v, log_z, length)
 
 
 def vandermonde_transpose(u: Tensor, log_z: Tensor, *, backend: str | None = None) -> Tensor:
@@ -102,7 +103,10 @@ def vandermonde_transpose(u: Tensor, log_z: Tensor, *, backend: str | None = Non
                          f"log_z {_shape(log_z)} (all but N) must broadcast") from e
     request = Request(u.device, log_z.dtype, grad=grad_needed(u, log_z),
                       size=lead.numel() * log_z.shape[-1] * u.shape[-1])
-    return transpose_dispatch.choose(backend, request).fn(u, log_z)
+    if u.dtype in HALF_DTYPES:  # an activation under autocast: the sum is taken in log_z's precision
+        u = u.to(log_z.real.dtype)
+    with autocast_off(u.device):
+        return transpose_dispatch.choose(backend, request).fn(u, log_z)
 
 
 __all__ = [
