@@ -268,20 +268,42 @@ def test_backend_in_half_precision_computes_in_float32(backend):
     assert_close_scaled(o.float(), want_o.float(), 1e-2, "o")  # up to one bf16 rounding of the output
 
 
-def test_repeated_keys_stay_accurate_in_float32():
-    # One key repeated through a 64-token chunk with β near 1 and no decay: the UT system's strictly lower part is
-    # all ~1, whose inverse is tame but whose powers grow like binomial coefficients (a power series in M loses
-    # every digit in float32). Every backend in float32 against the float64 reference.
-    args = make_inputs(batch=1, length=64, heads_k=1, heads_v=1, d_k=16, d_v=8, with_state=False)
+def repeated_key_inputs(length, decay, dtype=torch.float64):
+    """One key repeated through the whole sequence with β near 1: the UT system's strictly lower part is all ~1,
+    whose inverse is tame but whose powers grow like binomial coefficients (a power series in it loses every digit
+    in float32: 4e9 error for one repeated key over 64 tokens, before the stable inverse)."""
+    args = make_inputs(batch=1, length=length, heads_k=1, heads_v=2, d_k=16, d_v=8, dtype=dtype)
     args["k"] = args["k"][:, :1].expand_as(args["k"]).contiguous()
     args["beta"] = 0.9 + 0.1 * args["beta"]
-    args["g"] = torch.zeros_like(args["g"])
-    want, want_final = ref(args, output_final_state=True)
-    for backend in CPU_BACKENDS:
-        o, final = gated_delta_rule(**{n: x.float() for n, x in args.items()}, chunk_size=64, output_final_state=True,
-                                    backend=backend)
-        assert_close_scaled(o.double(), want, 1e-4, f"{backend} o")
-        assert_close_scaled(final.double(), want_final, 1e-4, f"{backend} final state")
+    args["g"] = torch.full_like(args["g"], decay)
+    return args
+
+
+def run_and_grads_float64_cotangents(fn, args, **kwargs):
+    # The same cotangents in every dtype (randn draws differ between float32 and float64 from one seed).
+    leaves = {n: x.detach().clone().requires_grad_() for n, x in args.items()}
+    gen = torch.Generator().manual_seed(123)
+    o, final = fn(**leaves, output_final_state=True, **kwargs)
+    loss = (o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)).sum()
+    loss = loss + (final * torch.randn(final.shape, generator=gen, dtype=torch.float64).to(final.dtype)).sum()
+    return o, final, dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+
+
+@pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-8), (torch.float32, 1e-4)], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("length,chunk,decay", [(64, 64, 0.0), (100, 32, 0.0), (70, 64, -0.01)],
+                         ids=["one-chunk", "L-not-multiple", "slow-decay"])
+def test_repeated_keys_stay_accurate(backend, dtype, tol, length, chunk, decay):
+    # Outputs, final states and every gradient in `dtype` against the float64 reference on the same inputs.
+    args = repeated_key_inputs(length, decay)
+    want = run_and_grads_float64_cotangents(functools.partial(gated_delta_rule, backend="reference"), args,
+                                            chunk_size=chunk)
+    got = run_and_grads_float64_cotangents(functools.partial(gated_delta_rule, backend=backend),
+                                           {n: x.to(dtype) for n, x in args.items()}, chunk_size=chunk)
+    assert_close_scaled(got[0].double(), want[0], tol, f"{backend} o")
+    assert_close_scaled(got[1].double(), want[1], tol, f"{backend} final state")
+    for name in want[2]:
+        assert_close_scaled(got[2][name].double(), want[2][name], tol, f"{backend} grad {name}")
 
 
 def test_strong_decay_stays_finite():
