@@ -36,6 +36,9 @@ SIZES: dict[str, dict[str, dict]] = {
     "gated_deltanet": {"small": dict(num_k_heads=4, num_v_heads=4, head_k_dim=8, head_v_dim=8),
                        "large": dict(num_k_heads=4, num_v_heads=4, head_k_dim=16, head_v_dim=16)},
     "mamba2": {"small": dict(d_state=8, headdim=32), "large": dict(d_state=32, headdim=32)},
+    "mamba3": {"small": dict(d_state=8, headdim=32), "large": dict(d_state=32, headdim=32)},
+    "s5": {"small": dict(d_state=16), "large": dict(d_state=64)},
+    "lru": {"small": dict(d_state=16), "large": dict(d_state=64)},
     "mamba": {"small": dict(d_state=4), "large": dict(d_state=16)},
     "s4d": {"small": dict(d_state=16), "large": dict(d_state=64)},
     "s4": {"small": dict(d_state=16), "large": dict(d_state=64)},
@@ -95,6 +98,7 @@ def state_bytes(model) -> int:
 def train(layer: str, size: str, args: argparse.Namespace) -> dict:
     import torch
 
+    load_before = os.getloadavg()[0]
     seconds = round(args.max_minutes * 60)
     layer_args = json.dumps(SIZES[layer][size])
     cli = run(["fit", "--config", str(CONFIG), f"--model.init_args.model.init_args.layer={layer}",
@@ -110,7 +114,8 @@ def train(layer: str, size: str, args: argparse.Namespace) -> dict:
     return {"layer": layer, "size": size, "layer_args": SIZES[layer][size], "state_bytes": state_bytes(model),
             "params": sum(p.numel() for p in model.parameters()), "steps": results["steps"],
             "test_accuracy": 100 * results["test_acc"], "threads": torch.get_num_threads(),
-            "wall_seconds": results["wall_time_s"], "curve": curve, "run_dir": results["run_dir"]}
+            "wall_seconds": results["wall_time_s"], "load": [round(load_before, 1), round(os.getloadavg()[0], 1)],
+            "curve": curve, "run_dir": results["run_dir"]}
 
 
 def write_table(rows: list[dict], out: Path) -> str:
@@ -121,15 +126,18 @@ def write_table(rows: list[dict], out: Path) -> str:
         f"`{CONFIG.relative_to(REPO)}` through `ssmzoo fit`, the layer replaced: a 2-layer LM, d_model 64; 8 key-value "
         "pairs then their 8 queries in 64 tokens, vocabulary 64 (chance 1/32), fresh samples every step; test "
         "accuracy over the asked keys (1,000 held-out sequences, the best checkpoint by validation accuracy). State: "
-        "the bytes both layers carry after a 64-token sequence (float32, one sequence).",
+        "the bytes both layers carry after a 64-token sequence (float32, one sequence). Steps: the config's 1,500 or "
+        "as many as fit in `--max-minutes`, whichever came first; load: the 1-minute load average of the machine "
+        "before and after the run (– where not recorded), which sets how many steps fit.",
         "",
-        "| layer | size | arguments | state bytes | parameters | steps | test accuracy | wall time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| layer | size | arguments | state bytes | parameters | steps | test accuracy | wall time | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         arguments = ", ".join(f"{k}={v}" for k, v in r["layer_args"].items())
         lines.append(f"| {r['layer']} | {r['size']} | {arguments} | {r['state_bytes']:,} | {r['params']:,} | "
-                     f"{r['steps']} | {r['test_accuracy']:.1f}% | {r['wall_seconds'] / 60:.1f} min |")
+                     f"{r['steps']} | {r['test_accuracy']:.1f}% | {r['wall_seconds'] / 60:.1f} min | "
+                     + ("–" if "load" not in r else f"{r['load'][0]:g} → {r['load'][1]:g}") + " |")
     missing = sorted({f"{name} ({size})" if name in SIZES else f"{name} (no sizes chosen)"
                       for name in causal_layers() for size in ("small", "large")
                       if not any(r["layer"] == name and r["size"] == size for r in rows)})
