@@ -165,3 +165,24 @@ def test_bad_arguments():
         NeedleDataModule(pairs=3, num_keys=2)
     with pytest.raises(ValueError, match="seq_len"):
         NeedleDataModule(test_seq_len=3)
+
+
+@pytest.mark.parametrize("layer,size,floats_per_layer", [
+    # 4 heads of 8 x 8 delta-rule state + the short convolution's last 3 inputs of q, k, v (32 + 32 + 32 channels)
+    ("gated_deltanet", "small", 4 * 8 * 8 + (32 + 32 + 32) * 3),
+    # 4 heads of 32 x 8 SSM state (d_inner 128) + the convolution's last 3 inputs of x, B, C (128 + 8 + 8 channels)
+    ("mamba2", "small", 4 * 32 * 8 + (128 + 8 + 8) * 3),
+])
+def test_mqar_benchmark_counts_state_bytes(layer, size, floats_per_layer):
+    import importlib.util
+    from pathlib import Path
+
+    from ssmzoo import LanguageModel
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic" / "mqar.py"
+    spec = importlib.util.spec_from_file_location("mqar_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = LanguageModel(vocab_size=64, d_model=bench.D_MODEL, n_layers=2, layer=layer,
+                          layer_args=bench.SIZES[layer][size])
+    assert bench.state_bytes(model) == 2 * floats_per_layer * 4  # two layers, float32
