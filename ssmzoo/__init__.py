@@ -20,8 +20,7 @@ from .layers import (
 )
 from .models import MAC, MAG, MAL, LanguageModel, RAMba, SequenceModel, SpaceTime
 from .ops.segments import Segments
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "layers",

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .convert import checkpoint_format, converters, get_converter
-from .lm import LanguageModel
+from .lm import LanguageModel, register_checkpoint_io
 
 CONFIG = "config.json"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -82,3 +82,6 @@ def save_pretrained(model: LanguageModel, path: str | Path, format: str | None =
         torch.save(state_dict, folder / weights)
     (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return folder
+
+
+register_checkpoint_io(load_pretrained, save_pretrained)

