@@ -19,4 +19,6 @@ SMALL_ARGS: dict[str, dict] = {
     "memory_as_context": dict(heads=2, segment_len=4, persistent_tokens=2, memory_heads=2),
     # 4 heads of 4 channels in 2 groups; chunks of 4 so the conformance lengths span several chunks
     "mamba2": dict(d_state=4, d_conv=3, expand=2, headdim=4, ngroups=2, chunk_size=4),
+    # 4 heads of 4 channels in 2 groups, N 8 (2 rotated pairs); chunks of 4 so the conformance lengths span several
+    "mamba3": dict(d_state=8, expand=2, headdim=4, ngroups=2, chunk_size=4),
 }

@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data_command import DataCommand
+from .data_command import DataCommand, run_command
 
 
 def _paths_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,5 +86,6 @@ def build_parser(prog: str = "ssmzoo data") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> object:
     """Parse ``argv`` (the words after ``ssmzoo data``) and run the named command."""
-    args = build_parser().parse_args(argv)
-    return data_commands()[args.command].run(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_command(f"{parser.prog} {args.command}", data_commands()[args.command].run, args)

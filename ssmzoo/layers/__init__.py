@@ -18,6 +18,7 @@ from ..ops.segments import Segments
 from .hsa import HSA
 from .mamba import Mamba
 from .mamba2 import Mamba2
+from .mamba3 import Mamba3
 from .memory_as_context import MemoryAsContext
 from .memory_as_gate import MemoryAsGate
 from .s4 import S4
@@ -58,6 +59,7 @@ __all__ = [
     "Mamba",
     "SWA",
     "Mamba2",
+    "Mamba3",
     "MemoryAsContext",
     "MemoryAsGate",
 ]

@@ -66,7 +66,8 @@ def set_input_checks(enabled: bool | None) -> None:
 def input_checks_enabled(device: torch.device | str = "cpu") -> bool:
     """Whether value checks run for tensors on ``device`` under the current setting."""
     device = torch.device(device)
-    if device.type == "meta":
+    if device.type == "meta" or torch.compiler.is_compiling():
+        # Value checks read the data: in a compiled or exported graph they would be data-dependent branches.
         return False
     if _check_values is None:
         return device.type == "cpu"

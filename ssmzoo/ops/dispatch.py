@@ -52,6 +52,20 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes in on ``device``'s type, or None where it is off (or unknown: meta)."""
+    try:
+        return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    except (RuntimeError, TypeError):
+        return None
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device``'s type while an op whose backends choose their own precision runs
+    (a no-op where it is off already)."""
+    return _no_autocast(device) if autocast_dtype(device) is not None else contextlib.nullcontext()
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a backend can do. ``segments``: it honours packed documents (``ssmzoo.ops.segments``); ops

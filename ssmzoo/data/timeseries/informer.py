@@ -216,6 +216,7 @@ class InformerDataModule(L.LightningDataModule):
         self.std = table.values[train_start:train_stop].std(0)
         self.std[self.std == 0] = 1.0  # a constant channel stays zero after centring
         scaled = (table.values - self.mean) / self.std
+        self.dates, self.borders = table.dates, dict(zip(("train", "val", "test"), borders))
         n = len(table.columns)
         self.columns = table.columns
         self.input_columns = list(range(n)) if self.features in ("M", "MS") else [n - 1]
@@ -224,6 +225,12 @@ class InformerDataModule(L.LightningDataModule):
         for name, (start, stop) in zip(("train", "val", "test"), borders):
             self.datasets[name] = ForecastWindows(scaled[start:stop], self.lookback, self.horizon,
                                                   self.input_columns, self.output_columns, strides[name])
+
+    def row_times(self, split: str) -> list[str]:
+        """The `date` of each row of ``split``'s series (row r of its windows' rows), for forecasts' timestamps."""
+        self.setup()
+        start, stop = self.borders[split]
+        return self.dates[start:stop]
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

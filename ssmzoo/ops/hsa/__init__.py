@@ -32,7 +32,8 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op
+from ..dispatch import (HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, autocast_dtype, autocast_off,
+                        grad_needed, register_op)
 from . import cpu
 from .chunked import hsa_chunked
 from .inputs import HSAInputs, check_hsa
@@ -106,8 +107,18 @@ def hsa(
         backend: None ($SSMZOO_BACKEND or auto), "auto", or a name in ``dispatch.backends``.
 
     Returns:
-        (batch, Lq, hq, d) in q's dtype (computed in float32, or float64 for float64).
+        (batch, Lq, hq, d) in q's dtype (computed in float32, or float64 for float64); under autocast in
+        autocast's dtype, as attention is.
     """
+    cast = autocast_dtype(q.device) if isinstance(q, Tensor) else None
+    if cast is not None:
+        # Under autocast q comes from a linear layer in its dtype while cached keys or landmarks may not: every
+        # input goes to autocast's dtype, and the backends (float32 inside) run with autocast off.
+        q, k, v, landmarks, selection_q = (t.to(cast) if isinstance(t, Tensor) and t.is_floating_point() else t
+                                           for t in (q, k, v, landmarks, selection_q))
+        with autocast_off(q.device):
+            return hsa(q, k, v, landmarks, chunk_size=chunk_size, top_k=top_k, combine=combine, scale=scale,
+                       offset=offset, selection_q=selection_q, backend=backend)
     inputs = HSAInputs(q, k, v, landmarks, chunk_size, top_k, combine, scale, offset, selection_q)
     check_hsa(inputs)
     batch, length, hq, _ = q.shape

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..dispatch import (HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op,
-                        state_at_most)
+from ..dispatch import (HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, autocast_dtype, autocast_off,
+                        grad_needed, register_op, state_at_most)
 from ..mamba_inner import MambaInnerWeights, State
 from ..mamba_inner import available as cpu_available
 from ..mamba_inner.cpu import MAX_STATE
@@ -39,6 +39,14 @@ dispatch.register("reference", mamba_step_reference, ("cpu", "cuda"),
 def mamba_step(x_t: Tensor, state: State, weights: MambaStepWeights, *,
                backend: str | None = None) -> tuple[Tensor, State]:
     """One token of the Mamba layer: x_t (batch, d_model) -> (out (batch, d_model), next state)."""
+    if autocast_dtype(x_t.device) is not None:
+        # Under autocast a state from forward may hold half-precision values beside float32 weights: the step
+        # computes in float32 with autocast off (the state comes out float32).
+        def up(t: Tensor) -> Tensor:
+            return t.float() if t.dtype in HALF_DTYPES else t
+
+        with autocast_off(x_t.device):
+            return mamba_step(up(x_t), tuple(up(s) for s in state), weights, backend=backend)
     inputs = MambaStepInputs(x_t, state, weights)
     check_mamba_step(inputs)
     request = Request(x_t.device, x_t.dtype, initial_state=True, final_state=True,

@@ -17,10 +17,12 @@ MLP's layers in order (d_in → ... → d_out).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from ..dispatch import Capabilities, Dispatcher, Request, grad_needed, register_op
+from ..dispatch import HALF_DTYPES, Capabilities, Dispatcher, Request, autocast_dtype, autocast_off, grad_needed, register_op
 from .chunked import chunk_update, gradient_factors, memory_forward, neural_memory_chunked
 from .inputs import MemoryInputs, Weights, check_neural_memory
 from .reference import memory_mlp, neural_memory_reference
@@ -66,6 +68,18 @@ def neural_memory(
     A last chunk shorter than ``chunk_size`` is read from and, when ``update_last_partial``,
     written too (the layer leaves it out and buffers it in its state instead).
     ``backend``: None ($SSMZOO_BACKEND or auto), "auto", or a name in ``dispatch.backends``."""
+    if isinstance(q, Tensor) and autocast_dtype(q.device) is not None:
+        # The backends take float32 and float64 only: under autocast the half-precision inputs are computed in
+        # float32 with autocast off (as autocast does for the ops it keeps in float32), and y comes out float32.
+        def up(t: Any) -> Any:
+            return t.float() if isinstance(t, Tensor) and t.dtype in HALF_DTYPES else t
+
+        weights, momentum = initial_state
+        with autocast_off(q.device):
+            return neural_memory(up(q), up(k), up(v), up(theta), up(eta), up(alpha), chunk_size=chunk_size,
+                                 initial_state=(tuple(map(up, weights)), tuple(map(up, momentum))),
+                                 output_final_state=output_final_state, update_last_partial=update_last_partial,
+                                 backend=backend)
     inputs = MemoryInputs(q, k, v, theta, eta, alpha, initial_state, chunk_size, update_last_partial)
     check_neural_memory(inputs)
     request = Request(q.device, q.dtype, initial_state=True, final_state=output_final_state,

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op
+from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, autocast_off, grad_needed, register_op
 from ..segments import Segments
 from . import cpu, mamba_ssm
 from .chunked import ssd_chunked
@@ -115,7 +115,11 @@ def ssd(
         x.device, x.dtype, initial_state=initial_state is not None, final_state=output_final_state,
         grad=grad_needed(x, dt, A, B, C, D, z, dt_bias, initial_state), segments=inputs.segments is not None,
     )
-    return dispatch.choose(backend, request).fn(inputs, output_final_state=output_final_state)
+    # Under autocast the inputs arrive in mixed precisions (x in bf16, A a float32 parameter); every backend
+    # computes in float32 itself, so autocast is switched off inside (else it recasts the backends' float32
+    # intermediates to bf16 on their way into the C++ and Triton kernels).
+    with autocast_off(x.device):
+        return dispatch.choose(backend, request).fn(inputs, output_final_state=output_final_state)
 
 
 __all__ = ["SSDInputs", "check_ssd", "discretize_dt", "dispatch", "ssd", "ssd_chunked", "ssd_reference",

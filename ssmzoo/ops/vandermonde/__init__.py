@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..dispatch import COMPLEX_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op
+from ..dispatch import COMPLEX_DTYPES, HALF_DTYPES, Capabilities, Dispatcher, Request, autocast_off, grad_needed, register_op
 from .blocks import vandermonde_blocks, vandermonde_transpose_blocks
 from .chunked import vandermonde_chunked, vandermonde_transpose_chunked
 from .inputs import TransposeInputs, VandermondeInputs, check_vandermonde, check_vandermonde_transpose
@@ -64,7 +64,8 @@ def vandermonde(v: Tensor, log_z: Tensor, length: int, *, backend: str | None = 
     inputs = VandermondeInputs(v, log_z, length)
     shape = check_vandermonde(inputs)
     request = Request(v.device, v.dtype, grad=grad_needed(v, log_z), size=shape.numel() * length)
-    return dispatch.choose(backend, request).fn(inputs)
+    with autocast_off(v.device):  # complex arithmetic, which autocast would send to half precision
+        return dispatch.choose(backend, request).fn(inputs)
 
 
 @register_op(transpose_dispatch)
@@ -76,7 +77,11 @@ def vandermonde_transpose(u: Tensor, log_z: Tensor, *, backend: str | None = Non
     lead = check_vandermonde_transpose(inputs)
     request = Request(u.device, log_z.dtype, grad=grad_needed(u, log_z),
                       size=lead.numel() * log_z.shape[-1] * u.shape[-1])
-    return transpose_dispatch.choose(backend, request).fn(inputs)
+    if u.dtype in HALF_DTYPES:  # an activation under autocast: the sum is taken in log_z's precision
+        u = u.to(log_z.real.dtype)
+        inputs = inputs._replace(u=u)
+    with autocast_off(u.device):
+        return transpose_dispatch.choose(backend, request).fn(inputs)
 
 
 __all__ = [
