@@ -14,7 +14,7 @@ from .version import __version__
 _SUBMODULES = ("layers", "models", "modules", "optim")
 _FROM_LAYERS = ("S4", "S4D", "ClosedLoopCompanionSSM", "CompanionSSM", "Differencing", "HSA", "Mamba", "Mamba2",
                 "Mamba3", "MemoryAsContext", "MemoryAsGate", "MovingAverageResidual", "NeuralMemory", "SequenceLayer",
-                "ShiftSSM", "SWA")
+                "ShiftSSM", "SWA", "S5", "LRU")
 _FROM_MODELS = ("LanguageModel", "MAC", "MAG", "MAL", "RAMba", "SequenceModel", "SpaceTime")
 _FROM_OPS = {"Segments": ".ops.segments"}
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # what static tools see; at run time __getattr__ below import
     from . import layers, models, modules, optim  # noqa: F401
     from .layers import (HSA, S4, S4D, SWA, ClosedLoopCompanionSSM, CompanionSSM, Differencing,  # noqa: F401
                          Mamba, Mamba2, Mamba3, MemoryAsContext, MemoryAsGate, MovingAverageResidual, NeuralMemory,
-                         SequenceLayer, ShiftSSM)
+                         SequenceLayer, ShiftSSM, S5, LRU)
     from .models import MAC, MAG, MAL, LanguageModel, RAMba, SequenceModel, SpaceTime  # noqa: F401
     from .ops.segments import Segments  # noqa: F401
 

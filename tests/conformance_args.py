@@ -7,6 +7,8 @@ D_MODEL = 8
 SMALL_ARGS: dict[str, dict] = {
     "s4": dict(d_state=8),
     "s4d": dict(d_state=8),
+    "s5": dict(d_state=8, blocks=2),
+    "lru": dict(d_state=6, r_min=0.5, r_max=0.95),
     "companion": dict(d_state=6, heads=2, kernel_repeat=2),
     "shift": dict(d_state=5, heads=2),
     "differencing": dict(orders=[0, 1, 2]),

@@ -267,3 +267,16 @@ def test_meta_tensors_go_to_the_reference():
         *(torch.empty(s, device="meta") for s in ((2, 4, 7), (2, 4, 7), (4, 3), (2, 3, 7), (2, 3, 7))),
         output_final_state=True)
     assert y.shape == (2, 4, 7) and final.shape == (2, 4, 3) and y.device.type == "meta"
+
+
+def test_the_old_cpp_backend_name_still_selects_the_cpu_backend(monkeypatch):
+    from ssmzoo.ops import selective_scan
+
+    d = selective_scan.dispatch
+    request = Request(torch.device("cpu"), torch.float32)
+    assert d.choose("cpp", request) is d.backends["cpu"]
+    d.check_name("cpp", "Mamba", "selective_scan_backend")  # configs that say cpp still build
+    monkeypatch.setenv("SSMZOO_BACKEND", "cpp")
+    assert d.choose(None, request) is d.backends["cpu"]
+    with pytest.raises(ValueError, match="unknown backend 'cpx'"):
+        d.check_name("cpx", "op")

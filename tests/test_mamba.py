@@ -105,3 +105,16 @@ def test_checkpoints_that_name_the_reverse_direction_backward_still_load():
         assert torch.equal(loaded.state_dict()[name], value), name
     x = torch.randn(2, 9, 16)
     torch.testing.assert_close(loaded(x), saved(x))
+
+
+def test_A_init_range_sets_the_initial_decay_and_defaults_to_s4d_real():
+    torch.manual_seed(0)
+    default = Mamba(8, d_state=4, bidirectional=True)
+    torch.testing.assert_close(torch.exp(default.A_log), torch.arange(1.0, 5.0).repeat(16, 1))
+    ranged = Mamba(8, d_state=4, bidirectional=True, A_init_range=(0.01, 0.1))
+    for module in (ranged, ranged.reverse):
+        minus_a = torch.exp(module.A_log)
+        assert minus_a.min() >= 0.01 and minus_a.max() <= 0.1 and minus_a.std() > 0
+    for bad in ((0.0, 1.0), (2.0, 1.0), (1.0,), (1.0, float("inf"))):
+        with pytest.raises(ValueError, match="Mamba: A_init_range must be"):
+            Mamba(8, A_init_range=bad)

@@ -16,6 +16,7 @@ from .base import (
 )
 from ..ops.segments import Segments
 from .hsa import HSA
+from .lru import LRU
 from .mamba import Mamba
 from .mamba2 import Mamba2
 from .mamba3 import Mamba3
@@ -23,6 +24,7 @@ from .memory_as_context import MemoryAsContext
 from .memory_as_gate import MemoryAsGate
 from .s4 import S4
 from .s4d import S4D
+from .s5 import S5
 from .swa import SWA
 from .spacetime import (
     ClosedLoopCompanionSSM,
@@ -49,6 +51,8 @@ __all__ = [
     "tag_param",
     "S4",
     "S4D",
+    "S5",
+    "LRU",
     "ClosedLoopCompanionSSM",
     "CompanionSSM",
     "Differencing",

@@ -40,6 +40,8 @@ import torch
 from torch import Tensor
 
 ENV_VAR = "SSMZOO_BACKEND"
+# Old backend names that still select the backend now named by the value.
+LEGACY_NAMES = {"cpp": "cpu"}
 REAL_DTYPES = (torch.float32, torch.float64)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
@@ -238,6 +240,7 @@ class Dispatcher:
     def usable(self, name: str, device: torch.device | str) -> bool:
         """True when backend ``name`` runs on ``device``, is available and passed its probe there."""
         device = torch.device(device)
+        name = self.canonical(name)
         b = self.backends.get(name)
         if b is None or device.type not in b.devices:
             return False
@@ -268,9 +271,17 @@ class Dispatcher:
         self._probed.clear()
 
     # -- choice -------------------------------------------------------------------------------
+    def canonical(self, backend: str | None) -> str | None:
+        """``backend`` under its current name: the C++ backends were called "cpp" until 0.1.0 and are "cpu" now
+        (named after their files), so configs and $SSMZOO_BACKEND values that say "cpp" keep working."""
+        if backend not in self.backends and backend in LEGACY_NAMES and LEGACY_NAMES[backend] in self.backends:
+            return LEGACY_NAMES[backend]
+        return backend
+
     def check_name(self, backend: str | None, owner: str, arg: str = "backend") -> None:
         """Raise a ValueError naming ``owner`` and ``arg`` unless ``backend`` is None, "auto" or one
         of this op's backends. Layers call this in their constructors."""
+        backend = self.canonical(backend)
         if backend is None or backend == "auto" or backend in self.backends:
             return
         raise ValueError(f"{owner}: unknown {arg} {backend!r}; expected None, 'auto' or one of the {self.op} "
@@ -279,11 +290,12 @@ class Dispatcher:
     def choose(self, backend: str | None, request: Request) -> Backend:
         """The backend that serves ``request`` (see the module docstring)."""
         self.check_name(backend, self.op)
+        backend = self.canonical(backend)
         if request.device.type == "meta":
             # Meta tensors carry shapes only (model surgery, size estimates): the reference infers them.
             return self.backends["reference"]
         if backend is None:
-            env = os.environ.get(ENV_VAR, "auto")
+            env = self.canonical(os.environ.get(ENV_VAR, "auto"))
             b = self.backends.get(env)
             if b is not None and b.why_not(request) is None and self.usable(env, request.device):
                 return b

@@ -19,7 +19,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op
+from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, autocast_off, grad_needed, register_op
 from ..segments import Segments
 from . import cpu
 from .chunked import mamba3_chunked
@@ -119,7 +119,11 @@ def mamba3(
         grad=grad_needed(*(t for t in inputs[:14]), *(initial_state or ())),
         segments=segments is not None and not segments.unpacked,
     )
-    return dispatch.choose(backend, request).fn(inputs, output_final_state)
+    fn = dispatch.choose(backend, request).fn
+    # Under autocast the inputs arrive in mixed precisions; every backend computes in float32 itself, so autocast is
+    # off inside (else it recasts the backends' float32 intermediates on their way into the kernels).
+    with autocast_off(x.device):
+        return fn(inputs, output_final_state)
 
 
 __all__ = ["Mamba3Inputs", "Mamba3State", "check_mamba3", "dispatch", "mamba3", "mamba3_chunked",
