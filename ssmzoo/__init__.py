@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _SUBMODULES = ("layers", "models", "modules", "optim")
 _FROM_LAYERS = ("S4", "S4D", "ClosedLoopCompanionSSM", "CompanionSSM", "Differencing", "HSA", "Mamba", "Mamba2",

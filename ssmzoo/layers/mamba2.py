@@ -17,6 +17,7 @@ the in_proj output order [z, x, B, C, dt], so its checkpoints and Hugging Face's
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +25,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..modules.checks import check_bool, check_float, check_int
-from ..modules.padding import reverse_padded
+from ..modules.padding import reverse_documents, reverse_padded
 from ..modules.rmsnorm import RMSNorm
 from ..modules.short_conv import ShortConvolution
+from ..modules.state_dict import rename_prefix
 from ..ops import ssd as ssd_op
 from ..ops.segments import Segments
 from ..ops.ssd import ssd, ssd_update
@@ -121,12 +123,13 @@ class Mamba2(SequenceLayer):
         dt_limit: Δ is clamped to this (low, high) range after the softplus (forward and step alike).
         bias: biases in in_proj and out_proj.
         conv_bias: bias in the convolution.
-        bidirectional: add a backward direction for non-causal tasks (LRA): its own conv1d, dt_bias, A_log and D
-            (under ``backward.``), sharing in_proj, the norm and out_proj; both directions' SSD outputs are
-            summed before the gated norm (as the Mamba layer's ``bidirectional``). Padded batches (``lengths``)
-            run the backward direction from each sequence's last real token. No state or step.
+        bidirectional: add a reverse direction for non-causal tasks (LRA): its own conv1d, dt_bias, A_log and D
+            (under ``reverse.``; checkpoints that name it ``backward.``, its name until 0.1.0, load unchanged),
+            sharing in_proj, the norm and out_proj; both directions' SSD outputs are summed before the gated norm
+            (as the Mamba layer's ``bidirectional``). Padded batches (``lengths``) run the reverse direction from
+            each sequence's last real token, packed ones from each document's. No state or step.
         chunk_size: chunk length of the SSD's chunked algorithm (results do not depend on it beyond rounding).
-        ssd_backend: backend of the SSD (None: $SSMZOO_BACKEND or "auto"; "mamba_ssm", "triton", "cpp",
+        ssd_backend: backend of the SSD (None: $SSMZOO_BACKEND or "auto"; "mamba_ssm", "triton", "cpu",
             "chunked", "reference"; see ``ssmzoo.ops.ssd.dispatch``).
         causal_conv1d_backend: backend of the convolution (None: $SSMZOO_BACKEND or "auto"; see
             ``ssmzoo.ops.causal_conv1d.dispatch``).
@@ -138,7 +141,7 @@ class Mamba2(SequenceLayer):
             inputs, float64 for float64 (the SSD op's state dtype).
 
     Packed documents (``segments=``): one pass, neither the convolution nor the SSD reading across a document
-    start; bidirectional layers run each document alone.
+    start; a bidirectional layer's reverse direction runs on each document reversed within its span.
     """
 
     supported_dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -213,13 +216,20 @@ class Mamba2(SequenceLayer):
                      if rmsnorm else None)
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         self.bidirectional = bidirectional
-        self.backward: nn.Module | None = None
+        self.reverse: nn.Module | None = None
         if bidirectional:  # created last, so a causal layer's initial weights do not depend on this option
-            self.backward = nn.Module()
-            _add_direction(self.backward, **direction)
+            self.reverse = nn.Module()
+            _add_direction(self.reverse, **direction)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+        rename_prefix(state_dict, prefix, "backward", "reverse")  # the reverse direction's name until 0.1.0
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     # -- contract ---------------------------------------------------------------------------------
     def _D(self, direction: nn.Module | None = None) -> Tensor:
-        """D of ``direction`` (self: the forward one; ``self.backward``), per head or (heads, headdim)."""
+        """D of ``direction`` (self: the forward one; ``self.reverse``), per head or (heads, headdim)."""
         D = (self if direction is None else direction).D
         return rearrange(D, "(h p) -> h p", p=self.headdim) if self.D_has_hdim else D
 
@@ -231,29 +241,29 @@ class Mamba2(SequenceLayer):
         self, x: Tensor, state: tuple[Tensor, Tensor] | None, lengths: Tensor | None, return_state: bool
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         # Causal: right padding (lengths) cannot reach real tokens, so the forward direction needs nothing here.
-        conv_state, ssm_state = state if state is not None else (None, None)
-        z, xBC, dt = self._project(x)
-        xBC = rearrange(xBC, "b d l -> b l d")  # a view: the convolution reads the channels-first tensor itself
-        y, conv_state, ssm_state = self._direction(self, xBC, dt, z, conv_state, ssm_state, return_state)
-        if self.backward is not None:
-            y_rev, _, _ = self._direction(self.backward, reverse_padded(xBC, lengths), reverse_padded(dt, lengths),
-                                          reverse_padded(z, lengths), None, None, False)
-            y = y + reverse_padded(y_rev, lengths)
-        return self._output(y, z), ((conv_state, ssm_state) if return_state else None)
+        return self._directions(x, state, return_state, None, lambda t: reverse_padded(t, lengths))
 
     def _forward_segments(
         self, x: Tensor, state: tuple[Tensor, Tensor] | None, segments: Segments, return_state: bool
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """Packed documents in one pass: the convolution never reads across a document start
-        (:meth:`_conv_documents`), and the SSD restarts its state there (its ``seq_idx``). States are per document."""
-        if self.backward is not None:  # the backward direction runs from each document's end: each alone
-            return super()._forward_segments(x, state, segments, return_state)
+        """Packed documents in one pass: neither the convolution nor the SSD reads across a document start (both
+        ops take the segments); the reverse direction runs on each document reversed within its span. States are
+        per document."""
+        return self._directions(x, state, return_state, segments, lambda t: reverse_documents(t, segments))
+
+    def _directions(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None, return_state: bool, segments: Segments | None,
+        reverse: Callable[[Tensor], Tensor],
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """The forward direction, and the reverse one on the sequences ``reverse`` turns around."""
         conv_state, ssm_state = state if state is not None else (None, None)
         z, xBC, dt = self._project(x)
-        xBC, conv_state = self._conv_documents(rearrange(xBC, "b d l -> b l d"), segments, conv_state, return_state)
-        xs, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        y = self._ssd(self, xs, B, C, dt, z, ssm_state, return_state, segments.doc)
-        y, ssm_state = y if return_state else (y, None)
+        xBC = rearrange(xBC, "b d l -> b l d")  # a view: the convolution reads the channels-first tensor itself
+        y, conv_state, ssm_state = self._direction(self, xBC, dt, z, conv_state, ssm_state, return_state, segments)
+        if self.reverse is not None:
+            y_rev, _, _ = self._direction(self.reverse, reverse(xBC), reverse(dt), reverse(z), None, None, False,
+                                          segments)
+            y = y + reverse(y_rev)
         return self._output(y, z), ((conv_state, ssm_state) if return_state else None)
 
     def _output(self, y: Tensor, z: Tensor) -> Tensor:
@@ -264,22 +274,22 @@ class Mamba2(SequenceLayer):
 
     def _direction(
         self, m: nn.Module, xBC: Tensor, dt: Tensor, z: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None,
-        return_state: bool,
+        return_state: bool, segments: Segments | None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """The convolution and the SSD of one direction (``m`` holds its parameters): xBC (batch, length,
         conv_dim) -> y (batch, length, nheads, headdim) and, when ``return_state``, the final states."""
-        xBC = m.conv1d(xBC, conv_state, return_state)
+        xBC = m.conv1d(xBC, conv_state, return_state, segments)
         if return_state:
             xBC, conv_state = xBC
         sizes = [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state]
         # The convolution's output is channels first (a transposed view here).
         xs, B, C = _ChannelsLastSplit.apply(rearrange(xBC, "b l d -> b d l"), sizes)
-        y = self._ssd(m, xs, B, C, dt, z, ssm_state, return_state, None)
+        y = self._ssd(m, xs, B, C, dt, z, ssm_state, return_state, segments)
         y, ssm_state = y if return_state else (y, None)
         return y, conv_state, ssm_state
 
     def _ssd(self, m: nn.Module, xs: Tensor, B: Tensor, C: Tensor, dt: Tensor, z: Tensor, ssm_state: Tensor | None,
-             return_state: bool, seq_idx: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
+             return_state: bool, segments: Segments | None) -> Tensor | tuple[Tensor, Tensor]:
         """The SSD of direction ``m`` on channels-last x, B, C; the final state is asked for only when wanted
         (fused kernels, mamba-ssm's, serve the other calls)."""
         return ssd(
@@ -288,7 +298,7 @@ class Mamba2(SequenceLayer):
             chunk_size=self.chunk_size, D=self._D(m),
             z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.headdim),
             dt_bias=m.dt_bias, dt_softplus=True, dt_limit=self.dt_limit, backend=self.ssd_backend,
-            initial_state=ssm_state, output_final_state=return_state, seq_idx=seq_idx,
+            initial_state=ssm_state, output_final_state=return_state, segments=segments,
         )
 
     def _project(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -302,41 +312,6 @@ class Mamba2(SequenceLayer):
         if b_xBC is not None:
             xBC = xBC + b_xBC[:, None]
         return F.linear(u, w_z, b_z), xBC, F.linear(u, w_dt, b_dt)
-
-    def _conv_documents(
-        self, xBC: Tensor, segments: Segments, conv_state: Tensor | None, return_state: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        """The convolution of packed documents, none seeing another's inputs: each document gets d_conv - 1
-        slots before it (zeros, or its initial ``conv_state``) in an expanded row, right-aligned, so one plain
-        causal convolution computes them all; a document's final conv state is the d_conv - 1 expanded inputs
-        ending at its last token. xBC (batch, length, conv_dim); conv states (num_docs, conv_dim, d_conv - 1)."""
-        w = self.d_conv - 1
-        batch, length, width = xBC.shape
-        if w == 0:  # a width-1 convolution mixes no positions
-            y = self.conv1d(xBC)
-            return y, (xBC.new_zeros(segments.num_docs, width, 0) if return_state else None)
-        device = xBC.device
-        local = segments.starts.long().cumsum(dim=1)  # (batch, length): each token's 1-based document in its row
-        expanded_len = length + w * local[:, -1]
-        total = int(expanded_len.max())
-        row_base = torch.arange(batch, device=device) * total + (total - expanded_len)  # rows end together
-        where = (row_base[:, None] + torch.arange(length, device=device) + w * local).flatten()
-        expanded = xBC.new_zeros(batch * total, width).index_copy(0, where, rearrange(xBC, "b l d -> (b l) d"))
-        # Expanded position of each document's first slot: row start + doc start + w · (its 0-based index in the row).
-        index_in_row = local.flatten()[segments.cu_seqlens[:-1]] - 1
-        rows = torch.tensor([s.row for s in segments.spans], device=device)
-        first_slot = row_base[rows] + torch.tensor([s.start for s in segments.spans], device=device) + w * index_in_row
-        slots = first_slot[:, None] + torch.arange(w, device=device)  # (num_docs, w)
-        if conv_state is not None:
-            expanded = expanded.index_copy(0, slots.flatten(),
-                                           rearrange(conv_state.to(xBC.dtype), "k d w -> (k w) d"))
-        y = self.conv1d(rearrange(expanded, "(b l) d -> b l d", b=batch))
-        y = rearrange(rearrange(y, "b l d -> (b l) d").index_select(0, where), "(b l) d -> b l d", b=batch)
-        if not return_state:
-            return y, None
-        ends = slots + segments.doc_lengths[:, None]  # the w expanded inputs ending at each document's last token
-        final = rearrange(expanded.index_select(0, ends.flatten()), "(k w) d -> k d w", w=w)
-        return y, final
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         conv_state = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)

@@ -36,6 +36,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..version import __version__
 from .checkpoint_checks import build_checked, require_keys
 from .convert_mamba2 import load_hf_mamba2, load_mamba_ssm_mamba2, to_hf_mamba2, to_mamba_ssm_mamba2
 from .lm import LanguageModel
@@ -320,8 +321,6 @@ def from_ssmzoo(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> 
 
 
 def to_ssmzoo(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str]:
-    from .. import __version__
-
     config = {"model_type": "ssmzoo", "architectures": ["LanguageModel"], "ssmzoo_version": __version__, **model.config}
     return config, _weights_for_saving(model, lambda k: k), "model.safetensors"
 

@@ -431,14 +431,21 @@ class LanguageModel(GenerationMixin, nn.Module):
         """Load a local checkpoint folder (no download): a Hugging Face Mamba / Mamba-2 folder (config.json with
         ``model_type``, model.safetensors or pytorch_model.bin), a mamba-ssm one (config.json with ``d_model``,
         ``n_layer``, ``ssm_cfg``; pytorch_model.bin), or one written by :meth:`save_pretrained`."""
-        from .pretrained import load_pretrained
-
-        return load_pretrained(path, dtype=dtype, device=device)
+        return _CHECKPOINT_IO["load"](path, dtype=dtype, device=device)
 
     def save_pretrained(self, path: str | Path, format: str | None = None) -> Path:
         """Write config.json and the weights to the folder ``path``. ``format`` (None: the first that fits):
         ``"mamba"``, Hugging Face's ``MambaForCausalLM`` layout (model.safetensors; transformers loads it too),
         for Mamba models; ``"mamba_ssm.Mamba1"``, mamba-ssm's (pytorch_model.bin); ``"ssmzoo"``, any layer."""
-        from .pretrained import save_pretrained
+        return _CHECKPOINT_IO["save"](self, path, format)
 
-        return save_pretrained(self, path, format)
+
+# Checkpoint folders are read and written by pretrained.py, whose format converters build this class: it plugs its
+# two functions in here when ``ssmzoo.models`` is imported (models/__init__.py), so this module never imports it and
+# the two form no import cycle.
+_CHECKPOINT_IO: dict[str, Any] = {}
+
+
+def register_checkpoint_io(load: Any, save: Any) -> None:
+    """The functions behind :meth:`LanguageModel.from_pretrained` and :meth:`LanguageModel.save_pretrained`."""
+    _CHECKPOINT_IO.update(load=load, save=save)
