@@ -15,11 +15,13 @@ from .base import (
     tag_param,
 )
 from ..ops.segments import Segments
+from .attention import AttentionState, FullAttention
 from .hsa import HSA
 from .mamba import Mamba
 from .mamba2 import Mamba2
 from .memory_as_context import MemoryAsContext
 from .memory_as_gate import MemoryAsGate
+from .parallel import Parallel
 from .s4 import S4
 from .s4d import S4D
 from .swa import SWA
@@ -54,10 +56,13 @@ __all__ = [
     "MovingAverageResidual",
     "ShiftSSM",
     "NeuralMemory",
+    "AttentionState",
+    "FullAttention",
     "HSA",
     "Mamba",
     "SWA",
     "Mamba2",
     "MemoryAsContext",
     "MemoryAsGate",
+    "Parallel",
 ]
