@@ -136,6 +136,12 @@ def _state_dict(model_or_state_dict: nn.Module | Mapping[str, Tensor]) -> Mappin
     raise ValueError(f"expected an nn.Module or a state dict, got {type(model_or_state_dict).__name__}")
 
 
+def _plain(model: LanguageModel) -> bool:
+    """Whether the model has none of the stack's options the Mamba formats cannot say: multipliers of the
+    embedding or the logits, shared blocks."""
+    return model.embedding_multiplier == 1.0 and model.lm_head_multiplier == 1.0 and not len(model.shared_blocks)
+
+
 def _weights_for_saving(model: LanguageModel, prefix: Callable[[str], str]) -> dict[str, Tensor]:
     """The model's tensors under the format's names; a tied head is left out (it is the embedding)."""
     tied = model.lm_head.weight is model.embedding.weight
@@ -186,7 +192,9 @@ def to_hf_mamba(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor]
     """(config.json, state dict, "model.safetensors") of ``model`` as a Hugging Face ``MambaForCausalLM``, or None
     when it has no counterpart there (another layer, an MLP, a backend choice)."""
     config = model.config
-    layer_args = dict(config["layer_args"])
+    if config["pattern"] is not None or not _plain(model):  # the format says n_layers x layer only
+        return None
+    layer_args = dict(config["layer_args"] or {})
     theirs = dict(_HF_MAMBA_ARGS)
     if config["layer"] != "mamba" or config["d_intermediate"] or set(layer_args) - set(theirs):
         return None
@@ -252,7 +260,9 @@ def from_mamba_ssm(model_or_state_dict: nn.Module | Mapping[str, Tensor], config
 def to_mamba_ssm(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
     """(config.json, state dict, "pytorch_model.bin") of ``model`` as a mamba-ssm ``MambaLMHeadModel``, or None."""
     config = model.config
-    if config["layer"] != "mamba" or set(config["layer_args"]) - set(_SSM_CFG) or config["norm_eps"] != 1e-5 \
+    if config["pattern"] is not None or not _plain(model):  # the format says n_layers x layer only
+        return None
+    if config["layer"] != "mamba" or set(config["layer_args"] or {}) - set(_SSM_CFG) or config["norm_eps"] != 1e-5 \
             or (config["d_intermediate"] and config["d_intermediate"] % 128):
         return None
     ssm = {
