@@ -8,6 +8,10 @@
     "ssmzoo"             model_type "ssmzoo": our arguments  model.safetensors          load and save (any layer)
     "mamba2"             Hugging Face Mamba2ForCausalLM      model.safetensors          load and save (convert_mamba2)
     "mamba_ssm.Mamba2"   mamba-ssm, ssm_cfg layer Mamba2     pytorch_model.bin          load and save (convert_mamba2)
+    "bamba"              Hugging Face BambaForCausalLM       model.safetensors          load and save (convert_bamba)
+    "nemotron_h"         Hugging Face NemotronHForCausalLM   model.safetensors          load and save (convert_nemotron_h)
+    "falcon_h1"          Hugging Face FalconH1ForCausalLM    model.safetensors          load and save (convert_falcon_h1)
+    "zamba2"             Hugging Face Zamba2ForCausalLM      model.safetensors          load and save (convert_zamba2)
 
 :func:`checkpoint_format` names a config's format: its ``model_type``, else ``mamba_ssm.<ssm_cfg layer>``.
 
@@ -35,7 +39,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .convert_bamba import load_hf_bamba, to_hf_bamba
+from .convert_falcon_h1 import load_hf_falcon_h1, to_hf_falcon_h1
 from .convert_mamba2 import load_hf_mamba2, load_mamba_ssm_mamba2, to_hf_mamba2, to_mamba_ssm_mamba2
+from .convert_nemotron_h import load_hf_nemotron_h, to_hf_nemotron_h
+from .convert_zamba2 import load_hf_zamba2, to_hf_zamba2
 from .lm import LanguageModel
 
 # -- the registry ---------------------------------------------------------------------------------
@@ -298,4 +306,8 @@ register_converter("mamba", lambda config, sd: from_hf_mamba(sd, config), to_hf_
 register_converter("mamba_ssm.Mamba1", lambda config, sd: from_mamba_ssm(sd, config), to_mamba_ssm)
 register_converter("mamba2", load_hf_mamba2, to_hf_mamba2)
 register_converter("mamba_ssm.Mamba2", load_mamba_ssm_mamba2, to_mamba_ssm_mamba2)
+register_converter("bamba", load_hf_bamba, to_hf_bamba)
+register_converter("nemotron_h", load_hf_nemotron_h, to_hf_nemotron_h)
+register_converter("falcon_h1", load_hf_falcon_h1, to_hf_falcon_h1)
+register_converter("zamba2", load_hf_zamba2, to_hf_zamba2)
 register_converter("ssmzoo", from_ssmzoo, to_ssmzoo)
