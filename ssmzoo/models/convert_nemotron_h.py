@@ -17,7 +17,8 @@ with ``rotary=False``, or an ``mlp`` entry:
 
 (A model's own state dict says ``model.`` where the saved file says ``backbone.``; both load.) The mixture-of-experts
 blocks ("moe", Nemotron-3 Nano) and multi-token-prediction layers are not supported: such a checkpoint gives a
-ValueError. One ``layer_norm_epsilon`` for every norm.
+ValueError. One ``layer_norm_epsilon`` for every norm. transformers' Nemotron-H never ties its head to the
+embedding (whatever ``tie_word_embeddings`` says), so neither do we.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from .hf_hybrid import (
     mamba2_out,
     one,
     state_dict_of,
-    tied,
 )
 from .lm import Block, LanguageModel, MLPBlock
 
@@ -99,7 +99,8 @@ def nemotron_h_pattern(config: Any, fn: str) -> tuple[list[dict[str, Any]], dict
             pattern.append({"layer": "attention", "args": attention, "mlp": 0})
         else:
             pattern.append(dict(mlp))
-    return pattern, dict(d_model=d, norm_eps=eps, tie_embeddings=bool(get(config, "tie_word_embeddings", False)))
+    # transformers' NemotronHForCausalLM ties no weights, whatever tie_word_embeddings says: its head is its own
+    return pattern, dict(d_model=d, norm_eps=eps, tie_embeddings=False)
 
 
 def from_hf_nemotron_h(model_or_state_dict: nn.Module | Mapping[str, Tensor], config: Any = None) -> LanguageModel:
@@ -109,10 +110,8 @@ def from_hf_nemotron_h(model_or_state_dict: nn.Module | Mapping[str, Tensor], co
     config = config_of(model_or_state_dict, config, fn, "NemotronHConfig")
     pattern, args = nemotron_h_pattern(config, fn)
     t = Tensors(state_dict_of(model_or_state_dict, fn), fn, PREFIXES)
-    sd: dict[str, Tensor] = {"embedding.weight": t.take("embeddings.weight"), "norm_f.weight": t.take("norm_f.weight")}
-    head = t.take_optional("lm_head.weight")
-    if head is not None:
-        sd["lm_head.weight"] = head
+    sd: dict[str, Tensor] = {"embedding.weight": t.take("embeddings.weight"), "norm_f.weight": t.take("norm_f.weight"),
+                             "lm_head.weight": t.take("lm_head.weight")}
     for i, entry in enumerate(pattern):
         theirs, ours = f"layers.{i}.", f"layers.{i}."
         sd[ours + "norm.weight"] = t.take(theirs + "norm.weight")
@@ -173,7 +172,7 @@ def to_hf_nemotron_h(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Te
     config: dict[str, Any] = {
         "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "dtype": dtype_name(model),
         "vocab_size": model.embedding.num_embeddings, "hidden_size": d, "layers_block_type": types,
-        "layer_norm_epsilon": eps, "tie_word_embeddings": tied(model), "use_cache": True,
+        "layer_norm_epsilon": eps, "tie_word_embeddings": False, "use_cache": True,
         "residual_in_fp32": False, "rescale_prenorm_residual": False,
     }
     if mamba is not None:
@@ -187,10 +186,9 @@ def to_hf_nemotron_h(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Te
     if mlp is not None:
         config.update(intermediate_size=mlp[0], mlp_hidden_act=_HF_ACT[mlp[2]], mlp_bias=mlp[3])
     ours = model.state_dict()
+    # the head always written: transformers' Nemotron-H never ties it to the embedding
     sd: dict[str, Tensor] = {"backbone.embeddings.weight": ours["embedding.weight"],
-                             "backbone.norm_f.weight": ours["norm_f.weight"]}
-    if not tied(model):
-        sd["lm_head.weight"] = ours["lm_head.weight"]
+                             "backbone.norm_f.weight": ours["norm_f.weight"], "lm_head.weight": ours["lm_head.weight"]}
     for i, (kind, b) in enumerate(zip(types, model.layers)):
         prefix, theirs = f"layers.{i}.", f"backbone.layers.{i}."
         sd[theirs + "norm.weight"] = ours[prefix + "norm.weight"]

@@ -21,7 +21,8 @@ q/k/v's with ``use_shared_attention_adapter``) are the using block's.
 
 where i is the j-th hybrid layer, b = j mod num_mem_blocks, and f the first hybrid layer of block b (transformers
 ties the other uses' shared_transformer to it and saves it once; a state dict holding every copy loads too, if
-the copies agree). Zamba2's fixed choices: the gated norm's eps 1e-5, convolution bias, Δ ≥ time_step_min
+the copies agree). transformers ties those uses only when it ties the head (``tie_word_embeddings``): an
+untied Zamba2 gives every hybrid layer its own block, and so do we. Zamba2's fixed choices: the gated norm's eps 1e-5, convolution bias, Δ ≥ time_step_min
 (``dt_limit``), attention without biases, head_dim = 2 · hidden / heads, softmax scale 1/sqrt(head_dim / 2).
 
 transformers' cached decoding leaves out the Δ ≥ time_step_min clamp that its forward applies (its one-token
@@ -32,6 +33,7 @@ below time_step_min.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -60,6 +62,7 @@ from .lm import Block, LanguageModel
 
 PREFIXES = ("model.",)
 _SHARED = "shared_transformer."
+_UNUSED_ADAPTER = re.compile(r"layers\.\d+\.shared_transformer\..*adapter_list\.\d+\.[01]\.weight$")
 
 
 def _hybrid_layers(config: Any, fn: str) -> list[bool]:
@@ -96,7 +99,10 @@ def zamba2_pattern(config: Any, fn: str) -> tuple[list[dict[str, Any]], dict[str
                   mlp_activation=activation(get(config, "hidden_act", "gelu"), fn, "hidden_act"), mlp_bias=bias,
                   embedding_input=True, adapter_rank=rank,
                   attention_adapters=bool(get(config, "use_shared_attention_adapter", False)))
-    n_blocks = get(config, "num_mem_blocks", 1)
+    tie = bool(get(config, "tie_word_embeddings", True))
+    # transformers ties the uses of a shared block only when it ties the head (its tying is one switch): untied,
+    # every hybrid layer has a block of its own
+    n_blocks = get(config, "num_mem_blocks", 1) if tie else len(hybrid)
     pattern, uses = [], 0
     for is_hybrid in hybrid:
         entry: dict[str, Any] = {"layer": "mamba2", "args": mamba, "mlp": 0}
@@ -105,7 +111,7 @@ def zamba2_pattern(config: Any, fn: str) -> tuple[list[dict[str, Any]], dict[str
             uses += 1
         pattern.append(entry)
     n_blocks = min(n_blocks, uses)  # a block no layer uses has no weights
-    return pattern, dict(d_model=d, norm_eps=eps, tie_embeddings=bool(get(config, "tie_word_embeddings", True)),
+    return pattern, dict(d_model=d, norm_eps=eps, tie_embeddings=tie,
                          shared_blocks=[dict(shared) for _ in range(n_blocks)] or None)
 
 
@@ -170,6 +176,8 @@ def from_hf_zamba2(model_or_state_dict: nn.Module | Mapping[str, Tensor], config
         theirs = f"layers.{i}.mamba_decoder." if "shared_block" in entry else f"layers.{i}."
         sd[f"layers.{i}.norm.weight"] = t.take(theirs + "input_layernorm.weight")
         mamba2_in(t, theirs + "mamba.", f"layers.{i}.mixer.", sd)
+    for key in [k for k in t.left if _UNUSED_ADAPTER.match(k)]:  # an untied copy's slots for other uses: never read
+        t.take(key)
     t.check_all_taken()
     model = LanguageModel(vocab_size=sd["embedding.weight"].shape[0], pattern=pattern, **args)
     return load_exactly(fn, model, sd, args["tie_embeddings"])

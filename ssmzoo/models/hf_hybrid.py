@@ -111,9 +111,10 @@ class Tensors:
 
 
 def mamba2_in(t: Tensors, theirs: str, ours: str, out: dict[str, Tensor]) -> None:
-    """A Mamba-2 mixer's tensors (same names on both sides)."""
+    """A Mamba-2 mixer's tensors (same names on both sides); biases and the gated norm's weight where present."""
     for name in MAMBA2_TENSORS:
-        value = t.take_optional(theirs + name)
+        value = t.take_optional(theirs + name) if name.endswith(".bias") or name.startswith("norm.") else \
+            t.take(theirs + name)
         if value is not None:
             out[ours + name] = value
 
