@@ -24,6 +24,7 @@ from ssmzoo.ops import (
     neural_memory,
     selective_scan,
     ssd,
+    ssd_step,
     vandermonde,
 )
 from ssmzoo.ops.dispatch import ENV_VAR, Capabilities, Dispatcher, Request
@@ -33,6 +34,7 @@ OPS = {
     "selective_scan": selective_scan, "causal_conv1d": causal_conv1d, "cauchy": cauchy,
     "vandermonde": vandermonde, "companion": companion, "neural_memory": neural_memory, "hsa": hsa,
     "ssd": ssd, "mamba_inner": mamba_inner, "mamba_step": mamba_step, "mamba_lm_step": mamba_lm_step,
+    "ssd_step": ssd_step,
 }
 
 
@@ -180,7 +182,7 @@ def test_every_op_has_the_same_shape(op_name):
     public = {"selective_scan": "selective_scan", "causal_conv1d": "causal_conv1d", "cauchy": "cauchy",
               "vandermonde": "vandermonde", "companion": "companion_kernel", "neural_memory": "neural_memory",
               "hsa": "hsa", "ssd": "ssd", "mamba_inner": "mamba_inner", "mamba_step": "mamba_step",
-              "mamba_lm_step": "mamba_lm_step"}
+              "mamba_lm_step": "mamba_lm_step", "ssd_step": "ssd_step"}
     params = inspect.signature(getattr(package, public[op_name])).parameters
     assert params["backend"].kind is inspect.Parameter.KEYWORD_ONLY
     for state_arg in ("initial_state", "output_final_state"):

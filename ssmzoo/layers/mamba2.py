@@ -29,7 +29,8 @@ from ..modules.rmsnorm import RMSNorm
 from ..modules.short_conv import ShortConvolution
 from ..ops import ssd as ssd_op
 from ..ops.segments import Segments
-from ..ops.ssd import ssd, ssd_update
+from ..ops.ssd import ssd
+from ..ops.ssd_step import ssd_step
 from .base import SequenceLayer, register, tag_param
 
 
@@ -381,14 +382,14 @@ class Mamba2(SequenceLayer):
         return conv_state, ssm_state
 
     def _step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """One token in O(1): the convolution over the cached window, then one SSD step (ops/ssd/update.py)."""
+        """One token in O(1): the convolution over the cached window, then one SSD step (ops/ssd_step)."""
         conv_state, ssm_state = state
         z, xBC, dt = torch.split(self.in_proj(x_t), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
         if self.in_proj_multipliers is not None:
             z, xBC, dt = self._multiplied(z, xBC, dt, channels_first=False)
         xBC, conv_state = self.conv1d.step(xBC, conv_state)
         xs, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        y, ssm_state = ssd_update(
+        y, ssm_state = ssd_step(  # the fused C++ step where it serves (generation), else ssd_update's formulas
             rearrange(xs, "b (h p) -> b h p", p=self.headdim), dt, self._A(),
             rearrange(B, "b (g n) -> b g n", g=self.ngroups), rearrange(C, "b (g n) -> b g n", g=self.ngroups),
             ssm_state, D=self._D(), z=None if self.rmsnorm else rearrange(z, "b (h p) -> b h p", p=self.headdim),
