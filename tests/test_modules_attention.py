@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ssmzoo.modules import Attention, KVCache, rotary
+from ssmzoo.modules.attention import append_to_cache
 
 F64 = torch.float64
 
@@ -148,7 +149,8 @@ def test_context_tokens_positions_and_extra_mask():
 
 @pytest.mark.parametrize("case", ["causal", "gqa-halves", "no-rotary-scale"])
 @pytest.mark.parametrize("pieces", [[11], [1] * 11, [4, 1, 6], [5, 6]])
-def test_extend_over_a_cache_equals_forward(case, pieces):
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no-grad"])  # no grad: the cache grows in place
+def test_extend_over_a_cache_equals_forward(case, pieces, grad):
     """Tokens attended in pieces over the cache of all before them (prefill in pieces, then decoding) equal the
     whole sequence at once, outputs and cached keys (rotated) and values; a projection delta enters every piece
     as it would the whole sequence."""
@@ -162,14 +164,35 @@ def test_extend_over_a_cache_equals_forward(case, pieces):
                                attn(x), rtol=1e-10, atol=1e-10)
     keys = values = torch.zeros(2, attn.kv_heads, 0, attn.head_dim, dtype=F64)
     outs, start = [], 0
-    for n in pieces:
-        y, keys, values = attn.extend(x[:, start:start + n], keys, values, delta=delta[:, start:start + n])
-        outs.append(y)
-        start += n
+    with torch.set_grad_enabled(grad):
+        for n in pieces:
+            y, keys, values = attn.extend(x[:, start:start + n], keys, values, delta=delta[:, start:start + n])
+            outs.append(y)
+            start += n
     torch.testing.assert_close(torch.cat(outs, 1), want, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(keys, want_keys, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(values, want_values, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(want, attn(x))  # the delta counts
+
+
+def test_append_to_cache_keeps_every_state_a_value():
+    """Without autograd the cache grows in place in a buffer, yet a state handed out earlier never changes: a second
+    continuation of an older state copies instead of overwriting; with autograd it concatenates."""
+    start = torch.zeros(1, 2, 0, 3)
+    with torch.no_grad():
+        a = append_to_cache(start, torch.full((1, 2, 4, 3), 1.0))
+        b = append_to_cache(a, torch.full((1, 2, 1, 3), 2.0))
+        assert b._base is a._base and b.shape[2] == 5  # grown in place
+        c = append_to_cache(a, torch.full((1, 2, 2, 3), 3.0))  # another continuation of a
+        assert c._base is not a._base
+        d = append_to_cache(b, torch.full((1, 2, 1, 3), 4.0))
+    assert a[0, 0, :, 0].tolist() == [1, 1, 1, 1]
+    assert b[0, 0, :, 0].tolist() == [1, 1, 1, 1, 2]
+    assert c[0, 0, :, 0].tolist() == [1, 1, 1, 1, 3, 3]
+    assert d[0, 0, :, 0].tolist() == [1, 1, 1, 1, 2, 4]
+    x = torch.ones(1, 2, 1, 3, requires_grad=True)
+    e = append_to_cache(a, x)
+    assert e._base is None and e.requires_grad  # concatenated: autograd keeps what it saved
 
 
 def test_extend_refuses_what_it_cannot_cache():

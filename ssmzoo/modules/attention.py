@@ -59,6 +59,29 @@ def attention_mask(
     return allowed
 
 
+def append_to_cache(cache: Tensor, new: Tensor) -> Tensor:
+    """[cache ‖ new] along dim 2 (keys or values (batch, kv_heads, n, head_dim)), as a value: every tensor handed
+    out before stays what it was. Without autograd (decoding), the result is a prefix view of a buffer with room
+    to grow, and the next append writes past its end in place when the cache given is that buffer's latest view
+    (the buffer's ``filled`` mark says so); any other cache (an older state, one grown elsewhere) is copied into
+    a new buffer. Concatenating instead copied the whole cache at every token: at 1,280 tokens, batch 8 and 12 KV
+    heads of 128 channels that was 100 MB per step and half of a Zamba2 step's time."""
+    n, m = cache.shape[2], new.shape[2]
+    if torch.is_grad_enabled() and (cache.requires_grad or new.requires_grad):
+        return torch.cat([cache, new], 2)  # an in-place write would invalidate what autograd saved
+    base = cache._base
+    if (base is not None and getattr(base, "_ssmzoo_filled", None) == n and base.dim() == 4
+            and base.shape[2] >= n + m and cache.data_ptr() == base.data_ptr() and cache.stride() == base.stride()
+            and base.shape[:2] == new.shape[:2] and base.shape[3] == new.shape[3] and base.dtype == new.dtype):
+        base[:, :, n:n + m] = new
+    else:
+        base = new.new_empty(new.shape[0], new.shape[1], max(2 * (n + m), 64), new.shape[3])
+        base[:, :, :n] = cache
+        base[:, :, n:n + m] = new
+    base._ssmzoo_filled = n + m  # type: ignore[attr-defined]
+    return base[:, :, :n + m]
+
+
 class Attention(nn.Module):
     """Attention over x (batch, n, d_model) -> (batch, n, d_model).
 
@@ -246,7 +269,7 @@ class Attention(nn.Module):
         q, k, v = self._project(x, delta)
         q, k = self._rotate(q, positions), self._rotate(k, positions)
         if m:
-            k, v = torch.cat([keys.to(k.dtype), k], 2), torch.cat([values.to(v.dtype), v], 2)
+            k, v = append_to_cache(keys.to(k.dtype), k), append_to_cache(values.to(v.dtype), v)
         # One new token sees every key; a first piece is plainly causal; a later piece needs its offset mask.
         allowed = None if n == 1 or m == 0 else attention_mask(positions, torch.arange(m + n, device=x.device),
                                                                True, None)
