@@ -44,6 +44,7 @@ from .hf_hybrid import (
     mamba2_in,
     mamba2_layout,
     mamba2_out,
+    mlp_layout,
     one,
     rope,
     state_dict_of,
@@ -125,10 +126,9 @@ def to_hf_bamba(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor]
     attns = [m for m in mixers if isinstance(m, FullAttention)]
     mlps = [b.mlp for b in blocks]
     mamba, attn = one([mamba2_layout(m) for m in mambas]), one([attention_layout(a) for a in attns])
-    mlp = one([(m.hidden, m.gated, m.activation, m.up.bias is not None, m.gate_multiplier, m.output_multiplier)
-               for m in mlps])
+    mlp = one([mlp_layout(m) for m in mlps])
     if (len(mambas) + len(attns) != len(blocks) or not mambas or mlp is None or (mambas and mamba is None)
-            or (attns and attn is None) or not mlp[1] or mlp[4:] != (1.0, 1.0)
+            or (attns and attn is None) or not mlp["gated"] or mlp["multipliers"] != (1.0, 1.0)
             or any(b.norm.eps != eps or b.norm2.eps != eps for b in blocks)):
         return None
     d = model.d_model
@@ -142,7 +142,8 @@ def to_hf_bamba(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor]
     config: dict[str, Any] = {
         "architectures": ["BambaForCausalLM"], "model_type": "bamba", "dtype": dtype_name(model),
         "vocab_size": model.embedding.num_embeddings, "hidden_size": d, "num_hidden_layers": len(blocks),
-        "intermediate_size": mlp[0], "hidden_act": mlp[2], "mlp_bias": mlp[3], "rms_norm_eps": eps,
+        "intermediate_size": mlp["hidden"], "hidden_act": mlp["activation"], "mlp_bias": mlp["bias"],
+        "rms_norm_eps": eps,
         "tie_word_embeddings": tied(model),
         "attn_layer_indices": [i for i, m in enumerate(mixers) if isinstance(m, FullAttention)],
         "mamba_n_heads": mamba["nheads"], "mamba_d_head": mamba["headdim"], "mamba_n_groups": mamba["ngroups"],

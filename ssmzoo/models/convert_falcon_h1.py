@@ -56,6 +56,7 @@ from .hf_hybrid import (
     mamba2_in,
     mamba2_layout,
     mamba2_out,
+    mlp_layout,
     one,
     rope,
     state_dict_of,
@@ -150,9 +151,8 @@ def to_hf_falcon_h1(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Ten
     mamba = one([mamba2_layout(b.mixer.layers[0]) for b in blocks])
     attn = one([attention_layout(b.mixer.layers[1]) for b in blocks])
     multipliers = one([{"in": b.mixer.in_multipliers, "out": b.mixer.out_multipliers} for b in blocks])
-    mlp = one([(b.mlp.hidden, b.mlp.gated, b.mlp.activation, b.mlp.up.bias is not None, b.mlp.gate_multiplier,
-                b.mlp.output_multiplier) for b in blocks])
-    if (mamba is None or attn is None or multipliers is None or mlp is None or not mlp[1]
+    mlp = one([mlp_layout(b.mlp) for b in blocks])
+    if (mamba is None or attn is None or multipliers is None or mlp is None or not mlp["gated"]
             or any(b.norm.eps != eps or b.norm2.eps != eps for b in blocks)):
         return None
     if (mamba["D_has_hdim"] or (mamba["rmsnorm"] and mamba["norm_eps"] != eps) or not mamba["causal"]
@@ -165,7 +165,8 @@ def to_hf_falcon_h1(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Ten
     config: dict[str, Any] = {
         "architectures": ["FalconH1ForCausalLM"], "model_type": "falcon_h1", "dtype": dtype_name(model),
         "vocab_size": model.embedding.num_embeddings, "hidden_size": d, "num_hidden_layers": len(blocks),
-        "intermediate_size": mlp[0], "hidden_act": mlp[2], "mlp_bias": mlp[3], "rms_norm_eps": eps,
+        "intermediate_size": mlp["hidden"], "hidden_act": mlp["activation"], "mlp_bias": mlp["bias"],
+        "rms_norm_eps": eps,
         "tie_word_embeddings": tied(model), "use_cache": True,
         "num_attention_heads": attn["heads"], "num_key_value_heads": attn["kv_heads"], "head_dim": attn["head_dim"],
         "attention_bias": attn["bias"], "rope_parameters": {"rope_type": "default", "rope_theta": attn["rotary_base"]},
@@ -179,7 +180,7 @@ def to_hf_falcon_h1(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Ten
         "ssm_in_multiplier": multipliers["in"][0], "ssm_out_multiplier": multipliers["out"][0],
         "attention_in_multiplier": multipliers["in"][1], "attention_out_multiplier": multipliers["out"][1],
         "key_multiplier": scale * math.sqrt(attn["head_dim"]),
-        "ssm_multipliers": list(mamba["multipliers"] or (1.0,) * 5), "mlp_multipliers": [mlp[4], mlp[5]],
+        "ssm_multipliers": list(mamba["multipliers"] or (1.0,) * 5), "mlp_multipliers": list(mlp["multipliers"]),
     }
     ours = model.state_dict()
     sd: dict[str, Tensor] = {"model.embed_tokens.weight": ours["embedding.weight"],

@@ -45,6 +45,7 @@ from .hf_hybrid import (
     mamba2_in,
     mamba2_layout,
     mamba2_out,
+    mlp_layout,
     one,
     state_dict_of,
 )
@@ -159,15 +160,14 @@ def to_hf_nemotron_h(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Te
         if b.norm.eps != eps:
             return None
     mamba, attn = one([mamba2_layout(m) for m in mambas]), one([attention_layout(a) for a in attns])
-    mlp = one([(m.hidden, m.gated, m.activation, m.up.bias is not None, m.gate_multiplier, m.output_multiplier)
-               for m in mlps])
+    mlp = one([mlp_layout(m) for m in mlps])
     if (mambas and (mamba is None or mamba["D_has_hdim"] or not mamba["rmsnorm"] or mamba["norm_before_gate"]
                     or mamba["norm_eps"] != eps or mamba["multipliers"] is not None
                     or mamba["out_bias"] != mamba["bias"] or not mamba["causal"])):
         return None
     if attns and (attn is None or attn["rotary"] or attn["scale"] is not None or attn["bias"] or attn["out_bias"]):
         return None  # transformers' Nemotron-H attention has neither position embedding nor biases
-    if mlps and (mlp is None or mlp[1] or mlp[4:] != (1.0, 1.0)):
+    if mlps and (mlp is None or mlp["gated"] or mlp["multipliers"] != (1.0, 1.0)):
         return None
     config: dict[str, Any] = {
         "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "dtype": dtype_name(model),
@@ -184,7 +184,7 @@ def to_hf_nemotron_h(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Te
         config.update(num_attention_heads=attn["heads"], num_key_value_heads=attn["kv_heads"],
                       head_dim=attn["head_dim"], attention_bias=False)
     if mlp is not None:
-        config.update(intermediate_size=mlp[0], mlp_hidden_act=_HF_ACT[mlp[2]], mlp_bias=mlp[3])
+        config.update(intermediate_size=mlp["hidden"], mlp_hidden_act=_HF_ACT[mlp["activation"]], mlp_bias=mlp["bias"])
     ours = model.state_dict()
     # the head always written: transformers' Nemotron-H never ties it to the embedding
     sd: dict[str, Tensor] = {"backbone.embeddings.weight": ours["embedding.weight"],

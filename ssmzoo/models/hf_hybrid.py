@@ -220,6 +220,12 @@ def attention_layout(a: FullAttention) -> dict[str, Any]:
                 scale=at.scale, bias=at.qkv.bias is not None, out_bias=at.out.bias is not None)
 
 
+def mlp_layout(m: Any) -> dict[str, Any]:
+    """What a checkpoint's config must say of an MLP (``modules.MLP``)."""
+    return dict(hidden=m.hidden, gated=m.gated, activation=m.activation, bias=m.up.bias is not None,
+                multipliers=(m.gate_multiplier, m.output_multiplier))
+
+
 def one(layouts: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The layout every layer shares, or None (a config says it once for all layers)."""
     return layouts[0] if layouts and all(x == layouts[0] for x in layouts) else None
@@ -232,11 +238,6 @@ def dt_limit_json(limit: tuple[float, float]) -> list[Any]:
 
 def dtype_name(model: LanguageModel) -> str:
     return str(model.embedding.weight.dtype).removeprefix("torch.")
-
-
-def weights_for_saving(state: dict[str, Tensor], model: LanguageModel) -> dict[str, Tensor]:
-    """Their tensors, detached and contiguous; a tied head left out (it is the embedding)."""
-    return {k: v.detach().contiguous() for k, v in state.items()}
 
 
 def tied(model: LanguageModel) -> bool:
