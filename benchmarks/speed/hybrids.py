@@ -10,10 +10,17 @@ One fresh process per (architecture, batch, implementation), so each reads its o
 alternate ours / transformers (``--reps`` rounds, median). In a process: the model is built, a short warm-up
 generate runs (prompt 32, 4 tokens), then one measured generate whose streamer stamps the time of every new
 token: prefill = time to the first new token (prompt tokens/s = batch · prompt / that), decode = the rest
-(generated tokens/s = batch · (new − 1) / that). Peak memory: ``ru_maxrss`` after the measured generate minus
-before it (what generating added to the model and the warm-up). Both sides run at ``--threads`` torch threads
-(default 1). The two implementations' generated tokens are compared (they are the same model: a difference can only
-come from float32 rounding flipping a near tie).
+(generated tokens/s = batch · (new − 1) / that). Peak memory: the process's peak resident set during the
+measured generate (Linux: the peak is reset just before it through /proc/self/clear_refs), weights included, and
+what generating added to the resident set before it. Both sides run at ``--threads`` torch threads (default 1). The
+two implementations' generated tokens are compared (they are the same model: a difference can only come from
+float32 rounding flipping a near tie).
+
+The matmul floor: our prefill's and one decode step's matmuls are recorded (``matmul_share.RecordMatmuls``) and
+replayed alone on fresh operands of the same shapes, in the same process (prompt tokens/s and generated tokens/s
+if nothing but those matmuls ran). Both implementations issue these products (the projections, MLPs and head are
+the same model's), so transformers' time over the floor is the ratio any implementation could reach against it
+without fewer matmul FLOPs or faster BLAS.
 
     python benchmarks/speed/hybrids.py                              # all, writes results/hybrids.md
     python benchmarks/speed/hybrids.py --archs bamba --batches 1 --reps 1
@@ -114,7 +121,53 @@ def build(arch: str, quick: bool, impl: str):
     return ours, lambda ids, new, streamer: ours.generate(ids, max_new_tokens=new, streamer=streamer)
 
 
+def _status_mib(field: str) -> float | None:
+    """A field of /proc/self/status in MiB (VmRSS, VmHWM), None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak resident set (VmHWM) to its current one; False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _matmul_floor(generate, ids, reps: int = 3) -> tuple[float, float]:
+    """(prefill, one decode step) seconds of our matmuls alone: recorded, then replayed on fresh operands."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from matmul_share import RecordMatmuls, replay
+
+    with RecordMatmuls() as rec:
+        generate(ids, 1, None)
+    prefill_calls = list(rec.calls)
+    with RecordMatmuls() as rec:
+        generate(ids, 2, None)
+    step_calls = rec.calls[len(prefill_calls):]
+    times = []
+    for calls in (prefill_calls, step_calls):
+        run = replay(calls)
+        run()
+        samples = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            run()
+            samples.append(time.perf_counter() - start)
+        times.append(statistics.median(samples))
+    return times[0], times[1]
+
+
 def worker(arch: str, batch: int, impl: str, quick: bool, threads: int) -> dict:
+    import gc
+
     import torch
 
     torch.set_num_threads(threads)
@@ -125,18 +178,30 @@ def worker(arch: str, batch: int, impl: str, quick: bool, threads: int) -> dict:
     ids = torch.randint(0, run["vocab"], (batch, run["prompt"]), generator=g)
     with torch.no_grad():
         generate(ids[:, :32], 4, None)  # warm-up: kernels built and loaded, allocator primed
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        gc.collect()
+        reset = _reset_peak()
+        rss_before = _status_mib("VmRSS")
+        maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         stamps = Stamps()
         start = time.perf_counter()
         out = generate(ids, run["new"], stamps)
         end = time.perf_counter()
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if reset and rss_before is not None:
+            peak = _status_mib("VmHWM")
+            added = peak - rss_before
+        else:  # no resettable peak: the high-water mark since the process began, and its growth
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            added = peak - maxrss_before
+        floor = _matmul_floor(generate, ids) if impl == "ours" else None
     first = stamps.times[1]  # the prompt's put, then the first new token's
-    new_tokens = out[:, run["prompt"]:].tolist()
-    return {"params": params, "prefill_s": first - start, "decode_s": end - first,
-            "prompt_tok_s": batch * run["prompt"] / (first - start),
-            "decode_tok_s": batch * (run["new"] - 1) / (end - first), "peak_mib": (after - before) / 1024,
-            "tokens": new_tokens}
+    result = {"params": params, "prefill_s": first - start, "decode_s": end - first,
+              "prompt_tok_s": batch * run["prompt"] / (first - start),
+              "decode_tok_s": batch * (run["new"] - 1) / (end - first), "peak_mib": peak, "added_mib": added,
+              "tokens": out[:, run["prompt"]:].tolist()}
+    if floor is not None:
+        result["floor_prompt_tok_s"] = batch * run["prompt"] / floor[0]
+        result["floor_decode_tok_s"] = batch / floor[1]
+    return result
 
 
 def _subprocess(args: list[str], threads: int, timeout: float) -> dict:
@@ -177,8 +242,7 @@ def run(quick: bool, archs=ARCHS, batches=(1, 8), reps: int = 1, threads: int = 
                 if not good:
                     row[impl] = {"error": runs[0]["error"]}
                     continue
-                row[impl] = {k: statistics.median(r[k] for r in good)
-                             for k in ("prompt_tok_s", "decode_tok_s", "prefill_s", "decode_s", "peak_mib")}
+                row[impl] = {k: statistics.median(r[k] for r in good) for k in good[0] if k not in ("params", "tokens")}
                 row["params"] = good[0]["params"]
                 row.setdefault("tokens", {})[impl] = good[0]["tokens"]
             if all("error" not in row[i] for i in IMPLS):
@@ -207,22 +271,26 @@ def table(rows: list[dict], load_before: str, load_after: str, quick: bool) -> s
         f"Before: {load_before}; after: {load_after}. PROVISIONAL where the machine was busy (a load above its CPU "
         "count means other work shared the cores).",
         "",
-        "| architecture | params | batch | threads | prompt tok/s ours | transformers | ratio | generated tok/s ours "
-        "| transformers | ratio | peak MiB ours | transformers | greedy tokens agree |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| architecture | params | batch | prompt tok/s: ours | transformers | ratio | matmul floor | generated tok/s: "
+        "ours | transformers | ratio | matmul floor | peak RSS MiB (added by generate): ours | transformers "
+        "| greedy tokens agree |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         o, t = r.get("ours", {}), r.get("transformers", {})
         if "error" in o or "error" in t:
-            lines.append(f"| {r['arch']} | | {r['batch']} | {r['threads']} | error: {o.get('error') or t.get('error')} "
-                         "| | | | | | | | |")
+            lines.append(f"| {r['arch']} | | {r['batch']} | error: {o.get('error') or t.get('error')} "
+                         "| | | | | | | | | | |")
             continue
         lines.append(
-            f"| {r['arch']} | {r['params'] / 1e6:.0f}M | {r['batch']} | {r['threads']} | {o['prompt_tok_s']:.0f} | "
-            f"{t['prompt_tok_s']:.0f} | {o['prompt_tok_s'] / t['prompt_tok_s']:.2f}x | {o['decode_tok_s']:.1f} | "
-            f"{t['decode_tok_s']:.1f} | {o['decode_tok_s'] / t['decode_tok_s']:.2f}x | {o['peak_mib']:.0f} | "
-            f"{t['peak_mib']:.0f} | {r.get('agree', '')} |")
-    return "\n".join(lines) + "\n"
+            f"| {r['arch']} | {r['params'] / 1e6:.0f}M | {r['batch']} | {o['prompt_tok_s']:.0f} | "
+            f"{t['prompt_tok_s']:.0f} | {o['prompt_tok_s'] / t['prompt_tok_s']:.2f}x | "
+            f"{o.get('floor_prompt_tok_s', float('nan')):.0f} | {o['decode_tok_s']:.1f} | {t['decode_tok_s']:.1f} | "
+            f"{o['decode_tok_s'] / t['decode_tok_s']:.2f}x | {o.get('floor_decode_tok_s', float('nan')):.1f} | "
+            f"{o['peak_mib']:.0f} ({o['added_mib']:.0f}) | {t['peak_mib']:.0f} ({t['added_mib']:.0f}) | "
+            f"{r.get('agree', '')} |")
+    threads = sorted({r["threads"] for r in rows})
+    return "\n".join(lines) + f"\nThreads: {', '.join(map(str, threads))} (torch, OMP and MKL).\n"
 
 
 def main() -> None:
