@@ -15,6 +15,7 @@ from .base import (
     tag_param,
 )
 from ..ops.segments import Segments
+from .attention import AttentionState, FullAttention
 from .hsa import HSA
 from .lru import LRU
 from .mamba import Mamba
@@ -22,6 +23,7 @@ from .mamba2 import Mamba2
 from .mamba3 import Mamba3
 from .memory_as_context import MemoryAsContext
 from .memory_as_gate import MemoryAsGate
+from .parallel import Parallel
 from .s4 import S4
 from .s4d import S4D
 from .s5 import S5
@@ -59,6 +61,8 @@ __all__ = [
     "MovingAverageResidual",
     "ShiftSSM",
     "NeuralMemory",
+    "AttentionState",
+    "FullAttention",
     "HSA",
     "Mamba",
     "SWA",
@@ -66,4 +70,5 @@ __all__ = [
     "Mamba3",
     "MemoryAsContext",
     "MemoryAsGate",
+    "Parallel",
 ]

@@ -8,7 +8,7 @@ Through Structured State Space Duality", 2024), section 7.1 and Figure 6.
     y = RMSNorm(y · SiLU(z))                       # gated norm, per group of heads (norm_before_gate=False)
     out = out_proj(y)
 
-x has nheads = expand · d_model / headdim heads of headdim channels; B and C have ngroups groups of d_state,
+x has nheads = D_inner / headdim heads of headdim channels (D_inner = expand · d_model unless given); B and C have ngroups groups of d_state,
 each group shared by nheads / ngroups heads (the paper's multi-value attention analogue, section 7.2).
 Parameter names follow mamba-ssm's ``Mamba2`` module (in_proj, conv1d, dt_bias, A_log, D, norm, out_proj) and
 the in_proj output order [z, x, B, C, dt], so its checkpoints and Hugging Face's ``Mamba2Mixer`` load by name.
@@ -31,7 +31,8 @@ from ..modules.short_conv import ShortConvolution
 from ..modules.state_dict import rename_prefix
 from ..ops import ssd as ssd_op
 from ..ops.segments import Segments
-from ..ops.ssd import ssd, ssd_update
+from ..ops.ssd import ssd
+from ..ops.ssd_step import ssd_step
 from .base import SequenceLayer, register, tag_param
 
 
@@ -111,6 +112,7 @@ class Mamba2(SequenceLayer):
         d_conv: width of the causal depthwise convolution over x, B and C (>= 1).
         conv_init: if given, the conv weight is initialised uniform in ±conv_init (else as nn.Conv1d).
         expand: D_inner = expand · d_model channels in x and z.
+        d_inner: D_inner itself, instead of expand · d_model (Nemotron-H's heads × head_dim, Falcon-H1's d_ssm).
         headdim: channels per head P; nheads = D_inner / headdim.
         ngroups: groups of B and C (and of the gated norm); divides nheads.
         A_init_range: A_h = -exp(A_log_h) is initialised with -A_h uniform in this range (low > 0).
@@ -122,6 +124,9 @@ class Mamba2(SequenceLayer):
         dt_init_floor: lower clamp of that initial Δ.
         dt_limit: Δ is clamped to this (low, high) range after the softplus (forward and step alike).
         bias: biases in in_proj and out_proj.
+        out_proj_bias: a bias in out_proj (None: as ``bias``; Falcon-H1 sets them apart).
+        in_proj_multipliers: (z, x, B, C, Δ) scalars multiplying those parts of in_proj's output (its bias
+            included), Falcon-H1's µP ``ssm_multipliers`` (None: none).
         conv_bias: bias in the convolution.
         bidirectional: add a reverse direction for non-causal tasks (LRA): its own conv1d, dt_bias, A_log and D
             (under ``reverse.``; checkpoints that name it ``backward.``, its name until 0.1.0, load unchanged),
@@ -157,6 +162,7 @@ class Mamba2(SequenceLayer):
         d_conv: int = 4,
         conv_init: float | None = None,
         expand: int = 2,
+        d_inner: int | None = None,
         headdim: int = 64,
         ngroups: int = 1,
         A_init_range: tuple[float, float] = (1.0, 16.0),
@@ -169,6 +175,8 @@ class Mamba2(SequenceLayer):
         dt_init_floor: float = 1e-4,
         dt_limit: tuple[float, float] = (0.0, math.inf),
         bias: bool = False,
+        out_proj_bias: bool | None = None,
+        in_proj_multipliers: tuple[float, float, float, float, float] | None = None,
         conv_bias: bool = True,
         bidirectional: bool = False,
         chunk_size: int = 256,
@@ -190,15 +198,29 @@ class Mamba2(SequenceLayer):
             raise ValueError(f"Mamba2: need dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         A_low, A_high = _check_pair("A_init_range", A_init_range, positive=True, allow_inf=False)
         self.dt_limit = _check_pair("dt_limit", dt_limit, positive=False, allow_inf=True)
+        if d_inner is not None:
+            check_int("Mamba2", "d_inner", d_inner)
+        if out_proj_bias is not None:
+            check_bool("Mamba2", "out_proj_bias", out_proj_bias)
+        if in_proj_multipliers is not None:
+            ok = isinstance(in_proj_multipliers, (tuple, list)) and len(in_proj_multipliers) == 5
+            if ok:
+                for value in in_proj_multipliers:
+                    check_float("Mamba2", "in_proj_multipliers", value)
+            else:
+                raise ValueError(f"Mamba2: in_proj_multipliers must be 5 numbers (z, x, B, C, dt) or None, got "
+                                 f"{in_proj_multipliers!r}")
+            in_proj_multipliers = tuple(float(m) for m in in_proj_multipliers)
         ssd_op.dispatch.check_name(ssd_backend, "Mamba2", "ssd_backend")
         ShortConvolution.check_backend(causal_conv1d_backend, "Mamba2")
         # Each argument alone first (above), then how they fit together.
-        d_inner = expand * d_model
+        inner = "d_inner" if d_inner is not None else "expand * d_model"
+        d_inner = expand * d_model if d_inner is None else d_inner
         if d_inner % headdim:
-            raise ValueError(f"Mamba2: headdim must divide expand * d_model = {d_inner}, got headdim={headdim}")
+            raise ValueError(f"Mamba2: headdim must divide {inner} = {d_inner}, got headdim={headdim}")
         nheads = d_inner // headdim
         if nheads % ngroups:
-            raise ValueError(f"Mamba2: ngroups must divide the number of heads (expand * d_model / headdim = "
+            raise ValueError(f"Mamba2: ngroups must divide the number of heads ({inner} / headdim = "
                              f"{nheads}), got ngroups={ngroups}")
         self.d_state, self.d_conv, self.expand, self.headdim, self.ngroups = d_state, d_conv, expand, headdim, ngroups
         self.d_inner, self.nheads, self.chunk_size = d_inner, nheads, chunk_size
@@ -214,7 +236,13 @@ class Mamba2(SequenceLayer):
         _add_direction(self, **direction)  # the forward (causal) direction, under mamba-ssm's names
         self.norm = (RMSNorm(d_inner, eps=norm_eps, group_size=d_inner // ngroups, norm_before_gate=norm_before_gate)
                      if rmsnorm else None)
-        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias if out_proj_bias is None else out_proj_bias)
+        self.in_proj_multipliers = in_proj_multipliers
+        if in_proj_multipliers is not None:  # x, B and C leave in_proj as one tensor: one multiplier per channel
+            m_x, m_B, m_C = in_proj_multipliers[1:4]
+            sizes = (d_inner, ngroups * d_state, ngroups * d_state)
+            self.register_buffer("xBC_multipliers", torch.cat([torch.full((n,), m) for n, m in zip(sizes, (m_x, m_B, m_C))]),
+                                 persistent=False)
         self.bidirectional = bidirectional
         self.reverse: nn.Module | None = None
         if bidirectional:  # created last, so a causal layer's initial weights do not depend on this option
@@ -311,7 +339,16 @@ class Mamba2(SequenceLayer):
         xBC = torch.matmul(w_xBC, u.mT)
         if b_xBC is not None:
             xBC = xBC + b_xBC[:, None]
-        return F.linear(u, w_z, b_z), xBC, F.linear(u, w_dt, b_dt)
+        z, dt = F.linear(u, w_z, b_z), F.linear(u, w_dt, b_dt)
+        if self.in_proj_multipliers is not None:
+            z, xBC, dt = self._multiplied(z, xBC, dt, channels_first=True)
+        return z, xBC, dt
+
+    def _multiplied(self, z: Tensor, xBC: Tensor, dt: Tensor, channels_first: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """in_proj's parts times ``in_proj_multipliers`` (xBC (..., conv_dim, length) when channels_first)."""
+        m_z, m_dt = self.in_proj_multipliers[0], self.in_proj_multipliers[4]
+        m_xBC = self.xBC_multipliers.to(xBC.dtype)
+        return z * m_z, xBC * (m_xBC[:, None] if channels_first else m_xBC), dt * m_dt
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         conv_state = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
@@ -320,12 +357,14 @@ class Mamba2(SequenceLayer):
         return conv_state, ssm_state
 
     def _step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """One token in O(1): the convolution over the cached window, then one SSD step (ops/ssd/update.py)."""
+        """One token in O(1): the convolution over the cached window, then one SSD step (ops/ssd_step)."""
         conv_state, ssm_state = state
         z, xBC, dt = torch.split(self.in_proj(x_t), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        if self.in_proj_multipliers is not None:
+            z, xBC, dt = self._multiplied(z, xBC, dt, channels_first=False)
         xBC, conv_state = self.conv1d.step(xBC, conv_state)
         xs, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        y, ssm_state = ssd_update(
+        y, ssm_state = ssd_step(  # the fused C++ step where it serves (generation), else ssd_update's formulas
             rearrange(xs, "b (h p) -> b h p", p=self.headdim), dt, self._A(),
             rearrange(B, "b (g n) -> b g n", g=self.ngroups), rearrange(C, "b (g n) -> b g n", g=self.ngroups),
             ssm_state, D=self._D(), z=None if self.rmsnorm else rearrange(z, "b (h p) -> b h p", p=self.headdim),
