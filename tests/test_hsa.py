@@ -42,7 +42,7 @@ def make_inputs(batch=2, length=13, hq=4, hk=2, d=3, chunk_size=3, d_sel=None, h
 
 
 def loop_hsa(q, k, v, landmarks, chunk_size, top_k, combine, scale=None, offset=0, selection_q=None):
-    """HSA straight from the equations, one (batch, position, head) at a time (PAPERS.md, reference.py)."""
+    """HSA straight from the equations, one (batch, position, head) at a time (arXiv 2504.16795, reference.py)."""
     S = chunk_size
     batch, length, hq, d = q.shape
     hk = k.shape[2]

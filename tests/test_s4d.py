@@ -1,4 +1,4 @@
-"""S4D and its Vandermonde kernel against brute-force definitions (PAPERS.md, S4D)."""
+"""S4D and its Vandermonde kernel against brute-force definitions (Gu, Gupta, Goel, Ré, "On the Parameterization and Initialization of Diagonal State Space Models", arXiv 2206.11893)."""
 
 from __future__ import annotations
 

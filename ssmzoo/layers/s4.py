@@ -1,4 +1,4 @@
-"""S4: the structured state space layer (Gu, Goel, Ré; ICLR 2022; PAPERS.md).
+"""S4: the structured state space layer (Gu, Goel, Ré; ICLR 2022; "Efficiently Modeling Long Sequences with Structured State Spaces", arXiv 2111.00396).
 
 Per channel h, a continuous SSM with a diagonal-plus-low-rank state matrix A = Λ - P P*
 (HiPPO-initialised, see ops/hippo.py), discretised by the bilinear rule with a learned step
