@@ -34,4 +34,7 @@ SMALL_ARGS: dict[str, dict] = {
         {"layer": "attention", "args": dict(heads=2, kv_heads=1, rotary_interleaved=False), "in_multiplier": 1.2,
          "out_multiplier": 0.6},
     ]),
+    # 2 key heads of 4 serving 4 value heads of 3 (grouped values); chunks of 4 span several per sequence
+    "gated_deltanet": dict(num_k_heads=2, num_v_heads=4, head_k_dim=4, head_v_dim=3, conv_kernel_size=3,
+                           chunk_size=4),
 }

@@ -47,7 +47,7 @@ TINY_MODELS = {
 STANDIN_TEXT = ["To be, or not to be, that is the question:\n" * 12, "Whether 'tis nobler in the mind to suffer\n" * 12,
                 "The slings and arrows of outrageous fortune,\n" * 12]
 SYNTHETIC = {"SelectiveCopyingDataModule": {}, "InductionHeadsDataModule": {"test_seq_len": 32},
-             "NeedleDataModule": {}, "PasskeyDataModule": {"seq_len": 40}}
+             "NeedleDataModule": {}, "PasskeyDataModule": {"seq_len": 40}, "MQARDataModule": {}}
 
 
 def data_overrides(data: dict, scratch: Path) -> tuple[list[str], str | None]:

@@ -7,9 +7,11 @@ import torch
 
 from ssmzoo.data.synthetic import (
     InductionHeadsDataModule,
+    MQARDataModule,
     NeedleDataModule,
     SelectiveCopyingDataModule,
     induction_heads,
+    mqar,
     needles,
     selective_copying,
 )
@@ -76,6 +78,48 @@ def test_needles_definition():
     assert slots == set(range(0, 36, 2))  # needles anywhere in the haystack
 
 
+def test_mqar_definition():
+    g = torch.Generator().manual_seed(0)
+    tokens, targets = mqar(300, seq_len=40, num_kv_pairs=4, vocab_size=32, generator=g, random_non_queries=False)
+    assert tokens.shape == targets.shape == (300, 40)
+    gaps = []
+    for x, y in zip(tokens, targets):
+        keys, values = x[0:8:2], x[1:8:2]
+        assert ((1 <= keys) & (keys < 16)).all() and ((16 <= values) & (values < 32)).all()
+        assert len(set(keys.tolist())) == 4 and len(set(values.tolist())) == 4
+        pairs = dict(zip(keys.tolist(), values.tolist()))
+        asked = (y != -100).nonzero().flatten()
+        assert len(asked) == 4 and (asked >= 8).all() and (asked % 2 == 0).all()
+        assert sorted(x[asked].tolist()) == sorted(pairs)  # every key asked once, in the query region
+        assert all(pairs[int(x[t])] == int(y[t]) for t in asked)  # its target: the value it was paired with
+        query_region = x[8:].clone()
+        query_region[asked - 8] = 0
+        assert (query_region == 0).all()  # everything else is blank
+        gaps += ((asked - 8) // 2).tolist()
+    # Zoology's power law (a = 0.01): most keys asked soon after the context; a = 1: uniform over the 16 gaps.
+    assert sum(gap < 4 for gap in gaps) > 0.4 * len(gaps)
+    _, uniform = mqar(300, seq_len=40, num_kv_pairs=4, vocab_size=32, generator=g, power_a=1.0)
+    later = ((uniform != -100).nonzero()[:, 1] - 8) // 2
+    assert abs(later.float().mean().item() - 7.5) < 0.5 and later.max() == 15
+    noisy, _ = mqar(50, seq_len=40, num_kv_pairs=4, vocab_size=32, generator=g)
+    assert (noisy[:, 8:] != 0).float().mean() > 0.9  # random_non_queries: random tokens, not blanks
+
+
+def test_mqar_datamodule_tests_more_pairs():
+    dm = MQARDataModule(seq_len=32, num_kv_pairs=2, test_num_kv_pairs=6, test_seq_len=64, vocab_size=64,
+                        num_train=4, num_val=4, num_test=4)
+    _, val_targets = tensors(dm, "val")
+    test_tokens, test_targets = tensors(dm, "test")
+    assert val_targets.shape == (4, 32) and ((val_targets != -100).sum(1) == 2).all()
+    assert test_tokens.shape == (4, 64) and ((test_targets != -100).sum(1) == 6).all()
+    with pytest.raises(ValueError, match="seq_len must be an even int >= 4"):
+        MQARDataModule(seq_len=30, num_kv_pairs=8)
+    with pytest.raises(ValueError, match="vocab_size"):
+        MQARDataModule(num_kv_pairs=8, vocab_size=16)
+    with pytest.raises(ValueError, match="power_a"):
+        MQARDataModule(power_a=0.0)
+
+
 def test_samples_are_seeded_per_index_and_split():
     a = SelectiveCopyingDataModule(seq_len=20, num_tokens=4, vocab_size=6, num_train=8, num_val=8, num_test=8, seed=3)
     b = SelectiveCopyingDataModule(seq_len=20, num_tokens=4, vocab_size=6, num_train=8, num_val=8, num_test=8, seed=3)
@@ -121,3 +165,24 @@ def test_bad_arguments():
         NeedleDataModule(pairs=3, num_keys=2)
     with pytest.raises(ValueError, match="seq_len"):
         NeedleDataModule(test_seq_len=3)
+
+
+@pytest.mark.parametrize("layer,size,floats_per_layer", [
+    # 4 heads of 8 x 8 delta-rule state + the short convolution's last 3 inputs of q, k, v (32 + 32 + 32 channels)
+    ("gated_deltanet", "small", 4 * 8 * 8 + (32 + 32 + 32) * 3),
+    # 4 heads of 32 x 8 SSM state (d_inner 128) + the convolution's last 3 inputs of x, B, C (128 + 8 + 8 channels)
+    ("mamba2", "small", 4 * 32 * 8 + (128 + 8 + 8) * 3),
+])
+def test_mqar_benchmark_counts_state_bytes(layer, size, floats_per_layer):
+    import importlib.util
+    from pathlib import Path
+
+    from ssmzoo import LanguageModel
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic" / "mqar.py"
+    spec = importlib.util.spec_from_file_location("mqar_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = LanguageModel(vocab_size=64, d_model=bench.D_MODEL, n_layers=2, layer=layer,
+                          layer_args=bench.SIZES[layer][size])
+    assert bench.state_bytes(model) == 2 * floats_per_layer * 4  # two layers, float32

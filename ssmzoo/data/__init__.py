@@ -14,7 +14,13 @@ from .lra import (
 )
 from .lm import TextDataModule
 from .paths import data_root
-from .synthetic import InductionHeadsDataModule, NeedleDataModule, PasskeyDataModule, SelectiveCopyingDataModule
+from .synthetic import (
+    InductionHeadsDataModule,
+    MQARDataModule,
+    NeedleDataModule,
+    PasskeyDataModule,
+    SelectiveCopyingDataModule,
+)
 from .timeseries import ARDataModule, InformerDataModule
 
 __all__ = [
@@ -26,6 +32,7 @@ __all__ = [
     "LRARetrievalDataModule",
     "LRATextDataModule",
     "ListOpsDataModule",
+    "MQARDataModule",
     "NeedleDataModule",
     "PasskeyDataModule",
     "PathfinderDataModule",

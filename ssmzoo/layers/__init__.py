@@ -16,6 +16,7 @@ from .base import (
 )
 from ..ops.segments import Segments
 from .attention import AttentionState, FullAttention
+from .gated_deltanet import GatedDeltaNet
 from .hsa import HSA
 from .lru import LRU
 from .mamba import Mamba
@@ -68,6 +69,7 @@ __all__ = [
     "SWA",
     "Mamba2",
     "Mamba3",
+    "GatedDeltaNet",
     "MemoryAsContext",
     "MemoryAsGate",
     "Parallel",

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..loader import ResumableDataLoader, check_loader_args, eval_loader
 from .induction_heads import induction_heads
+from .mqar import mqar
 from .needle import needles
 from .selective_copying import selective_copying
 
@@ -167,3 +168,41 @@ class NeedleDataModule(_SyntheticDataModule):
     def _generate(self, split: str, num_samples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         length = self.test_seq_len if split == "test" else self.seq_len
         return needles(num_samples, length, self.pairs, self.num_filler, self.num_keys, self.num_values, generator)
+
+
+class MQARDataModule(_SyntheticDataModule):
+    """Multi-query associative recall (see mqar.py; the Zoology paper's MQAR): ``num_kv_pairs`` key-value pairs,
+    then every key asked once more in a query region; ``seq_len`` tokens, vocabulary ``vocab_size``. Trained and
+    validated at ``num_kv_pairs``, tested at ``test_num_kv_pairs`` (default the same) and ``test_seq_len``
+    (default the same), so a model trained on few pairs can be tested on more."""
+
+    def __init__(
+        self,
+        seq_len: int = 128,
+        num_kv_pairs: int = 8,
+        vocab_size: int = 1024,
+        power_a: float = 0.01,
+        random_non_queries: bool = True,
+        test_seq_len: int | None = None,
+        test_num_kv_pairs: int | None = None,
+        num_train: int = 100000,
+        num_val: int = 500,
+        num_test: int = 1000,
+        batch_size: int = 64,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__(num_train, num_val, num_test, batch_size, seed, num_workers)
+        if not isinstance(random_non_queries, bool):
+            raise ValueError(f"MQARDataModule: random_non_queries must be True or False, got {random_non_queries!r}")
+        self.seq_len, self.num_kv_pairs, self.vocab_size = seq_len, num_kv_pairs, vocab_size
+        self.power_a, self.random_non_queries = power_a, random_non_queries
+        self.test_seq_len = test_seq_len if test_seq_len is not None else seq_len
+        self.test_num_kv_pairs = test_num_kv_pairs if test_num_kv_pairs is not None else num_kv_pairs
+        for length, pairs in {(seq_len, num_kv_pairs), (self.test_seq_len, self.test_num_kv_pairs)}:
+            mqar(1, length, pairs, vocab_size, torch.Generator(), power_a, random_non_queries)  # validate now
+
+    def _generate(self, split: str, num_samples: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        length, pairs = ((self.test_seq_len, self.test_num_kv_pairs) if split == "test"
+                         else (self.seq_len, self.num_kv_pairs))
+        return mqar(num_samples, length, pairs, self.vocab_size, generator, self.power_a, self.random_non_queries)
