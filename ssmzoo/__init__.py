@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 _SUBMODULES = ("layers", "models", "modules", "optim")
-_FROM_LAYERS = ("S4", "S4D", "ClosedLoopCompanionSSM", "CompanionSSM", "Differencing", "GatedDeltaNet", "HSA", "Mamba",
-                "Mamba2", "Mamba3", "MemoryAsContext", "MemoryAsGate", "MovingAverageResidual", "NeuralMemory", "SequenceLayer",
-                "ShiftSSM", "SWA", "S5", "LRU")
+_FROM_LAYERS = ("S4", "S4D", "ClosedLoopCompanionSSM", "CompanionSSM", "Differencing", "FullAttention",
+                "GatedDeltaNet", "HSA", "Mamba", "Mamba2", "Mamba3", "MemoryAsContext", "MemoryAsGate",
+                "MovingAverageResidual", "NeuralMemory", "Parallel", "SequenceLayer", "ShiftSSM", "SWA", "S5", "LRU")
 _FROM_MODELS = ("LanguageModel", "MAC", "MAG", "MAL", "RAMba", "SequenceModel", "SpaceTime")
 _FROM_OPS = {"Segments": ".ops.segments"}
 
@@ -23,8 +23,8 @@ __all__ = [*_SUBMODULES, *_FROM_LAYERS, *_FROM_MODELS, *_FROM_OPS, "__version__"
 if TYPE_CHECKING:  # what static tools see; at run time __getattr__ below imports on first use
     from . import layers, models, modules, optim  # noqa: F401
     from .layers import (HSA, S4, S4D, SWA, ClosedLoopCompanionSSM, CompanionSSM, Differencing,  # noqa: F401
-                         GatedDeltaNet, Mamba, Mamba2, Mamba3, MemoryAsContext, MemoryAsGate, MovingAverageResidual,
-                         NeuralMemory, SequenceLayer, ShiftSSM, S5, LRU)
+                         FullAttention, GatedDeltaNet, Mamba, Mamba2, Mamba3, MemoryAsContext, MemoryAsGate,
+                         MovingAverageResidual, NeuralMemory, Parallel, SequenceLayer, ShiftSSM, S5, LRU)
     from .models import MAC, MAG, MAL, LanguageModel, RAMba, SequenceModel, SpaceTime  # noqa: F401
     from .ops.segments import Segments  # noqa: F401
 

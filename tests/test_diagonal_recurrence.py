@@ -136,7 +136,7 @@ def test_splitting_a_sequence_passes_the_state():
     args = make(length=10, per_step=True)
     h, final = run("reference", args)
     first = dict(args, x=args["x"][:, :4], decay=args["decay"][:, :4])
-    h1, s1 = run("cpp" if "cpp" in CPU_BACKENDS else "scan", first)
+    h1, s1 = run("cpu" if "cpu" in CPU_BACKENDS else "scan", first)
     rest = dict(args, x=args["x"][:, 4:], decay=args["decay"][:, 4:], initial_state=s1)
     h2, s2 = run("scan", rest)
     torch.testing.assert_close(torch.cat([h1, h2], 1), h)
@@ -177,9 +177,9 @@ def test_the_op_has_the_template_shape():
             assert dispatch.usable(name, torch.device("cpu")), f"backend {name} fails its probe"
 
 
-def test_auto_prefers_the_cpp_kernel_on_cpu():
+def test_auto_prefers_the_cpu_kernel_on_cpu():
     cpu = torch.device("cpu")
-    expected = "cpp" if dispatch.usable("cpp", cpu) else "scan"
+    expected = "cpu" if dispatch.usable("cpu", cpu) else "scan"
     for dtype in (torch.float32, torch.complex64, torch.complex128):
         request = Request(cpu, dtype, initial_state=True, final_state=True, grad=True)
         assert dispatch.choose("auto", request).name == expected

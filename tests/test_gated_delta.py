@@ -373,7 +373,7 @@ def test_public_function_and_every_cpu_backend_pass_the_probe():
     for name, backend in dispatch.backends.items():
         if "cpu" in backend.devices and backend.available():
             assert dispatch.usable(name, CPU), f"gated_delta_rule backend {name} fails its probe"
-    expected = "cpp" if dispatch.usable("cpp", CPU) else "chunked"  # the C++ kernel when it builds
+    expected = "cpu" if dispatch.usable("cpu", CPU) else "chunked"  # the C++ kernel when it builds
     assert dispatch.choose("auto", Request(CPU, torch.float32, grad=True, final_state=True)).name == expected
 
 

@@ -140,7 +140,7 @@ def test_generated_targets_equal_evaluated_source_and_lengths_in_bounds(n, bound
 
 
 def lra_process(rng: random.Random, depth: int = 1, max_depth: int = 10, max_args: int = 10) -> list[str]:
-    """The LRA generator's process written plainly (PAPERS.md): below max depth an operator with
+    """The LRA generator's process written plainly (Tay et al., arXiv 2011.04006): below max depth an operator with
     probability 0.25 and 2..max_args arguments, else a digit."""
     if depth < max_depth and rng.random() < 0.25:
         arguments = []

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ssmzoo import Mamba2, Segments
 from ssmzoo.layers import SequenceLayer
 from ssmzoo.ops import ssd as ssd_op
-from ssmzoo.ops.ssd import ssd_reference
+from ssmzoo.ops.ssd import ssd
 
 SMALL = dict(d_state=4, d_conv=4, headdim=4, ngroups=2, chunk_size=4)
 
@@ -255,8 +255,9 @@ def fused_ssd_stand_in(monkeypatch):
     def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
                                   seq_idx=None, dt_softplus=False, dt_limit=(0.0, math.inf), return_final_states=False):
         calls.append(dict(packed=seq_idx is not None, final_state=return_final_states))
-        return ssd_reference(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
-                             initial_state=initial_states, output_final_state=return_final_states, seq_idx=seq_idx)
+        return ssd(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                   initial_state=initial_states, output_final_state=return_final_states, backend="reference",
+                   segments=None if seq_idx is None else Segments.from_seq_idx(seq_idx))
 
     combined = types.ModuleType("mamba_ssm.ops.triton.ssd_combined")
     combined.mamba_chunk_scan_combined = mamba_chunk_scan_combined
@@ -350,7 +351,9 @@ def test_gpu_backends_match_the_reference(backend):
         grads = [p.grad.clone() for p in layer.parameters()]
         with torch.no_grad():
             y_state, state = layer(x[:, :37], state=layer.init_state(2), return_state=True)
-            y_packed = layer(x, seq_idx=torch.arange(100, device="cuda").div(30, rounding_mode="floor")[None].expand(2, -1))
+            documents = Segments.from_seq_idx(torch.arange(100, device="cuda").div(30, rounding_mode="floor")[None]
+                                              .expand(2, -1))
+            y_packed = layer(x, segments=documents)
         results.append([y, *grads, y_state, *state, y_packed])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
@@ -380,13 +383,13 @@ def test_bidirectional_is_two_causal_directions():
     bi = Mamba2(bidirectional=True, **args).double()
     assert not bi.causal
     with torch.no_grad():
-        for p in bi.backward.parameters():
+        for p in bi.reverse.parameters():
             p.add_(0.3 * torch.randn_like(p))  # the directions must differ for the test to mean anything
     fwd, bwd = Mamba2(**args).double(), Mamba2(**args).double()
-    shared = {k: v for k, v in bi.state_dict().items() if not k.startswith("backward.")}
+    shared = {k: v for k, v in bi.state_dict().items() if not k.startswith("reverse.")}
     fwd.load_state_dict(shared)
-    bwd.load_state_dict({**shared, **{k[len("backward."):]: v for k, v in bi.state_dict().items()
-                                      if k.startswith("backward.")}})
+    bwd.load_state_dict({**shared, **{k[len("reverse."):]: v for k, v in bi.state_dict().items()
+                                      if k.startswith("reverse.")}})
     x = torch.randn(2, 11, 8, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(bi(x), fwd(x) + bwd(x.flip(1)).flip(1), rtol=1e-10, atol=1e-10)
@@ -396,3 +399,16 @@ def test_bidirectional_is_two_causal_directions():
         for s in segments.spans:
             torch.testing.assert_close(y[s.row:s.row + 1, s.start:s.stop], bi(x[s.row:s.row + 1, s.start:s.stop]),
                                        rtol=1e-10, atol=1e-10)
+
+
+def test_checkpoints_that_name_the_reverse_direction_backward_still_load():
+    torch.manual_seed(0)
+    saved = Mamba2(16, d_state=4, headdim=8, bidirectional=True)
+    old = {k.replace("reverse.", "backward.", 1): v for k, v in saved.state_dict().items()}  # the name until 0.1.0
+    assert any(k.startswith("backward.") for k in old)
+    loaded = Mamba2(16, d_state=4, headdim=8, bidirectional=True)
+    loaded.load_state_dict(old)
+    for name, value in saved.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # a causal layer has no reverse direction to take them
+        Mamba2(16, d_state=4, headdim=8).load_state_dict(old)

@@ -124,3 +124,24 @@ def test_the_readme_says_what_dev_adds_and_why():
     for package in TEST_ONLY:
         assert package in install, package
     assert "1 GB" in install and "TRITON_INTERPRET" in install
+
+
+def test_the_layer_table_lists_every_registered_layer_and_what_packing_does():
+    """Each registered layer has a row; its packed-documents cell says "one pass" exactly when the class has a fast
+    path for segments (the others run document by document)."""
+    from ssmzoo import layers
+
+    table = README[README.index("| name (`build`) |"):]
+    table = table[:table.index("\n\n")]
+    header, _, *rows = table.splitlines()
+    column = [c.strip() for c in header.strip("|").split("|")].index("packed documents (`segments=`)")
+    cells = {}
+    for row in rows:
+        parts = [c.strip() for c in row.strip("|").split("|")]
+        for name in re.findall(r"`(\w+)`", parts[0]):
+            cells[name] = parts[column]
+    assert set(cells) == set(layers.available())
+    for name, cell in cells.items():
+        fast = layers.get(name).segments_fast_path
+        own = [p for p in cell.split(";") if f"`{name}`" in p] or [cell]
+        assert ("one pass" in own[0]) == fast, f"README says {cell!r} for {name}, segments_fast_path is {fast}"

@@ -1,4 +1,4 @@
-"""Diagonal recurrence speed on CPU: our backends (the C++ kernel ``cpp``, the PyTorch parallel scan ``scan``)
+"""Diagonal recurrence speed on CPU: our backends (the C++ kernel ``cpu``, the PyTorch parallel scan ``scan``)
 on the shapes of an S5 / LRU layer in the mini-LRA (batch 16, 32 complex states per direction, complex64),
 forward+backward, at several lengths. Outputs and gradients are compared first, so a speed-up never comes from
 computing something else; repetitions are interleaved across backends and the median process CPU time is
@@ -24,7 +24,7 @@ import torch
 from ssmzoo.ops.diagonal_recurrence import diagonal_recurrence
 
 RESULTS = Path(__file__).parent / "results" / "diagonal_recurrence.md"
-BACKENDS = ("cpp", "scan")
+BACKENDS = ("cpu", "scan")
 
 
 def inputs(length: int, batch: int = 16, dim: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    lines = ["| length | " + " | ".join(f"{b} (ms CPU)" for b in BACKENDS) + " | scan / cpp |", "|---|---|---|---|"]
+    lines = ["| length | " + " | ".join(f"{b} (ms CPU)" for b in BACKENDS) + " | scan / cpu |", "|---|---|---|---|"]
     for length in args.lengths:
         x, decay = inputs(length)
         want = fwd_bwd("reference" if length <= 1024 else "scan", x, decay)
@@ -62,7 +62,7 @@ def main() -> None:
                 fwd_bwd(b, x, decay)
                 times[b].append(time.process_time() - start)
         med = {b: statistics.median(t) * 1e3 for b, t in times.items()}
-        lines.append(f"| {length} | " + " | ".join(f"{med[b]:.1f}" for b in BACKENDS) + f" | {med['scan'] / med['cpp']:.1f}x |")
+        lines.append(f"| {length} | " + " | ".join(f"{med[b]:.1f}" for b in BACKENDS) + f" | {med['scan'] / med['cpu']:.1f}x |")
     load = os.getloadavg()[0]
     text = (f"Forward+backward, batch 16, 32 complex64 channels, constant decay; {args.threads} thread(s), median of "
             f"{args.repeats}; 1-minute load {load:.1f} on {os.cpu_count()} cores when it finished.\n\n" + "\n".join(lines) + "\n")

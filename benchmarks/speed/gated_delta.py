@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backends", nargs="+", default=["cpp"], help="ours to time (cpp, chunked, reference)")
+    parser.add_argument("--backends", nargs="+", default=["cpu"], help="ours to time (cpu, chunked, reference)")
     parser.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall time")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory (one process per run)")
     args = parser.parse_args()

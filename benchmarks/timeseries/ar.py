@@ -2,7 +2,7 @@
 
     python benchmarks/timeseries/ar.py
 
-SpaceTime's claim (PAPERS.md): a companion SSM represents any AR(p) exactly, a diagonal SSM
+SpaceTime's claim (arXiv 2303.09489): a companion SSM represents any AR(p) exactly, a diagonal SSM
 cannot. Each series is a stable AR(p) with unit-variance noise; the table also gives the oracle:
 the MSE of the true AR recursion's forecast from the same windows (the best any model can do).
 A second table isolates the claim: one companion vs one diagonal SSM convolution of state size p,

@@ -69,7 +69,7 @@ from ..models.pretrained import run_checkpoint  # noqa: E402
 from ..tasks.predict import PredictOptions  # noqa: E402
 from .callbacks import LastCheckpoint, LoaderPosition, RNGStates  # noqa: E402
 from .checkpoint_io import with_atomic_checkpoint_io  # noqa: E402
-from .entry import SUBCOMMANDS  # noqa: E402
+from .subcommands import SUBCOMMANDS  # noqa: E402
 from .progress import ProgressLines, RunProgressBar, RunSummary  # noqa: E402
 from .runs import (RunCSVLogger, allocate_version, check_checkpoint, find_last_checkpoint,  # noqa: E402
                    remove_failed_run, run_dir_of, run_name)
@@ -575,9 +575,3 @@ def run(args: list[str] | None = None) -> SsmzooCLI:
             },
         )
 
-
-def main(args: list[str] | None = None) -> None:
-    """The ``ssmzoo`` command (see ``entry.py``, which this forwards to)."""
-    from .entry import main as entry
-
-    entry(args)

@@ -11,7 +11,7 @@
 // Products go to BLAS (cpu_blas.h), single-threaded inside the parallel region; exponentials are cpu_math.h's
 // branch-free exp, with decays floored at exp(FLOOR) as in ssd (no subnormal slow path).
 //
-// Layouts (contiguous; Lp = nchunks · T tokens per row, the chunk layout of ops/ssd/sequences.py):
+// Layouts (contiguous; Lp = nchunks · T tokens per row, the chunk layout of ops/chunks.py):
 //   q, k (B, Lp, Hk, K); v, o, do (B, Lp, Hv, V); g, beta (B, Lp, Hv); starts (B, nchunks) bool;
 //   init (B, nchunks, Hv, K, V) or empty; S (B, nchunks, Hv, K, V) every chunk's end state;
 //   dq, dk (B, Lp, Hv, K): per value head (the caller sums the heads that share a key head).

@@ -1,27 +1,17 @@
 """``ssmzoo data NAME ...``: a registry of data commands, each with its own argparse arguments.
 
-A data set that has something to write or show registers a :class:`DataCommand` in :func:`data_commands`;
+A data set that has something to write or show makes a :class:`~ssmzoo.data.data_command.DataCommand` in its own
+module and is listed in :func:`data_commands`;
 ``ssmzoo data --help`` lists them and ``ssmzoo data NAME --help`` shows that command's arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class DataCommand:
-    """One ``ssmzoo data`` command: its name, a one-line help, a function adding its arguments to an
-    argparse parser and a function running it on the parsed arguments."""
-
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], object]
+from .data_command import DataCommand, run_command
 
 
 def _paths_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,23 +82,6 @@ def build_parser(prog: str = "ssmzoo data") -> argparse.ArgumentParser:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         command.add_arguments(sub)
     return parser
-
-
-# What a command raises for arguments it cannot use (a bad value, an existing output, a missing input file):
-# reported as a usage error, one line and exit status 2 as argparse does, not as a traceback.
-USAGE_ERRORS = (ValueError, FileExistsError, FileNotFoundError, NotADirectoryError)
-
-
-def run_command(prog: str, run: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> object:
-    """``run(args)``, with a usage error (``USAGE_ERRORS``) reported as ``<prog>: error: <message>`` on one line of
-    stderr and exit status 2."""
-    try:
-        return run(args)
-    except USAGE_ERRORS as error:
-        message = " ".join(str(error).split())  # one line, whatever the message
-        message = message.removeprefix(f"{prog}: ")
-        sys.stderr.write(f"{prog}: error: {message} (see {prog} --help)\n")
-        raise SystemExit(2) from error
 
 
 def main(argv: Sequence[str] | None = None) -> object:

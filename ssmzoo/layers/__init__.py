@@ -15,6 +15,7 @@ from .base import (
     tag_param,
 )
 from ..ops.segments import Segments
+from .attention import AttentionState, FullAttention
 from .gated_deltanet import GatedDeltaNet
 from .hsa import HSA
 from .lru import LRU
@@ -23,6 +24,7 @@ from .mamba2 import Mamba2
 from .mamba3 import Mamba3
 from .memory_as_context import MemoryAsContext
 from .memory_as_gate import MemoryAsGate
+from .parallel import Parallel
 from .s4 import S4
 from .s4d import S4D
 from .s5 import S5
@@ -60,6 +62,8 @@ __all__ = [
     "MovingAverageResidual",
     "ShiftSSM",
     "NeuralMemory",
+    "AttentionState",
+    "FullAttention",
     "HSA",
     "Mamba",
     "SWA",
@@ -68,4 +72,5 @@ __all__ = [
     "GatedDeltaNet",
     "MemoryAsContext",
     "MemoryAsGate",
+    "Parallel",
 ]

@@ -401,6 +401,11 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
                 forms[key] = self._init_state(batch, torch.device("meta"), dtype)
         return forms[key]
 
+    def _expected_state(self, state: State, batch: int, dtype: torch.dtype) -> State:
+        """The form a given ``state`` must have: init_state(batch)'s for inputs of ``dtype``. A layer whose state
+        grows with the stream (a KV cache) overrides this to stretch that form to the given state's length."""
+        return self._state_form(batch, dtype)
+
     def _check_segments(self, segments: Segments, x: Tensor) -> None:
         if not isinstance(segments, Segments):
             raise ValueError(f"{self._name}: segments must be a ssmzoo.Segments (Segments.from_seq_idx / "
@@ -417,7 +422,7 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
         the same structure, and leaves with the same shapes and dtypes, on x's device. ``batch``: the
         number of states expected (the documents of packed input), x's batch size by default."""
         batch = x.shape[0] if batch is None else batch
-        expected = self._state_form(batch, x.dtype)
+        expected = self._expected_state(state, batch, x.dtype)
         check_dtypes = not autocast_enabled(x.device)
         problem = _compare_state(state, expected, "state", x.device, check_dtypes)
         if problem is None:

@@ -54,7 +54,7 @@ class GatedDeltaNet(SequenceLayer):
         dt_min, dt_max: softplus(dt_bias) is initialised log-uniform in [dt_min, dt_max].
         dt_init_floor: lower clamp of that initial value.
         chunk_size: chunk length of the op's chunked backends (results do not depend on it beyond rounding).
-        gated_delta_backend: backend of the op (None: $SSMZOO_BACKEND or "auto"; "triton", "cpp", "chunked",
+        gated_delta_backend: backend of the op (None: $SSMZOO_BACKEND or "auto"; "triton", "cpu", "chunked",
             "reference"; see ``ssmzoo.ops.gated_delta.dispatch``).
         causal_conv1d_backend: backend of the convolution (see ``ssmzoo.ops.causal_conv1d.dispatch``).
 

@@ -1,5 +1,5 @@
 """Hierarchical sparse attention as a sequence layer (Hu, Leng, Zhao, Tu, Wu 2025, "Random Long-Context
-Access for Mamba via Hardware-aligned Hierarchical Sparse Attention"; PAPERS.md), with the chunk encoder,
+Access for Mamba via Hardware-aligned Hierarchical Sparse Attention", arXiv 2504.16795), with the chunk encoder,
 landmarks and retrieval query of the authors' RAMba (their ``hsa_layers.py``: ChunkingLayer,
 RetrievalLayer, HierarchicalSparseAttention):
 

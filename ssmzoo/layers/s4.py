@@ -1,4 +1,4 @@
-"""S4: the structured state space layer (Gu, Goel, Ré; ICLR 2022; PAPERS.md).
+"""S4: the structured state space layer (Gu, Goel, Ré; ICLR 2022; "Efficiently Modeling Long Sequences with Structured State Spaces", arXiv 2111.00396).
 
 Per channel h, a continuous SSM with a diagonal-plus-low-rank state matrix A = Λ - P P*
 (HiPPO-initialised, see ops/hippo.py), discretised by the bilinear rule with a learned step
@@ -52,7 +52,7 @@ class S4(SequenceLayer):
         lr: learning rate for Λ, P, B and log_dt (None: the optimiser's); they never get weight decay.
         activation, output, dropout: what follows the SSM (see OutputProjection).
         cauchy_backend: backend of the Cauchy kernel (None: $SSMZOO_BACKEND or "auto"; "reference",
-            "chunked", "cpp", "keops"; see ``ssmzoo.ops.cauchy.dispatch``).
+            "chunked", "cpu", "keops"; see ``ssmzoo.ops.cauchy.dispatch``).
         step_mode: "dplr" (O(N) per token) or "dense" (the discretised matrix, O(N²)).
         l_max: the kernel length C̃ is learned for. Set it to the longest input you train on: shorter
             inputs use the first L taps of this kernel; longer ones double it (see the module docstring),

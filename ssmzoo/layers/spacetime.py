@@ -1,4 +1,4 @@
-"""SpaceTime's layers (Zhang et al., ICLR 2023; PAPERS.md): companion and shift SSMs, the
+"""SpaceTime's layers (Zhang et al., ICLR 2023, "Effectively Modeling Time Series with Simple Discrete State Spaces", arXiv 2303.09489): companion and shift SSMs, the
 closed-loop companion SSM used for forecasting, and the fixed preprocessing layers.
 
 Every channel h runs x_t = A x_{t−1} + b u_t, y_t = cᵀ x_t + D u_t with A = S + a e_dᵀ (companion)

@@ -1,5 +1,5 @@
 """Sliding-window attention (SWA): causal softmax attention over the last ``window`` tokens, the local
-context of HSA-UltraLong (Hu et al. 2025, "Every Token Counts", PAPERS.md) and of the authors' SWA+HSA
+context of HSA-UltraLong (Hu et al. 2025, "Every Token Counts", arXiv 2511.23319) and of the authors' SWA+HSA
 models, built on :class:`ssmzoo.modules.Attention` (grouped KV heads, rotary positions).
 
     query at p sees key at s  iff  p − window < s <= p

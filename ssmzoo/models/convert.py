@@ -8,6 +8,10 @@
     "ssmzoo"             model_type "ssmzoo": our arguments  model.safetensors          load and save (any layer)
     "mamba2"             Hugging Face Mamba2ForCausalLM      model.safetensors          load and save (convert_mamba2)
     "mamba_ssm.Mamba2"   mamba-ssm, ssm_cfg layer Mamba2     pytorch_model.bin          load and save (convert_mamba2)
+    "bamba"              Hugging Face BambaForCausalLM       model.safetensors          load and save (convert_bamba)
+    "nemotron_h"         Hugging Face NemotronHForCausalLM   model.safetensors          load and save (convert_nemotron_h)
+    "falcon_h1"          Hugging Face FalconH1ForCausalLM    model.safetensors          load and save (convert_falcon_h1)
+    "zamba2"             Hugging Face Zamba2ForCausalLM      model.safetensors          load and save (convert_zamba2)
 
 :func:`checkpoint_format` names a config's format: its ``model_type``, else ``mamba_ssm.<ssm_cfg layer>``.
 
@@ -36,8 +40,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .convert_bamba import load_hf_bamba, to_hf_bamba
+from .convert_falcon_h1 import load_hf_falcon_h1, to_hf_falcon_h1
+from ..version import __version__
 from .checkpoint_checks import build_checked, require_keys
 from .convert_mamba2 import load_hf_mamba2, load_mamba_ssm_mamba2, to_hf_mamba2, to_mamba_ssm_mamba2
+from .convert_nemotron_h import load_hf_nemotron_h, to_hf_nemotron_h
+from .convert_zamba2 import load_hf_zamba2, to_hf_zamba2
 from .lm import LanguageModel
 
 # The formats, as messages name them
@@ -167,6 +176,12 @@ def _state_dict(model_or_state_dict: nn.Module | Mapping[str, Tensor]) -> Mappin
     raise ValueError(f"expected an nn.Module or a state dict, got {type(model_or_state_dict).__name__}")
 
 
+def _plain(model: LanguageModel) -> bool:
+    """Whether the model has none of the stack's options the Mamba formats cannot say: multipliers of the
+    embedding or the logits, shared blocks."""
+    return model.embedding_multiplier == 1.0 and model.lm_head_multiplier == 1.0 and not len(model.shared_blocks)
+
+
 def _weights_for_saving(model: LanguageModel, prefix: Callable[[str], str]) -> dict[str, Tensor]:
     """The model's tensors under the format's names; a tied head is left out (it is the embedding)."""
     tied = model.lm_head.weight is model.embedding.weight
@@ -221,7 +236,9 @@ def to_hf_mamba(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor]
     """(config.json, state dict, "model.safetensors") of ``model`` as a Hugging Face ``MambaForCausalLM``, or None
     when it has no counterpart there (another layer, an MLP, a backend choice)."""
     config = model.config
-    layer_args = dict(config["layer_args"])
+    if config["pattern"] is not None or not _plain(model):  # the format says n_layers x layer only
+        return None
+    layer_args = dict(config["layer_args"] or {})
     theirs = dict(_HF_MAMBA_ARGS)
     if config["layer"] != "mamba" or config["d_intermediate"] or set(layer_args) - set(theirs):
         return None
@@ -294,7 +311,9 @@ def from_mamba_ssm(model_or_state_dict: nn.Module | Mapping[str, Tensor], config
 def to_mamba_ssm(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
     """(config.json, state dict, "pytorch_model.bin") of ``model`` as a mamba-ssm ``MambaLMHeadModel``, or None."""
     config = model.config
-    if config["layer"] != "mamba" or set(config["layer_args"]) - set(_SSM_CFG) or config["norm_eps"] != 1e-5 \
+    if config["pattern"] is not None or not _plain(model):  # the format says n_layers x layer only
+        return None
+    if config["layer"] != "mamba" or set(config["layer_args"] or {}) - set(_SSM_CFG) or config["norm_eps"] != 1e-5 \
             or (config["d_intermediate"] and config["d_intermediate"] % 128):
         return None
     ssm = {
@@ -320,8 +339,6 @@ def from_ssmzoo(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> 
 
 
 def to_ssmzoo(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str]:
-    from .. import __version__
-
     config = {"model_type": "ssmzoo", "architectures": ["LanguageModel"], "ssmzoo_version": __version__, **model.config}
     return config, _weights_for_saving(model, lambda k: k), "model.safetensors"
 
@@ -330,4 +347,8 @@ register_converter("mamba", lambda config, sd: from_hf_mamba(sd, config), to_hf_
 register_converter("mamba_ssm.Mamba1", lambda config, sd: from_mamba_ssm(sd, config), to_mamba_ssm)
 register_converter("mamba2", load_hf_mamba2, to_hf_mamba2)
 register_converter("mamba_ssm.Mamba2", load_mamba_ssm_mamba2, to_mamba_ssm_mamba2)
+register_converter("bamba", load_hf_bamba, to_hf_bamba)
+register_converter("nemotron_h", load_hf_nemotron_h, to_hf_nemotron_h)
+register_converter("falcon_h1", load_hf_falcon_h1, to_hf_falcon_h1)
+register_converter("zamba2", load_hf_zamba2, to_hf_zamba2)
 register_converter("ssmzoo", from_ssmzoo, to_ssmzoo)

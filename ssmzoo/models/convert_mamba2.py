@@ -145,9 +145,16 @@ def load_hf_mamba2(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) 
 
 
 def _mixers(model: LanguageModel) -> list[Mamba2] | None:
-    """The blocks' Mamba2 mixers, or None when a block has another layer or more than norm + mixer."""
-    mixers = [block.mixer for block in model.layers]
+    """The blocks' Mamba2 mixers, or None when a block has another layer, more than norm + mixer, or options the
+    formats cannot say."""
+    if model.embedding_multiplier != 1.0 or model.lm_head_multiplier != 1.0 or len(model.shared_blocks):
+        return None
+    mixers = [getattr(block, "mixer", None) for block in model.layers]
     if not all(isinstance(m, Mamba2) for m in mixers) or any(getattr(b, "mlp", None) is not None for b in model.layers):
+        return None
+    # Options neither format has: D_inner apart from expand · d_model, in_proj multipliers, out_proj's own bias.
+    if any(m.d_inner != m.expand * m.d_model or m.in_proj_multipliers is not None
+           or (m.out_proj.bias is None) != (m.in_proj.bias is None) for m in mixers):
         return None
     return mixers
 

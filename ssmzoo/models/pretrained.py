@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .convert import checkpoint_format, converters, get_converter
-from .lm import LanguageModel
+from .lm import LanguageModel, register_checkpoint_io
 
 CONFIG = "config.json"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -252,3 +252,6 @@ def load_run(path: str | Path) -> torch.nn.Module:
         raise ValueError(f"{file}: the weights do not fit {cls.__name__}({', '.join(sorted(init_args))}): missing "
                          f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     return model.eval()
+
+
+register_checkpoint_io(load_pretrained, save_pretrained)

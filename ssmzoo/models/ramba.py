@@ -1,4 +1,4 @@
-"""RAMba (Hu, Leng, Zhao, Tu, Wu 2025; PAPERS.md): a language model whose upper layers read a chunk memory
+"""RAMba (Hu, Leng, Zhao, Tu, Wu 2025, "Random Long-Context Access for Mamba via Hardware-aligned Hierarchical Sparse Attention", arXiv 2504.16795): a language model whose upper layers read a chunk memory
 of the lower layers' output through hierarchical sparse attention, so any token of a very long context
 can be reached in O(K · S) per token while the memory stays off the accelerator.
 

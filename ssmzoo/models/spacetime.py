@@ -1,4 +1,4 @@
-"""The SpaceTime forecaster (Zhang et al., ICLR 2023; PAPERS.md):
+"""The SpaceTime forecaster (Zhang et al., ICLR 2023, arXiv 2303.09489):
 preprocessing embedding -> encoder blocks (companion + shift SSMs) -> closed-loop decoder.
 
 The input minus its last value is embedded together with fixed preprocessing features

@@ -10,6 +10,7 @@ dispatch falls back to its next backend.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -63,6 +64,29 @@ def build_dir(name: str, sources: list[Path], flags: list[str] | None = None) ->
     return path
 
 
+@contextlib.contextmanager
+def exclusive_build(folder: Path):
+    """Hold an exclusive lock on ``folder`` while one process builds into it, and clear a lock file that a killed
+    build left behind. torch's own lock (a file named ``lock``) stays forever when its process is killed mid-build,
+    and every later process then waits on it without a word; a ``flock`` dies with its process, so once we hold
+    ours no live ssmzoo build is using the folder and torch's file is stale."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's lock alone
+        yield
+        return
+    with open(folder / "ssmzoo-build.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = folder / "lock"
+            if stale.exists():
+                print(f"ssmzoo: removing a lock left by an interrupted build in {folder}", file=sys.stderr, flush=True)
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @lru_cache(maxsize=None)
 def load_cpu_extension(name: str, *sources: str, headers: tuple[str, ...] = ()) -> ModuleType | None:
     """Compile (or load the cached build of) a CPU extension from files in csrc/; None on failure.
@@ -99,16 +123,17 @@ def load_extension(
             print(f"ssmzoo: building the {kernel} kernel (first use on this machine and source version, about "
                   f"{BUILD_SECONDS} s; cached in {folder})", file=sys.stderr, flush=True)
             started = time.perf_counter()
-        module = load(
-            name=name,
-            sources=[str(p) for p in paths],
-            extra_cflags=extra_cflags or [],
-            extra_ldflags=extra_ldflags or [],
-            extra_cuda_cflags=extra_cuda_cflags,
-            extra_include_paths=[str(CSRC)],
-            build_directory=str(folder),
-            verbose=False,
-        )
+        with exclusive_build(folder):
+            module = load(
+                name=name,
+                sources=[str(p) for p in paths],
+                extra_cflags=extra_cflags or [],
+                extra_ldflags=extra_ldflags or [],
+                extra_cuda_cflags=extra_cuda_cflags,
+                extra_include_paths=[str(CSRC)],
+                build_directory=str(folder),
+                verbose=False,
+            )
         if fresh:
             print(f"ssmzoo: built the {kernel} kernel in {time.perf_counter() - started:.0f} s", file=sys.stderr,
                   flush=True)

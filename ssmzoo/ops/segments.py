@@ -154,6 +154,13 @@ class Segments:
         return torch.tensor([s.stop - s.start for s in self.spans], dtype=torch.long, device=self.device)
 
     @cached_property
+    def ends(self) -> Tensor:
+        """(batch, length) bool, True at every document's last token (always at a row's last)."""
+        ends = torch.ones_like(self.starts)
+        ends[:, :-1] = self.starts[:, 1:]
+        return ends
+
+    @cached_property
     def positions(self) -> Tensor:
         """(batch, length) int64: every token's position inside its document (0 at its first token)."""
         t = torch.arange(self.length, device=self.device).expand(self.batch, self.length)

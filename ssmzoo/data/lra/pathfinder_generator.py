@@ -100,7 +100,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..commands import DataCommand, run_command
+from ..data_command import DataCommand, run_command
 
 SIZES = (32, 64, 128)
 CONTOUR_LENGTHS = (6, 9, 14)

@@ -1,6 +1,6 @@
 """Synthetic AR(p) series: x_t = Σ_{i=1..p} φ_i x_{t−i} + ε_t, ε_t ~ N(0, noise_std²).
 
-Companion SSMs represent any AR(p) exactly; diagonal SSMs cannot (SpaceTime, PAPERS.md)."""
+Companion SSMs represent any AR(p) exactly; diagonal SSMs cannot (SpaceTime, arXiv 2303.09489)."""
 
 from __future__ import annotations
 

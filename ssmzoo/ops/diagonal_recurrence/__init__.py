@@ -8,7 +8,7 @@
 Real (float32, float64) or complex (complex64, complex128). Backends, in ``auto``'s preference order
 (``ops/dispatch.py`` explains the choice):
 - ``triton``: our Triton kernels (triton.py), on CUDA;
-- ``cpp``: our C++ CPU kernel (csrc/diagonal_recurrence_cpu.cpp, bound in cpu.py), built on first use;
+- ``cpu``: our C++ CPU kernel (csrc/diagonal_recurrence_cpu.cpp, bound in cpu.py), built on first use;
 - ``scan``: a parallel associative scan in plain PyTorch, autograd backward (scan.py);
 - ``reference``: the sequential oracle (reference.py).
 """
@@ -20,7 +20,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from ..dispatch import COMPLEX_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed
+from ..dispatch import COMPLEX_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op
 from ..segments import Segments
 from . import cpu
 from .inputs import RecurrenceInputs, check_diagonal_recurrence
@@ -52,12 +52,13 @@ def _triton_available() -> bool:
 
 
 dispatch = Dispatcher("diagonal_recurrence", diagonal_recurrence_reference, _probe_case)
-dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=DTYPES), available=_triton_available)
-dispatch.register("cpp", cpu.diagonal_recurrence_cpu, ("cpu",), Capabilities(dtypes=DTYPES), available=cpu.available)
-dispatch.register("scan", diagonal_recurrence_scan, ("cpu", "cuda"), Capabilities(dtypes=DTYPES))
-dispatch.register("reference", diagonal_recurrence_reference, ("cpu", "cuda"), Capabilities(dtypes=DTYPES))
+dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=DTYPES, segments=True), available=_triton_available)
+dispatch.register("cpu", cpu.diagonal_recurrence_cpu, ("cpu",), Capabilities(dtypes=DTYPES, segments=True), available=cpu.available)
+dispatch.register("scan", diagonal_recurrence_scan, ("cpu", "cuda"), Capabilities(dtypes=DTYPES, segments=True))
+dispatch.register("reference", diagonal_recurrence_reference, ("cpu", "cuda"), Capabilities(dtypes=DTYPES, segments=True))
 
 
+@register_op(dispatch)
 def diagonal_recurrence(
     x: Tensor,
     decay: Tensor,
@@ -82,7 +83,7 @@ def diagonal_recurrence(
         raise ValueError(f"diagonal_recurrence: output_final_state must be True or False, got {output_final_state!r}")
     request = Request(x.device, x.dtype, initial_state=initial_state is not None, final_state=output_final_state,
                       grad=grad_needed(x, decay, initial_state),
-                      facts=(("packed", segments is not None and not segments.unpacked),))
+                      segments=segments is not None and not segments.unpacked)
     return dispatch.choose(backend, request).fn(inputs, output_final_state)
 
 

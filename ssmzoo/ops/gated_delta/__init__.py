@@ -4,7 +4,7 @@
 Backends, in ``auto``'s preference order (``ops/dispatch.py`` explains the choice):
 - ``triton``: our Triton kernels (triton.py), on CUDA: one program per (batch, value head) runs its chunks in
   order, the state on chip;
-- ``cpp``: our C++ CPU kernels (csrc/gated_delta_cpu.cpp, bound in cpu.py), OpenMP over batch × value heads,
+- ``cpu``: our C++ CPU kernels (csrc/gated_delta_cpu.cpp, bound in cpu.py), OpenMP over batch × value heads,
   forward and an exact recompute-based backward; built on first use;
 - ``chunked``: plain PyTorch, the WY / UT-transform chunked form, autograd backward (chunked.py);
 - ``reference``: the recurrence one token at a time, the oracle (reference.py).
@@ -20,7 +20,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed
+from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op
 from ..segments import Segments
 from . import cpu
 from .chunked import gated_delta_chunked
@@ -56,12 +56,13 @@ def _triton_available() -> bool:
 
 
 dispatch = Dispatcher("gated_delta_rule", gated_delta_reference, _probe_case)
-dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT), available=_triton_available)
-dispatch.register("cpp", cpu.gated_delta_cpu, ("cpu",), Capabilities(dtypes=ALL_FLOAT), available=cpu.available)
-dispatch.register("chunked", gated_delta_chunked, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT))
-dispatch.register("reference", gated_delta_reference, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT))
+dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT, segments=True), available=_triton_available)
+dispatch.register("cpu", cpu.gated_delta_cpu, ("cpu",), Capabilities(dtypes=ALL_FLOAT, segments=True), available=cpu.available)
+dispatch.register("chunked", gated_delta_chunked, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT, segments=True))
+dispatch.register("reference", gated_delta_reference, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT, segments=True))
 
 
+@register_op(dispatch)
 def gated_delta_rule(
     q: Tensor,
     k: Tensor,
@@ -95,7 +96,7 @@ def gated_delta_rule(
     check_gated_delta(x, output_final_state)
     packed = segments is not None and not segments.unpacked
     request = Request(q.device, q.dtype, initial_state=initial_state is not None, final_state=output_final_state,
-                      grad=grad_needed(q, k, v, g, beta, initial_state), facts=(("packed", packed),))
+                      grad=grad_needed(q, k, v, g, beta, initial_state), segments=packed)
     return dispatch.choose(backend, request).fn(x, output_final_state)
 
 

@@ -31,7 +31,7 @@ from einops import rearrange, repeat
 from torch import Tensor
 
 # ssd's packed-sequence chunk layout (to be factored into a shared module by the ops refactor).
-from ..ssd.sequences import ChunkLayout, Span
+from ..chunks import ChunkLayout, sequence_spans
 from .inputs import GatedDeltaInputs
 
 # core(q, k, v, g, beta, init, starts, scale) -> (o, chunk end states); shapes in chunk_core_torch.
@@ -109,10 +109,7 @@ def run_chunked(core: ChunkCore, x: GatedDeltaInputs, output_final_state: bool) 
     (float64 for float64 inputs); returns o in q's dtype and final states in the compute dtype."""
     dtype = torch.promote_types(x.q.dtype, torch.float32)
     batch, length = x.q.shape[:2]
-    if x.segments is not None:
-        spans = [Span(s.row, s.start, s.stop) for s in x.segments.spans]
-    else:
-        spans = [Span(r, 0, length) for r in range(batch)]
+    spans = sequence_spans(batch, length, x.segments)
     # A chunk longer than the longest document would only add padding.
     chunk = max(1, min(x.chunk_size, max(s.stop - s.start for s in spans)))
     layout = ChunkLayout(spans, batch, length, chunk, x.q.device)
@@ -120,7 +117,7 @@ def run_chunked(core: ChunkCore, x: GatedDeltaInputs, output_final_state: bool) 
     q, k, v, g, beta = (layout.to_chunks(t.to(dtype)) for t in (x.q, x.k, x.v, x.g, x.beta))
     o, states = core(q, k, v, g, beta, layout.initial_chunks(h0), layout.starts, x.resolved_scale)
     o = layout.from_chunks(o).to(x.q.dtype)
-    return (o, layout.final_states(states, h0)) if output_final_state else o
+    return (o, layout.final_states(states)) if output_final_state else o
 
 
 def gated_delta_chunked(x: GatedDeltaInputs, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:

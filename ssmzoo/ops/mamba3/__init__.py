@@ -3,7 +3,7 @@
 The exponential-trapezoidal recurrence with a complex (rotary) state, SISO or MIMO; reference.py states
 the equations. Backends, in ``auto``'s preference order (``ops/dispatch.py`` explains the choice):
 - ``triton``: our Triton kernels for the quadratic intra-chunk step (triton.py), on CUDA;
-- ``cpp``: our C++ CPU kernels (csrc/mamba3_cpu.cpp, bound in cpu.py) for the per-chunk steps and the rotated
+- ``cpu``: our C++ CPU kernels (csrc/mamba3_cpu.cpp, bound in cpu.py) for the per-chunk steps and the rotated
   rows, built on first use;
 - ``chunked``: plain PyTorch, the chunked form (chunked.py);
 - ``reference``: the token-by-token recurrence, the oracle (reference.py).
@@ -19,7 +19,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from ..dispatch import Capabilities, Dispatcher, HALF_DTYPES, REAL_DTYPES, Request, autocast_off, grad_needed
+from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, autocast_off, grad_needed, register_op
 from ..segments import Segments
 from . import cpu
 from .chunked import mamba3_chunked
@@ -59,12 +59,14 @@ def _triton_available() -> bool:
 
 
 dispatch = Dispatcher("mamba3", mamba3_reference, _probe_case)
-dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT), available=_triton_available)
-dispatch.register("cpp", cpu.mamba3_cpu, ("cpu",), Capabilities(dtypes=ALL_FLOAT), available=cpu.available)
-dispatch.register("chunked", mamba3_chunked, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT))
-dispatch.register("reference", mamba3_reference, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT))
+PACKED = Capabilities(dtypes=ALL_FLOAT, segments=True)
+dispatch.register("triton", _triton, ("cuda",), PACKED, available=_triton_available)
+dispatch.register("cpu", cpu.mamba3_cpu, ("cpu",), PACKED, available=cpu.available)
+dispatch.register("chunked", mamba3_chunked, ("cpu", "cuda"), PACKED)
+dispatch.register("reference", mamba3_reference, ("cpu", "cuda"), PACKED)
 
 
+@register_op(dispatch)
 def mamba3(
     x: Tensor,
     dt: Tensor,
@@ -115,7 +117,7 @@ def mamba3(
     request = Request(
         x.device, x.dtype, initial_state=initial_state is not None, final_state=output_final_state,
         grad=grad_needed(*(t for t in inputs[:14]), *(initial_state or ())),
-        facts=(("packed", segments is not None and not segments.unpacked),),
+        segments=segments is not None and not segments.unpacked,
     )
     fn = dispatch.choose(backend, request).fn
     # Under autocast the inputs arrive in mixed precisions; every backend computes in float32 itself, so autocast is

@@ -17,7 +17,7 @@ cumsum of a, the output is the sum of
 1. intra-chunk: y_i = Σ_j Λ_ij (q_i·k_j) v_j with Λ_ij = exp(cs_{t_i} - cs_{t_j}) w_{t_j} for t_j < t_i,
    g_{t_i} for t_j = t_i (every rank of the same token), 0 after;
 2. the chunk's own end state U = Σ_j exp(cs_T - cs_{t_j}) w_{t_j} v_j k_jᵀ;
-3. the states between chunks (SSD's ``pass_states``: every document starts a chunk, ssd/sequences.py);
+3. the states between chunks (``ops/chunks.py``'s ``pass_states``: every document starts a chunk, ChunkLayout);
 4. state to output: y_i += exp(cs_{t_i}) E q_i, E the state entering the chunk.
 Step 3 is SSD's for every backend; the rows and steps 1, 2 and 4 are the backend's (here einsums with autograd).
 D, the gate and MIMO's down-projection follow in the chunk layout, which is left once at the end.
@@ -33,8 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from ..ssd.chunked import pass_states
-from ..ssd.sequences import ChunkLayout, Span
+from ..chunks import ChunkLayout, pass_states, sequence_spans
 from .inputs import Mamba3Inputs, Mamba3State, compute_dtype
 from .reference import TWO_PI
 from .rotary import rotate
@@ -68,10 +67,7 @@ class Prepared(NamedTuple):
 
 
 def _spans(inputs: Mamba3Inputs) -> list:
-    if inputs.segments is not None:
-        return inputs.segments.spans
-    batch, length = inputs.x.shape[:2]
-    return [Span(r, 0, length) for r in range(batch)]
+    return sequence_spans(*inputs.x.shape[:2], inputs.segments)
 
 
 def phases(turn: Tensor, inputs: Mamba3Inputs, dtype: torch.dtype) -> Tensor:
@@ -217,7 +213,7 @@ def chunk_scan(q: Tensor, k: Tensor, v: Tensor, prep: Prepared, layout: ChunkLay
                        rearrange(cs[..., -1], "(b c) h -> b c h", b=batch), layout.initial_chunks(prep.init),
                        layout.starts)
     y = kernels.output(y, cs, q, rearrange(E, "b c h p n -> (b c) h p n"), rank)
-    return y, layout.final_states(S, prep.init)
+    return y, layout.final_states(S)
 
 
 def _last_keys(inputs: Mamba3Inputs, prep: Prepared) -> Tensor:

@@ -1,7 +1,7 @@
 """The LRA ListOps generator (Nangia & Bowman 2018, as set up by Tay et al., Long Range Arena, ICLR 2021).
 
 A sample is a nested list operation, e.g. ``[MAX 2 9 [MIN 4 7 ] 0 ]`` (value 9); the label is its value
-0-9. Trees are drawn from the LRA generator's distribution (PAPERS.md, ListOps): below the maximum depth 10
+0-9. Trees are drawn from the LRA generator's distribution (Tay et al., arXiv 2011.04006, after Nangia & Bowman's ListOps, arXiv 1804.06028): below the maximum depth 10
 a node is a digit with probability 0.75, else an operator (MIN, MAX, MED = integer median, SM = sum mod 10)
 with 2-10 arguments drawn uniformly; at the maximum depth it is always a digit. Only trees with
 ``min_length < tokens < max_length`` are kept (500 and 2,000 in LRA), all distinct. Samples come out in the
