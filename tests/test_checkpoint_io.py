@@ -213,6 +213,17 @@ def test_checkpoint_io_refuses_crafted_checkpoint(tmp_path, legacy_default):
     assert not marker.exists()
 
 
+def test_a_task_loaded_from_a_crafted_checkpoint_runs_nothing(tmp_path, legacy_default):
+    """``ClassificationTask.load_from_checkpoint`` in a user's own script reads with weights_only too."""
+    from ssmzoo.tasks import ClassificationTask
+
+    marker = tmp_path / "ran"
+    path = crafted_checkpoint(tmp_path / "c.ckpt", marker)
+    with pytest.raises(Exception, match="Weights only load failed|weights_only"):
+        ClassificationTask.load_from_checkpoint(path)
+    assert not marker.exists()
+
+
 def test_checkpoint_io_reports_a_truncated_checkpoint_by_name(tmp_path):
     io = AtomicCheckpointIO()
     io.save_checkpoint({"w": torch.ones(1000)}, tmp_path / "good.ckpt")

@@ -117,3 +117,11 @@ def test_the_walk_sees_a_cycle_and_a_root_import(tmp_path):
     source.write_text("def f():\n    from .. import __version__\n    from . import b\n    from .. import x\n")
     assert imports_of("ssmzoo.x.m", source, False, {"ssmzoo", "ssmzoo.x", "ssmzoo.x.b"}) == {"ssmzoo": 2,
                                                                                            "ssmzoo.x.b": 3}
+
+
+def test_models_reach_ops_only_through_layers():
+    """Models ask their layers (e.g. the decode hook) rather than calling an op: no ssmzoo.models -> ssmzoo.ops."""
+    edges = graph()
+    direct = {f"{a} -> {b}": line for a, deps in edges.items() if a.startswith("ssmzoo.models")
+              for b, line in deps.items() if b.startswith("ssmzoo.ops")}
+    assert not direct, f"models importing ops: {direct}"

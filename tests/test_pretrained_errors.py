@@ -235,3 +235,28 @@ def test_truncated_pytorch_model_bin_names_the_file(saved, tmp_path):
     path = folder / "pytorch_model.bin"
     path.write_bytes(path.read_bytes()[:1000])
     assert f"{path} is not a readable PyTorch file, it is truncated or damaged" in load_error(folder)
+
+
+def test_a_save_killed_mid_write_leaves_the_previous_save_whole(saved, folder, monkeypatch):
+    """save_pretrained over an earlier save: a failure while the weights are written (a kill, a full disk) leaves
+    the earlier config and weights, loadable and unchanged, and no partial file behind."""
+    import ssmzoo.files
+
+    _, model = saved
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    torch.manual_seed(1)
+    other = LanguageModel(vocab_size=VOCAB, d_model=16, n_layers=2, layer="mamba", layer_args={"d_state": 4}).eval()
+    real_replace = os.replace
+
+    def dies_on_the_weights(src, dst):
+        if str(dst).endswith(".safetensors"):
+            raise KeyboardInterrupt("killed before the rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ssmzoo.files.os, "replace", dies_on_the_weights)
+    with pytest.raises(KeyboardInterrupt):
+        other.save_pretrained(folder, format="mamba")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    loaded = LanguageModel.from_pretrained(folder)
+    ids = torch.randint(0, VOCAB, (1, 7))
+    torch.testing.assert_close(loaded(ids), model(ids))

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..layers import build, shared_memories
+from ..layers import Segments, build, shared_memories
 from ..layers.base import (
     DecodeBlock,
     DecodeStack,
@@ -66,7 +66,6 @@ from ..layers.packing import forward_each_document
 from ..modules.checks import check_bool, check_float, check_int
 from ..modules.mlp import MLP
 from ..modules.rmsnorm import RMSNorm
-from ..ops.segments import Segments
 from .generation import GenerationMixin
 from .shared_block import SharedTransformer
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..files import atomic_write
 from .convert import checkpoint_format, converters, get_converter
 from .lm import LanguageModel, register_checkpoint_io
 
@@ -140,13 +141,17 @@ def save_pretrained(model: LanguageModel, path: str | Path, format: str | None =
     config, state_dict, weights = written
     folder = Path(path).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
+    # Each file whole or not replaced (a kill mid-save leaves the previous save readable); weights first, so a
+    # config never names weights that are not there yet.
     if weights.endswith(".safetensors"):
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file(state_dict, str(folder / weights), metadata={"format": "pt"})
+        data = save(state_dict, metadata={"format": "pt"})
+        atomic_write(folder / weights, lambda f: f.write(data))
     else:
-        torch.save(state_dict, folder / weights)
-    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        atomic_write(folder / weights, lambda f: torch.save(state_dict, f))
+    text = (json.dumps(config, indent=2) + "\n").encode()
+    atomic_write(folder / CONFIG, lambda f: f.write(text))
     return folder
 
 

@@ -26,6 +26,16 @@ class Task(LightningModule):
     headline: ClassVar[dict[str, str]]
 
     @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, map_location: Any = None, hparams_file: Any = None,
+                             strict: bool | None = None, weights_only: bool | None = None, **kwargs: Any) -> Any:
+        """Lightning's ``load_from_checkpoint``, reading with ``weights_only=True`` unless the caller passes
+        ``weights_only=False``: on torch < 2.6 (which ``pyproject.toml`` allows) Lightning's default unpickles
+        anything, so a crafted checkpoint would run code."""
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, weights_only=True if weights_only is None else weights_only,
+                                            **kwargs)
+
+    @classmethod
     def summary(cls, results: dict[str, float | None]) -> str:
         """One line naming the headline results (``results`` holds the ``headline`` keys)."""
         return "   ".join(f"{key} {value:.4g}" for key, value in results.items() if value is not None)

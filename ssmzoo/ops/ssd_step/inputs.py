@@ -7,6 +7,8 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+from ..ssd.inputs import check_ssd_update
+
 
 class SsdStepInputs(NamedTuple):
     """x (batch, heads, headdim); dt (batch, heads); A (heads,); B, C (batch, groups, d_state), groups dividing
@@ -28,7 +30,5 @@ class SsdStepInputs(NamedTuple):
 
 def check_ssd_step(inputs: SsdStepInputs) -> None:
     """A ValueError naming the op and the argument for anything ``ssd_update``'s contract does not allow."""
-    from ..ssd.update import _check
-
     i = inputs
-    _check(i.x, i.dt, i.A, i.B, i.C, i.state, i.D, i.z, i.dt_bias)
+    check_ssd_update(i.x, i.dt, i.A, i.B, i.C, i.state, i.D, i.z, i.dt_bias, i.dt_softplus, i.dt_limit)
