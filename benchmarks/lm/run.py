@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--root", default="runs/benchmarks/lm")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "lm_cpu")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
     rows = [run_config(name, args) for name in args.configs]
     rows.sort(key=lambda r: r["val_bpb"] if r["val_bpb"] is not None else float("inf"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
               "", "Last sample of each (temperature 0.8, after the last validation):", ""]
     for r in rows:
         lines += [f"- **{Path(r['config']).stem}**: `{r['sample'][:160].replace(chr(10), ' / ')}`"]
-    lines += ["", f"Reproduce: `python benchmarks/lm/run.py --minutes {args.minutes:g}`", ""]
+    load = " → ".join(f"{a:.1f}" for a in (load_start, os.getloadavg()[0]))
+    lines += ["", f"1-minute load average at the start and the end: {load} (runs share the machine; steps depend on it).",
+              "", f"Reproduce: `python benchmarks/lm/run.py {' '.join(sys.argv[1:] if argv is None else argv)}`", ""]
     args.out.with_suffix(".md").write_text("\n".join(lines))
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
     print("\n".join(lines))

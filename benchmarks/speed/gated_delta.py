@@ -62,7 +62,10 @@ def transformers_torch(a: dict) -> torch.Tensor:
 
 
 def candidates(backends: list[str]) -> dict:
-    found = {name: ours(name) for name in backends if name in dispatch.names("cpu")}
+    unknown = [name for name in backends if name not in dispatch.names("cpu")]
+    if unknown:
+        raise SystemExit(f"gated_delta.py: no CPU backend {unknown}; choose from {dispatch.names('cpu')}")
+    found = {name: ours(name) for name in backends}
     try:
         import transformers.models.qwen3_next.modeling_qwen3_next  # noqa: F401
 
