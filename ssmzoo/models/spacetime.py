@@ -174,7 +174,9 @@ class SpaceTime(Forecaster):
         else:
             u = self.embedding(z)
         with input_checks(False):  # x was checked once, in _run
-            u = fft_conv(u.transpose(1, 2), self.preprocess).transpose(1, 2)
+            # fixed filters of a parameter-free embedding: nothing to differentiate, so no graph to keep
+            with torch.set_grad_enabled(torch.is_grad_enabled() and u.requires_grad):
+                u = fft_conv(u.transpose(1, 2), self.preprocess).transpose(1, 2)
             for ssm, mlp in zip(self.ssms, self.mlps):
                 s = ssm(u)
                 u = u + s + mlp(s)
