@@ -577,3 +577,19 @@ def test_ett_configs_are_the_generated_ones():
         with open(os.path.join(ROOT, path)) as f:
             assert f.read() == text, f"{path} differs from what ett_configs.py writes; run it"
     assert len(expected) == 2 * 4 * len(module.MODELS)
+
+
+def test_ssm_forecaster_linear_skip_is_rlinear_plus_the_layers():
+    """With the layers' head zeroed the forecaster is the linear map of the RevIN-normalised series (RLinear)."""
+    torch.manual_seed(0)
+    model = SSMForecaster(3, 3, 24, 6, layer_args={"d_state": 4}, d_model=8, n_layers=1, instance_norm="revin",
+                          channel_independent=True, patch_len=4, stride=2, head="flatten", linear_skip=True).double()
+    x = torch.randn(2, 24, 3, dtype=torch.float64)
+    full = model(x)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+    rlinear = LinearForecaster(3, 3, 24, 6, instance_norm="revin").double()
+    rlinear.linear.load_state_dict(model.skip.state_dict())
+    torch.testing.assert_close(model(x), rlinear(x))
+    assert not torch.allclose(full, rlinear(x))  # the layers did contribute before

@@ -13,7 +13,10 @@ Settings (the published ones where there are any; PAPERS.md, and the published c
   early stopping patience 20, ``data_transform mean``, ``loss informer_rmse``, criterion weights 1 1 1.
 - spacetime_M: the same network, channel-independent over the 7 channels (no published M setting).
 - s4d, mamba, mamba2: ours (no published forecasting setting): PatchTST's recipe (RevIN, channel independence,
-  patches of 16 every 8 steps, flattening head) around two layers of the SSM, trained like the linear models.
+  patches of 16 every 8 steps, flattening head, its ETTh width 16 and dropout 0.3) around two layers of the SSM,
+  plus a linear lookback -> horizon map of the normalised series (RLinear) that the SSM path corrects; trained like
+  the linear models but at lr 1e-3. On ETTh1 M h96 (seed 0) that linear path took the validation MSE from 0.705
+  (d_model 32, dropout 0.2, no linear path) to 0.682; NLinear's is 0.671.
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ LINEAR_LR = {"ETTh1": 0.005, "ETTh2": 0.05}
 
 def _ssm_forecaster(layer: str, layer_args: dict) -> dict:
     return {"class_path": "ssmzoo.models.SSMForecaster",
-            "init_args": {"layer": layer, "layer_args": layer_args, "d_model": 32, "n_layers": 2, "dropout": 0.2,
+            "init_args": {"layer": layer, "layer_args": layer_args, "d_model": 16, "n_layers": 2, "dropout": 0.3,
                           "instance_norm": "revin", "channel_independent": True, "patch_len": 16, "stride": 8,
-                          "head": "flatten"}}
+                          "head": "flatten", "linear_skip": True}}
 
 
 SPACETIME = {"d_model": 128, "d_state": 64, "n_blocks": 1, "encoder_kernels": 16, "embedding": "repeat",

@@ -36,13 +36,16 @@ class SSMForecaster(Forecaster):
             time step is a token. stride None: patch_len.
         head: "time" (a linear map over the tokens to the horizon, then over d_model to the outputs) or
             "flatten" (PatchTST's: all tokens' features flattened, one linear map to horizon · outputs).
+        linear_skip: add a linear map lookback -> horizon of the normalised series, shared by the channels
+            (with instance_norm "revin" that is RLinear, with "last" NLinear), so the layers learn a correction
+            to a linear forecast.
     """
 
     def __init__(self, n_inputs: int, n_outputs: int, lookback: int, horizon: int, layer: str = "s4d",
                  layer_args: dict | None = None, d_model: int = 64, n_layers: int = 2, dropout: float = 0.0,
                  instance_norm: InstanceNormMode = "last", revin_affine: bool = False,
                  channel_independent: bool = False, patch_len: int = 1, stride: int | None = None,
-                 head: Literal["time", "flatten"] = "time") -> None:
+                 head: Literal["time", "flatten"] = "time", linear_skip: bool = False) -> None:
         super().__init__(n_inputs, n_outputs, lookback, horizon)
         name = type(self).__name__
         for arg, v in (("d_model", d_model), ("n_layers", n_layers), ("patch_len", patch_len)):
@@ -55,6 +58,8 @@ class SSMForecaster(Forecaster):
             raise ValueError(f"{name}: patch_len={patch_len} must not exceed lookback={lookback}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ValueError(f"{name}: dropout must be a number in [0, 1), got {dropout!r}")
+        if not isinstance(linear_skip, bool):
+            raise ValueError(f"{name}: linear_skip must be a bool, got {linear_skip!r}")
         if head not in ("time", "flatten"):
             raise ValueError(f"{name}: head must be 'time' or 'flatten', got {head!r}")
         if channel_independent and n_inputs > 1 and n_outputs != n_inputs:
@@ -75,6 +80,7 @@ class SSMForecaster(Forecaster):
             self.head = nn.Linear(d_model, self.width_out)
         else:
             self.head = nn.Linear(self.n_tokens * d_model, horizon * self.width_out)
+        self.skip = nn.Linear(lookback, horizon) if linear_skip else None
 
     def _tokens(self, z: Tensor) -> Tensor:
         """(batch, lookback, c) -> (batch, n_tokens, c · patch_len)."""
@@ -100,6 +106,8 @@ class SSMForecaster(Forecaster):
             y = self.head(h)
         else:
             y = rearrange(self.head(rearrange(h, "b n d -> b (n d)")), "b (h c) -> b h c", c=self.width_out)
+        if self.skip is not None:
+            y = y + rearrange(self.skip(rearrange(z[..., -self.width_out :], "b l c -> b c l")), "b c h -> b h c")
         if self.channel_independent:
             y = merge_channels(y, self.n_inputs)
         return self.norm.inverse(y[..., -self.n_outputs :], stats)
