@@ -94,6 +94,11 @@ def plot_windows(n_test: int) -> list[int]:
     return [int(round(i)) for i in np.linspace(0, n_test - 1, N_PLOT_WINDOWS + 2)[1:-1]]
 
 
+def _rounded(values) -> list[float]:
+    # 4 decimals of a z-scored series are far below what a plot shows; keeps the committed files small
+    return [round(float(v), 4) for v in np.asarray(values).reshape(-1)]
+
+
 def save_forecasts(key: str, model: str, dm: InformerDataModule, preds: dict[int, np.ndarray]) -> None:
     """Keep the target channel (OT, last) of the plotted windows' forecasts, scaled, in ett_forecasts/<key>.json."""
     os.makedirs(FORECASTS, exist_ok=True)
@@ -103,10 +108,10 @@ def save_forecasts(key: str, model: str, dm: InformerDataModule, preds: dict[int
     for i, pred in preds.items():
         x, y = ds[i]
         history, future = dm.window_dates("test", i)
-        w = cell["windows"].setdefault(str(i), {"history": x[:, -1].tolist(), "truth": y[:, -1].tolist(),
+        w = cell["windows"].setdefault(str(i), {"history": _rounded(x[:, -1]), "truth": _rounded(y[:, -1]),
                                                 "history_dates": [history[0], history[-1]],
                                                 "future_dates": [future[0], future[-1]], "models": {}})
-        w["models"][model] = [float(v) for v in pred]
+        w["models"][model] = _rounded(pred)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(cell, f)
