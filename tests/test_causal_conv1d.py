@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from ssmzoo.ops.causal_conv1d import ConvInputs, causal_conv1d, causal_conv1d_reference, causal_conv1d_update, dispatch
+from ssmzoo.ops.dispatch import Request
+from ssmzoo.ops.segments import Segments
 
 CPU_BACKENDS = [n for n in dispatch.backends if n != "reference" and "cpu" in dispatch.backends[n].devices]
 
@@ -62,3 +64,48 @@ def test_bad_arguments_raise_value_error():
         causal_conv1d(x, rand(4, 4))
     with pytest.raises(ValueError, match="conv_state"):
         causal_conv1d_update(x[:, :, 0], torch.zeros(2, 3, 2, dtype=torch.float64), w)
+
+
+# -- packed documents: no tap reads across a document start ----------------------------------------
+PACKED = [[[1, 2, 8], [11]], [[3, 8], [1, 1, 9]], [[11], [10, 1]]]
+
+
+def packed_outputs(backend, lengths, width, with_state):
+    segments = Segments.from_lengths(lengths, 11)
+    leaves = [rand(2, 3, 11), rand(3, width, seed=1), rand(3, seed=2), rand(segments.num_docs, 3, width - 1, seed=3)]
+    ins = [t.clone().requires_grad_(True) for t in leaves]
+    y, final = causal_conv1d(*ins[:3], "silu", initial_state=ins[3] if with_state else None, output_final_state=True,
+                             segments=segments, backend=backend)
+    loss = (y * rand(*y.shape, seed=4)).sum() + (final * rand(*final.shape, seed=5)).sum()
+    grads = torch.autograd.grad(loss, ins if with_state else ins[:3], allow_unused=True, materialize_grads=True)
+    return segments, leaves, (y, final, *grads)
+
+
+@pytest.mark.parametrize("lengths", PACKED)
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_packed_reference_runs_each_document_alone(lengths, width):
+    segments, (x, w, b, states), (y, final, *_) = packed_outputs("reference", lengths, width, True)
+    for k, (row, t0, t1) in enumerate(segments.spans):
+        y_doc, final_doc = causal_conv1d(x[row : row + 1, :, t0:t1], w, b, "silu", initial_state=states[k : k + 1],
+                                         output_final_state=True, backend="reference")
+        torch.testing.assert_close(y[row : row + 1, :, t0:t1], y_doc, rtol=0, atol=0)
+        torch.testing.assert_close(final[k : k + 1], final_doc, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if dispatch.backends[b].capabilities.segments])
+@pytest.mark.parametrize("lengths", PACKED)
+@pytest.mark.parametrize("width", [1, 2, 4])
+@pytest.mark.parametrize("with_state", [True, False])
+def test_packed_backend_matches_reference(backend, lengths, width, with_state):
+    want = packed_outputs("reference", lengths, width, with_state)[2]
+    got = packed_outputs(backend, lengths, width, with_state)[2]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_causal_conv1d_package_declines_packed_documents():
+    packed = Request(torch.device("cuda"), torch.float32, segments=True)
+    with pytest.raises(ValueError, match="packed documents"):
+        dispatch.choose("causal_conv1d", packed)
+    with pytest.raises(ValueError, match=r"initial_state must be \(num_docs=4"):
+        causal_conv1d(rand(2, 3, 11), rand(3, 4), initial_state=rand(2, 3, 3), segments=Segments.from_lengths(PACKED[0], 11))

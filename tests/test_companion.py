@@ -8,16 +8,25 @@ import pytest
 import torch
 
 from ssmzoo.layers.spacetime import ClosedLoopCompanionSSM, capped_a
+from ssmzoo.ops import companion
 from ssmzoo.ops.companion import (
+    CompanionInputs,
     c_tilde,
     companion_final_state,
     companion_kernel,
-    companion_kernel_fft,
     companion_kernel_from_c_tilde,
-    companion_kernel_krylov,
-    companion_kernel_reference,
     companion_matrix,
 )
+
+
+def _bundled(backend_fn):
+    """A backend function (which takes CompanionInputs) called as fn(a, b, c, length)."""
+    return lambda a, b, c, length: backend_fn(CompanionInputs(a, b, c, length))
+
+
+companion_kernel_reference = _bundled(companion.companion_kernel_reference)
+companion_kernel_krylov = _bundled(companion.companion_kernel_krylov)
+companion_kernel_fft = _bundled(companion.companion_kernel_fft)
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,10 @@ from ssmzoo.tasks import ClassificationTask, ForecastingTask, LanguageModelingTa
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+LM_CONFIGS = [c for c in CONFIGS if c.startswith("configs/lm/")]
+# Where the user keeps the real data sets ($SSMZOO_DATA when the tests start; the fixtures below point it at
+# temporary folders for generated data, so it is read once, here).
+USER_DATA = os.environ.get("SSMZOO_DATA")
 
 # The nested model made tiny, by class: every model class a config uses needs an entry here.
 TINY_MODELS = {
@@ -114,15 +119,53 @@ def test_the_configs_are_found():
             assert f"configs/lra/mini/{task}_{model}.yaml" in CONFIGS
 
 
+def user_data_overrides(spec: dict, scratch: Path, monkeypatch) -> tuple[list[str], str | None]:
+    """``data_overrides`` with $SSMZOO_DATA as the user set it (where the real data sets are), then back to the
+    temporary data home."""
+    generated = os.environ["SSMZOO_DATA"]
+    if USER_DATA is None:
+        monkeypatch.delenv("SSMZOO_DATA")
+    else:
+        monkeypatch.setenv("SSMZOO_DATA", USER_DATA)
+    try:
+        return data_overrides(spec["data"], scratch)
+    finally:
+        monkeypatch.setenv("SSMZOO_DATA", generated)
+
+
 @pytest.mark.parametrize("config", CONFIGS)
 def test_shipped_config_fits_and_writes_results(config, data_home, tmp_path, monkeypatch):
     spec = yaml.safe_load((ROOT / config).read_text())
-    monkeypatch.delenv("SSMZOO_DATA")  # where the real data sets would be
-    data_args, missing = data_overrides(spec["data"], tmp_path / "standin")
-    monkeypatch.setenv("SSMZOO_DATA", str(data_home))
+    data_args, missing = user_data_overrides(spec, tmp_path / "standin", monkeypatch)
     if missing:
         pytest.skip(missing)
     fit_tiny_and_check(config, spec, data_args, tmp_path)
+
+
+@pytest.mark.parametrize("config", LM_CONFIGS)
+def test_language_model_config_fits_in_bf16_mixed_precision(config, data_home, tmp_path, monkeypatch):
+    """``--trainer.precision bf16-mixed`` (autocast, float32 weights) on every language-model config: training,
+    validation with its generated sample, and the test. Before: Mamba-2 (mamba2, ramba) and HSA (hsa_swa, ramba)
+    failed in their first step."""
+    spec = yaml.safe_load((ROOT / config).read_text())
+    data_args, missing = user_data_overrides(spec, tmp_path / "standin", monkeypatch)
+    if missing:
+        pytest.skip(missing)
+    fit_tiny_and_check(config, spec, data_args, tmp_path, "--trainer.precision=bf16-mixed")
+
+
+def test_real_data_is_looked_for_where_ssmzoo_data_pointed_when_the_tests_started(tmp_path, monkeypatch):
+    """Before: the config tests deleted $SSMZOO_DATA to look for real data sets, so ETT under a user's
+    $SSMZOO_DATA was never found (only under ~/.cache/ssmzoo)."""
+    user = tmp_path / "user_data"
+    (user / "ETT-small").mkdir(parents=True)
+    (user / "ETT-small" / "ETTh1.csv").write_text("date,OT\n")
+    monkeypatch.setattr(__import__(__name__), "USER_DATA", str(user))
+    monkeypatch.setenv("SSMZOO_DATA", str(tmp_path / "generated"))
+    spec = yaml.safe_load((ROOT / "configs/timeseries/etth1/s4d_S_96.yaml").read_text())
+    args, missing = user_data_overrides(spec, tmp_path / "standin", monkeypatch)
+    assert missing is None and f"--data.init_args.path={user / 'ETT-small' / 'ETTh1.csv'}" in args
+    assert os.environ["SSMZOO_DATA"] == str(tmp_path / "generated")
 
 
 def write_standin(name: str, folder: Path, resolution: int) -> None:
@@ -161,20 +204,21 @@ def test_shipped_config_fits_on_files_in_the_official_format(config, data_home, 
     fit_tiny_and_check(config, spec, data_args, tmp_path / "runs")
 
 
-def fit_tiny_and_check(config: str, spec: dict, data_args: list[str], root: Path) -> None:
+def fit_tiny_and_check(config: str, spec: dict, data_args: list[str], root: Path, *extra: str) -> None:
     model = spec["model"]["init_args"]["model"]
     assert model["class_path"] in TINY_MODELS, f"add {model['class_path']} to TINY_MODELS"
     tiny = dict(TINY_MODELS[model["class_path"]])
     model_init = model.get("init_args") or {}
-    if "mamba2" in (model_init.get(k) for k in ("layer", "lower_layer", "local_layer")):
+    if any(model_init.get(k) in ("mamba2", "mamba3") for k in ("layer", "lower_layer", "local_layer")):
         tiny["d_model"] = "32"  # expand · d_model must hold whole heads of the config's headdim (up to 64)
     model_args = [f"--model.init_args.model.init_args.{k}={v}" for k, v in tiny.items()]
     trainer_args = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1",
                     "--trainer.num_sanity_val_steps=0", "--trainer.val_check_interval=1", "--trainer.accelerator=cpu",
                     "--trainer.devices=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+                    "--trainer.log_every_n_steps=1",
                     f"--trainer.default_root_dir={root}", "--data.init_args.num_workers=0"]
     task_args = ["--model.init_args.sample_length=4"] if spec["model"]["class_path"].endswith("LanguageModelingTask") else []
-    cli = run(["fit", "--config", str(ROOT / config), *trainer_args, *model_args, *task_args, *data_args])
+    cli = run(["fit", "--config", str(ROOT / config), *trainer_args, *model_args, *task_args, *data_args, *extra])
 
     task = type(cli.model)
     results = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())

@@ -165,6 +165,179 @@ def test_padding_never_changes_real_tokens(variant):
         torch.testing.assert_close(y[i : i + 1, :n], alone, rtol=1e-8, atol=1e-8)
 
 
+# -- packed documents ---------------------------------------------------------------------------------
+# Row 0 holds three documents, one of length 1; row 1 is one document spanning the whole row.
+PACKED = [[5, 1, 17], [23]]
+
+
+def _grads(layer, x):
+    return [x.grad.clone()] + [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                               for p in layer.parameters()]
+
+
+def _alone(layer, x, spans, weights, states=None):
+    """Each document run alone (its own state from ``states`` if given): outputs, final states, and the
+    gradients of sum(y * weights) over all documents."""
+    layer.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    outs, finals, loss = [], [], 0
+    for k, s in enumerate(spans):
+        piece = x[s.row:s.row + 1, s.start:s.stop]
+        state = None if states is None else states[k]
+        if layer.causal:
+            y, final = layer(piece, state=state, return_state=True)
+            finals.append(final)
+        else:
+            y = layer(piece)
+        outs.append(y)
+        loss = loss + (y * weights[s.row:s.row + 1, s.start:s.stop]).sum()
+    loss.backward()
+    return outs, finals, _grads(layer, x)
+
+
+def _packed(layer, x, segments, weights, state=None, return_state=True):
+    layer.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    if layer.causal and (return_state or state is not None):
+        y, final = layer(x, state=state, return_state=return_state, segments=segments), None
+        if return_state:
+            y, final = y
+    else:
+        y, final = layer(x, segments=segments), None
+    (y * weights).sum().backward()
+    return y, final, _grads(layer, x)
+
+
+def _stack_states(states):
+    return torch.utils._pytree.tree_map(lambda *t: torch.cat(t), *states) if len(states) > 1 else states[0]
+
+
+def _state_grows(layer) -> bool:
+    """Whether the layer's state changes shape with the length seen (HSA's chunk cache does)."""
+    return _spec(layer(rand(1, 3), return_state=True)[1]) != _spec(layer(rand(1, 9), return_state=True)[1])
+
+
+def _check_packed(layer, x, segments, states=None, tol=1e-8):
+    """Packed == each document alone, with and without asking for the final states (layers may take another path
+    for each)."""
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+    outs, finals, want_grads = _alone(layer, x, segments.spans, weights, states)
+    for return_state in ((False, True) if layer.causal else (False,)):
+        y, final, got_grads = _packed(layer, x, segments, weights, None if states is None else _stack_states(states),
+                                      return_state)
+        for s, want in zip(segments.spans, outs):
+            torch.testing.assert_close(y[s.row:s.row + 1, s.start:s.stop], want, rtol=tol, atol=tol)
+        for got, want in zip(got_grads, want_grads):
+            torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        if return_state:
+            for k in range(segments.num_docs):
+                for a, b in zip(_flat(final), _flat(finals[k])):
+                    torch.testing.assert_close(a[k:k + 1], b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids)
+def test_packed_equals_each_document_alone(variant):
+    """Outputs, per-document final states and every gradient of a packed batch equal those of each document
+    run alone: a document of length 1, one spanning a whole row, bidirectional layers in both directions."""
+    layer = make(*variant).train()
+    x = rand(2, 23)
+    if layer.causal and _state_grows(layer):  # per-document states of unequal lengths cannot be batched
+        with pytest.raises(ValueError, match="differ in shape"):
+            layer(x, segments=ssmzoo.Segments.from_lengths(PACKED, 23), return_state=True)
+        y = layer(x, segments=ssmzoo.Segments.from_lengths(PACKED, 23))
+        for s in ssmzoo.Segments.from_lengths(PACKED, 23).spans:
+            torch.testing.assert_close(y[s.row:s.row + 1, s.start:s.stop], layer(x[s.row:s.row + 1, s.start:s.stop]),
+                                       rtol=1e-8, atol=1e-8)
+        _check_packed(layer, rand(2, 12), ssmzoo.Segments.from_lengths([[6, 6], [6, 6]], 12))
+    else:
+        _check_packed(layer, x, ssmzoo.Segments.from_lengths(PACKED, 23))
+    # Segments given as seq_idx or cu_seqlens are the same segments.
+    a = ssmzoo.Segments.from_lengths(PACKED, 23)
+    b = ssmzoo.Segments.from_seq_idx(a.doc * 3 + 1)
+    c = ssmzoo.Segments.from_cu_seqlens(a.cu_seqlens, 2, 23)
+    assert torch.equal(a.starts, b.starts) and torch.equal(a.starts, c.starts) and a.spans == b.spans == c.spans
+
+
+@pytest.mark.parametrize("variant", CAUSAL, ids=ids)
+def test_packed_with_initial_states(variant):
+    """Per-document initial states enter their own documents: each document continues its own stream."""
+    layer = make(*variant).train()
+    lengths = [[6, 6], [6, 6]] if _state_grows(layer) else PACKED
+    length = sum(lengths[0])
+    segments = ssmzoo.Segments.from_lengths(lengths, length)
+    with torch.no_grad():
+        prefixes = rand(segments.num_docs, 4, seed=7)
+        states = [layer(prefixes[k:k + 1], return_state=True)[1] for k in range(segments.num_docs)]
+    _check_packed(layer, rand(2, length), segments, states)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids)
+def test_packed_padding_is_a_document_of_its_own(variant):
+    """Garbage padding packed as a last document changes no real token, forward or backward."""
+    layer = make(*variant)
+    x = rand(2, 16)
+    segments = ssmzoo.Segments.from_lengths([[7, 4, 5], [10, 6]], 16)
+    garbage = x.clone()
+    garbage[0, 11:] = 1e3 * torch.randn(5, D_MODEL, dtype=x.dtype)
+    garbage[1, 10:] = -1e3
+    for inputs in (x, garbage):
+        inputs.requires_grad_()
+        y = layer(inputs, segments=segments)
+        (y[0, :11].sum() + y[1, :10].sum()).backward()
+    torch.testing.assert_close(layer(garbage, segments=segments)[0, :11], layer(x, segments=segments)[0, :11],
+                               rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(garbage.grad[0, :11], x.grad[0, :11], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(garbage.grad[1, :10], x.grad[1, :10], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids)
+def test_bad_segments(variant):
+    layer = make(*variant)
+    x = rand(2, 6)
+    segments = ssmzoo.Segments.from_lengths([[2, 4], [6]], 6)
+    cases = [
+        (lambda: layer(x, segments=segments.doc), "segments"),
+        (lambda: layer(x, segments=ssmzoo.Segments.from_lengths([[2, 3], [5]], 5)), "segments"),
+        (lambda: layer(x[:1], segments=segments), "segments"),
+        (lambda: layer(x, segments=segments, lengths=torch.tensor([6, 6])), "lengths or segments"),
+    ]
+    if layer.causal:
+        cases += [(lambda: layer(x, segments=segments, state=layer.init_state(2)), "3 documents")]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match) as info:
+            call()
+        assert layer.registry_name in str(info.value)
+    assert layer.segments_fast_path == (type(layer)._forward_segments is not layers.SequenceLayer._forward_segments)
+
+
+def test_segments_constructors_refuse_bad_input():
+    S = ssmzoo.Segments
+    cases = [
+        (lambda: S.from_seq_idx(torch.tensor([[0, 1, 0]])), "non-decreasing"),
+        (lambda: S.from_seq_idx(torch.tensor([[0.0, 1.0]])), "integer"),
+        (lambda: S.from_seq_idx(torch.tensor([0, 1])), "shape"),
+        (lambda: S.from_seq_idx([[0, 1]]), "seq_idx"),
+        (lambda: S.from_seq_idx(torch.zeros(2, 3, dtype=torch.long, device="meta")), "meta"),
+        (lambda: S.from_cu_seqlens(torch.tensor([0, 3, 3, 8]), 2, 4), "strictly increasing"),
+        (lambda: S.from_cu_seqlens(torch.tensor([0, 5, 8]), 2, 4), "row start"),
+        (lambda: S.from_cu_seqlens(torch.tensor([0, 4, 7]), 2, 4), "batch \\* length = 8"),
+        (lambda: S.from_cu_seqlens(torch.tensor([1, 4, 8]), 2, 4), "from 0"),
+        (lambda: S.from_cu_seqlens(torch.tensor([0, 4, 8], dtype=torch.float32), 2, 4), "integer"),
+        (lambda: S.from_cu_seqlens(torch.tensor([0, 4, 8]), 0, 4), "batch"),
+        (lambda: S.from_lengths([[2, 2], [3]], 4), "lengths\\[1\\]"),
+        (lambda: S.from_lengths([[4, 0], [4]], 4), "lengths\\[0\\]"),
+        (lambda: S.from_lengths([], 4), "lengths"),
+        (lambda: S(torch.tensor([[False, True]])), "first token"),
+    ]
+    for call, match in cases:
+        with pytest.raises(ValueError, match=match) as info:
+            call()
+        assert "Segments" in str(info.value)
+    s = S.from_lengths([[3, 1], [4]], 4)
+    assert s.num_docs == 3 and s.doc.tolist() == [[0, 0, 0, 1], [2, 2, 2, 2]]
+    assert s.positions.tolist() == [[0, 1, 2, 0], [0, 1, 2, 3]] and s.cu_seqlens.tolist() == [0, 3, 4, 8]
+
+
 @pytest.mark.parametrize("variant", BIDIRECTIONAL, ids=ids)
 def test_bidirectional_cannot_stream(variant):
     layer = make(*variant)

@@ -186,7 +186,8 @@ def test_conversion_errors():
     with pytest.raises(ValueError, match="hidden_act"):
         from_hf_mamba2(model.state_dict(), {**config.to_dict(), "hidden_act": "gelu"})
     sd, ssm_config = mamba_ssm_layout(model, config)
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(ValueError, match=r"config.json has ssm_cfg.d_state=8, but the weights were made with "
+                                         r"ssm_cfg.d_state=4 \(backbone.layers.0.mixer"):
         from_mamba_ssm_mamba2(sd, {**ssm_config, "ssm_cfg": {**ssm_config["ssm_cfg"], "d_state": 8}})
     for bad, match in [({"layer": "Mamba1"}, "Mamba2"), ({"d_ssm": 16}, "d_ssm"), ({"rope": True}, "rope")]:
         with pytest.raises(ValueError, match=match):

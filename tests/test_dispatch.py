@@ -5,35 +5,22 @@ every op package on the same template."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import pkgutil
 import sys
 import types
 
 import pytest
 import torch
 
+import ssmzoo.ops
 from ssmzoo import layers
-from ssmzoo.ops import (
-    causal_conv1d,
-    cauchy,
-    companion,
-    hsa,
-    mamba_inner,
-    mamba_lm_step,
-    mamba_step,
-    neural_memory,
-    selective_scan,
-    ssd,
-    vandermonde,
-)
-from ssmzoo.ops.dispatch import ENV_VAR, Capabilities, Dispatcher, Request
+from ssmzoo.ops import causal_conv1d, cauchy, mamba_inner, selective_scan
+from ssmzoo.ops.dispatch import ENV_VAR, Capabilities, Dispatcher, Request, register_op
 
 CPU = torch.device("cpu")
-OPS = {
-    "selective_scan": selective_scan, "causal_conv1d": causal_conv1d, "cauchy": cauchy,
-    "vandermonde": vandermonde, "companion": companion, "neural_memory": neural_memory, "hsa": hsa,
-    "ssd": ssd, "mamba_inner": mamba_inner, "mamba_step": mamba_step, "mamba_lm_step": mamba_lm_step,
-}
+OPS = ssmzoo.ops.index()  # every op, found by walking ssmzoo/ops: nothing here lists them
 
 
 def double(x: torch.Tensor, *, initial_state=None, output_final_state=False):
@@ -116,7 +103,7 @@ def test_a_first_use_under_autocast_keeps_the_fast_backends():
     causal_conv1d.dispatch.reset()
 
 
-@pytest.mark.parametrize("name", ["cpp", "keops"])
+@pytest.mark.parametrize("name", ["cpu", "keops"])
 def test_cauchy_backends_survive_a_first_use_under_no_grad(name):
     if name not in cauchy.dispatch.names("cpu"):
         pytest.skip(f"the cauchy {name} backend is not usable here")  # probe warns only when broken
@@ -136,12 +123,12 @@ def test_environment_variable_steers_every_op(monkeypatch):
     assert d.choose(None, Request(CPU, torch.float32)).name == "fast"
     # Every op honours it: force the reference everywhere and check the chosen backend.
     monkeypatch.setenv(ENV_VAR, "reference")
-    for op in OPS.values():
-        assert op.dispatch.choose(None, Request(CPU, next(iter(_dtypes(op))))).name == "reference"
+    for dispatch in OPS.values():
+        assert dispatch.choose(None, Request(CPU, next(iter(_dtypes(dispatch))))).name == "reference"
 
 
-def _dtypes(op) -> tuple[torch.dtype, ...]:
-    return op.dispatch.backends["reference"].capabilities.dtypes
+def _dtypes(dispatch: Dispatcher) -> tuple[torch.dtype, ...]:
+    return dispatch.backends["reference"].capabilities.dtypes
 
 
 def test_unknown_names_are_rejected():
@@ -158,37 +145,67 @@ def test_unknown_names_are_rejected():
 def test_layers_validate_backend_names_at_construction(name):
     cls = layers.get(name)
     params = [p for p in inspect.signature(cls.__init__).parameters if p.endswith("_backend")]
+    ops = set(OPS) | {_package(d).rsplit(".", 1)[-1] for d in OPS.values()}  # op names, and their packages'
     for param in params:
         op = param.removesuffix("_backend")
-        assert op in {"selective_scan", "causal_conv1d", "cauchy", "vandermonde", "companion", "neural_memory",
-                      "ssd", "hsa", "mamba_inner"}, f"{cls.__name__}.{param} does not follow the '<op>_backend' rule"
+        assert op in ops, f"{cls.__name__}.{param} does not follow the '<op>_backend' rule"
         with pytest.raises(ValueError, match=f"{cls.__name__}: unknown {param} 'nope'"):
             layers.build(name, d_model=8, **{param: "nope"})
     for legacy in ("backend", "kernel_backend", "scan_backend", "conv_backend", "kernel_method"):
         assert legacy not in inspect.signature(cls.__init__).parameters
 
 
+def _package(dispatch: Dispatcher) -> str:
+    return dispatch.entry.__module__
+
+
+def test_the_index_lists_every_op_package():
+    """Every package under ssmzoo/ops registers at least one op (with ``register_op``), and only its own."""
+    packages = {info.name for info in pkgutil.iter_modules(ssmzoo.ops.__path__, "ssmzoo.ops.") if info.ispkg}
+    assert {_package(d) for d in OPS.values()} == packages
+    assert len(OPS) >= 12
+    for name, dispatch in OPS.items():
+        assert dispatch.op == name and dispatch.entry is getattr(importlib.import_module(_package(dispatch)),
+                                                                 dispatch.entry.__name__)
+    with pytest.raises(ValueError, match="already registered"):
+        register_op(Dispatcher("ssd", lambda x: x, lambda device, caps: ((), {})))(lambda x: x)
+
+
 @pytest.mark.parametrize("op_name", list(OPS))
 def test_every_op_has_the_same_shape(op_name):
-    """A package with reference.py, one public function with keyword-only state/backend arguments,
-    a dispatch whose reference backend is the reference module's function, and backends that pass
-    their probe here (or are unavailable)."""
-    package = OPS[op_name]
-    reference = importlib.import_module(f"{package.__name__}.reference")
-    assert package.dispatch.reference.__module__ == reference.__name__
-    assert package.dispatch.backends["reference"].fn is package.dispatch.reference
-    public = {"selective_scan": "selective_scan", "causal_conv1d": "causal_conv1d", "cauchy": "cauchy",
-              "vandermonde": "vandermonde", "companion": "companion_kernel", "neural_memory": "neural_memory",
-              "hsa": "hsa", "ssd": "ssd", "mamba_inner": "mamba_inner", "mamba_step": "mamba_step",
-              "mamba_lm_step": "mamba_lm_step"}
-    params = inspect.signature(getattr(package, public[op_name])).parameters
+    """A package with inputs.py (the op's bundle and its one check function) and reference.py, one public entry
+    with keyword-only state/segments/backend arguments, a dispatch whose reference backend is the reference
+    module's function, every backend named after the file it lives in, and backends that pass their probe
+    here (or are unavailable)."""
+    dispatch = OPS[op_name]
+    package = _package(dispatch)
+    reference = importlib.import_module(f"{package}.reference")
+    inputs = importlib.import_module(f"{package}.inputs")
+    assert dispatch.reference.__module__ == reference.__name__
+    assert dispatch.backends["reference"].fn is dispatch.reference
+    assert any(name.startswith("check_") for name in vars(inputs)), f"{package}.inputs has no check function"
+    params = inspect.signature(dispatch.entry).parameters
     assert params["backend"].kind is inspect.Parameter.KEYWORD_ONLY
-    for state_arg in ("initial_state", "output_final_state"):
+    for state_arg in ("initial_state", "output_final_state", "segments"):
         if state_arg in params:
             assert params[state_arg].kind is inspect.Parameter.KEYWORD_ONLY
-    for name, backend in package.dispatch.backends.items():
+    assert ("segments" in params) == any(b.capabilities.segments for b in dispatch.backends.values())
+    for name, backend in dispatch.backends.items():
+        # The backend's own file, or (for GPU backends imported on first use) a file of that name beside it.
+        module = backend.fn.__module__
+        assert module == f"{package}.{name}" or (importlib.util.find_spec(f"{package}.{name}") is not None
+                                                 and name != "reference"), (
+            f"{op_name} backend {name!r} lives in {module}, not {package}.{name}")
         if "cpu" in backend.devices and backend.available():
-            assert package.dispatch.usable(name, CPU), f"{op_name} backend {name} fails its probe"
+            assert dispatch.usable(name, CPU), f"{op_name} backend {name} fails its probe"
+
+
+def test_probe_cases_run_on_every_reference():
+    """Each op's probe case is a call of its reference (the bundle, and output_final_state where the op has state)."""
+    for name, dispatch in OPS.items():
+        args, kwargs = dispatch.probe_case(CPU, dispatch.backends["reference"].capabilities)
+        assert type(args[0]).__module__.endswith(".inputs"), f"{name}'s probe case does not pass its bundle"
+        dispatch.reference(*args, **kwargs)
 
 
 # -- Mamba reaches the fused CUDA kernels when it does not need a state ---------------------------
@@ -219,8 +236,8 @@ def fused_stand_ins(monkeypatch):
         monkeypatch.setattr(op.dispatch.backends[name], "available", lambda: True)
         monkeypatch.setattr(op.dispatch, "_probed", {})
         assert op.dispatch.usable(name, CPU)  # the stand-ins pass the probe against the reference
-    # On CUDA the fused C++ CPU block of Mamba (mamba_inner's "cpp") does not run; here neither.
-    monkeypatch.setattr(mamba_inner.dispatch.backends["cpp"], "devices", ())
+    # On CUDA the fused C++ CPU block of Mamba (mamba_inner's "cpu") does not run; here neither.
+    monkeypatch.setattr(mamba_inner.dispatch.backends["cpu"], "devices", ())
     calls.clear()
     yield calls
     for op in (selective_scan, causal_conv1d):
@@ -250,3 +267,16 @@ def test_meta_tensors_go_to_the_reference():
         *(torch.empty(s, device="meta") for s in ((2, 4, 7), (2, 4, 7), (4, 3), (2, 3, 7), (2, 3, 7))),
         output_final_state=True)
     assert y.shape == (2, 4, 7) and final.shape == (2, 4, 3) and y.device.type == "meta"
+
+
+def test_the_old_cpp_backend_name_still_selects_the_cpu_backend(monkeypatch):
+    from ssmzoo.ops import selective_scan
+
+    d = selective_scan.dispatch
+    request = Request(torch.device("cpu"), torch.float32)
+    assert d.choose("cpp", request) is d.backends["cpu"]
+    d.check_name("cpp", "Mamba", "selective_scan_backend")  # configs that say cpp still build
+    monkeypatch.setenv("SSMZOO_BACKEND", "cpp")
+    assert d.choose(None, request) is d.backends["cpu"]
+    with pytest.raises(ValueError, match="unknown backend 'cpx'"):
+        d.check_name("cpx", "op")

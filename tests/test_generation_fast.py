@@ -13,9 +13,24 @@ from ssmzoo.ops.dispatch import Request
 from ssmzoo.layers.mamba import Mamba
 from ssmzoo.layers.mamba2 import Mamba2
 from ssmzoo.ops.mamba_inner.cpu import extension
-from ssmzoo.ops.mamba_lm_step import mamba_lm_step, mamba_lm_step_cpp, mamba_lm_step_reference
+from ssmzoo.ops.mamba_lm_step import MambaLMStepInputs, mamba_lm_step
+from ssmzoo.ops.mamba_lm_step import mamba_lm_step_cpu as cpu_of_bundle
+from ssmzoo.ops.mamba_lm_step import mamba_lm_step_reference as reference_of_bundle
 
-pytestmark = pytest.mark.skipif("cpp" not in lm_step_op.dispatch.names("cpu"),
+
+def mamba_lm_step_reference(token, state, weights):
+    return reference_of_bundle(MambaLMStepInputs(token, state, weights))
+
+
+def mamba_lm_step_cpu(token, state, weights):
+    return cpu_of_bundle(MambaLMStepInputs(token, state, weights))
+
+def lm_weights(model):
+    """The model's weights as the mamba_lm_step op takes them (None unless a plain Mamba stack)."""
+    return Mamba.lm_step_weights(model.decode_stack())
+
+
+pytestmark = pytest.mark.skipif("cpu" not in lm_step_op.dispatch.names("cpu"),
                                 reason="the C++ extension did not build here")
 
 HAS_PANELS = extension() is not None and extension().pack_panels(torch.ones(1, 1)).numel() > 0
@@ -47,9 +62,9 @@ def random_state(model, batch, dtype, seed=1):
     (2, 2, {"d_conv": 2, "expand": 3, "dt_rank": 3}),  # D_inner not a multiple of the C++ block (64)
     (13, 2, {"bias": True}),                           # two whole 6-row blocks of the packed matmul and one row
 ])
-def test_cpp_lm_step_matches_reference_over_many_tokens(dtype, batch, n_layers, layer_args, packed):
+def test_cpu_lm_step_matches_reference_over_many_tokens(dtype, batch, n_layers, layer_args, packed):
     model = make_model(dtype, n_layers=n_layers, d_model=24 if layer_args.get("expand") == 3 else 12, **layer_args)
-    w = model._mamba_lm_step_weights()
+    w = lm_weights(model)
     if packed:
         w = lm_step_op.pack_weights(w)
         # float32 only (and only where this CPU has the SIMD kernel); float64 steps multiply with ATen
@@ -59,7 +74,7 @@ def test_cpp_lm_step_matches_reference_over_many_tokens(dtype, batch, n_layers, 
     with torch.no_grad():
         for _ in range(40):
             logits_ref, ref = mamba_lm_step_reference(token, ref, w)
-            logits, got = mamba_lm_step_cpp(token, got, w)
+            logits, got = mamba_lm_step_cpu(token, got, w)
             torch.testing.assert_close(logits, logits_ref, **TOL[dtype])
             for layer_got, layer_ref in zip(got, ref):
                 for a, b in zip(layer_got, layer_ref):
@@ -73,20 +88,20 @@ def test_reference_is_the_block_by_block_step():
     state = random_state(model, 2, torch.float64)
     token = torch.tensor([3, 7])
     with torch.no_grad():
-        want_logits, want = model._decode_blocks(token, state)
-        logits, got = mamba_lm_step_reference(token, state, model._mamba_lm_step_weights())
+        want_logits, want = model._decode(token, state)
+        logits, got = mamba_lm_step_reference(token, state, lm_weights(model))
     torch.testing.assert_close(logits, want_logits, rtol=0, atol=0)
     for layer_got, layer_want in zip(got, want):
         for a, b in zip(layer_got, layer_want):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_cpp_lm_step_leaves_its_input_state_alone():
+def test_cpu_lm_step_leaves_its_input_state_alone():
     model = make_model(torch.float32)
     state = random_state(model, 3, torch.float32)
     before = [tuple(s.clone() for s in layer) for layer in state]
     with torch.no_grad():
-        mamba_lm_step_cpp(torch.tensor([1, 2, 3]), state, model._mamba_lm_step_weights())
+        mamba_lm_step_cpu(torch.tensor([1, 2, 3]), state, lm_weights(model))
     for layer, layer_before in zip(state, before):
         for a, b in zip(layer, layer_before):
             assert torch.equal(a, b)
@@ -97,17 +112,17 @@ def test_cpp_lm_step_leaves_its_input_state_alone():
 def test_generate_gives_the_same_tokens_with_the_fast_decode_on_and_off(dtype, batch, monkeypatch):
     model = make_model(dtype, n_layers=3, d_model=16, vocab=29)
     prompt = torch.randint(0, 29, (batch, 9), generator=torch.Generator().manual_seed(4))
-    model.decode_backend = "cpp"
+    model.decode_backend = "cpu"
     fast = model.generate(prompt, max_new_tokens=30)
     model.decode_backend = "reference"
     reference = model.generate(prompt, max_new_tokens=30)
     model.decode_backend = None
     auto = model.generate(prompt, max_new_tokens=30)
-    monkeypatch.setattr(model, "_mamba_lm_step_weights", lambda: None)  # the block-by-block step
+    monkeypatch.setattr(model, "decode_stack", lambda: None)  # the block-by-block step
     blocks = model.generate(prompt, max_new_tokens=30)
     assert torch.equal(fast, reference) and torch.equal(fast, auto) and torch.equal(fast, blocks)
     # and sampling draws the same tokens from the same seed
-    model.decode_backend = "cpp"
+    model.decode_backend = "cpu"
     a = model.generate(prompt, max_new_tokens=12, do_sample=True, top_k=5, seed=3)
     model.decode_backend = "reference"
     b = model.generate(prompt, max_new_tokens=12, do_sample=True, top_k=5, seed=3)
@@ -191,23 +206,23 @@ def test_packed_matmul_matches_float64(m, n, k):
 @pytest.mark.skipif(not HAS_PANELS, reason="no SIMD matmul kernel for this CPU")
 def test_packed_weights_of_another_model_are_refused():
     model, other = make_model(torch.float32), make_model(torch.float32, d_model=16)
-    w = model._mamba_lm_step_weights()
-    w_other = lm_step_op.pack_weights(other._mamba_lm_step_weights())
+    w = lm_weights(model)
+    w_other = lm_step_op.pack_weights(lm_weights(other))
     assert w_other.packed is not None
     state = random_state(model, 2, torch.float32)
     with torch.no_grad(), pytest.raises(ValueError, match="packed weights do not match"):
-        mamba_lm_step_cpp(torch.tensor([1, 2]), state, w._replace(packed=w_other.packed))
+        mamba_lm_step_cpu(torch.tensor([1, 2]), state, w._replace(packed=w_other.packed))
     with torch.no_grad(), pytest.raises(ValueError, match="panels must be empty or hold 4 per layer"):
-        mamba_lm_step_cpp(torch.tensor([1, 2]), state, w._replace(packed=w_other.packed[:3]))
+        mamba_lm_step_cpu(torch.tensor([1, 2]), state, w._replace(packed=w_other.packed[:3]))
 
 
 def test_stepper_equals_the_op_and_defers_to_it_under_autograd(monkeypatch):
     model = make_model(torch.float32, n_layers=3)
-    w = model._mamba_lm_step_weights()
+    w = lm_weights(model)
     state = random_state(model, 7, torch.float32)
     token = torch.arange(7) % model.vocab_size
-    made, cpp_stepper = [], lm_step_op.cpp_stepper
-    monkeypatch.setattr(lm_step_op, "cpp_stepper", lambda w: made.append(w) or cpp_stepper(w))
+    made, cpu_stepper = [], lm_step_op.cpu_stepper
+    monkeypatch.setattr(lm_step_op, "cpu_stepper", lambda w: made.append(w) or cpu_stepper(w))
     step = lm_step_op.mamba_lm_stepper(w)
     assert len(made) == 1  # made with autograd on, for calls without it: the C++ backend serves them
     with torch.no_grad():
@@ -228,7 +243,7 @@ def test_stepper_equals_the_op_and_defers_to_it_under_autograd(monkeypatch):
 
 def test_dispatch_choice():
     cpu = torch.device("cpu")
-    assert lm_step_op.dispatch.choose("auto", Request(cpu, torch.float32)).name == "cpp"
+    assert lm_step_op.dispatch.choose("auto", Request(cpu, torch.float32)).name == "cpu"
     # no backward in C++; half precision and large states stay with the reference
     assert lm_step_op.dispatch.choose("auto", Request(cpu, torch.float32, grad=True)).name == "reference"
     assert lm_step_op.dispatch.choose("auto", Request(cpu, torch.bfloat16)).name == "reference"
@@ -240,8 +255,8 @@ def test_other_stacks_and_unfused_layers_step_block_by_block():
     with_mlp = LanguageModel(20, 8, 2, layer_args={"d_state": 4}, d_intermediate=16).eval()
     s4d = LanguageModel(20, 8, 2, layer="s4d").eval()
     for model in (with_mlp, s4d):
-        assert model._mamba_lm_step_weights() is None
-        assert model._decoder() == model._decode_blocks
+        assert lm_weights(model) is None
+        assert model._decoder() == model._decode
     unfused = LanguageModel(20, 8, 2, layer_args={"d_state": 4, "mamba_inner_backend": "unfused"}).eval()
     calls = []
     original = lm_step_op.dispatch.choose
@@ -255,7 +270,7 @@ def test_other_stacks_and_unfused_layers_step_block_by_block():
 
 def test_bad_input_gives_a_clear_error():
     model = make_model(torch.float32)
-    w = model._mamba_lm_step_weights()
+    w = lm_weights(model)
     state = random_state(model, 2, torch.float32)
     token = torch.tensor([1, 2])
     with pytest.raises(ValueError, match="token must be a non-empty"):
@@ -266,11 +281,11 @@ def test_bad_input_gives_a_clear_error():
         mamba_lm_step(token, state[:1], w)
     with torch.no_grad():  # the C++ backend has no backward
         with pytest.raises(ValueError, match="token ids must lie in"):
-            mamba_lm_step(torch.tensor([1, model.vocab_size]), state, w, backend="cpp")
+            mamba_lm_step(torch.tensor([1, model.vocab_size]), state, w, backend="cpu")
         with pytest.raises(ValueError, match=r"state must be \(conv_state"):
-            mamba_lm_step(torch.tensor([1]), state, w, backend="cpp")  # a batch of 1, states of 2
+            mamba_lm_step(torch.tensor([1]), state, w, backend="cpu")  # a batch of 1, states of 2
         with pytest.raises(ValueError, match="state must be"):
-            mamba_lm_step(token, [(c, h.double()) for c, h in state], w, backend="cpp")
+            mamba_lm_step(token, [(c, h.double()) for c, h in state], w, backend="cpu")
     model.decode_backend = "fast"
     with pytest.raises(ValueError, match="LanguageModel: unknown decode_backend 'fast'"):
         model.generate(torch.tensor([[1, 2]]), max_new_tokens=2)

@@ -16,7 +16,8 @@ import torch
 from einops import repeat
 
 from ssmzoo.ops.dispatch import Request
-from ssmzoo.ops.hsa import chunked, dispatch, hsa, hsa_reference, routing, select_chunks
+from ssmzoo.ops.hsa import HSAInputs, chunked, dispatch, hsa, routing, select_chunks
+from ssmzoo.ops.hsa import hsa_reference as reference_of_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_BACKENDS = [n for n, b in dispatch.backends.items() if n != "reference" and "cpu" in b.devices]
@@ -74,6 +75,14 @@ def loop_hsa(q, k, v, landmarks, chunk_size, top_k, combine, scale=None, offset=
                     o = o + weight[i] * torch.softmax(keys @ q[b, t, h] * scale, 0) @ values
                 rows.append(o)
     return torch.stack(rows).view(batch, length, hq, d)
+
+
+def keyword_form(backend_fn):
+    """A backend function (which takes HSAInputs) called like the public op, with keyword arguments."""
+    return lambda q, k, v, landmarks, **kw: backend_fn(HSAInputs(q, k, v, landmarks, **kw))
+
+
+hsa_reference = keyword_form(reference_of_bundle)
 
 
 def outputs_and_grads(fn, args, seed=123, **kwargs):
@@ -276,9 +285,9 @@ def test_decoding_steps_equal_the_full_forward(backend, combine):
 
 
 # -- dispatch and arguments -------------------------------------------------------------------------
-def test_auto_prefers_the_cpp_kernel_on_cpu_and_takes_the_reference_only_when_small():
+def test_auto_prefers_the_cpu_kernel_and_takes_the_reference_only_when_small():
     cpu = torch.device("cpu")
-    expected = "cpp" if dispatch.usable("cpp", cpu) else "chunked"
+    expected = "cpu" if dispatch.usable("cpu", cpu) else "chunked"
     assert dispatch.choose("auto", Request(cpu, torch.float32, grad=True, size=10)).name == expected
     assert dispatch.choose("auto", Request(cpu, torch.bfloat16, size=1 << 30)).name == expected
     dispatch.reset()
@@ -338,8 +347,8 @@ import sys
 sys.path[:0] = [{root!r}, {tests!r}]
 import torch
 from ssmzoo.ops.hsa.triton import hsa_triton
-from test_hsa import CASES, _split, make_inputs, outputs_and_grads, assert_same
-from ssmzoo.ops.hsa import hsa_reference
+from test_hsa import CASES, _split, make_inputs, outputs_and_grads, assert_same, hsa_reference, keyword_form
+hsa_triton = keyword_form(hsa_triton)
 for case in CASES + [dict(length=30, chunk_size=4, top_k=2, hq=4, hk=2, d=20)]:
     shape, kw = _split(case)
     args = make_inputs(**shape)

@@ -12,7 +12,7 @@ from einops import rearrange
 
 from ssmzoo.layers import HSA
 from ssmzoo.layers.hsa import HSAState, read_gathered, state_length
-from ssmzoo.ops.hsa import hsa_reference
+from ssmzoo.ops.hsa import hsa
 
 D = 16
 
@@ -38,8 +38,8 @@ def test_layer_is_the_reference_op_on_a_memory_built_chunk_by_chunk(kw):
     if layer.read.q_norm is not None:
         q = layer.read.q_norm(q)
     sq = rearrange(layer.proj_selection(x), "b t (h e) -> b t h e", e=layer.retrieval_dim)
-    o = hsa_reference(q, torch.cat(keys, 1), torch.cat(values, 1), torch.cat(landmarks, 1), chunk_size=S,
-                      top_k=layer.top_k, combine=layer.combine, selection_q=sq)
+    o = hsa(q, torch.cat(keys, 1), torch.cat(values, 1), torch.cat(landmarks, 1), chunk_size=S,
+            top_k=layer.top_k, combine=layer.combine, selection_q=sq, backend="reference")
     expected = layer.out_proj(rearrange(o, "b t h e -> b t (h e)"))
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
     assert expected[:, :S].abs().max() == 0  # nothing is past before the first chunk ends
@@ -79,8 +79,8 @@ def test_the_offloaded_read_equals_the_read_of_the_whole_cache(heads, kv_heads, 
         q = rearrange(layer.read.q_proj(x_t[:, None]), "b t (h e) -> b t h e", e=layer.head_dim)
         sq = rearrange(layer.proj_selection(x_t[:, None]), "b t (h e) -> b t h e", e=layer.retrieval_dim)
         gathered = read_gathered(q, sq, memory, S, layer.top_k, layer.combine, position, "reference")
-        whole = hsa_reference(q, memory.keys, memory.values, memory.landmarks, chunk_size=S, top_k=layer.top_k,
-                              combine=layer.combine, offset=position, selection_q=sq)
+        whole = hsa(q, memory.keys, memory.values, memory.landmarks, chunk_size=S, top_k=layer.top_k,
+                    combine=layer.combine, offset=position, selection_q=sq, backend="reference")
         torch.testing.assert_close(gathered, whole, rtol=1e-10, atol=1e-10)
         direct = layer.read.step(x_t, memory, sq[:, 0], position, gather=False)
         torch.testing.assert_close(layer.read.step(x_t, memory, sq[:, 0], position, gather=True), direct,

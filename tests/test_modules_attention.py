@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ssmzoo.modules import Attention, KVCache, rotary
+from ssmzoo.modules.attention import append_to_cache
 
 F64 = torch.float64
 
@@ -36,6 +37,16 @@ def rotate_reference(t: torch.Tensor, positions: list[int], base: float) -> torc
     return torch.view_as_real(z * torch.polar(torch.ones_like(angle), angle)).reshape(t.shape)
 
 
+def rotate_halves_reference(t: torch.Tensor, positions: list[int], base: float) -> torch.Tensor:
+    """The halves pairing (channel i with i + d/2): the interleaved rotation of the channels reordered so that
+    those pairs sit side by side, reordered back."""
+    d = t.shape[-1]
+    order = torch.stack([torch.arange(d // 2), torch.arange(d // 2) + d // 2], 1).flatten()  # 0, d/2, 1, d/2+1, ...
+    out = torch.empty_like(t)
+    out[..., order] = rotate_reference(t[..., order], positions, base)
+    return out
+
+
 def reference(attn: Attention, x, positions=None, context=None, context_positions=None, mask=None):
     """Literal attention: for each batch b, head h and query j, softmax over the keys it may see."""
     batch, n, _ = x.shape
@@ -50,7 +61,11 @@ def reference(attn: Attention, x, positions=None, context=None, context_position
         return q, k, v  # (..., tokens, heads, hd)
 
     def rot(t, pos):
-        return rotate_reference(t, pos, attn.rotary_base) if attn.rotary else t
+        if not attn.rotary:
+            return t
+        r = attn.rotary_dim  # partial rotary: only the first r channels turn
+        turn = rotate_reference if attn.rotary_interleaved else rotate_halves_reference
+        return torch.cat([turn(t[..., :r], pos, attn.rotary_base), t[..., r:]], -1)
 
     q, k, v = project(x)
     m = 0
@@ -78,7 +93,8 @@ def reference(attn: Attention, x, positions=None, context=None, context_position
                         and (mask is None or bool(mask[j, i]))]
                 keys.append(kh[seen]), values.append(v[b, seen, g])
                 keys, values = torch.cat(keys), torch.cat(values)
-                weights = torch.softmax(keys @ qh[j] / math.sqrt(hd), 0)
+                scale = attn.scale if attn.scale is not None else 1 / math.sqrt(hd)
+                weights = torch.softmax(keys @ qh[j] * scale, 0)
                 out[b, j, h] = weights @ values
     assert m == 0 or len(key_positions) == m + n
     return attn.out(out.flatten(-2))
@@ -92,6 +108,12 @@ CASES = {
     "gqa-persistent": dict(heads=4, kv_heads=2, persistent_tokens=3),
     "mqa-bias-no-rotary": dict(heads=4, kv_heads=1, bias=True, rotary=False),
     "head-dim": dict(head_dim=6, window=4, persistent_tokens=1),
+    # the options converted checkpoints use: rotary by halves (transformers' rotate_half), on part of each head
+    # (Bamba), another softmax scale and output width (Zamba2's shared attention over [x ‖ embedding])
+    "halves": dict(rotary_interleaved=False, heads=1),
+    "partial-halves-gqa": dict(heads=4, kv_heads=2, head_dim=8, rotary_dim=4, rotary_interleaved=False, bias=True),
+    "partial-interleaved": dict(head_dim=6, rotary_dim=2, window=3),
+    "scale-output": dict(scale=0.9, d_output=5, rotary_interleaved=False, rotary_base=500.0),
 }
 
 
@@ -101,7 +123,7 @@ def test_equals_literal_reference_forward_and_backward(case):
     x = rand(2, 7, 8).requires_grad_()
     y, want = attn(x), reference(attn, x)
     torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-10)
-    probe = rand(2, 7, 8, seed=1)
+    probe = rand(*y.shape, seed=1)
     leaves = [x, *attn.parameters()]
     got = torch.autograd.grad((y * probe).sum(), leaves)
     exp = torch.autograd.grad((want * probe).sum(), leaves)
@@ -123,6 +145,78 @@ def test_context_tokens_positions_and_extra_mask():
     (gx,) = torch.autograd.grad(y.sum(), x)
     (gw,) = torch.autograd.grad(want.sum(), x)
     torch.testing.assert_close(gx, gw)
+
+
+@pytest.mark.parametrize("case", ["causal", "gqa-halves", "no-rotary-scale"])
+@pytest.mark.parametrize("pieces", [[11], [1] * 11, [4, 1, 6], [5, 6]])
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no-grad"])  # no grad: the cache grows in place
+def test_extend_over_a_cache_equals_forward(case, pieces, grad):
+    """Tokens attended in pieces over the cache of all before them (prefill in pieces, then decoding) equal the
+    whole sequence at once, outputs and cached keys (rotated) and values; a projection delta enters every piece
+    as it would the whole sequence."""
+    args = {"causal": dict(), "gqa-halves": dict(heads=4, kv_heads=2, rotary_dim=2, rotary_interleaved=False),
+            "no-rotary-scale": dict(rotary=False, scale=0.3, d_output=3)}[case]
+    attn = make(**args)
+    x, delta = rand(2, 11, 8), 0.5 * rand(2, 11, attn.qkv.out_features, seed=3)
+    want, want_keys, want_values = attn.extend(x, *(torch.zeros(2, attn.kv_heads, 0, attn.head_dim, dtype=F64),) * 2,
+                                               delta=delta)
+    torch.testing.assert_close(attn.extend(x, *(torch.zeros(2, attn.kv_heads, 0, attn.head_dim, dtype=F64),) * 2)[0],
+                               attn(x), rtol=1e-10, atol=1e-10)
+    keys = values = torch.zeros(2, attn.kv_heads, 0, attn.head_dim, dtype=F64)
+    outs, start = [], 0
+    with torch.set_grad_enabled(grad):
+        for n in pieces:
+            y, keys, values = attn.extend(x[:, start:start + n], keys, values, delta=delta[:, start:start + n])
+            outs.append(y)
+            start += n
+    torch.testing.assert_close(torch.cat(outs, 1), want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(keys, want_keys, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(values, want_values, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(want, attn(x))  # the delta counts
+
+
+def test_append_to_cache_keeps_every_state_a_value():
+    """Without autograd the cache grows in place in a buffer, yet a state handed out earlier never changes: a second
+    continuation of an older state copies instead of overwriting; with autograd it concatenates."""
+    start = torch.zeros(1, 2, 0, 3)
+    with torch.no_grad():
+        a = append_to_cache(start, torch.full((1, 2, 4, 3), 1.0))
+        b = append_to_cache(a, torch.full((1, 2, 1, 3), 2.0))
+        assert b._base is a._base and b.shape[2] == 5  # grown in place
+        c = append_to_cache(a, torch.full((1, 2, 2, 3), 3.0))  # another continuation of a
+        assert c._base is not a._base
+        d = append_to_cache(b, torch.full((1, 2, 1, 3), 4.0))
+    assert a[0, 0, :, 0].tolist() == [1, 1, 1, 1]
+    assert b[0, 0, :, 0].tolist() == [1, 1, 1, 1, 2]
+    assert c[0, 0, :, 0].tolist() == [1, 1, 1, 1, 3, 3]
+    assert d[0, 0, :, 0].tolist() == [1, 1, 1, 1, 2, 4]
+    x = torch.ones(1, 2, 1, 3, requires_grad=True)
+    e = append_to_cache(a, x)
+    assert e._base is None and e.requires_grad  # concatenated: autograd keeps what it saved
+
+
+def test_extend_refuses_what_it_cannot_cache():
+    for args in (dict(window=3), dict(persistent_tokens=1), dict(causal=False)):
+        attn = make(**args)
+        with pytest.raises(ValueError, match="extend"):
+            attn.extend(rand(1, 2, 8), torch.zeros(1, 2, 0, 4, dtype=F64), torch.zeros(1, 2, 0, 4, dtype=F64))
+
+
+def test_rotary_halves_and_partial():
+    """The halves pairing against its literal reference, relative positions only, and a partial rotary leaves
+    the channels past rotary_dim alone."""
+    q, k = rand(5, 8), rand(5, 8, seed=1)
+    p, s = torch.tensor([0, 3, 7, 20, 100]), torch.tensor([2, 3, 1, 50, 0])
+    torch.testing.assert_close(rotary(q, p, 500.0, interleaved=False), rotate_halves_reference(q, p.tolist(), 500.0))
+    assert not torch.allclose(rotary(q, p, interleaved=False), rotary(q, p))
+    scores = (rotary(q, p, interleaved=False) * rotary(k, s, interleaved=False)).sum(-1)
+    shifted = (rotary(q, p + 9, interleaved=False) * rotary(k, s + 9, interleaved=False)).sum(-1)
+    torch.testing.assert_close(scores, shifted, rtol=1e-10, atol=1e-10)
+    attn = make(head_dim=8, heads=1, rotary_dim=4, rotary_interleaved=False)
+    t = rand(1, 1, 5, 8)
+    turned = attn._rotate(t, p)
+    torch.testing.assert_close(turned[..., 4:], t[..., 4:], rtol=0, atol=0)
+    torch.testing.assert_close(turned[0, 0, :, :4], rotate_halves_reference(t[0, 0, :, :4], p.tolist(), 10000.0))
 
 
 def test_grouped_kv_heads_equal_repeated_kv_heads():
@@ -174,7 +268,9 @@ def test_rotary_sees_relative_positions_only():
 def test_bad_arguments_and_inputs():
     for args, match in [(dict(heads=3), "heads=3"), (dict(kv_heads=3, heads=2), "kv_heads"),
                         (dict(head_dim=3), "even head_dim"), (dict(window=0), "window"),
-                        (dict(persistent_tokens=-1), "persistent_tokens"), (dict(causal="yes"), "causal")]:
+                        (dict(persistent_tokens=-1), "persistent_tokens"), (dict(causal="yes"), "causal"),
+                        (dict(rotary_dim=6), "rotary_dim"), (dict(rotary_dim=3), "even"), (dict(scale=0.0), "scale"),
+                        (dict(d_output=0), "d_output"), (dict(rotary_interleaved=1), "rotary_interleaved")]:
         with pytest.raises(ValueError, match=match):
             Attention(**{"d_model": 8, "heads": 2, **args})
     attn = make()

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from ssmzoo.layers import available
-from ssmzoo.layers.hsa import HSAState
-from ssmzoo.models import RAMba
-from ssmzoo.models.ramba import DEFAULT_MIXER, HSABlock, MixerBlock
+from ssmzoo.layers.hsa import HSARead, HSAState, SharedChunkMemory
+from ssmzoo.models import LanguageModel, RAMba
+from ssmzoo.models.lm import Block
+from ssmzoo.models.ramba import DEFAULT_MIXER
 
 VOCAB = 11
 DESIGNS = {
@@ -33,11 +34,18 @@ def _tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
+def _kind(element) -> str:
+    if isinstance(element, SharedChunkMemory):
+        return "memory"
+    assert isinstance(element, Block)
+    return "hsa" if isinstance(element.mixer, HSARead) else element.mixer.registry_name
+
+
 def test_layout():
+    """RAMba is a LanguageModel whose pattern is lower blocks, one chunk memory, then HSA reads and local blocks."""
     model = _model(n_lower_layers=2, n_hsa_layers=2, local_per_hsa=3)
-    assert len(model.lower) == 2 and all(isinstance(b, MixerBlock) for b in model.lower)
-    kinds = ["hsa" if isinstance(b, HSABlock) else b.mixer.registry_name for b in model.upper]
-    assert kinds == ["hsa", "mamba", "mamba", "mamba"] * 2
+    assert isinstance(model, LanguageModel)
+    assert [_kind(e) for e in model.layers] == ["mamba", "mamba", "memory"] + ["hsa", "mamba", "mamba", "mamba"] * 2
     assert DEFAULT_MIXER == ("mamba2" if "mamba2" in available() else "mamba")
 
 
@@ -64,10 +72,11 @@ def test_streaming_equals_one_forward(design):
         logits, state = model.step(x[:, t], state)
         outs.append(logits)
     torch.testing.assert_close(torch.stack(outs, 1), y, rtol=1e-9, atol=1e-9)
-    for a, b, c in zip(state.memory, s2.memory, final.memory):
+    memory = 1  # the pattern's element index of the chunk memory (after one lower layer)
+    for a, b, c in zip(state[memory], s2[memory], final[memory]):
         torch.testing.assert_close(a, c, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(b, c, rtol=1e-9, atol=1e-9)
-    assert final.memory.landmarks.shape[1] == 22 // 4
+    assert final[memory].landmarks.shape[1] == 22 // 4
 
 
 @pytest.mark.parametrize("design", DESIGNS)
@@ -86,13 +95,25 @@ def test_the_memory_is_of_the_lower_output_and_shared():
     model = _model()
     x = _tokens(1, 17)
     _, state = model(x, return_state=True)
+    assert [_kind(e) for e in model.layers] == ["mamba", "memory", "hsa", "mamba", "hsa", "mamba"]
     with torch.no_grad():
-        for p in model.upper[1].parameters():
+        for p in model.layers[3].parameters():  # a local layer above the memory
             p.add_(0.1)
-    _, state2 = model(x, return_state=True)
-    for a, b in zip(state.memory, state2.memory):
+    logits2, state2 = model(x, return_state=True)
+    for a, b in zip(state[1], state2[1]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert isinstance(state.memory, HSAState) and len(state.local) == 2 and len(state.lower) == 1
+    assert isinstance(state[1], HSAState) and state[2] is None and state[4] is None
+    # Both HSA reads see the memory: scaling its values changes what each read block adds to its own input.
+    seen = {}
+    for i in (2, 4):
+        model.layers[i].register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, out[0] - a[0]))
+    model(x)
+    before = dict(seen)
+    with torch.no_grad():
+        model.layers[1].memory.proj_v.weight.mul_(2.0)
+    model(x)
+    for i in (2, 4):
+        assert (seen[i] - before[i]).abs().max() > 1e-6
 
 
 @pytest.mark.parametrize("design", DESIGNS)
@@ -115,8 +136,9 @@ def test_bad_arguments_and_inputs():
     model = _model()
     with pytest.raises(ValueError, match="vocab_size"):
         model(torch.full((1, 3), VOCAB))
-    with pytest.raises(ValueError, match="RAMbaState"):
+    with pytest.raises(ValueError, match="one entry per stack element"):
         model.step(_tokens(1, 1)[:, 0], [])
     state = model.init_state(2)
-    with pytest.raises(ValueError, match="state.memory.keys"):
-        model.step(_tokens(2, 1)[:, 0], state._replace(memory=state.memory._replace(keys=state.memory.keys[:1])))
+    state[1] = state[1]._replace(keys=state[1].keys[:1])
+    with pytest.raises(ValueError, match="state.keys"):
+        model.step(_tokens(2, 1)[:, 0], state)

@@ -8,16 +8,32 @@ import pytest
 import torch
 
 from ssmzoo import S4D
-from ssmzoo.ops.vandermonde import (
-    vandermonde,
-    vandermonde_blocks,
-    vandermonde_chunked,
-    vandermonde_reference,
-    vandermonde_transpose,
-    vandermonde_transpose_blocks,
-    vandermonde_transpose_chunked,
-    vandermonde_transpose_reference,
-)
+from ssmzoo.ops import vandermonde as vandermonde_op
+from ssmzoo.ops.vandermonde import TransposeInputs, VandermondeInputs, vandermonde, vandermonde_transpose
+
+
+def vandermonde_reference(v, w, length):
+    return vandermonde_op.vandermonde_reference(VandermondeInputs(v, w, length))
+
+
+def vandermonde_chunked(v, w, length, chunk=1024):
+    return vandermonde_op.vandermonde_chunked(VandermondeInputs(v, w, length), chunk)
+
+
+def vandermonde_blocks(v, w, length, block=None):
+    return vandermonde_op.vandermonde_blocks(VandermondeInputs(v, w, length), block)
+
+
+def vandermonde_transpose_reference(u, w):
+    return vandermonde_op.vandermonde_transpose_reference(TransposeInputs(u, w))
+
+
+def vandermonde_transpose_chunked(u, w, chunk=1024):
+    return vandermonde_op.vandermonde_transpose_chunked(TransposeInputs(u, w), chunk)
+
+
+def vandermonde_transpose_blocks(u, w, block=None):
+    return vandermonde_op.vandermonde_transpose_blocks(TransposeInputs(u, w), block)
 
 
 def brute_force_kernel(layer: S4D, length: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ssmzoo.ops.dispatch import Request
 from ssmzoo.ops.selective_scan import cpu as cpu_backend
+from ssmzoo.ops.segments import Segments
 from ssmzoo.ops.selective_scan import ScanInputs, dispatch, selective_scan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -217,13 +218,95 @@ def test_gpu_backend_matches_reference(backend, case):
         compare(backend, case, torch.float64, rtol=1e-9, atol=1e-9, device="cuda")
 
 
-def test_auto_prefers_the_cpp_kernel_on_cpu_when_it_builds():
+def test_auto_prefers_the_cpu_kernel_when_it_builds():
     cpu = torch.device("cpu")
-    expected = "cpp" if dispatch.usable("cpp", cpu) else "chunked"
+    expected = "cpu" if dispatch.usable("cpu", cpu) else "chunked"
     plain = Request(cpu, torch.float32, final_state=True, grad=True, facts=(("d_state", 16),))
     assert dispatch.choose("auto", plain).name == expected
     # the kernel keeps the state on the stack: a larger one goes to the chunked scan
     huge = Request(cpu, torch.float32, facts=(("d_state", cpu_backend.MAX_STATE + 1),))
     assert dispatch.choose("auto", huge).name == "chunked"
     with pytest.raises(ValueError, match="d_state <= 256"):
-        dispatch.choose("cpp", huge)
+        dispatch.choose("cpu", huge)
+
+
+# -- packed documents: the state restarts at every document start ---------------------------------
+PACKED = [  # (document lengths per row, B/C layout): a document of length 1, one spanning a whole row, documents
+    # starting on and next to the chunked backend's chunk (16) and the kernel's checkpoint chunk (64) boundaries
+    ([[1, 6], [7]], "time"),
+    ([[16, 1, 20], [3, 34]], "group"),
+    ([[64, 1, 85], [150]], "const"),
+    ([[2, 62, 1, 1, 84], [63, 87]], "time"),
+]
+
+
+def packed_inputs(lengths, bc, with_state=True, dtype=torch.float64):
+    segments = Segments.from_lengths(lengths, sum(lengths[0]))
+    args = make_inputs(batch=len(lengths), d_inner=4, d_state=3, length=segments.length, bc=bc, groups=2, dtype=dtype)
+    states = torch.randn(segments.num_docs, 4, 3, generator=torch.Generator().manual_seed(9), dtype=dtype)
+    args["initial_state"] = states if with_state else None
+    return args, segments
+
+
+def packed_run(args, segments, backend):
+    """Output, per-document final states and the gradients of a random projection of both."""
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in args.items() if v is not None}
+    y, h = selective_scan(**leaves, delta_softplus=True, output_final_state=True, segments=segments, backend=backend)
+    g = torch.Generator().manual_seed(5)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum() + (h * torch.randn(h.shape, generator=g,
+                                                                                             dtype=h.dtype)).sum()
+    return y, h, dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+
+
+@pytest.mark.parametrize("lengths,bc", PACKED[:2])
+def test_packed_reference_runs_each_document_alone(lengths, bc):
+    args, segments = packed_inputs(lengths, bc)
+    y, h = reference(**args, delta_softplus=True, output_final_state=True, segments=segments)
+    for k, (row, t0, t1) in enumerate(segments.spans):
+        alone = {name: (v[row : row + 1, ..., t0:t1] if name in ("u", "delta", "z") or (name in ("B", "C") and v.dim() > 2)
+                        else v) for name, v in args.items()}
+        alone["initial_state"] = args["initial_state"][k : k + 1]
+        y_doc, h_doc = reference(**alone, delta_softplus=True, output_final_state=True)
+        torch.testing.assert_close(y[row : row + 1, :, t0:t1], y_doc, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(h[k : k + 1], h_doc, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if dispatch.backends[b].capabilities.segments])
+@pytest.mark.parametrize("lengths,bc", PACKED)
+@pytest.mark.parametrize("with_state", [True, False])
+def test_packed_backend_matches_reference_float64(backend, lengths, bc, with_state):
+    args, segments = packed_inputs(lengths, bc, with_state)
+    want, got = packed_run(args, segments, "reference"), packed_run(args, segments, backend)
+    for a, b in zip(got[:2], want[:2]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    for name in want[2]:
+        torch.testing.assert_close(got[2][name], want[2][name], rtol=1e-9, atol=1e-9,
+                                   msg=lambda m, name=name: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("backend", [b for b in CPU_BACKENDS if dispatch.backends[b].capabilities.segments])
+def test_packed_backend_matches_reference_float32(backend):
+    args, segments = packed_inputs([[16, 1, 20], [3, 34]], "group", dtype=torch.float32)
+    want, got = packed_run(args, segments, "reference"), packed_run(args, segments, backend)
+    for a, b in zip(got[:2], want[:2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    for name in want[2]:
+        torch.testing.assert_close(got[2][name], want[2][name], rtol=1e-4, atol=1e-4)
+
+
+def test_packed_calls_never_reach_a_backend_without_segments():
+    cpu = torch.device("cpu")
+    packed = Request(cpu, torch.float32, segments=True, facts=(("d_state", 4),))
+    assert dispatch.choose("auto", packed).capabilities.segments
+    for name in ("mamba_ssm", "cuda", "triton"):
+        with pytest.raises(ValueError, match="packed documents"):
+            dispatch.choose(name, Request(torch.device("cuda"), torch.float32, segments=True))
+    # One document per row is no packing: any backend serves it, with states per row.
+    args = make_inputs(length=7)
+    one_each = Segments.from_lengths([[7], [7]], 7)
+    torch.testing.assert_close(selective_scan(**args, segments=one_each, output_final_state=True, backend="reference"),
+                               selective_scan(**args, output_final_state=True, backend="reference"))
+    with pytest.raises(ValueError, match=r"initial_state must be \(num_docs=3"):
+        selective_scan(**args, segments=Segments.from_lengths([[3, 4], [7]], 7))
+    with pytest.raises(ValueError, match="segments describe"):
+        selective_scan(**{**args, "initial_state": None}, segments=Segments.from_lengths([[3], [3]], 3))

@@ -55,3 +55,13 @@ def test_matmul_share_quick_reports_both_sides():
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert "ours:" in proc.stdout and "GFLOP of matmuls alone" in proc.stdout and "floor (all.py)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_mamba3_speed_quick_writes_its_table():
+    proc = subprocess.run([sys.executable, str(ALL.parent / "mamba3.py"), "--quick", "--reps", "1"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    for layer in ("mamba2", "mamba3", "mamba3_mimo4"):
+        assert f"| 128 | {layer} |" in proc.stdout
+    assert "error" not in proc.stdout

@@ -17,13 +17,24 @@ import torch
 import torch.nn.functional as F
 
 from ssmzoo.ops.dispatch import Request
-from ssmzoo.ops.ssd import dispatch, ssd, ssd_reference
+from ssmzoo.ops.segments import Segments
+from ssmzoo.ops.ssd import SSDInputs, dispatch, ssd
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 CPU_BACKENDS = [n for n, b in dispatch.backends.items() if n != "reference" and "cpu" in b.devices]
 GPU_BACKENDS = [n for n, b in dispatch.backends.items() if n != "reference" and "cuda" in b.devices]
 GRAD_ARGS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+reference = functools.partial(ssd, backend="reference")
+
+
+def keyword_form(backend_fn):
+    """A backend function (which takes SSDInputs) called like the public op."""
+
+    def call(output_final_state=False, **kwargs):
+        return backend_fn(SSDInputs(**kwargs), output_final_state=output_final_state)
+
+    return call
 
 
 def make_inputs(batch=2, length=7, heads=4, headdim=3, groups=2, d_state=5, dtype=torch.float64, seed=0,
@@ -79,7 +90,7 @@ def dense_ssd(x, dt, A, B, C, D, z, dt_bias, initial_state):
 
 def test_reference_matches_dense_matrix_form():
     args = make_inputs(batch=2, length=6)
-    y, final = ssd_reference(**args, dt_softplus=True, output_final_state=True)
+    y, final = reference(**args, dt_softplus=True, output_final_state=True)
     y_dense, final_dense = dense_ssd(**args)
     torch.testing.assert_close(y, y_dense, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(final, final_dense, rtol=1e-12, atol=1e-12)
@@ -95,7 +106,7 @@ def test_reference_matches_transformers_torch_path(length, chunk):
     torch_path = getattr(chunk_scan, "__wrapped__", chunk_scan)
     args = make_inputs(batch=2, length=length, dtype=torch.float32)
     del args["z"]
-    y, final = ssd_reference(**args, dt_softplus=True, dt_limit=(0.05, 1.5), output_final_state=True)
+    y, final = reference(**args, dt_softplus=True, dt_limit=(0.05, 1.5), output_final_state=True)
     y_hf, final_hf = torch_path(args["x"], args["dt"], args["A"], args["B"], args["C"], chunk, D=args["D"],
                                 dt_bias=args["dt_bias"], initial_states=args["initial_state"], dt_softplus=True,
                                 dt_limit=(0.05, 1.5), return_final_states=True)
@@ -107,18 +118,18 @@ def test_dt_is_biased_then_softplus_then_clamped():
     args = make_inputs(with_all=False)
     bias = torch.tensor([0.3, -0.2, 0.1, 2.0], dtype=torch.float64)
     limit = (0.4, 1.1)
-    got = ssd_reference(**args, dt_bias=bias, dt_softplus=True, dt_limit=limit)
+    got = reference(**args, dt_bias=bias, dt_softplus=True, dt_limit=limit)
     delta = F.softplus(args["dt"] + bias).clamp(*limit)
     assert 0 < (delta == limit[0]).float().mean() < 1 and bool((delta == limit[1]).any())  # both ends bind
-    torch.testing.assert_close(got, ssd_reference(**{**args, "dt": delta}))
+    torch.testing.assert_close(got, reference(**{**args, "dt": delta}))
     # mamba-ssm's default limit (0, inf) clamps a negative Δ to 0 also without softplus.
-    torch.testing.assert_close(ssd_reference(**args), ssd_reference(**{**args, "dt": args["dt"].clamp(min=0)}))
+    torch.testing.assert_close(reference(**args), reference(**{**args, "dt": args["dt"].clamp(min=0)}))
 
 
 def test_reference_skip_gate_and_per_channel_D():
     args = make_inputs(D_per_channel=True)
-    full = ssd_reference(**args)
-    plain = ssd_reference(**{**args, "D": None, "z": None})
+    full = reference(**args)
+    plain = reference(**{**args, "D": None, "z": None})
     torch.testing.assert_close(full, (plain + args["D"] * args["x"]) * F.silu(args["z"]))
 
 
@@ -150,40 +161,31 @@ def one_row(args, row, start, stop, seq):
 
 
 @pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
-def test_packed_sequences_equal_separate_calls(backend):
-    # cu_seqlens, with an empty sequence (its final state is its initial state).
-    bounds = [0, 3, 3, 8, 9, 14]
-    args = make_inputs(batch=1, length=14, num_seqs=5)
-    cu = torch.tensor(bounds, dtype=torch.int32)
-    y, finals = ssd(**args, cu_seqlens=cu, dt_softplus=True, chunk_size=4, output_final_state=True, backend=backend)
-    assert finals.shape == (5, 4, 3, 5)
+def test_packed_documents_equal_separate_calls(backend):
+    # One row of documents (a document of length 1 among them), given as cu_seqlens or seq_idx: the same segments.
+    bounds = [0, 3, 8, 9, 14]
+    args = make_inputs(batch=1, length=14, num_seqs=4)
+    segments = Segments.from_cu_seqlens(torch.tensor(bounds, dtype=torch.int32), 1, 14)
+    y, finals = ssd(**args, segments=segments, dt_softplus=True, chunk_size=4, output_final_state=True, backend=backend)
+    assert finals.shape == (4, 4, 3, 5)
     for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        if a == b:
-            torch.testing.assert_close(finals[k], args["initial_state"][k])
-            continue
-        y_k, h_k = ssd_reference(**one_row(args, 0, a, b, k), dt_softplus=True, output_final_state=True)
+        y_k, h_k = reference(**one_row(args, 0, a, b, k), dt_softplus=True, output_final_state=True)
         torch.testing.assert_close(y[:, a:b], y_k, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(finals[k], h_k[0], rtol=1e-10, atol=1e-10)
-    # The same packing by seq_idx (ids need not be contiguous), and by both: same result.
-    seq_idx = torch.tensor([[0, 0, 0, 2, 2, 2, 2, 2, 3, 7, 7, 7, 7, 7]])
-    no_empty = {**args, "initial_state": args["initial_state"][[0, 2, 3, 4]]}
-    y_s, f_s = ssd(**no_empty, seq_idx=seq_idx, dt_softplus=True, chunk_size=4, output_final_state=True,
-                   backend=backend)
+    by_ids = Segments.from_seq_idx(torch.tensor([[0, 0, 0, 2, 2, 2, 2, 2, 3, 7, 7, 7, 7, 7]]))  # ids need not be 0, 1, ..
+    y_s, f_s = ssd(**args, segments=by_ids, dt_softplus=True, chunk_size=4, output_final_state=True, backend=backend)
     torch.testing.assert_close(y_s, y, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(f_s, finals[[0, 2, 3, 4]], rtol=1e-10, atol=1e-10)
-    both = ssd(**args, cu_seqlens=cu, seq_idx=torch.tensor([[0, 0, 0, 2, 2, 2, 2, 2, 3, 4, 4, 4, 4, 4]]),
-               dt_softplus=True, chunk_size=4, backend=backend)
-    torch.testing.assert_close(both, y, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(f_s, finals, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend", ["reference"] + CPU_BACKENDS)
-def test_seq_idx_over_several_rows(backend):
-    # Sequences are numbered row by row; a row that is one run is one sequence.
-    seq_idx = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [5, 5, 5, 5, 5, 5, 5]])
+def test_documents_over_several_rows(backend):
+    # Documents are numbered row by row; a row that is one run is one document.
+    segments = Segments.from_seq_idx(torch.tensor([[0, 0, 1, 1, 1, 1, 1], [5, 5, 5, 5, 5, 5, 5]]))
     args = make_inputs(batch=2, length=7, num_seqs=3)
-    y, finals = ssd(**args, seq_idx=seq_idx, chunk_size=3, output_final_state=True, backend=backend)
+    y, finals = ssd(**args, segments=segments, chunk_size=3, output_final_state=True, backend=backend)
     for k, (row, a, b) in enumerate([(0, 0, 2), (0, 2, 7), (1, 0, 7)]):
-        y_k, h_k = ssd_reference(**one_row(args, row, a, b, k), output_final_state=True)
+        y_k, h_k = reference(**one_row(args, row, a, b, k), output_final_state=True)
         torch.testing.assert_close(y[row:row + 1, a:b], y_k, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(finals[k], h_k[0], rtol=1e-10, atol=1e-10)
 
@@ -213,16 +215,13 @@ def assert_close_scaled(got, want, tol, what):
 def compare(fn, case, dtype, tol, device="cpu", with_all=True, with_state=True):
     case = dict(case)
     kwargs = {k: case.pop(k) for k in ("chunk_size", "dt_softplus", "dt_limit") if k in case}
-    packing = {k: case.pop(k) for k in ("cu_seqlens", "seq_idx") if k in case}
-    if "cu_seqlens" in packing:
-        case["num_seqs"] = len(packing["cu_seqlens"]) - 1
-    elif "seq_idx" in packing:
-        s = torch.tensor(packing["seq_idx"])
-        case["num_seqs"] = s.shape[0] + int((s[:, 1:] != s[:, :-1]).sum())
+    lengths = case.pop("documents", None)  # each row's document lengths: packed
+    if lengths is not None:
+        kwargs["segments"] = Segments.from_lengths(lengths, case["length"], device=device)
+        case["num_seqs"] = kwargs["segments"].num_docs
     args = {k: v.to(device) for k, v in make_inputs(**case, dtype=dtype, with_all=with_all).items()}
-    args.update({k: torch.tensor(v, device=device) for k, v in packing.items()})
     kwargs.setdefault("dt_softplus", True)
-    want = run_and_grads(args, functools.partial(ssd_reference), with_state, **kwargs)
+    want = run_and_grads(args, reference, with_state, **kwargs)
     got = run_and_grads(args, fn, with_state, **kwargs)
     assert_close_scaled(got[0], want[0], tol, "y")
     if with_state:
@@ -241,9 +240,8 @@ CASES = {
     "L13-chunk16-g4": {"length": 13, "chunk_size": 16, "groups": 4},  # chunk longer than the sequence
     "L20-chunk6-Dp-limit": {"length": 20, "chunk_size": 6, "D_per_channel": True, "dt_limit": (0.2, 0.9)},
     "nosoftplus": {"length": 9, "chunk_size": 4, "dt_softplus": False},  # the (0, inf) clamp binds
-    "packed-cu": {"batch": 1, "length": 15, "chunk_size": 4, "cu_seqlens": [0, 5, 5, 6, 13, 15]},
-    "packed-seq_idx": {"batch": 2, "length": 10, "chunk_size": 3,
-                       "seq_idx": [[0, 0, 0, 0, 1, 1, 1, 1, 1, 1], [0, 1, 1, 2, 2, 2, 2, 2, 2, 2]]},
+    "packed-row": {"batch": 1, "length": 15, "chunk_size": 4, "documents": [[5, 1, 7, 2]]},
+    "packed-rows": {"batch": 2, "length": 10, "chunk_size": 3, "documents": [[4, 6], [1, 2, 7]]},
 }
 
 
@@ -254,7 +252,7 @@ def test_backend_matches_reference_float64(backend, case):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("case", ["L20-chunk6-Dp-limit", "packed-cu"])
+@pytest.mark.parametrize("case", ["L20-chunk6-Dp-limit", "packed-row"])
 def test_backend_matches_reference_float32(backend, case):
     compare(functools.partial(ssd, backend=backend), {**CASES[case], "d_state": 16, "headdim": 8}, torch.float32,
             tol=1e-4)
@@ -279,7 +277,7 @@ def test_backend_in_half_precision_computes_in_float32(backend):
     args = make_inputs(length=9, dtype=torch.bfloat16)
     y, h = ssd(**args, chunk_size=4, dt_softplus=True, output_final_state=True, backend=backend)
     assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
-    want_y, want_h = ssd_reference(**args, chunk_size=4, dt_softplus=True, output_final_state=True)
+    want_y, want_h = reference(**args, chunk_size=4, dt_softplus=True, output_final_state=True)
     assert_close_scaled(h, want_h, 1e-4, "final state")  # same bf16 inputs, both computed in float32
     assert_close_scaled(y.float(), want_y.float(), 1e-2, "y")  # up to one bf16 rounding of the output
 
@@ -303,20 +301,10 @@ def bad_calls():
     yield "dt_limit must be", {**a, "dt_limit": (1.0, 0.5)}
     yield "dt_softplus must be", {**a, "dt_softplus": "yes"}
     yield "initial_state must be", {**a, "initial_state": torch.zeros(2, 4, 3, 5, dtype=f64)}
-    yield "cu_seqlens must end at length", {**a, "cu_seqlens": torch.tensor([0, 3, 5])}
-    yield "cu_seqlens must start at 0", {**a, "cu_seqlens": torch.tensor([1, 3, 6])}
-    yield "cu_seqlens must be non-decreasing", {**a, "cu_seqlens": torch.tensor([0, 4, 2, 6])}
-    yield "cu_seqlens must be an integer", {**a, "cu_seqlens": torch.tensor([0.0, 6.0])}
-    yield "cu_seqlens must be 1-D", {**a, "cu_seqlens": torch.tensor([[0, 6]])}
-    yield "initial_state must be .num_seqs=2", {**a, "cu_seqlens": torch.tensor([0, 2, 6])}  # 1 state, 2 sequences
-    b2 = make_inputs(batch=2, length=6)
-    yield "cu_seqlens packs sequences into one row", {**b2, "cu_seqlens": torch.tensor([0, 6])}
-    yield "seq_idx must be .batch=1", {**a, "seq_idx": torch.zeros(2, 6, dtype=torch.long)}
-    yield "seq_idx must be non-decreasing", {**a, "seq_idx": torch.tensor([[0, 0, 1, 1, 0, 0]])}
-    yield "seq_idx must be an integer", {**a, "seq_idx": torch.zeros(1, 6)}
-    yield "seq_idx disagrees with cu_seqlens", {**{k: v for k, v in a.items() if k != "initial_state"},
-                                                "cu_seqlens": torch.tensor([0, 2, 6]),
-                                                "seq_idx": torch.tensor([[0, 0, 0, 1, 1, 1]])}
+    two_docs = Segments.from_lengths([[2, 4]], 6)
+    yield r"initial_state must be \(num_docs=2", {**a, "segments": two_docs}  # 1 state, 2 documents
+    yield "segments describe", {**a, "segments": Segments.from_lengths([[2, 3]], 5)}
+    yield "segments must be a ssmzoo.Segments", {**a, "segments": torch.zeros(1, 6, dtype=torch.long)}
     yield "unknown backend", {**a, "backend": "nope"}
 
 
@@ -338,13 +326,13 @@ def test_public_function_and_every_cpu_backend_pass_the_probe():
     import inspect
 
     params = inspect.signature(ssd).parameters
-    for name in ("chunk_size", "initial_state", "output_final_state", "seq_idx", "cu_seqlens", "backend"):
+    for name in ("chunk_size", "initial_state", "output_final_state", "segments", "backend"):
         assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
     dispatch.reset()
     for name, backend in dispatch.backends.items():
         if "cpu" in backend.devices and backend.available():
             assert dispatch.usable(name, CPU), f"ssd backend {name} fails its probe"
-    expected = "cpp" if dispatch.usable("cpp", CPU) else "chunked"  # the C++ kernel when it builds
+    expected = "cpu" if dispatch.usable("cpu", CPU) else "chunked"  # the C++ kernel when it builds
     assert dispatch.choose("auto", Request(CPU, torch.float32, grad=True, final_state=True)).name == expected
 
 
@@ -358,9 +346,10 @@ def mamba_ssm_stand_in(monkeypatch):
                                   seq_idx=None, cu_seqlens=None, dt_softplus=False, dt_limit=(0.0, math.inf),
                                   return_final_states=False, return_varlen_states=False):
         calls.append({"seq_idx": seq_idx, "initial_states": initial_states, "final": return_final_states})
-        return ssd_reference(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
-                             dt_softplus=dt_softplus, dt_limit=dt_limit, initial_state=initial_states,
-                             output_final_state=return_final_states, seq_idx=seq_idx)
+        return reference(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
+                         dt_softplus=dt_softplus, dt_limit=dt_limit, initial_state=initial_states,
+                         output_final_state=return_final_states,
+                         segments=None if seq_idx is None else Segments.from_seq_idx(seq_idx))
 
     module = types.ModuleType("mamba_ssm.ops.triton.ssd_combined")
     module.mamba_chunk_scan_combined = mamba_chunk_scan_combined
@@ -379,18 +368,18 @@ def mamba_ssm_stand_in(monkeypatch):
 def test_mamba_ssm_serves_packed_calls_only_without_states(mamba_ssm_stand_in):
     calls = mamba_ssm_stand_in
     args = make_inputs(batch=1, length=8, num_seqs=2, dtype=torch.float32)
-    cu = torch.tensor([0, 3, 8])
+    segments = Segments.from_cu_seqlens(torch.tensor([0, 3, 8]), 1, 8)
     plain = {k: v for k, v in args.items() if k != "initial_state"}
-    y = ssd(**plain, cu_seqlens=cu, chunk_size=4)
-    # cu_seqlens reached mamba-ssm as the equivalent seq_idx
+    y = ssd(**plain, segments=segments, chunk_size=4)
+    # the documents reached mamba-ssm as its seq_idx
     assert len(calls) == 1 and calls[0]["seq_idx"].tolist() == [[0, 0, 0, 1, 1, 1, 1, 1]]
-    torch.testing.assert_close(y, ssd(**plain, cu_seqlens=cu, chunk_size=4, backend="reference"))
+    torch.testing.assert_close(y, ssd(**plain, segments=segments, chunk_size=4, backend="reference"))
     calls.clear()
-    ssd(**args, cu_seqlens=cu, chunk_size=4)  # packed, with initial states: not mamba-ssm
-    ssd(**plain, cu_seqlens=cu, chunk_size=4, output_final_state=True)
+    ssd(**args, segments=segments, chunk_size=4)  # packed, with initial states: not mamba-ssm
+    ssd(**plain, segments=segments, chunk_size=4, output_final_state=True)
     assert calls == []
     with pytest.raises(ValueError, match="no initial state and returns no final state for packed"):
-        ssd(**args, cu_seqlens=cu, backend="mamba_ssm")
+        ssd(**args, segments=segments, backend="mamba_ssm")
     # unpacked: states are fine
     unpacked = make_inputs(batch=2, length=8, dtype=torch.float32)
     ssd(**unpacked, chunk_size=4, output_final_state=True)
@@ -403,11 +392,12 @@ import sys
 sys.path[:0] = [{root!r}, {tests!r}]
 import functools, torch
 from ssmzoo.ops.ssd.triton import ssd_triton
-from test_ssd import CASES, compare
-for name in ("L1", "L7-chunk3", "L20-chunk6-Dp-limit", "packed-seq_idx"):  # packed rows of unequal chunk counts
-    compare(ssd_triton, CASES[name], torch.float64, tol=1e-8)
-compare(ssd_triton, {{"length": 9, "chunk_size": 4, "groups": 4}}, torch.float64, tol=1e-8, with_all=False)  # g = h
-compare(ssd_triton, {{**CASES["packed-cu"], "d_state": 16, "headdim": 8}}, torch.float32, tol=1e-4)  # empty sequence
+from test_ssd import CASES, compare, keyword_form
+fn = keyword_form(ssd_triton)
+for name in ("L1", "L7-chunk3", "L20-chunk6-Dp-limit", "packed-rows"):  # packed rows of unequal chunk counts
+    compare(fn, CASES[name], torch.float64, tol=1e-8)
+compare(fn, {{"length": 9, "chunk_size": 4, "groups": 4}}, torch.float64, tol=1e-8, with_all=False)  # g = h
+compare(fn, {{**CASES["packed-row"], "d_state": 16, "headdim": 8}}, torch.float32, tol=1e-4)  # a document of length 1
 print("triton interpreter: all match")
 """
 
@@ -461,7 +451,7 @@ def test_gpu_backend_matches_reference(backend, case):
     if not dispatch.usable(backend, torch.device("cuda")):
         pytest.skip(f"backend {backend} is not available on this machine")
     fn = functools.partial(ssd, backend=backend)
-    packed = "cu_seqlens" in CASES[case] or "seq_idx" in CASES[case]
+    packed = "documents" in CASES[case]
     with_state = not (backend == "mamba_ssm" and packed)
     compare(fn, {**CASES[case], "d_state": 16, "headdim": 16}, torch.float32, tol=1e-4, device="cuda",
             with_all=with_state, with_state=with_state)

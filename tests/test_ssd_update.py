@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssmzoo.ops.ssd import ssd_reference, ssd_update
+from ssmzoo.ops.ssd import ssd, ssd_update
 
 
 def inputs(batch=2, length=9, heads=4, headdim=3, groups=2, d_state=5, dtype=torch.float64, seed=0, D_per_channel=False):
@@ -41,8 +41,8 @@ def test_steps_equal_the_reference(groups, D_per_channel, dt_softplus, dt_limit)
     a = inputs(groups=groups, D_per_channel=D_per_channel)
     for gate in (True, False):
         y, state = step_through(a, dt_softplus, dt_limit, gate)
-        expected, final = ssd_reference(**{**a, "z": a["z"] if gate else None}, dt_softplus=dt_softplus,
-                                        dt_limit=dt_limit, output_final_state=True)
+        expected, final = ssd(**{**a, "z": a["z"] if gate else None}, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                              output_final_state=True, backend="reference")
         torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(state, final, rtol=1e-12, atol=1e-12)
 
@@ -54,7 +54,7 @@ def test_dtypes_are_the_ops(dtype):
     a["initial_state"] = a["initial_state"].float()
     y, state = step_through(a, True, (0.0, float("inf")))
     assert y.dtype == dtype and state.dtype == torch.float32
-    expected, final = ssd_reference(**a, dt_softplus=True, output_final_state=True)
+    expected, final = ssd(**a, dt_softplus=True, output_final_state=True, backend="reference")
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(y.float(), expected.float(), rtol=tol, atol=tol)
     torch.testing.assert_close(state, final, rtol=tol, atol=tol)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ssmzoo import NeuralMemory
-from ssmzoo.ops.neural_memory import MemoryInputs, memory_forward, neural_memory, neural_memory_chunked, neural_memory_recurrent
+from ssmzoo.ops.neural_memory import MemoryInputs, memory_forward, neural_memory, neural_memory_chunked, neural_memory_reference
 
 F64 = torch.float64
 
@@ -50,7 +50,7 @@ def test_chunked_equals_per_token_rule(depth, chunk_size):
     """chunk_size=1 is the paper's per-token rule; larger chunks take every gradient at the chunk's
     starting weights, which the reference loop also does literally."""
     args = memory_inputs(depth=depth)
-    y_ref, w_ref, s_ref = run(neural_memory_recurrent, *args, chunk_size=chunk_size)
+    y_ref, w_ref, s_ref = run(neural_memory_reference, *args, chunk_size=chunk_size)
     y, w, s = run(neural_memory_chunked, *args, chunk_size=chunk_size)
     torch.testing.assert_close(y, y_ref, rtol=1e-8, atol=1e-8)
     for a, b in zip(w + s, w_ref + s_ref):
@@ -64,7 +64,7 @@ def test_chunked_backward_equals_per_token_rule(chunk_size):
     leaves = [t for t in args[:6]] + list(args[6]) + list(args[7])
     g = torch.Generator().manual_seed(5)
     outs = []
-    for fn in (neural_memory_recurrent, neural_memory_chunked):
+    for fn in (neural_memory_reference, neural_memory_chunked):
         y, w, s = run(fn, *args, chunk_size=chunk_size)
         probe = sum((t * torch.randn(t.shape, generator=g.manual_seed(i), dtype=F64)).sum()
                     for i, t in enumerate((y, *w, *s)))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -292,9 +294,12 @@ def test_data_paths_command_says_what_is_where(tmp_path, monkeypatch, capsys):
 
 
 def _built(config: Path, *extra: str) -> SsmzooCLI:
-    """The CLI with everything built from ``config`` and nothing run."""
-    return SsmzooCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                     run=False, args=["--config", str(config), "--trainer.logger=false", *extra])
+    """The CLI with everything built from ``config`` and nothing run (from a clean sys.argv, not pytest's, as a
+    command line would give it)."""
+    args = ["--config", str(config), "--trainer.logger=false", *extra]
+    with mock.patch.object(sys, "argv", ["ssmzoo", *args]):
+        return SsmzooCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                         run=False)
 
 
 @pytest.mark.parametrize(

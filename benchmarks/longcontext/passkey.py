@@ -112,7 +112,7 @@ def evaluate(models: list[str], runs: Path, lengths: list[int], samples: int, th
     for name in models:
         results = latest_results(runs, name)
         ckpt = results.get("checkpoint") or results["last_checkpoint"]
-        task = RecallTask.load_from_checkpoint(ckpt, map_location="cpu")
+        task = RecallTask.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
         data = _data_args(Path(results["run_dir"]))
         row = {"model": name, "label": MODELS[name][0], "train_len": data["seq_len"], "n_digits": data["n_digits"],
                "val_digit_acc": results.get("best_score"), "test_acc_train_len": results.get("test_exact"),

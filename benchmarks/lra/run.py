@@ -38,22 +38,25 @@ sys.path.insert(0, str(REPO))  # run this checkout's ssmzoo, not another install
 from ssmzoo.cli import run  # noqa: E402
 
 # Published test accuracy (%) on the full LRA tasks (PAPERS.md): S4 v2 (the updated S4 paper), S4D-LegS and
-# S4D-Inv (S4D paper). The Mamba paper reports no LRA results; nor do we know of a published Mamba LRA setting.
+# S4D-Inv (S4D paper), S5 ("Simplified State Space Layers for Sequence Modeling", arXiv 2208.04933, Table 1) and
+# the LRU ("Resurrecting Recurrent Neural Networks for Long Sequences", arXiv 2303.06349; its LRA image task
+# uses colour CIFAR-10). The Mamba paper reports no LRA results; nor do we know of a published Mamba LRA setting.
 PUBLISHED = {
-    "listops": {"S4 (v2)": 59.60, "S4D-LegS": 60.47, "S4D-Inv": 60.18},
-    "text": {"S4 (v2)": 86.82, "S4D-LegS": 86.18, "S4D-Inv": 87.34},
-    "retrieval": {"S4 (v2)": 90.90, "S4D-LegS": 89.46, "S4D-Inv": 91.09},
-    "image": {"S4 (v2)": 88.65, "S4D-LegS": 88.19, "S4D-Inv": 87.83},
-    "pathfinder": {"S4 (v2)": 94.20, "S4D-LegS": 93.06, "S4D-Inv": 93.78},
-    "pathx": {"S4 (v2)": 96.35, "S4D-LegS": 91.95, "S4D-Inv": 92.80},
+    "listops": {"S4 (v2)": 59.60, "S4D-LegS": 60.47, "S4D-Inv": 60.18, "S5": 62.15, "LRU": 60.2},
+    "text": {"S4 (v2)": 86.82, "S4D-LegS": 86.18, "S4D-Inv": 87.34, "S5": 89.31, "LRU": 89.4},
+    "retrieval": {"S4 (v2)": 90.90, "S4D-LegS": 89.46, "S4D-Inv": 91.09, "S5": 91.40, "LRU": 89.9},
+    "image": {"S4 (v2)": 88.65, "S4D-LegS": 88.19, "S4D-Inv": 87.83, "S5": 88.00, "LRU": 89.0},
+    "pathfinder": {"S4 (v2)": 94.20, "S4D-LegS": 93.06, "S4D-Inv": 93.78, "S5": 95.33, "LRU": 95.1},
+    "pathx": {"S4 (v2)": 96.35, "S4D-LegS": 91.95, "S4D-Inv": 92.80, "S5": 98.58, "LRU": 94.2},
 }
 # The published number of the same model, for the table's "published" column.
-PUBLISHED_FOR_LAYER = {"s4": "S4 (v2)", "s4d": "S4D-LegS"}
+PUBLISHED_FOR_LAYER = {"s4": "S4 (v2)", "s4d": "S4D-LegS", "s5": "S5", "lru": "LRU"}
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 MINI_TASKS = ("listops", "pathfinder", "fashion_mnist")
-MODELS = ("s4d", "s4", "mamba", "mamba2")  # the mini-LRA's columns
+MODELS = ("s4d", "s4", "s5", "lru", "mamba", "mamba2")  # the mini-LRA's columns on every task
 FULL_MODELS = MODELS + ("hsa",)  # --full: HSA (with sliding-window attention under it) too
+MINI_HSA_TASKS = ("listops",)  # the mini-LRA runs HSA + SWA on ListOps only
 MINI_COMMAND = "python benchmarks/lra/run.py --mini"
 
 
@@ -199,14 +202,19 @@ def write_table(results_dir: Path, table: Path) -> None:
     head = ("| task | model | test acc | majority baseline | published (full LRA; not comparable) | steps × batch "
             "| parameters | wall time | CPU time | mean 1-min load (2 cores) | data | config |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-    names = {"s4d": "S4D", "s4": "S4", "mamba": "Mamba", "mamba2": "Mamba-2"}
-    grid = ["| task | data | " + " | ".join(names[m] for m in MODELS) + " |", "|---|---|" + "---|" * len(MODELS)]
+    names = {"s4d": "S4D", "s4": "S4", "s5": "S5", "lru": "LRU", "mamba": "Mamba", "mamba2": "Mamba-2",
+             "hsa": "HSA+SWA"}
+    columns = MODELS + ("hsa",)
+    grid = ["| task | data | " + " | ".join(names[m] for m in columns) + " |", "|---|---|" + "---|" * len(columns)]
     for task, what in (("listops", "generated ListOps, 10 < tokens < 100, depth ≤ 4"),
                        ("pathfinder", "GENERATED Pathfinder-32, contour length 6 (Pathfinder's easiest level)"),
                        ("fashion_mnist", "sequential Fashion-MNIST, STAND-IN for Image")):
         cells = []
-        for model in MODELS:
-            r = mini.get((task, model))
+        for model in columns:
+            r = mini.get((task, "swa+hsa" if model == "hsa" else model))
+            if model == "hsa" and task not in MINI_HSA_TASKS:
+                cells.append("–")
+                continue
             cells.append(f"{100 * r['test_acc']:.1f}% ({r['steps']} steps, {r['wall_time_s'] / 60:.0f} min)"
                          if r else "not run yet")
         grid.append(f"| {task} | {what} | " + " | ".join(cells) + " |")
@@ -235,9 +243,11 @@ def configs_for(args: argparse.Namespace) -> list[Path]:
         bad = sorted(set(tasks) - set(MINI_TASKS))
         if bad:
             raise SystemExit(f"--mini --task: {bad} are not mini-LRA tasks; choose from {MINI_TASKS}")
-        if set(args.model or ()) - set(MODELS):
-            raise SystemExit(f"--mini --model: the mini-LRA runs {MODELS}; hsa has --full configs only")
-        return [REPO / "configs" / "lra" / "mini" / f"{t}_{m}.yaml" for t in tasks for m in args.model or MODELS]
+        models = args.model or MODELS + ("hsa",)
+        if "hsa" in (args.model or ()) and not set(tasks) & set(MINI_HSA_TASKS):
+            raise SystemExit(f"--mini --model hsa: the mini-LRA runs HSA on {MINI_HSA_TASKS} only")
+        return [REPO / "configs" / "lra" / "mini" / f"{t}_{m}.yaml" for t in tasks for m in models
+                if m != "hsa" or t in MINI_HSA_TASKS]
     if args.full:
         tasks = args.task or TASKS
         bad = sorted(set(tasks) - set(TASKS))
@@ -256,7 +266,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--full", action="store_true", help="the published-scale configs (configs/lra/<task>/)")
     parser.add_argument("--task", nargs="+", help="with --mini or --full: these tasks only")
     parser.add_argument("--model", nargs="+", choices=FULL_MODELS,
-                        help="with --mini or --full: these models only (hsa: --full only)")
+                        help="with --mini or --full: these models only (hsa: ListOps only with --mini)")
     parser.add_argument("--table", action="store_true", help="only rebuild results.md from the result JSON files")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's, the number of cores). On a machine shared with "

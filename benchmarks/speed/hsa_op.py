@@ -67,7 +67,7 @@ def worker(impl: str, length: int, repeats: int, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 16384, 65536])
-    parser.add_argument("--impls", nargs="+", default=["cpp", "chunked", "sdpa"])
+    parser.add_argument("--impls", nargs="+", default=["cpu", "chunked", "sdpa"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--sdpa-max", type=int, default=16384, help="longest L to run SDPA at (it is L²)")

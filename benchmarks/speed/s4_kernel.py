@@ -10,7 +10,7 @@ run the measured calls, and report the growth of that peak: the extra memory the
 their worst moment (a high-water mark, so it includes the allocator's temporary buffers).
 
     python benchmarks/speed/s4_kernel.py            # writes benchmarks/speed/results/s4_kernel.md
-    python benchmarks/speed/s4_kernel.py --lengths 1024 --backends cpp chunked
+    python benchmarks/speed/s4_kernel.py --lengths 1024 --backends cpu chunked
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def worker(backend: str, length: int, mode: str, repeats: int) -> dict:
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     # One untimed call for every backend: keops compiles its formulas, the C++ extension loads (ninja checks its
-    # build), the dispatcher probes the backend and the thread pool starts (about 0.3 s that were in cpp's time).
+    # build), the dispatcher probes the backend and the thread pool starts (about 0.3 s that were in cpu's time).
     warmup = 1
     for i in range(repeats + warmup):
         start = time.perf_counter()
@@ -61,7 +61,7 @@ def worker(backend: str, length: int, mode: str, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
-    parser.add_argument("--backends", nargs="+", default=["reference", "chunked", "cpp", "keops"])
+    parser.add_argument("--backends", nargs="+", default=["reference", "chunked", "cpu", "keops"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/speed/results/s4_kernel.md")
     parser.add_argument("--worker", nargs=3, metavar=("BACKEND", "L", "MODE"), help=argparse.SUPPRESS)

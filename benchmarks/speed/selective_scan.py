@@ -86,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    candidates = {name: ours(name) for name in ("cpp", "chunked", "reference") if name in dispatch.names("cpu")}
+    candidates = {name: ours(name) for name in ("cpu", "chunked", "reference") if name in dispatch.names("cpu")}
     try:
         import mambapy.pscan  # noqa: F401
 

@@ -64,7 +64,7 @@ def transformers_torch(a: dict) -> torch.Tensor:
 
 
 def candidates() -> dict:
-    found = {name: ours(name) for name in ("cpp", "chunked") if name in dispatch.names("cpu")}
+    found = {name: ours(name) for name in ("cpu", "chunked") if name in dispatch.names("cpu")}
     try:
         import transformers.models.mamba2.modeling_mamba2  # noqa: F401
 

@@ -103,7 +103,7 @@ def linear_probe(features: torch.Tensor, labels: torch.Tensor, steps: int = 300)
 
 def probe(run_dir: Path, n: int, length: int) -> dict:
     checkpoint = json.loads((run_dir / "results.json").read_text())["checkpoint"]
-    model = RecallTask.load_from_checkpoint(checkpoint, map_location="cpu").model.eval()
+    model = RecallTask.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).model.eval()
     variant = model.variant
     span = model.blocks[0].segment_len if variant == "mac" else model.blocks[0].window
     tokens, targets, needle = samples(n, length, seed=12345)

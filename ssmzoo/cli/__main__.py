@@ -1,5 +1,5 @@
 """``python -m ssmzoo.cli ...`` is the ``ssmzoo`` command."""
 
-from .app import main
+from .entry import main
 
 main()

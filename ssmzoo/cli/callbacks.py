@@ -28,6 +28,10 @@ class LastCheckpoint(Checkpoint):
     top-k checkpoint, so the last steps' weights were saved nowhere. Being a ``Checkpoint``, this callback
     runs after the other callbacks, so the file holds their updated state (the new best path among them).
 
+    The file is written by the strategy's ``CheckpointIO``; under the ``ssmzoo`` command that is
+    :class:`ssmzoo.cli.checkpoint_io.AtomicCheckpointIO`, so the previous ``last.ckpt`` stays whole until the new
+    one is (give a Trainer of your own ``plugins=[AtomicCheckpointIO()]`` for the same).
+
     Args:
         every_n_train_steps: also write every this many optimizer steps, so a killed run loses at most
             that many (0: only after validation and at the end).

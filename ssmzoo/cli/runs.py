@@ -7,6 +7,7 @@ when the folder exists, so two runs started at the same moment never share a fol
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import pickle
@@ -121,3 +122,30 @@ class RunCSVLogger(CSVLogger):
         if self._experiment is None:
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+# What a run writes into its folder before its first checkpoint: the config (LightningCLI), the logs (CSV and
+# TensorBoard) and the hyperparameters. Only these are removed when a run fails that early.
+RUN_FILES = re.compile(r"config\.yaml|hparams\.yaml|metrics\.csv|events\.out\.tfevents\..*|samples\.txt|tokenizer\.json")
+
+
+def remove_failed_run(folder: Path) -> bool:
+    """Remove the run folder ``folder`` of a run that failed before it wrote a checkpoint or results: the files
+    the run wrote (``RUN_FILES``), its empty ``checkpoints/``, then the folder if nothing else is left. Never
+    touches a folder holding a checkpoint or results, nor any file another program put there. Returns whether
+    the folder is gone."""
+    if not folder.is_dir():
+        return False
+    checkpoints = folder / "checkpoints"
+    if (folder / "results.json").exists() or (checkpoints.is_dir() and any(checkpoints.iterdir())):
+        return False
+    for entry in folder.iterdir():
+        if entry.is_file() and RUN_FILES.fullmatch(entry.name):
+            entry.unlink()
+    with contextlib.suppress(OSError):
+        checkpoints.rmdir()  # only when empty
+    try:
+        folder.rmdir()  # only when empty: anything we did not write stays, and so does the folder
+    except OSError:
+        return False
+    return True

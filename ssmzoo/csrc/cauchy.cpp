@@ -93,12 +93,12 @@ void backward_kernel(const std::complex<T>* v, const std::complex<T>* w, const s
 }
 
 void check(const torch::Tensor& v, const torch::Tensor& z, const torch::Tensor& w) {
-  TORCH_CHECK(v.device().is_cpu() && z.device().is_cpu() && w.device().is_cpu(), "cauchy_cpp: CPU tensors only");
-  TORCH_CHECK(v.dim() == 2 && w.sizes() == v.sizes() && z.dim() == 1, "cauchy_cpp: v, w (M, N) and z (L,)");
-  TORCH_CHECK(v.is_contiguous() && w.is_contiguous() && z.is_contiguous(), "cauchy_cpp: contiguous inputs");
-  TORCH_CHECK(v.scalar_type() == w.scalar_type() && v.scalar_type() == z.scalar_type(), "cauchy_cpp: one dtype");
+  TORCH_CHECK(v.device().is_cpu() && z.device().is_cpu() && w.device().is_cpu(), "cauchy_cpu: CPU tensors only");
+  TORCH_CHECK(v.dim() == 2 && w.sizes() == v.sizes() && z.dim() == 1, "cauchy_cpu: v, w (M, N) and z (L,)");
+  TORCH_CHECK(v.is_contiguous() && w.is_contiguous() && z.is_contiguous(), "cauchy_cpu: contiguous inputs");
+  TORCH_CHECK(v.scalar_type() == w.scalar_type() && v.scalar_type() == z.scalar_type(), "cauchy_cpu: one dtype");
   TORCH_CHECK(v.scalar_type() == torch::kComplexFloat || v.scalar_type() == torch::kComplexDouble,
-              "cauchy_cpp: complex64 or complex128");
+              "cauchy_cpu: complex64 or complex128");
 }
 
 torch::Tensor cauchy_forward(torch::Tensor v, torch::Tensor z, torch::Tensor w) {
@@ -121,7 +121,7 @@ std::vector<torch::Tensor> cauchy_backward(torch::Tensor v, torch::Tensor z, tor
   check(v, z, w);
   const int64_t M = v.size(0), N = v.size(1), L = z.size(0);
   TORCH_CHECK(grad.sizes() == torch::IntArrayRef({M, L}) && grad.is_contiguous() &&
-                  grad.scalar_type() == v.scalar_type(), "cauchy_cpp: grad must be contiguous (M, L) of v's dtype");
+                  grad.scalar_type() == v.scalar_type(), "cauchy_cpu: grad must be contiguous (M, L) of v's dtype");
   auto grad_v = torch::empty_like(v);
   auto grad_w = torch::empty_like(w);
   if (v.scalar_type() == torch::kComplexDouble) {

@@ -14,6 +14,8 @@
 //   dh_{t-1} = exp(Δ_t A) ⊙ (dh_t + dy_t C_t).
 // Gradients that channels share (dB, dC over channels; dA, dD, d bias over the batch) are written
 // per work unit and summed by the caller.
+// Packed documents (`doc`, see Documents): no conv tap reads across a document start and the scan's state
+// restarts at each one, both from that document's initial state (or zeros); states are per document.
 //
 // `step` is one token of the whole layer (in_proj, conv over the cached window, x_proj, dt_proj,
 // one recurrence step, gate, out_proj) in one call, for generation; `lm_step` one token of a whole
@@ -69,33 +71,65 @@ inline T silu_grad(T pre) {
   return s * (T(1) + pre * (T(1) - s));
 }
 
+// ---- packed documents ----------------------------------------------------------------------------
+// `doc` (B, L) document ids, or nullptr: one document per row (document b is row b). Initial and final
+// states are then one per document: no conv tap and no state crosses a document start.
+struct Documents {
+  const int64_t* doc;
+  int64_t L;
+  int64_t of(int64_t b, int64_t t) const { return doc != nullptr ? doc[b * L + t] : b; }
+  bool starts(int64_t b, int64_t t) const { return doc != nullptr && t > 0 && doc[b * L + t] != doc[b * L + t - 1]; }
+  bool ends(int64_t b, int64_t t) const { return doc != nullptr && t + 1 < L && doc[b * L + t + 1] != doc[b * L + t]; }
+  bool same(int64_t b, int64_t t, int64_t u) const { return doc == nullptr || doc[b * L + t] == doc[b * L + u]; }
+};
+
+Documents documents(const at::Tensor& doc, int64_t B, int64_t L) {
+  TORCH_CHECK(doc.numel() == 0 || (doc.scalar_type() == at::kLong && doc.is_contiguous() && doc.dim() == 2 &&
+                                   doc.size(0) == B && doc.size(1) == L),
+              "mamba_cpu: doc must be empty or a contiguous (batch, length) int64 tensor");
+  return {doc.numel() > 0 ? doc.data_ptr<int64_t>() : nullptr, L};
+}
+
+// The number of initial/final states: documents, or rows.
+int64_t state_count(const Documents& docs, int64_t B) { return docs.doc != nullptr ? docs.doc[B * docs.L - 1] + 1 : B; }
+
 // ---- causal depthwise conv + SiLU --------------------------------------------------------------
 // x: the first D columns of rows of stride `xs`; taps wt (W, D) (tap-major, so a channel block is
-// contiguous); x̃ = [state, x] with state (B, D, W-1) or zeros.
+// contiguous); x̃ = [state, x] per document, with state (documents, D, W-1) or zeros. Tap k of output t
+// reads x_{t+k-(W-1)}: rel = pos + k - (W-1) its position in t's document, from the state when negative.
 template <typename T>
-inline T conv_input(const T* x, int64_t xs, const T* state, int64_t b, int64_t t, int64_t d, int64_t L, int64_t D,
-                    int64_t W) {
-  if (t >= 0) return x[(b * L + t) * xs + d];
-  return state != nullptr ? state[(b * D + d) * (W - 1) + (W - 1 + t)] : T(0);
+inline T conv_input(const T* x, int64_t xs, const T* state, const Documents& docs, int64_t b, int64_t t, int64_t rel,
+                    int64_t src, int64_t d, int64_t L, int64_t D, int64_t W) {
+  if (rel >= 0) return x[(b * L + src) * xs + d];
+  return state != nullptr ? state[(docs.of(b, t) * D + d) * (W - 1) + (W - 1 + rel)] : T(0);
+}
+
+// Position of token t in its document, counted up to `cap` (the taps only ask whether it is at least W - 1).
+inline int64_t position(const Documents& docs, int64_t b, int64_t t, int64_t cap) {
+  if (docs.doc == nullptr) return t;
+  int64_t p = 0;
+  while (p < t && p < cap && docs.same(b, t, t - p - 1)) ++p;
+  return p;
 }
 
 template <typename T>
-void conv_forward_kernel(const T* x, int64_t xs, const T* wt, const T* bias, const T* state, int64_t B, int64_t L,
-                         int64_t D, int64_t W, T* u) {
+void conv_forward_kernel(const T* x, int64_t xs, const T* wt, const T* bias, const T* state, const Documents& docs,
+                         int64_t B, int64_t L, int64_t D, int64_t W, T* u) {
   at::parallel_for(0, B * L, 16, [&](int64_t begin, int64_t end) {
     for (int64_t bt = begin; bt < end; ++bt) {
       const int64_t b = bt / L, t = bt % L;
+      const int64_t pos = position(docs, b, t, W - 1);
       T* out = u + bt * D;
       for (int64_t d = 0; d < D; ++d) out[d] = bias != nullptr ? bias[d] : T(0);
       for (int64_t k = 0; k < W; ++k) {
-        const int64_t src = t + k - (W - 1);
+        const int64_t src = t + k - (W - 1), rel = pos + k - (W - 1);
         const T* w = wt + k * D;
-        if (src >= 0) {
+        if (rel >= 0) {
           const T* xr = x + (b * L + src) * xs;
 #pragma omp simd
           for (int64_t d = 0; d < D; ++d) out[d] += w[d] * xr[d];
         } else {
-          for (int64_t d = 0; d < D; ++d) out[d] += w[d] * conv_input(x, xs, state, b, src, d, L, D, W);
+          for (int64_t d = 0; d < D; ++d) out[d] += w[d] * conv_input(x, xs, state, docs, b, t, rel, src, d, L, D, W);
         }
       }
 #pragma omp simd
@@ -107,10 +141,10 @@ void conv_forward_kernel(const T* x, int64_t xs, const T* wt, const T* bias, con
 // g: dL/du (B, L, D). Writes dL/dx into the first D columns of dx (row stride dxs); returns per-row
 // partial tap and bias gradients (B·L rows would be too many: one partial per block of rows).
 template <typename T>
-void conv_backward_kernel(const T* x, int64_t xs, const T* wt, const T* bias, const T* state, const T* g,
-                          int64_t B, int64_t L, int64_t D, int64_t W, int64_t rows_per_part, T* dx, int64_t dxs,
-                          T* dw_part, T* dbias_part, T* dstate) {
-  // dpre = g · SiLU'(pre), recomputed per row; dx_t = Σ_k w_k dpre_{t+W-1-k}.
+void conv_backward_kernel(const T* x, int64_t xs, const T* wt, const T* bias, const T* state, const Documents& docs,
+                          const T* g, int64_t B, int64_t L, int64_t D, int64_t W, int64_t rows_per_part, T* dx,
+                          int64_t dxs, T* dw_part, T* dbias_part, T* dstate) {
+  // dpre = g · SiLU'(pre), recomputed per row; dx_t = Σ_k w_k dpre_{t+W-1-k} (outputs of t's document).
   std::vector<T> dpre_all(B * L * D);
   T* dpre = dpre_all.data();
   const int64_t parts = (B * L + rows_per_part - 1) / rows_per_part;
@@ -123,16 +157,17 @@ void conv_backward_kernel(const T* x, int64_t xs, const T* wt, const T* bias, co
       std::fill(db, db + D, T(0));
       for (int64_t bt = p * rows_per_part; bt < std::min(B * L, (p + 1) * rows_per_part); ++bt) {
         const int64_t b = bt / L, t = bt % L;
+        const int64_t pos = position(docs, b, t, W - 1);
         for (int64_t d = 0; d < D; ++d) pre[d] = bias != nullptr ? bias[d] : T(0);
         for (int64_t k = 0; k < W; ++k) {
-          const int64_t src = t + k - (W - 1);
+          const int64_t src = t + k - (W - 1), rel = pos + k - (W - 1);
           const T* w = wt + k * D;
-          if (src >= 0) {
+          if (rel >= 0) {
             const T* xr = x + (b * L + src) * xs;
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d) pre[d] += w[d] * xr[d];
           } else {
-            for (int64_t d = 0; d < D; ++d) pre[d] += w[d] * conv_input(x, xs, state, b, src, d, L, D, W);
+            for (int64_t d = 0; d < D; ++d) pre[d] += w[d] * conv_input(x, xs, state, docs, b, t, rel, src, d, L, D, W);
           }
         }
         T* dp = dpre + bt * D;
@@ -143,14 +178,14 @@ void conv_backward_kernel(const T* x, int64_t xs, const T* wt, const T* bias, co
           db[d] += dp[d];
         }
         for (int64_t k = 0; k < W; ++k) {
-          const int64_t src = t + k - (W - 1);
+          const int64_t src = t + k - (W - 1), rel = pos + k - (W - 1);
           T* dwk = dw + k * D;
-          if (src >= 0) {
+          if (rel >= 0) {
             const T* xr = x + (b * L + src) * xs;
 #pragma omp simd
             for (int64_t d = 0; d < D; ++d) dwk[d] += dp[d] * xr[d];
           } else {
-            for (int64_t d = 0; d < D; ++d) dwk[d] += dp[d] * conv_input(x, xs, state, b, src, d, L, D, W);
+            for (int64_t d = 0; d < D; ++d) dwk[d] += dp[d] * conv_input(x, xs, state, docs, b, t, rel, src, d, L, D, W);
           }
         }
       }
@@ -163,7 +198,7 @@ void conv_backward_kernel(const T* x, int64_t xs, const T* wt, const T* bias, co
       for (int64_t d = 0; d < D; ++d) out[d] = T(0);
       for (int64_t k = 0; k < W; ++k) {
         const int64_t dst = t + (W - 1) - k;  // the output position that read x_t through tap k
-        if (dst >= L) continue;
+        if (dst >= L || !docs.same(b, t, dst)) continue;
         const T* w = wt + k * D;
         const T* dp = dpre + (b * L + dst) * D;
 #pragma omp simd
@@ -171,14 +206,20 @@ void conv_backward_kernel(const T* x, int64_t xs, const T* wt, const T* bias, co
       }
     }
   });
-  if (dstate != nullptr) {  // x̃ index i < W-1 is state[i]; output t read it through tap k = i - t
+  if (dstate != nullptr) {  // x̃ index i < W-1 is state[i]; the document's output p read it through tap k = i - p
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t i = 0; i < W - 1; ++i) {
-          T acc = 0;
-          for (int64_t t = 0; t < std::min(L, i + 1); ++t) acc += wt[(i - t) * D + d] * dpre[(b * L + t) * D + d];
-          dstate[(b * D + d) * (W - 1) + i] = acc;
-        }
+      for (int64_t s0 = 0; s0 < L; ++s0) {
+        if (s0 > 0 && !docs.starts(b, s0)) continue;  // each document's first token
+        int64_t n = 1;  // the document's length, up to W - 1
+        while (n < W - 1 && s0 + n < L && docs.same(b, s0, s0 + n)) ++n;
+        const int64_t k = docs.of(b, s0);
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t i = 0; i < W - 1; ++i) {
+            T acc = 0;
+            for (int64_t t = 0; t < std::min(n, i + 1); ++t) acc += wt[(i - t) * D + d] * dpre[(b * L + s0 + t) * D + d];
+            dstate[(k * D + d) * (W - 1) + i] = acc;
+          }
+      }
   }
 }
 
@@ -187,6 +228,7 @@ struct ScanDims {
   int64_t B, L, D, N, chunk, nchunks, blocks, Dpad;
   int64_t groups, per_group;  // work units are (batch row, group of per_group channel blocks)
   int64_t bc_stride, b_col, c_col, z_stride;  // x_dbl row stride and the columns of B and C; xz row stride
+  Documents docs;  // packed documents: the state restarts at each start, from that document's initial state
 };
 
 // Loads lanes [d0, d0 + V) of a row, zero past D (padded lanes then contribute nothing).
@@ -295,7 +337,7 @@ void scan_forward_kernel(const T* u, const T* dtwT, const T* bias, const T* At, 
     for (int64_t unit = begin; unit < end; ++unit) {
       const auto [b, g, blk0, blk1, c0, width] = unit_span(s, unit, V);
       for (int64_t blk = blk0; blk < blk1; ++blk)
-        load_state_lanes<T, V>(h0, b, blk * V, s, hbuf.data() + (blk - blk0) * N * V);
+        load_state_lanes<T, V>(h0, s.docs.of(b, 0), blk * V, s, hbuf.data() + (blk - blk0) * N * V);
       for (int64_t r0 = 0; r0 < L; r0 += R) {
         const int64_t rows = std::min(R, L - r0);
         // Pass 1: step sizes Δ = softplus(δ + bias) and Δu along whole rows (padding lanes 0).
@@ -319,6 +361,7 @@ void scan_forward_kernel(const T* u, const T* dtwT, const T* bias, const T* At, 
           T* h = hbuf.data() + (blk - blk0) * N * V;
           for (int64_t i = 0; i < rows; ++i) {
             const int64_t t = r0 + i, row = b * L + t;
+            if (s.docs.starts(b, t)) load_state_lanes<T, V>(h0, s.docs.of(b, t), d0, s, h);  // (after any reset)
             if (t % s.chunk == 0) {
               T* c = ckpt + ((b * s.nchunks + t / s.chunk) * N) * s.Dpad + d0;
               for (int64_t n = 0; n < N; ++n) std::copy(h + n * V, h + (n + 1) * V, c + n * s.Dpad);
@@ -339,6 +382,7 @@ void scan_forward_kernel(const T* u, const T* dtwT, const T* bias, const T* At, 
             T* out = acc_tile.data() + i * Wp + off;
 #pragma omp simd
             for (int64_t j = 0; j < V; ++j) out[j] = acc[j] + acc2[j];
+            if (s.docs.ends(b, t)) store_state_lanes<T, V>(h, s.docs.of(b, t), d0, s, hfinal);
           }
         }
         // Pass 3: y = (C·h + D u) · SiLU(z) along whole rows.
@@ -354,7 +398,7 @@ void scan_forward_kernel(const T* u, const T* dtwT, const T* bias, const T* At, 
         }
       }
       for (int64_t blk = blk0; blk < blk1; ++blk)
-        store_state_lanes<T, V>(hbuf.data() + (blk - blk0) * N * V, b, blk * V, s, hfinal);
+        store_state_lanes<T, V>(hbuf.data() + (blk - blk0) * N * V, s.docs.of(b, L - 1), blk * V, s, hfinal);
     }
   });
 }
@@ -386,7 +430,7 @@ SSMZOO_INLINE void decay_step<float, 16>(const float* __restrict an, const float
 
 template <typename T>
 void scan_backward_kernel(const T* u, const T* dtwT, const T* bias, const T* At, const T* xdbl, const T* z,
-                          const T* Dskip, const T* ckpt, const T* dy, const T* dh_final, const ScanDims& s, T* du,
+                          const T* Dskip, const T* h0, const T* ckpt, const T* dy, const T* dh_final, const ScanDims& s, T* du,
                           T* ddelta, T* dz, T* dA_part, T* dD_part, T* dbias_part, T* dB_part, T* dC_part, T* dh0) {
   constexpr int64_t V = lanes<T>();
   const int64_t N = s.N, D = s.D, L = s.L, K = s.chunk;
@@ -395,7 +439,7 @@ void scan_backward_kernel(const T* u, const T* dtwT, const T* bias, const T* At,
   // forward's comment says why); in between, each block's recurrences read and write the staging tiles.
   at::parallel_for(0, s.B * s.groups, 1, [&](int64_t begin, int64_t end) {
     const int64_t Wp = s.per_group * V;
-    std::vector<T> hbuf(K * N * V), abuf(K * N * V), hstart(N * V), dh(s.per_group * N * V), dA(s.per_group * N * V);
+    std::vector<T> hbuf(K * N * V), abuf(K * N * V), hstart(N * V), hinit(N * V), dh(s.per_group * N * V), dA(s.per_group * N * V);
     // [row][Wp] tiles: pre = δ + bias (then d δ), dt = softplus(pre), uu = u (then du), gyb = dy, zb = z (then dz).
     std::vector<T> pre(K * Wp), dtb(K * Wp), ub(K * Wp), gyb(K * Wp), zb(K * Wp), dD_acc(Wp), dbias_acc(Wp);
     // dB_t, dC_t sum over channels: lane-wise over the group's blocks first, across lanes once per (t, n).
@@ -405,7 +449,7 @@ void scan_backward_kernel(const T* u, const T* dtwT, const T* bias, const T* At,
       T* dBp = dB_part + (g * s.B + b) * L * N;
       T* dCp = dC_part + (g * s.B + b) * L * N;
       for (int64_t blk = blk0; blk < blk1; ++blk)
-        load_state_lanes<T, V>(dh_final, b, blk * V, s, dh.data() + (blk - blk0) * N * V);
+        load_state_lanes<T, V>(dh_final, s.docs.of(b, L - 1), blk * V, s, dh.data() + (blk - blk0) * N * V);
       std::fill(dA.begin(), dA.end(), T(0));
       std::fill(dD_acc.begin(), dD_acc.end(), T(0));
       std::fill(dbias_acc.begin(), dbias_acc.end(), T(0));
@@ -447,6 +491,10 @@ void scan_backward_kernel(const T* u, const T* dtwT, const T* bias, const T* At,
             for (int64_t j = 0; j < V; ++j) dtu[j] = dt[j] * ui[j];
             const T* Bt = xdbl + row * s.bc_stride + s.b_col;
             const T* hp = t > t0 ? hbuf.data() + (i - 1) * N * V : hstart.data();
+            if (t > t0 && s.docs.starts(b, t)) {  // a document starts: its initial state enters
+              load_state_lanes<T, V>(h0, s.docs.of(b, t), d0, s, hinit.data());
+              hp = hinit.data();
+            }
             T* hc = hbuf.data() + i * N * V;
             T* ac = abuf.data() + i * N * V;
             for (int64_t n = 0; n < N; ++n)
@@ -458,6 +506,12 @@ void scan_backward_kernel(const T* u, const T* dtwT, const T* bias, const T* At,
             const T* hc = hbuf.data() + i * N * V;
             const T* ac = abuf.data() + i * N * V;
             const T* hp = t > t0 ? hbuf.data() + (i - 1) * N * V : hstart.data();
+            if (t > t0 && s.docs.starts(b, t)) {
+              load_state_lanes<T, V>(h0, s.docs.of(b, t), d0, s, hinit.data());
+              hp = hinit.data();
+            }
+            // The next token starts another document: h_t reaches only this document's final state.
+            if (s.docs.ends(b, t)) load_state_lanes<T, V>(dh_final, s.docs.of(b, t), d0, s, dhb);
             const T* Bt = xdbl + row * s.bc_stride + s.b_col;
             const T* Ct = xdbl + row * s.bc_stride + s.c_col;
             T* ui = ub.data() + i * Wp + off;   // u in, du out
@@ -508,6 +562,7 @@ void scan_backward_kernel(const T* u, const T* dtwT, const T* bias, const T* At,
               pi[j] = ddt[j];
               ui[j] = du_acc[j];
             }
+            if (s.docs.starts(b, t)) store_state_lanes<T, V>(dhb, s.docs.of(b, t), d0, s, dh0);
           }
         }
         for (int64_t i = 0; i < t1 - t0; ++i)
@@ -533,7 +588,7 @@ void scan_backward_kernel(const T* u, const T* dtwT, const T* bias, const T* At,
       }
       for (int64_t blk = blk0; blk < blk1; ++blk) {
         const int64_t d0 = blk * V, off = (blk - blk0) * V;
-        store_state_lanes<T, V>(dh.data() + off * N, b, d0, s, dh0);
+        store_state_lanes<T, V>(dh.data() + off * N, s.docs.of(b, 0), d0, s, dh0);
         store_state_lanes<T, V>(dA.data() + off * N, b, d0, s, dA_part);
       }
       std::copy(dD_acc.begin(), dD_acc.begin() + width, dD_part + b * D + c0);
@@ -543,8 +598,9 @@ void scan_backward_kernel(const T* u, const T* dtwT, const T* bias, const T* At,
 }
 
 ScanDims make_dims(const at::Tensor& u, const at::Tensor& A, const at::Tensor& xdbl, int64_t b_col,
-                   const at::Tensor& xz, int64_t chunk, int64_t V) {
+                   const at::Tensor& xz, int64_t chunk, int64_t V, const at::Tensor& doc) {
   ScanDims s;
+  s.docs = documents(doc, u.size(0), u.size(1));
   s.B = u.size(0);
   s.L = u.size(1);
   s.D = u.size(2);
@@ -561,15 +617,15 @@ ScanDims make_dims(const at::Tensor& u, const at::Tensor& A, const at::Tensor& x
   s.b_col = b_col;
   s.c_col = b_col + s.N;
   s.z_stride = xz.size(2);
-  TORCH_CHECK(s.N <= kMaxState, "mamba cpp: d_state must be at most ", kMaxState);
-  TORCH_CHECK(chunk >= 1, "mamba cpp: chunk must be positive");
-  TORCH_CHECK(xz.size(2) == 2 * s.D && s.c_col + s.N <= s.bc_stride, "mamba cpp: bad xz or x_dbl width");
+  TORCH_CHECK(s.N <= kMaxState, "mamba_cpu: d_state must be at most ", kMaxState);
+  TORCH_CHECK(chunk >= 1, "mamba_cpu: chunk must be positive");
+  TORCH_CHECK(xz.size(2) == 2 * s.D && s.c_col + s.N <= s.bc_stride, "mamba_cpu: bad xz or x_dbl width");
   return s;
 }
 
 // dt_proj's weight (D, R = b_col) as (R, D): a row of weights per input of dt_proj, as dt_pre reads them.
 at::Tensor dt_rows(const at::Tensor& dt_w, const ScanDims& s) {
-  TORCH_CHECK(dt_w.size(0) == s.D && dt_w.size(1) == s.b_col, "mamba cpp: dt_proj weight must be (D, R = b_col)");
+  TORCH_CHECK(dt_w.size(0) == s.D && dt_w.size(1) == s.b_col, "mamba_cpu: dt_proj weight must be (D, R = b_col)");
   return dt_w.t().contiguous();
 }
 
@@ -581,21 +637,25 @@ at::Tensor padded_transpose(const at::Tensor& A, int64_t Dpad) {
 }
 
 // ---- bindings ------------------------------------------------------------------------------------
-at::Tensor conv_forward(at::Tensor xz, at::Tensor w, at::Tensor bias, at::Tensor state) {
+// state: (documents or B, D, W-1), or empty for zeros; doc: (B, L) document ids, or empty (one per row).
+at::Tensor conv_forward(at::Tensor xz, at::Tensor w, at::Tensor bias, at::Tensor state, at::Tensor doc) {
   const int64_t B = xz.size(0), L = xz.size(1), D = w.size(0), W = w.size(1);
+  const Documents docs = documents(doc, B, L);
+  TORCH_CHECK(state.numel() == 0 || state.size(0) == state_count(docs, B), "mamba_cpu: one conv state per document");
   auto u = at::empty({B, L, D}, xz.options());
   auto wt = w.t().contiguous();
   AT_DISPATCH_FLOATING_TYPES(xz.scalar_type(), "mamba_conv_forward", [&] {
     conv_forward_kernel<scalar_t>(xz.data_ptr<scalar_t>(), xz.size(2), wt.data_ptr<scalar_t>(), opt_ptr<scalar_t>(bias),
-                                  opt_ptr<scalar_t>(state), B, L, D, W, u.data_ptr<scalar_t>());
+                                  opt_ptr<scalar_t>(state), docs, B, L, D, W, u.data_ptr<scalar_t>());
   });
   return u;
 }
 
-// Writes dL/dx into dxz[..., :D]; returns dw (D, W), d bias (D,), d state (B, D, W-1) (empty without a state).
+// Writes dL/dx into dxz[..., :D]; returns dw (D, W), d bias (D,), d state (state's shape; empty without a state).
 std::vector<at::Tensor> conv_backward(at::Tensor xz, at::Tensor w, at::Tensor bias, at::Tensor state, at::Tensor g,
-                                      at::Tensor dxz) {
+                                      at::Tensor dxz, at::Tensor doc) {
   const int64_t B = xz.size(0), L = xz.size(1), D = w.size(0), W = w.size(1);
+  const Documents docs = documents(doc, B, L);
   const int64_t rows_per_part = std::max<int64_t>(64, (B * L + 4 * at::get_num_threads() - 1) / (4 * at::get_num_threads()));
   const int64_t parts = (B * L + rows_per_part - 1) / rows_per_part;
   auto wt = w.t().contiguous();
@@ -604,23 +664,27 @@ std::vector<at::Tensor> conv_backward(at::Tensor xz, at::Tensor w, at::Tensor bi
   auto dstate = state.numel() > 0 ? at::empty_like(state) : at::empty({0}, xz.options());
   AT_DISPATCH_FLOATING_TYPES(xz.scalar_type(), "mamba_conv_backward", [&] {
     conv_backward_kernel<scalar_t>(xz.data_ptr<scalar_t>(), xz.size(2), wt.data_ptr<scalar_t>(), opt_ptr<scalar_t>(bias),
-                                   opt_ptr<scalar_t>(state), g.data_ptr<scalar_t>(), B, L, D, W, rows_per_part,
+                                   opt_ptr<scalar_t>(state), docs, g.data_ptr<scalar_t>(), B, L, D, W, rows_per_part,
                                    dxz.data_ptr<scalar_t>(), dxz.size(2), dw_part.data_ptr<scalar_t>(),
                                    dbias_part.data_ptr<scalar_t>(), state.numel() > 0 ? dstate.data_ptr<scalar_t>() : nullptr);
   });
   return {dw_part.sum(0).t().contiguous(), dbias_part.sum(0), dstate};
 }
 
-// Returns y (B, L, D), final state (B, D, N), checkpoints (B, nchunks, N, Dpad).
+// Returns y (B, L, D), final states (documents or B, D, N), checkpoints (B, nchunks, N, Dpad). h0: one state per
+// document, or empty for zeros; doc: (B, L) document ids, or empty (one document per row).
 std::vector<at::Tensor> scan_forward(at::Tensor u, at::Tensor dt_w, at::Tensor bias, at::Tensor A, at::Tensor xdbl,
-                                     int64_t b_col, at::Tensor xz, at::Tensor Dskip, at::Tensor h0, int64_t chunk) {
+                                     int64_t b_col, at::Tensor xz, at::Tensor Dskip, at::Tensor h0, int64_t chunk,
+                                     at::Tensor doc) {
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mamba_scan_forward", [&] {
-    const ScanDims s = make_dims(u, A, xdbl, b_col, xz, chunk, lanes<scalar_t>());
+    const ScanDims s = make_dims(u, A, xdbl, b_col, xz, chunk, lanes<scalar_t>(), doc);
+    const int64_t states = state_count(s.docs, s.B);
+    TORCH_CHECK(h0.numel() == 0 || h0.size(0) == states, "mamba_cpu: one initial state per document");
     auto At = padded_transpose(A, s.Dpad);
     auto dtwT = dt_rows(dt_w, s);
     auto y = at::empty_like(u);
-    auto hfinal = at::empty({s.B, s.D, s.N}, u.options());
+    auto hfinal = at::empty({states, s.D, s.N}, u.options());
     auto ckpt = at::empty({s.B, s.nchunks, s.N, s.Dpad}, u.options());
     scan_forward_kernel<scalar_t>(u.data_ptr<scalar_t>(), dtwT.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
                                   At.data_ptr<scalar_t>(), xdbl.data_ptr<scalar_t>(), xz.data_ptr<scalar_t>() + s.D,
@@ -632,13 +696,16 @@ std::vector<at::Tensor> scan_forward(at::Tensor u, at::Tensor dt_w, at::Tensor b
 }
 
 // Writes dL/dz into dxz[..., D:]; returns du, d delta (before bias and softplus), dA (D, N), dD (D,),
-// d bias (D,), dB (B, L, N), dC (B, L, N), d h0 (B, D, N).
+// d bias (D,), dB (B, L, N), dC (B, L, N), d h0 (dh_final's shape: one per document). h0 (read at the
+// documents' starts) and doc as scan_forward's.
 std::vector<at::Tensor> scan_backward(at::Tensor u, at::Tensor dt_w, at::Tensor bias, at::Tensor A, at::Tensor xdbl,
-                                      int64_t b_col, at::Tensor xz, at::Tensor Dskip, at::Tensor ckpt, at::Tensor dy,
-                                      at::Tensor dh_final, int64_t chunk, at::Tensor dxz) {
+                                      int64_t b_col, at::Tensor xz, at::Tensor Dskip, at::Tensor h0, at::Tensor ckpt,
+                                      at::Tensor dy, at::Tensor dh_final, int64_t chunk, at::Tensor dxz, at::Tensor doc) {
   std::vector<at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mamba_scan_backward", [&] {
-    const ScanDims s = make_dims(u, A, xdbl, b_col, xz, chunk, lanes<scalar_t>());
+    const ScanDims s = make_dims(u, A, xdbl, b_col, xz, chunk, lanes<scalar_t>(), doc);
+    TORCH_CHECK(dh_final.size(0) == state_count(s.docs, s.B) && (h0.numel() == 0 || h0.sizes() == dh_final.sizes()),
+                "mamba_cpu: one final state (and initial state) per document");
     auto At = padded_transpose(A, s.Dpad);
     auto dtwT = dt_rows(dt_w, s);
     auto du = at::empty_like(u);
@@ -648,10 +715,11 @@ std::vector<at::Tensor> scan_backward(at::Tensor u, at::Tensor dt_w, at::Tensor 
     auto dbias_part = at::empty({s.B, s.D}, u.options());
     auto dB_part = at::empty({s.groups, s.B, s.L, s.N}, u.options());
     auto dC_part = at::empty({s.groups, s.B, s.L, s.N}, u.options());
-    auto dh0 = at::empty({s.B, s.D, s.N}, u.options());
+    auto dh0 = at::empty_like(dh_final);
     scan_backward_kernel<scalar_t>(
         u.data_ptr<scalar_t>(), dtwT.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), At.data_ptr<scalar_t>(),
-        xdbl.data_ptr<scalar_t>(), xz.data_ptr<scalar_t>() + s.D, Dskip.data_ptr<scalar_t>(), ckpt.data_ptr<scalar_t>(),
+        xdbl.data_ptr<scalar_t>(), xz.data_ptr<scalar_t>() + s.D, Dskip.data_ptr<scalar_t>(), opt_ptr<scalar_t>(h0),
+        ckpt.data_ptr<scalar_t>(),
         dy.data_ptr<scalar_t>(), dh_final.data_ptr<scalar_t>(), s, du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(),
         dxz.data_ptr<scalar_t>() + s.D, dA_part.data_ptr<scalar_t>(), dD_part.data_ptr<scalar_t>(),
         dbias_part.data_ptr<scalar_t>(), dB_part.data_ptr<scalar_t>(), dC_part.data_ptr<scalar_t>(),

@@ -8,6 +8,9 @@
 // recomputes the chunk's states from its checkpoint and runs the adjoint recurrence
 //   dh_{t-1} = exp(Δ_t A) ⊙ (dh_t + dy_t C_t)
 // so nothing of size (batch, D, L, N) is ever stored.
+// Packed documents (`doc`, (batch, L) document ids, or none): the state restarts at every document start
+// from that document's initial state (h0 then holds one state per document), and each document's final
+// state is its state at its last token; the backward resets the adjoint the same way.
 // Layouts (made contiguous by the Python binding, ssmzoo/ops/selective_scan/cpu.py):
 //   u, delta, z, y: (batch, D, L); A: (D, N); D, delta_bias: (D,); states: (batch, D, N)
 //   B, C: groups == 0 -> (D, N) time-invariant; groups = G >= 1 -> (batch, G, L, N)
@@ -50,6 +53,13 @@ void discretisation_steps(const T* delta, int64_t length, T bias, bool use_softp
 
 struct Dims {
   int64_t batch, dim, length, state, groups, chunk, nchunks;
+  const int64_t* doc;  // (batch, length) document ids, or nullptr: one document per row
+  // The document of token t of row b, and whether t starts / ends one.
+  int64_t doc_of(int64_t b, int64_t t) const { return doc != nullptr ? doc[b * length + t] : b; }
+  bool starts(int64_t b, int64_t t) const { return doc != nullptr && t > 0 && doc[b * length + t] != doc[b * length + t - 1]; }
+  bool ends(int64_t b, int64_t t) const {
+    return doc != nullptr && t + 1 < length && doc[b * length + t + 1] != doc[b * length + t];
+  }
   int64_t channels_per_group() const { return groups > 0 ? dim / groups : 1; }
   // Offset of B_t / C_t (t = 0) for (b, d), and the stride between consecutive t.
   int64_t bc_offset(int64_t b, int64_t d) const {
@@ -73,11 +83,16 @@ void forward_kernel(const T* u, const T* delta, const T* A, const T* B, const T*
       const T* Cp = C + s.bc_offset(b, d);
       const T dskip = Dskip[d], db = bias[d];
       T h[kMaxState];
-      std::copy(h0 + (b * s.dim + d) * N, h0 + (b * s.dim + d + 1) * N, h);
+      const T* h0d = h0 + (s.doc_of(b, 0) * s.dim + d) * N;
+      std::copy(h0d, h0d + N, h);
       T* ckpt = checkpoints + (b * s.dim + d) * s.nchunks * N;
       T* dts = y + row;  // Δ for the row, overwritten by y as the scan goes
       discretisation_steps(delta + row, L, db, use_softplus, dts, static_cast<T*>(nullptr));
       for (int64_t t = 0; t < L; ++t) {
+        if (s.starts(b, t)) {  // a document starts: its own initial state enters
+          h0d = h0 + (s.doc_of(b, t) * s.dim + d) * N;
+          std::copy(h0d, h0d + N, h);
+        }
         if (t % s.chunk == 0) std::copy(h, h + N, ckpt + (t / s.chunk) * N);
         const T dt = dts[t];
         const T du = dt * u[row + t];
@@ -90,12 +105,13 @@ void forward_kernel(const T* u, const T* delta, const T* A, const T* B, const T*
           acc += Ct[n] * h[n];
         }
         y[row + t] = acc + dskip * u[row + t];
+        if (s.ends(b, t)) std::copy(h, h + N, final_state + (s.doc_of(b, t) * s.dim + d) * N);
       }
       if (z != nullptr) {
 #pragma omp simd
         for (int64_t t = 0; t < L; ++t) y[row + t] *= z[row + t] * sigmoid(z[row + t]);
       }
-      std::copy(h, h + N, final_state + (b * s.dim + d) * N);
+      std::copy(h, h + N, final_state + (s.doc_of(b, L - 1) * s.dim + d) * N);
     }
   }
 }
@@ -104,9 +120,9 @@ void forward_kernel(const T* u, const T* delta, const T* A, const T* B, const T*
 // the channels of a group) are written per (b, d) or per (slice of channels, b) and summed in Python.
 template <typename T>
 void backward_kernel(const T* u, const T* delta, const T* A, const T* B, const T* C, const T* Dskip,
-                     const T* z, const T* bias, const T* checkpoints, const T* dy, const T* dh_final,
-                     bool use_softplus, const Dims& s, int64_t slices, T* du, T* ddelta, T* dz,
-                     T* dA_part, T* dB_part, T* dC_part, T* dD_part, T* dbias_part, T* dh0) {
+                     const T* z, const T* bias, const T* h0, const T* checkpoints, const T* dy,
+                     const T* dh_final, bool use_softplus, const Dims& s, int64_t slices, T* du, T* ddelta,
+                     T* dz, T* dA_part, T* dB_part, T* dC_part, T* dD_part, T* dbias_part, T* dh0) {
   const int64_t N = s.state, L = s.length, K = s.chunk;
   const int64_t tstride = s.bc_tstride();
   const int64_t per_slice = (s.dim + slices - 1) / slices;
@@ -129,7 +145,8 @@ void backward_kernel(const T* u, const T* delta, const T* A, const T* B, const T
           T* dA = dA_part + bd * N;
           const T dskip = Dskip[d], db = bias[d];
           T dh[kMaxState];
-          std::copy(dh_final + bd * N, dh_final + (bd + 1) * N, dh);
+          const T* dh_end = dh_final + (s.doc_of(b, L - 1) * s.dim + d) * N;
+          std::copy(dh_end, dh_end + N, dh);
           T dskip_acc = 0, dbias_acc = 0;
           const T* ckpt = checkpoints + bd * s.nchunks * N;
           discretisation_steps(delta + row, L, db, use_softplus, dts.data(), slopes.data());
@@ -140,8 +157,9 @@ void backward_kernel(const T* u, const T* delta, const T* A, const T* B, const T
           for (int64_t c = s.nchunks - 1; c >= 0; --c) {
             const int64_t t0 = c * K, t1 = std::min(L, t0 + K);
             // Recompute this chunk's decays and states from its checkpoint.
-            const T* hprev = ckpt + c * N;
+            const T* hprev = ckpt + c * N;  // the state entering t0 (after any reset there)
             for (int64_t t = t0; t < t1; ++t) {
+              if (t > t0 && s.starts(b, t)) hprev = h0 + (s.doc_of(b, t) * s.dim + d) * N;
               const T dt = dts[t];
               const T dtu = dt * u[row + t];
               const T* Bt = Bp + t * tstride;
@@ -162,7 +180,11 @@ void backward_kernel(const T* u, const T* delta, const T* A, const T* B, const T
               T* dCt = dCp + t * tstride;
               const T* a = abuf.data() + (t - t0) * N;
               const T* h = hbuf.data() + (t - t0) * N;
-              const T* hp = t > t0 ? h - N : ckpt + c * N;
+              const T* hp = t == t0 ? ckpt + c * N : s.starts(b, t) ? h0 + (s.doc_of(b, t) * s.dim + d) * N : h - N;
+              if (s.ends(b, t)) {  // the next token starts another document: h_t reaches only this final state
+                const T* dh_end = dh_final + (s.doc_of(b, t) * s.dim + d) * N;
+                std::copy(dh_end, dh_end + N, dh);
+              }
               T gy = dy[row + t];
               if (z != nullptr) {
                 T yt = 0;
@@ -191,9 +213,10 @@ void backward_kernel(const T* u, const T* delta, const T* A, const T* B, const T
               ddt *= slopes[t];  // dΔ/dδ: softplus' = sigmoid, or 1
               ddelta[row + t] = ddt;
               dbias_acc += ddt;
+              if (s.starts(b, t)) std::copy(dh, dh + N, dh0 + (s.doc_of(b, t) * s.dim + d) * N);
             }
           }
-          std::copy(dh, dh + N, dh0 + bd * N);
+          std::copy(dh, dh + N, dh0 + (s.doc_of(b, 0) * s.dim + d) * N);
           dD_part[bd] = dskip_acc;
           dbias_part[bd] = dbias_acc;
         }
@@ -202,8 +225,10 @@ void backward_kernel(const T* u, const T* delta, const T* A, const T* B, const T
   }
 }
 
-Dims make_dims(const at::Tensor& u, const at::Tensor& A, const at::Tensor& B, int64_t groups, int64_t chunk) {
+Dims make_dims(const at::Tensor& u, const at::Tensor& A, const at::Tensor& B, int64_t groups, int64_t chunk,
+               const at::Tensor& doc) {
   Dims s;
+  s.doc = doc.numel() > 0 ? doc.data_ptr<int64_t>() : nullptr;
   s.batch = u.size(0);
   s.dim = u.size(1);
   s.length = u.size(2);
@@ -211,8 +236,11 @@ Dims make_dims(const at::Tensor& u, const at::Tensor& A, const at::Tensor& B, in
   s.groups = groups;
   s.chunk = chunk;
   s.nchunks = (s.length + chunk - 1) / chunk;
-  TORCH_CHECK(s.state <= kMaxState, "selective_scan cpp: d_state must be at most ", kMaxState);
-  TORCH_CHECK(chunk >= 1, "selective_scan cpp: chunk must be positive");
+  TORCH_CHECK(s.state <= kMaxState, "selective_scan_cpu: d_state must be at most ", kMaxState);
+  TORCH_CHECK(chunk >= 1, "selective_scan_cpu: chunk must be positive");
+  TORCH_CHECK(doc.numel() == 0 || (doc.scalar_type() == at::kLong && doc.is_contiguous() && doc.dim() == 2 &&
+                                   doc.size(0) == s.batch && doc.size(1) == s.length),
+              "selective_scan_cpu: doc must be empty or a contiguous (batch, length) int64 tensor");
   return s;
 }
 
@@ -221,13 +249,16 @@ T* opt_ptr(const at::Tensor& t) {
   return t.numel() > 0 ? t.data_ptr<T>() : nullptr;
 }
 
-// Returns y, final_state, checkpoints (batch, D, nchunks, N). An empty z means no gating.
-std::vector<at::Tensor> forward(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
-                                at::Tensor Dskip, at::Tensor z, at::Tensor bias, at::Tensor h0,
-                                bool use_softplus, int64_t groups, int64_t chunk) {
-  const Dims s = make_dims(u, A, B, groups, chunk);
+// Returns y, final_state (one per document: h0's leading size), checkpoints (batch, D, nchunks, N). An empty z
+// means no gating; an empty doc, one document per row.
+std::vector<at::Tensor> forward_documents(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
+                                          at::Tensor Dskip, at::Tensor z, at::Tensor bias, at::Tensor h0,
+                                          bool use_softplus, int64_t groups, int64_t chunk, at::Tensor doc) {
+  const Dims s = make_dims(u, A, B, groups, chunk, doc);
+  TORCH_CHECK(h0.size(0) == (s.doc != nullptr ? s.doc[s.batch * s.length - 1] + 1 : s.batch),
+              "selective_scan_cpu: h0 must hold one state per document");
   auto y = at::empty_like(u);
-  auto final_state = at::empty({s.batch, s.dim, s.state}, u.options());
+  auto final_state = at::empty({h0.size(0), s.dim, s.state}, u.options());
   auto checkpoints = at::empty({s.batch, s.dim, s.nchunks, s.state}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_forward", [&] {
     forward_kernel<scalar_t>(u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
@@ -240,13 +271,15 @@ std::vector<at::Tensor> forward(at::Tensor u, at::Tensor delta, at::Tensor A, at
 }
 
 // Returns du, ddelta, dz, dA_part (batch, D, N), dB_part, dC_part, dD_part (batch, D),
-// dbias_part (batch, D), dh0. dB/dC parts are (batch, D, N) for groups == 0, else
-// (slices, batch, G, L, N).
-std::vector<at::Tensor> backward(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
-                                 at::Tensor Dskip, at::Tensor z, at::Tensor bias, at::Tensor checkpoints,
-                                 at::Tensor dy, at::Tensor dh_final, bool use_softplus, int64_t groups,
-                                 int64_t chunk, int64_t slices) {
-  const Dims s = make_dims(u, A, B, groups, chunk);
+// dbias_part (batch, D), dh0 (dh_final's shape: one per document). dB/dC parts are (batch, D, N) for
+// groups == 0, else (slices, batch, G, L, N). h0 is read at document starts only (empty without doc).
+std::vector<at::Tensor> backward_documents(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
+                                           at::Tensor Dskip, at::Tensor z, at::Tensor bias, at::Tensor h0,
+                                           at::Tensor checkpoints, at::Tensor dy, at::Tensor dh_final,
+                                           bool use_softplus, int64_t groups, int64_t chunk, int64_t slices,
+                                           at::Tensor doc) {
+  const Dims s = make_dims(u, A, B, groups, chunk, doc);
+  TORCH_CHECK(s.doc == nullptr || h0.sizes() == dh_final.sizes(), "selective_scan_cpu: h0 must be dh_final's shape");
   auto du = at::empty_like(u);
   auto ddelta = at::empty_like(u);
   auto dz = z.numel() > 0 ? at::empty_like(z) : at::empty({0}, u.options());
@@ -262,17 +295,34 @@ std::vector<at::Tensor> backward(at::Tensor u, at::Tensor delta, at::Tensor A, a
   dC_part = at::zeros_like(dB_part);
   auto dD_part = at::empty({s.batch, s.dim}, u.options());
   auto dbias_part = at::empty({s.batch, s.dim}, u.options());
-  auto dh0 = at::empty({s.batch, s.dim, s.state}, u.options());
+  auto dh0 = at::empty_like(dh_final);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "selective_scan_cpu_backward", [&] {
     backward_kernel<scalar_t>(
         u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(),
         C.data_ptr<scalar_t>(), Dskip.data_ptr<scalar_t>(), opt_ptr<scalar_t>(z), bias.data_ptr<scalar_t>(),
-        checkpoints.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(), dh_final.data_ptr<scalar_t>(), use_softplus,
-        s, slices, du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(), opt_ptr<scalar_t>(dz),
-        dA_part.data_ptr<scalar_t>(), dB_part.data_ptr<scalar_t>(), dC_part.data_ptr<scalar_t>(),
-        dD_part.data_ptr<scalar_t>(), dbias_part.data_ptr<scalar_t>(), dh0.data_ptr<scalar_t>());
+        opt_ptr<scalar_t>(h0), checkpoints.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),
+        dh_final.data_ptr<scalar_t>(), use_softplus, s, slices, du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(),
+        opt_ptr<scalar_t>(dz), dA_part.data_ptr<scalar_t>(), dB_part.data_ptr<scalar_t>(),
+        dC_part.data_ptr<scalar_t>(), dD_part.data_ptr<scalar_t>(), dbias_part.data_ptr<scalar_t>(),
+        dh0.data_ptr<scalar_t>());
   });
   return {du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0};
+}
+
+// The calling convention shared with the CUDA and Triton kernels (one document per row).
+std::vector<at::Tensor> forward(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
+                                at::Tensor Dskip, at::Tensor z, at::Tensor bias, at::Tensor h0,
+                                bool use_softplus, int64_t groups, int64_t chunk) {
+  return forward_documents(u, delta, A, B, C, Dskip, z, bias, h0, use_softplus, groups, chunk, u.new_empty({0}).to(at::kLong));
+}
+
+std::vector<at::Tensor> backward(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
+                                 at::Tensor Dskip, at::Tensor z, at::Tensor bias, at::Tensor checkpoints,
+                                 at::Tensor dy, at::Tensor dh_final, bool use_softplus, int64_t groups,
+                                 int64_t chunk, int64_t slices) {
+  const auto none = u.new_empty({0});
+  return backward_documents(u, delta, A, B, C, Dskip, z, bias, none, checkpoints, dy, dh_final, use_softplus, groups,
+                            chunk, slices, none.to(at::kLong));
 }
 
 }  // namespace
@@ -280,4 +330,6 @@ std::vector<at::Tensor> backward(at::Tensor u, at::Tensor delta, at::Tensor A, a
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "selective scan forward (CPU)");
   m.def("backward", &backward, "selective scan backward (CPU)");
+  m.def("forward_documents", &forward_documents, "selective scan forward over packed documents (CPU)");
+  m.def("backward_documents", &backward_documents, "selective scan backward over packed documents (CPU)");
 }

@@ -1,6 +1,6 @@
 // Thin torch binding of the CUDA selective scan (selective_scan_cuda.cu, C interface in
 // selective_scan_cuda.h). Same calling convention and outputs as the CPU kernel's binding
-// (selective_scan_cpu.cpp), so ssmzoo/ops/selective_scan/kernel.py drives both; the gradients that
+// (selective_scan_cpu.cpp), so ssmzoo/ops/selective_scan/autograd.py drives both; the gradients that
 // the CPU kernel returns as partial sums come back here already reduced, with a leading axis of 1.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>

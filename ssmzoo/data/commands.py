@@ -1,26 +1,17 @@
 """``ssmzoo data NAME ...``: a registry of data commands, each with its own argparse arguments.
 
-A data set that has something to write or show registers a :class:`DataCommand` in :func:`data_commands`;
+A data set that has something to write or show makes a :class:`~ssmzoo.data.data_command.DataCommand` in its own
+module and is listed in :func:`data_commands`;
 ``ssmzoo data --help`` lists them and ``ssmzoo data NAME --help`` shows that command's arguments.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class DataCommand:
-    """One ``ssmzoo data`` command: its name, a one-line help, a function adding its arguments to an
-    argparse parser and a function running it on the parsed arguments."""
-
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], object]
+from .data_command import DataCommand, run_command
 
 
 def _paths_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,5 +86,6 @@ def build_parser(prog: str = "ssmzoo data") -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> object:
     """Parse ``argv`` (the words after ``ssmzoo data``) and run the named command."""
-    args = build_parser().parse_args(argv)
-    return data_commands()[args.command].run(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_command(f"{parser.prog} {args.command}", data_commands()[args.command].run, args)

@@ -31,12 +31,14 @@ import inspect
 import os
 import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ..modules.checks import autocast_enabled
+from ..ops.segments import Segments
+from .packing import forward_each_document
 
 # A layer's recurrent state: one tensor, or a (nested) tuple / NamedTuple of tensors. Layers document theirs.
 State = Any
@@ -64,7 +66,8 @@ def set_input_checks(enabled: bool | None) -> None:
 def input_checks_enabled(device: torch.device | str = "cpu") -> bool:
     """Whether value checks run for tensors on ``device`` under the current setting."""
     device = torch.device(device)
-    if device.type == "meta":
+    if device.type == "meta" or torch.compiler.is_compiling():
+        # Value checks read the data: in a compiled or exported graph they would be data-dependent branches.
         return False
     if _check_values is None:
         return device.type == "cpu"
@@ -124,11 +127,65 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+class DecodeBlock(NamedTuple):
+    """One residual block of a language model, as a fused decoder sees it: x + mixer(norm(x)), then
+    x + mlp(norm2(x)) where the block has an MLP (norm2 and mlp None otherwise)."""
+
+    norm: nn.Module | None
+    mixer: nn.Module
+    norm2: nn.Module | None
+    mlp: nn.Module | None
+
+
+class DecodeStack(NamedTuple):
+    """A whole language model, as a fused decoder sees it: token -> embedding -> blocks -> norm_f -> head.
+    ``backend``: the decoder's backend the model was asked for (None: the decoder's default)."""
+
+    embedding: Tensor
+    blocks: tuple[DecodeBlock, ...]
+    norm_f: nn.Module
+    head: Tensor
+    backend: str | None
+
+
+class SharedMemory(nn.Module, metaclass=abc.ABCMeta):
+    """A memory of a language model's residual stream at one depth, read by the :class:`MemoryReader` blocks
+    above it (RAMba's chunk memory): it changes no token itself. ``forward(x, state)`` and ``step(x_t, state)``
+    return (what readers get, the memory's next state); ``state`` None is a fresh memory."""
+
+    @abc.abstractmethod
+    def init_state(self, batch_size: int, device: torch.device | str | None, dtype: torch.dtype | None) -> State:
+        ...
+
+    @abc.abstractmethod
+    def step(self, x_t: Tensor, state: State, check_state: bool = True) -> tuple[Any, State]:
+        ...
+
+
+class MemoryReader(nn.Module, metaclass=abc.ABCMeta):
+    """A block mixer that reads the :class:`SharedMemory` below it: ``read(x, shared)`` for a sequence (batch,
+    length, d_model), ``read_step(x_t, shared)`` for one token; it has no state of its own."""
+
+    @abc.abstractmethod
+    def read(self, x: Tensor, shared: Any) -> Tensor:
+        ...
+
+    @abc.abstractmethod
+    def read_step(self, x_t: Tensor, shared: Any) -> Tensor:
+        ...
+
+
+# One token through a whole stack: (token (batch,), per-block states) -> (logits (batch, vocab), next states).
+StackDecoder = Callable[[Tensor, list], tuple[Tensor, list]]
+
+
 class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
     """Base class of every registered sequence layer.
 
     Class attributes a subclass may override:
       ``supported_dtypes``: the floating dtypes its ops accept; others get a ``ValueError``.
+      ``segments_fast_path``: True when the layer computes packed documents (``segments``) in one pass of its
+      own instead of the base class's exact fallback that runs every document alone.
       ``prefill_rows``: how many (batch x length) rows one forward call should take when a model prefills a
       long prompt: the prompt then runs in pieces, each continuing from the last one's state (exact by the
       contract). None: the whole prompt in one call.
@@ -140,6 +197,7 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
     registry_name: ClassVar[str] = ""
     supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32, torch.float64)
     prefill_rows: ClassVar[int | None] = None
+    segments_fast_path: ClassVar[bool] = False
 
     def __init__(self, d_model: int, causal: bool = True) -> None:
         super().__init__()
@@ -155,12 +213,20 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
         state: State | None = None,
         return_state: bool = False,
         lengths: Tensor | None = None,
+        segments: Segments | None = None,
     ) -> Tensor | tuple[Tensor, State]:
         """x: (batch, length, d_model). ``lengths`` (batch,) marks right padding: outputs at real
-        positions never depend on padded ones. Returns y, or (y, final_state) with return_state."""
+        positions never depend on padded ones. ``segments`` (:class:`~ssmzoo.ops.segments.Segments`) marks
+        packed documents: each is computed as if it ran alone, and ``state`` / the final state are then
+        per document (leading size ``segments.num_docs``). Returns y, or (y, final_state) with return_state."""
         self._check_sequence(x)
         if not isinstance(return_state, bool):
             raise ValueError(f"{self._name}: return_state must be True or False, got {return_state!r}")
+        if segments is not None:
+            self._check_segments(segments, x)
+            if lengths is not None:
+                raise ValueError(f"{self._name}: give lengths or segments, not both (padding packed documents: "
+                                 "make the padding a document of its own)")
         if lengths is not None:
             lengths = self._check_lengths(lengths, x)
         if not self.causal and (state is not None or return_state):
@@ -169,14 +235,17 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
                 "(build it with bidirectional=False to stream)"
             )
         if state is not None:
-            self._check_state(state, x)
+            self._check_state(state, x, None if segments is None else segments.num_docs)
         if (return_state and lengths is not None and input_checks_enabled(lengths.device)
                 and bool((lengths != x.shape[1]).any())):
             raise ValueError(
                 f"{self._name}: return_state with padded sequences (lengths < length) is ambiguous; "
                 "pass unpadded sequences to continue a stream"
             )
-        y, new_state = self._forward(x, state, lengths, return_state)
+        if segments is not None and not segments.unpacked:
+            y, new_state = self._forward_segments(x, state, segments, return_state)
+        else:
+            y, new_state = self._forward(x, state, lengths, return_state)
         return (y, new_state) if return_state else y
 
     def init_state(
@@ -203,24 +272,39 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
             raise ValueError(f"{self._name}.init_state: dtype must be one of {names} (the input's dtype), got {dtype!r}")
         return self._init_state(batch_size, device, dtype)
 
-    def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
-        """One token: x_t (batch, d_model) -> (y_t (batch, d_model), next state)."""
+    def step(self, x_t: Tensor, state: State, check_state: bool = True) -> tuple[Tensor, State]:
+        """One token: x_t (batch, d_model) -> (y_t (batch, d_model), next state). ``check_state=False`` skips
+        the state's check (a model decoding from its own prefill, where each token's check would cost more
+        than the step of a small layer); x_t is always checked."""
         self._require_causal("step")
         self._check_tensor(x_t, "x_t", expected_rank=2, shape_doc="(batch, d_model)")
         if state is None:
             raise ValueError(f"{self._name}.step: state is None; start a stream with "
                              f"state = layer.init_state({x_t.shape[0]})")
-        self._check_state(state, x_t)
+        if check_state:
+            self._check_state(state, x_t)
         return self._step(x_t, state)
 
-    def final_state(self, x: Tensor, state: State | None = None) -> State:
-        """The state after x: ``forward(x, state, return_state=True)[1]``, skipping the output where the layer
-        can (generation's prefill needs only the last layer's state and its last position's output)."""
+    def final_state(self, x: Tensor, state: State | None = None, segments: Segments | None = None) -> State:
+        """The state after x: ``forward(x, state, return_state=True, segments=segments)[1]``, skipping the
+        output where the layer can (generation's prefill needs only the last layer's state and its last
+        position's output)."""
         self._require_causal("final_state")
         self._check_sequence(x)
+        if segments is not None:
+            self._check_segments(segments, x)
         if state is not None:
-            self._check_state(state, x)
+            self._check_state(state, x, None if segments is None else segments.num_docs)
+        if segments is not None and not segments.unpacked:
+            return self._forward_segments(x, state, segments, True)[1]
         return self._final_state(x, state)
+
+    @classmethod
+    def stack_decoder(cls, stack: DecodeStack) -> StackDecoder | None:
+        """A fused one-token step for a whole language model whose blocks this class can run in one call
+        (generation asks the first block's mixer class once per ``generate``), or None: the model then steps
+        block by block. The decoder takes states from the model's own prefill, unchecked."""
+        return None
 
     # -- what subclasses implement ------------------------------------------------------------
     @abc.abstractmethod
@@ -229,6 +313,14 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
     ) -> tuple[Tensor, State | None]:
         """Map x (batch, length, d_model) to (y, final state); inputs are already validated. The final
         state may be None unless ``return_state`` (layers whose final state is costly skip it then)."""
+
+    def _forward_segments(
+        self, x: Tensor, state: State | None, segments: Segments, return_state: bool
+    ) -> tuple[Tensor, State | None]:
+        """``_forward`` on packed documents (validated; at least one row holds more than one document). The
+        default runs every document alone through ``_forward`` (packing.py): exact for any layer. A layer with
+        a faster exact form overrides this and sets ``segments_fast_path = True``."""
+        return forward_each_document(self._forward, x, state, segments, return_state, self._name)
 
     def _final_state(self, x: Tensor, state: State | None) -> State:
         """``final_state`` from validated input; a layer whose state costs less than its output overrides it."""
@@ -309,11 +401,28 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
                 forms[key] = self._init_state(batch, torch.device("meta"), dtype)
         return forms[key]
 
-    def _check_state(self, state: State, x: Tensor) -> None:
+    def _expected_state(self, state: State, batch: int, dtype: torch.dtype) -> State:
+        """The form a given ``state`` must have: init_state(batch)'s for inputs of ``dtype``. A layer whose state
+        grows with the stream (a KV cache) overrides this to stretch that form to the given state's length."""
+        return self._state_form(batch, dtype)
+
+    def _check_segments(self, segments: Segments, x: Tensor) -> None:
+        if not isinstance(segments, Segments):
+            raise ValueError(f"{self._name}: segments must be a ssmzoo.Segments (Segments.from_seq_idx / "
+                             f"from_cu_seqlens / from_lengths), got {type(segments).__name__}")
+        if (segments.batch, segments.length) != tuple(x.shape[:2]):
+            raise ValueError(f"{self._name}: segments describe a (batch, length) = {(segments.batch, segments.length)} "
+                             f"input, but x has {tuple(x.shape[:2])}")
+        if segments.device != x.device:
+            raise ValueError(f"{self._name}: segments are on {segments.device} but x is on {x.device} "
+                             f"(segments.to({str(x.device)!r}))")
+
+    def _check_state(self, state: State, x: Tensor, batch: int | None = None) -> None:
         """Raise a ValueError unless ``state`` has the form of ``init_state(batch)`` for input x:
-        the same structure, and leaves with the same shapes and dtypes, on x's device."""
-        batch = x.shape[0]
-        expected = self._state_form(batch, x.dtype)
+        the same structure, and leaves with the same shapes and dtypes, on x's device. ``batch``: the
+        number of states expected (the documents of packed input), x's batch size by default."""
+        batch = x.shape[0] if batch is None else batch
+        expected = self._expected_state(state, batch, x.dtype)
         check_dtypes = not autocast_enabled(x.device)
         problem = _compare_state(state, expected, "state", x.device, check_dtypes)
         if problem is None:
@@ -322,10 +431,15 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
         hint = ""
         if (isinstance(got, Tensor) and isinstance(want, Tensor) and got.dim() == want.dim() and got.dim() > 0
                 and got.shape[1:] == want.shape[1:] and got.shape[0] != want.shape[0]):
-            hint = f" (the state has batch size {got.shape[0]} but the input has batch size {batch})"
+            hint = f" (the state has batch size {got.shape[0]} but the input has {_count(batch, x)})"
         like = "init_state(" + str(batch) + ")" + path.removeprefix("state")
         raise ValueError(f"{self._name}: {path} must be {_describe_expected(want, x.device)} like {like}, "
                          f"got {_describe(got)}{hint}")
+
+
+def _count(batch: int, x: Tensor) -> str:
+    """What ``batch`` counts in a state check's message: the input's batch size, or its packed documents."""
+    return f"batch size {batch}" if batch == x.shape[0] else f"{batch} documents"
 
 
 # The state forms each layer has been checked against (see SequenceLayer._state_form); weak, so a

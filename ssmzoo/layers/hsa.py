@@ -43,7 +43,16 @@ from ..modules.mlp import MLP
 from ..modules.rmsnorm import RMSNorm
 from ..ops import hsa as hsa_op
 from ..ops.hsa.routing import select_chunks
-from .base import SequenceLayer, _compare_state, _describe, _describe_expected, register
+from .base import (
+    MemoryReader,
+    SequenceLayer,
+    SharedMemory,
+    _compare_state,
+    _count,
+    _describe,
+    _describe_expected,
+    register,
+)
 
 COMBINES = ("stick_breaking", "softmax")
 ENCODER_BLOCK_TOKENS = 4096  # tokens per recomputed block with encoder_checkpoint
@@ -181,11 +190,66 @@ class ChunkMemory(nn.Module):
         )
 
 
-class HSARead(nn.Module):
+class ChunkMemoryView(NamedTuple):
+    """What a :class:`SharedChunkMemory` gives the reads above it: the chunk cache (every chunk complete before
+    the last position), the selection queries (batch, L, retrieval_heads, retrieval_dim) of the positions,
+    and the position of the first of them."""
+
+    memory: HSAState
+    selection_q: Tensor
+    offset: int
+
+
+class SharedChunkMemory(SharedMemory):
+    """RAMba's chunking and retrieval layers: the chunk memory of the residual stream at one depth (chunks
+    encoded into keys, values and landmarks) and one selection query per token and retrieval head, both shared
+    by every HSA read above it (``{"memory": "chunks"}`` in a language model's pattern). State: :class:`HSAState`.
+    Arguments as :class:`HSA`'s."""
+
+    def __init__(self, d_model: int, kv_heads: int = 1, head_dim: int | None = None, heads: int = 4,
+                 chunk_size: int = 64, retrieval_heads: int | None = None, retrieval_dim: int | None = None,
+                 encoder_layers: int = 1, encoder_heads: int | None = None, encoder_d_intermediate: int | None = None,
+                 encoder_checkpoint: bool = False, qk_norm: bool = False, cache_device: str | None = None,
+                 norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        args = check_hsa_args("SharedChunkMemory", d_model, heads, kv_heads, head_dim, chunk_size, 1,
+                              "stick_breaking", retrieval_heads, retrieval_dim, encoder_layers, encoder_heads,
+                              encoder_d_intermediate, encoder_checkpoint, qk_norm, cache_device, None, norm_eps)
+        self.d_model, self.chunk_size, self.retrieval_dim = d_model, chunk_size, args["retrieval_dim"]
+        self.memory = ChunkMemory(d_model, kv_heads, args["head_dim"], args["retrieval_dim"], chunk_size,
+                                  encoder_layers, args["encoder_heads"], args["encoder_d_intermediate"],
+                                  encoder_checkpoint, qk_norm, cache_device, norm_eps)
+        self.norm_selection = RMSNorm(d_model, eps=norm_eps)
+        self.proj_selection = nn.Linear(d_model, args["retrieval_heads"] * args["retrieval_dim"], bias=False)
+
+    def _selection(self, h: Tensor) -> Tensor:
+        return rearrange(self.proj_selection(self.norm_selection(h)), "... (h e) -> ... h e", e=self.retrieval_dim)
+
+    def init_state(self, batch_size: int, device: torch.device | str | None, dtype: torch.dtype | None) -> HSAState:
+        ref = self.proj_selection.weight
+        return self.memory.init_state(batch_size, torch.device(device) if device is not None else ref.device,
+                                      dtype if dtype is not None else ref.dtype)
+
+    def forward(self, x: Tensor, state: HSAState | None) -> tuple[ChunkMemoryView, HSAState]:
+        if state is None:
+            state = self.memory.init_state(x.shape[0], x.device, x.dtype)
+        offset = state_length(state, self.chunk_size)
+        state = self.memory.extend(state, x)  # a chunk is read only once complete, so reads may see x's chunks
+        return ChunkMemoryView(state, self._selection(x), offset), state
+
+    def step(self, x_t: Tensor, state: HSAState, check_state: bool = True) -> tuple[ChunkMemoryView, HSAState]:
+        if check_state:
+            check_hsa_state("SharedChunkMemory", "state", self.memory, state, x_t[:, None])
+        view = ChunkMemoryView(state, self._selection(x_t), state_length(state, self.chunk_size))
+        return view, self.memory.extend(state, x_t[:, None])
+
+
+class HSARead(MemoryReader):
     """The per-layer part of HSA: queries from x, the read of a chunk memory, the output projection.
 
     ``forward`` reads for a block of queries, ``step`` for one; both need the selection queries (one per
-    retrieval head) made by the caller, so several reads can share one selection (RAMba)."""
+    retrieval head) made by the caller, so several reads can share one selection (RAMba: ``read`` and
+    ``read_step`` take them from the :class:`SharedChunkMemory` below)."""
 
     def __init__(self, d_model: int, heads: int, head_dim: int, chunk_size: int, top_k: int, combine: str,
                  qk_norm: bool, hsa_backend: str | None, norm_eps: float) -> None:
@@ -213,6 +277,13 @@ class HSARead(nn.Module):
                        chunk_size=self.chunk_size, top_k=self.top_k, combine=self.combine, offset=offset,
                        selection_q=selection_q, backend=self.hsa_backend)
         return self._out(o)
+
+    def read(self, x: Tensor, shared: ChunkMemoryView) -> Tensor:
+        return self.forward(x, shared.memory, shared.selection_q, shared.offset)
+
+    def read_step(self, x_t: Tensor, shared: ChunkMemoryView) -> Tensor:
+        memory = shared.memory
+        return self.step(x_t, memory, shared.selection_q, shared.offset, memory.keys.device != x_t.device)
 
     def step(self, x_t: Tensor, memory: HSAState, selection_q: Tensor, position: int, gather: bool) -> Tensor:
         """x_t (batch, d_model) at ``position``; selection_q (batch, retrieval_heads, retrieval_dim). With
@@ -358,16 +429,17 @@ class HSA(SequenceLayer):
         y = self.read.step(x_t, state, self._selection(x_t), position, gather)
         return y, self.memory.extend(state, x_t[:, None])
 
-    def _check_state(self, state: HSAState, x: Tensor) -> None:
-        check_hsa_state(self._name, "state", self.memory, state, x)
+    def _check_state(self, state: HSAState, x: Tensor, batch: int | None = None) -> None:
+        check_hsa_state(self._name, "state", self.memory, state, x, batch)
 
 
-def check_hsa_state(owner: str, path: str, memory: ChunkMemory, state: object, x: Tensor) -> None:
+def check_hsa_state(owner: str, path: str, memory: ChunkMemory, state: object, x: Tensor,
+                    batch: int | None = None) -> None:
     """A ValueError naming ``owner`` and ``path`` unless ``state`` has the form of ``memory.init_state`` after
     the P = n · S + r tokens its shapes say (n from the landmarks, r < S from the pending inputs), for
     inputs like x: the same dtype, pending inputs and landmarks on x's device, keys and values on the
-    cache device."""
-    batch, S = x.shape[0], memory.chunk_size
+    cache device. ``batch``: the number of states expected (x's batch size, or its documents when packed)."""
+    batch, S = (x.shape[0] if batch is None else batch), memory.chunk_size
     like = f"like init_state({batch}){path.removeprefix('state')}"
     if not (type(state) is HSAState and all(isinstance(t, Tensor) for t in state)):
         raise ValueError(f"{owner}: {path} must be an HSAState(pending, keys, values, landmarks) {like}, "
@@ -391,7 +463,7 @@ def check_hsa_state(owner: str, path: str, memory: ChunkMemory, state: object, x
         where, expected, got = problem
         hint = ""
         if isinstance(got, Tensor) and got.dim() == expected.dim() and got.dim() > 0 and got.shape[0] != batch:
-            hint = f" (the state has batch size {got.shape[0]} but the input has batch size {batch})"
+            hint = f" (the state has batch size {got.shape[0]} but the input has {_count(batch, x)})"
         raise ValueError(f"{owner}: {where} must be {_describe_expected(expected, device)} {like}.{field} after "
                          f"{n * S + r} tokens ({n} chunks of {S}, {r} pending), got {_describe(got)}{hint}")
 

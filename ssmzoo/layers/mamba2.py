@@ -8,7 +8,7 @@ Through Structured State Space Duality", 2024), section 7.1 and Figure 6.
     y = RMSNorm(y · SiLU(z))                       # gated norm, per group of heads (norm_before_gate=False)
     out = out_proj(y)
 
-x has nheads = expand · d_model / headdim heads of headdim channels; B and C have ngroups groups of d_state,
+x has nheads = D_inner / headdim heads of headdim channels (D_inner = expand · d_model unless given); B and C have ngroups groups of d_state,
 each group shared by nheads / ngroups heads (the paper's multi-value attention analogue, section 7.2).
 Parameter names follow mamba-ssm's ``Mamba2`` module (in_proj, conv1d, dt_bias, A_log, D, norm, out_proj) and
 the in_proj output order [z, x, B, C, dt], so its checkpoints and Hugging Face's ``Mamba2Mixer`` load by name.
@@ -17,6 +17,7 @@ the in_proj output order [z, x, B, C, dt], so its checkpoints and Hugging Face's
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +25,15 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..modules.checks import check_bool, check_float, check_int
-from ..modules.padding import reverse_padded
+from ..modules.padding import reverse_documents, reverse_padded
 from ..modules.rmsnorm import RMSNorm
 from ..modules.short_conv import ShortConvolution
+from ..modules.state_dict import rename_prefix
 from ..ops import ssd as ssd_op
-from ..ops.ssd import ssd, ssd_update
-from .base import SequenceLayer, input_checks_enabled, register, tag_param
+from ..ops.segments import Segments
+from ..ops.ssd import ssd
+from ..ops.ssd_step import ssd_step
+from .base import SequenceLayer, register, tag_param
 
 
 def _check_pair(arg: str, value: object, positive: bool, allow_inf: bool) -> tuple[float, float]:
@@ -108,6 +112,7 @@ class Mamba2(SequenceLayer):
         d_conv: width of the causal depthwise convolution over x, B and C (>= 1).
         conv_init: if given, the conv weight is initialised uniform in ±conv_init (else as nn.Conv1d).
         expand: D_inner = expand · d_model channels in x and z.
+        d_inner: D_inner itself, instead of expand · d_model (Nemotron-H's heads × head_dim, Falcon-H1's d_ssm).
         headdim: channels per head P; nheads = D_inner / headdim.
         ngroups: groups of B and C (and of the gated norm); divides nheads.
         A_init_range: A_h = -exp(A_log_h) is initialised with -A_h uniform in this range (low > 0).
@@ -119,13 +124,17 @@ class Mamba2(SequenceLayer):
         dt_init_floor: lower clamp of that initial Δ.
         dt_limit: Δ is clamped to this (low, high) range after the softplus (forward and step alike).
         bias: biases in in_proj and out_proj.
+        out_proj_bias: a bias in out_proj (None: as ``bias``; Falcon-H1 sets them apart).
+        in_proj_multipliers: (z, x, B, C, Δ) scalars multiplying those parts of in_proj's output (its bias
+            included), Falcon-H1's µP ``ssm_multipliers`` (None: none).
         conv_bias: bias in the convolution.
-        bidirectional: add a backward direction for non-causal tasks (LRA): its own conv1d, dt_bias, A_log and D
-            (under ``backward.``), sharing in_proj, the norm and out_proj; both directions' SSD outputs are
-            summed before the gated norm (as the Mamba layer's ``bidirectional``). Padded batches (``lengths``)
-            run the backward direction from each sequence's last real token. No state, step or packed documents.
+        bidirectional: add a reverse direction for non-causal tasks (LRA): its own conv1d, dt_bias, A_log and D
+            (under ``reverse.``; checkpoints that name it ``backward.``, its name until 0.1.0, load unchanged),
+            sharing in_proj, the norm and out_proj; both directions' SSD outputs are summed before the gated norm
+            (as the Mamba layer's ``bidirectional``). Padded batches (``lengths``) run the reverse direction from
+            each sequence's last real token, packed ones from each document's. No state or step.
         chunk_size: chunk length of the SSD's chunked algorithm (results do not depend on it beyond rounding).
-        ssd_backend: backend of the SSD (None: $SSMZOO_BACKEND or "auto"; "mamba_ssm", "triton", "cpp",
+        ssd_backend: backend of the SSD (None: $SSMZOO_BACKEND or "auto"; "mamba_ssm", "triton", "cpu",
             "chunked", "reference"; see ``ssmzoo.ops.ssd.dispatch``).
         causal_conv1d_backend: backend of the convolution (None: $SSMZOO_BACKEND or "auto"; see
             ``ssmzoo.ops.causal_conv1d.dispatch``).
@@ -136,13 +145,15 @@ class Mamba2(SequenceLayer):
         ssm_state (batch, nheads, headdim, d_state): S_t, as mamba-ssm's cache; float32 for float32 and half
             inputs, float64 for float64 (the SSD op's state dtype).
 
-    Packed documents: ``forward(..., seq_idx=..., cu_seqlens=...)`` (see :meth:`forward`).
+    Packed documents (``segments=``): one pass, neither the convolution nor the SSD reading across a document
+    start; a bidirectional layer's reverse direction runs on each document reversed within its span.
     """
 
     supported_dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     # As Mamba's: a 16 x 1,024 prompt of a 4-layer d_model 256 LM prefilled in 1,152 instead of 1,573 ms (2-core
     # AMD EPYC, interleaved medians of 6) in pieces of 4,096 rows; 8,192-row pieces took 1,236 ms.
     prefill_rows = 4096
+    segments_fast_path = True
 
     def __init__(
         self,
@@ -151,6 +162,7 @@ class Mamba2(SequenceLayer):
         d_conv: int = 4,
         conv_init: float | None = None,
         expand: int = 2,
+        d_inner: int | None = None,
         headdim: int = 64,
         ngroups: int = 1,
         A_init_range: tuple[float, float] = (1.0, 16.0),
@@ -163,6 +175,8 @@ class Mamba2(SequenceLayer):
         dt_init_floor: float = 1e-4,
         dt_limit: tuple[float, float] = (0.0, math.inf),
         bias: bool = False,
+        out_proj_bias: bool | None = None,
+        in_proj_multipliers: tuple[float, float, float, float, float] | None = None,
         conv_bias: bool = True,
         bidirectional: bool = False,
         chunk_size: int = 256,
@@ -184,15 +198,29 @@ class Mamba2(SequenceLayer):
             raise ValueError(f"Mamba2: need dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
         A_low, A_high = _check_pair("A_init_range", A_init_range, positive=True, allow_inf=False)
         self.dt_limit = _check_pair("dt_limit", dt_limit, positive=False, allow_inf=True)
+        if d_inner is not None:
+            check_int("Mamba2", "d_inner", d_inner)
+        if out_proj_bias is not None:
+            check_bool("Mamba2", "out_proj_bias", out_proj_bias)
+        if in_proj_multipliers is not None:
+            ok = isinstance(in_proj_multipliers, (tuple, list)) and len(in_proj_multipliers) == 5
+            if ok:
+                for value in in_proj_multipliers:
+                    check_float("Mamba2", "in_proj_multipliers", value)
+            else:
+                raise ValueError(f"Mamba2: in_proj_multipliers must be 5 numbers (z, x, B, C, dt) or None, got "
+                                 f"{in_proj_multipliers!r}")
+            in_proj_multipliers = tuple(float(m) for m in in_proj_multipliers)
         ssd_op.dispatch.check_name(ssd_backend, "Mamba2", "ssd_backend")
         ShortConvolution.check_backend(causal_conv1d_backend, "Mamba2")
         # Each argument alone first (above), then how they fit together.
-        d_inner = expand * d_model
+        inner = "d_inner" if d_inner is not None else "expand * d_model"
+        d_inner = expand * d_model if d_inner is None else d_inner
         if d_inner % headdim:
-            raise ValueError(f"Mamba2: headdim must divide expand * d_model = {d_inner}, got headdim={headdim}")
+            raise ValueError(f"Mamba2: headdim must divide {inner} = {d_inner}, got headdim={headdim}")
         nheads = d_inner // headdim
         if nheads % ngroups:
-            raise ValueError(f"Mamba2: ngroups must divide the number of heads (expand * d_model / headdim = "
+            raise ValueError(f"Mamba2: ngroups must divide the number of heads ({inner} / headdim = "
                              f"{nheads}), got ngroups={ngroups}")
         self.d_state, self.d_conv, self.expand, self.headdim, self.ngroups = d_state, d_conv, expand, headdim, ngroups
         self.d_inner, self.nheads, self.chunk_size = d_inner, nheads, chunk_size
@@ -208,93 +236,28 @@ class Mamba2(SequenceLayer):
         _add_direction(self, **direction)  # the forward (causal) direction, under mamba-ssm's names
         self.norm = (RMSNorm(d_inner, eps=norm_eps, group_size=d_inner // ngroups, norm_before_gate=norm_before_gate)
                      if rmsnorm else None)
-        self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=bias if out_proj_bias is None else out_proj_bias)
+        self.in_proj_multipliers = in_proj_multipliers
+        if in_proj_multipliers is not None:  # x, B and C leave in_proj as one tensor: one multiplier per channel
+            m_x, m_B, m_C = in_proj_multipliers[1:4]
+            sizes = (d_inner, ngroups * d_state, ngroups * d_state)
+            self.register_buffer("xBC_multipliers", torch.cat([torch.full((n,), m) for n, m in zip(sizes, (m_x, m_B, m_C))]),
+                                 persistent=False)
         self.bidirectional = bidirectional
-        self.backward: nn.Module | None = None
+        self.reverse: nn.Module | None = None
         if bidirectional:  # created last, so a causal layer's initial weights do not depend on this option
-            self.backward = nn.Module()
-            _add_direction(self.backward, **direction)
-        # (seq_idx, cu_seqlens) of the packed call in progress (see forward); None otherwise.
-        self._packing: tuple[Tensor | None, Tensor | None] | None = None
+            self.reverse = nn.Module()
+            _add_direction(self.reverse, **direction)
 
-    # -- packed documents -------------------------------------------------------------------------
-    def forward(
-        self,
-        x: Tensor,
-        state: tuple[Tensor, Tensor] | None = None,
-        return_state: bool = False,
-        lengths: Tensor | None = None,
-        seq_idx: Tensor | None = None,
-        cu_seqlens: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x (batch, length, d_model) -> y (batch, length, d_model) [, final state]; as every layer (base.py),
-        plus packed documents, which never see each other (neither in the convolution nor in the SSD):
-
-        seq_idx (batch, length): integer document ids, non-decreasing along each row; a run of one id is a
-            document (``ssmzoo.data.lm``'s windows carry it).
-        cu_seqlens (num_docs + 1,): document boundaries over the batch flattened to one row (batch · length
-            tokens, flash-attn's convention; with batch 1 the usual one); every row start must be a boundary.
-        Give either or both (they must agree). With a state, ``state`` enters the first document of each row
-        and the final state is the one after each row's last token (its last document's)."""
-        if seq_idx is None and cu_seqlens is None:
-            return super().forward(x, state, return_state, lengths)
-        if self.bidirectional:
-            raise ValueError(f"{self._name}: seq_idx / cu_seqlens (packed documents) need a causal layer; this one "
-                             "is bidirectional")
-        # base.forward validates x, state and lengths, then calls _forward, which reads the documents from here.
-        self._packing = (seq_idx, cu_seqlens)
-        try:
-            return super().forward(x, state, return_state, lengths)
-        finally:
-            self._packing = None
-
-    def _document_starts(self, x: Tensor, seq_idx: Tensor | None, cu_seqlens: Tensor | None) -> Tensor:
-        """(batch, length) bool: True where a document starts (always at a row's first token)."""
-        batch, length = x.shape[:2]
-        checks = input_checks_enabled(x.device)
-        starts = None
-        if seq_idx is not None:
-            self._check_integer(seq_idx, "seq_idx", x, (batch, length), "(batch, length)")
-            change = seq_idx[:, 1:] != seq_idx[:, :-1]
-            if checks and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
-                raise ValueError(f"{self._name}: seq_idx must be non-decreasing along each row (a document is a "
-                                 "run of one id)")
-            starts = torch.cat([torch.ones_like(change[:, :1]), change], dim=1)
-        if cu_seqlens is not None:
-            self._check_integer(cu_seqlens, "cu_seqlens", x, None, "(num_docs + 1,)")
-            total = batch * length
-            if checks:
-                cu = cu_seqlens.tolist()
-                if len(cu) < 2 or cu[0] != 0 or cu[-1] != total or any(b < a for a, b in zip(cu, cu[1:])):
-                    raise ValueError(f"{self._name}: cu_seqlens must rise from 0 to batch * length = {total} "
-                                     f"(boundaries over the batch flattened to one row), got {cu}")
-                if not set(range(0, total, length)) <= set(cu):
-                    raise ValueError(f"{self._name}: cu_seqlens must have a boundary at every row start (multiples "
-                                     f"of length = {length}): a document cannot run from one row into the next")
-            # Marks on a buffer one longer than the tokens, so an empty last document's boundary (= total) falls off.
-            marks = torch.zeros(total + 1, dtype=torch.bool, device=x.device)
-            marks[cu_seqlens[:-1].long()] = True
-            from_cu = rearrange(marks[:total], "(b l) -> b l", b=batch).clone()
-            from_cu[:, 0] = True  # rows are computed apart: each starts a document (checked above when checks are on)
-            if starts is not None and checks and not torch.equal(starts, from_cu):
-                raise ValueError(f"{self._name}: seq_idx and cu_seqlens disagree on where documents start")
-            if starts is None:
-                starts = from_cu
-        return starts
-
-    def _check_integer(self, t: object, arg: str, x: Tensor, shape: tuple[int, ...] | None, doc: str) -> None:
-        if not isinstance(t, Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{self._name}: {arg} must be an integer tensor {doc}, got {got}")
-        if (shape is not None and tuple(t.shape) != shape) or (shape is None and t.dim() != 1):
-            raise ValueError(f"{self._name}: {arg} must have shape {doc}"
-                             f"{'' if shape is None else ' = ' + str(shape)}, got {tuple(t.shape)}")
-        if t.device != x.device:
-            raise ValueError(f"{self._name}: {arg} is on {t.device} but x is on {x.device}")
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list[str], unexpected_keys: list[str], error_msgs: list[str]) -> None:
+        rename_prefix(state_dict, prefix, "backward", "reverse")  # the reverse direction's name until 0.1.0
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # -- contract ---------------------------------------------------------------------------------
     def _D(self, direction: nn.Module | None = None) -> Tensor:
-        """D of ``direction`` (self: the forward one; ``self.backward``), per head or (heads, headdim)."""
+        """D of ``direction`` (self: the forward one; ``self.reverse``), per head or (heads, headdim)."""
         D = (self if direction is None else direction).D
         return rearrange(D, "(h p) -> h p", p=self.headdim) if self.D_has_hdim else D
 
@@ -306,53 +269,65 @@ class Mamba2(SequenceLayer):
         self, x: Tensor, state: tuple[Tensor, Tensor] | None, lengths: Tensor | None, return_state: bool
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         # Causal: right padding (lengths) cannot reach real tokens, so the forward direction needs nothing here.
+        return self._directions(x, state, return_state, None, lambda t: reverse_padded(t, lengths))
+
+    def _forward_segments(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None, segments: Segments, return_state: bool
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """Packed documents in one pass: neither the convolution nor the SSD reads across a document start (both
+        ops take the segments); the reverse direction runs on each document reversed within its span. States are
+        per document."""
+        return self._directions(x, state, return_state, segments, lambda t: reverse_documents(t, segments))
+
+    def _directions(
+        self, x: Tensor, state: tuple[Tensor, Tensor] | None, return_state: bool, segments: Segments | None,
+        reverse: Callable[[Tensor], Tensor],
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """The forward direction, and the reverse one on the sequences ``reverse`` turns around."""
         conv_state, ssm_state = state if state is not None else (None, None)
         z, xBC, dt = self._project(x)
         xBC = rearrange(xBC, "b d l -> b l d")  # a view: the convolution reads the channels-first tensor itself
-        starts = None if self._packing is None else self._document_starts(x, *self._packing)
-        y, conv_state, ssm_state = self._direction(self, xBC, dt, z, conv_state, ssm_state, return_state, starts)
-        if self.backward is not None:
-            y_rev, _, _ = self._direction(self.backward, reverse_padded(xBC, lengths), reverse_padded(dt, lengths),
-                                          reverse_padded(z, lengths), None, None, False, None)
-            y = y + reverse_padded(y_rev, lengths)
+        y, conv_state, ssm_state = self._direction(self, xBC, dt, z, conv_state, ssm_state, return_state, segments)
+        if self.reverse is not None:
+            y_rev, _, _ = self._direction(self.reverse, reverse(xBC), reverse(dt), reverse(z), None, None, False,
+                                          segments)
+            y = y + reverse(y_rev)
+        return self._output(y, z), ((conv_state, ssm_state) if return_state else None)
+
+    def _output(self, y: Tensor, z: Tensor) -> Tensor:
         y = rearrange(y, "b l h p -> b l (h p)")
         if self.norm is not None:
             y = self.norm(y, z)
-        return self.out_proj(y), ((conv_state, ssm_state) if return_state else None)
+        return self.out_proj(y)
 
     def _direction(
         self, m: nn.Module, xBC: Tensor, dt: Tensor, z: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None,
-        return_state: bool, starts: Tensor | None,
+        return_state: bool, segments: Segments | None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """The convolution and the SSD of one direction (``m`` holds its parameters): xBC (batch, length,
         conv_dim) -> y (batch, length, nheads, headdim) and, when ``return_state``, the final states."""
-        if starts is None:
-            xBC = m.conv1d(xBC, conv_state, return_state)
-        else:
-            xBC = self._conv_documents(xBC, starts, conv_state, return_state)
+        xBC = m.conv1d(xBC, conv_state, return_state, segments)
         if return_state:
             xBC, conv_state = xBC
         sizes = [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state]
-        if starts is None:  # the convolution's output is channels first (a transposed view here)
-            xs, B, C = _ChannelsLastSplit.apply(rearrange(xBC, "b l d -> b d l"), sizes)
-        else:
-            xs, B, C = torch.split(xBC, sizes, dim=-1)
-        ssd_args = dict(
+        # The convolution's output is channels first (a transposed view here).
+        xs, B, C = _ChannelsLastSplit.apply(rearrange(xBC, "b l d -> b d l"), sizes)
+        y = self._ssd(m, xs, B, C, dt, z, ssm_state, return_state, segments)
+        y, ssm_state = y if return_state else (y, None)
+        return y, conv_state, ssm_state
+
+    def _ssd(self, m: nn.Module, xs: Tensor, B: Tensor, C: Tensor, dt: Tensor, z: Tensor, ssm_state: Tensor | None,
+             return_state: bool, segments: Segments | None) -> Tensor | tuple[Tensor, Tensor]:
+        """The SSD of direction ``m`` on channels-last x, B, C; the final state is asked for only when wanted
+        (fused kernels, mamba-ssm's, serve the other calls)."""
+        return ssd(
+            rearrange(xs, "b l (h p) -> b l h p", p=self.headdim), dt, self._A(m),
+            rearrange(B, "b l (g n) -> b l g n", g=self.ngroups), rearrange(C, "b l (g n) -> b l g n", g=self.ngroups),
             chunk_size=self.chunk_size, D=self._D(m),
             z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.headdim),
             dt_bias=m.dt_bias, dt_softplus=True, dt_limit=self.dt_limit, backend=self.ssd_backend,
+            initial_state=ssm_state, output_final_state=return_state, segments=segments,
         )
-        xs = rearrange(xs, "b l (h p) -> b l h p", p=self.headdim)
-        B = rearrange(B, "b l (g n) -> b l g n", g=self.ngroups)
-        C = rearrange(C, "b l (g n) -> b l g n", g=self.ngroups)
-        # The final state is asked for only when wanted: fused kernels (mamba-ssm's) serve the other calls.
-        if starts is None:
-            y = ssd(xs, dt, self._A(m), B, C, initial_state=ssm_state, output_final_state=return_state, **ssd_args)
-            if return_state:
-                y, ssm_state = y
-        else:
-            y, ssm_state = self._ssd_documents(xs, dt, B, C, starts, ssm_state, return_state, ssd_args)
-        return y, conv_state, ssm_state
 
     def _project(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """in_proj (one weight, mamba-ssm's [z, x, B, C, dt] layout) as three products: z (batch, length, D_inner)
@@ -364,56 +339,16 @@ class Mamba2(SequenceLayer):
         xBC = torch.matmul(w_xBC, u.mT)
         if b_xBC is not None:
             xBC = xBC + b_xBC[:, None]
-        return F.linear(u, w_z, b_z), xBC, F.linear(u, w_dt, b_dt)
+        z, dt = F.linear(u, w_z, b_z), F.linear(u, w_dt, b_dt)
+        if self.in_proj_multipliers is not None:
+            z, xBC, dt = self._multiplied(z, xBC, dt, channels_first=True)
+        return z, xBC, dt
 
-    def _conv_documents(
-        self, xBC: Tensor, starts: Tensor, conv_state: Tensor | None, return_state: bool
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """The convolution of packed documents, none seeing another's inputs: each document gets d_conv - 1
-        slots before it, zeros (or ``conv_state`` before a row's first document), in an expanded row that is
-        right-aligned, so one plain causal convolution computes it and the row's final conv state is its
-        last d_conv - 1 inputs, as in an unpacked call. xBC (batch, length, conv_dim)."""
-        w = self.d_conv - 1
-        if w == 0:  # a width-1 convolution mixes no positions
-            return self.conv1d(xBC, conv_state, return_state)
-        batch, length, _ = xBC.shape
-        doc = starts.long().cumsum(dim=1)  # (batch, length): the 1-based document of each token in its row
-        expanded_len = length + w * doc[:, -1]
-        width = int(expanded_len.max())
-        offset = width - expanded_len  # (batch,) leading unused positions: rows end together
-        rows = torch.arange(batch, device=xBC.device)[:, None] * width
-        where = (rows + offset[:, None] + torch.arange(length, device=xBC.device) + w * doc).flatten()
-        expanded = xBC.new_zeros(batch * width, xBC.shape[-1]).index_copy(
-            0, where, rearrange(xBC, "b l d -> (b l) d"))
-        if conv_state is not None:  # the slots before each row's first document
-            slots = (rows + offset[:, None] + torch.arange(w, device=xBC.device)).flatten()
-            expanded = expanded.index_copy(0, slots, rearrange(conv_state.to(xBC.dtype), "b d w -> (b w) d"))
-        out = self.conv1d(rearrange(expanded, "(b l) d -> b l d", b=batch), None, return_state)
-        y = out[0] if return_state else out
-        y = rearrange(rearrange(y, "b l d -> (b l) d").index_select(0, where), "(b l) d -> b l d", b=batch)
-        return (y, out[1]) if return_state else y
-
-    def _ssd_documents(
-        self, xs: Tensor, dt: Tensor, B: Tensor, C: Tensor, starts: Tensor, ssm_state: Tensor | None,
-        return_state: bool, ssd_args: dict,
-    ) -> tuple[Tensor, Tensor | None]:
-        """The SSD of packed documents (the op's seq_idx: sequences numbered row by row), the row state entering
-        each row's first document and leaving after its last."""
-        seq_idx = starts.long().cumsum(dim=1) - 1  # document ids from 0 in every row
-        if ssm_state is None and not return_state:
-            return ssd(xs, dt, self._A(), B, C, seq_idx=seq_idx, **ssd_args), None
-        counts = seq_idx[:, -1] + 1  # documents per row
-        last = counts.cumsum(0) - 1  # the op's number of each row's last document
-        first = last - counts + 1
-        initial = None
-        if ssm_state is not None:
-            initial = ssm_state.new_zeros(int(last[-1]) + 1, *ssm_state.shape[1:]).index_copy(0, first, ssm_state)
-        out = ssd(xs, dt, self._A(), B, C, seq_idx=seq_idx, initial_state=initial, output_final_state=return_state,
-                  **ssd_args)
-        if not return_state:
-            return out, None
-        y, finals = out
-        return y, finals.index_select(0, last)
+    def _multiplied(self, z: Tensor, xBC: Tensor, dt: Tensor, channels_first: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """in_proj's parts times ``in_proj_multipliers`` (xBC (..., conv_dim, length) when channels_first)."""
+        m_z, m_dt = self.in_proj_multipliers[0], self.in_proj_multipliers[4]
+        m_xBC = self.xBC_multipliers.to(xBC.dtype)
+        return z * m_z, xBC * (m_xBC[:, None] if channels_first else m_xBC), dt * m_dt
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         conv_state = torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype)
@@ -422,12 +357,14 @@ class Mamba2(SequenceLayer):
         return conv_state, ssm_state
 
     def _step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """One token in O(1): the convolution over the cached window, then one SSD step (ops/ssd/update.py)."""
+        """One token in O(1): the convolution over the cached window, then one SSD step (ops/ssd_step)."""
         conv_state, ssm_state = state
         z, xBC, dt = torch.split(self.in_proj(x_t), [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        if self.in_proj_multipliers is not None:
+            z, xBC, dt = self._multiplied(z, xBC, dt, channels_first=False)
         xBC, conv_state = self.conv1d.step(xBC, conv_state)
         xs, B, C = torch.split(xBC, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
-        y, ssm_state = ssd_update(
+        y, ssm_state = ssd_step(  # the fused C++ step where it serves (generation), else ssd_update's formulas
             rearrange(xs, "b (h p) -> b h p", p=self.headdim), dt, self._A(),
             rearrange(B, "b (g n) -> b g n", g=self.ngroups), rearrange(C, "b (g n) -> b g n", g=self.ngroups),
             ssm_state, D=self._D(), z=None if self.rmsnorm else rearrange(z, "b (h p) -> b h p", p=self.headdim),

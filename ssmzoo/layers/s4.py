@@ -52,7 +52,7 @@ class S4(SequenceLayer):
         lr: learning rate for Λ, P, B and log_dt (None: the optimiser's); they never get weight decay.
         activation, output, dropout: what follows the SSM (see OutputProjection).
         cauchy_backend: backend of the Cauchy kernel (None: $SSMZOO_BACKEND or "auto"; "reference",
-            "chunked", "cpp", "keops"; see ``ssmzoo.ops.cauchy.dispatch``).
+            "chunked", "cpu", "keops"; see ``ssmzoo.ops.cauchy.dispatch``).
         step_mode: "dplr" (O(N) per token) or "dense" (the discretised matrix, O(N²)).
         l_max: the kernel length C̃ is learned for. Set it to the longest input you train on: shorter
             inputs use the first L taps of this kernel; longer ones double it (see the module docstring),

@@ -17,13 +17,15 @@ from torch import Tensor, nn
 
 from ..modules.attention import Attention, attention_mask
 from ..modules.checks import check_bool, check_float, check_int
+from ..ops.segments import Segments
 from .base import SequenceLayer, register
 
 
 class SWAState(NamedTuple):
     """keys, values (batch, kv_heads, window − 1, head_dim): the rotated keys and values of the window − 1
     tokens before ``position``, oldest first; slots before position 0 are empty (zero, never attended).
-    position (batch,) int64: the tokens seen so far (all sequences of a batch advance together)."""
+    position (batch,) int64: the tokens each sequence has seen so far (packed documents continue from states
+    of different positions)."""
 
     keys: Tensor
     values: Tensor
@@ -42,6 +44,8 @@ class SWA(SequenceLayer):
         head_dim: width of each head (None: d_model / heads).
         rotary: rotary position embeddings on queries and keys.
         rotary_base: the rotary base frequency.
+        persistent_tokens: learned tokens every query attends to besides its window (Titans' persistent memory,
+            eq. 19; 0: none).
         bias: biases in the projections.
 
     Parameters are those of ``self.attn`` (an :class:`~ssmzoo.modules.Attention`); its output projection
@@ -52,6 +56,7 @@ class SWA(SequenceLayer):
     """
 
     supported_dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    segments_fast_path = True  # one band mask for packed documents (without states, up to block_size tokens)
     block_size = 256  # queries per attention call on long inputs (at least the window)
 
     def __init__(
@@ -63,6 +68,7 @@ class SWA(SequenceLayer):
         head_dim: int | None = None,
         rotary: bool = True,
         rotary_base: float = 10000.0,
+        persistent_tokens: int = 0,
         bias: bool = False,
     ) -> None:
         super().__init__(d_model, causal=True)
@@ -80,11 +86,12 @@ class SWA(SequenceLayer):
         check_bool("SWA", "rotary", rotary)
         check_float("SWA", "rotary_base", rotary_base, above=1.0)
         check_bool("SWA", "bias", bias)
+        check_int("SWA", "persistent_tokens", persistent_tokens, minimum=0)
         if rotary and (head_dim or d_model // heads) % 2:
             raise ValueError(f"SWA: rotary embeddings need an even head_dim, got {head_dim or d_model // heads}")
         self.window = window
         self.attn = Attention(d_model, heads, kv_heads=kv_heads, head_dim=head_dim, causal=True, window=window,
-                              rotary=rotary, rotary_base=rotary_base, bias=bias)
+                              rotary=rotary, rotary_base=rotary_base, persistent_tokens=persistent_tokens, bias=bias)
 
     @property
     def out_proj(self) -> nn.Linear:
@@ -107,6 +114,20 @@ class SWA(SequenceLayer):
             ys.append(y)
         return torch.cat(ys, 1), state
 
+    def _forward_segments(self, x: Tensor, state: SWAState | None, segments: Segments,
+                          return_state: bool) -> tuple[Tensor, SWAState | None]:
+        """Packed documents in one call: every token at its position in its document (rotary angles, and the
+        persistent tokens' scores, depend on it), and a band mask that also requires the same document. Streams with
+        states and inputs longer than a block run each document alone (the base class)."""
+        if state is not None or return_state or x.shape[1] > max(self.block_size, self.window):
+            return super()._forward_segments(x, state, segments, return_state)
+        a, positions = self.attn, segments.positions  # (batch, n)
+        q, k, v = a._project(x)
+        q, k = a._rotate(q, positions[:, None]), a._rotate(k, positions[:, None])
+        same_document = segments.doc[:, :, None] == segments.doc[:, None, :]
+        allowed = attention_mask(positions, positions, True, self.window) & same_document  # (batch, n, n)
+        return a._attend(q, k, v, allowed[:, None]), None
+
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> SWAState:
         a = self.attn
         empty = torch.zeros(batch_size, a.kv_heads, self.window - 1, a.head_dim, device=device, dtype=dtype)
@@ -120,14 +141,14 @@ class SWA(SequenceLayer):
         """x (batch, n, d_model) after the tokens the cache holds: the same projections, rotary angles and
         mask as ``self.attn(whole sequence)``, with [cache ‖ new] as the keys."""
         a, n, w = self.attn, x.shape[1], self.window - 1
-        start = state.position[0]  # a tensor: no device sync
-        positions = start + torch.arange(n, device=x.device)
+        start = state.position[:, None]  # (batch, 1): every sequence at its own position, no device sync
+        positions = start + torch.arange(n, device=x.device)  # (batch, n)
         q, k, v = a._project(x)
-        q, k = a._rotate(q, positions), a._rotate(k, positions)
+        q, k = a._rotate(q, positions[:, None]), a._rotate(k, positions[:, None])
         keys = torch.cat([state.keys.to(k.dtype), k], 2)
         values = torch.cat([state.values.to(v.dtype), v], 2)
-        key_positions = torch.cat([start - w + torch.arange(w, device=x.device), positions])
-        allowed = attention_mask(positions, key_positions, True, self.window) & (key_positions >= 0)[None, :]
-        y = a._attend(q, keys, values, allowed)
+        key_positions = torch.cat([start - w + torch.arange(w, device=x.device), positions], 1)  # (batch, w + n)
+        allowed = attention_mask(positions, key_positions, True, self.window) & (key_positions >= 0)[:, None, :]
+        y = a._attend(q, keys, values, allowed[:, None])
         # The next cache: the last window − 1 keys (empty slots keep init_state's zeros).
         return y, SWAState(keys[:, :, keys.shape[2] - w:], values[:, :, values.shape[2] - w:], state.position + n)

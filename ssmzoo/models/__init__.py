@@ -10,6 +10,8 @@ from .spacetime import SpaceTime
 from .ssm_forecaster import SSMForecaster
 from .titans import MAC, MAG, MAL, TitansLM
 
+from . import pretrained  # noqa: F401  (plugs checkpoint reading and writing into LanguageModel: see lm.py)
+
 __all__ = [
     "Forecaster",
     "LinearForecaster",

@@ -8,6 +8,10 @@
     "ssmzoo"             model_type "ssmzoo": our arguments  model.safetensors          load and save (any layer)
     "mamba2"             Hugging Face Mamba2ForCausalLM      model.safetensors          load and save (convert_mamba2)
     "mamba_ssm.Mamba2"   mamba-ssm, ssm_cfg layer Mamba2     pytorch_model.bin          load and save (convert_mamba2)
+    "bamba"              Hugging Face BambaForCausalLM       model.safetensors          load and save (convert_bamba)
+    "nemotron_h"         Hugging Face NemotronHForCausalLM   model.safetensors          load and save (convert_nemotron_h)
+    "falcon_h1"          Hugging Face FalconH1ForCausalLM    model.safetensors          load and save (convert_falcon_h1)
+    "zamba2"             Hugging Face Zamba2ForCausalLM      model.safetensors          load and save (convert_zamba2)
 
 :func:`checkpoint_format` names a config's format: its ``model_type``, else ``mamba_ssm.<ssm_cfg layer>``.
 
@@ -28,6 +32,7 @@ Neither library is imported here: pass a state dict (or a module) and its config
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,8 +40,19 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from .convert_bamba import load_hf_bamba, to_hf_bamba
+from .convert_falcon_h1 import load_hf_falcon_h1, to_hf_falcon_h1
+from ..version import __version__
+from .checkpoint_checks import build_checked, require_keys
 from .convert_mamba2 import load_hf_mamba2, load_mamba_ssm_mamba2, to_hf_mamba2, to_mamba_ssm_mamba2
+from .convert_nemotron_h import load_hf_nemotron_h, to_hf_nemotron_h
+from .convert_zamba2 import load_hf_zamba2, to_hf_zamba2
 from .lm import LanguageModel
+
+# The formats, as messages name them
+HF_MAMBA = 'a Hugging Face Mamba checkpoint (model_type "mamba")'
+MAMBA_SSM = "a mamba-ssm MambaLMHeadModel checkpoint (Mamba1 layers)"
+SSMZOO = 'an ssmzoo checkpoint (model_type "ssmzoo")'
 
 # -- the registry ---------------------------------------------------------------------------------
 Loader = Callable[[Mapping[str, Any], Mapping[str, Tensor]], LanguageModel]
@@ -84,6 +100,8 @@ def checkpoint_format(config: Mapping[str, Any]) -> str:
         return str(config["model_type"])
     if "d_model" in config and "n_layer" in config:
         return f"mamba_ssm.{(config.get('ssm_cfg') or {}).get('layer', 'Mamba1')}"
+    if "ssm_cfg" in config or "d_model" in config or "n_layer" in config:  # a mamba-ssm config, incomplete
+        require_keys("checkpoint_format", config, ("d_model", "n_layer"), "a mamba-ssm MambaLMHeadModel checkpoint")
     raise ValueError(f"config.json names no model_type and is not a mamba-ssm config (d_model, n_layer); keys: "
                      f"{', '.join(sorted(config))}")
 
@@ -118,14 +136,36 @@ def _get(config: Any, name: str, default: Any = None) -> Any:
     return getattr(config, name, default)
 
 
-def _load(model: LanguageModel, state_dict: dict[str, Tensor], tied: bool, source: str) -> LanguageModel:
+def _embedding_rows(fn: str, state_dict: Mapping[str, Tensor], their_name: Callable[[str], str]) -> int:
+    """The vocabulary (padded) the checkpoint's embedding holds; a ValueError naming the tensor if it has none."""
+    embedding = state_dict.get("embedding.weight")
+    if embedding is None or embedding.ndim != 2:
+        got = "no such tensor" if embedding is None else f"shape {tuple(embedding.shape)}"
+        raise ValueError(f"{fn}: the checkpoint's {their_name('embedding.weight')} (vocabulary, width) is missing "
+                         f"({got})")
+    return embedding.shape[0]
+
+
+def _load(fn: str, what: str, kwargs: dict[str, Any], state_dict: dict[str, Tensor], tied: bool,
+          config_keys: Mapping[str, str], their_name: Callable[[str], str]) -> LanguageModel:
+    _embedding_rows(fn, state_dict, their_name)
     if tied or "lm_head.weight" not in state_dict:
         # A tied checkpoint may store the head or not; either way it is the embedding.
         state_dict["lm_head.weight"] = state_dict["embedding.weight"]
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{source} checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
-    return model
+    return build_checked(fn, what, kwargs, state_dict, config_keys, their_name)
+
+
+def _hf_name(key: str) -> str:
+    """A LanguageModel tensor's name in a Hugging Face MambaForCausalLM / Mamba2ForCausalLM checkpoint."""
+    return "backbone.embeddings.weight" if key == "embedding.weight" else key if key == "lm_head.weight" \
+        else f"backbone.{key}"
+
+
+def _mamba_ssm_name(key: str) -> str:
+    """A LanguageModel tensor's name in a mamba-ssm MambaLMHeadModel checkpoint."""
+    for theirs, ours in _MLP:
+        key = key.replace(ours, theirs)
+    return key if key == "lm_head.weight" else f"backbone.{key}"
 
 
 def _state_dict(model_or_state_dict: nn.Module | Mapping[str, Tensor]) -> Mapping[str, Tensor]:
@@ -134,6 +174,12 @@ def _state_dict(model_or_state_dict: nn.Module | Mapping[str, Tensor]) -> Mappin
     if isinstance(model_or_state_dict, Mapping):
         return model_or_state_dict
     raise ValueError(f"expected an nn.Module or a state dict, got {type(model_or_state_dict).__name__}")
+
+
+def _plain(model: LanguageModel) -> bool:
+    """Whether the model has none of the stack's options the Mamba formats cannot say: multipliers of the
+    embedding or the logits, shared blocks."""
+    return model.embedding_multiplier == 1.0 and model.lm_head_multiplier == 1.0 and not len(model.shared_blocks)
 
 
 def _weights_for_saving(model: LanguageModel, prefix: Callable[[str], str]) -> dict[str, Tensor]:
@@ -161,6 +207,8 @@ def from_hf_mamba(model_or_state_dict: nn.Module | Mapping[str, Tensor], config:
         config = getattr(model_or_state_dict, "config", None)
         if config is None:
             raise ValueError("from_hf_mamba: pass the MambaConfig when giving a bare state dict")
+    fn = "from_hf_mamba"
+    require_keys(fn, config, ("hidden_size", "num_hidden_layers"), HF_MAMBA)
     sd = _rename(_state_dict(model_or_state_dict), "hf")
     d_model, expand = _get(config, "hidden_size"), _get(config, "expand", 2)
     intermediate = _get(config, "intermediate_size", expand * d_model)
@@ -170,8 +218,8 @@ def from_hf_mamba(model_or_state_dict: nn.Module | Mapping[str, Tensor], config:
         raise ValueError(f"from_hf_mamba: hidden_act {_get(config, 'hidden_act')!r}: the Mamba layer uses SiLU only")
     layer_args = {ours: _get(config, theirs) for ours, theirs in _HF_MAMBA_ARGS if _get(config, theirs) is not None}
     tied = bool(_get(config, "tie_word_embeddings", True))
-    model = LanguageModel(
-        vocab_size=sd["embedding.weight"].shape[0],
+    kwargs = dict(
+        vocab_size=_embedding_rows(fn, sd, _hf_name),
         d_model=d_model,
         n_layers=_get(config, "num_hidden_layers"),
         layer="mamba",
@@ -179,14 +227,18 @@ def from_hf_mamba(model_or_state_dict: nn.Module | Mapping[str, Tensor], config:
         norm_eps=_get(config, "layer_norm_epsilon", 1e-5),
         tie_embeddings=tied,
     )
-    return _load(model, sd, tied, "Hugging Face Mamba")
+    keys = {"d_model": "hidden_size", "n_layers": "num_hidden_layers",
+            **{f"layer_args.{ours}": theirs for ours, theirs in _HF_MAMBA_ARGS if ours in layer_args}}
+    return _load(fn, HF_MAMBA, kwargs, sd, tied, keys, _hf_name)
 
 
 def to_hf_mamba(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
     """(config.json, state dict, "model.safetensors") of ``model`` as a Hugging Face ``MambaForCausalLM``, or None
     when it has no counterpart there (another layer, an MLP, a backend choice)."""
     config = model.config
-    layer_args = dict(config["layer_args"])
+    if config["pattern"] is not None or not _plain(model):  # the format says n_layers x layer only
+        return None
+    layer_args = dict(config["layer_args"] or {})
     theirs = dict(_HF_MAMBA_ARGS)
     if config["layer"] != "mamba" or config["d_intermediate"] or set(layer_args) - set(theirs):
         return None
@@ -205,9 +257,7 @@ def to_hf_mamba(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor]
     }
     hf.update({theirs[k]: v for k, v in ours.items()})
     hf.update({theirs[k]: v for k, v in layer_args.items() if k not in ours})
-    state_dict = _weights_for_saving(model, lambda k: "backbone.embeddings.weight" if k == "embedding.weight"
-                                     else k if k == "lm_head.weight" else f"backbone.{k}")
-    return hf, state_dict, "model.safetensors"
+    return hf, _weights_for_saving(model, _hf_name), "model.safetensors"
 
 
 # -- mamba-ssm MambaLMHeadModel -------------------------------------------------------------------
@@ -222,6 +272,8 @@ def from_mamba_ssm(model_or_state_dict: nn.Module | Mapping[str, Tensor], config
     config: its ``MambaConfig`` (d_model, n_layer, ssm_cfg, rms_norm, tie_embeddings, ...) or a dict
     of it (the checkpoint's config.json). The vocabulary size, padded by mamba-ssm, is read from
     the embedding."""
+    fn = "from_mamba_ssm"
+    require_keys(fn, config, ("d_model", "n_layer"), MAMBA_SSM)
     if not _get(config, "rms_norm", True):
         raise ValueError("from_mamba_ssm: only rms_norm=True checkpoints are supported (LanguageModel uses RMSNorm)")
     if _get(config, "attn_layer_idx", None):
@@ -235,9 +287,15 @@ def from_mamba_ssm(model_or_state_dict: nn.Module | Mapping[str, Tensor], config
     sd = _rename(_state_dict(model_or_state_dict), "mamba_ssm")
     tied = bool(_get(config, "tie_embeddings", True))
     # mamba-ssm rounds the MLP's hidden width up to a multiple of 128: the checkpoint's own width counts
-    d_intermediate = sd["layers.0.mlp.down.weight"].shape[1] if _get(config, "d_intermediate", 0) else 0
-    model = LanguageModel(
-        vocab_size=sd["embedding.weight"].shape[0],
+    d_intermediate = 0
+    if _get(config, "d_intermediate", 0):
+        down = sd.get("layers.0.mlp.down.weight")
+        if down is None or down.ndim != 2:
+            raise ValueError(f"{fn}: config.json has d_intermediate={_get(config, 'd_intermediate')!r} (an MLP in each "
+                             f"block), but the checkpoint has no 2-d {_mamba_ssm_name('layers.0.mlp.down.weight')}")
+        d_intermediate = down.shape[1]
+    kwargs = dict(
+        vocab_size=_embedding_rows(fn, sd, _mamba_ssm_name),
         d_model=_get(config, "d_model"),
         n_layers=_get(config, "n_layer"),
         layer="mamba",
@@ -246,13 +304,16 @@ def from_mamba_ssm(model_or_state_dict: nn.Module | Mapping[str, Tensor], config
         norm_eps=1e-5,  # mamba-ssm's create_block default
         tie_embeddings=tied,
     )
-    return _load(model, sd, tied, "mamba-ssm")
+    keys = {"d_model": "d_model", "n_layers": "n_layer", **{f"layer_args.{k}": f"ssm_cfg.{k}" for k in ssm_cfg}}
+    return _load(fn, MAMBA_SSM, kwargs, sd, tied, keys, _mamba_ssm_name)
 
 
 def to_mamba_ssm(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
     """(config.json, state dict, "pytorch_model.bin") of ``model`` as a mamba-ssm ``MambaLMHeadModel``, or None."""
     config = model.config
-    if config["layer"] != "mamba" or set(config["layer_args"]) - set(_SSM_CFG) or config["norm_eps"] != 1e-5 \
+    if config["pattern"] is not None or not _plain(model):  # the format says n_layers x layer only
+        return None
+    if config["layer"] != "mamba" or set(config["layer_args"] or {}) - set(_SSM_CFG) or config["norm_eps"] != 1e-5 \
             or (config["d_intermediate"] and config["d_intermediate"] % 128):
         return None
     ssm = {
@@ -262,24 +323,22 @@ def to_mamba_ssm(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor
         "pad_vocab_size_multiple": 1, "tie_embeddings": model.lm_head.weight is model.embedding.weight,
     }
 
-    def name(key: str) -> str:
-        for theirs, ours in _MLP:
-            key = key.replace(ours, theirs)
-        return key if key == "lm_head.weight" else f"backbone.{key}"
-
-    return ssm, _weights_for_saving(model, name), "pytorch_model.bin"
+    return ssm, _weights_for_saving(model, _mamba_ssm_name), "pytorch_model.bin"
 
 
 # -- ssmzoo's own ---------------------------------------------------------------------------------
 def from_ssmzoo(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> LanguageModel:
+    fn = "from_ssmzoo"
+    required = [name for name, p in inspect.signature(LanguageModel.__init__).parameters.items()
+                if name != "self" and p.default is inspect.Parameter.empty]
+    require_keys(fn, config, required, SSMZOO)
     args = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "ssmzoo_version")}
-    model = LanguageModel(**args)
-    return _load(model, dict(state_dict), model.lm_head.weight is model.embedding.weight, "ssmzoo")
+    layer_args = args.get("layer_args") if isinstance(args.get("layer_args"), Mapping) else {}
+    keys = {**{k: k for k in args if k != "layer_args"}, **{f"layer_args.{k}": f"layer_args.{k}" for k in layer_args}}
+    return _load(fn, SSMZOO, args, dict(state_dict), bool(args.get("tie_embeddings", True)), keys, lambda k: k)
 
 
 def to_ssmzoo(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str]:
-    from .. import __version__
-
     config = {"model_type": "ssmzoo", "architectures": ["LanguageModel"], "ssmzoo_version": __version__, **model.config}
     return config, _weights_for_saving(model, lambda k: k), "model.safetensors"
 
@@ -288,4 +347,8 @@ register_converter("mamba", lambda config, sd: from_hf_mamba(sd, config), to_hf_
 register_converter("mamba_ssm.Mamba1", lambda config, sd: from_mamba_ssm(sd, config), to_mamba_ssm)
 register_converter("mamba2", load_hf_mamba2, to_hf_mamba2)
 register_converter("mamba_ssm.Mamba2", load_mamba_ssm_mamba2, to_mamba_ssm_mamba2)
+register_converter("bamba", load_hf_bamba, to_hf_bamba)
+register_converter("nemotron_h", load_hf_nemotron_h, to_hf_nemotron_h)
+register_converter("falcon_h1", load_hf_falcon_h1, to_hf_falcon_h1)
+register_converter("zamba2", load_hf_zamba2, to_hf_zamba2)
 register_converter("ssmzoo", from_ssmzoo, to_ssmzoo)

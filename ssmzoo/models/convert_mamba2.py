@@ -27,13 +27,18 @@ write both formats.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
 from ..layers.mamba2 import Mamba2
+from .checkpoint_checks import build_checked, require_keys
 from .lm import LanguageModel
+
+# The formats, as messages name them
+HF = 'a Hugging Face Mamba-2 checkpoint (model_type "mamba2")'
+MAMBA_SSM = "a mamba-ssm MambaLMHeadModel checkpoint with Mamba2 layers"
 
 # (our Mamba2 argument, Hugging Face Mamba2Config field)
 HF_ARGS = (("d_state", "state_size"), ("d_conv", "conv_kernel"), ("expand", "expand"), ("headdim", "head_dim"),
@@ -85,23 +90,22 @@ def _rename(state_dict: Mapping[str, Tensor], source: str, fn: str) -> dict[str,
     return out
 
 
-def _build_and_load(fn: str, sd: dict[str, Tensor], d_model: int, n_layers: int, layer_args: dict[str, Any],
-                    norm_eps: float, tied: bool) -> LanguageModel:
-    if "embedding.weight" not in sd:
-        raise ValueError(f"{fn}: the checkpoint has no embedding weight")
-    model = LanguageModel(vocab_size=sd["embedding.weight"].shape[0], d_model=d_model, n_layers=n_layers,
-                          layer="mamba2", layer_args=layer_args, norm_eps=norm_eps, tie_embeddings=tied)
+def _build_and_load(fn: str, what: str, sd: dict[str, Tensor], d_model: int, n_layers: int,
+                    layer_args: dict[str, Any], norm_eps: float, tied: bool, keys: Mapping[str, str],
+                    their_name: Callable[[str], str]) -> LanguageModel:
+    embedding = sd.get("embedding.weight")
+    if embedding is None or embedding.ndim != 2:
+        raise ValueError(f"{fn}: the checkpoint has no embedding weight ({their_name('embedding.weight')}, 2-d)")
     if tied or "lm_head.weight" not in sd:
         sd["lm_head.weight"] = sd["embedding.weight"]  # a tied head is the embedding, stored or not
-    ours = model.state_dict()
-    missing, unexpected = sorted(set(ours) - set(sd)), sorted(set(sd) - set(ours))
-    wrong = [f"{k}: {tuple(sd[k].shape)} vs {tuple(ours[k].shape)}" for k in sorted(set(sd) & set(ours))
-             if sd[k].shape != ours[k].shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"{fn}: the checkpoint does not match the model built from its config: missing {missing}, "
-                         f"unexpected {unexpected}, shapes (checkpoint vs model) {wrong}")
-    model.load_state_dict(sd)
-    return model
+    kwargs = dict(vocab_size=embedding.shape[0], d_model=d_model, n_layers=n_layers, layer="mamba2",
+                  layer_args=layer_args, norm_eps=norm_eps, tie_embeddings=tied)
+    return build_checked(fn, what, kwargs, sd, keys, their_name)
+
+
+def _name(embedding: str) -> Callable[[str], str]:
+    """A LanguageModel tensor's name in a checkpoint whose embedding is called ``embedding``."""
+    return lambda key: embedding if key == "embedding.weight" else key if key == "lm_head.weight" else f"backbone.{key}"
 
 
 # -- Hugging Face Mamba2ForCausalLM ---------------------------------------------------------------------
@@ -115,6 +119,7 @@ def from_hf_mamba2(model_or_state_dict: nn.Module | Mapping[str, Tensor], config
         config = getattr(model_or_state_dict, "config", None)
         if config is None:
             raise ValueError(f"{fn}: pass the Mamba2Config when giving a bare state dict")
+    require_keys(fn, config, ("hidden_size", "num_hidden_layers"), HF)
     if _get(config, "hidden_act", "silu") != "silu":
         raise ValueError(f"{fn}: hidden_act {_get(config, 'hidden_act')!r}: the Mamba2 layer uses SiLU only")
     d_model, expand = _get(config, "hidden_size"), _get(config, "expand", 2)
@@ -128,8 +133,10 @@ def from_hf_mamba2(model_or_state_dict: nn.Module | Mapping[str, Tensor], config
         layer_args["dt_limit"] = tuple(layer_args["dt_limit"])
     layer_args["norm_eps"] = eps
     sd = _rename(_state_dict(model_or_state_dict, fn), "hf", fn)
-    return _build_and_load(fn, sd, d_model, _get(config, "num_hidden_layers"), layer_args, eps,
-                           bool(_get(config, "tie_word_embeddings", True)))
+    keys = {"d_model": "hidden_size", "n_layers": "num_hidden_layers",
+            **{f"layer_args.{ours}": theirs for ours, theirs in HF_ARGS if ours in layer_args}}
+    return _build_and_load(fn, HF, sd, d_model, _get(config, "num_hidden_layers"), layer_args, eps,
+                           bool(_get(config, "tie_word_embeddings", True)), keys, _name("backbone.embeddings.weight"))
 
 
 def load_hf_mamba2(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> LanguageModel:
@@ -138,9 +145,16 @@ def load_hf_mamba2(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) 
 
 
 def _mixers(model: LanguageModel) -> list[Mamba2] | None:
-    """The blocks' Mamba2 mixers, or None when a block has another layer or more than norm + mixer."""
-    mixers = [block.mixer for block in model.layers]
+    """The blocks' Mamba2 mixers, or None when a block has another layer, more than norm + mixer, or options the
+    formats cannot say."""
+    if model.embedding_multiplier != 1.0 or model.lm_head_multiplier != 1.0 or len(model.shared_blocks):
+        return None
+    mixers = [getattr(block, "mixer", None) for block in model.layers]
     if not all(isinstance(m, Mamba2) for m in mixers) or any(getattr(b, "mlp", None) is not None for b in model.layers):
+        return None
+    # Options neither format has: D_inner apart from expand · d_model, in_proj multipliers, out_proj's own bias.
+    if any(m.d_inner != m.expand * m.d_model or m.in_proj_multipliers is not None
+           or (m.out_proj.bias is None) != (m.in_proj.bias is None) for m in mixers):
         return None
     return mixers
 
@@ -203,6 +217,7 @@ def from_mamba_ssm_mamba2(model_or_state_dict: nn.Module | Mapping[str, Tensor],
     config: its ``MambaConfig`` (d_model, n_layer, ssm_cfg, rms_norm, tie_embeddings, ...) or a dict of it (the
     checkpoint's config.json). The vocabulary size, padded by mamba-ssm, is read from the embedding."""
     fn = "from_mamba_ssm_mamba2"
+    require_keys(fn, config, ("d_model", "n_layer"), MAMBA_SSM)
     if not _get(config, "rms_norm", True):
         raise ValueError(f"{fn}: only rms_norm=True checkpoints are supported (LanguageModel uses RMSNorm)")
     if _get(config, "d_intermediate", 0):
@@ -226,8 +241,10 @@ def from_mamba_ssm_mamba2(model_or_state_dict: nn.Module | Mapping[str, Tensor],
             ssm_cfg[pair] = tuple(ssm_cfg[pair])
     ssm_cfg["norm_eps"] = MAMBA_SSM_EPS
     sd = _rename(_state_dict(model_or_state_dict, fn), "mamba_ssm", fn)
-    return _build_and_load(fn, sd, d_model, _get(config, "n_layer"), ssm_cfg, MAMBA_SSM_EPS,
-                           bool(_get(config, "tie_embeddings", True)))
+    keys = {"d_model": "d_model", "n_layers": "n_layer", **{f"layer_args.{k}": f"ssm_cfg.{k}" for k in ssm_cfg
+                                                                if k != "norm_eps"}}
+    return _build_and_load(fn, MAMBA_SSM, sd, d_model, _get(config, "n_layer"), ssm_cfg, MAMBA_SSM_EPS,
+                           bool(_get(config, "tie_embeddings", True)), keys, _name("backbone.embedding.weight"))
 
 
 def load_mamba_ssm_mamba2(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> LanguageModel:

@@ -46,7 +46,7 @@ def _is_int(value: Any) -> bool:
 
 
 class GenerationMixin:
-    """``generate`` for a model with ``_check_tokens(tokens, arg, rank)``, ``_prefill(input_ids) -> (logits of
+    """``generate`` for a model with ``vocab_size``, ``_check_tokens(tokens, arg, rank)``, ``_prefill(input_ids) -> (logits of
     the last position (batch, vocab), state)`` and ``_decode(token (batch,), state) -> (logits, state)``, the
     unchecked step (the state comes from the prefill)."""
 
@@ -99,7 +99,11 @@ class GenerationMixin:
         if max_length is not None:
             if not _is_int(max_length) or max_length < 1:
                 raise ValueError(f"{name}: max_length must be an int >= 1, got {max_length!r}")
-            new = max(0, max_length - prompt)
+            if max_length <= prompt:  # Hugging Face's generate warns and returns the prompt: a silent no-op
+                raise ValueError(f"{name}: max_length={max_length} counts the prompt, which already has {prompt} "
+                                 f"tokens, so there is nothing to generate; give max_length > {prompt}, or "
+                                 "max_new_tokens for the number of tokens to add")
+            new = max_length - prompt
         else:
             if not _is_int(max_new_tokens) or max_new_tokens < 0:
                 raise ValueError(f"{name}: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
@@ -115,6 +119,14 @@ class GenerationMixin:
         eos = [eos_token_id] if _is_int(eos_token_id) else eos_token_id
         if eos is not None and (not isinstance(eos, (list, tuple)) or not eos or not all(_is_int(e) for e in eos)):
             raise ValueError(f"{name}: eos_token_id must be an int, a non-empty list of ints or None, got {eos_token_id!r}")
+        vocab = getattr(self, "vocab_size", None)
+        if eos is not None and _is_int(vocab):
+            # an id outside the vocabulary is never generated (and the first pads finished rows, so it would be
+            # fed back to the model)
+            outside = [e for e in eos if not 0 <= e < vocab]
+            if outside:
+                raise ValueError(f"{name}: eos_token_id must lie in the vocabulary [0, {vocab}), got "
+                                 f"{outside[0] if _is_int(eos_token_id) else eos_token_id!r}")
         put: Callable[[Tensor], Any] | None = getattr(streamer, "put", None)
         if streamer is not None and not callable(put) and not callable(streamer):
             raise ValueError(f"{name}: streamer must have put()/end() or be callable, got {type(streamer).__name__}")

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ..ops import causal_conv1d as conv_op
 from ..ops.causal_conv1d import causal_conv1d, causal_conv1d_update
+from ..ops.segments import Segments
 from .checks import autocast_enabled, check_bool, check_choice, check_int
 
 
@@ -82,10 +83,11 @@ class ShortConvolution(nn.Module):
         conv_op.dispatch.check_name(causal_conv1d_backend, owner, "causal_conv1d_backend")
 
     def forward(
-        self, x: Tensor, state: Tensor | None = None, return_state: bool = False
+        self, x: Tensor, state: Tensor | None = None, return_state: bool = False, segments: Segments | None = None
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x (batch, length, channels), state (batch, channels, W − 1) or None -> y (batch, length,
-        channels), or (y, final state) with ``return_state``."""
+        channels), or (y, final state) with ``return_state``. ``segments``: packed documents, no tap reading
+        across a document start; states are then one per document (num_docs, channels, W − 1)."""
         if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.channels:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"ShortConvolution: x must be (batch, length, channels={self.channels}), got {got}")
@@ -94,7 +96,7 @@ class ShortConvolution(nn.Module):
                              f"convert one to match")
         out = causal_conv1d(
             rearrange(x, "b l d -> b d l"), self._taps(), self.bias, self.activation, initial_state=state,
-            output_final_state=return_state, backend=self.causal_conv1d_backend,
+            output_final_state=return_state, segments=segments, backend=self.causal_conv1d_backend,
         )
         if return_state:
             y, state = out

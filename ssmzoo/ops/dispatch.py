@@ -18,6 +18,14 @@ dtypes, and an optional size limit for ``auto``). A call describes what it needs
 The probe (:func:`probe_against_reference`) runs a backend on the op's tiny case, forward and
 backward, under ``torch.enable_grad()`` and outside inference mode and autocast whatever the caller's mode,
 and compares it with the reference; an importable but broken backend costs one warning and is never chosen.
+
+Every op lists itself in the index of ops with one line in its package, on its public entry::
+
+    @register_op(dispatch)
+    def my_op(x, ..., *, backend=None): ...
+
+and :func:`ssmzoo.ops.index` imports every op package and returns their dispatchers by name, so the
+dispatch tests enumerate the ops (a new op is tested without editing a list anywhere).
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import torch
 from torch import Tensor
 
 ENV_VAR = "SSMZOO_BACKEND"
+# Old backend names that still select the backend now named by the value.
+LEGACY_NAMES = {"cpp": "cpu"}
 REAL_DTYPES = (torch.float32, torch.float64)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
@@ -44,14 +54,30 @@ def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes in on ``device``'s type, or None where it is off (or unknown: meta)."""
+    try:
+        return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    except (RuntimeError, TypeError):
+        return None
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device``'s type while an op whose backends choose their own precision runs
+    (a no-op where it is off already)."""
+    return _no_autocast(device) if autocast_dtype(device) is not None else contextlib.nullcontext()
+
+
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend can do. ``max_size``: ``auto`` considers the backend only for problems of at
-    most this size (the op defines size, e.g. the number of entries a reference materialises)."""
+    """What a backend can do. ``segments``: it honours packed documents (``ssmzoo.ops.segments``); ops
+    without segments never ask for it. ``max_size``: ``auto`` considers the backend only for problems of
+    at most this size (the op defines size, e.g. the number of entries a reference materialises)."""
 
     initial_state: bool = True
     final_state: bool = True
     grad: bool = True
+    segments: bool = False
     dtypes: tuple[torch.dtype, ...] = REAL_DTYPES
     max_size: int | None = None
 
@@ -65,6 +91,7 @@ class Request:
     initial_state: bool = False
     final_state: bool = False
     grad: bool = False
+    segments: bool = False  # packed documents (more than one in some row)
     size: int = 0
     # Op-specific facts a backend's ``accepts`` may check (e.g. the state size a kernel supports).
     facts: tuple[tuple[str, Any], ...] = ()
@@ -98,6 +125,8 @@ class Backend:
             return "it cannot return a final state"
         if request.grad and not caps.grad:
             return "it has no backward pass"
+        if request.segments and not caps.segments:
+            return "it cannot take packed documents (segments)"
         return self.accepts(request) if self.accepts is not None else None
 
 
@@ -184,6 +213,8 @@ class Dispatcher:
     rtol: float = 1e-3
     atol: float = 1e-4
     backends: dict[str, Backend] = field(default_factory=dict)
+    # The op's public entry (``register_op`` sets it): what users call, and the dispatch tests inspect.
+    entry: Callable | None = None
     _probed: dict[tuple[str, str], bool] = field(default_factory=dict)
 
     def register(
@@ -209,6 +240,7 @@ class Dispatcher:
     def usable(self, name: str, device: torch.device | str) -> bool:
         """True when backend ``name`` runs on ``device``, is available and passed its probe there."""
         device = torch.device(device)
+        name = self.canonical(name)
         b = self.backends.get(name)
         if b is None or device.type not in b.devices:
             return False
@@ -239,9 +271,17 @@ class Dispatcher:
         self._probed.clear()
 
     # -- choice -------------------------------------------------------------------------------
+    def canonical(self, backend: str | None) -> str | None:
+        """``backend`` under its current name: the C++ backends were called "cpp" until 0.1.0 and are "cpu" now
+        (named after their files), so configs and $SSMZOO_BACKEND values that say "cpp" keep working."""
+        if backend not in self.backends and backend in LEGACY_NAMES and LEGACY_NAMES[backend] in self.backends:
+            return LEGACY_NAMES[backend]
+        return backend
+
     def check_name(self, backend: str | None, owner: str, arg: str = "backend") -> None:
         """Raise a ValueError naming ``owner`` and ``arg`` unless ``backend`` is None, "auto" or one
         of this op's backends. Layers call this in their constructors."""
+        backend = self.canonical(backend)
         if backend is None or backend == "auto" or backend in self.backends:
             return
         raise ValueError(f"{owner}: unknown {arg} {backend!r}; expected None, 'auto' or one of the {self.op} "
@@ -250,11 +290,12 @@ class Dispatcher:
     def choose(self, backend: str | None, request: Request) -> Backend:
         """The backend that serves ``request`` (see the module docstring)."""
         self.check_name(backend, self.op)
+        backend = self.canonical(backend)
         if request.device.type == "meta":
             # Meta tensors carry shapes only (model surgery, size estimates): the reference infers them.
             return self.backends["reference"]
         if backend is None:
-            env = os.environ.get(ENV_VAR, "auto")
+            env = self.canonical(os.environ.get(ENV_VAR, "auto"))
             b = self.backends.get(env)
             if b is not None and b.why_not(request) is None and self.usable(env, request.device):
                 return b
@@ -282,6 +323,29 @@ class Dispatcher:
 
     @staticmethod
     def _describe(request: Request) -> str:
-        needs = [n for n in ("initial_state", "final_state", "grad") if getattr(request, n)]
+        needs = [n for n in ("initial_state", "final_state", "grad", "segments") if getattr(request, n)]
         dtype = str(request.dtype).removeprefix("torch.")
         return f"{request.device.type}, {dtype}" + (f", needs {', '.join(needs)}" if needs else "")
+
+
+_INDEX: dict[str, Dispatcher] = {}
+
+
+def register_op(dispatch: Dispatcher) -> Callable[[Callable], Callable]:
+    """Decorator for an op's public entry: lists the op (its dispatcher, under ``dispatch.op``) in the index
+    of ops that :func:`ssmzoo.ops.index` returns, and records the entry on the dispatcher. Returns the entry
+    unchanged."""
+    def add(entry: Callable) -> Callable:
+        known = _INDEX.get(dispatch.op)
+        if known is not None and known is not dispatch:
+            raise ValueError(f"register_op: an op named {dispatch.op!r} is already registered")
+        dispatch.entry = entry
+        _INDEX[dispatch.op] = dispatch
+        return entry
+
+    return add
+
+
+def registered_ops() -> dict[str, Dispatcher]:
+    """The ops registered so far (those whose packages were imported); :func:`ssmzoo.ops.index` imports all."""
+    return dict(_INDEX)

@@ -1,4 +1,5 @@
-"""The diagonal-plus-low-rank (DPLR) SSM of S4 (PAPERS.md) as plain functions.
+"""The diagonal-plus-low-rank (DPLR) SSM of S4 (Gu, Goel & Ré, "Efficiently Modeling Long Sequences with
+Structured State Spaces", arXiv:2111.00396) as plain functions.
 
 Per channel h the continuous system has A = Λ - P P* (Q = P, as in S4 v2), written with one
 entry of each conjugate pair: lam (H, n), p (rank, H, n), b (H, n), c (K, H, n) complex with

@@ -14,6 +14,7 @@ import hashlib
 import os
 import platform
 import sys
+import time
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -28,6 +29,9 @@ CSRC = Path(__file__).resolve().parents[1] / "csrc"
 # slower). It lets the compiler assume that floating-point operations do not trap (PyTorch builds
 # with it too); the formulas are unchanged, and `omp simd` reductions may now sum in vector order, as
 # they already did on AVX-512 machines.
+# What a first build of one extension takes on 2 cores (the README's figure), for the message that announces it.
+BUILD_SECONDS = 40
+
 CPU_CFLAGS = ["-O3", "-fopenmp", "-march=native", "-fno-trapping-math"]
 
 
@@ -87,17 +91,28 @@ def load_extension(
             raise FileNotFoundError(f"missing sources {missing} (ssmzoo/csrc should ship with the package)")
         from torch.utils.cpp_extension import load
 
-        return load(
+        folder = build_dir(name, paths + [CSRC / h for h in headers],
+                           (extra_cflags or []) + (extra_ldflags or []) + (extra_cuda_cflags or []))
+        fresh = not any(folder.glob(f"{name}*.so")) and not any(folder.glob(f"{name}*.pyd"))
+        if fresh:  # a minute of silence would look like a hang
+            kernel = name.removeprefix("ssmzoo_").removesuffix("_cpu")
+            print(f"ssmzoo: building the {kernel} kernel (first use on this machine and source version, about "
+                  f"{BUILD_SECONDS} s; cached in {folder})", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+        module = load(
             name=name,
             sources=[str(p) for p in paths],
             extra_cflags=extra_cflags or [],
             extra_ldflags=extra_ldflags or [],
             extra_cuda_cflags=extra_cuda_cflags,
             extra_include_paths=[str(CSRC)],
-            build_directory=str(build_dir(name, paths + [CSRC / h for h in headers],
-                                          (extra_cflags or []) + (extra_ldflags or []) + (extra_cuda_cflags or []))),
+            build_directory=str(folder),
             verbose=False,
         )
+        if fresh:
+            print(f"ssmzoo: built the {kernel} kernel in {time.perf_counter() - started:.0f} s", file=sys.stderr,
+                  flush=True)
+        return module
     except Exception as e:  # any compiler or loader failure: fall back, with one warning
         warnings.warn(f"ssmzoo: could not build the extension {name!r} ({type(e).__name__}: {e}); "
                       "falling back to the next backend", stacklevel=3)

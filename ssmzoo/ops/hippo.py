@@ -1,4 +1,5 @@
-"""HiPPO transition matrices (PAPERS.md, "How to Train Your HiPPO") and their NPLR/DPLR forms.
+"""HiPPO transition matrices (Gu, Johnson, Timalsina, Rudra & Ré, "How to Train Your HiPPO", arXiv:2206.12037)
+and their NPLR/DPLR forms.
 
 Each measure gives a continuous-time system x'(t) = A x(t) + B u(t) whose state holds the
 coefficients of the input's history in a basis of orthogonal functions:

@@ -3,7 +3,7 @@ and the test metrics that headline its results."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from lightning.pytorch import LightningModule
 
@@ -29,3 +29,18 @@ class Task(LightningModule):
     def summary(cls, results: dict[str, float | None]) -> str:
         """One line naming the headline results (``results`` holds the ``headline`` keys)."""
         return "   ".join(f"{key} {value:.4g}" for key, value in results.items() if value is not None)
+
+
+def run_folder(trainer: Any) -> str | None:
+    """The run's folder on the global-zero process (None on the others), as ``trainer.log_dir`` names it but
+    without its broadcast: that is a collective under DDP, so asking it on rank 0 alone (as code that writes a
+    file does) hangs or kills the run."""
+    if trainer is None or not trainer.is_global_zero:
+        return None
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = trainer.loggers
+    if not loggers:
+        return trainer.default_root_dir
+    first = loggers[0]
+    return first.log_dir if isinstance(first, (TensorBoardLogger, CSVLogger)) else first.save_dir

@@ -8,6 +8,7 @@ layers, grouped by :func:`ssmzoo.optim.param_groups`), linear warmup then cosine
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import SequenceModel
 from .base import Task
+from .predict import PredictOptions, split_loader, write_csv
 from .schedule import adamw_with_schedule, warmup_steps_from
 
 
@@ -123,7 +125,7 @@ class ClassificationTask(Task):
         datamodule = getattr(self.trainer, "datamodule", None)
         baseline = getattr(datamodule, "majority_class_accuracy", None)
         if callable(baseline):
-            self.log("test/majority_baseline", float(baseline("test")))
+            self.log("test/majority_baseline", float(baseline("test")), sync_dist=True)  # the same on every rank
 
     @classmethod
     def summary(cls, results: dict[str, float | None]) -> str:
@@ -137,3 +139,27 @@ class ClassificationTask(Task):
     def configure_optimizers(self) -> dict:
         return adamw_with_schedule(self.model, self.lr, self.weight_decay, self.betas, self.warmup,
                                    self.trainer.estimated_stepping_batches)
+
+    # -- ssmzoo predict: class probabilities and labels ------------------------------------------
+    def prediction_loader(self, datamodule: Any, options: PredictOptions) -> Any:
+        return split_loader(datamodule, options.split, type(self).__name__)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        tokens, lengths, labels = batch
+        probabilities = torch.softmax(self(tokens, lengths).float(), dim=-1)
+        return {"probabilities": probabilities.cpu(), "labels": labels.cpu()}
+
+    def write_predictions(self, outputs: list[dict[str, Tensor]], folder: Path, datamodule: Any,
+                          options: PredictOptions) -> list[Path]:
+        """``predictions.csv``: per sample of the split (in the split's order) its label, the predicted class
+        and the probability of each class."""
+        probabilities = torch.cat([o["probabilities"] for o in outputs])
+        labels = torch.cat([o["labels"] for o in outputs])
+        predicted = probabilities.argmax(-1)
+        header = ["sample", "label", "predicted", *(f"p_{c}" for c in range(probabilities.shape[1]))]
+        rows = ([i, int(label), int(guess), *(f"{p:.6g}" for p in row.tolist())]
+                for i, (label, guess, row) in enumerate(zip(labels, predicted, probabilities)))
+        path = write_csv(folder / "predictions.csv", header, rows)
+        accuracy = float((predicted == labels).double().mean()) if len(labels) else float("nan")
+        print(f"ssmzoo: {len(labels)} {options.split} samples predicted, accuracy {accuracy:.4f}")
+        return [path]

@@ -7,14 +7,16 @@ import json
 import math
 import os
 import warnings
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..models.forecaster import Forecaster
 from ..optim import param_groups
-from .base import Task
+from .base import Task, run_folder
+from .predict import PredictOptions, split_loader, write_csv
 
 
 class ForecastingTask(Task):
@@ -135,7 +137,9 @@ class ForecastingTask(Task):
 
     def on_test_epoch_end(self) -> None:
         self.test_metrics = self._finish("test")
-        out_dir = self.plot_dir or (self.trainer.log_dir if self.trainer is not None else None)
+        # rank 0 writes (every rank asking trainer.log_dir here wrote the same files at once under DDP)
+        out_dir = self.plot_dir if self.trainer is None or self.trainer.is_global_zero else None
+        out_dir = out_dir or run_folder(self.trainer)
         if out_dir is None or not self._plot_windows:
             return
         os.makedirs(out_dir, exist_ok=True)
@@ -171,6 +175,72 @@ class ForecastingTask(Task):
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # -- ssmzoo predict: forecasts with their timestamps -----------------------------------------
+    def prediction_loader(self, datamodule: Any, options: PredictOptions) -> Any:
+        return split_loader(datamodule, options.split, type(self).__name__)
+
+    def predict_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        x, y = batch
+        self._check_batch(x, y)
+        return {"inputs": x.float().cpu(), "forecast": self(x).float().cpu(), "actual": y.float().cpu()}
+
+    def write_predictions(self, outputs: list[dict[str, Tensor]], folder: Path, datamodule: Any,
+                          options: PredictOptions) -> list[Path]:
+        """``forecasts.csv``: one row per window, forecast step and output channel, with the time of the forecast
+        row (the datamodule's ``row_times(split)`` where it has them: ETT's dates; else the row's position in
+        the split), the forecast and the true value, in the data's own units when the datamodule says how it
+        scaled them (``mean``, ``std``), else scaled; and ``forecast_<split>_{first,last}.png``."""
+        inputs = torch.cat([o["inputs"] for o in outputs])
+        forecast = torch.cat([o["forecast"] for o in outputs])
+        actual = torch.cat([o["actual"] for o in outputs])
+        windows, horizon, channels = forecast.shape
+        dataset = getattr(datamodule, "datasets", {}).get(options.split) if datamodule is not None else None
+        lookback = getattr(dataset, "lookback", inputs.shape[1])
+        stride = getattr(dataset, "stride", 1)
+        row_times = getattr(datamodule, "row_times", None)
+        times = list(row_times(options.split)) if callable(row_times) else None
+        names, mean, std = _output_scaling(datamodule, channels)
+        units = "data" if mean is not None else "scaled"
+        header = ["window", "step", "time", "channel", "forecast", "actual", "units"]
+
+        def rows() -> Any:
+            for i in range(windows):
+                for h in range(horizon):
+                    row = i * stride + lookback + h
+                    when = times[row] if times is not None and row < len(times) else row
+                    for c in range(channels):
+                        f, a = float(forecast[i, h, c]), float(actual[i, h, c])
+                        if mean is not None:
+                            f, a = f * std[c] + mean[c], a * std[c] + mean[c]
+                        yield [i, h + 1, when, names[c], f"{f:.6g}", f"{a:.6g}", units]
+
+        paths = [write_csv(folder / "forecasts.csv", header, rows())]
+        for name, i in (("first", 0), ("last", windows - 1)):
+            path = folder / f"forecast_{options.split}_{name}.png"
+            plot_forecast(inputs[i], actual[i], forecast[i], str(path),
+                          title=f"{type(self.model).__name__}, {options.split} window {i}")
+            paths.append(path)
+        err = forecast - actual
+        print(f"ssmzoo: {windows} {options.split} windows forecast, MSE {float(err.pow(2).mean()):.4f}   "
+              f"MAE {float(err.abs().mean()):.4f} (scaled values)")
+        return paths
+
+
+def _output_scaling(datamodule: Any, channels: int) -> tuple[list[str], list[float] | None, list[float] | None]:
+    """(names, mean, std) of the forecast channels, from the datamodule's ``columns``, ``output_columns``, ``mean``
+    and ``std`` where it has them (mean and std None when it does not say how it scaled)."""
+    import numpy as np
+
+    columns = getattr(datamodule, "output_columns", None) or list(range(channels))
+    names_all = getattr(datamodule, "columns", None)
+    names = [str(names_all[c]) if names_all is not None and c < len(names_all) else str(c) for c in columns]
+    mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+    if mean is None or std is None or len(columns) != channels:
+        return names, None, None
+    mean, std = np.broadcast_to(np.asarray(mean, dtype=float), (max(columns) + 1,)), np.broadcast_to(
+        np.asarray(std, dtype=float), (max(columns) + 1,))
+    return names, [float(mean[c]) for c in columns], [float(std[c]) for c in columns]
 
 
 def plot_forecast(x: Tensor, y: Tensor, pred: Tensor, path: str, title: str = "") -> None:

@@ -5,7 +5,8 @@ Batches are dicts (``ssmzoo.data.lm``, ``ssmzoo.data.synthetic``):
     input_ids  (batch, length) int64
     targets    (batch, length) int64, the token expected after each input token, -100 where nothing is asked
     num_bytes  (batch,) int64, the UTF-8 bytes the targets cover (text only)
-    seq_idx, cu_seqlens   document boundaries of packed windows, passed to models whose forward takes them
+    seq_idx    (batch, length) the document of each token in packed windows (text only): the model gets
+               ``segments=Segments.from_seq_idx(seq_idx)``, so no document sees the one before it
 
 Evaluation sums over the whole split (float64), so the numbers do not depend on the batch size:
 
@@ -17,7 +18,6 @@ byte model and a BPE model evaluated on the same documents).
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from pathlib import Path
@@ -27,8 +27,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Task
+from ..ops.segments import Segments
+from .base import Task, run_folder
+from .predict import PredictOptions, split_loader, write_atomic, write_csv, write_jsonl
 from .schedule import adamw_with_schedule, warmup_steps_from
+
+TOKENIZER_KEY = "ssmzoo_tokenizer"  # in every checkpoint of a LanguageModelingTask run: {"kind": "byte"} or the BPE
+TOKENIZER_FILE = "tokenizer.json"  # a run's BPE tokenizer, in its folder
+
+
+def describe_tokenizer(tokenizer: Any) -> dict[str, str] | None:
+    """A tokenizer as plain strings (what a checkpoint loaded with weights_only may hold): the byte tokenizer by
+    name, a BPE one by its tokenizers JSON and separator."""
+    if getattr(tokenizer, "name", None) == "byte":
+        return {"kind": "byte"}
+    inner = getattr(tokenizer, "tokenizer", None)
+    if getattr(tokenizer, "name", None) == "bpe" and callable(getattr(inner, "to_str", None)):
+        return {"kind": "bpe", "json": inner.to_str(), "eos_token": str(tokenizer.eos_token)}
+    return None
 
 IGNORE_INDEX = -100
 _SUMS = ("nats", "tokens", "bytes", "correct", "sequences", "exact")
@@ -75,27 +91,25 @@ class _NextTokenTask(Task):
         self.model = model
         self.lr, self.weight_decay, self.warmup, self.betas = lr, weight_decay, warmup, tuple(betas)
         self.lr_schedule = lr_schedule
-        accepted = inspect.signature(model.forward).parameters
-        self._extras = tuple(k for k in ("seq_idx", "cu_seqlens") if k in accepted)
         self._sums: dict[str, Tensor] = {}
 
     # -- batches ---------------------------------------------------------------------------------
-    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor | None]:
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor, Segments | None, Tensor | None]:
         if not isinstance(batch, dict) or "input_ids" not in batch or "targets" not in batch:
             got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
             raise ValueError(f"{type(self).__name__}: batches must be dicts with input_ids and targets "
                              f"(see ssmzoo.data.lm / ssmzoo.data.synthetic), got {got}")
-        extras = {k: batch[k] for k in self._extras if k in batch}
-        return batch["input_ids"], batch["targets"], extras, batch.get("num_bytes")
+        seq_idx = batch.get("seq_idx")
+        segments = None if seq_idx is None else Segments.from_seq_idx(seq_idx)
+        return batch["input_ids"], batch["targets"], segments, batch.get("num_bytes")
 
-    def forward(self, input_ids: Tensor, seq_idx: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
-        """Logits (batch, length, vocab); the document boundaries go to the model only if it takes them."""
-        given = {"seq_idx": seq_idx, "cu_seqlens": cu_seqlens}
-        return self.model(input_ids, **{k: given[k] for k in self._extras if given[k] is not None})
+    def forward(self, input_ids: Tensor, segments: Segments | None = None) -> Tensor:
+        """Logits (batch, length, vocab); ``segments``: the packed documents of the batch, if any."""
+        return self.model(input_ids) if segments is None else self.model(input_ids, segments=segments)
 
     def _loss(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        input_ids, targets, extras, num_bytes = self._unpack(batch)
-        logits = self(input_ids, **extras)
+        input_ids, targets, segments, num_bytes = self._unpack(batch)
+        logits = self(input_ids, segments)
         nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
                                reduction="none").view_as(targets)
         return logits, targets, nats, num_bytes
@@ -250,10 +264,71 @@ class LanguageModelingTask(_NextTokenTask):
             add_text = getattr(getattr(logger, "experiment", None), "add_text", None)
             if callable(add_text):
                 add_text("val/sample", self.last_sample, self.global_step)
-        if self.trainer.log_dir is not None:
-            path = Path(self.trainer.log_dir) / "samples.txt"
+        folder = run_folder(self.trainer)  # rank 0 alone is here: trainer.log_dir would be a one-sided collective
+        if folder is not None:
+            path = Path(folder) / "samples.txt"
             with open(path, "a", encoding="utf-8") as f:
                 f.write(f"--- step {self.global_step}\n{self.last_sample}\n\n")
+
+    # -- the tokenizer travels with the run --------------------------------------------------------
+    def _tokenizer(self) -> Any:
+        return getattr(getattr(self._trainer, "datamodule", None), "tokenizer", None) if self._trainer else None
+
+    def on_fit_start(self) -> None:
+        folder, tokenizer = run_folder(self.trainer), self._tokenizer()
+        described = describe_tokenizer(tokenizer) if tokenizer is not None else None
+        if folder is not None and described is not None and described["kind"] == "bpe":
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            write_atomic(Path(folder) / TOKENIZER_FILE, lambda f: f.write(described["json"]))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        described = describe_tokenizer(self._tokenizer())
+        if described is not None:
+            checkpoint[TOKENIZER_KEY] = described
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._trained_tokenizer = checkpoint.get(TOKENIZER_KEY)
+
+    # -- ssmzoo predict: continuations of prompts -------------------------------------------------
+    def prediction_loader(self, datamodule: Any, options: PredictOptions) -> Any:
+        from torch.utils.data import DataLoader
+
+        trained = getattr(self, "_trained_tokenizer", None)
+        current = describe_tokenizer(getattr(datamodule, "tokenizer", None))
+        if trained is not None and current is not None and trained != current:
+            raise ValueError(f"{type(self).__name__}: the checkpoint was trained with another tokenizer "
+                             f"({trained['kind']}) than the datamodule's ({current['kind']}); predict with the "
+                             "data settings of the run (its config.yaml), or use `ssmzoo generate`, which reads the "
+                             "run's own tokenizer")
+        prompts = options.all_prompts()
+        if not prompts:
+            raise ValueError(f"{type(self).__name__}: ssmzoo predict continues prompts; give them with "
+                             "--predictions.prompts '[\"To be\", \"O Romeo\"]' or --predictions.prompts_file FILE")
+        return DataLoader(list(enumerate(prompts)), batch_size=1, collate_fn=lambda items: items)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
+        tokenizer = self._tokenizer()
+        if tokenizer is None:
+            raise ValueError(f"{type(self).__name__}: the datamodule has no tokenizer to encode the prompts")
+        options: PredictOptions = self.predict_options
+        device = next(self.model.parameters()).device
+        records = []
+        for index, prompt in batch:
+            ids = [tokenizer.eos_id] + [int(i) for i in tokenizer.encode(prompt)]
+            out = self.model.generate(torch.tensor([ids], device=device), max_new_tokens=options.max_new_tokens,
+                                      do_sample=not options.greedy, temperature=options.temperature,
+                                      top_k=options.top_k, top_p=options.top_p, seed=options.seed + index)
+            records.append({"prompt": prompt, "continuation": tokenizer.decode(out[0, len(ids):].tolist()),
+                            "new_tokens": int(out.shape[1] - len(ids))})
+        return records
+
+    def write_predictions(self, outputs: list[list[dict[str, Any]]], folder: Path, datamodule: Any,
+                          options: PredictOptions) -> list[Path]:
+        """``predictions.jsonl``: one ``{"prompt", "continuation", "new_tokens"}`` record per prompt."""
+        records = [r for batch in outputs for r in batch]
+        for r in records:
+            print(f"--- {r['prompt']!r}\n{r['prompt']}{r['continuation']}")
+        return [write_jsonl(folder / "predictions.jsonl", records)]
 
     @classmethod
     def summary(cls, results: dict[str, float | None]) -> str:
@@ -290,6 +365,28 @@ class RecallTask(_NextTokenTask):
         lr_schedule: Literal["cosine", "constant"] = "cosine",
     ) -> None:
         super().__init__(model, lr, weight_decay, warmup, betas, lr_schedule)
+
+    # -- ssmzoo predict: the answers at the asked positions ----------------------------------------
+    def prediction_loader(self, datamodule: Any, options: PredictOptions) -> Any:
+        return split_loader(datamodule, options.split, type(self).__name__)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        input_ids, targets, extras, _ = self._unpack(batch)
+        predicted = self(input_ids, **extras).argmax(-1)
+        return {"targets": targets.cpu(), "predicted": predicted.cpu()}
+
+    def write_predictions(self, outputs: list[dict[str, Tensor]], folder: Path, datamodule: Any,
+                          options: PredictOptions) -> list[Path]:
+        """``predictions.csv``: per sample and asked position the expected and the predicted token."""
+        def rows() -> Any:
+            sample = 0
+            for o in outputs:
+                for targets, predicted in zip(o["targets"], o["predicted"]):
+                    for position in (targets != IGNORE_INDEX).nonzero().flatten().tolist():
+                        yield [sample, position, int(targets[position]), int(predicted[position])]
+                    sample += 1
+
+        return [write_csv(folder / "predictions.csv", ["sample", "position", "target", "predicted"], rows())]
 
     @classmethod
     def summary(cls, results: dict[str, float | None]) -> str:

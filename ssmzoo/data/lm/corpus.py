@@ -16,6 +16,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple, TextIO
@@ -94,15 +96,36 @@ def _blocks(handle: TextIO, block_chars: int) -> Iterator[str]:
         yield out
 
 
+# C0 control characters that text does not hold (tab, newlines, form feed, carriage return and escape aside)
+_CONTROL = re.compile("[\x00-\x08\x0e-\x1a\x1c-\x1f\x7f]")
+# A block is binary data if it holds a NUL (as git, grep and file judge) or this share of control characters.
+BINARY_CONTROL_SHARE = 0.1
+
+
+def _text_blocks(path: Path, handle: TextIO, block_chars: int) -> Iterator[str]:
+    """``_blocks``, refusing binary data: UTF-8 decodes NUL bytes and other control characters without
+    complaint, and a tokenizer would take them for text."""
+    offset = 0
+    for block in _blocks(handle, block_chars):
+        nul = block.find("\x00")
+        controls = len(_CONTROL.findall(block)) if nul < 0 else 0
+        if nul >= 0 or controls > BINARY_CONTROL_SHARE * len(block):
+            where = f"a NUL byte at character {offset + nul}" if nul >= 0 else \
+                f"{controls} control characters in {len(block)}"
+            raise ValueError(f"{path}: holds binary data ({where}), not text; a corpus is UTF-8 text or jsonl")
+        offset += len(block)
+        yield block
+
+
 def _text_pieces(path: Path, separator: str | None, first_doc: int, block_chars: int) -> Iterator[Piece]:
     doc = first_doc
     with _open(path) as handle:
         if separator is None:
-            for block in _blocks(handle, block_chars):
+            for block in _text_blocks(path, handle, block_chars):
                 yield Piece(doc, block)
             return
         pending, has_text = "", False  # the current document's text not yet sent; whether some was
-        for block in _blocks(handle, block_chars):
+        for block in _text_blocks(path, handle, block_chars):
             *complete, pending = (pending + block).split(separator)
             for part in complete:  # each ends a document
                 if part:
@@ -156,4 +179,11 @@ def documents(files: Sequence[Path], text_field: str = "text", separator: str | 
                 yield piece
         except UnicodeDecodeError as error:
             raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start} of a block)") from error
+        except gzip.BadGzipFile as error:
+            if str(error).startswith("Not a gzipped file"):
+                raise ValueError(f"{path}: is not gzip-compressed, though its name ends in .gz; rename it or "
+                                 "compress it") from error
+            raise ValueError(f"{path}: truncated or damaged gzip file ({error})") from error
+        except (EOFError, zlib.error) as error:
+            raise ValueError(f"{path}: truncated or damaged gzip file ({type(error).__name__}: {error})") from error
         next_doc = last + 1

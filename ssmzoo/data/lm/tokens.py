@@ -9,7 +9,8 @@ the corpus again, writing per split:
     starts.bin  the position of each document's separator (int64)
 
 and ``meta.json`` (sizes, dtypes, the tokenizer) last, into a folder that appears whole (built under a
-temporary name, then renamed), so a killed build never leaves a half-written cache behind.
+temporary name, then renamed), so a killed build never leaves a half-written cache behind. A cache damaged
+later (a truncated file, a lost ``meta.json``) is found by its sizes and rebuilt.
 
 ``WindowDataset`` cuts a split into consecutive windows of ``seq_len + 1`` tokens, one token of overlap:
 window i has input tokens [i·L, (i+1)·L) and targets [i·L + 1, (i+1)·L + 1), so every token of the split
@@ -19,6 +20,7 @@ after the first is a target exactly once.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -31,8 +33,11 @@ from einops import rearrange
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ...files import building_folder, remove_stale_building, writer_tag
 from .corpus import documents
 from .tokenizer import BPETokenizer, ByteTokenizer
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1
@@ -113,9 +118,16 @@ def build_token_cache(
     """Tokenize ``files`` into ``folder`` (see the module docstring); nothing to do if it is there.
 
     ``make_tokenizer(training_texts)`` returns the tokenizer; ``training_texts()`` iterates over the text of
-    the training documents (for training a BPE tokenizer on them)."""
-    if (folder / "meta.json").is_file():
+    the training documents (for training a BPE tokenizer on them).
+
+    A cache that is there but damaged (:func:`cache_problem`) is built again and replaces it; the building
+    folders of killed builds are removed (only those of processes gone, on this machine)."""
+    remove_stale_building(folder)
+    problem = cache_problem(folder) if folder.exists() else "absent"
+    if problem is None:
         return
+    if problem != "absent":
+        log.warning("%s: the token cache %s is damaged (%s); it is rebuilt", owner, folder, problem)
 
     def stream() -> object:
         return documents(files, text_field, separator)
@@ -130,8 +142,8 @@ def build_token_cache(
     tokenizer = make_tokenizer(lambda: (p.text for p in stream() if assignment[p.doc] == 0))
     token_dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
 
-    building = folder.with_name(f"{folder.name}.building-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
+    building = building_folder(folder)
+    shutil.rmtree(building, ignore_errors=True)  # this process's own, from an earlier failed attempt
     building.mkdir(parents=True)
     handles = {(s, kind): open(building / f"{s}.{kind}.bin", "wb") for s in SPLITS for kind in ("tokens", "bytes", "starts")}
     counts = {s: {"tokens": 0, "bytes": 0, "documents": 0} for s in SPLITS}
@@ -170,22 +182,79 @@ def build_token_cache(
         "files": [str(f) for f in files],
     }
     (building / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _replace_folder(building, folder)
+
+
+def _replace_folder(building: Path, folder: Path) -> None:
+    """Put the finished ``building`` at ``folder``, moving a damaged cache there out of the way first; if another
+    process put a complete cache there meanwhile, keep that one."""
+    if folder.exists() and cache_problem(folder) is not None:
+        damaged = folder.with_name(f"{folder.name}.damaged-{writer_tag()}")
+        try:
+            os.rename(folder, damaged)
+        except OSError:  # another process moved it first
+            pass
+        else:
+            shutil.rmtree(damaged, ignore_errors=True)  # a cache we wrote, found damaged
     try:
-        os.replace(building, folder)
+        os.rename(building, folder)
     except OSError:  # another process built it first
         shutil.rmtree(building, ignore_errors=True)
-        if not (folder / "meta.json").is_file():
-            raise
+        problem = cache_problem(folder)
+        if problem is not None:
+            raise ValueError(f"the token cache {folder} could not be replaced ({problem}); delete it and run "
+                             "again") from None
+
+
+def _read_meta(folder: Path) -> dict:
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError(f"meta.json holds a JSON {type(meta).__name__}, not an object")
+    return meta
+
+
+def cache_problem(folder: Path) -> str | None:
+    """What is wrong with the token cache ``folder`` (a missing or unreadable ``meta.json``, a file missing or of
+    the wrong size), or None if it is complete. Reads only ``meta.json`` and the files' sizes."""
+    try:
+        meta = _read_meta(folder)
+    except FileNotFoundError:
+        return "no meta.json"
+    except (ValueError, UnicodeDecodeError) as error:
+        return f"meta.json is unreadable: {error}"
+    try:
+        if meta["version"] != CACHE_VERSION:
+            return f"meta.json has version {meta['version']!r}, not {CACHE_VERSION}"
+        itemsize = np.dtype(meta["token_dtype"]).itemsize
+        for split in SPLITS:
+            counts = meta["splits"][split]
+            sizes = {"tokens": counts["tokens"] * itemsize, "bytes": counts["tokens"] * 2,
+                     "starts": counts["documents"] * 8}
+            for kind, size in sizes.items():
+                path = folder / f"{split}.{kind}.bin"
+                if not path.is_file():
+                    return f"{path.name} is missing"
+                if path.stat().st_size != size:
+                    return f"{path.name} has {path.stat().st_size} bytes, meta.json says {size}"
+        if meta["tokenizer"] != ByteTokenizer.name and not (folder / "tokenizer.json").is_file():
+            return "tokenizer.json is missing"
+    except (KeyError, TypeError, ValueError) as error:
+        return f"meta.json lacks what a cache records ({type(error).__name__}: {error})"
+    return None
 
 
 def load_split(folder: Path, split: str) -> TokenSplit:
-    meta = json.loads((folder / "meta.json").read_text())
-    n = meta["splits"][split]["tokens"]
-    if n == 0:
-        return TokenSplit(np.zeros(0, np.int64), np.zeros(0, np.uint16), np.zeros(0, np.int64))
-    tokens = np.memmap(folder / f"{split}.tokens.bin", dtype=meta["token_dtype"], mode="r", shape=(n,))
-    byte_counts = np.memmap(folder / f"{split}.bytes.bin", dtype=np.uint16, mode="r", shape=(n,))
-    starts = np.fromfile(folder / f"{split}.starts.bin", dtype=np.int64)
+    try:
+        meta = _read_meta(folder)
+        n = meta["splits"][split]["tokens"]
+        if n == 0:
+            return TokenSplit(np.zeros(0, np.int64), np.zeros(0, np.uint16), np.zeros(0, np.int64))
+        tokens = np.memmap(folder / f"{split}.tokens.bin", dtype=meta["token_dtype"], mode="r", shape=(n,))
+        byte_counts = np.memmap(folder / f"{split}.bytes.bin", dtype=np.uint16, mode="r", shape=(n,))
+        starts = np.fromfile(folder / f"{split}.starts.bin", dtype=np.int64)
+    except (OSError, ValueError, KeyError, TypeError) as error:  # damaged since it was checked
+        raise ValueError(f"the token cache {folder} is damaged ({type(error).__name__}: {error}); the next "
+                         "prepare_data rebuilds it") from error
     return TokenSplit(tokens, byte_counts, starts, folder, split)
 
 

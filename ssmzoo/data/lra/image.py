@@ -3,7 +3,11 @@
 Reads the official CIFAR-10 python release (``cifar-10-batches-py/data_batch_{1..5}``,
 ``test_batch``) at ``data_dir``; download it from https://www.cs.toronto.edu/~kriz/cifar.html.
 Grayscale uses LRA's weights (0.2989 R + 0.5870 G + 0.1140 B). Pixels are fed as real values,
-normalised as in the S4 LRA setup, or as 256 tokens (``tokens=True``; id = intensity + 1)."""
+normalised as in the S4 LRA setup, or as 256 tokens (``tokens=True``; id = intensity + 1).
+
+The batch files are pickles, and a pickle can name any Python callable to run while it loads. They are read
+with :class:`CifarUnpickler`, which admits only what an array pickle needs (numpy's array, dtype and scalar
+reconstruction, with no object dtypes); a file naming anything else is refused before it runs."""
 
 from __future__ import annotations
 
@@ -21,6 +25,64 @@ _HOW = ("Download the CIFAR-10 python version (cifar-10-python.tar.gz) and extra
 MEAN, STD = 122.6 / 255.0, 61.0 / 255.0
 
 
+def _plain_dtype(*args: object) -> np.dtype:
+    dtype = np.dtype(*args)
+    if dtype.hasobject:  # an object array's items would be unpickled as arbitrary objects
+        raise pickle.UnpicklingError(f"an array of dtype {dtype} (Python objects) is not allowed")
+    return dtype
+
+
+def _reconstruct(subtype: type, shape: object, dtype: object) -> np.ndarray:
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"an array of class {subtype!r} is not allowed")
+    return _NUMPY_RECONSTRUCT(subtype, shape, dtype)
+
+
+def _frombuffer(buffer: object, dtype: np.dtype, shape: object, order: str) -> np.ndarray:
+    return _NUMPY_FROMBUFFER(buffer, _plain_dtype(dtype), shape, order)
+
+
+def _scalar(dtype: np.dtype, *data: object) -> np.generic:
+    return _NUMPY_SCALAR(_plain_dtype(dtype), *data)
+
+
+def _latin1(text: str, encoding: str = "utf-8") -> bytes:
+    # Python 3 writes bytes in pickle protocols 0-2 as _codecs.encode(text, "latin1")
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode with encoding {encoding!r} is not allowed")
+    return text.encode("latin1")
+
+
+# numpy's own reconstruction functions, found through its pickles (their modules moved between numpy 1 and 2)
+_NUMPY_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_NUMPY_FROMBUFFER = np.zeros(0).__reduce_ex__(5)[0]
+_NUMPY_SCALAR = np.uint8(0).__reduce__()[0]
+# (module, name) -> what it stands for; the official files (numpy 1 under Python 2) name the first three
+_ALLOWED: dict[tuple[str, str], object] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _plain_dtype,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+    ("_codecs", "encode"): _latin1,
+    ("builtins", "bytearray"): bytearray,
+}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that admits only the globals of ``_ALLOWED`` (array reconstruction); any other global, or a
+    persistent id, raises ``pickle.UnpicklingError`` before anything is called."""
+
+    def find_class(self, module: str, name: str) -> object:
+        allowed = _ALLOWED.get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(f"it names the global {module}.{name}, which a CIFAR-10 batch never does")
+        return allowed
+
+
 def default_data_dir() -> Path:
     """Where CIFAR-10 is looked for when data_dir is None: ``$SSMZOO_DATA/cifar10``."""
     return data_root() / "cifar10"
@@ -32,11 +94,13 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise FileNotFoundError(f"CIFAR-10: missing {path}. {_HOW}")
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, KeyError, EOFError) as e:
-        raise ValueError(f"CIFAR-10: {path} is not an official CIFAR-10 python batch ({e})") from e
+            d = CifarUnpickler(f, encoding="bytes").load()
+        data, labels = d[b"data"], d[b"labels"]
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+            raise ValueError(f"its data is {type(data).__name__} {getattr(data, 'dtype', '')}, not a uint8 array")
+        labels = np.asarray(labels, dtype=np.int64)
+    except (pickle.UnpicklingError, KeyError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise ValueError(f"CIFAR-10: {path} is not an official CIFAR-10 python batch ({e}); nothing in it was run") from e
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise ValueError(f"CIFAR-10: {path} has data of shape {data.shape}; expected (n, 3072) with n labels")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels

@@ -100,7 +100,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..commands import DataCommand
+from ..data_command import DataCommand, run_command
 
 SIZES = (32, 64, 128)
 CONTOUR_LENGTHS = (6, 9, 14)
@@ -698,17 +698,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes drawing samples (same files for any number)")
 
 
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> Path:
-    """Generate what ``args`` asks for and print what was written, saying that it is generated data."""
+def run(args: argparse.Namespace) -> Path:
+    """Generate what ``args`` asks for and print what was written, saying that it is generated data. Bad
+    arguments raise a ValueError that names the flag."""
+    for flag, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--workers", args.workers)):
+        if value < 1:
+            raise ValueError(f"{flag} must be an integer >= 1, got {value}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
     start = time.perf_counter()
-    try:
-        folder = generate_pathfinder(args.out, size=args.size, n=args.n, seed=args.seed,
-                                     contour_length=args.contour_length, batch_size=args.batch_size,
-                                     overwrite=args.overwrite, workers=args.workers)
-    except (ValueError, FileExistsError) as e:
-        if parser is None:
-            raise
-        parser.error(str(e))
+    folder = generate_pathfinder(args.out, size=args.size, n=args.n, seed=args.seed,
+                                 contour_length=args.contour_length, batch_size=args.batch_size,
+                                 overwrite=args.overwrite, workers=args.workers)
     seconds = time.perf_counter() - start
     positives = sum(sample_label(args.seed, i) for i in range(args.n))
     print(f"wrote {args.n} GENERATED {args.size}x{args.size} Pathfinder images (ssmzoo's seeded generator, not the "
@@ -723,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     """``python -m ssmzoo.data.lra.pathfinder_generator``: the same as ``ssmzoo data pathfinder``."""
     parser = argparse.ArgumentParser(prog="ssmzoo data pathfinder", description=DESCRIPTION)
     add_arguments(parser)
-    return run(parser.parse_args(argv), parser)
+    return run_command(parser.prog, run, parser.parse_args(argv))
 
 
 PATHFINDER = DataCommand(

@@ -106,10 +106,17 @@ class ARDataModule(L.LightningDataModule):
         self.mean, self.std = series[:n_train].mean(), series[:n_train].std()
         scaled = ((series - self.mean) / self.std)[:, None]
         strides = {"train": self.train_stride, "val": 1, "test": 1}
+        self.split_starts = dict(zip(("train", "val", "test"), starts))
         self.datasets = {
             name: ForecastWindows(scaled[a:b], self.lookback, self.horizon, [0], [0], strides[name])
             for name, a, b in zip(("train", "val", "test"), starts, stops)
         }
+
+    def row_times(self, split: str) -> list[int]:
+        """The time step (index in the generated series) of each row of ``split``'s series."""
+        self.setup()
+        start = self.split_starts[split]
+        return list(range(start, start + len(self.datasets[split].values)))
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

@@ -226,6 +226,7 @@ class InformerDataModule(L.LightningDataModule):
         self.std = table.values[train_start:train_stop].std(0)
         self.std[self.std == 0] = 1.0  # a constant channel stays zero after centring
         scaled = (table.values - self.mean) / self.std
+        self.dates, self.borders = table.dates, dict(zip(("train", "val", "test"), borders))
         n = len(table.columns)
         self.columns, self.dates = table.columns, table.dates
         self.borders = dict(zip(("train", "val", "test"), borders))
@@ -261,6 +262,11 @@ class InformerDataModule(L.LightningDataModule):
         if isinstance(values, torch.Tensor):
             return values * torch.as_tensor(std, dtype=values.dtype) + torch.as_tensor(mean, dtype=values.dtype)
         return values * std + mean
+    def row_times(self, split: str) -> list[str]:
+        """The `date` of each row of ``split``'s series (row r of its windows' rows), for forecasts' timestamps."""
+        self.setup()
+        start, stop = self.borders[split]
+        return self.dates[start:stop]
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

@@ -1,4 +1,4 @@
-"""The Cauchy kernel of S4 (PAPERS.md): out[..., l] = Σ_n v_n / (z_l - w_n) + conj(v_n) / (z_l - conj(w_n)).
+"""The Cauchy kernel of S4 (Gu, Goel & Ré, arXiv:2111.00396): out[..., l] = Σ_n v_n / (z_l - w_n) + conj(v_n) / (z_l - conj(w_n)).
 
 S4 stores one state entry of each conjugate pair, so the sum over all N entries is the sum over the
 stored N/2 plus their conjugates (z is not real, so this is *not* 2 Re of the half sum).
@@ -7,7 +7,7 @@ v, w (..., N/2) complex (broadcastable), z (L,) complex; z is a constant (no gra
 Backends, in ``auto``'s preference order (``ops/dispatch.py`` explains the choice):
 - ``reference`` (reference.py): materialises (..., N/2, L); ``auto`` uses it while that is at most
   ``MATERIALISE_LIMIT`` entries (fast and simple for small kernels).
-- ``cpp`` (cpu.py): csrc/cauchy.cpp, OpenMP forward and backward kernels in vectorised real arithmetic, no
+- ``cpu`` (cpu.py): csrc/cauchy.cpp, OpenMP forward and backward kernels in vectorised real arithmetic, no
   intermediate (CPU). 2.6-4.5x faster than keops on this CPU for the S4 kernel at L 1K-16K
   (benchmarks/speed/results/s4_kernel.md), so on a CPU ``auto`` takes it before keops.
 - ``keops`` (keops.py): pykeops reductions (CPU or GPU; the ``[keops]`` extra), O(N + L) memory; ``auto``'s
@@ -21,9 +21,10 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from ..dispatch import COMPLEX_DTYPES, Capabilities, Dispatcher, Request, grad_needed
+from ..dispatch import COMPLEX_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op
 from . import cpu, keops
 from .chunked import cauchy_chunked
+from .inputs import CauchyInputs, check_cauchy
 from .reference import cauchy_reference
 
 # Up to this many complex entries in (..., N, L), auto uses the reference.
@@ -35,7 +36,7 @@ def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
     v = torch.randn(2, 3, dtype=torch.complex64, generator=g).to(device).requires_grad_()
     w = (torch.randn(2, 3, dtype=torch.complex64, generator=g) - 1).to(device).requires_grad_()
     z = torch.randn(5, dtype=torch.complex64, generator=g).to(device)
-    return (v, z, w), {}
+    return (CauchyInputs(v, z, w),), {}
 
 
 STATELESS = Capabilities(initial_state=False, final_state=False, dtypes=COMPLEX_DTYPES)
@@ -43,39 +44,24 @@ dispatch = Dispatcher("cauchy", cauchy_reference, _probe_case, rtol=1e-3, atol=1
 dispatch.register("reference", cauchy_reference, ("cpu", "cuda"),
                   Capabilities(initial_state=False, final_state=False, dtypes=COMPLEX_DTYPES,
                                max_size=MATERIALISE_LIMIT))
-dispatch.register("cpp", cpu.cauchy_cpp, ("cpu",), STATELESS, available=cpu.available)
+dispatch.register("cpu", cpu.cauchy_cpu, ("cpu",), STATELESS, available=cpu.available)
 dispatch.register("keops", keops.cauchy_keops, ("cpu", "cuda"), STATELESS, available=keops.available)
 dispatch.register("chunked", cauchy_chunked, ("cpu", "cuda"), STATELESS)
 
 
+@register_op(dispatch)
 def cauchy(v: Tensor, z: Tensor, w: Tensor, *, backend: str | None = None) -> Tensor:
     """out (..., L) = Σ_n v_n / (z_l - w_n) + conj(v_n) / (z_l - conj(w_n)).
 
     v, w (..., N) complex, broadcastable; z (L,) complex, same dtype, no gradient.
     ``backend``: None ($SSMZOO_BACKEND or auto), "auto", or a name in ``dispatch.backends``."""
-    for name, t in (("v", v), ("z", z), ("w", w)):
-        if not isinstance(t, Tensor) or not t.is_complex():
-            raise ValueError(f"cauchy: {name} must be a complex tensor, got {getattr(t, 'dtype', type(t))}")
-    if not (v.dtype == z.dtype == w.dtype):
-        raise ValueError(f"cauchy: v, z and w must share one dtype, got {v.dtype}, {z.dtype}, {w.dtype}")
-    if z.dim() != 1 or z.shape[0] < 1:
-        raise ValueError(f"cauchy: z must have shape (L,) with L >= 1, got {tuple(z.shape)}")
-    if z.requires_grad:
-        raise ValueError("cauchy: z is treated as a constant; pass z.detach()")
-    try:
-        shape = torch.broadcast_shapes(v.shape, w.shape)
-    except RuntimeError as e:
-        raise ValueError(f"cauchy: v {tuple(v.shape)} and w {tuple(w.shape)} must broadcast") from e
-    if len(shape) < 1 or shape[-1] < 1:
-        raise ValueError(f"cauchy: v and w need a last (state) dimension of size >= 1, got {tuple(shape)}")
-    devices = {t.device for t in (v, z, w)}
-    if len(devices) > 1:
-        raise ValueError(f"cauchy: v, z and w must be on one device, got {sorted(map(str, devices))}")
+    shape = check_cauchy(CauchyInputs(v, z, w))
     request = Request(v.device, v.dtype, grad=grad_needed(v, w), size=shape.numel() * z.shape[0])
     fn = dispatch.choose(backend, request).fn
     v2 = rearrange(v.expand(shape), "... n -> (...) n")
     w2 = rearrange(w.expand(shape), "... n -> (...) n")
-    return fn(v2, z, w2).reshape(*shape[:-1], z.shape[0])
+    return fn(CauchyInputs(v2, z, w2)).reshape(*shape[:-1], z.shape[0])
 
 
-__all__ = ["MATERIALISE_LIMIT", "cauchy", "cauchy_chunked", "cauchy_reference", "dispatch"]
+__all__ = ["MATERIALISE_LIMIT", "CauchyInputs", "cauchy", "cauchy_chunked", "cauchy_reference", "check_cauchy",
+           "dispatch"]

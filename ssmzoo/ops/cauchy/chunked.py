@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .inputs import CauchyInputs
 from .reference import cauchy_reference
 
 
@@ -27,7 +28,7 @@ class _ChunkedCauchy(torch.autograd.Function):
     def forward(ctx, v: Tensor, z: Tensor, w: Tensor, chunk: int) -> Tensor:
         out = torch.empty(v.shape[0], z.shape[0], dtype=v.dtype, device=v.device)
         for start in range(0, z.shape[0], chunk):
-            out[:, start : start + chunk] = cauchy_reference(v, z[start : start + chunk], w)
+            out[:, start : start + chunk] = cauchy_reference(CauchyInputs(v, z[start : start + chunk], w))
         ctx.save_for_backward(v, z, w)
         ctx.chunk = chunk
         return out
@@ -43,6 +44,6 @@ class _ChunkedCauchy(torch.autograd.Function):
         return s1.conj(), None, (v * s2).conj(), None
 
 
-def cauchy_chunked(v: Tensor, z: Tensor, w: Tensor, chunk: int = 256) -> Tensor:
+def cauchy_chunked(x: CauchyInputs, chunk: int = 256) -> Tensor:
     """v, w (M, N), z (L,) -> (M, L) in O(M · N · chunk) memory, forward and backward."""
-    return _ChunkedCauchy.apply(v, z, w, chunk)
+    return _ChunkedCauchy.apply(x.v, x.z, x.w, chunk)

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..extension import load_cpu_extension
+from .inputs import CauchyInputs
 
 
 def extension():
@@ -25,9 +26,9 @@ class _CppCauchy(torch.autograd.Function):
         return grad_v, None, grad_w
 
 
-def cauchy_cpp(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
+def cauchy_cpu(x: CauchyInputs) -> Tensor:
     """v, w (M, N), z (L,) -> (M, L) with the OpenMP kernels of csrc/cauchy.cpp (CPU)."""
-    return _CppCauchy.apply(v.contiguous(), z.contiguous(), w.contiguous())
+    return _CppCauchy.apply(x.v.contiguous(), x.z.contiguous(), x.w.contiguous())
 
 
 def available() -> bool:

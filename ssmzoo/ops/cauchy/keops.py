@@ -9,6 +9,8 @@ from functools import cache
 import torch
 from torch import Tensor
 
+from .inputs import CauchyInputs
+
 
 def available() -> bool:
     return importlib.util.find_spec("pykeops") is not None
@@ -64,6 +66,6 @@ class _KeopsCauchy(torch.autograd.Function):
         return s1.conj(), None, (v * s2).conj()
 
 
-def cauchy_keops(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
+def cauchy_keops(x: CauchyInputs) -> Tensor:
     """v, w (M, N), z (L,) -> (M, L) with pykeops reductions (CPU or GPU), O(N + L) memory."""
-    return _KeopsCauchy.apply(v, z, w)
+    return _KeopsCauchy.apply(x.v, x.z, x.w)

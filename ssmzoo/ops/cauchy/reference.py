@@ -1,4 +1,5 @@
-"""The Cauchy kernel of S4, as written in the paper: the readable reference.
+"""The Cauchy kernel of S4, as written in the paper: the readable reference. Gu, Goel & Ré, "Efficiently Modeling
+Long Sequences with Structured State Spaces" (arXiv:2111.00396), Lemma C.3.
 
 out[..., l] = Σ_n v_n / (z_l - w_n) + conj(v_n) / (z_l - conj(w_n)), materialising (..., N, L).
 """
@@ -7,8 +8,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .inputs import CauchyInputs
 
-def cauchy_reference(v: Tensor, z: Tensor, w: Tensor) -> Tensor:
+
+def cauchy_reference(x: CauchyInputs) -> Tensor:
     """out (..., L) = Σ_n v_n / (z_l - w_n) + conj(v_n) / (z_l - conj(w_n)); materialises (..., N, L)."""
-    v, w = v.unsqueeze(-1), w.unsqueeze(-1)
-    return (v / (z - w) + v.conj() / (z - w.conj())).sum(-2)
+    v, w = x.v.unsqueeze(-1), x.w.unsqueeze(-1)
+    return (v / (x.z - w) + v.conj() / (x.z - w.conj())).sum(-2)

@@ -17,7 +17,8 @@ import math
 import torch
 from torch import Tensor
 
-from .reference import check_companion_args, companion_matrix
+from .inputs import CompanionInputs, check_companion
+from .reference import companion_matrix
 
 
 def c_tilde(a: Tensor, c: Tensor, length: int) -> Tensor:
@@ -48,7 +49,11 @@ def companion_kernel_from_c_tilde(a: Tensor, b: Tensor, c_tilde: Tensor, length:
     """k (..., ℓ) from the learned-c̃ form, in O((d + ℓ) log(d + ℓ)) (see the module docstring).
 
     ``c_tilde`` is c̃ = c − (A^ℓ)ᵀc for this ℓ (see :func:`c_tilde`); a, b, c_tilde (..., d)."""
-    check_companion_args(a, b, c_tilde, length, "companion_kernel_from_c_tilde")
+    check_companion(CompanionInputs(a, b, c_tilde, length), "companion_kernel_from_c_tilde")
+    return _from_c_tilde(a, b, c_tilde, length)
+
+
+def _from_c_tilde(a: Tensor, b: Tensor, c_tilde: Tensor, length: int) -> Tensor:
     z = torch.exp(
         -2j * math.pi * torch.arange(length, device=a.device, dtype=a.dtype) / length
     )  # the roots of unity, in the FFT's order
@@ -60,7 +65,6 @@ def companion_kernel_from_c_tilde(a: Tensor, b: Tensor, c_tilde: Tensor, length:
     return torch.fft.ifft(generating, n=length).real
 
 
-def companion_kernel_fft(a: Tensor, b: Tensor, c: Tensor, length: int) -> Tensor:
+def companion_kernel_fft(x: CompanionInputs) -> Tensor:
     """k (..., ℓ) from c, via c̃ = c − (A^ℓ)ᵀc (O(d³ log ℓ) squaring) and the FFT algorithm."""
-    check_companion_args(a, b, c, length, "companion_kernel_fft")
-    return companion_kernel_from_c_tilde(a, b, c_tilde(a, c, length), length)
+    return _from_c_tilde(x.a, x.b, c_tilde(x.a, x.c, x.length), x.length)

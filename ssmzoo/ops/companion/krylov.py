@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .reference import check_companion_args, companion_matrix
+from .inputs import CompanionInputs
+from .reference import companion_matrix
 
 
 def krylov(A: Tensor, b: Tensor, length: int) -> Tensor:
@@ -19,9 +20,8 @@ def krylov(A: Tensor, b: Tensor, length: int) -> Tensor:
     return K[..., :length]
 
 
-def companion_kernel_krylov(a: Tensor, b: Tensor, c: Tensor, length: int) -> Tensor:
+def companion_kernel_krylov(x: CompanionInputs) -> Tensor:
     """k (..., ℓ) = cᵀ [b, Ab, ..., A^{ℓ-1}b] with the Krylov matrix built by repeated squaring."""
-    check_companion_args(a, b, c, length, "companion_kernel_krylov")
-    a, b, c = torch.broadcast_tensors(a, b, c)
-    K = krylov(companion_matrix(a), b, length)
+    a, b, c = torch.broadcast_tensors(x.a, x.b, x.c)
+    K = krylov(companion_matrix(a), b, x.length)
     return torch.einsum("...d,...dl->...l", c, K)

@@ -1,11 +1,14 @@
 """The companion SSM kernel of SpaceTime as written in the paper: k_l = cᵀ Aˡ b by explicit matrix
-powers, O(ℓ d²): the oracle. A = S + a e_dᵀ: S (d, d) has ones on the sub-diagonal (it shifts the
+powers, O(ℓ d²): the oracle. Zhang, Saab, Poli, Dao, Goel & Ré, "Effectively Modeling Time Series with
+Simple Discrete State Spaces" (arXiv:2303.09489), sec. 3. A = S + a e_dᵀ: S (d, d) has ones on the sub-diagonal (it shifts the
 state down by one) and the learned vector a fills the last column."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from .inputs import CompanionInputs
 
 
 def shift_matrix(d: int, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
@@ -21,22 +24,10 @@ def companion_matrix(a: Tensor) -> Tensor:
     return shift_matrix(d, a.dtype, a.device) + a[..., :, None] * last
 
 
-def check_companion_args(a: Tensor, b: Tensor, c: Tensor, length: int, fn: str) -> None:
-    for name, t in (("a", a), ("b", b), ("c", c)):
-        if not isinstance(t, Tensor) or t.dim() < 1 or not t.is_floating_point():
-            raise ValueError(f"{fn}: {name} must be a real floating tensor (..., d), got {type(t).__name__}")
-    if not (a.shape[-1] == b.shape[-1] == c.shape[-1]):
-        raise ValueError(
-            f"{fn}: a, b, c must share the state size d (last dim), got {a.shape[-1]}, {b.shape[-1]}, {c.shape[-1]}"
-        )
-    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-        raise ValueError(f"{fn}: length must be a positive int, got {length!r}")
-
-
-def companion_kernel_reference(a: Tensor, b: Tensor, c: Tensor, length: int) -> Tensor:
+def companion_kernel_reference(x: CompanionInputs) -> Tensor:
     """k (..., ℓ) with k_l = cᵀ Aˡ b, by explicit matrix powers Aˡ (the oracle)."""
-    check_companion_args(a, b, c, length, "companion_kernel_reference")
-    a, b, c = torch.broadcast_tensors(a, b, c)
+    length = x.length
+    a, b, c = torch.broadcast_tensors(x.a, x.b, x.c)
     A = companion_matrix(a)
     power = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(A)
     out = []

@@ -10,6 +10,7 @@ from einops import rearrange
 from torch import Tensor
 
 from ..extension import load_cpu_extension
+from .inputs import HSAInputs
 from .routing import sparse_hsa
 
 ROWS_PER_BLOCK = 1 << 18  # (query, head, slot) entries per block of queries: bounds the per-entry buffers
@@ -92,19 +93,6 @@ def chunk_attention_cpu(q: Tensor, k: Tensor, v: Tensor, w: Tensor, idx: Tensor,
     return CppChunkAttention.apply(q, k, v, w, idx, valid, chunk_size, scale)
 
 
-def hsa_cpu(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    landmarks: Tensor,
-    *,
-    chunk_size: int,
-    top_k: int,
-    combine: str = "stick_breaking",
-    scale: float | None = None,
-    offset: int = 0,
-    selection_q: Tensor | None = None,
-) -> Tensor:
+def hsa_cpu(x: HSAInputs) -> Tensor:
     """Same contract as :func:`ssmzoo.ops.hsa.reference.hsa_reference`; computes in float32 (float64 for float64)."""
-    return sparse_hsa(chunk_attention_cpu, q, k, v, landmarks, chunk_size=chunk_size, top_k=top_k,
-                      combine=combine, scale=scale, offset=offset, selection_q=selection_q)
+    return sparse_hsa(chunk_attention_cpu, x)

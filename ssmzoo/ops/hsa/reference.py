@@ -1,4 +1,5 @@
-"""Hierarchical sparse attention (HSA; Hu, Leng, Zhao, Tu, Wu 2025, PAPERS.md) with dense masks: the oracle.
+"""Hierarchical sparse attention with dense masks: the oracle. Hu, Leng, Zhao, Tu & Wu, "Random Long-Context
+Access for Mamba via Hardware-aligned Hierarchical Sparse Attention" (2025).
 
 For a query at absolute position p with head h (KV head g = h // G, G = hq / hk):
     past chunks       C(p) = {i : (i + 1) S <= p}            (every token of chunk i lies strictly before p)
@@ -36,6 +37,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor
 
+from .inputs import HSAInputs
+
 
 def past_chunks(positions: Tensor, n_chunks: int, chunk_size: int) -> Tensor:
     """(len(positions), n_chunks) bool: chunk i is complete strictly before the query position."""
@@ -56,21 +59,10 @@ def chunk_weights_reference(scores: Tensor, selected: Tensor, combine: str) -> T
     return torch.where(selected, torch.exp(scores - softplus - later), zero)
 
 
-def hsa_reference(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    landmarks: Tensor,
-    *,
-    chunk_size: int,
-    top_k: int,
-    combine: str = "stick_breaking",
-    scale: float | None = None,
-    offset: int = 0,
-    selection_q: Tensor | None = None,
-) -> Tensor:
+def hsa_reference(x: HSAInputs) -> Tensor:
     """o (batch, Lq, hq, d); shapes as in :func:`ssmzoo.ops.hsa.hsa`. Computes in float32 (float64 for
     float64 inputs) and returns q's dtype."""
+    q, k, v, landmarks, chunk_size, top_k, combine, scale, offset, selection_q = x
     in_dtype = q.dtype
     dtype = torch.promote_types(q.dtype, torch.float32)
     sq = q if selection_q is None else selection_q

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor
 
+from .inputs import HSAInputs
+
 SCORES_PER_BLOCK = 1 << 22  # (query, head, chunk) scores held at once while selecting
 
 Attention = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int, float], Tensor]
@@ -142,21 +144,9 @@ def combine_weights(scores: Tensor, valid: Tensor, combine: str) -> Tensor:
     return torch.where(valid, torch.exp(scores - softplus.cumsum(-1)), zero)
 
 
-def sparse_hsa(
-    attention: Attention,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    landmarks: Tensor,
-    *,
-    chunk_size: int,
-    top_k: int,
-    combine: str = "stick_breaking",
-    scale: float | None = None,
-    offset: int = 0,
-    selection_q: Tensor | None = None,
-) -> Tensor:
+def sparse_hsa(attention: Attention, x: HSAInputs) -> Tensor:
     """HSA as routing + ``attention``; same contract as :func:`ssmzoo.ops.hsa.reference.hsa_reference`."""
+    q, k, v, landmarks, chunk_size, top_k, combine, scale, offset, selection_q = x
     in_dtype = q.dtype
     dtype = torch.promote_types(q.dtype, torch.float32)  # fp32 accumulation for half inputs
     sq = q if selection_q is None else selection_q

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .inputs import HSAInputs
 from .routing import sparse_hsa
 
 BLOCK_R = 16  # rows per tile; tl.dot needs every tile dim >= 16
@@ -158,20 +159,7 @@ def chunk_attention_triton(q: Tensor, k: Tensor, v: Tensor, w: Tensor, idx: Tens
     return TritonChunkAttention.apply(q, k, v, w, idx, valid, chunk_size, scale)
 
 
-def hsa_triton(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    landmarks: Tensor,
-    *,
-    chunk_size: int,
-    top_k: int,
-    combine: str = "stick_breaking",
-    scale: float | None = None,
-    offset: int = 0,
-    selection_q: Tensor | None = None,
-) -> Tensor:
+def hsa_triton(x: HSAInputs) -> Tensor:
     """Same contract as :func:`ssmzoo.ops.hsa.reference.hsa_reference`; needs triton (CUDA, or CPU with
     TRITON_INTERPRET=1)."""
-    return sparse_hsa(chunk_attention_triton, q, k, v, landmarks, chunk_size=chunk_size, top_k=top_k,
-                      combine=combine, scale=scale, offset=offset, selection_q=selection_q)
+    return sparse_hsa(chunk_attention_triton, x)

@@ -1,7 +1,7 @@
 """One token of a whole Mamba language model: ``mamba_lm_step(token, state, weights)`` -> (logits, next state).
 
 Generation spends its decode loop here: embedding, every block's RMSNorm + Mamba step + residual, the final
-RMSNorm and the LM head. Backends, in ``auto``'s preference order: ``cpp`` (cpu.py: the whole token in one C++
+RMSNorm and the LM head. Backends, in ``auto``'s preference order: ``cpu`` (cpu.py: the whole token in one C++
 call, no gradient, CPU float32/float64), ``reference`` (reference.py: the PyTorch formulas, block by block).
 """
 
@@ -12,13 +12,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, state_at_most
+from ..dispatch import (HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op,
+                        state_at_most)
 from ..mamba_inner import MambaInnerWeights, State
-from ..mamba_inner import available as cpp_available
+from ..mamba_inner import available as cpu_available
 from ..mamba_inner.cpu import MAX_STATE
-from ..mamba_step.reference import MambaStepWeights
-from .cpu import cpp_stepper, mamba_lm_step_cpp, pack_weights
-from .reference import MambaLMStepWeights, mamba_lm_step_reference
+from ..mamba_step import MambaStepWeights
+from .cpu import cpu_stepper, mamba_lm_step_cpu, pack_weights
+from .inputs import MambaLMStepInputs, MambaLMStepWeights, check_mamba_lm_step, check_state_count
+from .reference import mamba_lm_step_reference
 
 
 def _lm_probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
@@ -31,37 +33,25 @@ def _lm_probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dic
     w = MambaLMStepWeights(t(vocab, d_model), tuple(t(d_model) for _ in range(n_layers)), layers, t(d_model),
                            t(vocab, d_model), 1e-5)
     state = [(t(batch, d, width - 1), t(batch, d, n)) for _ in range(n_layers)]
-    return (torch.tensor([1, 4], device=device), state, w), {}
+    return (MambaLMStepInputs(torch.tensor([1, 4], device=device), state, w),), {}
 
 
 dispatch = Dispatcher("mamba_lm_step", mamba_lm_step_reference, _lm_probe_case, rtol=1e-4, atol=1e-5)
-dispatch.register("cpp", mamba_lm_step_cpp, ("cpu",), Capabilities(grad=False), available=cpp_available,
+dispatch.register("cpu", mamba_lm_step_cpu, ("cpu",), Capabilities(grad=False), available=cpu_available,
                   accepts=state_at_most(MAX_STATE))
 dispatch.register("reference", mamba_lm_step_reference, ("cpu", "cuda"),
                   Capabilities(dtypes=REAL_DTYPES + HALF_DTYPES))
 
 
+@register_op(dispatch)
 def mamba_lm_step(token: Tensor, state: list[State], weights: MambaLMStepWeights, *,
                   backend: str | None = None) -> tuple[Tensor, list[State]]:
     """token (batch,) integer ids, state one (conv_state (batch, D, W-1), ssm_state (batch, D, N)) per
     block -> (logits (batch, vocab) of the next token, the next state). Shape checks only (per token they
     must cost nothing next to the step); the ids are range-checked by the C++ backend."""
-    if not isinstance(token, Tensor) or token.dim() != 1 or token.shape[0] == 0 or token.is_floating_point() \
-            or token.is_complex() or token.dtype == torch.bool:
-        raise ValueError(f"mamba_lm_step: token must be a non-empty (batch,) integer tensor, got "
-                         f"{getattr(token, 'dtype', type(token).__name__)} of shape {tuple(getattr(token, 'shape', ()))}")
-    if len(weights.layers) != len(weights.norm_weights):
-        raise ValueError(f"mamba_lm_step: weights has {len(weights.layers)} layers but {len(weights.norm_weights)} "
-                         "norm_weights")
-    _check_state_count(state, weights)
-    return dispatch.choose(backend, _request(weights, state)).fn(token, state, weights)
-
-
-def _check_state_count(state: list[State], weights: MambaLMStepWeights) -> None:
-    if not isinstance(state, (list, tuple)) or len(state) != len(weights.layers):
-        got = f"{len(state)} entries" if isinstance(state, (list, tuple)) else type(state).__name__
-        raise ValueError(f"mamba_lm_step: state must hold one (conv_state, ssm_state) per layer "
-                         f"({len(weights.layers)}), got {got}")
+    inputs = MambaLMStepInputs(token, state, weights)
+    check_mamba_lm_step(inputs)
+    return dispatch.choose(backend, _request(weights, state)).fn(inputs)
 
 
 def _request(weights: MambaLMStepWeights, state: list[State] | None) -> Request:
@@ -81,19 +71,19 @@ def mamba_lm_stepper(weights: MambaLMStepWeights, *, backend: str | None = None
     new stepper after changing them. With autograd recording, each call goes through ``mamba_lm_step``."""
     with torch.no_grad():  # the choice for calls without autograd: the only ones that use it
         chosen = dispatch.choose(backend, _request(weights, None))
-    if chosen.name == "cpp":
-        fast = cpp_stepper(pack_weights(weights))
+    if chosen.name == "cpu":
+        fast = cpu_stepper(pack_weights(weights))
     else:
-        fast = lambda token, state: chosen.fn(token, state, weights)  # noqa: E731
+        fast = lambda token, state: chosen.fn(MambaLMStepInputs(token, state, weights))  # noqa: E731
 
     def step(token: Tensor, state: list[State]) -> tuple[Tensor, list[State]]:
         if torch.is_grad_enabled():  # the state may need gradients the C++ backend cannot give
             return mamba_lm_step(token, state, weights, backend=backend)
-        _check_state_count(state, weights)
+        check_state_count(state, weights)
         return fast(token, state)
 
     return step
 
 
-__all__ = ["MambaLMStepWeights", "dispatch", "mamba_lm_step", "mamba_lm_step_cpp", "mamba_lm_step_reference",
-           "mamba_lm_stepper", "pack_weights"]
+__all__ = ["MambaLMStepInputs", "MambaLMStepWeights", "check_mamba_lm_step", "dispatch", "mamba_lm_step",
+           "mamba_lm_step_cpu", "mamba_lm_step_reference", "mamba_lm_stepper", "pack_weights"]

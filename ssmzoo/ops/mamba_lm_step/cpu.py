@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..mamba_inner import State
 from ..mamba_inner.cpu import extension
-from .reference import MambaLMStepWeights
+from .inputs import MambaLMStepInputs, MambaLMStepWeights
 
 
 def pack_weights(w: MambaLMStepWeights) -> MambaLMStepWeights:
@@ -29,8 +29,8 @@ def pack_weights(w: MambaLMStepWeights) -> MambaLMStepWeights:
     return w if any(p.numel() == 0 for p in packed) else w._replace(packed=packed)
 
 
-def cpp_stepper(w: MambaLMStepWeights) -> Callable[[Tensor, list[State]], tuple[Tensor, list[State]]]:
-    """``mamba_lm_step_cpp`` with the weights' argument lists built once: the step takes (token, state)."""
+def cpu_stepper(w: MambaLMStepWeights) -> Callable[[Tensor, list[State]], tuple[Tensor, list[State]]]:
+    """``mamba_lm_step_cpu`` with the weights' argument lists built once: the step takes (token, state)."""
     empty = w.embedding.new_empty(0)
     opt = lambda t: empty if t is None else t.contiguous()  # noqa: E731
     layers = [[opt(norm), opt(l.in_proj_weight), opt(l.in_proj_bias), opt(l.inner.conv_weight), opt(l.inner.conv_bias),
@@ -48,6 +48,6 @@ def cpp_stepper(w: MambaLMStepWeights) -> Callable[[Tensor, list[State]], tuple[
     return step
 
 
-def mamba_lm_step_cpp(token: Tensor, state: list[State], w: MambaLMStepWeights) -> tuple[Tensor, list[State]]:
+def mamba_lm_step_cpu(x: MambaLMStepInputs) -> tuple[Tensor, list[State]]:
     """Same formulas as the reference; the states passed in are not modified."""
-    return cpp_stepper(w)(token, state)
+    return cpu_stepper(x.weights)(x.token, x.state)

@@ -6,11 +6,12 @@ from torch import Tensor
 
 from ..mamba_inner import State
 from ..mamba_inner.cpu import extension
-from .reference import MambaStepWeights
+from .inputs import MambaStepInputs
 
 
-def mamba_step_cpp(x_t: Tensor, state: State, w: MambaStepWeights) -> tuple[Tensor, State]:
+def mamba_step_cpu(x: MambaStepInputs) -> tuple[Tensor, State]:
     """One token in one C++ call (csrc/mamba_cpu.cpp), same formulas as the reference."""
+    x_t, state, w = x
     empty = x_t.new_empty(0)
     opt = lambda t: empty if t is None else t  # noqa: E731
     inner = w.inner

@@ -3,28 +3,17 @@ the readable reference of the ``mamba_step`` op."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..mamba_inner import MambaInnerWeights, State
+from ..mamba_inner import State
+from .inputs import MambaStepInputs
 
 
-class MambaStepWeights(NamedTuple):
-    """The layer's parameters for a step: in_proj, the inner weights, out_proj (biases may be None)."""
-
-    in_proj_weight: Tensor
-    in_proj_bias: Tensor | None
-    inner: MambaInnerWeights
-    out_proj_weight: Tensor
-    out_proj_bias: Tensor | None
-
-
-def mamba_step_reference(x_t: Tensor, state: State, w: MambaStepWeights) -> tuple[Tensor, State]:
+def mamba_step_reference(x: MambaStepInputs) -> tuple[Tensor, State]:
     """One token: x_t (batch, d_model), state (conv_state (batch, D, W-1), h (batch, D, N))."""
-    conv_state, h = state
+    x_t, (conv_state, h), w = x
     inner = w.inner
     u, z = F.linear(x_t, w.in_proj_weight, w.in_proj_bias).chunk(2, dim=-1)  # (batch, D) each
     window = torch.cat([conv_state.to(u.dtype), u[..., None]], dim=-1)  # (batch, D, W)

@@ -1,4 +1,5 @@
-"""Titans' neural long-term memory (Behrouz, Zhong, Mirrokni, 2025; PAPERS.md) as an op.
+"""Titans' neural long-term memory (Behrouz, Zhong & Mirrokni, "Titans: Learning to Memorize at Test Time",
+arXiv:2501.00663) as an op.
 
 ``neural_memory(q, k, v, theta, eta, alpha, *, chunk_size, initial_state=(weights, momentum))``
 reads y_t = M(q_t) and writes k_t → v_t into the memory MLP M by gradient steps with momentum and
@@ -16,12 +17,15 @@ MLP's layers in order (d_in → ... → d_out).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from ..dispatch import Capabilities, Dispatcher, Request, grad_needed
+from ..dispatch import HALF_DTYPES, Capabilities, Dispatcher, Request, autocast_dtype, autocast_off, grad_needed, register_op
 from .chunked import chunk_update, gradient_factors, memory_forward, neural_memory_chunked
-from .reference import MemoryInputs, Weights, memory_mlp, neural_memory_recurrent
+from .inputs import MemoryInputs, Weights, check_neural_memory
+from .reference import memory_mlp, neural_memory_reference
 
 
 def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
@@ -39,46 +43,12 @@ def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
     return (MemoryInputs(q, k, v, theta, eta, alpha, (weights, momentum), chunk_size=2),), {"output_final_state": True}
 
 
-dispatch = Dispatcher("neural_memory", neural_memory_recurrent, _probe_case, rtol=1e-3, atol=1e-4)
+dispatch = Dispatcher("neural_memory", neural_memory_reference, _probe_case, rtol=1e-3, atol=1e-4)
 dispatch.register("chunked", neural_memory_chunked, ("cpu", "cuda"))
-dispatch.register("reference", neural_memory_recurrent, ("cpu", "cuda"))
+dispatch.register("reference", neural_memory_reference, ("cpu", "cuda"))
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor, chunk_size: int,
-           initial_state: tuple[Weights, Weights]) -> None:
-    fn = "neural_memory"
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor) or t.dim() != 4 or not t.is_floating_point():
-            raise ValueError(f"{fn}: {name} must be a floating tensor (batch, heads, length, d), "
-                             f"got {getattr(t, 'shape', type(t).__name__)}")
-    if q.shape != k.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"{fn}: q and k must share one shape and v its (batch, heads, length); got q "
-                         f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    for name, t in (("theta", theta), ("eta", eta), ("alpha", alpha)):
-        if not isinstance(t, Tensor) or t.shape != q.shape[:3]:
-            raise ValueError(f"{fn}: {name} must have shape (batch, heads, length) = {tuple(q.shape[:3])}, "
-                             f"got {getattr(t, 'shape', type(t).__name__)}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"{fn}: chunk_size must be a positive int, got {chunk_size!r}")
-    if not (isinstance(initial_state, (tuple, list)) and len(initial_state) == 2):
-        raise ValueError(f"{fn}: initial_state must be (weights, momentum), tuples of per-layer tensors")
-    weights, momentum = initial_state
-    if len(weights) < 1 or len(weights) != len(momentum):
-        raise ValueError(f"{fn}: initial_state weights and momentum must list the same >= 1 layers, got "
-                         f"{len(weights)} and {len(momentum)}")
-    d_in = q.shape[-1]
-    for i, (w, s) in enumerate(zip(weights, momentum)):
-        if not isinstance(w, Tensor) or w.dim() != 4 or w.shape[1] != q.shape[1] or w.shape[-1] != d_in:
-            raise ValueError(f"{fn}: initial_state weights[{i}] must be (batch or 1, heads={q.shape[1]}, out, "
-                             f"in={d_in}), got {getattr(w, 'shape', type(w).__name__)}")
-        if not isinstance(s, Tensor) or s.shape[-2:] != w.shape[-2:]:
-            raise ValueError(f"{fn}: initial_state momentum[{i}] must have the shape of weights[{i}] "
-                             f"{tuple(w.shape)}, got {getattr(s, 'shape', type(s).__name__)}")
-        d_in = w.shape[-2]
-    if d_in != v.shape[-1]:
-        raise ValueError(f"{fn}: the memory's last layer outputs {d_in} features but v has {v.shape[-1]}")
-
-
+@register_op(dispatch)
 def neural_memory(
     q: Tensor,
     k: Tensor,
@@ -98,15 +68,27 @@ def neural_memory(
     A last chunk shorter than ``chunk_size`` is read from and, when ``update_last_partial``,
     written too (the layer leaves it out and buffers it in its state instead).
     ``backend``: None ($SSMZOO_BACKEND or auto), "auto", or a name in ``dispatch.backends``."""
-    _check(q, k, v, theta, eta, alpha, chunk_size, initial_state)
+    if isinstance(q, Tensor) and autocast_dtype(q.device) is not None:
+        # The backends take float32 and float64 only: under autocast the half-precision inputs are computed in
+        # float32 with autocast off (as autocast does for the ops it keeps in float32), and y comes out float32.
+        def up(t: Any) -> Any:
+            return t.float() if isinstance(t, Tensor) and t.dtype in HALF_DTYPES else t
+
+        weights, momentum = initial_state
+        with autocast_off(q.device):
+            return neural_memory(up(q), up(k), up(v), up(theta), up(eta), up(alpha), chunk_size=chunk_size,
+                                 initial_state=(tuple(map(up, weights)), tuple(map(up, momentum))),
+                                 output_final_state=output_final_state, update_last_partial=update_last_partial,
+                                 backend=backend)
+    inputs = MemoryInputs(q, k, v, theta, eta, alpha, initial_state, chunk_size, update_last_partial)
+    check_neural_memory(inputs)
     request = Request(q.device, q.dtype, initial_state=True, final_state=output_final_state,
                       grad=grad_needed(q, k, v, theta, eta, alpha, initial_state))
-    inputs = MemoryInputs(q, k, v, theta, eta, alpha, initial_state, chunk_size, update_last_partial)
     return dispatch.choose(backend, request).fn(inputs, output_final_state=output_final_state)
 
 
 __all__ = [
-    "MemoryInputs",
+    "MemoryInputs", "check_neural_memory",
     "chunk_update", "dispatch", "gradient_factors", "memory_forward", "memory_mlp", "neural_memory",
-    "neural_memory_chunked", "neural_memory_recurrent",
+    "neural_memory_chunked", "neural_memory_reference",
 ]

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import MemoryInputs, Weights
+from ..chunks import segsum
+from .inputs import MemoryInputs, Weights
 
 
 def _silu_grad(z: Tensor) -> Tensor:
@@ -86,12 +87,10 @@ def chunk_update(weights: Weights, momentum: Weights, k: Tensor, v: Tensor, thet
 def _update(weights: Weights, momentum: Weights, k: Tensor, v: Tensor, theta: Tensor, eta: Tensor, alpha: Tensor,
             q: Tensor | None) -> tuple[Weights, Weights, Tensor | None]:
     """chunk_update, and with q also the read-out M_0(q) (see _factors_and_read)."""
-    n = k.shape[2]
     log_eta = torch.cumsum(torch.log(eta), -1)  # log Π_{j≤t} η_j
     log_keep = torch.cumsum(torch.log1p(-alpha), -1)  # log Π_{j≤t} (1 − α_j)
-    causal = torch.ones(n, n, dtype=torch.bool, device=k.device).tril()
     # momentum_decay[t, i] = Π_{i<j≤t} η_j for i ≤ t (exponent ≤ 0, so no overflow), else 0
-    momentum_decay = (log_eta[..., :, None] - log_eta[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    momentum_decay = segsum(torch.log(eta)).exp()
     keep_to_end = torch.exp(log_keep[..., -1:] - log_keep)  # Π_{t<j≤n} (1 − α_j)
     to_weights = torch.einsum("bht,bhti->bhi", keep_to_end, momentum_decay) * theta  # c_i θ_i: g_i's share of M_n
     to_momentum = momentum_decay[..., -1, :] * theta  # d_i θ_i: g_i's share of S_n

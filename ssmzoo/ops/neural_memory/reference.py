@@ -17,31 +17,11 @@ memory weights: a tuple of (batch, heads, out, in) matrices, the MLP's layers in
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Weights = tuple[Tensor, ...]
-
-
-class MemoryInputs(NamedTuple):
-    """One call's inputs, as every backend receives them (the public function checks them).
-
-    q, k (batch, heads, length, d_in); v (batch, heads, length, d_out); theta, eta, alpha
-    (batch, heads, length); initial_state = (weights, momentum), per MLP layer (batch or 1, heads,
-    out, in); chunk_size: tokens per chunk; update_last_partial: also write a last, shorter chunk."""
-
-    q: Tensor
-    k: Tensor
-    v: Tensor
-    theta: Tensor
-    eta: Tensor
-    alpha: Tensor
-    initial_state: tuple[Weights, Weights]
-    chunk_size: int
-    update_last_partial: bool = True
+from .inputs import MemoryInputs, Weights
 
 
 def memory_mlp(weights: Weights, x: Tensor) -> Tensor:
@@ -58,7 +38,7 @@ def associative_loss(weights: Weights, k: Tensor, v: Tensor) -> Tensor:
     return (memory_mlp(weights, k) - v).pow(2).sum()
 
 
-def neural_memory_recurrent(
+def neural_memory_reference(
     x: MemoryInputs, *, output_final_state: bool = False
 ) -> Tensor | tuple[Tensor, tuple[Weights, Weights]]:
     """Run the memory over a sequence token by token. Returns y, or (y, (weights, momentum)) with

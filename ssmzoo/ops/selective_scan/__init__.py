@@ -2,12 +2,14 @@
 
 Backends, in ``auto``'s preference order (``ops/dispatch.py`` explains the choice):
 - ``mamba_ssm``: mamba-ssm's fused CUDA kernel, when installed (mamba_ssm.py); no initial or final
-  state, so calls that need one go to the next backend;
+  state and no packed documents, so calls that need one go to the next backend;
 - ``cuda``: our CUDA kernel (csrc/selective_scan_cuda.cu, bound in cuda.py), built on first use;
 - ``triton``: our Triton kernels (triton.py), on CUDA;
-- ``cpp``: our C++ CPU kernel (csrc/selective_scan_cpu.cpp, bound in cpu.py), built on first use;
+- ``cpu``: our C++ CPU kernel (csrc/selective_scan_cpu.cpp, bound in cpu.py), built on first use;
 - ``chunked``: plain PyTorch, closed form within chunks, chunks chained and checkpointed (chunked.py);
 - ``reference``: the sequential oracle (reference.py).
+The autograd Function around the three compiled kernels is autograd.py. Packed documents
+(``segments``): ``cpu``, ``chunked`` and ``reference``; the GPU kernels decline them.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, state_at_most
+from ..dispatch import (HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op,
+                        state_at_most)
+from ..segments import Segments
 from . import cpu, cuda, mamba_ssm
-from .checks import check_selective_scan_args
 from .chunked import selective_scan_chunked
-from .reference import ScanInputs, selective_scan_reference
+from .inputs import ScanInputs, check_selective_scan
+from .reference import selective_scan_reference
 
 ALL_FLOAT = REAL_DTYPES + HALF_DTYPES
+PACKED = Capabilities(dtypes=ALL_FLOAT, segments=True)
 
 
 def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
@@ -54,12 +59,13 @@ dispatch.register("mamba_ssm", mamba_ssm.selective_scan_mamba_ssm, ("cuda",),
 dispatch.register("cuda", cuda.selective_scan_cuda, ("cuda",), Capabilities(dtypes=ALL_FLOAT),
                   available=cuda.available, accepts=state_at_most(cuda.MAX_STATE))
 dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT), available=_triton_available)
-dispatch.register("cpp", cpu.selective_scan_cpu, ("cpu",), Capabilities(dtypes=ALL_FLOAT),
-                  available=cpu.available, accepts=state_at_most(cpu.MAX_STATE))
-dispatch.register("chunked", selective_scan_chunked, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT))
-dispatch.register("reference", selective_scan_reference, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT))
+dispatch.register("cpu", cpu.selective_scan_cpu, ("cpu",), PACKED, available=cpu.available,
+                  accepts=state_at_most(cpu.MAX_STATE))
+dispatch.register("chunked", selective_scan_chunked, ("cpu", "cuda"), PACKED)
+dispatch.register("reference", selective_scan_reference, ("cpu", "cuda"), PACKED)
 
 
+@register_op(dispatch)
 def selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -73,6 +79,7 @@ def selective_scan(
     *,
     initial_state: Tensor | None = None,
     output_final_state: bool = False,
+    segments: Segments | None = None,
     backend: str | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Mamba's selective scan (mamba-ssm's argument order and shapes).
@@ -80,16 +87,22 @@ def selective_scan(
     u, delta (batch, D, L); A (D, N) real; B, C (D, N), (batch, N, L) or (batch, G, N, L) with G
     dividing D; D (D,); z (batch, D, L) gates the output by silu(z); delta_bias (D,) is added to
     delta before the optional softplus; initial_state (batch, D, N).
-    Returns y (batch, D, L), or (y, final_state (batch, D, N)) with ``output_final_state``.
+    ``segments`` (:class:`~ssmzoo.ops.segments.Segments` of (batch, L)): packed documents, the state
+    restarting at every document start; initial and final states are then per document (num_docs, D, N).
+    Returns y (batch, D, L), or (y, final_state (batch or num_docs, D, N)) with ``output_final_state``.
     ``backend``: None ($SSMZOO_BACKEND or auto), "auto", or a name in ``dispatch.backends``.
     """
-    x = ScanInputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-    check_selective_scan_args(x)
+    x = ScanInputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, segments)
+    check_selective_scan(x)
+    if segments is not None and segments.unpacked:  # one document per row: the plain scan
+        x = x._replace(segments=None)
     request = Request(
         u.device, u.dtype, initial_state=initial_state is not None, final_state=output_final_state,
-        grad=grad_needed(u, delta, A, B, C, D, z, delta_bias, initial_state), facts=(("d_state", A.shape[1]),),
+        grad=grad_needed(u, delta, A, B, C, D, z, delta_bias, initial_state), segments=x.segments is not None,
+        facts=(("d_state", A.shape[1]),),
     )
     return dispatch.choose(backend, request).fn(x, output_final_state=output_final_state)
 
 
-__all__ = ["ScanInputs", "dispatch", "selective_scan", "selective_scan_chunked", "selective_scan_reference"]
+__all__ = ["ScanInputs", "check_selective_scan", "dispatch", "selective_scan", "selective_scan_chunked",
+           "selective_scan_reference"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..extension import load_cpu_extension
-from .kernel import compiled_backend
+from .autograd import compiled_backend
 
 MAX_STATE = 256  # the kernel's stack array for the state
 

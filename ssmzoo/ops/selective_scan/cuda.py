@@ -10,7 +10,7 @@ from types import ModuleType
 import torch
 
 from ..extension import load_extension
-from .kernel import compiled_backend
+from .autograd import compiled_backend
 
 MAX_STATE = 64  # the kernel keeps the state in registers
 SOURCES = ("selective_scan_cuda_bind.cpp", "selective_scan_cuda.cu")

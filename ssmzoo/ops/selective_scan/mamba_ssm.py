@@ -13,7 +13,7 @@ import importlib.util
 
 from torch import Tensor
 
-from .reference import ScanInputs
+from .inputs import ScanInputs
 
 
 def available() -> bool:

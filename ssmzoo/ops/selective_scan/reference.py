@@ -1,38 +1,21 @@
-"""The selective scan of Mamba (Gu & Dao 2023, Algorithm 2), sequentially: the oracle.
+"""The selective scan of Mamba, sequentially: the oracle. Gu & Dao, "Mamba: Linear-Time Sequence
+Modeling with Selective State Spaces" (arXiv:2312.00752), Algorithm 2.
 
 Per batch element b, channel d and state index n, with Δ_t = softplus(δ_t + bias) (or δ_t + bias):
     h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t          (zero-order hold for A, Euler for B; eq. 4)
     y_t = C_t · h_t + D u_t,   then y_t *= silu(z_t)
-Every fast backend is tested against this function.
+With packed documents (``segments``) each document runs alone: h_{-1} is that document's initial
+state (or zero) at its first token. Every fast backend is tested against this function.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from einops import repeat
 from torch import Tensor
 
-
-class ScanInputs(NamedTuple):
-    """One selective scan's inputs, as every backend receives them (the public function checks them).
-
-    u, delta (batch, D, L); A (D, N) real; B, C (D, N), (batch, N, L) or (batch, G, N, L) with G
-    dividing D; D (D,); z (batch, D, L) gates the output by silu(z); delta_bias (D,) is added to
-    delta before the optional softplus; initial_state (batch, D, N)."""
-
-    u: Tensor
-    delta: Tensor
-    A: Tensor
-    B: Tensor
-    C: Tensor
-    D: Tensor | None = None
-    z: Tensor | None = None
-    delta_bias: Tensor | None = None
-    delta_softplus: bool = False
-    initial_state: Tensor | None = None
+from .inputs import ScanInputs
 
 
 def expand_input_matrix(BC: Tensor, d_inner: int, length: int) -> Tensor:
@@ -48,11 +31,22 @@ def expand_input_matrix(BC: Tensor, d_inner: int, length: int) -> Tensor:
     return repeat(BC, "b g n l -> b (g h) n l", h=d_inner // groups)
 
 
-def selective_scan_reference(x: ScanInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """y (batch, D, L) [, final state (batch, D, N)] of the scan described by ``x``.
+def _recurrence(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """The scan over u, delta (batch, D, T) from h (batch, D, N), with B, C broadcastable to
+    (batch, D, N, T): y (batch, D, T) without the skip and gate, and the last state."""
+    ys = []
+    for t in range(u.shape[-1]):
+        dt = delta[:, :, t, None]  # (batch, D, 1)
+        h = torch.exp(dt * A) * h + dt * B[..., t] * u[:, :, t, None]
+        ys.append((h * C[..., t]).sum(-1))
+    return torch.stack(ys, dim=-1), h
 
-    Computes in float32 (or float64 for float64 inputs) and returns y in u's dtype."""
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state = x
+
+def selective_scan_reference(x: ScanInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """y (batch, D, L) [, final states (batch or num_docs, D, N)] of the scan described by ``x``.
+
+    Computes in float32 (or float64 for float64 inputs) and returns u's dtype."""
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, segments = x
     in_dtype = u.dtype
     dtype = torch.promote_types(u.dtype, torch.float32)
     batch, d_inner, length = u.shape
@@ -64,19 +58,31 @@ def selective_scan_reference(x: ScanInputs, *, output_final_state: bool = False)
     B = expand_input_matrix(B.to(dtype), d_inner, length)
     C = expand_input_matrix(C.to(dtype), d_inner, length)
 
-    if initial_state is None:
-        h = u.new_zeros(batch, d_inner, A.shape[1])
-    else:
-        h = initial_state.to(dtype)
-    ys = []
-    for t in range(length):
-        dt = delta[:, :, t, None]  # (batch, D, 1)
-        h = torch.exp(dt * A) * h + dt * B[..., t] * u[:, :, t, None]
-        ys.append((h * C[..., t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
+    def entering(first: int, count: int) -> Tensor:  # states ``first .. first + count - 1`` before the scan
+        if initial_state is None:
+            return u.new_zeros(count, d_inner, A.shape[1])
+        return initial_state[first : first + count].to(dtype)
+
+    if segments is None:
+        y, h = _recurrence(u, delta, A, B, C, entering(0, batch))
+        finals = [h]
+    else:  # every document alone, from its own initial state
+        rows: list[list[Tensor]] = [[] for _ in range(batch)]
+        finals = []
+        for k, (r, t0, t1) in enumerate(segments.spans):
+            y_doc, h = _recurrence(u[r : r + 1, :, t0:t1], delta[r : r + 1, :, t0:t1], A, _rows(B, r)[..., t0:t1],
+                                   _rows(C, r)[..., t0:t1], entering(k, 1))
+            rows[r].append(y_doc)
+            finals.append(h)
+        y = torch.cat([torch.cat(parts, dim=-1) for parts in rows])
     if D is not None:
         y = y + D.to(dtype)[:, None] * u
     if z is not None:
         y = y * F.silu(z.to(dtype))
     y = y.to(in_dtype)
-    return (y, h.to(in_dtype)) if output_final_state else y
+    return (y, torch.cat(finals).to(in_dtype)) if output_final_state else y
+
+
+def _rows(BC: Tensor, row: int) -> Tensor:
+    """Row ``row`` of an expanded B or C (a leading size of 1 is shared by every row)."""
+    return BC if BC.shape[0] == 1 else BC[row : row + 1]

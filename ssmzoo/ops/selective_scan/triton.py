@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .kernel import CHUNK, run_kernel
-from .reference import ScanInputs
+from .autograd import CHUNK, run_kernel
+from .inputs import ScanInputs
 
 MAX_BLOCK_D = 16
 

@@ -1,13 +1,15 @@
-"""SSD's chunked algorithm in plain PyTorch (Dao & Gu 2024, sec. 6 / Listing 1).
+"""SSD's chunked algorithm in plain PyTorch (Dao & Gu, "Transformers are SSMs", arXiv:2405.21060, sec. 6 /
+Listing 1).
 
-The sequence is cut in chunks of T tokens (sequences.py: every sequence starts a chunk). With
+The sequence is cut in chunks of T tokens (``ops/chunks.py``'s ChunkLayout: every sequence, a row or a
+packed document, starts a chunk). With
 cs_i = Σ_{k≤i} Δ_k A the chunk-local cumulative log-decay, the output is the sum of four steps:
 1. intra-chunk, the quadratic "attention" form on the diagonal blocks:
        y_i = Σ_{j≤i} exp(cs_i - cs_j) (C_i·B_j) Δ_j x_j;
 2. each chunk's end state from its own tokens: U_c = Σ_j exp(cs_T - cs_j) Δ_j x_j B_jᵀ;
 3. the recurrence between chunks: S_c = exp(cs_T) E_c + U_c, with the entering state E_c = S_{c-1},
    or the sequence's initial state on the chunk that starts a sequence; solved in one product with
-   the (chunks × chunks) matrix exp(segsum) of the chunk decays (masked across sequences);
+   the (chunks × chunks) matrix exp(segsum) of the chunk decays (masked across sequences; chunks.py);
 4. state to output: y_i += exp(cs_i) E_c C_i.
 Within a chunk the decay exponent is cs_i - cs_j, a sum over at most T steps (no precision lost to
 differences of long sums); the upper triangle is pushed far negative before the exp and zeroed after
@@ -24,38 +26,18 @@ replace ``chunk_scan_torch``.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
+from ..chunks import FLOOR, ChunkLayout, decay_exp, pass_states, sequence_spans
+from .inputs import SSDInputs
 from .reference import discretize_dt
-from .sequences import ChunkLayout, sequence_spans
 
 # core(x, delta, cs, B, C, init, starts) -> (y, chunk end states); shapes in chunk_scan_torch.
 ChunkCore = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, "Tensor | None", Tensor], "tuple[Tensor, Tensor]"]
-
-
-def segsum(v: Tensor) -> Tensor:
-    """(..., c) -> (..., c, c): out[i, j] = Σ_{k=j+1..i} v_k for i >= j, -inf above the diagonal.
-    A cumsum of the masked row-repeated v: no difference of large partial sums."""
-    c = v.shape[-1]
-    strict = torch.ones(c, c, dtype=torch.bool, device=v.device).tril(-1)
-    out = v[..., :, None].expand(*v.shape, c).masked_fill(~strict, 0).cumsum(dim=-2)
-    return out.masked_fill(~torch.ones_like(strict).tril(), -math.inf)
-
-
-# Decays below exp(FLOOR) are rounded up to it (an absolute error below 1e-26 in float32): exp of a very
-# negative number, or -inf, takes the CPU's slow subnormal path (~100x slower), and subnormal factors
-# slow the matmuls that follow just as much.
-FLOOR = {torch.float32: -60.0, torch.float64: -600.0}
-
-
-def decay_exp(t: Tensor) -> Tensor:
-    """exp(t) for t = a (segment) sum of Δ A, floored at exp(FLOOR) (see FLOOR)."""
-    return t.clamp_min(FLOOR[t.dtype]).exp_()
 
 
 def _decay_and_scores(cs: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,28 +130,6 @@ class IntraChunk(torch.autograd.Function):
         return dx, ddelta, dcs, dB, dC
 
 
-def pass_states(U: Tensor, chunk_decay: Tensor, init: Tensor | None, starts: Tensor) -> tuple[Tensor, Tensor]:
-    """Step 3, between chunks: S_c = exp(a_c) E_c + U_c with E_c = S_{c-1}, or init_c on a chunk that
-    starts a sequence. Solved as S_c = Σ_{j≤c, same sequence} exp(Σ_{i=j+1..c} a_i) (U_j + exp(a_j) init_j).
-
-    U, init (b, c, h, p, n); chunk_decay a (b, c, h) (each chunk's total log-decay); starts (b, c) bool.
-    Returns the chunk end states S and the entering states E, both (b, c, h, p, n)."""
-    d_state = U.shape[-1]
-    a = rearrange(chunk_decay, "b c h -> b h c")
-    U = rearrange(U, "b c h p n -> b h c (p n)")
-    if init is not None:
-        init = rearrange(init, "b c h p n -> b h c (p n)")
-        U = U + torch.exp(a)[..., None] * init
-    seq = torch.cumsum(starts.long(), dim=1)  # chunks of one sequence share this id
-    same = (seq[:, :, None] == seq[:, None, :])[:, None]  # (b, 1, c, c)
-    S = torch.exp(segsum(a).masked_fill(~same, -math.inf)) @ U  # (b, h, c, p n)
-    E = torch.cat([torch.zeros_like(S[:, :, :1]), S[:, :, :-1]], dim=2) * (~starts)[:, None, :, None]
-    if init is not None:
-        E = E + init
-    back = "b h c (p n) -> b c h p n"
-    return rearrange(S, back, n=d_state), rearrange(E, back, n=d_state)
-
-
 def chunk_scan_torch(x: Tensor, delta: Tensor, cs: Tensor, B: Tensor, C: Tensor, init: Tensor | None,
                      starts: Tensor) -> tuple[Tensor, Tensor]:
     """The four steps on chunked inputs.
@@ -194,34 +154,19 @@ def chunk_scan_torch(x: Tensor, delta: Tensor, cs: Tensor, B: Tensor, C: Tensor,
     return rearrange(y, "(b c) h t p -> b c t h p", b=batch), S
 
 
-def run_chunked(
-    core: ChunkCore,
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    chunk_size: int,
-    D: Tensor | None,
-    z: Tensor | None,
-    dt_bias: Tensor | None,
-    dt_softplus: bool,
-    dt_limit: tuple[float, float],
-    initial_state: Tensor | None,
-    output_final_state: bool,
-    seq_idx: Tensor | None,
-    cu_seqlens: Tensor | None,
-) -> Tensor | tuple[Tensor, Tensor]:
+def run_chunked(core: ChunkCore, inputs: SSDInputs, output_final_state: bool) -> Tensor | tuple[Tensor, Tensor]:
     """Everything around a chunk core: Δ, the chunk layout, D, the gate, final states (shared by the
-    chunked and Triton backends). Computes in float32 (float64 for float64 inputs)."""
+    chunked, C++ and Triton backends). Computes in float32 (float64 for float64 inputs)."""
+    x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_state, segments = inputs
     in_dtype = x.dtype
     dtype = torch.promote_types(x.dtype, torch.float32)
     batch, length, _, _ = x.shape
-    spans = sequence_spans(batch, length, seq_idx, cu_seqlens)
+    spans = sequence_spans(batch, length, segments)
     # A chunk longer than the longest sequence would only add padding.
     chunk = max(1, min(chunk_size, max(s.stop - s.start for s in spans)))
     layout = ChunkLayout(spans, batch, length, chunk, x.device)
     x = x.to(dtype)
+    # Padding has Δ = 0: decay 1 and input 0, so a chunk's end state is its sequence's after its last token.
     delta = layout.to_chunks(discretize_dt(dt.to(dtype), dt_bias, dt_softplus, dt_limit))
     cs = torch.cumsum(delta * A.to(dtype), dim=2)  # within each chunk
     h0 = initial_state.to(dtype) if initial_state is not None else None
@@ -233,27 +178,9 @@ def run_chunked(
     if z is not None:
         y = y * torch.nn.functional.silu(z.to(dtype))
     y = y.to(in_dtype)
-    return (y, layout.final_states(states, h0)) if output_final_state else y
+    return (y, layout.final_states(states)) if output_final_state else y
 
 
-def ssd_chunked(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    *,
-    chunk_size: int = 256,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    dt_bias: Tensor | None = None,
-    dt_softplus: bool = False,
-    dt_limit: tuple[float, float] = (0.0, math.inf),
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    seq_idx: Tensor | None = None,
-    cu_seqlens: Tensor | None = None,
-) -> Tensor | tuple[Tensor, Tensor]:
+def ssd_chunked(inputs: SSDInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Same contract as :func:`ssd_reference`."""
-    return run_chunked(chunk_scan_torch, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit,
-                       initial_state, output_final_state, seq_idx, cu_seqlens)
+    return run_chunked(chunk_scan_torch, inputs, output_final_state)

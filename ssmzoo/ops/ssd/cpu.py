@@ -4,14 +4,15 @@ step 3 (small) and everything around the chunks are chunked.py's. Built on first
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 
 from torch import Tensor
 from torch.autograd import Function
 
 from ..extension import load_cpu_extension
-from .chunked import pass_states, run_chunked
+from ..chunks import pass_states
+from .chunked import run_chunked
+from .inputs import SSDInputs
 
 
 def extension() -> ModuleType | None:
@@ -53,7 +54,7 @@ class StateToOutputCpp(Function):
         return dy, dcs, dC, dE
 
 
-def chunk_scan_cpp(x: Tensor, delta: Tensor, cs: Tensor, B: Tensor, C: Tensor, init: Tensor | None,
+def chunk_scan_cpu(x: Tensor, delta: Tensor, cs: Tensor, B: Tensor, C: Tensor, init: Tensor | None,
                    starts: Tensor) -> tuple[Tensor, Tensor]:
     """chunked.chunk_scan_torch's contract (same shapes), steps 1-2 and 4 in C++."""
     batch, nchunks, T, heads, headdim = x.shape
@@ -69,24 +70,6 @@ def chunk_scan_cpp(x: Tensor, delta: Tensor, cs: Tensor, B: Tensor, C: Tensor, i
     return y.view(batch, nchunks, T, heads, headdim), S
 
 
-def ssd_cpu(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    *,
-    chunk_size: int = 256,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    dt_bias: Tensor | None = None,
-    dt_softplus: bool = False,
-    dt_limit: tuple[float, float] = (0.0, math.inf),
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    seq_idx: Tensor | None = None,
-    cu_seqlens: Tensor | None = None,
-) -> Tensor | tuple[Tensor, Tensor]:
+def ssd_cpu(inputs: SSDInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Same contract as :func:`ssd_reference`."""
-    return run_chunked(chunk_scan_cpp, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit,
-                       initial_state, output_final_state, seq_idx, cu_seqlens)
+    return run_chunked(chunk_scan_cpu, inputs, output_final_state)

@@ -1,4 +1,5 @@
-"""Mamba-2's state space dual (SSD) layer (Dao & Gu 2024), sequentially: the oracle.
+"""Mamba-2's state space dual (SSD) layer, sequentially: the oracle. Dao & Gu, "Transformers are SSMs:
+Generalized Models and Efficient Algorithms Through Structured State Space Duality" (arXiv:2405.21060).
 
 Per sequence and head h (scalar decay per head, state S_t of size headdim p × d_state n):
     Δ_t = clamp(softplus?(dt_t + dt_bias), dt_limit)         (mamba-ssm's order of the three)
@@ -6,20 +7,20 @@ Per sequence and head h (scalar decay per head, state S_t of size headdim p × d
     S_t = a_t S_{t-1} + Δ_t x_t B_tᵀ                           (SSD paper, eq. of the SSM with A = a_t I)
     y_t = S_t C_t + D_h x_t,  then y_t *= silu(z_t) when z is given
 with B_t, C_t of group g shared by heads g·(H/G) .. (g+1)·(H/G)-1, and S_{-1} the sequence's initial
-state (zero by default). The state is reset at every sequence boundary of a packed batch
-(sequences.py says which tokens form a sequence). Every fast backend is tested against this function.
+state (zero by default). With packed documents (``segments``) every document runs alone, from its
+own initial state. Every fast backend is tested against this function.
 """
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from einops import einsum, repeat
 from torch import Tensor
 
-from .sequences import sequence_spans
+from ..chunks import sequence_spans
+from .inputs import SSDInputs
 
 
 def discretize_dt(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool, dt_limit: tuple[float, float]) -> Tensor:
@@ -32,29 +33,12 @@ def discretize_dt(dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool, dt_limi
     return dt.clamp(min=dt_limit[0], max=dt_limit[1])
 
 
-def ssd_reference(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    *,
-    chunk_size: int = 256,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    dt_bias: Tensor | None = None,
-    dt_softplus: bool = False,
-    dt_limit: tuple[float, float] = (0.0, math.inf),
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    seq_idx: Tensor | None = None,
-    cu_seqlens: Tensor | None = None,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """y (batch, length, heads, headdim) [, final states (num_seqs, heads, headdim, d_state)]; shapes as
-    in :func:`ssmzoo.ops.ssd.ssd`. ``chunk_size`` is accepted for a common signature and unused.
+def ssd_reference(inputs: SSDInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """y (batch, length, heads, headdim) [, final states (batch or num_docs, heads, headdim, d_state)]; shapes
+    as in :func:`ssmzoo.ops.ssd.ssd`. The recurrence has no chunks: ``chunk_size`` is unused.
 
     Computes in float32 (float64 for float64 inputs); y in x's dtype, final states in the compute dtype."""
-    del chunk_size  # the recurrence has no chunks
+    x, dt, A, B, C, _, D, z, dt_bias, dt_softplus, dt_limit, initial_state, segments = inputs
     in_dtype = x.dtype
     dtype = torch.promote_types(x.dtype, torch.float32)
     batch, length, heads, headdim = x.shape
@@ -66,7 +50,7 @@ def ssd_reference(
 
     rows: list[list[Tensor]] = [[] for _ in range(batch)]
     finals = []
-    for k, span in enumerate(sequence_spans(batch, length, seq_idx, cu_seqlens)):
+    for k, span in enumerate(sequence_spans(batch, length, segments)):
         S = initial_state[k].to(dtype) if initial_state is not None else x.new_zeros(heads, headdim, d_state)
         for t in range(span.start, span.stop):
             d = delta[span.row, t]  # (heads,)

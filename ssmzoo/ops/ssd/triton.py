@@ -20,7 +20,6 @@ module only where triton is installed.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import triton
@@ -28,6 +27,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .chunked import run_chunked
+from .inputs import SSDInputs
 
 
 @triton.jit
@@ -319,24 +319,6 @@ def chunk_scan_triton(x: Tensor, delta: Tensor, cs: Tensor, B: Tensor, C: Tensor
     return y.view(batch, nchunks, T, H, P), S.view(batch, nchunks, H, P, -1)
 
 
-def ssd_triton(
-    x: Tensor,
-    dt: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    *,
-    chunk_size: int = 256,
-    D: Tensor | None = None,
-    z: Tensor | None = None,
-    dt_bias: Tensor | None = None,
-    dt_softplus: bool = False,
-    dt_limit: tuple[float, float] = (0.0, math.inf),
-    initial_state: Tensor | None = None,
-    output_final_state: bool = False,
-    seq_idx: Tensor | None = None,
-    cu_seqlens: Tensor | None = None,
-) -> Tensor | tuple[Tensor, Tensor]:
+def ssd_triton(inputs: SSDInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Same contract as :func:`ssd_reference`; needs triton (CUDA, or CPU with TRITON_INTERPRET=1)."""
-    return run_chunked(chunk_scan_triton, x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit,
-                       initial_state, output_final_state, seq_idx, cu_seqlens)
+    return run_chunked(chunk_scan_triton, inputs, output_final_state)

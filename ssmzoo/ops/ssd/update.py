@@ -15,40 +15,8 @@ import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor
 
+from .inputs import check_ssd_update
 from .reference import discretize_dt
-
-
-def _check(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, state: Tensor, D: Tensor | None,
-           z: Tensor | None, dt_bias: Tensor | None) -> None:
-    fn = "ssd_update"
-    for name, t in (("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("state", state), ("D", D), ("z", z),
-                    ("dt_bias", dt_bias)):
-        if t is not None and (not isinstance(t, Tensor) or not t.is_floating_point()):
-            got = t.dtype if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"{fn}: {name} must be a real floating tensor, got {got}")
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{fn}: {name} must be on x's device {x.device}, got {t.device}")
-    if x.dim() != 3:
-        raise ValueError(f"{fn}: x must be (batch, heads, headdim), got shape {tuple(x.shape)}")
-    batch, heads, headdim = x.shape
-    if dt.shape != (batch, heads):
-        raise ValueError(f"{fn}: dt must be (batch={batch}, heads={heads}), got shape {tuple(dt.shape)}")
-    if A.shape != (heads,):
-        raise ValueError(f"{fn}: A must be (heads={heads},), got shape {tuple(A.shape)}")
-    if B.dim() != 3 or B.shape[0] != batch or B.shape[1] < 1 or heads % B.shape[1]:
-        raise ValueError(f"{fn}: B must be (batch={batch}, groups, d_state) with groups dividing heads={heads}, "
-                         f"got shape {tuple(B.shape)}")
-    if C.shape != B.shape:
-        raise ValueError(f"{fn}: C must have B's shape {tuple(B.shape)}, got {tuple(C.shape)}")
-    if state.shape != (batch, heads, headdim, B.shape[2]):
-        raise ValueError(f"{fn}: state must be (batch={batch}, heads={heads}, headdim={headdim}, "
-                         f"d_state={B.shape[2]}), got shape {tuple(state.shape)}")
-    if D is not None and D.shape not in ((heads,), (heads, headdim)):
-        raise ValueError(f"{fn}: D must be (heads={heads},) or (heads, headdim={headdim}), got shape {tuple(D.shape)}")
-    if z is not None and z.shape != x.shape:
-        raise ValueError(f"{fn}: z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}")
-    if dt_bias is not None and dt_bias.shape != (heads,):
-        raise ValueError(f"{fn}: dt_bias must be (heads={heads},), got shape {tuple(dt_bias.shape)}")
 
 
 def ssd_update(
@@ -72,7 +40,7 @@ def ssd_update(
     this token; D (heads,) or (heads, headdim); z like x; dt_bias (heads,).
     Returns (y (batch, heads, headdim) in x's dtype, the next state (batch, heads, headdim, d_state) in
     float32, float64 for float64 x), the dtypes of ``ssd``'s outputs and final states."""
-    _check(x, dt, A, B, C, state, D, z, dt_bias)
+    check_ssd_update(x, dt, A, B, C, state, D, z, dt_bias, dt_softplus, dt_limit)
     in_dtype = x.dtype
     dtype = torch.promote_types(x.dtype, torch.float32)
     groups = B.shape[1]

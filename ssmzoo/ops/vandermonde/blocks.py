@@ -19,6 +19,8 @@ import math
 import torch
 from torch import Tensor
 
+from .inputs import TransposeInputs, VandermondeInputs
+
 
 def block_size(length: int) -> int:
     """⌈√length⌉: balances the c inner and L/c outer powers."""
@@ -33,8 +35,9 @@ def _powers(log_z: Tensor, block: int, blocks: int) -> tuple[Tensor, Tensor]:
     return inner, outer
 
 
-def vandermonde_blocks(v: Tensor, log_z: Tensor, length: int, block: int | None = None) -> Tensor:
+def vandermonde_blocks(x: VandermondeInputs, block: int | None = None) -> Tensor:
     """Same as :func:`vandermonde_reference`: K (..., L) = 2 Re Σ_n v_n z_n^l, by powers in blocks."""
+    v, log_z, length = x
     block = block or block_size(length)
     blocks = -(-length // block)
     inner, outer = _powers(log_z, block, blocks)
@@ -45,11 +48,12 @@ def vandermonde_blocks(v: Tensor, log_z: Tensor, length: int, block: int | None 
     return k.flatten(-2)[..., :length]
 
 
-def vandermonde_transpose_blocks(u: Tensor, log_z: Tensor, block: int | None = None) -> Tensor:
+def vandermonde_transpose_blocks(x: TransposeInputs, block: int | None = None) -> Tensor:
     """Same as :func:`vandermonde_transpose_reference`: s[..., n] = Σ_l u[..., l] z_n^(L-1-l).
 
     With u' the reversed input (zero-padded to a whole number of blocks), s_n = Σ_k z_n^(c·k)
     Σ_j u'[c·k + j] z_n^j: one matmul (L/c, c) @ (c, N) per row, then a weighted sum over k."""
+    u, log_z = x
     length = u.shape[-1]
     block = block or block_size(length)
     blocks = -(-length // block)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .inputs import TransposeInputs, VandermondeInputs
+
 
 class _ChunkedVandermonde(torch.autograd.Function):
     # For a real loss with upstream gradient g_l, and E_nl = exp(w_n l):
@@ -46,15 +48,16 @@ class _ChunkedVandermonde(torch.autograd.Function):
         return grad_v, grad_w, None, None
 
 
-def vandermonde_chunked(v: Tensor, log_z: Tensor, length: int, chunk: int = 1024) -> Tensor:
+def vandermonde_chunked(x: VandermondeInputs, chunk: int = 1024) -> Tensor:
     """Same as :func:`vandermonde_reference`, in O(N · chunk) memory per row, forward and backward."""
-    return _ChunkedVandermonde.apply(v, log_z, length, chunk)
+    return _ChunkedVandermonde.apply(x.v, x.log_z, x.length, chunk)
 
 
-def vandermonde_transpose_chunked(u: Tensor, log_z: Tensor, chunk: int = 1024) -> Tensor:
+def vandermonde_transpose_chunked(x: TransposeInputs, chunk: int = 1024) -> Tensor:
     """s[..., n] = sum_l u[..., l] z_n^(L-1-l): the state a diagonal SSM holds after reading u.
 
     u (..., L) real or complex; log_z (..., N) complex (broadcast against u's leading dims)."""
+    u, log_z = x
     length = u.shape[-1]
     u = u.to(log_z.dtype)
     out = None

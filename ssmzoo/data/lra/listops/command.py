@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...commands import DataCommand
+from ...data_command import DataCommand
 from ..common import SPLITS
 from .generator import generate_listops
 from .tsv import NUM_CLASSES, read_listops_tsv

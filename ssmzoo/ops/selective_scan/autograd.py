@@ -1,6 +1,7 @@
-"""Autograd around our selective scan kernels (CPU: csrc/selective_scan_cpu.cpp, CUDA:
+"""The autograd Function around our selective scan kernels (CPU: csrc/selective_scan_cpu.cpp, CUDA:
 csrc/selective_scan_cuda.cu, Triton: triton.py); all three share one calling convention
-(``ext.forward(...)``, ``ext.backward(...)``).
+(``ext.forward(...)``, ``ext.backward(...)``). Packed documents go to the CPU kernel's
+``forward_documents`` / ``backward_documents`` (the GPU kernels are registered without segments).
 
 The kernels want B and C with N contiguous, (batch, G, L, N), so that their loops over the state
 vectorise (CPU) or stay in registers (CUDA); this module transposes them (small: no D axis) and
@@ -18,7 +19,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from .reference import ScanInputs
+from .inputs import ScanInputs
 
 # States are checkpointed every CHUNK steps for the backward pass: memory (batch, D, L/CHUNK, N).
 CHUNK = 64
@@ -45,17 +46,19 @@ def user_layout(grad: Tensor, like: Tensor, groups: int) -> Tensor:
 
 class KernelSelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, ext, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk):
+    def forward(ctx, ext, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk, doc):
         Bk, groups = kernel_layout(B)
         Ck, _ = kernel_layout(C)
         batch, d_inner, _ = u.shape
+        states = batch if doc is None else int(doc[-1, -1]) + 1
         Dv = D.contiguous() if D is not None else u.new_zeros(d_inner)
         bias = delta_bias.contiguous() if delta_bias is not None else u.new_zeros(d_inner)
         zk = z.contiguous() if z is not None else u.new_empty(0)
-        h0 = initial_state.contiguous() if initial_state is not None else u.new_zeros(batch, d_inner, A.shape[1])
+        h0 = initial_state.contiguous() if initial_state is not None else u.new_zeros(states, d_inner, A.shape[1])
         u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
-        y, final_state, checkpoints = ext.forward(u, delta, A, Bk, Ck, Dv, zk, bias, h0, delta_softplus, groups, chunk)
-        ctx.save_for_backward(u, delta, A, Bk, Ck, Dv, zk, bias, checkpoints)
+        args = (u, delta, A, Bk, Ck, Dv, zk, bias, h0, delta_softplus, groups, chunk)
+        y, final_state, checkpoints = ext.forward(*args) if doc is None else ext.forward_documents(*args, doc)
+        ctx.save_for_backward(u, delta, A, Bk, Ck, Dv, zk, bias, h0, checkpoints, doc)
         ctx.ext, ctx.groups, ctx.softplus, ctx.chunk = ext, groups, delta_softplus, chunk
         ctx.B, ctx.C = B.detach(), C.detach()
         ctx.has = (D is not None, z is not None, delta_bias is not None, initial_state is not None)
@@ -63,19 +66,23 @@ class KernelSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_final):
-        u, delta, A, Bk, Ck, Dv, zk, bias, checkpoints = ctx.saved_tensors
+        u, delta, A, Bk, Ck, Dv, zk, bias, h0, checkpoints, doc = ctx.saved_tensors
         dy = dy.contiguous() if dy is not None else torch.zeros_like(u)
         if dh_final is None:
-            dh_final = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+            dh_final = torch.zeros_like(h0)
         # CPU: (batch x slices) work units, a few per thread, for load balance; CUDA ignores it.
         slices = math.ceil(4 * torch.get_num_threads() / u.shape[0])
-        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = ctx.ext.backward(
-            u, delta, A, Bk, Ck, Dv, zk, bias, checkpoints, dy, dh_final.contiguous(), ctx.softplus, ctx.groups,
-            ctx.chunk, slices)
+        if doc is None:
+            grads = ctx.ext.backward(u, delta, A, Bk, Ck, Dv, zk, bias, checkpoints, dy, dh_final.contiguous(),
+                                     ctx.softplus, ctx.groups, ctx.chunk, slices)
+        else:
+            grads = ctx.ext.backward_documents(u, delta, A, Bk, Ck, Dv, zk, bias, h0, checkpoints, dy,
+                                               dh_final.contiguous(), ctx.softplus, ctx.groups, ctx.chunk, slices, doc)
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = grads
         has_D, has_z, has_bias, has_h0 = ctx.has
         return (None, du, ddelta, dA.sum(0), user_layout(dB, ctx.B, ctx.groups),
                 user_layout(dC, ctx.C, ctx.groups), dD.sum(0) if has_D else None, dz if has_z else None,
-                dbias.sum(0) if has_bias else None, None, dh0 if has_h0 else None, None)
+                dbias.sum(0) if has_bias else None, None, dh0 if has_h0 else None, None, None)
 
 
 def run_kernel(
@@ -87,9 +94,10 @@ def run_kernel(
     def cast(t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(dtype)
 
+    doc = None if x.segments is None else x.segments.doc.contiguous()
     y, final_state = KernelSelectiveScan.apply(ext, cast(x.u), cast(x.delta), cast(x.A), cast(x.B), cast(x.C),
                                                cast(x.D), cast(x.z), cast(x.delta_bias), bool(x.delta_softplus),
-                                               cast(x.initial_state), chunk)
+                                               cast(x.initial_state), chunk, doc)
     y = y.to(x.u.dtype)
     return (y, final_state.to(x.u.dtype)) if output_final_state else y
 

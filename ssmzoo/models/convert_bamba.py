@@ -1,0 +1,180 @@
+"""IBM's Bamba (transformers' ``BambaForCausalLM``, model_type "bamba"; the Granite-4 hybrids share its layout) as a
+``LanguageModel``, and back.
+
+Every layer is a pre-norm block of a Mamba-2 mixer or, at ``attn_layer_indices``, grouped-query attention with a
+rotary embedding on half of each head (by halves), followed by a SwiGLU MLP block:
+
+    transformers (BambaForCausalLM)                         ssmzoo (LanguageModel)
+    model.embed_tokens.weight                               embedding.weight
+    model.layers.{i}.input_layernorm.weight                 layers.{i}.norm.weight
+    model.layers.{i}.mamba.*                                layers.{i}.mixer.*            (Mamba2, same names)
+    model.layers.{i}.self_attn.{q,k,v}_proj / o_proj        layers.{i}.mixer.attn.qkv / out (FullAttention)
+    model.layers.{i}.pre_ff_layernorm.weight                layers.{i}.norm2.weight
+    model.layers.{i}.feed_forward.{gate,up}_proj / down     layers.{i}.mlp.up = [up ‖ gate] / down
+    model.final_layernorm.weight                            norm_f.weight
+    lm_head.weight                                          lm_head.weight
+
+One ``rms_norm_eps`` for every norm (the gated one inside Mamba-2 too). Pass a state dict (or a module) and its
+config object or config.json's dict; transformers is not imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..layers.attention import FullAttention
+from ..layers.mamba2 import Mamba2
+from .hf_hybrid import (
+    Tensors,
+    activation,
+    attention_in,
+    attention_layout,
+    attention_out,
+    config_of,
+    dt_limit_json,
+    dtype_name,
+    gated_mlp_in,
+    gated_mlp_out,
+    get,
+    load_exactly,
+    mamba2_args,
+    mamba2_in,
+    mamba2_layout,
+    mamba2_out,
+    mlp_layout,
+    one,
+    rope,
+    state_dict_of,
+    tied,
+)
+from .lm import Block, LanguageModel
+
+PREFIXES = ("model.",)
+
+
+def bamba_pattern(config: Any, fn: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(our pattern, the other LanguageModel arguments) of a BambaConfig."""
+    d = get(config, "hidden_size")
+    n_layers = get(config, "num_hidden_layers")
+    eps = get(config, "rms_norm_eps", 1e-5)
+    heads = get(config, "num_attention_heads")
+    head_dim = get(config, "head_dim", d // heads)
+    expand = get(config, "mamba_expand", 2)
+    nheads = get(config, "mamba_n_heads", 128)
+    d_head = get(config, "mamba_d_head", "auto")
+    theta, partial = rope(config, fn, default_partial=0.5)
+    mamba = mamba2_args(d, expand * d, nheads, None if d_head == "auto" else d_head, get(config, "mamba_n_groups", 1),
+                        get(config, "mamba_d_state", 256), get(config, "mamba_d_conv", 4),
+                        bool(get(config, "mamba_conv_bias", True)), bool(get(config, "mamba_proj_bias", False)),
+                        get(config, "mamba_chunk_size", 256), get(config, "time_step_limit"), eps, fn)
+    attention = dict(heads=heads, kv_heads=get(config, "num_key_value_heads", heads), head_dim=head_dim,
+                     rotary=True, rotary_base=theta, rotary_dim=int(head_dim * partial), rotary_interleaved=False,
+                     bias=bool(get(config, "attention_bias", False)))
+    mlp = dict(mlp=get(config, "intermediate_size"), mlp_gated=True, mlp_bias=bool(get(config, "mlp_bias", False)),
+               mlp_activation=activation(get(config, "hidden_act", "silu"), fn, "hidden_act"))
+    attn_layers = set(get(config, "attn_layer_indices", []) or [])
+    pattern = [dict({"layer": "attention", "args": attention} if i in attn_layers else {"layer": "mamba2", "args": mamba},
+                    **mlp) for i in range(n_layers)]
+    return pattern, dict(d_model=d, norm_eps=eps, tie_embeddings=bool(get(config, "tie_word_embeddings", False)))
+
+
+def from_hf_bamba(model_or_state_dict: nn.Module | Mapping[str, Tensor], config: Any = None) -> LanguageModel:
+    """A ``LanguageModel`` with the weights of transformers' ``BambaForCausalLM``; config: its ``BambaConfig`` (or
+    config.json's dict), taken from the model if omitted."""
+    fn = "from_hf_bamba"
+    config = config_of(model_or_state_dict, config, fn, "BambaConfig")
+    pattern, args = bamba_pattern(config, fn)
+    t = Tensors(state_dict_of(model_or_state_dict, fn), fn, PREFIXES)
+    sd: dict[str, Tensor] = {"embedding.weight": t.take("embed_tokens.weight"),
+                             "norm_f.weight": t.take("final_layernorm.weight")}
+    head = t.take_optional("lm_head.weight")
+    if head is not None:
+        sd["lm_head.weight"] = head
+    for i, entry in enumerate(pattern):
+        theirs, ours = f"layers.{i}.", f"layers.{i}."
+        sd[ours + "norm.weight"] = t.take(theirs + "input_layernorm.weight")
+        sd[ours + "norm2.weight"] = t.take(theirs + "pre_ff_layernorm.weight")
+        if entry["layer"] == "attention":
+            attention_in(t, theirs + "self_attn.", ours + "mixer.attn.", sd)
+        else:
+            mamba2_in(t, theirs + "mamba.", ours + "mixer.", sd)
+        gated_mlp_in(t, theirs + "feed_forward.", ours + "mlp.", sd)
+    t.check_all_taken()
+    model = LanguageModel(vocab_size=sd["embedding.weight"].shape[0], pattern=pattern, **args)
+    return load_exactly(fn, model, sd, args["tie_embeddings"])
+
+
+def load_hf_bamba(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> LanguageModel:
+    """The registry's loader for format "bamba" (config.json's model_type): config.json as a dict."""
+    return from_hf_bamba(state_dict, config)
+
+
+def to_hf_bamba(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
+    """(config.json, state dict, "model.safetensors") of ``model`` as transformers' ``BambaForCausalLM``, or None
+    when it has no counterpart there."""
+    blocks = list(model.layers)
+    if (model.embedding_multiplier != 1.0 or model.lm_head_multiplier != 1.0 or len(model.shared_blocks)
+            or not all(isinstance(b, Block) and b.shared_block is None and b.norm is not None and b.mlp is not None
+                       for b in blocks)):
+        return None
+    eps = model.norm_f.eps
+    mixers = [b.mixer for b in blocks]
+    mambas = [m for m in mixers if isinstance(m, Mamba2)]
+    attns = [m for m in mixers if isinstance(m, FullAttention)]
+    mlps = [b.mlp for b in blocks]
+    mamba, attn = one([mamba2_layout(m) for m in mambas]), one([attention_layout(a) for a in attns])
+    mlp = one([mlp_layout(m) for m in mlps])
+    if (len(mambas) + len(attns) != len(blocks) or not mambas or mlp is None or (mambas and mamba is None)
+            or (attns and attn is None) or not mlp["gated"] or mlp["multipliers"] != (1.0, 1.0)
+            or any(b.norm.eps != eps or b.norm2.eps != eps for b in blocks)):
+        return None
+    d = model.d_model
+    if (mamba["d_inner"] % d or mamba["D_has_hdim"] or not mamba["rmsnorm"] or mamba["norm_before_gate"]
+            or mamba["norm_eps"] != eps or mamba["multipliers"] is not None or mamba["out_bias"] != mamba["bias"]
+            or not mamba["causal"]):
+        return None
+    if attn is not None and (not attn["rotary"] or attn["interleaved"] or attn["scale"] is not None
+                             or attn["bias"] != attn["out_bias"] or attn["rotary_dim"] != int(attn["head_dim"] * 0.5)):
+        return None  # transformers' Bamba fixes a rotary on half of each head, by halves
+    config: dict[str, Any] = {
+        "architectures": ["BambaForCausalLM"], "model_type": "bamba", "dtype": dtype_name(model),
+        "vocab_size": model.embedding.num_embeddings, "hidden_size": d, "num_hidden_layers": len(blocks),
+        "intermediate_size": mlp["hidden"], "hidden_act": mlp["activation"], "mlp_bias": mlp["bias"],
+        "rms_norm_eps": eps,
+        "tie_word_embeddings": tied(model),
+        "attn_layer_indices": [i for i, m in enumerate(mixers) if isinstance(m, FullAttention)],
+        "mamba_n_heads": mamba["nheads"], "mamba_d_head": mamba["headdim"], "mamba_n_groups": mamba["ngroups"],
+        "mamba_d_state": mamba["d_state"], "mamba_d_conv": mamba["d_conv"], "mamba_expand": mamba["d_inner"] // d,
+        "mamba_chunk_size": mamba["chunk_size"], "mamba_conv_bias": mamba["conv_bias"],
+        "mamba_proj_bias": mamba["bias"], "time_step_limit": dt_limit_json(mamba["dt_limit"]), "use_cache": True,
+    }
+    if attn is not None:
+        config.update(num_attention_heads=attn["heads"], num_key_value_heads=attn["kv_heads"],
+                      attention_bias=attn["bias"],
+                      rope_parameters={"rope_type": "default", "rope_theta": attn["rotary_base"],
+                                       "partial_rotary_factor": 0.5})
+        if attn["head_dim"] != d // attn["heads"]:
+            config["head_dim"] = attn["head_dim"]
+    ours = model.state_dict()
+    sd: dict[str, Tensor] = {"model.embed_tokens.weight": ours["embedding.weight"],
+                             "model.final_layernorm.weight": ours["norm_f.weight"]}
+    if not tied(model):
+        sd["lm_head.weight"] = ours["lm_head.weight"]
+    for i, m in enumerate(mixers):
+        prefix, theirs = f"layers.{i}.", f"model.layers.{i}."
+        sd[theirs + "input_layernorm.weight"] = ours[prefix + "norm.weight"]
+        sd[theirs + "pre_ff_layernorm.weight"] = ours[prefix + "norm2.weight"]
+        if isinstance(m, FullAttention):
+            a = m.attn
+            attention_out(ours, prefix + "mixer.attn.", [a.heads * a.head_dim, *[a.kv_heads * a.head_dim] * 2],
+                          theirs + "self_attn.", sd)
+        else:
+            mamba2_out(ours, prefix + "mixer.", theirs + "mamba.", sd)
+        gated_mlp_out(ours, prefix + "mlp.", theirs + "feed_forward.", sd)
+    return config, {k: v.detach().contiguous() for k, v in sd.items()}, "model.safetensors"
+
+
+__all__ = ["bamba_pattern", "from_hf_bamba", "load_hf_bamba", "to_hf_bamba"]

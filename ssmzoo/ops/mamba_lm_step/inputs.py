@@ -1,0 +1,58 @@
+"""One token of a Mamba language model: its inputs (:class:`MambaLMStepWeights`, :class:`MambaLMStepInputs`) and
+every check of them (:func:`check_mamba_lm_step`: shapes only, as cheap as a token's step allows; the C++ backend
+range-checks the ids)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..mamba_inner.inputs import State
+from ..mamba_step.inputs import MambaStepWeights
+
+OP = "mamba_lm_step"
+
+
+class MambaLMStepWeights(NamedTuple):
+    """The model's parameters: ``layers[i]`` is block i's mixer, ``norm_weights[i]`` its RMSNorm; ``eps``
+    the RMSNorms' epsilon."""
+
+    embedding: Tensor                      # (vocab, d_model)
+    norm_weights: tuple[Tensor, ...]       # (d_model,) per block
+    layers: tuple[MambaStepWeights, ...]
+    norm_f_weight: Tensor                  # (d_model,)
+    lm_head_weight: Tensor                 # (vocab, d_model)
+    eps: float
+    # The C++ backend's copies of the matrices packed for its decode matmuls (``pack_weights``: per layer
+    # in_proj, x_proj, dt_proj, out_proj, then the head), or None (it multiplies with ATen). A snapshot:
+    # pack again after changing the weights. The reference ignores it.
+    packed: tuple[Tensor, ...] | None = None
+
+
+class MambaLMStepInputs(NamedTuple):
+    """token (batch,) integer ids; state one (conv_state (batch, D, W-1), ssm_state (batch, D, N)) per block."""
+
+    token: Tensor
+    state: list[State]
+    weights: MambaLMStepWeights
+
+
+def check_mamba_lm_step(x: MambaLMStepInputs) -> None:
+    token, state, weights = x
+    if not isinstance(token, Tensor) or token.dim() != 1 or token.shape[0] == 0 or token.is_floating_point() \
+            or token.is_complex() or token.dtype == torch.bool:
+        raise ValueError(f"mamba_lm_step: token must be a non-empty (batch,) integer tensor, got "
+                         f"{getattr(token, 'dtype', type(token).__name__)} of shape {tuple(getattr(token, 'shape', ()))}")
+    if len(weights.layers) != len(weights.norm_weights):
+        raise ValueError(f"mamba_lm_step: weights has {len(weights.layers)} layers but {len(weights.norm_weights)} "
+                         "norm_weights")
+    check_state_count(state, weights)
+
+
+def check_state_count(state: list[State], weights: MambaLMStepWeights) -> None:
+    if not isinstance(state, (list, tuple)) or len(state) != len(weights.layers):
+        got = f"{len(state)} entries" if isinstance(state, (list, tuple)) else type(state).__name__
+        raise ValueError(f"mamba_lm_step: state must hold one (conv_state, ssm_state) per layer "
+                         f"({len(weights.layers)}), got {got}")
