@@ -258,11 +258,12 @@ def write_report(runs: list[dict], command: str) -> None:
                              if r_ else "—" for r_, v in zip(rs, values))
             lines.append(f"  - {m}: {got}")
     lines += ["", "## Wall time per model (seconds per run, mean over runs; 1 thread, shared 2-core machine)", "",
-              "| model | runs | seconds / run | epochs / run |", "|---|---|---|---|"]
+              "| model | runs | seconds / run | epochs / run | load average before (mean) |", "|---|---|---|---|---|"]
     for m in models:
         rs = [r for k, v in cells.items() if k[3] == m for r in v]
         lines.append(f"| {m} | {len(rs)} | {np.mean([r['seconds'] for r in rs]):.0f} | "
-                     f"{np.mean([r['epochs'] for r in rs]):.1f} |")
+                     f"{np.mean([r['epochs'] for r in rs]):.1f} | "
+                     f"{np.mean([r.get('load_before', np.nan) for r in rs]):.1f} |")
     total = sum(r["seconds"] for r in runs)
     lines += ["", f"Sum of the runs' wall time: {total / 3600:.2f} h.", "",
               "Forecast plots (seed 0, target OT, scaled): `results/plots/ett_<data>_<mode>_<horizon>.png`.", ""]

@@ -24,7 +24,6 @@ import ctypes
 import ctypes.util
 import json
 import logging
-import os
 import sys
 import time
 import warnings
