@@ -290,7 +290,8 @@ def test_etth_splits_and_window_counts_equal_the_published_codes(tmp_path):
     assert counts == [8640 - 336 - 720 + 1, 2880 - 720 + 1, 2880 - 720 + 1]
     # z-score with the train rows' mean and (population) std, as sklearn's StandardScaler fitted on train
     mean, std = values[:8640].mean(0), values[:8640].std(0)
-    np.testing.assert_allclose(dm.mean, mean) and np.testing.assert_allclose(dm.std, std)
+    np.testing.assert_allclose(dm.mean, mean)
+    np.testing.assert_allclose(dm.std, std)  # (assert_allclose returns None: never chain two with `and`)
     x, y = dm.datasets["test"][len(dm.datasets["test"]) - 1]  # the last test window ends at row 14,400
     np.testing.assert_allclose(y.numpy(), (values[14400 - 720 : 14400] - mean) / std, rtol=1e-5, atol=1e-5)
     x, y = dm.datasets["val"][0]  # the first validation window reads the last 336 train rows
