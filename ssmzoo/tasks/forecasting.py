@@ -4,10 +4,11 @@ end of a test run PNG plots of forecasts against the truth (matplotlib, a depend
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -25,9 +26,16 @@ class ForecastingTask(Task):
         lr, weight_decay: AdamW settings (SSM parameters keep their tagged settings).
         plot_dir: where test plots and test metrics (JSON) go; None: the trainer's log_dir, if any.
         n_plots: how many test windows to plot (spread over the test split).
+        lr_schedule: per epoch (0-based): "constant"; "halve" (lr · 0.5^max(0, epoch − 1): LTSF-Linear's
+            ``type1``, which halves after every epoch from the second on); "cosine"
+            (linear warmup over ``warmup_epochs`` from lr/1000, then cosine to ``min_lr`` at
+            ``cosine_epochs``, constant after; the shape of SpaceTime's timm schedule).
+        warmup_epochs, cosine_epochs, min_lr: the "cosine" schedule's settings.
 
     Logs ``train/loss``, ``val/mse``, ``val/mae``, ``test/mse``, ``test/mae``; checkpoints keep the best
-    (lowest) ``val/mse``.
+    (lowest) ``val/mse``. The test also logs ``test/mse_drop_last`` and ``test/mae_drop_last``: the same
+    without the last test batch when it is smaller than the first (what codes that test with
+    ``drop_last=True`` report; equal to the full metrics when every batch is full).
     """
 
     monitor = "val/mse"
@@ -35,7 +43,9 @@ class ForecastingTask(Task):
     headline = {"test_mse": "test/mse", "test_mae": "test/mae"}
 
     def __init__(self, model: Forecaster, lr: float = 1e-3, weight_decay: float = 0.0,
-                 plot_dir: str | None = None, n_plots: int = 2) -> None:
+                 plot_dir: str | None = None, n_plots: int = 2,
+                 lr_schedule: Literal["constant", "halve", "cosine"] = "constant", warmup_epochs: int = 0,
+                 cosine_epochs: int = 100, min_lr: float = 0.0) -> None:
         super().__init__()
         if not isinstance(model, Forecaster):
             raise ValueError(f"ForecastingTask: model must be a ssmzoo Forecaster, got {type(model).__name__}")
@@ -45,6 +55,13 @@ class ForecastingTask(Task):
             raise ValueError(f"ForecastingTask: weight_decay must be a number >= 0, got {weight_decay!r}")
         if not isinstance(n_plots, int) or isinstance(n_plots, bool) or n_plots < 0:
             raise ValueError(f"ForecastingTask: n_plots must be an int >= 0, got {n_plots!r}")
+        if lr_schedule not in ("constant", "halve", "cosine"):
+            raise ValueError(f"ForecastingTask: lr_schedule must be 'constant', 'halve' or 'cosine', got {lr_schedule!r}")
+        for arg, v, least in (("warmup_epochs", warmup_epochs, 0), ("cosine_epochs", cosine_epochs, 1)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                raise ValueError(f"ForecastingTask: {arg} must be an int >= {least}, got {v!r}")
+        if isinstance(min_lr, bool) or not isinstance(min_lr, (int, float)) or not 0 <= min_lr <= lr:
+            raise ValueError(f"ForecastingTask: min_lr must be a number in [0, lr], got {min_lr!r}")
         # As in ClassificationTask: under the CLI the hparams are the config, which load_from_checkpoint needs;
         # built in Python, the model's weights are in the state dict, so the module is dropped from the hparams.
         with warnings.catch_warnings():
@@ -54,7 +71,9 @@ class ForecastingTask(Task):
             del self.hparams["model"]
         self.model, self.lr, self.weight_decay = model, lr, weight_decay
         self.plot_dir, self.n_plots = plot_dir, n_plots
+        self.lr_schedule, self.warmup_epochs, self.cosine_epochs, self.min_lr = lr_schedule, warmup_epochs, cosine_epochs, min_lr
         self._sums: dict[str, Tensor] = {}
+        self._batches: dict[str, tuple[int, Tensor]] = {}  # split -> (first batch size, last batch's sums)
         self._plot_windows: list[tuple[Tensor, Tensor, Tensor]] = []
         self.test_metrics: dict[str, float] = {}
 
@@ -82,8 +101,10 @@ class ForecastingTask(Task):
         self._check_batch(x, y)
         pred = self(x)
         err = pred - y
-        sums = self._sums.setdefault(split, torch.zeros(3, dtype=torch.float64))
-        sums += torch.stack([err.pow(2).sum(), err.abs().sum(), torch.tensor(float(err.numel()))]).double().cpu()
+        batch = torch.stack([err.pow(2).sum(), err.abs().sum(), torch.tensor(float(err.numel()))]).double().cpu()
+        self._sums[split] = self._sums.get(split, torch.zeros(3, dtype=torch.float64)) + batch
+        first = self._batches.get(split, (x.shape[0], None))[0]
+        self._batches[split] = (first, batch if x.shape[0] < first else None)
         return pred
 
     def _finish(self, split: str) -> dict[str, float]:
@@ -91,6 +112,10 @@ class ForecastingTask(Task):
         if sums is None:
             return {}
         metrics = {"mse": float(sums[0] / sums[2]), "mae": float(sums[1] / sums[2])}
+        _, short = self._batches.pop(split, (0, None))
+        if split == "test":
+            kept = sums - short if short is not None else sums
+            metrics.update(mse_drop_last=float(kept[0] / kept[2]), mae_drop_last=float(kept[1] / kept[2]))
         for k, v in metrics.items():
             self.log(f"{split}/{k}", v, prog_bar=split == "val")
         return metrics
@@ -131,11 +156,25 @@ class ForecastingTask(Task):
             return super().summary(results)
         return f"test MSE {results['test_mse']:.4f}   MAE {results['test_mae']:.4f} (scaled values)"
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def lr_factor(self, epoch: int) -> float:
+        """The multiplier of every group's lr during ``epoch`` (0-based), from ``lr_schedule``."""
+        if self.lr_schedule == "halve":
+            return 0.5 ** max(0, epoch - 1)
+        if self.lr_schedule == "cosine":
+            if epoch < self.warmup_epochs:
+                return 1e-3 + (1 - 1e-3) * epoch / self.warmup_epochs
+            floor = self.min_lr / self.lr
+            progress = min(1.0, (epoch - self.warmup_epochs) / max(1, self.cosine_epochs - self.warmup_epochs))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    def configure_optimizers(self) -> dict:
         groups = param_groups(self.model, self.lr, self.weight_decay)
         for g in groups:
             g.pop("names", None)
-        return torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -- ssmzoo predict: forecasts with their timestamps -----------------------------------------
     def prediction_loader(self, datamodule: Any, options: PredictOptions) -> Any:

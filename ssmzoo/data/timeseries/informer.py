@@ -21,6 +21,7 @@ from typing import Literal
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 
 from ..loader import ResumableDataLoader, check_loader_args, eval_loader
@@ -138,7 +139,13 @@ class InformerDataModule(L.LightningDataModule):
         batch_size: training batch size (evaluation uses the same).
         train_stride: keep every train_stride-th training window (1: all of them), to fit a CPU budget.
         val_stride: the same for validation; the test split always uses every window.
+        train_drop_last: drop the last incomplete training batch (the published codes do).
         num_workers: DataLoader workers.
+
+    After ``setup``: ``columns`` (channel names, target last), ``mean`` and ``std`` (per channel, from the
+    train rows), ``dates`` (the CSV's date column, one string per row), ``borders`` ({split: (start, stop)}
+    rows of the CSV), ``datasets`` ({split: ForecastWindows}). :meth:`window_dates` gives the timestamps of
+    one window's history and forecast, :meth:`inverse_transform` maps scaled values back to the CSV's units.
     """
 
     def __init__(
@@ -153,6 +160,7 @@ class InformerDataModule(L.LightningDataModule):
         batch_size: int = 32,
         train_stride: int = 1,
         val_stride: int = 1,
+        train_drop_last: bool = False,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -168,6 +176,8 @@ class InformerDataModule(L.LightningDataModule):
                        ("val_stride", val_stride)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"InformerDataModule: {arg} must be a positive int, got {v!r}")
+        if not isinstance(train_drop_last, bool):
+            raise ValueError(f"InformerDataModule: train_drop_last must be a bool, got {train_drop_last!r}")
         check_loader_args("InformerDataModule", batch_size, num_workers)
         self.path = str(path) if path is not None else str(default_csv(name))
         if split == "auto":
@@ -176,7 +186,7 @@ class InformerDataModule(L.LightningDataModule):
         self.features, self.target = features, target
         self.lookback, self.horizon, self.split = lookback, horizon, split
         self.batch_size, self.train_stride, self.val_stride = batch_size, train_stride, val_stride
-        self.num_workers = num_workers
+        self.num_workers, self.train_drop_last = num_workers, train_drop_last
         self.datasets: dict[str, ForecastWindows] = {}
 
     def _channels(self) -> int:
@@ -218,7 +228,8 @@ class InformerDataModule(L.LightningDataModule):
         scaled = (table.values - self.mean) / self.std
         self.dates, self.borders = table.dates, dict(zip(("train", "val", "test"), borders))
         n = len(table.columns)
-        self.columns = table.columns
+        self.columns, self.dates = table.columns, table.dates
+        self.borders = dict(zip(("train", "val", "test"), borders))
         self.input_columns = list(range(n)) if self.features in ("M", "MS") else [n - 1]
         self.output_columns = list(range(n)) if self.features == "M" else [n - 1]
         strides = {"train": self.train_stride, "val": self.val_stride, "test": 1}
@@ -226,6 +237,31 @@ class InformerDataModule(L.LightningDataModule):
             self.datasets[name] = ForecastWindows(scaled[start:stop], self.lookback, self.horizon,
                                                   self.input_columns, self.output_columns, strides[name])
 
+    def window_dates(self, split: str, index: int) -> tuple[list[str], list[str]]:
+        """(history, future): the CSV dates of window ``index`` of ``split``'s lookback rows and of the
+        horizon rows its forecast covers (for writing forecasts with their timestamps)."""
+        self.setup()
+        if split not in self.datasets:
+            raise ValueError(f"InformerDataModule.window_dates: split must be 'train', 'val' or 'test', got {split!r}")
+        windows = self.datasets[split]
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(windows):
+            raise ValueError(f"InformerDataModule.window_dates: index must be an int in [0, {len(windows)}), got {index!r}")
+        first = self.borders[split][0] + index * windows.stride
+        mid = first + self.lookback
+        return self.dates[first:mid], self.dates[mid : mid + self.horizon]
+
+    def inverse_transform(self, values: np.ndarray | torch.Tensor, which: Literal["inputs", "outputs"] = "outputs"):
+        """Scaled values (..., channels) back to the CSV's units; ``which`` says whether the channels are the
+        model's inputs or its outputs (they differ for S and MS)."""
+        self.setup()
+        columns = self.output_columns if which == "outputs" else self.input_columns
+        if values.shape[-1] != len(columns):
+            raise ValueError(f"InformerDataModule.inverse_transform: the last axis must have the {len(columns)} "
+                             f"{which} channels, got shape {tuple(values.shape)}")
+        mean, std = self.mean[columns], self.std[columns]
+        if isinstance(values, torch.Tensor):
+            return values * torch.as_tensor(std, dtype=values.dtype) + torch.as_tensor(mean, dtype=values.dtype)
+        return values * std + mean
     def row_times(self, split: str) -> list[str]:
         """The `date` of each row of ``split``'s series (row r of its windows' rows), for forecasts' timestamps."""
         self.setup()
@@ -235,7 +271,7 @@ class InformerDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         return ResumableDataLoader(self.datasets["train"], self.batch_size, shuffle=True,
-                                   num_workers=self.num_workers)
+                                   num_workers=self.num_workers, drop_last=self.train_drop_last)
 
     def val_dataloader(self) -> DataLoader:
         self.setup()
