@@ -107,6 +107,10 @@ class FullAttention(SequenceLayer):
             raise ValueError(f"FullAttention: rotary embeddings need an even head_dim, got {width}")
         check_float("FullAttention", "scale", scale, above=0.0, optional=True)
         check_bool("FullAttention", "bias", bias)
+        check_bool("FullAttention", "output_gate", output_gate)
+        check_bool("FullAttention", "qk_norm", qk_norm)
+        check_float("FullAttention", "qk_norm_eps", qk_norm_eps, above=0.0)
+        check_bool("FullAttention", "qk_norm_unit_offset", qk_norm_unit_offset)
         self.attn = Attention(d_model, heads, kv_heads=kv_heads, head_dim=head_dim, causal=True, rotary=rotary,
                               rotary_base=rotary_base, rotary_dim=rotary_dim, rotary_interleaved=rotary_interleaved,
                               scale=scale, bias=bias, output_gate=output_gate, qk_norm=qk_norm,
