@@ -1,4 +1,4 @@
-"""The hybrid checkpoints transformers runs — Bamba, Nemotron-H, Falcon-H1, Zamba2 — built tiny with random weights
+"""The hybrid checkpoints transformers runs — Bamba, Nemotron-H, Falcon-H1, Zamba2, Qwen3.5 — built tiny with random weights
 (offline, ``from_config``), saved to a folder and loaded by ``LanguageModel.from_pretrained``: the logits equal
 transformers' (float32, 1e-4), our prefill + steps give its logits at every position, greedy generation of 64
 tokens gives the tokens of its cached ``generate``, what ``save_pretrained`` writes is the same model to
@@ -52,6 +52,16 @@ def _zamba2(**over):
     return transformers.Zamba2Config(**{**args, **over})
 
 
+def _qwen3_5(**over):
+    # Gated DeltaNet (2 key heads, 4 value heads) and gated attention with q/k norms and a quarter-head rotary
+    args = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=40, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4,
+                linear_key_head_dim=8, linear_value_head_dim=6, linear_conv_kernel_dim=3,
+                layer_types=["linear_attention", "full_attention", "linear_attention", "full_attention"],
+                rope_parameters={"rope_type": "default", "rope_theta": 800.0, "partial_rotary_factor": 0.25})
+    return transformers.Qwen3_5TextConfig(**{**args, **over})
+
+
 CASES = {
     "bamba": lambda: _bamba(),
     "bamba-tied-biases": lambda: _bamba(tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
@@ -69,6 +79,13 @@ CASES = {
     "zamba2": lambda: _zamba2(),
     "zamba2-one-block-no-rope": lambda: _zamba2(num_mem_blocks=1, use_shared_attention_adapter=False,
                                                 use_mem_rope=False, add_bias_linear=True, tie_word_embeddings=False),
+    "qwen3_5_text": lambda: _qwen3_5(),
+    # layer types from full_attention_interval, tied head, attention biases, half-head rotary, as many value heads
+    # as key heads
+    "qwen3_5_text-interval-tied-bias": lambda: _qwen3_5(
+        layer_types=None, full_attention_interval=2, tie_word_embeddings=True, attention_bias=True,
+        linear_num_value_heads=2, rope_parameters={"rope_type": "default", "rope_theta": 500.0,
+                                                   "partial_rotary_factor": 0.5}),
 }
 
 
@@ -171,7 +188,7 @@ def test_save_pretrained_is_the_same_model_to_transformers(case, saved, tmp_path
         assert torch.equal(a, b), k
 
 
-@pytest.mark.parametrize("case", ["bamba", "nemotron_h", "falcon_h1-mup", "zamba2"])
+@pytest.mark.parametrize("case", ["bamba", "nemotron_h", "falcon_h1-mup", "zamba2", "qwen3_5_text"])
 def test_bf16_weights_load_and_generate(case, saved):
     hf, folder = saved(case)
     ours = LanguageModel.from_pretrained(folder, dtype=torch.bfloat16)
@@ -189,7 +206,7 @@ def test_bf16_weights_load_and_generate(case, saved):
 
 
 def test_converters_are_registered():
-    for name in ("bamba", "nemotron_h", "falcon_h1", "zamba2"):
+    for name in ("bamba", "nemotron_h", "falcon_h1", "zamba2", "qwen3_5_text"):
         assert converters()[name].save is not None
 
 

@@ -1,4 +1,4 @@
-"""Generation on CPU with the hybrid checkpoints (Bamba, Nemotron-H, Falcon-H1, Zamba2): ssmzoo's
+"""Generation on CPU with the hybrid checkpoints (Bamba, Nemotron-H, Falcon-H1, Zamba2, Qwen3.5): ssmzoo's
 ``LanguageModel.generate`` against transformers' ``generate`` on the same random-weight model.
 
 For each architecture, a model of about 100M parameters (d_model 768, vocabulary 32,000; the shapes are in
@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's ssmzoo, not an installed copy
 RESULTS = Path(__file__).parent / "results" / "hybrids.md"
-ARCHS = ("bamba", "nemotron_h", "falcon_h1", "zamba2")
+ARCHS = ("bamba", "nemotron_h", "falcon_h1", "zamba2", "qwen3_5_text")
 IMPLS = ("ours", "transformers")
 RUN = dict(prompt=1024, new=256, vocab=32000)
 QUICK_RUN = dict(prompt=24, new=6, vocab=128)
@@ -79,11 +79,18 @@ def shapes(quick: bool) -> dict[str, dict]:
                        num_attention_heads=heads, mamba_d_state=state, n_mamba_heads=mheads, chunk_size=chunk,
                        num_mem_blocks=1, adapter_rank=8 if quick else 64, use_shared_attention_adapter=True,
                        use_mem_rope=True),
+        # Qwen3.5's layout scaled down: three Gated DeltaNet blocks, then gated attention (q/k norms, output gate,
+        # a quarter of each head rotated), a SwiGLU MLP in every block
+        "qwen3_5_text": dict(vocab_size=vocab, hidden_size=d, intermediate_size=mlp, num_hidden_layers=8,
+                             num_attention_heads=heads if quick else 8, num_key_value_heads=2,
+                             head_dim=8 if quick else 128, linear_num_key_heads=2 if quick else 6,
+                             linear_num_value_heads=4 if quick else 12, linear_key_head_dim=8 if quick else 64,
+                             linear_value_head_dim=8 if quick else 64),
     }
 
 
 CONFIGS = {"bamba": "BambaConfig", "nemotron_h": "NemotronHConfig", "falcon_h1": "FalconH1Config",
-           "zamba2": "Zamba2Config"}
+           "zamba2": "Zamba2Config", "qwen3_5_text": "Qwen3_5TextConfig"}
 
 
 class Stamps:

@@ -1,6 +1,7 @@
 """Full causal softmax attention (Vaswani et al., 2017, "Attention Is All You Need", arXiv 1706.03762) as a
-sequence layer: the attention layers of the hybrid checkpoints (Bamba, Nemotron-H, Falcon-H1), built on
-:class:`ssmzoo.modules.Attention` (grouped KV heads, rotary positions as each checkpoint has them, or none).
+sequence layer: the attention layers of the hybrid checkpoints (Bamba, Nemotron-H, Falcon-H1, Qwen3.5), built on
+:class:`ssmzoo.modules.Attention` (grouped KV heads, rotary positions as each checkpoint has them, or none; Qwen3.5's
+q/k norms and output gate).
 
     query at p sees key at s  iff  s <= p
 
@@ -46,6 +47,10 @@ class FullAttention(SequenceLayer):
             transformers' checkpoints.
         scale: the softmax scale (None: 1/sqrt(head_dim)).
         bias: biases in the projections.
+        output_gate: gate the heads' output by sigmoid(g), g a fourth part of the input projection (Qwen3.5).
+        qk_norm: RMSNorm each query and key head before the rotary (Qwen3.5).
+        qk_norm_eps: their epsilon.
+        qk_norm_unit_offset: they scale by (1 + weight) (Qwen3.5).
 
     Parameters are those of ``self.attn`` (an :class:`~ssmzoo.modules.Attention`: ``qkv`` = [q ‖ k ‖ v], ``out``);
     the output projection is also reachable as ``out_proj``, the name models rescale at init.
@@ -73,6 +78,10 @@ class FullAttention(SequenceLayer):
         rotary_interleaved: bool = True,
         scale: float | None = None,
         bias: bool = False,
+        output_gate: bool = False,
+        qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
+        qk_norm_unit_offset: bool = False,
     ) -> None:
         super().__init__(d_model, causal=True)
         # Checked here as well as in Attention, so the messages name this layer.
@@ -98,9 +107,14 @@ class FullAttention(SequenceLayer):
             raise ValueError(f"FullAttention: rotary embeddings need an even head_dim, got {width}")
         check_float("FullAttention", "scale", scale, above=0.0, optional=True)
         check_bool("FullAttention", "bias", bias)
+        check_bool("FullAttention", "output_gate", output_gate)
+        check_bool("FullAttention", "qk_norm", qk_norm)
+        check_float("FullAttention", "qk_norm_eps", qk_norm_eps, above=0.0)
+        check_bool("FullAttention", "qk_norm_unit_offset", qk_norm_unit_offset)
         self.attn = Attention(d_model, heads, kv_heads=kv_heads, head_dim=head_dim, causal=True, rotary=rotary,
                               rotary_base=rotary_base, rotary_dim=rotary_dim, rotary_interleaved=rotary_interleaved,
-                              scale=scale, bias=bias)
+                              scale=scale, bias=bias, output_gate=output_gate, qk_norm=qk_norm,
+                              qk_norm_eps=qk_norm_eps, qk_norm_unit_offset=qk_norm_unit_offset)
 
     @property
     def out_proj(self) -> nn.Linear:
@@ -122,11 +136,11 @@ class FullAttention(SequenceLayer):
         if state is not None or return_state:
             return super()._forward_segments(x, state, segments, return_state)
         a, positions = self.attn, segments.positions  # (batch, n)
-        q, k, v = a._project(x)
+        q, k, v, gate = a._project_gated(x)
         q, k = a._rotate(q, positions[:, None]), a._rotate(k, positions[:, None])
         same_document = segments.doc[:, :, None] == segments.doc[:, None, :]
         allowed = attention_mask(positions, positions, True, None) & same_document  # (batch, n, n)
-        return a._attend(q, k, v, allowed[:, None]), None
+        return a._attend(q, k, v, allowed[:, None], gate=gate), None
 
     def _init_state(self, batch_size: int, device: torch.device, dtype: torch.dtype) -> AttentionState:
         a = self.attn

@@ -284,7 +284,9 @@ class Mamba(SequenceLayer):
         d_model = stack.embedding.shape[1]
         plain = all(type(b.mixer) is cls and b.mixer.causal and b.mlp is None and b.norm is not None
                     and getattr(b.norm, "group_size", None) == d_model and b.norm.eps == stack.norm_f.eps
-                    for b in stack.blocks)
+                    and not getattr(b.norm, "unit_offset", False) for b in stack.blocks)
+        if getattr(stack.norm_f, "unit_offset", False):
+            plain = False
         if not plain:
             return None
         return MambaLMStepWeights(stack.embedding, tuple(b.norm.weight for b in stack.blocks),

@@ -12,6 +12,8 @@
     "nemotron_h"         Hugging Face NemotronHForCausalLM   model.safetensors          load and save (convert_nemotron_h)
     "falcon_h1"          Hugging Face FalconH1ForCausalLM    model.safetensors          load and save (convert_falcon_h1)
     "zamba2"             Hugging Face Zamba2ForCausalLM      model.safetensors          load and save (convert_zamba2)
+    "qwen3_5_text"       Hugging Face Qwen3_5ForCausalLM     model.safetensors          load and save (convert_qwen3_5)
+    "qwen3_5"            Qwen3_5ForConditionalGeneration     model.safetensors          load (its language model)
 
 :func:`checkpoint_format` names a config's format: its ``model_type``, else ``mamba_ssm.<ssm_cfg layer>``.
 
@@ -46,7 +48,9 @@ from ..version import __version__
 from .checkpoint_checks import build_checked, require_keys
 from .convert_mamba2 import load_hf_mamba2, load_mamba_ssm_mamba2, to_hf_mamba2, to_mamba_ssm_mamba2
 from .convert_nemotron_h import load_hf_nemotron_h, to_hf_nemotron_h
+from .convert_qwen3_5 import load_hf_qwen3_5, to_hf_qwen3_5
 from .convert_zamba2 import load_hf_zamba2, to_hf_zamba2
+from .hf_hybrid import has_qwen3_5_parts
 from .lm import LanguageModel
 
 # The formats, as messages name them
@@ -235,6 +239,8 @@ def from_hf_mamba(model_or_state_dict: nn.Module | Mapping[str, Tensor], config:
 def to_hf_mamba(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
     """(config.json, state dict, "model.safetensors") of ``model`` as a Hugging Face ``MambaForCausalLM``, or None
     when it has no counterpart there (another layer, an MLP, a backend choice)."""
+    if has_qwen3_5_parts(model):
+        return None
     config = model.config
     if config["pattern"] is not None or not _plain(model):  # the format says n_layers x layer only
         return None
@@ -310,6 +316,8 @@ def from_mamba_ssm(model_or_state_dict: nn.Module | Mapping[str, Tensor], config
 
 def to_mamba_ssm(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
     """(config.json, state dict, "pytorch_model.bin") of ``model`` as a mamba-ssm ``MambaLMHeadModel``, or None."""
+    if has_qwen3_5_parts(model):
+        return None
     config = model.config
     if config["pattern"] is not None or not _plain(model):  # the format says n_layers x layer only
         return None
@@ -351,4 +359,6 @@ register_converter("bamba", load_hf_bamba, to_hf_bamba)
 register_converter("nemotron_h", load_hf_nemotron_h, to_hf_nemotron_h)
 register_converter("falcon_h1", load_hf_falcon_h1, to_hf_falcon_h1)
 register_converter("zamba2", load_hf_zamba2, to_hf_zamba2)
+register_converter("qwen3_5_text", load_hf_qwen3_5, to_hf_qwen3_5)
+register_converter("qwen3_5", load_hf_qwen3_5)  # the published multimodal folders: the language model is read
 register_converter("ssmzoo", from_ssmzoo, to_ssmzoo)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ..layers.attention import FullAttention
 from ..layers.mamba2 import Mamba2
 from .hf_hybrid import (
+    has_qwen3_5_parts,
     Tensors,
     activation,
     attention_in,
@@ -115,6 +116,8 @@ def load_hf_bamba(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -
 def to_hf_bamba(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
     """(config.json, state dict, "model.safetensors") of ``model`` as transformers' ``BambaForCausalLM``, or None
     when it has no counterpart there."""
+    if has_qwen3_5_parts(model):
+        return None
     blocks = list(model.layers)
     if (model.embedding_multiplier != 1.0 or model.lm_head_multiplier != 1.0 or len(model.shared_blocks)
             or not all(isinstance(b, Block) and b.shared_block is None and b.norm is not None and b.mlp is not None

@@ -40,6 +40,7 @@ from ..layers.attention import FullAttention
 from ..layers.mamba2 import Mamba2
 from ..layers.parallel import Parallel
 from .hf_hybrid import (
+    has_qwen3_5_parts,
     Tensors,
     activation,
     attention_in,
@@ -140,6 +141,8 @@ def load_hf_falcon_h1(config: Mapping[str, Any], state_dict: Mapping[str, Tensor
 def to_hf_falcon_h1(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
     """(config.json, state dict, "model.safetensors") of ``model`` as transformers' ``FalconH1ForCausalLM``, or None
     when it has no counterpart there."""
+    if has_qwen3_5_parts(model):
+        return None
     blocks = list(model.layers)
     if len(model.shared_blocks) or not all(
             isinstance(b, Block) and b.shared_block is None and b.norm is not None and b.mlp is not None

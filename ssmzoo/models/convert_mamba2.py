@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..layers.mamba2 import Mamba2
 from .checkpoint_checks import build_checked, require_keys
+from .hf_hybrid import has_qwen3_5_parts
 from .lm import LanguageModel
 
 # The formats, as messages name them
@@ -190,6 +191,8 @@ def to_hf_mamba2(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor
     """(config.json, state dict, "model.safetensors") of ``model`` as a Hugging Face ``Mamba2ForCausalLM``, or
     None when it has no counterpart there (other layers, an MLP, D per channel, no norm or the norm before the
     gate, a gated-norm eps unlike the block norms')."""
+    if has_qwen3_5_parts(model):
+        return None
     mixers = _mixers(model)
     args = _shared(mixers) if mixers else None
     eps = model.norm_f.eps
@@ -255,6 +258,8 @@ def load_mamba_ssm_mamba2(config: Mapping[str, Any], state_dict: Mapping[str, Te
 def to_mamba_ssm_mamba2(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
     """(config.json, state dict, "pytorch_model.bin") of ``model`` as a mamba-ssm ``MambaLMHeadModel`` with Mamba2
     layers, or None when it has no counterpart there (other layers, an MLP, a norm eps other than 1e-5)."""
+    if has_qwen3_5_parts(model):
+        return None
     mixers = _mixers(model)
     args = _shared(mixers) if mixers else None
     if (args is None or args["norm_eps"] not in (None, MAMBA_SSM_EPS) or model.norm_f.eps != MAMBA_SSM_EPS

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ..layers.attention import FullAttention
 from ..layers.mamba2 import Mamba2
 from .hf_hybrid import (
+    has_qwen3_5_parts,
     Tensors,
     activation,
     attention_in,
@@ -143,6 +144,8 @@ _HF_ACT = {"relu2": "relu2", "silu": "silu", "gelu": "gelu", "relu": "relu", "si
 def to_hf_nemotron_h(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor], str] | None:
     """(config.json, state dict, "model.safetensors") of ``model`` as transformers' ``NemotronHForCausalLM``, or None
     when it has no counterpart there."""
+    if has_qwen3_5_parts(model):
+        return None
     if model.embedding_multiplier != 1.0 or model.lm_head_multiplier != 1.0 or len(model.shared_blocks):
         return None
     eps, d = model.norm_f.eps, model.d_model

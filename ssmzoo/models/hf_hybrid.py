@@ -1,5 +1,5 @@
 """What the converters of transformers' hybrid language models share (``convert_bamba.py``,
-``convert_nemotron_h.py``, ``convert_falcon_h1.py``, ``convert_zamba2.py``): reading a config (an object or
+``convert_nemotron_h.py``, ``convert_falcon_h1.py``, ``convert_zamba2.py``, ``convert_qwen3_5.py``): reading a config (an object or
 config.json's dict), their rotary settings, and moving attention, MLP and Mamba-2 tensors between their names
 and ours.
 
@@ -22,6 +22,8 @@ from torch import Tensor, nn
 
 from ..layers.attention import FullAttention
 from ..layers.mamba2 import Mamba2
+from ..modules.attention import Attention
+from ..modules.rmsnorm import RMSNorm
 from .lm import LanguageModel
 
 # transformers' activation names (ACT2FN) that our MLP computes the same way
@@ -242,3 +244,10 @@ def dtype_name(model: LanguageModel) -> str:
 
 def tied(model: LanguageModel) -> bool:
     return model.lm_head.weight is model.embedding.weight
+
+
+def has_qwen3_5_parts(model: nn.Module) -> bool:
+    """Whether the model has a part only Qwen3.5's format says (a norm scaling by 1 + weight, attention with an
+    output gate or q/k norms): every other format's saver refuses such a model rather than drop the part."""
+    return any((isinstance(m, RMSNorm) and m.unit_offset)
+               or (isinstance(m, Attention) and (m.output_gate or m.q_norm is not None)) for m in model.modules())

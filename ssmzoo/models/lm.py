@@ -87,12 +87,12 @@ class Block(nn.Module):
     def __init__(self, mixer: nn.Module, d_model: int, norm_eps: float, mlp: int = 0, mlp_gated: bool = True,
                  mlp_activation: str = "silu", norm: bool = True, mlp_bias: bool = False,
                  mlp_multipliers: tuple[float, float] = (1.0, 1.0),
-                 shared_block: SharedTransformer | None = None) -> None:
+                 shared_block: SharedTransformer | None = None, norm_unit_offset: bool = False) -> None:
         super().__init__()
-        self.norm = RMSNorm(d_model, eps=norm_eps) if norm else None
+        self.norm = RMSNorm(d_model, eps=norm_eps, unit_offset=norm_unit_offset) if norm else None
         self.mixer = mixer
         if mlp:  # mamba-ssm's GatedMLP: fc1 -> [y ‖ gate], y · SiLU(gate), fc2 (our up, down)
-            self.norm2 = RMSNorm(d_model, eps=norm_eps)
+            self.norm2 = RMSNorm(d_model, eps=norm_eps, unit_offset=norm_unit_offset)
             self.mlp = MLP(d_model, mlp, activation=mlp_activation, gated=mlp_gated, bias=mlp_bias,
                            gate_multiplier=mlp_multipliers[0], output_multiplier=mlp_multipliers[1])
         else:
@@ -170,9 +170,10 @@ class MLPBlock(nn.Module):
     prefill_rows = None
 
     def __init__(self, d_model: int, norm_eps: float, mlp: int, mlp_gated: bool = True, mlp_activation: str = "silu",
-                 mlp_bias: bool = False, mlp_multipliers: tuple[float, float] = (1.0, 1.0)) -> None:
+                 mlp_bias: bool = False, mlp_multipliers: tuple[float, float] = (1.0, 1.0),
+                 norm_unit_offset: bool = False) -> None:
         super().__init__()
-        self.norm = RMSNorm(d_model, eps=norm_eps)
+        self.norm = RMSNorm(d_model, eps=norm_eps, unit_offset=norm_unit_offset)
         self.mlp = MLP(d_model, mlp, activation=mlp_activation, gated=mlp_gated, bias=mlp_bias,
                        gate_multiplier=mlp_multipliers[0], output_multiplier=mlp_multipliers[1])
 
@@ -265,6 +266,7 @@ class LanguageModel(GenerationMixin, nn.Module):
         lm_head_multiplier: multiplies the logits (µP; Falcon-H1).
         shared_blocks: arguments of the :class:`~.shared_block.SharedTransformer` blocks that pattern entries
             name by index (``"shared_block": k``; Zamba2); d_model and norm_eps are the model's.
+        norm_unit_offset: the blocks' norms and the final norm scale by (1 + weight) (Qwen3.5; ``RMSNorm``).
     """
 
     def __init__(
@@ -284,6 +286,7 @@ class LanguageModel(GenerationMixin, nn.Module):
         embedding_multiplier: float = 1.0,
         lm_head_multiplier: float = 1.0,
         shared_blocks: list[dict[str, Any]] | None = None,
+        norm_unit_offset: bool = False,
     ) -> None:
         super().__init__()
         for arg, value, low in (("vocab_size", vocab_size, 1), ("d_model", d_model, 1),
@@ -295,6 +298,7 @@ class LanguageModel(GenerationMixin, nn.Module):
         check_bool("LanguageModel", "rescale_prenorm_residual", rescale_prenorm_residual)
         check_float("LanguageModel", "embedding_multiplier", embedding_multiplier)
         check_float("LanguageModel", "lm_head_multiplier", lm_head_multiplier)
+        check_bool("LanguageModel", "norm_unit_offset", norm_unit_offset)
         if shared_blocks is not None and (not isinstance(shared_blocks, (list, tuple))
                                           or not all(isinstance(b, dict) for b in shared_blocks)):
             raise ValueError(f"LanguageModel: shared_blocks must be a list of dicts of SharedTransformer arguments, "
@@ -325,7 +329,8 @@ class LanguageModel(GenerationMixin, nn.Module):
         # The newer arguments are written only when used, so configs of models without them stay as they were.
         for arg, value, default in (("embedding_multiplier", embedding_multiplier, 1.0),
                                     ("lm_head_multiplier", lm_head_multiplier, 1.0),
-                                    ("shared_blocks", copy.deepcopy(shared_blocks), None)):
+                                    ("shared_blocks", copy.deepcopy(shared_blocks), None),
+                                    ("norm_unit_offset", norm_unit_offset, False)):
             if value != default:
                 self.config[arg] = value
         self.embedding_multiplier, self.lm_head_multiplier = float(embedding_multiplier), float(lm_head_multiplier)
@@ -341,10 +346,10 @@ class LanguageModel(GenerationMixin, nn.Module):
                 self.shared_blocks.append(SharedTransformer(d_model, norm_eps=norm_eps, **args))
             except (ValueError, TypeError) as e:
                 raise ValueError(f"LanguageModel: shared_blocks[{k}]: {e}") from e
-        self.layers = nn.ModuleList(self._element(i, spec, d_model, norm_eps, elements, self.shared_blocks)
-                                    for i, spec in enumerate(elements))
+        self.layers = nn.ModuleList(self._element(i, spec, d_model, norm_eps, elements, self.shared_blocks,
+                                                  norm_unit_offset) for i, spec in enumerate(elements))
         self.n_layers = len(self.layers)
-        self.norm_f = RMSNorm(d_model, eps=norm_eps)
+        self.norm_f = RMSNorm(d_model, eps=norm_eps, unit_offset=norm_unit_offset)
         self.lm_head = nn.Linear(d_model, padded, bias=False)
         # The backend the fused decoder is asked for (``stack_decoder``; None: $SSMZOO_BACKEND or auto).
         self.decode_backend: str | None = None
@@ -364,12 +369,13 @@ class LanguageModel(GenerationMixin, nn.Module):
 
     @staticmethod
     def _element(i: int, spec: dict[str, Any], d_model: int, norm_eps: float,
-                 elements: list[dict[str, Any]], shared_blocks: nn.ModuleList) -> nn.Module:
+                 elements: list[dict[str, Any]], shared_blocks: nn.ModuleList,
+                 norm_unit_offset: bool = False) -> nn.Module:
         where = f"LanguageModel: pattern element {i} ({spec['kind']} {spec['name']!r})"
         try:
             if spec["kind"] == "mlp":
                 return MLPBlock(d_model, norm_eps, spec["mlp"], spec["mlp_gated"], spec["mlp_activation"],
-                                spec["mlp_bias"], spec["mlp_multipliers"])
+                                spec["mlp_bias"], spec["mlp_multipliers"], norm_unit_offset)
             if spec["kind"] == "memory":
                 return shared_memories.build_memory(spec["name"], d_model=d_model, **spec["args"])
             if spec["kind"] == "read":
@@ -383,7 +389,8 @@ class LanguageModel(GenerationMixin, nn.Module):
                     raise ValueError(f"the layer with {spec['args']} is not causal")
             shared = spec.get("shared_block")
             return Block(mixer, d_model, norm_eps, spec["mlp"], spec["mlp_gated"], spec["mlp_activation"], spec["norm"],
-                         spec["mlp_bias"], spec["mlp_multipliers"], shared_blocks[shared] if shared is not None else None)
+                         spec["mlp_bias"], spec["mlp_multipliers"], shared_blocks[shared] if shared is not None else None,
+                         norm_unit_offset)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{where}: {e}") from e
 

@@ -8,6 +8,8 @@
   ``rotary_dim`` (partial rotary, as Bamba), pairing channels interleaved or by halves (as each checkpoint does);
 - a softmax scale other than 1/sqrt(head_dim) (Zamba2's shared attention, Falcon-H1's key multiplier) and an
   output width other than the input's (Zamba2 attends over [x ‖ embedding] and returns d_model);
+- RMSNorms on each head of the queries and keys before the rotary (q/k norm: Qwen3, Qwen3.5), and an output gate
+  y · sigmoid(g) per channel before the output projection, g projected from the input (Qwen3-Next, Qwen3.5);
 - persistent tokens (Titans eq. 19): learned tokens every query may attend to, whatever the mask;
 - extra context tokens with their own positions, whose keys and values are prepended (Titans MAC's
   memory read-outs); they follow the same position rule;
@@ -33,6 +35,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .checks import check_bool, check_float, check_int
+from .rmsnorm import RMSNorm
 from .rotary import rotary as rotate
 
 
@@ -101,8 +104,15 @@ class Attention(nn.Module):
             transformers' checkpoints).
         scale: the softmax scale (None: 1/sqrt(head_dim)).
         d_output: width of the output (None: d_model).
+        output_gate: multiply the heads' output by sigmoid(g) before ``out``, g (heads · head_dim) a fourth part of
+            the input projection.
+        qk_norm: RMSNorm each query and key head (weights ``q_norm``, ``k_norm`` of head_dim, shared by the heads)
+            before the rotary.
+        qk_norm_eps: their epsilon.
+        qk_norm_unit_offset: they scale by (1 + weight) (Qwen3.5's norms; see ``RMSNorm``).
 
-    Parameters: ``qkv`` (one projection to [q ‖ k ‖ v]), ``out``, and ``persistent`` (tokens, d_model).
+    Parameters: ``qkv`` (one projection to [q ‖ k ‖ v], or [q ‖ k ‖ v ‖ g] with the output gate), ``out``,
+    ``q_norm`` and ``k_norm`` with qk_norm, and ``persistent`` (tokens, d_model).
     """
 
     def __init__(
@@ -121,6 +131,10 @@ class Attention(nn.Module):
         rotary_interleaved: bool = True,
         scale: float | None = None,
         d_output: int | None = None,
+        output_gate: bool = False,
+        qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
+        qk_norm_unit_offset: bool = False,
     ) -> None:
         super().__init__()
         check_int("Attention", "d_model", d_model)
@@ -150,11 +164,20 @@ class Attention(nn.Module):
         check_bool("Attention", "bias", bias)
         check_float("Attention", "scale", scale, above=0.0, optional=True)
         d_output = d_model if d_output is None else check_int("Attention", "d_output", d_output)
+        check_bool("Attention", "output_gate", output_gate)
+        check_bool("Attention", "qk_norm", qk_norm)
+        check_float("Attention", "qk_norm_eps", qk_norm_eps, above=0.0)
+        check_bool("Attention", "qk_norm_unit_offset", qk_norm_unit_offset)
         self.d_model, self.heads, self.kv_heads, self.head_dim = d_model, heads, kv_heads, head_dim
         self.causal, self.window, self.rotary, self.rotary_base = causal, window, rotary, rotary_base
         self.rotary_dim, self.rotary_interleaved, self.d_output = rotary_dim, rotary_interleaved, d_output
-        self.scale = scale
-        self.qkv = nn.Linear(d_model, (heads + 2 * kv_heads) * head_dim, bias=bias)
+        self.scale, self.output_gate = scale, output_gate
+        self.qkv = nn.Linear(d_model, (heads * (2 if output_gate else 1) + 2 * kv_heads) * head_dim, bias=bias)
+        if qk_norm:
+            self.q_norm = RMSNorm(head_dim, eps=qk_norm_eps, unit_offset=qk_norm_unit_offset)
+            self.k_norm = RMSNorm(head_dim, eps=qk_norm_eps, unit_offset=qk_norm_unit_offset)
+        else:
+            self.q_norm = self.k_norm = None
         self.out = nn.Linear(heads * head_dim, d_output, bias=bias)
         if persistent_tokens:
             self.persistent = nn.Parameter(torch.randn(persistent_tokens, d_model) / math.sqrt(d_model))
@@ -163,14 +186,25 @@ class Attention(nn.Module):
 
     # -- pieces -------------------------------------------------------------------------------
     def _project(self, x: Tensor, delta: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """x (..., n, d_model) -> q (..., heads, n, head_dim), k, v (..., kv_heads, n, head_dim); ``delta`` (...,
-        n, (heads + 2 kv_heads) head_dim) is added to the projection first (a low-rank adapter's output)."""
+        """q, k, v of ``_project_gated`` (callers that attend without the output gate)."""
+        return self._project_gated(x, delta)[:3]
+
+    def _project_gated(self, x: Tensor, delta: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """x (..., n, d_model) -> q (..., heads, n, head_dim) and k, v (..., kv_heads, n, head_dim), q and k
+        normalised with qk_norm, and the output gate's input g (..., n, heads · head_dim) or None; ``delta`` (...,
+        n, qkv's width) is added to the projection first (a low-rank adapter's output)."""
         sizes = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
+        if self.output_gate:
+            sizes.append(self.heads * self.head_dim)
         qkv = self.qkv(x)
         if delta is not None:
             qkv = qkv + delta
-        q, k, v = qkv.split(sizes, dim=-1)
-        return tuple(rearrange(t, "... n (h d) -> ... h n d", d=self.head_dim) for t in (q, k, v))  # type: ignore[return-value]
+        q, k, v, *g = qkv.split(sizes, dim=-1)
+        q, k, v = (rearrange(t, "... n (h d) -> ... h n d", d=self.head_dim) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v, (g[0] if g else None)
 
     def _rotate(self, x: Tensor, positions: Tensor) -> Tensor:
         if not self.rotary:
@@ -180,10 +214,11 @@ class Attention(nn.Module):
         r = self.rotary_dim  # partial rotary: the other channels carry no position
         return torch.cat([rotate(x[..., :r], positions, self.rotary_base, self.rotary_interleaved), x[..., r:]], -1)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, causal: bool = False) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, causal: bool = False,
+                gate: Tensor | None = None) -> Tensor:
         """softmax attention of q (b, heads, n, hd) over [persistent ‖ k] (b, kv_heads, m, hd); allowed
         (n, m) or broadcastable to (b, heads, n, m), or None with ``causal`` (query i sees keys 0..i, n = m) or
-        alone (every key) -> (b, n, d_output)."""
+        alone (every key) -> (b, n, d_output); ``gate`` (b, n, heads · hd): the output gate's input."""
         if self.persistent is not None:
             _, pk, pv = self._project(self.persistent)  # (kv_heads, P, hd)
             batch = q.shape[0]
@@ -193,7 +228,8 @@ class Attention(nn.Module):
         # Grouped heads read their KV head in place (enable_gqa): repeating K and V copied them, 14x slower on CPU.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=causal and allowed is None,
                                            scale=self.scale, enable_gqa=self.kv_heads != self.heads)
-        return self.out(rearrange(y, "b h n d -> b n (h d)"))
+        y = rearrange(y, "b h n d -> b n (h d)")
+        return self.out(y if gate is None else y * torch.sigmoid(gate))
 
     def _trim(self, t: Tensor) -> Tensor:
         """What the cache keeps of keys/values t (b, g, n, hd): all, or the last window − 1."""
@@ -223,7 +259,7 @@ class Attention(nn.Module):
         self._check_x(x, "x", 3, "(batch, n, d_model)")
         n = x.shape[1]
         positions = self._check_positions(positions, n, x.device, "positions")
-        q, k, v = self._project(x)
+        q, k, v, gate = self._project_gated(x)
         q, k = self._rotate(q, positions), self._rotate(k, positions)
         keys, values, key_positions = k, v, positions
         if context is not None:
@@ -248,7 +284,7 @@ class Attention(nn.Module):
                 raise ValueError(f"Attention: mask must be a bool tensor (..., n={n}, keys={allowed.shape[1]}), "
                                  f"got {got}")
             allowed = allowed & mask
-        y = self._attend(q, keys, values, allowed)
+        y = self._attend(q, keys, values, allowed, gate=gate)
         if not return_cache:
             return y
         if not self.causal or context is not None or mask is not None:
@@ -266,14 +302,14 @@ class Attention(nn.Module):
             raise ValueError("Attention.extend: needs causal attention without a window or persistent tokens")
         m, n = keys.shape[2], x.shape[1]
         positions = torch.arange(m, m + n, device=x.device)
-        q, k, v = self._project(x, delta)
+        q, k, v, gate = self._project_gated(x, delta)
         q, k = self._rotate(q, positions), self._rotate(k, positions)
         if m:
             k, v = append_to_cache(keys.to(k.dtype), k), append_to_cache(values.to(v.dtype), v)
         # One new token sees every key; a first piece is plainly causal; a later piece needs its offset mask.
         allowed = None if n == 1 or m == 0 else attention_mask(positions, torch.arange(m + n, device=x.device),
                                                                True, None)
-        return self._attend(q, k, v, allowed, causal=m == 0), k, v
+        return self._attend(q, k, v, allowed, causal=m == 0, gate=gate), k, v
 
     # -- one token at a time ------------------------------------------------------------------
     def init_cache(self, batch_size: int, device: torch.device | str | None = None,
@@ -307,7 +343,7 @@ class Attention(nn.Module):
                 got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
                 raise ValueError(f"Attention.step: cache.{name} must be (batch={expected[0]}, kv_heads="
                                  f"{expected[1]}, n, head_dim={expected[2]}), got {got}")
-        q, k, v = self._project(x_t[:, None])
+        q, k, v, gate = self._project_gated(x_t[:, None])
         position = cache.position.reshape(1)
         q, k = self._rotate(q, position), self._rotate(k, position)
         if context is not None:
@@ -317,7 +353,7 @@ class Attention(nn.Module):
         values = torch.cat([cache.values.to(v.dtype), v], 2)
         # Every cached key is visible: the rule is causal, and a sliding-window cache holds only the window.
         allowed = torch.ones(1, keys.shape[2], dtype=torch.bool, device=x_t.device)
-        y = self._attend(q, keys, values, allowed)
+        y = self._attend(q, keys, values, allowed, gate=gate)
         return y[:, 0], KVCache(self._trim(keys), self._trim(values), cache.position + 1)
 
     # -- checks -------------------------------------------------------------------------------
@@ -345,4 +381,8 @@ class Attention(nn.Module):
             parts.append(f"window={self.window}")
         if self.persistent is not None:
             parts.append(f"persistent_tokens={self.persistent.shape[0]}")
+        if self.output_gate:
+            parts.append("output_gate=True")
+        if self.q_norm is not None:
+            parts.append("qk_norm=True")
         return ", ".join(parts)
