@@ -6,8 +6,10 @@ heads of 64 and d_state 128), converted with llama.cpp's ``convert_hf_to_gguf.py
         [--converter-python /path/to/venv/bin/python] [--threads 1] [--reps 3] [--quick]
 
 Paths may also come from $LLAMA_CPP_DIR (the source tree holding convert_hf_to_gguf.py), $LLAMA_BENCH and
-$LLAMA_CPP_PYTHON (a Python with gguf-py's requirements, e.g. torch and numpy; default this one). Without
-llama-bench or the converter the script says so and times ours alone.
+$LLAMA_CPP_PYTHON (a Python with gguf-py's requirements, e.g. torch and numpy; default this one). Instead of
+llama-bench (which needs llama.cpp's ``common`` library built too), ``--llama-build DIR`` ($LLAMA_CPP_BUILD) names a
+build folder holding libllama: the script then compiles llama_decode.c (beside it; llama.h's C API, the same two
+measurements) against it. Without either, or without the converter, the script says so and times ours alone.
 
 Workload: batch 1, prompt 512, 128 new tokens (greedy). Ours: ``LanguageModel.from_pretrained`` of the same folder,
 ``generate`` with a streamer that stamps every token (prompt tok/s = 512 / time to the first new token; generated
@@ -48,6 +50,9 @@ GGUF = {"f32": "f32", "int8": "q8_0"}  # our case -> the llama.cpp file it faces
 def hf_config(arch: str, quick: bool) -> dict:
     """transformers config of the 130M shape (quick: tiny)."""
     d, layers, vocab = (64, 2, 512) if quick else (768, 24, 50280)
+    # llama.cpp's converter pads Mamba-2's vocabulary to a multiple of 16 (and Mamba's to 8) in the file's metadata
+    # but not the embedding: give the model the padded size (mamba2-130m's own 50,288).
+    vocab = -(vocab // -16) * 16 if arch == "mamba2" else vocab
     if arch == "mamba":
         return dict(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, state_size=16, expand=2, conv_kernel=4,
                     use_bias=False, use_conv_bias=True, tie_word_embeddings=True, architectures=["MambaForCausalLM"])
@@ -137,10 +142,31 @@ def ours_worker(checkpoint: str, case: str, quick: bool, threads: int) -> dict:
             "bytes_per_token": weight_bytes(model), "tokens": out[0, run["prompt"]:].tolist()}
 
 
+def build_harness(build: Path, source: Path, cache: Path) -> str | None:
+    """llama_decode.c compiled against the libllama of a llama.cpp build folder (headers from its source tree)."""
+    libs = sorted({p.parent for p in build.rglob("libllama.so*")})
+    if not libs:
+        print(f"llama.cpp skipped: no libllama.so under {build}")
+        return None
+    out = cache / "llama_decode"
+    cmd = ["cc", "-O2", str(Path(__file__).with_name("llama_decode.c")), f"-I{source / 'include'}",
+           f"-I{source / 'ggml' / 'include'}", f"-L{libs[0]}", "-lllama", "-lggml", "-lggml-base",
+           f"-Wl,-rpath,{libs[0]}", "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        print(f"llama.cpp skipped: llama_decode.c did not build: {proc.stderr.strip()[-300:]}")
+        return None
+    return str(out)
+
+
 def llama_bench(binary: str, gguf: Path, quick: bool, threads: int) -> dict:
     run = QUICK_RUN if quick else RUN
-    proc = subprocess.run([binary, "-m", str(gguf), "-p", str(run["prompt"]), "-n", str(run["new"]), "-t", str(threads),
-                           "-r", "1", "-o", "json"], check=True, capture_output=True, text=True)
+    if Path(binary).name == "llama_decode":  # our harness: MODEL PROMPT NEW THREADS
+        cmd = [binary, str(gguf), str(run["prompt"]), str(run["new"]), str(threads)]
+    else:
+        cmd = [binary, "-m", str(gguf), "-p", str(run["prompt"]), "-n", str(run["new"]), "-t", str(threads), "-r", "1",
+               "-o", "json"]
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
     rows = json.loads(proc.stdout)
     rate = {("prompt" if r["n_prompt"] else "gen"): r["avg_ts"] for r in rows}
     return {"prompt_tok_s": rate["prompt"], "gen_tok_s": rate["gen"], "bytes_per_token": gguf.stat().st_size}
@@ -177,6 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--llama-cpp", default=os.environ.get("LLAMA_CPP_DIR"))
     parser.add_argument("--llama-bench", default=os.environ.get("LLAMA_BENCH"))
+    parser.add_argument("--llama-build", default=os.environ.get("LLAMA_CPP_BUILD"))
     parser.add_argument("--converter-python", default=os.environ.get("LLAMA_CPP_PYTHON", sys.executable))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
@@ -193,6 +220,8 @@ def main() -> None:
     bench = args.llama_bench if args.llama_bench and Path(args.llama_bench).is_file() else shutil.which("llama-bench")
     converter = Path(args.llama_cpp) if args.llama_cpp and (Path(args.llama_cpp) / "convert_hf_to_gguf.py").is_file() \
         else None
+    if bench is None and args.llama_build and converter is not None:
+        bench = build_harness(Path(args.llama_build), converter, cache)
     if bench is None or converter is None:
         print(f"llama.cpp skipped: {'no llama-bench (--llama-bench / $LLAMA_BENCH)' if bench is None else ''}"
               f"{' ' if bench is None and converter is None else ''}"
