@@ -289,3 +289,29 @@ def test_bad_input_gives_a_clear_error():
     model.decode_backend = "fast"
     with pytest.raises(ValueError, match="LanguageModel: unknown decode_backend 'fast'"):
         model.generate(torch.tensor([[1, 2]]), max_new_tokens=2)
+
+
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_a_quantized_model_decodes_exactly_to_its_own_forward(dtype, mode, monkeypatch):
+    """``LanguageModel.quantize``: the fused step multiplies the stored int8 / bf16 panels (float32), the same values
+    the quantized model's forward uses; greedy tokens equal the block-by-block decode, logits the forward's."""
+    model = make_model(dtype, n_layers=3, d_model=16, vocab=29, bias=True).quantize(mode)
+    ids = torch.randint(0, 29, (2, 16), generator=torch.Generator().manual_seed(5))
+    decoder = model._decoder()
+    assert decoder != model._decode
+    with torch.no_grad():
+        want = model(ids)
+        logits, state = model._prefill(ids[:, :6])
+        for t in range(6, 16):
+            logits, state = decoder(ids[:, t], state)
+            torch.testing.assert_close(logits, want[:, t], **TOL[dtype])
+    if dtype == torch.float32 and HAS_PANELS:  # the panels hold the stored form, not a float copy
+        stepper_weights = lm_step_op.pack_weights(
+            lm_weights(model), [m.matrix() for b in model.layers for m in (b.mixer.in_proj, b.mixer.x_proj,
+                                                                            b.mixer.dt_proj, b.mixer.out_proj)]
+            + [model.lm_head.matrix()])
+        assert {p.dtype for p in stepper_weights.packed} == {torch.int8 if mode == "int8" else torch.bfloat16}
+    fast = model.generate(ids[:, :6], max_new_tokens=16)
+    monkeypatch.setattr(model, "decode_stack", lambda: None)
+    assert torch.equal(fast, model.generate(ids[:, :6], max_new_tokens=16))

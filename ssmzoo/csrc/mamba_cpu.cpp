@@ -742,27 +742,39 @@ void linear_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const
 }
 
 // ---- packed weights for the decode step (cpu_gemm.h) -----------------------------------------------
-// W (N, K) float32 -> its column panels (panel count, K, panel width); an empty tensor where this build
+// W (N, K) float32 (or its stored bfloat16 / int8 form) -> its column panels (panel count, K, panel width); an empty tensor where this build
 // has no SIMD kernel (the step then multiplies with ATen).
 at::Tensor pack_panels(at::Tensor w) {
-  if (w.dim() != 2 || w.scalar_type() != at::kFloat) throw pybind11::value_error("pack_panels: w must be a 2-D float32 tensor");
+  const auto t = w.scalar_type();
+  if (w.dim() != 2 || (t != at::kFloat && t != at::kBFloat16 && t != at::kChar))
+    throw pybind11::value_error("pack_panels: w must be a 2-D float32, bfloat16 or int8 tensor");
 #if defined(SSMZOO_SIMD_F)
   w = w.contiguous();
   auto out = at::empty({ssmzoo_cpu::panel_count(w.size(0)), w.size(1), ssmzoo_cpu::kPanelWidth}, w.options());
-  ssmzoo_cpu::pack_panels(w.data_ptr<float>(), w.size(0), w.size(1), out.data_ptr<float>());
+  if (t == at::kFloat)
+    ssmzoo_cpu::pack_panels(w.data_ptr<float>(), w.size(0), w.size(1), out.data_ptr<float>());
+  else if (t == at::kChar)
+    ssmzoo_cpu::pack_panels(w.data_ptr<int8_t>(), w.size(0), w.size(1), out.data_ptr<int8_t>());
+  else
+    ssmzoo_cpu::pack_panels(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), w.size(0), w.size(1),
+                            reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>()));
   return out;
 #else
   return w.new_empty({0});
 #endif
 }
 
-// Whether `panels` is W's packing for this build (a wrong one is an error, not a wrong result).
-bool has_panels(const at::Tensor& panels, const at::Tensor& w) {
+// Whether `panels` is W's packing for this build (a wrong one is an error, not a wrong result). Panels may
+// hold W's value stored in fewer bytes (bfloat16, or int8 times `scales`, LanguageModel.quantize): W is then
+// that stored form's value, in float32.
+bool has_panels(const at::Tensor& panels, const at::Tensor& w, const at::Tensor& scales) {
   if (!panels.defined() || panels.numel() == 0) return false;
 #if defined(SSMZOO_SIMD_F)
-  if (panels.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && panels.is_contiguous() &&
-      panels.dim() == 3 && panels.size(0) == ssmzoo_cpu::panel_count(w.size(0)) && panels.size(1) == w.size(1) &&
-      panels.size(2) == ssmzoo_cpu::kPanelWidth)
+  const auto t = panels.scalar_type();
+  if ((t == at::kFloat || t == at::kBFloat16 || t == at::kChar) && w.scalar_type() == at::kFloat &&
+      panels.is_contiguous() && panels.dim() == 3 && panels.size(0) == ssmzoo_cpu::panel_count(w.size(0)) &&
+      panels.size(1) == w.size(1) && panels.size(2) == ssmzoo_cpu::kPanelWidth &&
+      (t != at::kChar || (scales.scalar_type() == at::kFloat && scales.numel() == panels.size(0) * panels.size(2))))
     return true;
 #endif
   throw pybind11::value_error("packed weights do not match their matrix (shape " + std::to_string(w.size(0)) + " x " +
@@ -772,11 +784,20 @@ bool has_panels(const at::Tensor& panels, const at::Tensor& w) {
 // out (=|+=) x Wᵀ (+ b): from W's panels where given, else ATen. x's rows may be strided (a column
 // range of a wider matrix); out is contiguous.
 void project(at::Tensor& out, const at::Tensor& x, const at::Tensor& w, const at::Tensor& panels, const at::Tensor& b,
-             bool accumulate) {
+             bool accumulate, const at::Tensor& scales = at::Tensor()) {
 #if defined(SSMZOO_SIMD_F)
-  if (has_panels(panels, w) && x.stride(1) == 1) {
-    ssmzoo_cpu::packed_gemm(x.data_ptr<float>(), x.stride(0), x.size(0), x.size(1), panels.data_ptr<float>(), w.size(0),
-                            out.data_ptr<float>(), accumulate);
+  if (has_panels(panels, w, scales) && x.stride(1) == 1) {
+    const float* xp = x.data_ptr<float>();
+    float* yp = out.data_ptr<float>();
+    const int64_t xs = x.stride(0), M = x.size(0), K = x.size(1), N = w.size(0);
+    if (panels.scalar_type() == at::kFloat)
+      ssmzoo_cpu::packed_gemm<float>(xp, xs, M, K, panels.data_ptr<float>(), nullptr, N, yp, accumulate);
+    else if (panels.scalar_type() == at::kBFloat16)
+      ssmzoo_cpu::packed_gemm<uint16_t>(xp, xs, M, K, reinterpret_cast<const uint16_t*>(panels.data_ptr<at::BFloat16>()),
+                                        nullptr, N, yp, accumulate);
+    else
+      ssmzoo_cpu::packed_gemm<int8_t>(xp, xs, M, K, panels.data_ptr<int8_t>(), scales.data_ptr<float>(), N, yp,
+                                      accumulate);
     if (b.numel() > 0) out.add_(b);
     return;
   }
@@ -809,6 +830,7 @@ at::Tensor packed_linear(at::Tensor x, at::Tensor panels, at::Tensor w) {
 struct LayerWeights {
   at::Tensor in_w, in_b, conv_w, conv_b, xproj_w, dt_w, dt_b, A_log, Dskip, out_w, out_b;
   at::Tensor in_p, xproj_p, dt_p, out_p;  // the matrices' panels (pack_panels), or empty: ATen multiplies
+  at::Tensor in_s, xproj_s, dt_s, out_s;  // int8 panels' row scales (padded), else empty
 };
 
 // Scratch of one step, reused by every layer of a model step.
@@ -950,8 +972,8 @@ void layer_step(const at::Tensor& conv_state, const at::Tensor& h, const LayerWe
     neg_exp<T>(w.A_log.data_ptr<T>(), D * N, s.A.data_ptr<T>());
   });
   const auto none = s.u.new_empty({0});
-  project(s.xdbl, s.u, w.xproj_w, w.xproj_p, none, false);                 // (B, R + 2N)
-  project(s.dtr, s.xdbl.narrow(1, 0, R), w.dt_w, w.dt_p, none, false);     // (B, D), before its bias
+  project(s.xdbl, s.u, w.xproj_w, w.xproj_p, none, false, w.xproj_s);              // (B, R + 2N)
+  project(s.dtr, s.xdbl.narrow(1, 0, R), w.dt_w, w.dt_p, none, false, w.dt_s);      // (B, D), before its bias
   AT_DISPATCH_FLOATING_TYPES(s.xz.scalar_type(), "mamba_step_scan", [&] {
     using T = scalar_t;
     step_scan_kernel<T>(s.xz.data_ptr<T>(), s.u.data_ptr<T>(), s.xdbl.data_ptr<T>(), s.xdbl.size(1), R,
@@ -1011,7 +1033,7 @@ void rms_norm_out(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight
 // tensors for absent biases). Returns [logits (B, vocab), conv_state_0, h_0, conv_state_1, ...].
 std::vector<at::Tensor> lm_step(at::Tensor token, std::vector<std::vector<at::Tensor>> states, at::Tensor embedding,
                                 std::vector<std::vector<at::Tensor>> layers, at::Tensor norm_f_w, at::Tensor head_w,
-                                double eps, std::vector<at::Tensor> panels) {
+                                double eps, std::vector<at::Tensor> panels, std::vector<at::Tensor> scales) {
   check_arg(token.dim() == 1 && token.size(0) > 0, "token must be a non-empty (batch,) tensor");
   check_arg(states.size() == layers.size(), "state must have one entry per layer");
   check_arg(embedding.dim() == 2 && embedding.is_contiguous(), "embedding must be a contiguous (vocab, d_model) tensor");
@@ -1023,8 +1045,10 @@ std::vector<at::Tensor> lm_step(at::Tensor token, std::vector<std::vector<at::Te
   check_arg(same(head_w) && head_w.dim() == 2 && head_w.size(1) == C, "lm_head weight must be (vocab, d_model)");
   check_arg(panels.empty() || panels.size() == 4 * layers.size() + 1,
             "panels must be empty or hold 4 per layer (in_proj, x_proj, dt_proj, out_proj) and the head's");
+  check_arg(scales.empty() || scales.size() == panels.size(), "scales must be empty or one per panels entry");
   const auto no_panels = embedding.new_empty({0});
   auto panel = [&](size_t i) { return panels.empty() ? no_panels : panels[i]; };
+  auto scale = [&](size_t i) { return scales.empty() ? no_panels : scales[i]; };
   auto ids = token.to(at::kLong).contiguous();
   const int64_t* idp = ids.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b) check_arg(idp[b] >= 0 && idp[b] < V, "token ids must lie in [0, vocab)");
@@ -1037,7 +1061,8 @@ std::vector<at::Tensor> lm_step(at::Tensor token, std::vector<std::vector<at::Te
     for (const auto& t : l) check_arg(t.numel() == 0 || same(t), "weights must be contiguous and of one dtype" + at_layer);
     check_arg(l[0].numel() == C, "norm weight must be (d_model,)" + at_layer);
     const LayerWeights w{l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8], l[9], l[10], l[11],
-                         panel(4 * i), panel(4 * i + 1), panel(4 * i + 2), panel(4 * i + 3)};
+                         panel(4 * i), panel(4 * i + 1), panel(4 * i + 2), panel(4 * i + 3),
+                         scale(4 * i), scale(4 * i + 1), scale(4 * i + 2), scale(4 * i + 3)};
     const int64_t D = w.conv_w.size(0), W = w.conv_w.size(1), N = w.A_log.size(1), R = w.dt_w.size(1);
     check_arg(w.in_w.dim() == 2 && w.in_w.size(0) == 2 * D && w.in_w.size(1) == C, "in_proj must be (2 D, d_model)" + at_layer);
     check_arg(w.xproj_w.dim() == 2 && w.xproj_w.size(0) == R + 2 * N && w.xproj_w.size(1) == D,
@@ -1063,15 +1088,15 @@ std::vector<at::Tensor> lm_step(at::Tensor token, std::vector<std::vector<at::Te
     const int64_t D = w.conv_w.size(0), W = w.conv_w.size(1), N = w.A_log.size(1), R = w.dt_w.size(1);
     if (!s || s->u.size(1) != D || s->A.size(1) != N || s->xdbl.size(1) != R + 2 * N) s.reset(new StepScratch(B, D, N, R, opts));
     rms_norm_out(normed, x, layers[i][0], eps);
-    project(s->xz, normed, w.in_w, w.in_p, w.in_b, false);
+    project(s->xz, normed, w.in_w, w.in_p, w.in_b, false, w.in_s);
     out[1 + 2 * i] = at::empty({B, D, W - 1}, opts);
     out[2 + 2 * i] = at::empty({B, D, N}, opts);
     layer_step(states[i][0], states[i][1], w, *s, out[1 + 2 * i], out[2 + 2 * i]);
-    project(x, s->y, w.out_w, w.out_p, w.out_b, true);  // x += y out_projᵀ (+ bias)
+    project(x, s->y, w.out_w, w.out_p, w.out_b, true, w.out_s);  // x += y out_projᵀ (+ bias)
   }
   rms_norm_out(normed, x, norm_f_w, eps);
   out[0] = at::empty({B, head_w.size(0)}, opts);
-  project(out[0], normed, head_w, panel(4 * layers.size()), no_panels, false);
+  project(out[0], normed, head_w, panel(4 * layers.size()), no_panels, false, scale(4 * layers.size()));
   return out;
 }
 

@@ -139,12 +139,13 @@ class DecodeBlock(NamedTuple):
 
 class DecodeStack(NamedTuple):
     """A whole language model, as a fused decoder sees it: token -> embedding -> blocks -> norm_f -> head.
-    ``backend``: the decoder's backend the model was asked for (None: the decoder's default)."""
+    ``backend``: the decoder's backend the model was asked for (None: the decoder's default). ``head``: the LM
+    head's weight, a tensor or an int8 matrix (``ssmzoo.ops.quantized``; ``LanguageModel.quantize``)."""
 
     embedding: Tensor
     blocks: tuple[DecodeBlock, ...]
     norm_f: nn.Module
-    head: Tensor
+    head: Any
     backend: str | None
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..modules.checks import check_bool, check_choice, check_float, check_int
 from ..modules.padding import reverse_documents, reverse_padded
+from ..modules.quantized import linear_matrix
 from ..modules.short_conv import ShortConvolution
 from ..modules.state_dict import rename_prefix
 from ..ops import mamba_inner as inner_op
@@ -30,6 +31,7 @@ from ..ops import selective_scan as scan_op
 from ..ops.mamba_inner import MambaInnerWeights, mamba_inner
 from ..ops.mamba_lm_step import MambaLMStepWeights
 from ..ops.mamba_step import MambaStepWeights, mamba_step
+from ..ops.quantized import dequantize
 from ..ops.segments import Segments
 from .base import DecodeStack, SequenceLayer, StackDecoder, register, tag_param
 
@@ -291,7 +293,7 @@ class Mamba(SequenceLayer):
             return None
         return MambaLMStepWeights(stack.embedding, tuple(b.norm.weight for b in stack.blocks),
                                   tuple(b.mixer.step_weights() for b in stack.blocks), stack.norm_f.weight,
-                                  stack.head, stack.norm_f.eps)
+                                  dequantize(stack.head, stack.embedding.dtype), stack.norm_f.eps)
 
     @classmethod
     def stack_decoder(cls, stack: DecodeStack) -> StackDecoder | None:
@@ -305,7 +307,10 @@ class Mamba(SequenceLayer):
         pytorch_step = any(b.mixer.mamba_inner_backend in ("unfused", "reference") for b in stack.blocks)
         backend = stack.backend if stack.backend is not None else ("reference" if pytorch_step else None)
         lm_step_op.dispatch.check_name(backend, "LanguageModel", "decode_backend")
-        return lm_step_op.mamba_lm_stepper(weights, backend=backend)
+        # A quantized model's matrices (``LanguageModel.quantize``): their stored forms fill the C++ panels.
+        stored = [linear_matrix(m) for b in stack.blocks for m in (b.mixer.in_proj, b.mixer.x_proj, b.mixer.dt_proj,
+                                                                   b.mixer.out_proj)] + [stack.head]
+        return lm_step_op.mamba_lm_stepper(weights, backend=backend, stored=stored)
 
     def _step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """One token in O(1): the convolution over the cached window, then one recurrence step (the

@@ -26,14 +26,17 @@ from torch import Tensor, nn
 
 from ..modules.checks import check_bool, check_float, check_int
 from ..modules.padding import reverse_documents, reverse_padded
+from ..modules.quantized import linear_matrix
 from ..modules.rmsnorm import RMSNorm
 from ..modules.short_conv import ShortConvolution
 from ..modules.state_dict import rename_prefix
+from ..ops import mamba2_lm_step as lm_step_op
 from ..ops import ssd as ssd_op
+from ..ops.mamba2_lm_step import Mamba2BlockWeights, Mamba2LMStepWeights
 from ..ops.segments import Segments
 from ..ops.ssd import ssd
 from ..ops.ssd_step import ssd_step
-from .base import SequenceLayer, register, tag_param
+from .base import DecodeStack, SequenceLayer, StackDecoder, register, tag_param
 
 
 def _check_pair(arg: str, value: object, positive: bool, allow_inf: bool) -> tuple[float, float]:
@@ -355,6 +358,44 @@ class Mamba2(SequenceLayer):
         ssm_state = torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
                                 dtype=torch.promote_types(dtype, torch.float32))
         return conv_state, ssm_state
+
+    def block_weights(self) -> Mamba2BlockWeights:
+        """The parameters and settings as the ``mamba2_lm_step`` op takes them (matrices in their stored form:
+        float, or ``LanguageModel.quantize``'s int8 / bfloat16)."""
+        norm = self.norm
+        return Mamba2BlockWeights(
+            linear_matrix(self.in_proj), self.in_proj.bias, self.conv1d._taps(), self.conv1d.bias, self.dt_bias,
+            self.A_log, self.D, None if norm is None else norm.weight, linear_matrix(self.out_proj), self.out_proj.bias,
+            self.ngroups, self.d_inner // self.ngroups if norm is None else norm.group_size,
+            False if norm is None else norm.norm_before_gate, 0.0 if norm is None else norm.eps, self.dt_limit)
+
+    @classmethod
+    def lm_step_weights(cls, stack: DecodeStack) -> Mamba2LMStepWeights | None:
+        """The stack's weights as the ``mamba2_lm_step`` op takes them, or None unless every block is a plain causal
+        Mamba-2 block (no MLP, no in_proj multipliers, an ungrouped RMSNorm with the final norm's epsilon)."""
+        d_model = stack.embedding.shape[1]
+        plain = all(type(b.mixer) is cls and b.mixer.causal and b.mixer.in_proj_multipliers is None and b.mlp is None
+                    and b.norm is not None and getattr(b.norm, "group_size", None) == d_model
+                    and b.norm.eps == stack.norm_f.eps and getattr(stack.norm_f, "group_size", None) == d_model
+                    for b in stack.blocks)
+        if not plain:
+            return None
+        return Mamba2LMStepWeights(stack.embedding, tuple(b.norm.weight for b in stack.blocks),
+                                   tuple(b.mixer.block_weights() for b in stack.blocks), stack.norm_f.weight,
+                                   stack.head, stack.norm_f.eps)
+
+    @classmethod
+    def stack_decoder(cls, stack: DecodeStack) -> StackDecoder | None:
+        """A stack of plain Mamba-2 blocks (``lm_step_weights``) decodes through the ``mamba2_lm_step`` op: the whole
+        token in one C++ call where it serves, the weights packed once per generate call."""
+        weights = cls.lm_step_weights(stack)
+        if weights is None:
+            return None
+        # A layer built to avoid the fused kernels steps with the PyTorch formulas.
+        pytorch_step = any(b.mixer.ssd_backend == "reference" for b in stack.blocks)
+        backend = stack.backend if stack.backend is not None else ("reference" if pytorch_step else None)
+        lm_step_op.dispatch.check_name(backend, "LanguageModel", "decode_backend")
+        return lm_step_op.mamba2_lm_stepper(weights, backend=backend)
 
     def _step(self, x_t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """One token in O(1): the convolution over the cached window, then one SSD step (ops/ssd_step)."""

@@ -7,7 +7,7 @@ call, no gradient, CPU float32/float64), ``reference`` (reference.py: the PyTorc
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -18,6 +18,7 @@ from ..mamba_inner import MambaInnerWeights, State
 from ..mamba_inner import available as cpu_available
 from ..mamba_inner.cpu import MAX_STATE
 from ..mamba_step import MambaStepWeights
+from ..quantized import Matrix
 from .cpu import cpu_stepper, mamba_lm_step_cpu, pack_weights
 from .inputs import MambaLMStepInputs, MambaLMStepWeights, check_mamba_lm_step, check_state_count
 from .reference import mamba_lm_step_reference
@@ -63,16 +64,17 @@ def _request(weights: MambaLMStepWeights, state: list[State] | None) -> Request:
                    facts=(("d_state", max(layer.inner.A_log.shape[1] for layer in weights.layers)),))
 
 
-def mamba_lm_stepper(weights: MambaLMStepWeights, *, backend: str | None = None
+def mamba_lm_stepper(weights: MambaLMStepWeights, *, backend: str | None = None, stored: Sequence[Matrix] | None = None
                      ) -> Callable[[Tensor, list[State]], tuple[Tensor, list[State]]]:
     """``step(token, state) -> (logits, next state)``, ``mamba_lm_step`` with the backend chosen and the weights
     prepared once (the C++ backend's packed matrices and argument lists): a decode loop's step, where choosing
     per call cost as much as a small model's whole token (about 0.17 ms). The weights are a snapshot: make a
-    new stepper after changing them. With autograd recording, each call goes through ``mamba_lm_step``."""
+    new stepper after changing them. With autograd recording, each call goes through ``mamba_lm_step``. ``stored``:
+    the matrices' stored forms for the C++ backend's panels (``pack_weights``; a quantized model's)."""
     with torch.no_grad():  # the choice for calls without autograd: the only ones that use it
         chosen = dispatch.choose(backend, _request(weights, None))
     if chosen.name == "cpu":
-        fast = cpu_stepper(pack_weights(weights))
+        fast = cpu_stepper(pack_weights(weights, stored))
     else:
         fast = lambda token, state: chosen.fn(MambaLMStepInputs(token, state, weights))  # noqa: E731
 

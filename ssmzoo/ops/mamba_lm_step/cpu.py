@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..mamba_inner import State
 from ..mamba_inner.cpu import extension
+from ..quantized import Int8Matrix, Matrix
 from .inputs import MambaLMStepInputs, MambaLMStepWeights
 
 
-def pack_weights(w: MambaLMStepWeights) -> MambaLMStepWeights:
+def pack_weights(w: MambaLMStepWeights, stored: Sequence[Matrix] | None = None) -> MambaLMStepWeights:
     """``w`` with ``packed`` filled in for the C++ backend (float32 on CPU, where the extension builds and
     has a SIMD kernel for this CPU); otherwise ``w`` unchanged. Costs one copy of the matrices: do it once
-    per sequence of steps (generate does it once per call)."""
+    per sequence of steps (generate does it once per call). ``stored``: the matrices' stored forms in the order
+    of ``packed`` (per layer in_proj, x_proj, dt_proj, out_proj, then the head; ``ssmzoo.ops.quantized``), whose
+    values must be the matrices of ``w``: the panels then hold those (bfloat16, or int8 with row scales)."""
     ext = extension()
     if ext is None or w.embedding.device.type != "cpu" or w.embedding.dtype != torch.float32:
         return w
@@ -24,9 +27,24 @@ def pack_weights(w: MambaLMStepWeights) -> MambaLMStepWeights:
     mats.append(w.lm_head_weight)
     if any(m.dtype != torch.float32 or m.device.type != "cpu" or m.dim() != 2 for m in mats):
         return w
+    if stored is None:
+        stored = mats
+    elif len(stored) != len(mats) or any(tuple(s.shape) != tuple(m.shape) for s, m in zip(stored, mats)):
+        raise ValueError(f"pack_weights: stored must hold {len(mats)} matrices of the weights' shapes")
+    empty = w.embedding.new_empty(0)
     with torch.no_grad():
-        packed = tuple(ext.pack_panels(m.detach()) for m in mats)
-    return w if any(p.numel() == 0 for p in packed) else w._replace(packed=packed)
+        packed = tuple(ext.pack_panels((s.values if isinstance(s, Int8Matrix) else s).detach()) for s in stored)
+        scales = tuple(_padded(s.scale, p.shape[0] * p.shape[2]) if isinstance(s, Int8Matrix) else empty
+                       for s, p in zip(stored, packed))
+    if any(p.numel() == 0 for p in packed):
+        return w
+    return w._replace(packed=packed, scales=scales if any(isinstance(s, Int8Matrix) for s in stored) else None)
+
+
+def _padded(scale: Tensor, size: int) -> Tensor:
+    out = scale.new_zeros(size, dtype=torch.float32)
+    out[:scale.shape[0]] = scale
+    return out
 
 
 def cpu_stepper(w: MambaLMStepWeights) -> Callable[[Tensor, list[State]], tuple[Tensor, list[State]]]:
@@ -38,7 +56,7 @@ def cpu_stepper(w: MambaLMStepWeights) -> Callable[[Tensor, list[State]], tuple[
                opt(l.inner.D), opt(l.out_proj_weight), opt(l.out_proj_bias)]
               for norm, l in zip(w.norm_weights, w.layers)]
     rest = (w.embedding.contiguous(), layers, w.norm_f_weight.contiguous(), w.lm_head_weight.contiguous(), float(w.eps),
-            list(w.packed) if w.packed is not None else [])
+            list(w.packed) if w.packed is not None else [], list(w.scales) if w.scales is not None else [])
     lm_step, n = extension().lm_step, len(layers)
 
     def step(token: Tensor, state: list[State]) -> tuple[Tensor, list[State]]:

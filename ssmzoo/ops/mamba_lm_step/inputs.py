@@ -29,6 +29,10 @@ class MambaLMStepWeights(NamedTuple):
     # in_proj, x_proj, dt_proj, out_proj, then the head), or None (it multiplies with ATen). A snapshot:
     # pack again after changing the weights. The reference ignores it.
     packed: tuple[Tensor, ...] | None = None
+    # Per packed matrix, the row scales of int8 panels (padded to the panels; empty tensors for the others), or
+    # None: no int8 panels. Panels may hold a matrix's stored form (bfloat16, or int8 with these scales;
+    # ``LanguageModel.quantize``), whose value is the matrix the weights give.
+    scales: tuple[Tensor, ...] | None = None
 
 
 class MambaLMStepInputs(NamedTuple):
