@@ -205,6 +205,9 @@ class Dispatcher:
         probe_case: ``device -> (args, kwargs)``: a tiny call of the op (without ``backend``),
             whose floating inputs require grad; built anew for every probe.
         rtol, atol: the probe's tolerances.
+        inputs: the op's inputs bundle (``<Op>Inputs``); ``fake``: ``fake_<op>(inputs, ...)`` with a backend's
+            signature, returning empty tensors shaped and typed like the reference's outputs. Both are needed by
+            ops with opaque backends, which become PyTorch custom operators (``ops/custom.py``).
     """
 
     op: str
@@ -212,6 +215,8 @@ class Dispatcher:
     probe_case: Callable[[torch.device, Capabilities], tuple[tuple, dict[str, Any]]]
     rtol: float = 1e-3
     atol: float = 1e-4
+    inputs: type | None = None
+    fake: Callable | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
     # The op's public entry (``register_op`` sets it): what users call, and the dispatch tests inspect.
     entry: Callable | None = None
@@ -226,12 +231,20 @@ class Dispatcher:
         available: Callable[[], bool] | None = None,
         accepts: Callable[[Request], str | None] | None = None,
         probe: bool = True,
+        opaque: bool = False,
     ) -> Backend:
-        """Add a backend (after those already registered, i.e. at lower preference)."""
+        """Add a backend (after those already registered, i.e. at lower preference). ``opaque``: the backend
+        leaves PyTorch (a C++, CUDA or Triton kernel, a peer library), so torch.compile and torch.export cannot
+        trace it: it is registered as the custom operator ``ssmzoo::<op>_<name>`` (``ops/custom.py``), which
+        they call as one node."""
         if not name or not name.replace("_", "").isalnum() or name == "auto":
             raise ValueError(f"{self.op}: backend name must be an identifier other than 'auto', got {name!r}")
         if name in self.backends:
             raise ValueError(f"{self.op}: backend {name!r} is already registered")
+        if opaque:
+            from .custom import opaque_backend
+
+            fn = opaque_backend(self.op, name, fn, self.fake, self.inputs, capabilities.grad)
         backend = Backend(name, fn, tuple(devices), capabilities, available or (lambda: True), accepts, probe)
         self.backends[name] = backend
         return backend
@@ -288,7 +301,17 @@ class Dispatcher:
                          f"backends: {', '.join(map(repr, self.backends))}")
 
     def choose(self, backend: str | None, request: Request) -> Backend:
-        """The backend that serves ``request`` (see the module docstring)."""
+        """The backend that serves ``request`` (see the module docstring). While torch.compile or torch.export
+        traces, the choice is made by running Python outside the graph and enters it as a constant (no graph
+        break; probes run on real tensors)."""
+        if torch.compiler.is_compiling():
+            facts = tuple((k, v) for k, v in request.facts if isinstance(v, (bool, int, float, str)))
+            return self.backends[_choose_constant(self, backend, request.device.type, request.device.index,
+                                                  request.dtype, request.initial_state, request.final_state,
+                                                  request.grad, request.segments, int(request.size), facts)]
+        return self._choose(backend, request)
+
+    def _choose(self, backend: str | None, request: Request) -> Backend:
         self.check_name(backend, self.op)
         backend = self.canonical(backend)
         if request.device.type == "meta":
@@ -326,6 +349,19 @@ class Dispatcher:
         needs = [n for n in ("initial_state", "final_state", "grad", "segments") if getattr(request, n)]
         dtype = str(request.dtype).removeprefix("torch.")
         return f"{request.device.type}, {dtype}" + (f", needs {', '.join(needs)}" if needs else "")
+
+
+@torch.compiler.assume_constant_result
+def _choose_constant(dispatch: Dispatcher, backend: str | None, device_type: str, device_index: int | None,
+                     dtype: torch.dtype, initial_state: bool, final_state: bool, grad: bool, segments: bool,
+                     size: int, facts: tuple) -> str:
+    """The backend's name that :meth:`Dispatcher.choose` picks; torch.compile runs this at trace time."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
+    request = Request(device, dtype, initial_state, final_state, grad, segments, size, facts)
+    with unset_fake_temporarily():  # a first probe runs the kernels on real tensors
+        return dispatch._choose(backend, request).name
 
 
 _INDEX: dict[str, Dispatcher] = {}
