@@ -46,7 +46,7 @@ def encode(value: Any, tensors: list[Optional[Tensor]]) -> str:
         return "..."
     if isinstance(value, Segments):  # packed documents: the start marks (a tensor) and the number of documents
         tensors.append(value.starts)
-        return "{'segments': " + str(value.num_docs) + "}"
+        return "{'__segments__': " + str(value.num_docs) + "}"
     if value is None or isinstance(value, (bool, str)):
         return repr(value)
     if isinstance(value, int):
@@ -62,7 +62,7 @@ def encode(value: Any, tensors: list[Optional[Tensor]]) -> str:
     if isinstance(value, tuple):
         inner = "(" + "".join(encode(v, tensors) + ", " for v in value) + ")"
         if hasattr(value, "_fields"):  # a NamedTuple bundle: its class name, looked up again when decoding
-            return "{'bundle': " + repr(type(value).__name__) + ", 'fields': " + inner + "}"
+            return "{'__bundle__': " + repr(type(value).__name__) + ", 'fields': " + inner + "}"
         return inner
     raise TypeError(f"ssmzoo custom ops: cannot pass a {type(value).__name__} to an opaque backend")
 
@@ -81,18 +81,18 @@ def _parse(spec: str) -> Any:
     return ast.literal_eval(spec)
 
 
-def decode(spec: str, tensors: list[Optional[Tensor]], bundles: dict[str, type], fake: bool = False) -> Any:
-    """The value that :func:`encode` wrote as ``spec``; NamedTuple bundles are looked up by name in ``bundles``."""
+def decode(spec: str, tensors: list[Optional[Tensor]], fake: bool = False) -> Any:
+    """The value that :func:`encode` wrote as ``spec`` (with ``fake``: packed documents as their shape facts)."""
     it = iter(tensors)
 
     def build(node: Any) -> Any:
         if node is Ellipsis:
             return next(it)
-        if isinstance(node, dict) and "segments" in node:
+        if isinstance(node, dict) and "__segments__" in node:
             starts = next(it)
-            return PackedDocuments(starts, node["segments"]) if fake else Segments(starts)
-        if isinstance(node, dict) and "bundle" in node:
-            return bundles[node["bundle"]](*(build(v) for v in node["fields"]))
+            return PackedDocuments(starts, node["__segments__"]) if fake else Segments(starts)
+        if isinstance(node, dict) and "__bundle__" in node:
+            return bundle(node["__bundle__"])(*(build(v) for v in node["fields"]))
         if isinstance(node, dict):
             return {k: build(v) for k, v in node.items()}
         if isinstance(node, list):
@@ -130,22 +130,27 @@ def _differentiable(t: Optional[Tensor]) -> bool:
     return t is not None and (t.is_floating_point() or t.is_complex())
 
 
-def _bundles_of(inputs: type | None) -> dict[str, type]:
-    """NamedTuple classes by name in the module of the op's inputs bundle (nested bundles are imported there)."""
-    if inputs is None:
-        return {}
-    module = vars(sys.modules[inputs.__module__])
-    return {k: v for k, v in module.items() if isinstance(v, type) and issubclass(v, tuple) and hasattr(v, "_fields")}
+_BUNDLES: dict[str, type] = {}
+
+
+def bundle(name: str) -> type:
+    """The NamedTuple bundle class ``name`` of the loaded ``ssmzoo.ops`` modules (names are unique there)."""
+    if name not in _BUNDLES:
+        for module_name, module in list(sys.modules.items()):
+            if module_name.startswith(__package__ + ".") and module is not None:
+                for value in vars(module).values():
+                    if isinstance(value, type) and issubclass(value, tuple) and hasattr(value, "_fields"):
+                        _BUNDLES.setdefault(value.__name__, value)
+    return _BUNDLES[name]
 
 
 class OpaqueBackend:
     """One backend of one op as the custom operator ``ssmzoo::<op>_<backend>`` (see the module docstring)."""
 
-    def __init__(self, op: str, backend: str, fn: Callable, fake: Callable, inputs: type | None, grad: bool) -> None:
-        self.fn, self.fake_fn, self.inputs = fn, fake, inputs
+    def __init__(self, op: str, backend: str, fn: Callable, fake: Callable, grad: bool) -> None:
+        self.fn, self.fake_fn = fn, fake
         self.name = f"{op}_{backend}"
         self.qualname = f"{NAMESPACE}::{self.name}"
-        self._bundles: dict[str, type] | None = None
         self.op = torch.library.custom_op(self.qualname, self._impl, mutates_args=(),
                                           schema="(Tensor?[] tensors, str spec) -> Tensor[]")
         self.op.register_fake(self._fake)
@@ -158,14 +163,8 @@ class OpaqueBackend:
             self.op.register_autograd(self._backward, setup_context=self._setup_context)
         CUSTOM_OPS[self.qualname] = self
 
-    @property
-    def bundles(self) -> dict[str, type]:
-        if self._bundles is None:
-            self._bundles = _bundles_of(self.inputs)
-        return self._bundles
-
     def arguments(self, tensors: list[Optional[Tensor]], spec: str, fake: bool = False) -> tuple[tuple, dict]:
-        args, kwargs = decode(spec, tensors, self.bundles, fake)
+        args, kwargs = decode(spec, tensors, fake)
         return args, kwargs
 
     # -- the operator -------------------------------------------------------------------------------
@@ -227,13 +226,12 @@ class OpaqueBackend:
         return restore(self.fake_fn(*args, **kwargs), iter(flat))
 
 
-def opaque_backend(op: str, backend: str, fn: Callable, fake: Callable | None, inputs: type | None,
-                   grad: bool) -> OpaqueBackend:
+def opaque_backend(op: str, backend: str, fn: Callable, fake: Callable | None, grad: bool) -> OpaqueBackend:
     """``fn`` as the custom operator ``ssmzoo::<op>_<backend>`` (see the module docstring)."""
     if fake is None:
         raise ValueError(f"{op}: backend {backend!r} is opaque (it leaves PyTorch) and needs the op's fake function: "
                          f"Dispatcher({op!r}, ..., fake=fake_{op}) giving its outputs' shapes and dtypes")
-    return OpaqueBackend(op, backend, fn, fake, inputs, grad)
+    return OpaqueBackend(op, backend, fn, fake, grad)
 
 
 __all__ = ["CUSTOM_OPS", "OpaqueBackend", "PackedDocuments", "decode", "encode", "opaque_backend"]

@@ -205,9 +205,9 @@ class Dispatcher:
         probe_case: ``device -> (args, kwargs)``: a tiny call of the op (without ``backend``),
             whose floating inputs require grad; built anew for every probe.
         rtol, atol: the probe's tolerances.
-        inputs: the op's inputs bundle (``<Op>Inputs``); ``fake``: ``fake_<op>(inputs, ...)`` with a backend's
-            signature, returning empty tensors shaped and typed like the reference's outputs. Both are needed by
-            ops with opaque backends, which become PyTorch custom operators (``ops/custom.py``).
+        fake: ``fake_<op>(inputs, ...)``, with a backend's signature, returning empty tensors shaped and typed like
+            the reference's outputs; needed by ops with opaque backends, which become PyTorch custom operators
+            (``ops/custom.py``), as their fake (meta) implementation.
     """
 
     op: str
@@ -215,7 +215,6 @@ class Dispatcher:
     probe_case: Callable[[torch.device, Capabilities], tuple[tuple, dict[str, Any]]]
     rtol: float = 1e-3
     atol: float = 1e-4
-    inputs: type | None = None
     fake: Callable | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
     # The op's public entry (``register_op`` sets it): what users call, and the dispatch tests inspect.
@@ -244,7 +243,7 @@ class Dispatcher:
         if opaque:
             from .custom import opaque_backend
 
-            fn = opaque_backend(self.op, name, fn, self.fake, self.inputs, capabilities.grad)
+            fn = opaque_backend(self.op, name, fn, self.fake, capabilities.grad)
         backend = Backend(name, fn, tuple(devices), capabilities, available or (lambda: True), accepts, probe)
         self.backends[name] = backend
         return backend

@@ -53,7 +53,7 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
-dispatch = Dispatcher("selective_scan", selective_scan_reference, _probe_case, inputs=ScanInputs, fake=fake_selective_scan)
+dispatch = Dispatcher("selective_scan", selective_scan_reference, _probe_case, fake=fake_selective_scan)
 dispatch.register("mamba_ssm", mamba_ssm.selective_scan_mamba_ssm, ("cuda",),
                   Capabilities(initial_state=False, final_state=False, dtypes=ALL_FLOAT), available=mamba_ssm.available, opaque=True)
 dispatch.register("cuda", cuda.selective_scan_cuda, ("cuda",), Capabilities(dtypes=ALL_FLOAT),
