@@ -394,6 +394,11 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
     def _state_form(self, batch: int, dtype: torch.dtype) -> State:
         """init_state(batch)'s form for inputs of ``dtype``, built on the meta device (no memory) and
         remembered per (batch, dtype): stepping checks it once per token."""
+        if torch.compiler.is_compiling():
+            # A compiled graph would guard on the weak table's keys (other layers, which come and go): build the
+            # form afresh; its meta tensors are dead code in the graph.
+            with torch.no_grad():
+                return self._init_state(batch, torch.device("meta"), dtype)
         forms = _STATE_FORMS.setdefault(self, {})
         key = (batch, dtype)
         if key not in forms:

@@ -304,13 +304,18 @@ class Dispatcher:
         traces, the choice is made by running Python outside the graph and enters it as a constant (no graph
         break; probes run on real tensors)."""
         if torch.compiler.is_compiling():
-            facts = tuple((k, v) for k, v in request.facts if isinstance(v, (bool, int, float, str)))
+            # Python constants only: a symbolic size or fact (a dynamic length) is compared here, in the traced
+            # code, which guards on the outcome (a new length recompiles only where it changes the choice).
+            facts = tuple((k, int(v) if isinstance(v, torch.SymInt) else v) for k, v in request.facts)
+            too_big = tuple(name for name, b in self.backends.items()
+                            if b.capabilities.max_size is not None and request.size > b.capabilities.max_size)
             return self.backends[_choose_constant(self, backend, request.device.type, request.device.index,
                                                   request.dtype, request.initial_state, request.final_state,
-                                                  request.grad, request.segments, int(request.size), facts)]
+                                                  request.grad, request.segments, too_big, facts)]
         return self._choose(backend, request)
 
-    def _choose(self, backend: str | None, request: Request) -> Backend:
+    def _choose(self, backend: str | None, request: Request, too_big: tuple[str, ...] | None = None) -> Backend:
+        """``too_big``: the backends whose ``max_size`` the request exceeds (by default from ``request.size``)."""
         self.check_name(backend, self.op)
         backend = self.canonical(backend)
         if request.device.type == "meta":
@@ -325,7 +330,7 @@ class Dispatcher:
         if backend == "auto":
             for name, b in self.backends.items():  # insertion order is the preference order
                 limit = b.capabilities.max_size
-                if limit is not None and request.size > limit:
+                if (name in too_big) if too_big is not None else (limit is not None and request.size > limit):
                     continue
                 if b.why_not(request) is None and self.usable(name, request.device):
                     return b
@@ -353,14 +358,14 @@ class Dispatcher:
 @torch.compiler.assume_constant_result
 def _choose_constant(dispatch: Dispatcher, backend: str | None, device_type: str, device_index: int | None,
                      dtype: torch.dtype, initial_state: bool, final_state: bool, grad: bool, segments: bool,
-                     size: int, facts: tuple) -> str:
-    """The backend's name that :meth:`Dispatcher.choose` picks; torch.compile runs this at trace time."""
+                     too_big: tuple[str, ...], facts: tuple) -> str:
+    """The name of the backend that :meth:`Dispatcher.choose` picks; torch.compile runs this at trace time."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
-    request = Request(device, dtype, initial_state, final_state, grad, segments, size, facts)
+    request = Request(device, dtype, initial_state, final_state, grad, segments, 0, facts)
     with unset_fake_temporarily():  # a first probe runs the kernels on real tensors
-        return dispatch._choose(backend, request).name
+        return dispatch._choose(backend, request, too_big).name
 
 
 _INDEX: dict[str, Dispatcher] = {}
