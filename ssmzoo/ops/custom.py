@@ -22,10 +22,11 @@ process.
 from __future__ import annotations
 
 import ast
+import contextlib
 import math
 import sys
 from functools import lru_cache
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -144,6 +145,21 @@ def bundle(name: str) -> type:
     return _BUNDLES[name]
 
 
+@contextlib.contextmanager
+def _autograd_recording() -> Iterator[None]:
+    """Autograd records again inside a custom operator's implementation (which PyTorch runs with the autograd
+    dispatch keys excluded: without this, ops there make outputs that do not require grad, and a gradient is lost)."""
+    keys = (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.ADInplaceOrView)
+    before = [torch._C._dispatch_tls_is_dispatch_key_excluded(k) for k in keys]
+    for k in keys:
+        torch._C._dispatch_tls_set_dispatch_key_excluded(k, False)
+    try:
+        yield
+    finally:
+        for k, excluded in zip(keys, before):
+            torch._C._dispatch_tls_set_dispatch_key_excluded(k, excluded)
+
+
 class OpaqueBackend:
     """One backend of one op as the custom operator ``ssmzoo::<op>_<backend>`` (see the module docstring)."""
 
@@ -182,7 +198,7 @@ class OpaqueBackend:
     # -- its gradient: the backend's own backward, by autograd through an eager rerun -------------------------
     def _backward_impl(self, tensors: list[Optional[Tensor]], spec: str, grads: list[Optional[Tensor]]) -> list[Tensor]:
         leaves = [t.detach().requires_grad_() if _differentiable(t) else t for t in tensors]
-        with torch.enable_grad():
+        with torch.enable_grad(), _autograd_recording():
             args, kwargs = self.arguments(leaves, spec)
             outs = flatten(self.fn(*args, **kwargs))
         pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]

@@ -361,10 +361,11 @@ def _choose_constant(dispatch: Dispatcher, backend: str | None, device_type: str
                      too_big: tuple[str, ...], facts: tuple) -> str:
     """The name of the backend that :meth:`Dispatcher.choose` picks; torch.compile runs this at trace time."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
 
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
     request = Request(device, dtype, initial_state, final_state, grad, segments, 0, facts)
-    with unset_fake_temporarily():  # a first probe runs the kernels on real tensors
+    with unset_fake_temporarily(), disable_proxy_modes_tracing():  # a first probe runs the kernels on real tensors
         return dispatch._choose(backend, request, too_big).name
 
 
