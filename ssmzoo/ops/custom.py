@@ -187,9 +187,12 @@ class OpaqueBackend:
     def _impl(self, tensors: list[Optional[Tensor]], spec: str) -> list[Tensor]:
         args, kwargs = self.arguments(tensors, spec)
         out = flatten(self.fn(*args, **kwargs))
-        # A custom operator's outputs may not alias its inputs (a backend may return an input unchanged).
+        # A custom operator's outputs may not alias its inputs (a backend may return an input unchanged), and are
+        # laid out as the fake implementation says: contiguous, each in its own storage (not a slice of another).
         inputs = {t.untyped_storage().data_ptr() for t in tensors if t is not None and t.numel()}
-        return [o.clone() if o.numel() and o.untyped_storage().data_ptr() in inputs else o for o in out]
+        return [o.clone(memory_format=torch.contiguous_format)
+                if o.storage_offset() or not o.is_contiguous() or (o.numel() and o.untyped_storage().data_ptr() in inputs)
+                else o for o in out]
 
     def _fake(self, tensors: list[Optional[Tensor]], spec: str) -> list[Tensor]:
         args, kwargs = self.arguments(tensors, spec, fake=True)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -264,7 +265,7 @@ class Dispatcher:
                 if ok and b.probe and b.fn is not self.reference:
                     # Lightning evaluates under inference mode (no grad there), and a first use under autocast
                     # would make the backend's output half precision: the probe runs outside both.
-                    with torch.inference_mode(False), _no_autocast(device):
+                    with torch.inference_mode(False), autocast_off(device):
                         case = self.probe_case(device, b.capabilities)
                         probe_against_reference(b.fn, self.reference, case, b.capabilities.grad, self.rtol, self.atol)
             except Exception as e:  # an optional backend that is broken here costs one warning, nothing more
@@ -360,13 +361,12 @@ def _choose_constant(dispatch: Dispatcher, backend: str | None, device_type: str
                      dtype: torch.dtype, initial_state: bool, final_state: bool, grad: bool, segments: bool,
                      too_big: tuple[str, ...], facts: tuple) -> str:
     """The name of the backend that :meth:`Dispatcher.choose` picks; torch.compile runs this at trace time."""
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
-
     device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
     request = Request(device, dtype, initial_state, final_state, grad, segments, 0, facts)
-    with unset_fake_temporarily(), disable_proxy_modes_tracing():  # a first probe runs the kernels on real tensors
-        return dispatch._choose(backend, request, too_big).name
+    # In a thread of its own: a first probe then runs the kernels on real tensors, outside whatever the tracer has
+    # set in this thread (fake tensors, proxy modes, grad mode and autocast regions it would record).
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(dispatch._choose, backend, request, too_big).result().name
 
 
 _INDEX: dict[str, Dispatcher] = {}

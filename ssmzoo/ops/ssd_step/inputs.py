@@ -29,10 +29,10 @@ class SsdStepInputs(NamedTuple):
 
 def check_ssd_step(inputs: SsdStepInputs) -> None:
     """A ValueError naming the op and the argument for anything ``ssd_update``'s contract does not allow."""
-    from ..ssd.update import _check
+    from ..ssd.inputs import check_ssd_update
 
     i = inputs
-    _check(i.x, i.dt, i.A, i.B, i.C, i.state, i.D, i.z, i.dt_bias)
+    check_ssd_update(i.x, i.dt, i.A, i.B, i.C, i.state, i.D, i.z, i.dt_bias, i.dt_softplus, i.dt_limit)
 
 
 def fake_ssd_step(inputs: SsdStepInputs) -> tuple[Tensor, Tensor]:
