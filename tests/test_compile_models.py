@@ -81,7 +81,14 @@ LMS = {
 }
 
 
-@pytest.mark.parametrize("name", list(LMS))
+DEFAULT = {"mamba", "mamba2", "ramba", "titans_mac"}  # the rest are slow (about 30 s each on a busy 2-core machine)
+
+
+def _some_slow(names):
+    return [n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in names]
+
+
+@pytest.mark.parametrize("name", _some_slow(LMS))
 def test_language_model_fullgraph(name):
     """Forward and backward with the state out, then a continuation with the state in."""
     torch.manual_seed(0)
@@ -131,7 +138,7 @@ def _save_load(program):
     return torch.export.load(buffer)
 
 
-@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+@pytest.mark.parametrize("name", ["mamba", pytest.param("mamba2", marks=pytest.mark.slow)])
 def test_export_forward_dynamic_length(name):
     model = LMS[name]().eval()
     length = torch.export.Dim("length", min=2, max=256)
@@ -157,7 +164,8 @@ class DecodeStep(torch.nn.Module):
         return (logits, *torch.utils._pytree.tree_leaves(new))
 
 
-@pytest.mark.parametrize("name", ["mamba", "mamba2", "hybrid"])
+@pytest.mark.parametrize("name", ["mamba", pytest.param("mamba2", marks=pytest.mark.slow),
+                                  pytest.param("hybrid", marks=pytest.mark.slow)])
 def test_export_decode_step(name):
     model = LMS[name]().eval()
     step = DecodeStep(model, 2)

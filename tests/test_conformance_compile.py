@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import ssmzoo
+from ssmzoo import layers
 from test_conformance import BIDIRECTIONAL, CAUSAL, VARIANTS, _flat, ids, make, rand
 
 
@@ -57,7 +58,12 @@ def _prefix_state(layer, batch):
     return state
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=ids)
+# The default suite compiles every causal layer (about 20 s each on a busy 2-core machine); the bidirectional variants
+# and the exhaustive cases below are slow.
+SLOW_VARIANTS = [pytest.param(v, marks=pytest.mark.slow) if v in BIDIRECTIONAL else v for v in VARIANTS]
+
+
+@pytest.mark.parametrize("variant", SLOW_VARIANTS, ids=ids)
 def test_compile_fullgraph_equals_eager(variant):
     """Forward and backward; causal layers with a state in and the final state out."""
     layer = make(*variant).train()
@@ -76,13 +82,23 @@ def _packed(layer, x, segments):
     return layer(x, segments=segments)
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if make(*v).segments_fast_path], ids=ids)
+# MAG's sliding-window branch keeps its state, so it runs packed documents one at a time: a clear error when compiled.
+PER_DOCUMENT_INSIDE = {"memory_as_gate"}
+FAST_PATHS = [v for v in VARIANTS if layers.get(v[0]).segments_fast_path]
+
+
+@pytest.mark.parametrize("variant", [v if v == ("mamba", False) else pytest.param(v, marks=pytest.mark.slow)
+                                     for v in FAST_PATHS], ids=ids)
 def test_compile_packed_documents(variant):
     """Packed documents (training's form: no states) through the layer's fast path: one pass, every document
-    alone."""
+    alone. Short rows: attention-like layers take their one-pass form up to their block or window."""
     layer = make(*variant).train()
-    segments = ssmzoo.Segments.from_lengths([[1, 6, 4], [11]], 11)
-    _compare(layer, _packed, (rand(2, 11).requires_grad_(), segments), "aot_eager", 1e-8)
+    segments = ssmzoo.Segments.from_lengths([[1, 3, 1], [5]], 5)
+    if variant[0] in PER_DOCUMENT_INSIDE:
+        with pytest.raises(Exception, match="cannot be compiled with fullgraph=True"):
+            torch.compile(layer, backend="aot_eager", fullgraph=True)(rand(2, 5), segments=segments)
+        return
+    _compare(layer, _packed, (rand(2, 5).requires_grad_(), segments), "aot_eager", 1e-8)
 
 
 def test_packed_documents_without_a_one_pass_form_say_so_when_compiled():
@@ -129,7 +145,7 @@ def test_new_length_does_not_recompile(variant):
     assert _count_compiles(layer, [9, 13, 21]) == 1
 
 
-@pytest.mark.parametrize("name", ["mamba", "lru"])
+@pytest.mark.parametrize("name", ["mamba"])
 def test_new_length_does_not_recompile_quick(name):
     layer = make(name, False)
     assert _count_compiles(layer, [9, 13, 21]) == 1

@@ -23,7 +23,7 @@ CONFIGS = ["configs/lra/listops/s4d_small.yaml", "configs/lm/mamba.yaml", "confi
 
 
 def run(config: str, steps: int, compiled: bool, threads: int, root: str) -> float:
-    command = [sys.executable, "-m", "ssmzoo", "fit", "--config", config, "--trainer.max_steps", str(steps),
+    command = [sys.executable, "-m", "ssmzoo.cli", "fit", "--config", config, "--trainer.max_steps", str(steps),
                "--trainer.max_epochs", "-1", "--trainer.limit_val_batches", "0", "--test_after_fit", "false",
                "--trainer.default_root_dir", root, "--threads", str(threads), "--compile", str(compiled).lower(),
                "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"]
