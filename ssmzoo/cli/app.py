@@ -49,6 +49,7 @@ from . import quiet
 
 quiet.prepare_environment()
 
+import torch  # noqa: E402
 from jsonargparse import ArgumentParser, Namespace  # noqa: E402
 from lightning.fabric.utilities.data import suggested_max_num_workers  # noqa: E402
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer  # noqa: E402
@@ -190,6 +191,13 @@ class SsmzooCLI(LightningCLI):
             default=30.0,
             help="When the output is not a terminal (nohup, tee, SLURM): seconds between progress lines (step, "
             "loss, rate, ETA); 0: every step. On a terminal a progress bar is shown instead.",
+        )
+        parser.add_argument(
+            "--compile",
+            type=bool,
+            default=False,
+            help="torch.compile the task's network (nn.Module.compile: in place, so checkpoints keep their keys); "
+            "the first steps then take the compile time, and a new input shape may compile once more.",
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
@@ -405,18 +413,29 @@ class SsmzooCLI(LightningCLI):
         return any(key in text for text in texts)
 
     # -- fit, then test the best checkpoint -------------------------------------------------------------
+    def _compile_network(self) -> None:
+        """``--compile true``: compile the task's network (``model``) in place, once per run."""
+        network = getattr(self.model, "model", None)
+        if self._section().get("compile") and isinstance(network, torch.nn.Module) and not getattr(
+                network, "_ssmzoo_compiled", False):
+            network.compile()
+            network._ssmzoo_compiled = True
+
     def before_fit(self) -> None:
         self._started = time.perf_counter()
         self._choose_workers()
+        self._compile_network()
         if self.resumed_from is not None:
             print(f"ssmzoo: resuming from {self.resumed_from} in {self.trainer.log_dir}")
 
     def before_validate(self) -> None:
         self._choose_workers()
+        self._compile_network()
 
     def before_test(self) -> None:
         self._started = time.perf_counter()
         self._choose_workers()
+        self._compile_network()
         if self._section().get("ckpt_path") is None:
             if self.trainer.is_global_zero:
                 print(f"ssmzoo: {UNTRAINED}", file=sys.stderr, flush=True)

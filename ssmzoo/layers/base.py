@@ -199,6 +199,9 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
     supported_dtypes: ClassVar[tuple[torch.dtype, ...]] = (torch.float32, torch.float64)
     prefill_rows: ClassVar[int | None] = None
     segments_fast_path: ClassVar[bool] = False
+    # False where continuing from a given state takes a branch on the state's values (a stream resumed inside a
+    # segment): such a call cannot be one static graph, and compiling it with fullgraph (or exporting) says so.
+    compiles_with_state: ClassVar[bool] = True
 
     def __init__(self, d_model: int, causal: bool = True) -> None:
         super().__init__()
@@ -237,6 +240,10 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
             )
         if state is not None:
             self._check_state(state, x, None if segments is None else segments.num_docs)
+            if not self.compiles_with_state and torch.compiler.is_compiling():
+                raise ValueError(f"{self._name}: continuing from a state branches on the state's values, so it cannot "
+                                 "be compiled with fullgraph=True or exported; compile the fresh stream (no state), "
+                                 "or compile without fullgraph (this call then runs eagerly)")
         if (return_state and lengths is not None and input_checks_enabled(lengths.device)
                 and bool((lengths != x.shape[1]).any())):
             raise ValueError(
@@ -395,6 +402,11 @@ class SequenceLayer(nn.Module, metaclass=abc.ABCMeta):
     def _state_form(self, batch: int, dtype: torch.dtype) -> State:
         """init_state(batch)'s form for inputs of ``dtype``, built on the meta device (no memory) and
         remembered per (batch, dtype): stepping checks it once per token."""
+        if torch.compiler.is_compiling():
+            # A compiled graph would guard on the weak table's keys (other layers, which come and go): build the
+            # form afresh; its meta tensors are dead code in the graph.
+            with torch.no_grad():
+                return self._init_state(batch, torch.device("meta"), dtype)
         forms = _STATE_FORMS.setdefault(self, {})
         key = (batch, dtype)
         if key not in forms:

@@ -51,6 +51,8 @@ class MemoryAsContext(SequenceLayer):
         memory_heads, memory_depth: the neural memory's heads and MLP depth.
     """
 
+    compiles_with_state = False  # a stream may resume inside a segment (a branch on the state's position)
+
     def __init__(self, d_model: int, heads: int = 4, segment_len: int = 16, persistent_tokens: int = 4,
                  memory_heads: int = 2, memory_depth: int = 2) -> None:
         super().__init__(d_model, causal=True)

@@ -44,6 +44,7 @@ class MemoryAsGate(SequenceLayer):
     """
 
     segments_fast_path = True  # both branches honour segments in one pass each
+    compiles_with_state = False  # a stream may resume inside a segment (a branch on the state's position)
 
     def __init__(self, d_model: int, heads: int = 4, window: int = 16, persistent_tokens: int = 4,
                  memory_heads: int = 2, memory_depth: int = 2, memory_chunk: int = 8, norm_eps: float = 1e-6) -> None:

@@ -50,6 +50,11 @@ def forward_each_document(
     """``forward`` (a layer's ``_forward(x, state, lengths, return_state)``) on every document of ``segments``
     alone. x (batch, length, d_model); ``state``: per-document initial states (leading size num_docs) or None.
     Returns y (batch, length, d_model) and, with ``return_state``, the per-document final states."""
+    if torch.compiler.is_compiling():
+        # Gathering each document's tokens depends on the data (their lengths): no static graph exists.
+        raise ValueError(f"{owner}: packed documents that this layer runs one document at a time (no one-pass form "
+                         "for this call) cannot be compiled with fullgraph=True or exported; compile without "
+                         "fullgraph (this part then runs eagerly), or pass documents one per row")
     spans = segments.spans
     batch, length, width = x.shape
     exact = return_state or state is not None  # states: documents of one length per call, no padding

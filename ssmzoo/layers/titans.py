@@ -67,6 +67,8 @@ class NeuralMemory(SequenceLayer):
             "reference"; see ``ssmzoo.ops.neural_memory.dispatch``).
     """
 
+    compiles_with_state = False  # a state holds an unfinished chunk whose fill count sets the shapes
+
     supported_dtypes = (torch.float32, torch.float64)
 
     def __init__(

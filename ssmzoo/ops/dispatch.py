@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -205,6 +206,9 @@ class Dispatcher:
         probe_case: ``device -> (args, kwargs)``: a tiny call of the op (without ``backend``),
             whose floating inputs require grad; built anew for every probe.
         rtol, atol: the probe's tolerances.
+        fake: ``fake_<op>(inputs, ...)``, with a backend's signature, returning empty tensors shaped and typed like
+            the reference's outputs; needed by ops with opaque backends, which become PyTorch custom operators
+            (``ops/custom.py``), as their fake (meta) implementation.
     """
 
     op: str
@@ -212,6 +216,7 @@ class Dispatcher:
     probe_case: Callable[[torch.device, Capabilities], tuple[tuple, dict[str, Any]]]
     rtol: float = 1e-3
     atol: float = 1e-4
+    fake: Callable | None = None
     backends: dict[str, Backend] = field(default_factory=dict)
     # The op's public entry (``register_op`` sets it): what users call, and the dispatch tests inspect.
     entry: Callable | None = None
@@ -226,12 +231,20 @@ class Dispatcher:
         available: Callable[[], bool] | None = None,
         accepts: Callable[[Request], str | None] | None = None,
         probe: bool = True,
+        opaque: bool = False,
     ) -> Backend:
-        """Add a backend (after those already registered, i.e. at lower preference)."""
+        """Add a backend (after those already registered, i.e. at lower preference). ``opaque``: the backend
+        leaves PyTorch (a C++, CUDA or Triton kernel, a peer library), so torch.compile and torch.export cannot
+        trace it: it is registered as the custom operator ``ssmzoo::<op>_<name>`` (``ops/custom.py``), which
+        they call as one node."""
         if not name or not name.replace("_", "").isalnum() or name == "auto":
             raise ValueError(f"{self.op}: backend name must be an identifier other than 'auto', got {name!r}")
         if name in self.backends:
             raise ValueError(f"{self.op}: backend {name!r} is already registered")
+        if opaque:
+            from .custom import opaque_backend
+
+            fn = opaque_backend(self.op, name, fn, self.fake, capabilities.grad)
         backend = Backend(name, fn, tuple(devices), capabilities, available or (lambda: True), accepts, probe)
         self.backends[name] = backend
         return backend
@@ -252,7 +265,7 @@ class Dispatcher:
                 if ok and b.probe and b.fn is not self.reference:
                     # Lightning evaluates under inference mode (no grad there), and a first use under autocast
                     # would make the backend's output half precision: the probe runs outside both.
-                    with torch.inference_mode(False), _no_autocast(device):
+                    with torch.inference_mode(False), autocast_off(device):
                         case = self.probe_case(device, b.capabilities)
                         probe_against_reference(b.fn, self.reference, case, b.capabilities.grad, self.rtol, self.atol)
             except Exception as e:  # an optional backend that is broken here costs one warning, nothing more
@@ -288,7 +301,22 @@ class Dispatcher:
                          f"backends: {', '.join(map(repr, self.backends))}")
 
     def choose(self, backend: str | None, request: Request) -> Backend:
-        """The backend that serves ``request`` (see the module docstring)."""
+        """The backend that serves ``request`` (see the module docstring). While torch.compile or torch.export
+        traces, the choice is made by running Python outside the graph and enters it as a constant (no graph
+        break; probes run on real tensors)."""
+        if torch.compiler.is_compiling():
+            # Python constants only: a symbolic size or fact (a dynamic length) is compared here, in the traced
+            # code, which guards on the outcome (a new length recompiles only where it changes the choice).
+            facts = tuple((k, int(v) if isinstance(v, torch.SymInt) else v) for k, v in request.facts)
+            too_big = tuple(name for name, b in self.backends.items()
+                            if b.capabilities.max_size is not None and request.size > b.capabilities.max_size)
+            return self.backends[_choose_constant(self, backend, request.device.type, request.device.index,
+                                                  request.dtype, request.initial_state, request.final_state,
+                                                  request.grad, request.segments, too_big, facts)]
+        return self._choose(backend, request)
+
+    def _choose(self, backend: str | None, request: Request, too_big: tuple[str, ...] | None = None) -> Backend:
+        """``too_big``: the backends whose ``max_size`` the request exceeds (by default from ``request.size``)."""
         self.check_name(backend, self.op)
         backend = self.canonical(backend)
         if request.device.type == "meta":
@@ -303,7 +331,7 @@ class Dispatcher:
         if backend == "auto":
             for name, b in self.backends.items():  # insertion order is the preference order
                 limit = b.capabilities.max_size
-                if limit is not None and request.size > limit:
+                if (name in too_big) if too_big is not None else (limit is not None and request.size > limit):
                     continue
                 if b.why_not(request) is None and self.usable(name, request.device):
                     return b
@@ -326,6 +354,19 @@ class Dispatcher:
         needs = [n for n in ("initial_state", "final_state", "grad", "segments") if getattr(request, n)]
         dtype = str(request.dtype).removeprefix("torch.")
         return f"{request.device.type}, {dtype}" + (f", needs {', '.join(needs)}" if needs else "")
+
+
+@torch.compiler.assume_constant_result
+def _choose_constant(dispatch: Dispatcher, backend: str | None, device_type: str, device_index: int | None,
+                     dtype: torch.dtype, initial_state: bool, final_state: bool, grad: bool, segments: bool,
+                     too_big: tuple[str, ...], facts: tuple) -> str:
+    """The name of the backend that :meth:`Dispatcher.choose` picks; torch.compile runs this at trace time."""
+    device = torch.device(device_type, device_index) if device_index is not None else torch.device(device_type)
+    request = Request(device, dtype, initial_state, final_state, grad, segments, 0, facts)
+    # In a thread of its own: a first probe then runs the kernels on real tensors, outside whatever the tracer has
+    # set in this thread (fake tensors, proxy modes, grad mode and autocast regions it would record).
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(dispatch._choose, backend, request, too_big).result().name
 
 
 _INDEX: dict[str, Dispatcher] = {}

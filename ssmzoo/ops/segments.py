@@ -19,8 +19,7 @@ Three ways to say the same thing (flash-attn's, mamba-ssm's and a plain one):
 
 from __future__ import annotations
 
-from functools import cached_property
-from typing import NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from einops import rearrange
@@ -45,6 +44,22 @@ def _integer_tensor(arg: str, t: object, rank: int, doc: str) -> Tensor:
     if t.is_meta:
         raise ValueError(f"Segments: {arg} is on the meta device; segments need its values")
     return t
+
+
+class cached_property:  # noqa: N801 (functools' name): functools' takes a lock in Python 3.11, which torch.compile cannot trace
+    """A value computed on first access and kept on the instance (like functools.cached_property, no lock)."""
+
+    def __init__(self, fn: Callable[[Any], Any]) -> None:
+        self.fn, self.__doc__ = fn, fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, cls: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value
 
 
 class Segments:
@@ -75,6 +90,7 @@ class Segments:
             if self.spans[k + 1].row == self.spans[k].row:
                 self.spans[k] = self.spans[k]._replace(stop=self.spans[k + 1].start)
         self.num_docs = len(self.spans)
+        self.unpacked = self.num_docs == self.batch  # every row is one document (the segments change nothing)
 
     # -- constructors ------------------------------------------------------------------------------
     @classmethod
@@ -166,11 +182,6 @@ class Segments:
         t = torch.arange(self.length, device=self.device).expand(self.batch, self.length)
         first = torch.where(self.starts, t, torch.zeros_like(t)).cummax(dim=1).values
         return t - first
-
-    @cached_property
-    def unpacked(self) -> bool:
-        """True when every row is one document (the segments change nothing)."""
-        return self.num_docs == self.batch
 
     def __repr__(self) -> str:
         return f"Segments(batch={self.batch}, length={self.length}, num_docs={self.num_docs})"

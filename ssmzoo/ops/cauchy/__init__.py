@@ -24,7 +24,7 @@ from torch import Tensor
 from ..dispatch import COMPLEX_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op
 from . import cpu, keops
 from .chunked import cauchy_chunked
-from .inputs import CauchyInputs, check_cauchy
+from .inputs import CauchyInputs, check_cauchy, fake_cauchy
 from .reference import cauchy_reference
 
 # Up to this many complex entries in (..., N, L), auto uses the reference.
@@ -40,12 +40,12 @@ def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
 
 
 STATELESS = Capabilities(initial_state=False, final_state=False, dtypes=COMPLEX_DTYPES)
-dispatch = Dispatcher("cauchy", cauchy_reference, _probe_case, rtol=1e-3, atol=1e-3)
+dispatch = Dispatcher("cauchy", cauchy_reference, _probe_case, fake=fake_cauchy, rtol=1e-3, atol=1e-3)
 dispatch.register("reference", cauchy_reference, ("cpu", "cuda"),
                   Capabilities(initial_state=False, final_state=False, dtypes=COMPLEX_DTYPES,
                                max_size=MATERIALISE_LIMIT))
-dispatch.register("cpu", cpu.cauchy_cpu, ("cpu",), STATELESS, available=cpu.available)
-dispatch.register("keops", keops.cauchy_keops, ("cpu", "cuda"), STATELESS, available=keops.available)
+dispatch.register("cpu", cpu.cauchy_cpu, ("cpu",), STATELESS, available=cpu.available, opaque=True)
+dispatch.register("keops", keops.cauchy_keops, ("cpu", "cuda"), STATELESS, available=keops.available, opaque=True)
 dispatch.register("chunked", cauchy_chunked, ("cpu", "cuda"), STATELESS)
 
 

@@ -15,7 +15,7 @@ from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Reque
 from ..segments import Segments
 from . import causal_conv1d as package
 from .conv import causal_conv1d_conv
-from .inputs import ConvInputs, check_causal_conv1d, check_causal_conv1d_update
+from .inputs import ConvInputs, check_causal_conv1d, check_causal_conv1d_update, fake_causal_conv1d
 from .reference import apply_activation, causal_conv1d_reference
 
 ALL_FLOAT = REAL_DTYPES + HALF_DTYPES
@@ -28,9 +28,10 @@ def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
     return (ConvInputs(x, w, b, "silu", s if caps.initial_state else None),), {"output_final_state": caps.final_state}
 
 
-dispatch = Dispatcher("causal_conv1d", causal_conv1d_reference, _probe_case)
+dispatch = Dispatcher("causal_conv1d", causal_conv1d_reference, _probe_case, fake=fake_causal_conv1d)
 dispatch.register("causal_conv1d", package.causal_conv1d_package, ("cuda",),
-                  Capabilities(initial_state=False, final_state=False, dtypes=ALL_FLOAT), available=package.available)
+                  Capabilities(initial_state=False, final_state=False, dtypes=ALL_FLOAT), available=package.available,
+                  opaque=True)
 dispatch.register("conv", causal_conv1d_conv, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT, segments=True))
 dispatch.register("reference", causal_conv1d_reference, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT, segments=True))
 

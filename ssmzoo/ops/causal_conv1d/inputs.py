@@ -71,3 +71,12 @@ def check_causal_conv1d_update(x_t: Tensor, conv_state: Tensor, weight: Tensor, 
         raise ValueError(f"{op}: conv_state must be (batch={want[0]}, D={d}, W-1={want[2]}), "
                          f"got shape {shape(conv_state)}")
     one_device(op, {"x_t": x_t, "conv_state": conv_state, "weight": weight, "bias": bias})
+
+
+def fake_causal_conv1d(x: ConvInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Empty outputs shaped and typed like the reference's (the custom operators' fake implementation)."""
+    y = x.x.new_empty(x.x.shape)
+    if not output_final_state:
+        return y
+    states = x.x.shape[0] if x.segments is None else x.segments.num_docs
+    return y, x.x.new_empty(states, x.x.shape[1], x.weight.shape[-1] - 1)

@@ -23,7 +23,7 @@ from torch import Tensor
 from ..dispatch import COMPLEX_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op
 from ..segments import Segments
 from . import cpu
-from .inputs import RecurrenceInputs, check_diagonal_recurrence
+from .inputs import RecurrenceInputs, check_diagonal_recurrence, fake_diagonal_recurrence
 from .reference import diagonal_recurrence_reference
 from .scan import diagonal_recurrence_scan
 
@@ -51,9 +51,9 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
-dispatch = Dispatcher("diagonal_recurrence", diagonal_recurrence_reference, _probe_case)
-dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=DTYPES, segments=True), available=_triton_available)
-dispatch.register("cpu", cpu.diagonal_recurrence_cpu, ("cpu",), Capabilities(dtypes=DTYPES, segments=True), available=cpu.available)
+dispatch = Dispatcher("diagonal_recurrence", diagonal_recurrence_reference, _probe_case, fake=fake_diagonal_recurrence)
+dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=DTYPES, segments=True), available=_triton_available, opaque=True)
+dispatch.register("cpu", cpu.diagonal_recurrence_cpu, ("cpu",), Capabilities(dtypes=DTYPES, segments=True), available=cpu.available, opaque=True)
 dispatch.register("scan", diagonal_recurrence_scan, ("cpu", "cuda"), Capabilities(dtypes=DTYPES, segments=True))
 dispatch.register("reference", diagonal_recurrence_reference, ("cpu", "cuda"), Capabilities(dtypes=DTYPES, segments=True))
 

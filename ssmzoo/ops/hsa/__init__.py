@@ -36,7 +36,7 @@ from ..dispatch import (HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Requ
                         grad_needed, register_op)
 from . import cpu
 from .chunked import hsa_chunked
-from .inputs import HSAInputs, check_hsa
+from .inputs import HSAInputs, check_hsa, fake_hsa
 from .reference import hsa_reference
 from .routing import select_chunks
 
@@ -64,10 +64,10 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
-dispatch = Dispatcher("hsa", hsa_reference, _probe_case, rtol=1e-3, atol=1e-4)
+dispatch = Dispatcher("hsa", hsa_reference, _probe_case, fake=fake_hsa, rtol=1e-3, atol=1e-4)
 dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT, **STATELESS),
-                  available=_triton_available)
-dispatch.register("cpu", cpu.hsa_cpu, ("cpu",), Capabilities(dtypes=ALL_FLOAT, **STATELESS), available=cpu.available)
+                  available=_triton_available, opaque=True)
+dispatch.register("cpu", cpu.hsa_cpu, ("cpu",), Capabilities(dtypes=ALL_FLOAT, **STATELESS), available=cpu.available, opaque=True)
 dispatch.register("chunked", hsa_chunked, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT, **STATELESS))
 # The reference materialises (Lq × Lk) logits and (Lq × n × n) ranks per head: auto takes it for small problems only.
 dispatch.register("reference", hsa_reference, ("cpu", "cuda"),

@@ -23,7 +23,7 @@ from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Reque
 from ..segments import Segments
 from . import cpu
 from .chunked import mamba3_chunked
-from .inputs import Mamba3Inputs, Mamba3State, check_mamba3
+from .inputs import Mamba3Inputs, Mamba3State, check_mamba3, fake_mamba3
 from .reference import mamba3_reference
 
 ALL_FLOAT = REAL_DTYPES + HALF_DTYPES
@@ -58,10 +58,10 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
-dispatch = Dispatcher("mamba3", mamba3_reference, _probe_case)
+dispatch = Dispatcher("mamba3", mamba3_reference, _probe_case, fake=fake_mamba3)
 PACKED = Capabilities(dtypes=ALL_FLOAT, segments=True)
-dispatch.register("triton", _triton, ("cuda",), PACKED, available=_triton_available)
-dispatch.register("cpu", cpu.mamba3_cpu, ("cpu",), PACKED, available=cpu.available)
+dispatch.register("triton", _triton, ("cuda",), PACKED, available=_triton_available, opaque=True)
+dispatch.register("cpu", cpu.mamba3_cpu, ("cpu",), PACKED, available=cpu.available, opaque=True)
 dispatch.register("chunked", mamba3_chunked, ("cpu", "cuda"), PACKED)
 dispatch.register("reference", mamba3_reference, ("cpu", "cuda"), PACKED)
 

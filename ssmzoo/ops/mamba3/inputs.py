@@ -195,3 +195,20 @@ def check_mamba3(inputs: Mamba3Inputs, output_final_state: bool = False) -> None
     for name, t in named.items():
         if t is not None and t.device != x.device:
             raise ValueError(f"{OP}: {name} must be on x's device {x.device}, got {t.device}")
+
+
+def fake_mamba3(inputs: Mamba3Inputs, output_final_state: bool = False) -> Tensor | tuple[Tensor, Mamba3State]:
+    """Empty outputs shaped and typed like the reference's (the custom operators' fake implementation)."""
+    x = inputs.x
+    batch, length, heads, headdim = x.shape
+    if inputs.mimo and inputs.mimo_o is None:
+        y = x.new_empty(batch, length, inputs.rank, heads, headdim)
+    else:
+        y = x.new_empty(batch, length, heads, headdim)
+    if not output_final_state:
+        return y
+    num, dtype, d_state = inputs.num_states, compute_dtype(x), inputs.B.shape[-1]
+    k = (num, heads, inputs.rank, d_state) if inputs.mimo else (num, heads, d_state)
+    return y, Mamba3State(x.new_empty(num, heads, inputs.angles.shape[-1], dtype=dtype),
+                          x.new_empty(num, heads, headdim, d_state, dtype=dtype), x.new_empty(k, dtype=dtype),
+                          x.new_empty(num, heads, headdim, dtype=dtype))

@@ -26,7 +26,7 @@ from ..dispatch import (ENV_VAR, HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatc
 from ..segments import Segments
 from ..selective_scan import dispatch as scan_dispatch
 from .cpu import MAX_STATE, available, mamba_inner_cpu
-from .inputs import MambaInnerInputs, MambaInnerWeights, State, check_mamba_inner
+from .inputs import MambaInnerInputs, MambaInnerWeights, State, check_mamba_inner, fake_mamba_inner
 from .reference import mamba_inner_reference
 from .unfused import mamba_inner_unfused
 
@@ -54,9 +54,9 @@ def _cpu_accepts(request: Request) -> str | None:
 
 
 ALL_FLOAT = REAL_DTYPES + HALF_DTYPES
-dispatch = Dispatcher("mamba_inner", mamba_inner_reference, _inner_probe_case)
+dispatch = Dispatcher("mamba_inner", mamba_inner_reference, _inner_probe_case, fake=fake_mamba_inner)
 dispatch.register("cpu", mamba_inner_cpu, ("cpu",), Capabilities(segments=True), available=available,
-                  accepts=_cpu_accepts)
+                  accepts=_cpu_accepts, opaque=True)
 dispatch.register("unfused", mamba_inner_unfused, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT, segments=True))
 dispatch.register("reference", mamba_inner_reference, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT, segments=True))
 

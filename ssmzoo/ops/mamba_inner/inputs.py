@@ -72,3 +72,15 @@ def check_mamba_inner(x: MambaInnerInputs) -> None:
     if ssm_state is not None and floating(OP, "ssm_state", ssm_state).shape != (count, d_inner, n):
         raise ValueError(f"{OP}: ssm_state must be ({lead}={count}, D={d_inner}, N={n}), got shape {shape(ssm_state)}")
     one_device(OP, {"xz": xz, **w._asdict(), "conv_state": conv_state, "ssm_state": ssm_state})
+
+
+def fake_mamba_inner(x: MambaInnerInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, State]:
+    """Empty outputs shaped and typed like the reference's (the custom operators' fake implementation)."""
+    batch, length, two_d = x.xz.shape
+    y = x.xz.new_empty(batch, length, two_d // 2)
+    if not output_final_state:
+        return y
+    states = batch if x.segments is None else x.segments.num_docs
+    w = x.weights
+    return y, (x.xz.new_empty(states, two_d // 2, w.conv_weight.shape[-1] - 1),
+               x.xz.new_empty(states, two_d // 2, w.A_log.shape[1]))

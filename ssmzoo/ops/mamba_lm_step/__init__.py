@@ -20,7 +20,7 @@ from ..mamba_inner.cpu import MAX_STATE
 from ..mamba_step import MambaStepWeights
 from ..quantized import Matrix
 from .cpu import cpu_stepper, mamba_lm_step_cpu, pack_weights
-from .inputs import MambaLMStepInputs, MambaLMStepWeights, check_mamba_lm_step, check_state_count
+from .inputs import MambaLMStepInputs, MambaLMStepWeights, check_mamba_lm_step, check_state_count, fake_mamba_lm_step
 from .reference import mamba_lm_step_reference
 
 
@@ -37,9 +37,9 @@ def _lm_probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dic
     return (MambaLMStepInputs(torch.tensor([1, 4], device=device), state, w),), {}
 
 
-dispatch = Dispatcher("mamba_lm_step", mamba_lm_step_reference, _lm_probe_case, rtol=1e-4, atol=1e-5)
+dispatch = Dispatcher("mamba_lm_step", mamba_lm_step_reference, _lm_probe_case, fake=fake_mamba_lm_step, rtol=1e-4, atol=1e-5)
 dispatch.register("cpu", mamba_lm_step_cpu, ("cpu",), Capabilities(grad=False), available=cpu_available,
-                  accepts=state_at_most(MAX_STATE))
+                  accepts=state_at_most(MAX_STATE), opaque=True)
 dispatch.register("reference", mamba_lm_step_reference, ("cpu", "cuda"),
                   Capabilities(dtypes=REAL_DTYPES + HALF_DTYPES))
 

@@ -15,7 +15,7 @@ from ..mamba_inner import MambaInnerWeights, State
 from ..mamba_inner import available as cpu_available
 from ..mamba_inner.cpu import MAX_STATE
 from .cpu import mamba_step_cpu
-from .inputs import MambaStepInputs, MambaStepWeights, check_mamba_step
+from .inputs import MambaStepInputs, MambaStepWeights, check_mamba_step, fake_mamba_step
 from .reference import mamba_step_reference
 
 
@@ -28,9 +28,9 @@ def _step_probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, d
     return (MambaStepInputs(t(batch, d_model), (t(batch, d, width - 1), t(batch, d, n)), w),), {}
 
 
-dispatch = Dispatcher("mamba_step", mamba_step_reference, _step_probe_case, rtol=1e-4, atol=1e-5)
+dispatch = Dispatcher("mamba_step", mamba_step_reference, _step_probe_case, fake=fake_mamba_step, rtol=1e-4, atol=1e-5)
 dispatch.register("cpu", mamba_step_cpu, ("cpu",), Capabilities(grad=False), available=cpu_available,
-                  accepts=state_at_most(MAX_STATE))
+                  accepts=state_at_most(MAX_STATE), opaque=True)
 dispatch.register("reference", mamba_step_reference, ("cpu", "cuda"),
                   Capabilities(dtypes=REAL_DTYPES + HALF_DTYPES))
 

@@ -45,3 +45,9 @@ def check_mamba_step(x: MambaStepInputs) -> None:
         got = f"({', '.join(shape(s) for s in state)})" if isinstance(state, (tuple, list)) else type(state).__name__
         raise ValueError(f"{OP}: state must be (conv_state (batch={batch}, D={d}, W-1={width - 1}), ssm_state "
                          f"(batch={batch}, D={d}, N={n})), got {got}")
+
+
+def fake_mamba_step(x: MambaStepInputs) -> tuple[Tensor, State]:
+    """Empty outputs shaped and typed like the reference's (the custom operators' fake implementation)."""
+    conv_state, h = x.state
+    return x.x_t.new_empty(x.x_t.shape), (conv_state.new_empty(conv_state.shape), h.new_empty(h.shape))

@@ -24,7 +24,7 @@ from ..dispatch import (HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Requ
 from ..segments import Segments
 from . import cpu, cuda, mamba_ssm
 from .chunked import selective_scan_chunked
-from .inputs import ScanInputs, check_selective_scan
+from .inputs import ScanInputs, check_selective_scan, fake_selective_scan
 from .reference import selective_scan_reference
 
 ALL_FLOAT = REAL_DTYPES + HALF_DTYPES
@@ -53,14 +53,15 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
-dispatch = Dispatcher("selective_scan", selective_scan_reference, _probe_case)
+dispatch = Dispatcher("selective_scan", selective_scan_reference, _probe_case, fake=fake_selective_scan)
 dispatch.register("mamba_ssm", mamba_ssm.selective_scan_mamba_ssm, ("cuda",),
-                  Capabilities(initial_state=False, final_state=False, dtypes=ALL_FLOAT), available=mamba_ssm.available)
+                  Capabilities(initial_state=False, final_state=False, dtypes=ALL_FLOAT), available=mamba_ssm.available, opaque=True)
 dispatch.register("cuda", cuda.selective_scan_cuda, ("cuda",), Capabilities(dtypes=ALL_FLOAT),
-                  available=cuda.available, accepts=state_at_most(cuda.MAX_STATE))
-dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT), available=_triton_available)
+                  available=cuda.available, accepts=state_at_most(cuda.MAX_STATE), opaque=True)
+dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT), available=_triton_available,
+                  opaque=True)
 dispatch.register("cpu", cpu.selective_scan_cpu, ("cpu",), PACKED, available=cpu.available,
-                  accepts=state_at_most(cpu.MAX_STATE))
+                  accepts=state_at_most(cpu.MAX_STATE), opaque=True)
 dispatch.register("chunked", selective_scan_chunked, ("cpu", "cuda"), PACKED)
 dispatch.register("reference", selective_scan_reference, ("cpu", "cuda"), PACKED)
 

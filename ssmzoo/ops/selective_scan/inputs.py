@@ -75,3 +75,12 @@ def check_selective_scan(x: ScanInputs) -> None:
     if initial_state is not None and floating(OP, "initial_state", initial_state).shape != (count, d_inner, d_state):
         raise ValueError(f"{OP}: initial_state must be ({lead}={count}, D={d_inner}, N={d_state}), "
                          f"got shape {shape(initial_state)}")
+
+
+def fake_selective_scan(x: ScanInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Empty outputs shaped and typed like the reference's (the custom operators' fake implementation)."""
+    y = x.u.new_empty(x.u.shape)
+    if not output_final_state:
+        return y
+    states = x.u.shape[0] if x.segments is None else x.segments.num_docs
+    return y, x.u.new_empty(states, x.u.shape[1], x.A.shape[1])

@@ -26,7 +26,7 @@ from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Reque
 from ..segments import Segments
 from . import cpu, mamba_ssm
 from .chunked import ssd_chunked
-from .inputs import SSDInputs, check_ssd
+from .inputs import SSDInputs, check_ssd, fake_ssd
 from .reference import discretize_dt, ssd_reference
 from .update import ssd_update
 
@@ -63,12 +63,12 @@ def _mamba_ssm_accepts(request: Request) -> str | None:
 
 
 PACKED = Capabilities(dtypes=ALL_FLOAT, segments=True)
-dispatch = Dispatcher("ssd", ssd_reference, _probe_case)
+dispatch = Dispatcher("ssd", ssd_reference, _probe_case, fake=fake_ssd)
 dispatch.register("mamba_ssm", mamba_ssm.ssd_mamba_ssm, ("cuda",),
                   Capabilities(dtypes=(torch.float32,) + HALF_DTYPES, segments=True), available=mamba_ssm.available,
-                  accepts=_mamba_ssm_accepts)
-dispatch.register("triton", _triton, ("cuda",), PACKED, available=_triton_available)
-dispatch.register("cpu", cpu.ssd_cpu, ("cpu",), PACKED, available=cpu.available)
+                  accepts=_mamba_ssm_accepts, opaque=True)
+dispatch.register("triton", _triton, ("cuda",), PACKED, available=_triton_available, opaque=True)
+dispatch.register("cpu", cpu.ssd_cpu, ("cpu",), PACKED, available=cpu.available, opaque=True)
 dispatch.register("chunked", ssd_chunked, ("cpu", "cuda"), PACKED)
 dispatch.register("reference", ssd_reference, ("cpu", "cuda"), PACKED)
 

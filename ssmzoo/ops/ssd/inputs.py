@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from ..checks import boolean, floating, one_device, positive_int, segments_of, shape, states_expected
@@ -106,3 +107,15 @@ def check_ssd_update(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, sta
     boolean(op, "dt_softplus", dt_softplus)
     _check_limit(op, dt_limit)
     one_device(op, {"x": x, "dt": dt, "A": A, "B": B, "C": C, "state": state, "D": D, "z": z, "dt_bias": dt_bias})
+
+
+def fake_ssd(inputs: SSDInputs, *, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Empty outputs shaped and typed like the reference's (the custom operators' fake implementation)."""
+    x = inputs.x
+    y = x.new_empty(x.shape)
+    if not output_final_state:
+        return y
+    batch, _, heads, headdim = x.shape
+    states = batch if inputs.segments is None else inputs.segments.num_docs
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return y, x.new_empty(states, heads, headdim, inputs.B.shape[-1], dtype=dtype)

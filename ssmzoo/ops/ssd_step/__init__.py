@@ -17,7 +17,7 @@ from torch import Tensor
 from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Request, grad_needed, register_op
 from .cpu import available as cpp_available
 from .cpu import ssd_step_cpu
-from .inputs import SsdStepInputs, check_ssd_step
+from .inputs import SsdStepInputs, check_ssd_step, fake_ssd_step
 from .reference import ssd_step_reference
 
 
@@ -31,8 +31,8 @@ def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
     return (inputs,), {}
 
 
-dispatch = Dispatcher("ssd_step", ssd_step_reference, _probe_case, rtol=1e-4, atol=1e-5)
-dispatch.register("cpu", ssd_step_cpu, ("cpu",), Capabilities(grad=False), available=cpp_available)
+dispatch = Dispatcher("ssd_step", ssd_step_reference, _probe_case, fake=fake_ssd_step, rtol=1e-4, atol=1e-5)
+dispatch.register("cpu", ssd_step_cpu, ("cpu",), Capabilities(grad=False), available=cpp_available, opaque=True)
 dispatch.register("reference", ssd_step_reference, ("cpu", "cuda"), Capabilities(dtypes=REAL_DTYPES + HALF_DTYPES))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from ..ssd.inputs import check_ssd_update
@@ -32,3 +33,9 @@ def check_ssd_step(inputs: SsdStepInputs) -> None:
     """A ValueError naming the op and the argument for anything ``ssd_update``'s contract does not allow."""
     i = inputs
     check_ssd_update(i.x, i.dt, i.A, i.B, i.C, i.state, i.D, i.z, i.dt_bias, i.dt_softplus, i.dt_limit)
+
+
+def fake_ssd_step(inputs: SsdStepInputs) -> tuple[Tensor, Tensor]:
+    """Empty outputs shaped and typed like the reference's (the custom operators' fake implementation)."""
+    dtype = torch.float64 if inputs.x.dtype == torch.float64 else torch.float32
+    return inputs.x.new_empty(inputs.x.shape), inputs.state.new_empty(inputs.state.shape, dtype=dtype)
