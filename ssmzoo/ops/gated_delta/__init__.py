@@ -24,7 +24,7 @@ from ..dispatch import HALF_DTYPES, REAL_DTYPES, Capabilities, Dispatcher, Reque
 from ..segments import Segments
 from . import cpu
 from .chunked import gated_delta_chunked
-from .inputs import GatedDeltaInputs, check_gated_delta
+from .inputs import GatedDeltaInputs, check_gated_delta, fake_gated_delta
 from .reference import gated_delta_reference
 from .step import gated_delta_step
 
@@ -55,9 +55,11 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
-dispatch = Dispatcher("gated_delta_rule", gated_delta_reference, _probe_case)
-dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT, segments=True), available=_triton_available)
-dispatch.register("cpu", cpu.gated_delta_cpu, ("cpu",), Capabilities(dtypes=ALL_FLOAT, segments=True), available=cpu.available)
+dispatch = Dispatcher("gated_delta_rule", gated_delta_reference, _probe_case, fake=fake_gated_delta)
+dispatch.register("triton", _triton, ("cuda",), Capabilities(dtypes=ALL_FLOAT, segments=True), available=_triton_available,
+                  opaque=True)
+dispatch.register("cpu", cpu.gated_delta_cpu, ("cpu",), Capabilities(dtypes=ALL_FLOAT, segments=True), available=cpu.available,
+                  opaque=True)
 dispatch.register("chunked", gated_delta_chunked, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT, segments=True))
 dispatch.register("reference", gated_delta_reference, ("cpu", "cuda"), Capabilities(dtypes=ALL_FLOAT, segments=True))
 

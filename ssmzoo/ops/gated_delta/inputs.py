@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from ..segments import Segments
@@ -139,3 +140,14 @@ def check_gated_delta_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Ten
     for name, t in (("k", k), ("v", v), ("g", g), ("beta", beta), ("state", state)):
         if t.device != q.device:
             raise ValueError(f"{fn}: {name} must be on q's device {q.device}, got {t.device}")
+
+
+def fake_gated_delta(x: GatedDeltaInputs, output_final_state: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """Empty outputs shaped and typed like the reference's (the custom operators' fake implementation)."""
+    b, length, hv, dv = x.v.shape
+    o = x.q.new_empty(b, length, hv, dv)
+    if not output_final_state:
+        return o
+    seqs = b if x.segments is None else x.segments.num_docs
+    dtype = torch.float64 if x.q.dtype == torch.float64 else torch.float32
+    return o, x.q.new_empty(seqs, hv, x.k.shape[-1], dv, dtype=dtype)

@@ -18,7 +18,7 @@ from ..quantized import Int8Matrix, Matrix, quantize_int8
 from .cpu import available as cpu_available
 from .cpu import cpu_stepper, mamba2_lm_step_cpu
 from .inputs import (Mamba2BlockWeights, Mamba2LMStepInputs, Mamba2LMStepWeights, State, check_mamba2_lm_step,
-                     check_state_count)
+                     check_state_count, fake_mamba2_lm_step)
 from .reference import mamba2_lm_step_reference
 
 
@@ -44,8 +44,10 @@ def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
     return (Mamba2LMStepInputs(torch.tensor([1, 6], device=device), state, w),), {}
 
 
-dispatch = Dispatcher("mamba2_lm_step", mamba2_lm_step_reference, _probe_case, rtol=1e-4, atol=1e-5)
-dispatch.register("cpu", mamba2_lm_step_cpu, ("cpu",), Capabilities(grad=False), available=cpu_available)
+dispatch = Dispatcher("mamba2_lm_step", mamba2_lm_step_reference, _probe_case, fake=fake_mamba2_lm_step,
+                      rtol=1e-4, atol=1e-5)
+dispatch.register("cpu", mamba2_lm_step_cpu, ("cpu",), Capabilities(grad=False), available=cpu_available,
+                  opaque=True)
 dispatch.register("reference", mamba2_lm_step_reference, ("cpu", "cuda"), Capabilities(dtypes=REAL_DTYPES + HALF_DTYPES))
 
 

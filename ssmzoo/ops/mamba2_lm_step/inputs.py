@@ -74,3 +74,10 @@ def check_state_count(state: list[State], weights: Mamba2LMStepWeights) -> None:
         got = f"{len(state)} entries" if isinstance(state, (list, tuple)) else type(state).__name__
         raise ValueError(f"mamba2_lm_step: state must hold one (conv_state, ssm_state) per layer "
                          f"({len(weights.layers)}), got {got}")
+
+
+def fake_mamba2_lm_step(inputs: Mamba2LMStepInputs) -> tuple[Tensor, list[State]]:
+    """Empty outputs shaped and typed like the reference's (the custom operators' fake implementation)."""
+    w = inputs.weights
+    logits = w.embedding.new_empty(inputs.token.shape[0], w.embedding.shape[0])
+    return logits, [(c.new_empty(c.shape), h.new_empty(h.shape)) for c, h in inputs.state]
