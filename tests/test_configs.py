@@ -162,7 +162,7 @@ def test_real_data_is_looked_for_where_ssmzoo_data_pointed_when_the_tests_starte
     (user / "ETT-small" / "ETTh1.csv").write_text("date,OT\n")
     monkeypatch.setattr(__import__(__name__), "USER_DATA", str(user))
     monkeypatch.setenv("SSMZOO_DATA", str(tmp_path / "generated"))
-    spec = yaml.safe_load((ROOT / "configs/timeseries/etth1/s4d_S_96.yaml").read_text())
+    spec = yaml.safe_load((ROOT / "configs/timeseries/etth1/s4d_M_96.yaml").read_text())
     args, missing = user_data_overrides(spec, tmp_path / "standin", monkeypatch)
     assert missing is None and f"--data.init_args.path={user / 'ETT-small' / 'ETTh1.csv'}" in args
     assert os.environ["SSMZOO_DATA"] == str(tmp_path / "generated")
