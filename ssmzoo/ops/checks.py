@@ -70,3 +70,29 @@ def shapes_equal(op: str, name: str, t: Any, want: Iterable[int], doc: str) -> N
     """``t`` must be a tensor of shape ``want`` (``doc`` names the dimensions, e.g. "(batch=2, D=4, L=7)")."""
     if not isinstance(t, Tensor) or tuple(t.shape) != tuple(want):
         raise ValueError(f"{op}: {name} must be {doc}, got shape {shape(t)}")
+
+
+# -- whole-model one-token steps (mamba_lm_step, mamba2_lm_step): a token per row and a state per block ---------
+def lm_step_token_and_layers(op: str, token: Any, weights: Any) -> None:
+    """``token`` a non-empty (batch,) integer tensor; ``weights`` one norm weight per layer."""
+    if not isinstance(token, Tensor) or token.dim() != 1 or token.shape[0] == 0 or token.is_floating_point() \
+            or token.is_complex() or token.dtype == torch.bool:
+        raise ValueError(f"{op}: token must be a non-empty (batch,) integer tensor, got "
+                         f"{getattr(token, 'dtype', type(token).__name__)} of shape {tuple(getattr(token, 'shape', ()))}")
+    if len(weights.layers) != len(weights.norm_weights):
+        raise ValueError(f"{op}: weights has {len(weights.layers)} layers but {len(weights.norm_weights)} "
+                         "norm_weights")
+
+
+def lm_step_state_count(op: str, state: Any, weights: Any) -> None:
+    """``state`` a list or tuple of one (conv_state, ssm_state) per layer of ``weights``."""
+    if not isinstance(state, (list, tuple)) or len(state) != len(weights.layers):
+        got = f"{len(state)} entries" if isinstance(state, (list, tuple)) else type(state).__name__
+        raise ValueError(f"{op}: state must hold one (conv_state, ssm_state) per layer "
+                         f"({len(weights.layers)}), got {got}")
+
+
+def fake_lm_step(token: Tensor, state: Any, like: Tensor, vocab: int) -> tuple[Tensor, list]:
+    """Empty (logits (batch, vocab) like ``like``, the next state shaped as ``state``): the custom operators'
+    fake implementation of a whole-model step."""
+    return like.new_empty(token.shape[0], vocab), [(c.new_empty(c.shape), h.new_empty(h.shape)) for c, h in state]

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import Tensor
 
+from ..checks import fake_lm_step, lm_step_state_count, lm_step_token_and_layers
 from ..quantized import Matrix
 
 OP = "mamba2_lm_step"
@@ -59,25 +59,15 @@ class Mamba2LMStepInputs(NamedTuple):
 
 def check_mamba2_lm_step(x: Mamba2LMStepInputs) -> None:
     token, state, weights = x
-    if not isinstance(token, Tensor) or token.dim() != 1 or token.shape[0] == 0 or token.is_floating_point() \
-            or token.is_complex() or token.dtype == torch.bool:
-        raise ValueError(f"mamba2_lm_step: token must be a non-empty (batch,) integer tensor, got "
-                         f"{getattr(token, 'dtype', type(token).__name__)} of shape {tuple(getattr(token, 'shape', ()))}")
-    if len(weights.layers) != len(weights.norm_weights):
-        raise ValueError(f"mamba2_lm_step: weights has {len(weights.layers)} layers but {len(weights.norm_weights)} "
-                         "norm_weights")
+    lm_step_token_and_layers("mamba2_lm_step", token, weights)
     check_state_count(state, weights)
 
 
 def check_state_count(state: list[State], weights: Mamba2LMStepWeights) -> None:
-    if not isinstance(state, (list, tuple)) or len(state) != len(weights.layers):
-        got = f"{len(state)} entries" if isinstance(state, (list, tuple)) else type(state).__name__
-        raise ValueError(f"mamba2_lm_step: state must hold one (conv_state, ssm_state) per layer "
-                         f"({len(weights.layers)}), got {got}")
+    lm_step_state_count("mamba2_lm_step", state, weights)
 
 
 def fake_mamba2_lm_step(inputs: Mamba2LMStepInputs) -> tuple[Tensor, list[State]]:
     """Empty outputs shaped and typed like the reference's (the custom operators' fake implementation)."""
     w = inputs.weights
-    logits = w.embedding.new_empty(inputs.token.shape[0], w.embedding.shape[0])
-    return logits, [(c.new_empty(c.shape), h.new_empty(h.shape)) for c, h in inputs.state]
+    return fake_lm_step(inputs.token, inputs.state, w.embedding, w.embedding.shape[0])

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import Tensor
 
+from ..checks import fake_lm_step, lm_step_state_count, lm_step_token_and_layers
 from ..mamba_inner.inputs import State
 from ..mamba_step.inputs import MambaStepWeights
 
@@ -45,25 +45,15 @@ class MambaLMStepInputs(NamedTuple):
 
 def check_mamba_lm_step(x: MambaLMStepInputs) -> None:
     token, state, weights = x
-    if not isinstance(token, Tensor) or token.dim() != 1 or token.shape[0] == 0 or token.is_floating_point() \
-            or token.is_complex() or token.dtype == torch.bool:
-        raise ValueError(f"mamba_lm_step: token must be a non-empty (batch,) integer tensor, got "
-                         f"{getattr(token, 'dtype', type(token).__name__)} of shape {tuple(getattr(token, 'shape', ()))}")
-    if len(weights.layers) != len(weights.norm_weights):
-        raise ValueError(f"mamba_lm_step: weights has {len(weights.layers)} layers but {len(weights.norm_weights)} "
-                         "norm_weights")
+    lm_step_token_and_layers("mamba_lm_step", token, weights)
     check_state_count(state, weights)
 
 
 def check_state_count(state: list[State], weights: MambaLMStepWeights) -> None:
-    if not isinstance(state, (list, tuple)) or len(state) != len(weights.layers):
-        got = f"{len(state)} entries" if isinstance(state, (list, tuple)) else type(state).__name__
-        raise ValueError(f"mamba_lm_step: state must hold one (conv_state, ssm_state) per layer "
-                         f"({len(weights.layers)}), got {got}")
+    lm_step_state_count("mamba_lm_step", state, weights)
 
 
 def fake_mamba_lm_step(inputs: MambaLMStepInputs) -> tuple[Tensor, list[State]]:
     """Empty outputs shaped and typed like the reference's (the custom operators' fake implementation)."""
     w = inputs.weights
-    logits = w.embedding.new_empty(inputs.token.shape[0], w.lm_head_weight.shape[0])
-    return logits, [(c.new_empty(c.shape), h.new_empty(h.shape)) for c, h in inputs.state]
+    return fake_lm_step(inputs.token, inputs.state, w.embedding, w.lm_head_weight.shape[0])
