@@ -18,18 +18,24 @@ FAULTS = textwrap.dedent("""
     import resource, sys, torch
     import ssmzoo.layers
     from ssmzoo.allocator import keep_freed_memory
-    def faults_per_alloc(n=64 * 2**18):  # 64 MB of float32
-        torch.ones(n)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(5):
+    def faults_per_alloc(n=64 * 2**18, warm=3, runs=9):  # 64 MB of float32
+        for _ in range(warm):
             torch.ones(n)
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+        counts = []
+        for _ in range(runs):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            torch.ones(n)
+            counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        return sorted(counts)[runs // 2]
     default = faults_per_alloc()
     kept = keep_freed_memory()
     print(default, kept, faults_per_alloc())
 """)
 
 
+# The median of 9 allocations after 3 to settle: a CI run once saw 2 of 5 blocks fault right after the switch (the
+# heap growing past something mapped above it) though the steady state reuses them; without the switch every
+# block faults, so the median still tells the two apart.
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_kept_memory_is_reused_without_page_faults():
     out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, check=True, timeout=300)
