@@ -67,3 +67,40 @@ def test_a_position_from_another_epoch_is_ignored():
     loader = ResumableDataLoader(dataset(), 4, shuffle=True, seed=1)
     loader.load_state_dict({"epoch": 0, "batches": 3})
     assert len(epoch_batches(loader, 1)) == 6
+
+
+def test_lightning_overfit_batches_repeats_the_first_batches_in_order(tmp_path):
+    """``--trainer.overfit_batches N``: Lightning injects a SequentialSampler into the training loader (it used to
+    refuse: the loader's ``__init__`` had no ``sampler``); every epoch then trains on the dataset's first N batches."""
+    import lightning.pytorch as pl
+
+    seen: list[list[int]] = []
+
+    class Recorder(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def training_step(self, batch, batch_idx):
+            seen.append(batch[0].tolist())
+            return (self.w - 1.0) ** 2
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Data(pl.LightningDataModule):
+        def train_dataloader(self):
+            return ResumableDataLoader(TensorDataset(torch.arange(40)), batch_size=4, shuffle=True, seed=3)
+
+    trainer = pl.Trainer(overfit_batches=2, max_epochs=3, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(Recorder(), datamodule=Data())
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7]] * 3
+
+
+def test_a_given_sampler_excludes_shuffle_and_batch_sampler():
+    data = TensorDataset(torch.arange(8))
+    with pytest.raises(ValueError, match="shuffle"):
+        ResumableDataLoader(data, 2, shuffle=True, sampler=torch.utils.data.SequentialSampler(data))
+    with pytest.raises(ValueError, match="batch_sampler"):
+        ResumableDataLoader(data, 2, shuffle=False, batch_sampler=[[0, 1]])

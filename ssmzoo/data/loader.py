@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 
 def run_seed() -> int:
@@ -89,6 +89,10 @@ class ResumableDataLoader(DataLoader):
         shuffle: a new order every epoch (a permutation seeded by :func:`epoch_seed`) or the dataset's order.
         seed: the order's seed; default :func:`run_seed`.
         num_workers, collate_fn, pin_memory, drop_last: as in DataLoader.
+        sampler: an order that replaces the epoch order: what Lightning injects (``--trainer.overfit_batches``
+            gives a ``SequentialSampler``, so every epoch sees the same first batches). Such a loader does not
+            resume in the middle of an epoch; it restarts that epoch.
+        batch_sampler: only ``None`` (Lightning passes it when it injects ``sampler``).
     """
 
     def __init__(
@@ -101,12 +105,18 @@ class ResumableDataLoader(DataLoader):
         collate_fn: Callable[[list[Any]], Any] | None = None,
         pin_memory: bool = False,
         drop_last: bool = False,
+        sampler: Sampler | None = None,
+        batch_sampler: None = None,
     ) -> None:
+        if batch_sampler is not None:
+            raise ValueError(f"ResumableDataLoader: batch_sampler must be None, got {type(batch_sampler).__name__}")
+        if sampler is not None and shuffle:
+            raise ValueError("ResumableDataLoader: shuffle must be False when a sampler is given (it sets the order)")
         seed = run_seed() if seed is None else seed
         super().__init__(
             dataset,
             batch_size=batch_size,
-            sampler=EpochSampler(dataset, shuffle, seed),
+            sampler=EpochSampler(dataset, shuffle, seed) if sampler is None else sampler,
             num_workers=num_workers,
             collate_fn=collate_fn,
             pin_memory=pin_memory,
@@ -120,13 +130,13 @@ class ResumableDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         sampler = self.sampler
-        assert isinstance(sampler, EpochSampler)
-        epoch = sampler.epoch
+        epoch = getattr(sampler, "epoch", 0)
         skip = 0
-        if self._resume_at is not None and self._resume_at[0] == epoch:
+        if isinstance(sampler, EpochSampler) and self._resume_at is not None and self._resume_at[0] == epoch:
             skip = self._resume_at[1]
         self._resume_at = None
-        sampler.start = skip * self.batch_size
+        if isinstance(sampler, EpochSampler):
+            sampler.start = skip * self.batch_size
         self._yielded = skip
         self.generator.manual_seed(epoch_seed(self.seed, epoch))  # the workers' base seed, not the global RNG
         for batch in super().__iter__():
@@ -134,8 +144,7 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        assert isinstance(self.sampler, EpochSampler)
-        return {"epoch": self.sampler.epoch, "batches": self._yielded}
+        return {"epoch": getattr(self.sampler, "epoch", 0), "batches": self._yielded}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         self._resume_at = (int(state_dict["epoch"]), int(state_dict["batches"]))
