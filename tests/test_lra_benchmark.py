@@ -33,6 +33,8 @@ def test_run_py_trains_a_mini_config_and_labels_the_stand_in(tmp_path):
     assert result["config"] == "configs/lra/mini/fashion_mnist_s4d.yaml" and result["batch_size"] == 4
     assert 0 <= result["test_acc"] <= 1 and result["wall_time_s"] > 0 and result["cpu_time_s"] > 0
     assert result["load_1min"]["samples"] >= 2 and "1 threads" in result["machine"]
+    # the recorded command reproduces the run where it was written: the results folder is part of it
+    assert f"--results-dir {tmp_path / 'out' / 'results'}" in result["command"], result["command"]
     table = (tmp_path / "out" / "results.md").read_text()
     row = next(line for line in table.splitlines() if "fashion_mnist_s4d.yaml" in line)
     assert "STAND-IN" in row and "another data set" in row  # the published Image number is labelled as such

@@ -33,6 +33,12 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+DEFAULT_RESULTS = HERE / "results"
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository where it lies inside it (commands stay valid in any clone)."""
+    return str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
 sys.path.insert(0, str(REPO))  # run this checkout's ssmzoo, not another installed copy
 
 from ssmzoo.cli import run  # noqa: E402
@@ -126,7 +132,7 @@ def run_config(config: Path, root: str, cli_args: list[str], note: str, results_
     datamodule, network = cli.datamodule, cli.model.model
     task = lra_task(datamodule)
     name = f"{config.parent.name}_{config.stem}"
-    shown = str(config.resolve().relative_to(REPO)) if config.resolve().is_relative_to(REPO) else str(config)
+    shown = shown_path(config)
     trainer = cli.trainer
     result = {
         "task": task,
@@ -135,6 +141,7 @@ def run_config(config: Path, root: str, cli_args: list[str], note: str, results_
         "config": shown,
         "command": "python benchmarks/lra/run.py --config " + shlex.quote(shown)
         + (f" --threads {threads}" if threads is not None else "")
+        + ("" if results_dir.resolve() == DEFAULT_RESULTS.resolve() else " --results-dir " + shlex.quote(shown_path(results_dir)))
         + "".join(" " + shlex.quote(a) for a in (["--"] + cli_args if cli_args else [])),
         "layer": layer_name(cli.config["fit"]["model"]["init_args"]["model"]["init_args"]["layer"]),
         "parameters": sum(p.numel() for p in network.parameters()),
@@ -274,7 +281,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
                         "other jobs (10x slower steps measured at a load of 10 on 2 cores)")
     parser.add_argument("--root", default="runs/benchmarks", help="trainer.default_root_dir of the runs")
     parser.add_argument("--note", default="", help="a remark stored with each result (e.g. the machine was shared)")
-    parser.add_argument("--results-dir", default=str(HERE / "results"),
+    parser.add_argument("--results-dir", default=str(DEFAULT_RESULTS),
                         help="where the result JSON goes; results.md beside it is rebuilt from every JSON there")
     parser.add_argument("cli_args", nargs="*", help="extra ssmzoo fit arguments for every run (after --)")
     args = parser.parse_args(argv)
