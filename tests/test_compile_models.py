@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from ssmzoo import LanguageModel, SequenceModel
+from ssmzoo.models.decode_package import (DecodeStep, decode_metadata, export_decode_step, generate_greedy,
+                                         package_decode_step)
 from ssmzoo.models.ramba import RAMba
 from ssmzoo.models.titans import MAC, MAG, MAL
 
@@ -151,24 +153,11 @@ def test_export_forward_dynamic_length(name):
             torch.testing.assert_close(loaded.module()(ids), model(ids), rtol=1e-10, atol=1e-10)
 
 
-class DecodeStep(torch.nn.Module):
-    """``LanguageModel.step`` as a module: (token, *state tensors) -> (logits, *next state tensors)."""
-
-    def __init__(self, model, batch):
-        super().__init__()
-        self.model = model
-        self.spec = torch.utils._pytree.tree_structure(model.init_state(batch))
-
-    def forward(self, token, *state):
-        logits, new = self.model.step(token, torch.utils._pytree.tree_unflatten(list(state), self.spec))
-        return (logits, *torch.utils._pytree.tree_leaves(new))
-
-
 @pytest.mark.parametrize("name", ["mamba", pytest.param("mamba2", marks=pytest.mark.slow),
                                   pytest.param("hybrid", marks=pytest.mark.slow)])
 def test_export_decode_step(name):
     model = LMS[name]().eval()
-    step = DecodeStep(model, 2)
+    step = DecodeStep(model)
     with torch.no_grad():
         _, state = model(_tokens(2, 6), return_state=True)
         leaves = torch.utils._pytree.tree_leaves(state)
@@ -180,3 +169,99 @@ def test_export_decode_step(name):
         want = step(token, *leaves)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+# -- AOTInductor: the decode step compiled ahead of time, driven by a loop without the model ---------------------
+
+
+class _ExportedStep:
+    """The exported program of the decode step in place of its compiled package: the same call and metadata, so the
+    loop and the export are checked in the default suite without the C++ compile."""
+
+    def __init__(self, model):
+        self.module, self.metadata = export_decode_step(model).module(), decode_metadata(model)
+
+    def __call__(self, *args):
+        return self.module(*args)
+
+    def get_metadata(self):
+        return self.metadata
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_exported_decode_step_generates_the_same_tokens(batch):
+    """The step exported with PyTorch's reference ops and a dynamic batch (traced at 2), driven by generate_greedy
+    from a zero state, gives the tokens of LanguageModel.generate (prefill by forward, then the fused C++ step)."""
+    model = LMS["mamba"]().eval()
+    step = _ExportedStep(model)
+    prompt = _tokens(batch, 6, seed=5)
+    torch.testing.assert_close(generate_greedy(step, prompt, 12), model.generate(prompt, max_new_tokens=12),
+                               rtol=0, atol=0)
+    assert generate_greedy(step, prompt, 0).equal(prompt)
+
+
+def test_exported_decode_step_holds_pytorch_operators_only():
+    """Before the export chose the reference backends, the graph called ssmzoo::mamba_step_cpu, which a package
+    loaded without ssmzoo cannot run."""
+    program = export_decode_step(LMS["mamba2"]().eval())
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert targets and not any(t.startswith("ssmzoo") for t in targets), sorted(targets)
+
+
+def test_decode_package_says_what_it_cannot_compile(tmp_path):
+    with pytest.raises(ValueError, match="changes shape while decoding"):  # an attention KV cache grows
+        export_decode_step(LMS["hybrid"]().eval())
+    with pytest.raises(ValueError, match="path must end with .pt2"):
+        package_decode_step(LMS["mamba"]().eval(), tmp_path / "step.zip")
+    with pytest.raises(ValueError, match="package written by package_decode_step"):
+        generate_greedy(lambda *a: a, _tokens(1, 3), 2)
+    step = _ExportedStep(LMS["mamba"]().eval())
+    with pytest.raises(ValueError, match="input_ids must be a non-empty"):
+        generate_greedy(step, _tokens(1, 3)[0], 2)
+    with pytest.raises(ValueError, match="vocab_size=11"):
+        generate_greedy(step, _tokens(1, 3) + VOCAB, 2)
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 0"):
+        generate_greedy(step, _tokens(1, 3), -1)
+
+
+# The loop of generate_greedy written out, in a process that never imports ssmzoo: the package runs on PyTorch alone.
+_FRESH_PROCESS = """
+import json, sys, torch
+step = torch._inductor.aoti_load_package(sys.argv[1])
+layout = json.loads(step.get_metadata()["ssmzoo_decode_step"])
+prompt = torch.tensor(json.loads(sys.argv[2]))
+state = [torch.zeros((prompt.shape[0], *shape), dtype=getattr(torch, dtype)) for shape, dtype in layout["state"]]
+for t in range(prompt.shape[1]):
+    logits, *state = step(prompt[:, t].contiguous(), *state)
+new = []
+for _ in range(int(sys.argv[3])):
+    new.append(logits.argmax(-1))
+    logits, *state = step(new[-1], *state)
+assert not any(name.startswith("ssmzoo") for name in sys.modules)
+print(json.dumps(torch.stack(new, 1).tolist()))
+"""
+
+
+@pytest.mark.slow  # the C++ compile: about 40 s on a busy 2-core machine
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_aoti_package_generates_the_same_tokens(name, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    model = LMS[name]().eval()
+    path = package_decode_step(model, tmp_path / "step.pt2")
+    assert [p.name for p in tmp_path.iterdir()] == ["step.pt2"]  # no partial file left behind
+    step = torch._inductor.aoti_load_package(str(path))
+    for batch in (1, 3):
+        prompt = _tokens(batch, 6, seed=batch)
+        torch.testing.assert_close(generate_greedy(step, prompt, 12), model.generate(prompt, max_new_tokens=12),
+                                   rtol=0, atol=0)
+    prompt = _tokens(2, 5, seed=7)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, str(path), json.dumps(prompt.tolist()), "9"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = model.generate(prompt, max_new_tokens=9)[:, 5:]
+    assert json.loads(done.stdout.splitlines()[-1]) == want.tolist()
