@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ssmzoo import LanguageModel, SequenceModel
+from ssmzoo.models import LinearForecaster, SpaceTime, SSMForecaster
 from ssmzoo.models.decode_package import (DecodeStep, decode_metadata, export_decode_step, generate_greedy,
                                          package_decode_step)
 from ssmzoo.models.ramba import RAMba
@@ -112,6 +113,36 @@ def test_sequence_model_fullgraph():
                           layer_args={"d_state": 4}).double().train()
     ids, lengths = _tokens(3, 10), torch.tensor([10, 7, 3])
     _assert_compiled_equals_eager(model, lambda m: m(ids, lengths=lengths))
+
+
+# Every forecaster kind and its options that change the graph: NLinear (last-value norm), DLinear (moving-average
+# decomposition) with RevIN, SpaceTime (linear and repeat embeddings, its closed-loop decoder), SSM forecasters over
+# S4D, Mamba and Mamba-2 (channel-independent, patches with a flatten head, RevIN with affine weights, linear skip).
+FORECASTERS = {
+    "nlinear": lambda: LinearForecaster(3, 2, 16, 5),
+    "dlinear_revin": lambda: LinearForecaster(3, 2, 16, 5, decomposition=True, moving_average=5, instance_norm="revin"),
+    "spacetime": lambda: SpaceTime(3, 2, 16, 5, d_model=8, d_state=4, n_blocks=1),
+    "spacetime_repeat_ci": lambda: SpaceTime(3, 3, 16, 5, d_model=8, d_state=4, embedding="repeat",
+                                             instance_norm="revin", channel_independent=True),
+    "ssm_s4d": lambda: SSMForecaster(3, 2, 16, 5, layer="s4d", layer_args={"d_state": 4}, d_model=8, n_layers=2),
+    "ssm_s4d_patches": lambda: SSMForecaster(3, 3, 16, 5, layer="s4d", layer_args={"d_state": 4}, d_model=8,
+                                             n_layers=1, instance_norm="revin", revin_affine=True,
+                                             channel_independent=True, patch_len=4, stride=2, head="flatten",
+                                             linear_skip=True),
+    "ssm_mamba": lambda: SSMForecaster(3, 3, 16, 5, layer="mamba", layer_args={"d_state": 4}, d_model=8, n_layers=1,
+                                       channel_independent=True, linear_skip=True),
+    "ssm_mamba2": lambda: SSMForecaster(3, 2, 16, 5, layer="mamba2", d_model=8, n_layers=1,
+                                        layer_args={"d_state": 4, "headdim": 4, "chunk_size": 4}),
+}
+
+
+@pytest.mark.parametrize("name", FORECASTERS)
+def test_forecaster_fullgraph(name):
+    """Forecast and gradients of every parameter, compiled (fullgraph) vs eager, in float64."""
+    torch.manual_seed(0)
+    model = FORECASTERS[name]().double().train()
+    x = torch.randn(4, 16, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    _assert_compiled_equals_eager(model, lambda m: m(x))
 
 
 @pytest.mark.slow
