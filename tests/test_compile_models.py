@@ -296,3 +296,54 @@ def test_aoti_package_generates_the_same_tokens(name, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     want = model.generate(prompt, max_new_tokens=9)[:, 5:]
     assert json.loads(done.stdout.splitlines()[-1]) == want.tolist()
+
+
+# -- `ssmzoo fit --compile true` -------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("compile_flag", [True, False])
+def test_fit_with_compile_true_trains_the_compiled_network(compile_flag, tmp_path, monkeypatch):
+    """The Mamba LM config through the CLI: with --compile true the task's network is compiled in place and every
+    training step runs Dynamo's graphs (a counting backend stands in for Inductor, which takes minutes on 2 cores);
+    without it nothing is compiled."""
+    from pathlib import Path
+
+    from ssmzoo.cli import run
+
+    graphs, calls = [], []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+
+        def call(*args):
+            calls.append(len(graphs))
+            return gm.forward(*args)
+        return call
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, *a, **k: compile_module(self, *a, **{**k, "backend": counting_backend}))
+    monkeypatch.setenv("SSMZOO_DATA", str(tmp_path / "data"))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(["ROMEO: O, she doth teach the torches to burn bright!\n" * 8,
+                              "JULIET: My bounty is as boundless as the sea,\n" * 8, "NURSE: Madam!\n" * 20]):
+        (corpus / f"{i}.txt").write_text(text)
+    root = Path(__file__).resolve().parents[1]
+    cli = run(["fit", "--config", str(root / "configs/lm/mamba.yaml"), f"--data.init_args.path={corpus}",
+               "--data.init_args.tokenizer=byte", "--data.init_args.seq_len=16", "--data.init_args.val_split=1",
+               "--data.init_args.test_split=1", "--data.init_args.batch_size=4",
+               "--model.init_args.model.init_args.d_model=16", "--model.init_args.model.init_args.n_layers=1",
+               "--trainer.max_steps=4", "--trainer.val_check_interval=4", "--trainer.limit_val_batches=1",
+               "--trainer.limit_test_batches=1", "--model.init_args.sample_length=0",
+               "--trainer.enable_model_summary=false", "--trainer.enable_progress_bar=false",
+               f"--trainer.default_root_dir={tmp_path / 'runs'}", f"--compile={str(compile_flag).lower()}"])
+    network = cli.model.model
+    assert cli.results["steps"] == 4
+    if not compile_flag:
+        assert not graphs and network._compiled_call_impl is None
+        return
+    assert network._compiled_call_impl is not None and graphs
+    # 4 training steps, the validation and the test batch ran the compiled graphs
+    assert len(calls) >= 6, (len(graphs), len(calls))
