@@ -110,7 +110,9 @@ class _NextTokenTask(Task):
     def _loss(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         input_ids, targets, segments, num_bytes = self._unpack(batch)
         logits = self(input_ids, segments)
-        nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+        # at least float32 (half-precision logits upcast), never less than the model's own (float64 stays)
+        wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        nats = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
                                reduction="none").view_as(targets)
         return logits, targets, nats, num_bytes
 
