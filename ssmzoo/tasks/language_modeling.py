@@ -19,6 +19,7 @@ byte model and a BPE model evaluated on the same documents).
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -248,6 +249,13 @@ class LanguageModelingTask(_NextTokenTask):
                              "monitored metric) is unknown; use a text datamodule (ssmzoo.data.lm.TextDataModule) or "
                              "RecallTask for synthetic tasks")
         if self.sample_length and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            if self.device_mesh is not None:  # sharded (FSDP2): decoding on rank 0 alone would wait for the others
+                if not getattr(self, "_said_no_samples", False):
+                    print(f"ssmzoo: no validation samples under {type(self.trainer.strategy).__name__} (the sharded "
+                          "network gathers its weights with every process); --model.init_args.sample_length=0 "
+                          "says so in the config", file=sys.stderr, flush=True)
+                    self._said_no_samples = True
+                return
             self._log_sample()
 
     @torch.no_grad()
