@@ -87,3 +87,30 @@ def test_fsdp_with_compile_on_two_cpu_processes_equals_one_process_at_double_bat
     # training moved the weights far beyond that tolerance
     initial = torch.load(tmp_path / "single" / "initial.pt", weights_only=True)
     assert max((single[k] - initial[k]).abs().max().item() for k in single) > 1e-3
+
+
+def test_a_float64_language_model_keeps_float64_in_its_loss():
+    """Before: the task cast the logits to float32 for the cross entropy, so float64 runs (this file's, the DDP
+    test's) compared losses rounded to float32; half-precision logits are still upcast to float32."""
+    from ssmzoo import LanguageModel
+    from ssmzoo.tasks import LanguageModelingTask
+
+    torch.manual_seed(0)
+    task = LanguageModelingTask(LanguageModel(11, 8, n_layers=1, layer="mamba", layer_args={"d_state": 4}),
+                                sample_length=0)
+    ids = torch.randint(0, 11, (2, 7))
+    batch = {"input_ids": ids, "targets": torch.roll(ids, -1, 1)}
+    assert task.double()._loss(batch)[2].dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert task.float()._loss(batch)[2].dtype == torch.float32
+
+
+def test_without_a_device_mesh_configure_model_leaves_the_network_alone():
+    from ssmzoo import LanguageModel
+    from ssmzoo.tasks import LanguageModelingTask
+
+    task = LanguageModelingTask(LanguageModel(11, 8, n_layers=1, layer="mamba", layer_args={"d_state": 4}),
+                                sample_length=0)
+    before = dict(task.model.named_parameters())
+    task.configure_model()
+    assert dict(task.model.named_parameters()) == before and not hasattr(task.model, "param_tags_by_name")
