@@ -14,11 +14,13 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]
     - everything else gets ``lr`` and ``weight_decay``.
     """
     groups: dict[tuple, dict] = {}
+    # tags by parameter name, where sharding replaced the tagged parameters (ssmzoo.tasks.base.Task.configure_model)
+    by_name = getattr(model, "param_tags_by_name", {})
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         hp = {"lr": lr, "weight_decay": weight_decay if p.dim() >= 2 else 0.0}
-        hp.update(getattr(p, "_optim", {}))
+        hp.update(getattr(p, "_optim", None) or by_name.get(name, {}))
         key = tuple(sorted(hp.items()))
         group = groups.setdefault(key, {"params": [], "names": [], **hp})
         group["params"].append(p)

@@ -11,6 +11,9 @@ import pytest
 import torch
 
 from ssmzoo import LanguageModel, SequenceModel
+from ssmzoo.models import LinearForecaster, SpaceTime, SSMForecaster
+from ssmzoo.models.decode_package import (DecodeStep, decode_metadata, export_decode_step, generate_greedy,
+                                         package_decode_step)
 from ssmzoo.models.ramba import RAMba
 from ssmzoo.models.titans import MAC, MAG, MAL
 
@@ -112,6 +115,36 @@ def test_sequence_model_fullgraph():
     _assert_compiled_equals_eager(model, lambda m: m(ids, lengths=lengths))
 
 
+# Every forecaster kind and its options that change the graph: NLinear (last-value norm), DLinear (moving-average
+# decomposition) with RevIN, SpaceTime (linear and repeat embeddings, its closed-loop decoder), SSM forecasters over
+# S4D, Mamba and Mamba-2 (channel-independent, patches with a flatten head, RevIN with affine weights, linear skip).
+FORECASTERS = {
+    "nlinear": lambda: LinearForecaster(3, 2, 16, 5),
+    "dlinear_revin": lambda: LinearForecaster(3, 2, 16, 5, decomposition=True, moving_average=5, instance_norm="revin"),
+    "spacetime": lambda: SpaceTime(3, 2, 16, 5, d_model=8, d_state=4, n_blocks=1),
+    "spacetime_repeat_ci": lambda: SpaceTime(3, 3, 16, 5, d_model=8, d_state=4, embedding="repeat",
+                                             instance_norm="revin", channel_independent=True),
+    "ssm_s4d": lambda: SSMForecaster(3, 2, 16, 5, layer="s4d", layer_args={"d_state": 4}, d_model=8, n_layers=2),
+    "ssm_s4d_patches": lambda: SSMForecaster(3, 3, 16, 5, layer="s4d", layer_args={"d_state": 4}, d_model=8,
+                                             n_layers=1, instance_norm="revin", revin_affine=True,
+                                             channel_independent=True, patch_len=4, stride=2, head="flatten",
+                                             linear_skip=True),
+    "ssm_mamba": lambda: SSMForecaster(3, 3, 16, 5, layer="mamba", layer_args={"d_state": 4}, d_model=8, n_layers=1,
+                                       channel_independent=True, linear_skip=True),
+    "ssm_mamba2": lambda: SSMForecaster(3, 2, 16, 5, layer="mamba2", d_model=8, n_layers=1,
+                                        layer_args={"d_state": 4, "headdim": 4, "chunk_size": 4}),
+}
+
+
+@pytest.mark.parametrize("name", FORECASTERS)
+def test_forecaster_fullgraph(name):
+    """Forecast and gradients of every parameter, compiled (fullgraph) vs eager, in float64."""
+    torch.manual_seed(0)
+    model = FORECASTERS[name]().double().train()
+    x = torch.randn(4, 16, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    _assert_compiled_equals_eager(model, lambda m: m(x))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mamba", "mamba2"])
 def test_language_model_inductor(name):
@@ -151,24 +184,11 @@ def test_export_forward_dynamic_length(name):
             torch.testing.assert_close(loaded.module()(ids), model(ids), rtol=1e-10, atol=1e-10)
 
 
-class DecodeStep(torch.nn.Module):
-    """``LanguageModel.step`` as a module: (token, *state tensors) -> (logits, *next state tensors)."""
-
-    def __init__(self, model, batch):
-        super().__init__()
-        self.model = model
-        self.spec = torch.utils._pytree.tree_structure(model.init_state(batch))
-
-    def forward(self, token, *state):
-        logits, new = self.model.step(token, torch.utils._pytree.tree_unflatten(list(state), self.spec))
-        return (logits, *torch.utils._pytree.tree_leaves(new))
-
-
 @pytest.mark.parametrize("name", ["mamba", pytest.param("mamba2", marks=pytest.mark.slow),
                                   pytest.param("hybrid", marks=pytest.mark.slow)])
 def test_export_decode_step(name):
     model = LMS[name]().eval()
-    step = DecodeStep(model, 2)
+    step = DecodeStep(model)
     with torch.no_grad():
         _, state = model(_tokens(2, 6), return_state=True)
         leaves = torch.utils._pytree.tree_leaves(state)
@@ -180,3 +200,150 @@ def test_export_decode_step(name):
         want = step(token, *leaves)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+# -- AOTInductor: the decode step compiled ahead of time, driven by a loop without the model ---------------------
+
+
+class _ExportedStep:
+    """The exported program of the decode step in place of its compiled package: the same call and metadata, so the
+    loop and the export are checked in the default suite without the C++ compile."""
+
+    def __init__(self, model):
+        self.module, self.metadata = export_decode_step(model).module(), decode_metadata(model)
+
+    def __call__(self, *args):
+        return self.module(*args)
+
+    def get_metadata(self):
+        return self.metadata
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_exported_decode_step_generates_the_same_tokens(batch):
+    """The step exported with PyTorch's reference ops and a dynamic batch (traced at 2), driven by generate_greedy
+    from a zero state, gives the tokens of LanguageModel.generate (prefill by forward, then the fused C++ step)."""
+    model = LMS["mamba"]().eval()
+    step = _ExportedStep(model)
+    prompt = _tokens(batch, 6, seed=5)
+    torch.testing.assert_close(generate_greedy(step, prompt, 12), model.generate(prompt, max_new_tokens=12),
+                               rtol=0, atol=0)
+    assert generate_greedy(step, prompt, 0).equal(prompt)
+
+
+def test_exported_decode_step_holds_pytorch_operators_only():
+    """Before the export chose the reference backends, the graph called ssmzoo::mamba_step_cpu, which a package
+    loaded without ssmzoo cannot run."""
+    program = export_decode_step(LMS["mamba2"]().eval())
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert targets and not any(t.startswith("ssmzoo") for t in targets), sorted(targets)
+
+
+def test_decode_package_says_what_it_cannot_compile(tmp_path):
+    with pytest.raises(ValueError, match="changes shape while decoding"):  # an attention KV cache grows
+        export_decode_step(LMS["hybrid"]().eval())
+    with pytest.raises(ValueError, match="path must end with .pt2"):
+        package_decode_step(LMS["mamba"]().eval(), tmp_path / "step.zip")
+    with pytest.raises(ValueError, match="package written by package_decode_step"):
+        generate_greedy(lambda *a: a, _tokens(1, 3), 2)
+    step = _ExportedStep(LMS["mamba"]().eval())
+    with pytest.raises(ValueError, match="input_ids must be a non-empty"):
+        generate_greedy(step, _tokens(1, 3)[0], 2)
+    with pytest.raises(ValueError, match="vocab_size=11"):
+        generate_greedy(step, _tokens(1, 3) + VOCAB, 2)
+    with pytest.raises(ValueError, match="max_new_tokens must be an int >= 0"):
+        generate_greedy(step, _tokens(1, 3), -1)
+
+
+# The loop of generate_greedy written out, in a process that never imports ssmzoo: the package runs on PyTorch alone.
+_FRESH_PROCESS = """
+import json, sys, torch
+step = torch._inductor.aoti_load_package(sys.argv[1])
+layout = json.loads(step.get_metadata()["ssmzoo_decode_step"])
+prompt = torch.tensor(json.loads(sys.argv[2]))
+state = [torch.zeros((prompt.shape[0], *shape), dtype=getattr(torch, dtype)) for shape, dtype in layout["state"]]
+for t in range(prompt.shape[1]):
+    logits, *state = step(prompt[:, t].contiguous(), *state)
+new = []
+for _ in range(int(sys.argv[3])):
+    new.append(logits.argmax(-1))
+    logits, *state = step(new[-1], *state)
+assert not any(name.startswith("ssmzoo") for name in sys.modules)
+print(json.dumps(torch.stack(new, 1).tolist()))
+"""
+
+
+@pytest.mark.slow  # the C++ compile: about 40 s on a busy 2-core machine
+@pytest.mark.parametrize("name", ["mamba", "mamba2"])
+def test_aoti_package_generates_the_same_tokens(name, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    model = LMS[name]().eval()
+    path = package_decode_step(model, tmp_path / "step.pt2")
+    assert [p.name for p in tmp_path.iterdir()] == ["step.pt2"]  # no partial file left behind
+    step = torch._inductor.aoti_load_package(str(path))
+    for batch in (1, 3):
+        prompt = _tokens(batch, 6, seed=batch)
+        torch.testing.assert_close(generate_greedy(step, prompt, 12), model.generate(prompt, max_new_tokens=12),
+                                   rtol=0, atol=0)
+    prompt = _tokens(2, 5, seed=7)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS, str(path), json.dumps(prompt.tolist()), "9"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = model.generate(prompt, max_new_tokens=9)[:, 5:]
+    assert json.loads(done.stdout.splitlines()[-1]) == want.tolist()
+
+
+# -- `ssmzoo fit --compile true` -------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("compile_flag", [True, False])
+def test_fit_with_compile_true_trains_the_compiled_network(compile_flag, tmp_path, monkeypatch):
+    """The Mamba LM config through the CLI: with --compile true the task's network is compiled in place and every
+    training step runs Dynamo's graphs (a counting backend stands in for Inductor, which takes minutes on 2 cores);
+    without it nothing is compiled."""
+    from pathlib import Path
+
+    from ssmzoo.cli import run
+
+    graphs, calls = [], []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+
+        def call(*args):
+            calls.append(len(graphs))
+            return gm.forward(*args)
+        return call
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile",
+                        lambda self, *a, **k: compile_module(self, *a, **{**k, "backend": counting_backend}))
+    monkeypatch.setenv("SSMZOO_DATA", str(tmp_path / "data"))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i, text in enumerate(["ROMEO: O, she doth teach the torches to burn bright!\n" * 8,
+                              "JULIET: My bounty is as boundless as the sea,\n" * 8, "NURSE: Madam!\n" * 20]):
+        (corpus / f"{i}.txt").write_text(text)
+    root = Path(__file__).resolve().parents[1]
+    cli = run(["fit", "--config", str(root / "configs/lm/mamba.yaml"), f"--data.init_args.path={corpus}",
+               "--data.init_args.tokenizer=byte", "--data.init_args.seq_len=16", "--data.init_args.val_split=1",
+               "--data.init_args.test_split=1", "--data.init_args.batch_size=4",
+               "--model.init_args.model.init_args.d_model=16", "--model.init_args.model.init_args.n_layers=1",
+               "--trainer.max_steps=4", "--trainer.val_check_interval=4", "--trainer.limit_val_batches=1",
+               "--trainer.limit_test_batches=1", "--model.init_args.sample_length=0",
+               "--trainer.enable_model_summary=false", "--trainer.enable_progress_bar=false",
+               f"--trainer.default_root_dir={tmp_path / 'runs'}", f"--compile={str(compile_flag).lower()}"])
+    network = cli.model.model
+    assert cli.results["steps"] == 4
+    if not compile_flag:
+        assert not graphs and network._compiled_call_impl is None
+        return
+    assert network._compiled_call_impl is not None and graphs
+    # 4 training steps, the validation and the test batch ran the compiled graphs
+    assert len(calls) >= 6, (len(graphs), len(calls))

@@ -123,3 +123,34 @@ def test_compiled_scan_calls_the_custom_op_with_eager_values_and_gradients():
     want = torch.autograd.grad((y0 * w).sum() + h0.sum(), leaves)
     for a, b_ in zip(got, want):
         torch.testing.assert_close(a, b_, rtol=1e-12, atol=1e-12)
+
+
+def _strided(t):
+    """The same values laid out with the last two dimensions' strides swapped (a permuted view's layout)."""
+    if not isinstance(t, torch.Tensor) or t.dim() < 2 or min(t.shape[-2:]) < 2:
+        return t
+    return t.mT.contiguous().mT.requires_grad_(t.requires_grad)
+
+
+@pytest.mark.parametrize("op,name", [v for v in OPAQUE if "cpu" in OPS[v[0]].backends[v[1]].devices
+                                     and OPS[v[0]].backends[v[1]].capabilities.grad], ids=lambda v: str(v))
+def test_the_gradients_fake_layout_is_the_real_one_for_strided_inputs(op, name):
+    """Before: the gradient's fake kept a strided input's layout (empty_like) while the real gradient is contiguous,
+    so Inductor read gated_deltanet's gradient of a permuted q with the wrong strides ("expected stride 8==1")."""
+    d = OPS[op]
+    b = d.backends[name]
+    if not d.usable(name, "cpu"):
+        pytest.skip(f"{op}: backend {name!r} is not available here")
+    args, kwargs = d.probe_case(torch.device("cpu"), b.capabilities)
+    tensors: list = []
+    spec = encode((args, kwargs), tensors)
+    tensors = [_strided(t) for t in tensors]
+    assert any(t is not None and not t.is_contiguous() for t in tensors)
+    grads = [torch.ones_like(o) for o in b.fn.op(tensors, spec)]
+    real = b.fn._backward_impl(tensors, spec, grads)
+    fake = b.fn._backward_fake(tensors, spec, grads)
+
+    def layout(t):  # a dimension of size 1 has no meaningful stride
+        return t.shape, [st for n, st in zip(t.shape, t.stride()) if n > 1]
+
+    assert [layout(r) for r in real] == [layout(f) for f in fake]

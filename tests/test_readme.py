@@ -3,6 +3,7 @@ and what it says about installing is what pyproject.toml does.
 
 A block may be preceded by a marker comment:
     <!-- readme-test: skip (REASON) -->         not run (a download it needs); the reason is the skip's
+    <!-- readme-test: slow (REASON) -->         run only in the slow set (`pytest -m slow`: a C++ compile)
     <!-- readme-test: needs an LM run (...) -->  run in a folder holding runs/lm_mamba/version_0, a tiny language
                                                  model trained here through `ssmzoo fit --config configs/lm/mamba.yaml`
 """
@@ -21,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
-MARKER = re.compile(r"<!--\s*readme-test:\s*(skip|needs an LM run)\s*\(([^)]*)\)\s*-->\s*$")
+MARKER = re.compile(r"<!--\s*readme-test:\s*(skip|slow|needs an LM run)\s*\(([^)]*)\)\s*-->\s*$")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Block:
     code: str
     skip: str | None
     needs_lm_run: bool
+    slow: bool = False
 
 
 def python_blocks(text: str) -> list[Block]:
@@ -47,7 +49,7 @@ def python_blocks(text: str) -> list[Block]:
                            if lines[j].strip()), None)
             kind, reason = (marker.group(1), marker.group(2)) if marker else (None, None)
             blocks.append(Block(start + 1, "\n".join(body) + "\n", reason if kind == "skip" else None,
-                                kind == "needs an LM run"))
+                                kind == "needs an LM run", kind == "slow"))
         i += 1
     return blocks
 
@@ -82,7 +84,8 @@ def lm_run_folder(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: f"README.md:{b.line}")
+@pytest.mark.parametrize("block", [pytest.param(b, marks=pytest.mark.slow) if b.slow else b for b in BLOCKS],
+                         ids=lambda b: f"README.md:{b.line}")
 def test_a_readme_python_block_runs_as_pasted(block, tmp_path, request):
     """Before: the generation example used undefined `prompt_ids` and `print_token`, and the RAMba one raised a
     NameError."""

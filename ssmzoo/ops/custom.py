@@ -213,15 +213,18 @@ class OpaqueBackend:
         for t in leaves:
             if _differentiable(t):
                 g = next(got)
-                result.append(torch.zeros_like(t) if g is None else g.contiguous())
+                result.append(torch.zeros_like(t, memory_format=torch.contiguous_format) if g is None
+                              else g.contiguous())
             else:
                 result.append(torch.empty(0))
         return result
 
     def _backward_fake(self, tensors: list[Optional[Tensor]], spec: str, grads: list[Optional[Tensor]]) -> list[Tensor]:
         some = next(g for g in list(grads) + list(tensors) if g is not None)
-        return [torch.empty_like(t) if _differentiable(t) else some.new_empty(0, dtype=torch.float32, device="cpu")
-                for t in tensors]
+        # contiguous, as the real gradients are: empty_like alone keeps a strided input's layout (a permuted q, say),
+        # and Inductor then reads the real gradient with the wrong strides
+        return [torch.empty_like(t, memory_format=torch.contiguous_format) if _differentiable(t)
+                else some.new_empty(0, dtype=torch.float32, device="cpu") for t in tensors]
 
     def _setup_context(self, ctx: Any, inputs: tuple, output: Any) -> None:
         tensors, spec = inputs

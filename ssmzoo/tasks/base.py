@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 from lightning.pytorch import LightningModule
+from torch import nn
 
 
 class Task(LightningModule):
@@ -34,6 +35,32 @@ class Task(LightningModule):
         return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
                                             strict=strict, weights_only=True if weights_only is None else weights_only,
                                             **kwargs)
+
+    def configure_model(self) -> None:
+        """Under Lightning's ``ModelParallelStrategy`` (FSDP2, ``torch.distributed.fsdp.fully_shard``): shards every
+        element of the network's ``layers`` on its own, then the network, over the data-parallel devices; the
+        parameters' optimiser tags (``ssmzoo.layers.base.tag_param``: the SSM parameters' lr and weight decay) carry
+        over to the sharded parameters (by name: ``param_tags_by_name``). Under every other strategy (the device mesh is None): nothing to do."""
+        mesh, network = self.device_mesh, getattr(self, "model", None)
+        if mesh is None or not isinstance(network, nn.Module):
+            return
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        if isinstance(network, FSDPModule):  # configure_model runs again for a test after fit
+            return
+        names = mesh.mesh_dim_names or ()
+        if "tensor_parallel" in names and mesh["tensor_parallel"].size() != 1:
+            raise ValueError(f"{type(self).__name__}: ssmzoo shards its networks data-parallel only (FSDP2); give "
+                             "ModelParallelStrategy tensor_parallel_size=1 and data_parallel_size=<number of "
+                             f"processes>, got a tensor-parallel size of {mesh['tensor_parallel'].size()}")
+        data = mesh["data_parallel"] if "data_parallel" in names else mesh
+        tags = {name: p._optim for name, p in network.named_parameters() if hasattr(p, "_optim")}
+        for element in getattr(network, "layers", ()):
+            fully_shard(element, mesh=data)
+        fully_shard(network, mesh=data)
+        # The sharded parameters are new objects, and Lightning's move to the device after this hook makes new ones
+        # again, without the tags: they are kept by name, where ssmzoo.optim.param_groups reads them too.
+        network.param_tags_by_name = tags
 
     @classmethod
     def summary(cls, results: dict[str, float | None]) -> str:

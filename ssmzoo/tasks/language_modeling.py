@@ -19,6 +19,7 @@ byte model and a BPE model evaluated on the same documents).
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -110,7 +111,9 @@ class _NextTokenTask(Task):
     def _loss(self, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         input_ids, targets, segments, num_bytes = self._unpack(batch)
         logits = self(input_ids, segments)
-        nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+        # at least float32 (half-precision logits upcast), never less than the model's own (float64 stays)
+        wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        nats = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
                                reduction="none").view_as(targets)
         return logits, targets, nats, num_bytes
 
@@ -246,6 +249,13 @@ class LanguageModelingTask(_NextTokenTask):
                              "monitored metric) is unknown; use a text datamodule (ssmzoo.data.lm.TextDataModule) or "
                              "RecallTask for synthetic tasks")
         if self.sample_length and not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            if self.device_mesh is not None:  # sharded (FSDP2): decoding on rank 0 alone would wait for the others
+                if not getattr(self, "_said_no_samples", False):
+                    print(f"ssmzoo: no validation samples under {type(self.trainer.strategy).__name__} (the sharded "
+                          "network gathers its weights with every process); --model.init_args.sample_length=0 "
+                          "says so in the config", file=sys.stderr, flush=True)
+                    self._said_no_samples = True
+                return
             self._log_sample()
 
     @torch.no_grad()

@@ -79,7 +79,8 @@ def check_gated_delta(x: GatedDeltaInputs, output_final_state: bool = False) -> 
     if q.dtype != x.k.dtype or q.dtype != v.dtype:
         raise ValueError(f"{OP}: q, k and v must share one dtype, got q {q.dtype}, k {x.k.dtype}, v {v.dtype}")
     for name in ("g", "beta"):
-        t = _real(name, getattr(x, name), 3, f"(batch={batch}, length={length}, heads_v={heads_v})")
+        # the sizes go into the message only when raising: formatting a traced (symbolic) length fixes it
+        t = _real(name, getattr(x, name), 3, "(batch, length, heads_v)")
         if t.shape != (batch, length, heads_v):
             raise ValueError(f"{OP}: {name} must be (batch={batch}, length={length}, heads_v={heads_v}), "
                              f"got shape {_shape(t)}")

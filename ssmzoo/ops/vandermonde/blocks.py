@@ -22,9 +22,24 @@ from torch import Tensor
 from .inputs import TransposeInputs, VandermondeInputs
 
 
+# The block size while torch.compile or torch.export traces: for a dynamic (symbolic) length, ⌈√L⌉ would break the
+# graph (math.isqrt of a symbol) or, computed by branching on L, recompile for new lengths. Any block size gives the
+# same values (each power is still one exp(l · log z), times one complex product), so a traced graph uses this one
+# for every length; 32 = ⌈√1024⌉, S4's default l_max.
+TRACED_BLOCK = 32
+
+
 def block_size(length: int) -> int:
-    """⌈√length⌉: balances the c inner and L/c outer powers."""
+    """⌈√length⌉: balances the c inner and L/c outer powers (``TRACED_BLOCK`` while a compiler traces)."""
+    if torch.compiler.is_compiling():
+        return TRACED_BLOCK
     return max(1, math.isqrt(length - 1) + 1) if length > 1 else 1
+
+
+def block_count(length: int, block: int) -> int:
+    """⌈length / block⌉; while a compiler traces, one more (a block of zero padding), so that the count is at least 2
+    for every length: a dimension of size 1 is specialised when traced, and a longer input would compile again."""
+    return -(-length // block) + (1 if torch.compiler.is_compiling() else 0)
 
 
 def _powers(log_z: Tensor, block: int, blocks: int) -> tuple[Tensor, Tensor]:
@@ -39,7 +54,7 @@ def vandermonde_blocks(x: VandermondeInputs, block: int | None = None) -> Tensor
     """Same as :func:`vandermonde_reference`: K (..., L) = 2 Re Σ_n v_n z_n^l, by powers in blocks."""
     v, log_z, length = x
     block = block or block_size(length)
-    blocks = -(-length // block)
+    blocks = block_count(length, block)
     inner, outer = _powers(log_z, block, blocks)
     coarse = v[..., None] * outer  # (..., N, L/c): v_n z_n^(c·k)
     p = torch.cat([coarse.real, -coarse.imag], -2)  # (..., 2N, L/c)
@@ -56,7 +71,7 @@ def vandermonde_transpose_blocks(x: TransposeInputs, block: int | None = None) -
     u, log_z = x
     length = u.shape[-1]
     block = block or block_size(length)
-    blocks = -(-length // block)
+    blocks = block_count(length, block)
     inner, outer = _powers(log_z, block, blocks)
     rev = torch.nn.functional.pad(u.flip(-1), (0, blocks * block - length)).unflatten(-1, (blocks, block))
     if u.is_complex():
