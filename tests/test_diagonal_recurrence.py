@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +14,8 @@ from ssmzoo.ops import diagonal_recurrence as op
 from ssmzoo.ops.diagonal_recurrence import diagonal_recurrence, dispatch
 from ssmzoo.ops.dispatch import Request
 from ssmzoo.ops.segments import Segments
+from triton_checks import check_under_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU_BACKENDS = [n for n, b in dispatch.backends.items() if n != "reference" and "cpu" in b.devices]
 REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
@@ -217,11 +213,4 @@ print("triton interpreter: all match")
 
 
 def test_triton_matches_reference_under_interpreter():
-    # TRITON_INTERPRET must be set before triton is imported: run in a fresh interpreter.
-    pytest.importorskip("triton")
-    code = TRITON_CHECK.format(root=str(ROOT), tests=str(ROOT / "tests"))
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, f"triton check failed:\n{done.stdout}\n{done.stderr}"
-    assert "all match" in done.stdout
+    check_under_interpreter(TRITON_CHECK, timeout=600)

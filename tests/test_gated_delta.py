@@ -6,10 +6,6 @@ the dispatch."""
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +15,8 @@ from ssmzoo.ops.dispatch import Request
 from ssmzoo.ops.gated_delta import dispatch, gated_delta_reference, gated_delta_rule, gated_delta_step
 from ssmzoo.ops.gated_delta.inputs import GatedDeltaInputs
 from ssmzoo.ops.segments import Segments
+from triton_checks import check_under_interpreter, compile_for_hopper
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 CPU_BACKENDS = [n for n, b in dispatch.backends.items() if n != "reference" and "cpu" in b.devices]
 GRAD_ARGS = ("q", "k", "v", "g", "beta", "initial_state")
@@ -410,34 +406,16 @@ print("triton interpreter: all match")
 
 
 def test_triton_matches_reference_under_interpreter():
-    # TRITON_INTERPRET must be set before triton is imported: run in a fresh interpreter.
-    pytest.importorskip("triton")
-    code = TRITON_CHECK.format(root=str(ROOT), tests=str(ROOT / "tests"))
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
-                          timeout=900)
-    assert done.returncode == 0, f"triton check failed:\n{done.stdout}\n{done.stderr}"
-    assert "all match" in done.stdout
+    check_under_interpreter(TRITON_CHECK)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 def test_triton_kernels_compile_for_hopper(dtype):
-    # What the interpreter cannot check (tl.dot shapes, types, register/shared-memory limits): compile both kernels
-    # ahead of time for sm_90 with triton's bundled ptxas, at chunks of 64 and heads of 128; no GPU needed.
-    triton = pytest.importorskip("triton")
-    import inspect
-
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    # Both kernels at chunks of 64 and heads of 128 (see compile_for_hopper).
+    pytest.importorskip("triton")
     from ssmzoo.ops.gated_delta import triton as kernels
 
     for fn in (kernels._forward, kernels._backward):
-        consts = {"HAS_INIT": True, **kernels._meta(64, 128, 128)}
-        params = list(inspect.signature(fn.fn).parameters)
-        signature = {p: "constexpr" if p in consts else ("*i32" if p == "starts_ptr" else f"*{dtype}")
-                     if p.endswith("_ptr") else (dtype if p == "scale" else "i32") for p in params}
-        source = ASTSource(fn, signature, constexprs={(params.index(k),): v for k, v in consts.items()})
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm["cubin"], fn.fn.__name__
+        compile_for_hopper(fn, {"HAS_INIT": True, **kernels._meta(64, 128, 128)}, dtype,
+                           types={"starts_ptr": "*i32", "scale": dtype})

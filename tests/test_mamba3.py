@@ -5,10 +5,6 @@ reference (outputs, final states and every gradient), half inputs, the argument 
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +16,8 @@ from ssmzoo.ops.mamba3.inputs import Mamba3Inputs
 from ssmzoo.ops.mamba3.rotary import rotate
 from ssmzoo.ops.segments import Segments
 from ssmzoo.ops.ssd import ssd
+from triton_checks import check_under_interpreter, compile_for_hopper
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 CPU_BACKENDS = [n for n, b in dispatch.backends.items() if n != "reference" and "cpu" in b.devices]
 GPU_BACKENDS = [n for n, b in dispatch.backends.items() if n != "reference" and "cuda" in b.devices]
@@ -362,14 +358,7 @@ print("triton interpreter: all match")
 
 
 def test_triton_matches_reference_under_interpreter():
-    # TRITON_INTERPRET must be set before triton is imported: run in a fresh interpreter.
-    pytest.importorskip("triton")
-    code = TRITON_CHECK.format(root=str(ROOT), tests=str(ROOT / "tests"))
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
-                          timeout=900)
-    assert done.returncode == 0, f"triton check failed:\n{done.stdout}\n{done.stderr}"
-    assert "all match" in done.stdout
+    check_under_interpreter(TRITON_CHECK)
 
 
 @pytest.mark.gpu
@@ -453,20 +442,10 @@ def test_bad_arguments_give_value_errors(call, arg):
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 def test_triton_kernels_compile_for_hopper(dtype):
-    # What the interpreter cannot check (tl.dot shapes, types, register/shared-memory limits): compile every
-    # kernel ahead of time for sm_90 with triton's bundled ptxas; no GPU needed.
-    triton = pytest.importorskip("triton")
-    import inspect
-
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    # Every kernel (see compile_for_hopper).
+    pytest.importorskip("triton")
     from ssmzoo.ops.mamba3 import triton as kernels
 
     consts = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_P": 32, "PRECISION": "ieee"}
     for fn in (kernels._intra_fwd, kernels._intra_bwd_rows, kernels._intra_bwd_cols):
-        params = list(inspect.signature(fn.fn).parameters)
-        signature = {p: "constexpr" if p in consts else (f"*{dtype}" if p.endswith("_ptr") else "i32") for p in params}
-        source = ASTSource(fn, signature, constexprs={(params.index(k),): v for k, v in consts.items()})
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm["cubin"], fn.fn.__name__
+        compile_for_hopper(fn, consts, dtype)

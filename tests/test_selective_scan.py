@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from ssmzoo.ops.dispatch import Request
 from ssmzoo.ops.selective_scan import cpu as cpu_backend
 from ssmzoo.ops.segments import Segments
 from ssmzoo.ops.selective_scan import ScanInputs, dispatch, selective_scan
+from triton_checks import check_under_interpreter
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_BACKENDS = [name for name in dispatch.backends if name != "reference" and "cpu" in dispatch.backends[name].devices]
@@ -194,14 +193,7 @@ print("triton interpreter: all match")
 
 
 def test_triton_matches_reference_under_interpreter():
-    # TRITON_INTERPRET must be set before triton is imported: run in a fresh interpreter.
-    pytest.importorskip("triton")
-    code = TRITON_CHECK.format(root=str(ROOT), tests=str(ROOT / "tests"))
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert done.returncode == 0, f"triton check failed:\n{done.stdout}\n{done.stderr}"
-    assert "all match" in done.stdout
+    check_under_interpreter(TRITON_CHECK, timeout=600)
 
 
 @pytest.mark.gpu

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,8 +16,8 @@ import torch.nn.functional as F
 from ssmzoo.ops.dispatch import Request
 from ssmzoo.ops.segments import Segments
 from ssmzoo.ops.ssd import SSDInputs, dispatch, ssd
+from triton_checks import check_under_interpreter, compile_for_hopper
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 CPU_BACKENDS = [n for n, b in dispatch.backends.items() if n != "reference" and "cpu" in b.devices]
 GPU_BACKENDS = [n for n, b in dispatch.backends.items() if n != "reference" and "cuda" in b.devices]
@@ -403,27 +400,14 @@ print("triton interpreter: all match")
 
 
 def test_triton_matches_reference_under_interpreter():
-    # TRITON_INTERPRET must be set before triton is imported: run in a fresh interpreter.
-    pytest.importorskip("triton")
-    code = TRITON_CHECK.format(root=str(ROOT), tests=str(ROOT / "tests"))
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env,
-                          timeout=900)
-    assert done.returncode == 0, f"triton check failed:\n{done.stdout}\n{done.stderr}"
-    assert "all match" in done.stdout
+    check_under_interpreter(TRITON_CHECK)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
 def test_triton_kernels_compile_for_hopper(dtype):
-    # What the interpreter cannot check (tl.dot shapes, types, register/shared-memory limits): compile every
-    # kernel ahead of time for sm_90 with triton's bundled ptxas; no GPU needed. About a minute.
-    triton = pytest.importorskip("triton")
-    import inspect
-
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    # Every kernel (see compile_for_hopper). About a minute.
+    pytest.importorskip("triton")
     from ssmzoo.ops.ssd import triton as kernels
 
     blocks = {"BLOCK_P": 32, "BLOCK_N": 64, "PRECISION": "ieee"}
@@ -434,12 +418,7 @@ def test_triton_kernels_compile_for_hopper(dtype):
                        (kernels._state_passing_bwd, {"BLOCK": 256}),
                        (kernels._chunk_scan_bwd_columns, {"BLOCK_M": 64, **blocks}),
                        (kernels._chunk_scan_bwd_rows, {"BLOCK_M": 64, **blocks})]:
-        params = list(inspect.signature(fn.fn).parameters)
-        signature = {p: "constexpr" if p in consts else ("*i32" if p == "starts_ptr" else f"*{dtype}")
-                     if p.endswith("_ptr") else "i32" for p in params}
-        source = ASTSource(fn, signature, constexprs={(params.index(k),): v for k, v in consts.items()})
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm["cubin"], fn.fn.__name__
+        compile_for_hopper(fn, consts, dtype, types={"starts_ptr": "*i32"})
 
 
 @pytest.mark.gpu

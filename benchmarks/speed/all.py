@@ -34,7 +34,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+
+from _timing import interleaved, run_worker  # beside this file
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's ssmzoo and benchmarks/, not an installed copy
@@ -64,15 +65,6 @@ def _version(dist: str) -> str:
 def _require(module: str, dist: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise PeerMissing(f"{dist} not installed (pip install {dist})")
-
-
-def _timed(fn: Callable[[], None]) -> Callable[[], float]:
-    def run() -> float:
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start
-
-    return run
 
 
 def _floor(matmuls: list[tuple[int, int, int]], copy_elems: int, repeat: int = 1) -> Callable[[], None]:
@@ -370,15 +362,9 @@ def worker_time(case: Case, quick: bool, reps: int) -> dict:
 def time_interleaved(fns: dict[str, Callable[[], None]], reps: int) -> dict[str, dict[str, float]]:
     """Median, min and max seconds of each callable over ``reps`` rounds after one warm-up round, the order of
     the callables reversed every other round."""
-    runs = {key: _timed(fn) for key, fn in fns.items()}
-    for run in runs.values():  # warm-up: extension builds, allocator, peers' lazy setup
-        run()
-    times: dict[str, list[float]] = {key: [] for key in runs}
-    for r in range(reps):
-        order = list(runs) if r % 2 == 0 else list(reversed(list(runs)))
-        for key in order:
-            times[key].append(runs[key]())
-    return {key: {"median": statistics.median(ts), "min": min(ts), "max": max(ts)} for key, ts in times.items()}
+    samples = interleaved(fns, reps)  # the warm-up round: extension builds, allocator, peers' lazy setup
+    return {key: {"median": statistics.median(s["wall"]), "min": min(s["wall"]), "max": max(s["wall"])}
+            for key, s in samples.items()}
 
 
 def worker_memory(case: Case, quick: bool, impl: str) -> dict:
@@ -396,17 +382,7 @@ def worker_memory(case: Case, quick: bool, impl: str) -> dict:
 
 
 def _subprocess(args: list[str], timeout: float) -> dict:
-    cmd = [sys.executable, __file__, *args]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"exit {proc.returncode}: {tail[0][:200]}"}
-    return json.loads(lines[-1])
+    return run_worker(__file__, args, timeout)
 
 
 # -- the table ---------------------------------------------------------------------------------------

@@ -19,9 +19,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's ssmzoo, not an installed one
@@ -29,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's 
 import torch
 import torch.nn.functional as F
 
+from _timing import peak_memory, time_once
 from ssmzoo.ops.gated_delta import dispatch, gated_delta_rule
 
 RESULTS = Path(__file__).parent / "results" / "gated_delta.md"
@@ -73,49 +72,6 @@ def candidates(backends: list[str]) -> dict:
     except ImportError:
         print("transformers is not installed: timing ours only")
     return found
-
-
-def time_once(fn, x: dict, backward: bool, cpu_time: bool) -> float:
-    clock = time.process_time if cpu_time else time.perf_counter
-    leaves = {k: v.detach().clone().requires_grad_(backward) for k, v in x.items()}
-    start = clock()
-    y = fn(leaves)
-    if backward:
-        y.sum().backward()
-    return clock() - start
-
-
-MEMORY_PROBE = """
-import os, sys, threading, time, torch
-torch.set_num_threads({threads})
-sys.path.insert(0, {here!r})
-import gated_delta as bench
-fn, x = bench.candidates({backends!r})[{name!r}], bench.make_inputs({length})
-leaves = {{k: v.requires_grad_() for k, v in x.items()}}
-page = os.sysconf("SC_PAGE_SIZE")
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * page
-base, peak, done = rss(), [0], False
-def sample():
-    while not done:
-        peak[0] = max(peak[0], rss())
-        time.sleep(0.0005)
-watcher = threading.Thread(target=sample)
-watcher.start()
-fn(leaves).sum().backward()
-done = True
-watcher.join()
-print((max(peak[0], rss()) - base) / 2**20)
-"""
-
-
-def peak_memory(name: str, length: int, threads: int, backends: list[str]) -> float:
-    """MiB of resident memory a fresh process adds on top of its inputs during one forward+backward."""
-    code = MEMORY_PROBE.format(threads=threads, here=str(Path(__file__).parent), name=name, length=length,
-                               backends=backends)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -170,7 +126,7 @@ def main() -> None:
         lines += ["", "Peak resident memory added by one forward+backward (MiB; per 1,024 tokens in brackets):", "",
                   "| L | " + " | ".join(impls) + " |", "|---|" + "---|" * len(impls)]
         for length in args.lengths:
-            mib = {n: peak_memory(n, length, args.threads, args.backends) for n in impls}
+            mib = {n: peak_memory(__file__, n, length, args.threads, (args.backends,)) for n in impls}
             row = f"| {length} | " + " | ".join(f"{m:.0f} ({m * 1024 / length:.0f})" for m in mib.values()) + " |"
             print(row, flush=True)
             lines.append(row)

@@ -37,10 +37,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _timing import run_worker  # beside this file
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's ssmzoo, not an installed copy
@@ -212,17 +213,7 @@ def worker(arch: str, batch: int, impl: str, quick: bool, threads: int) -> dict:
 
 
 def _subprocess(args: list[str], threads: int, timeout: float) -> dict:
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--threads", str(threads), *args]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"exit {done.returncode}: {tail[0][:200]}"}
-    return json.loads(lines[-1])
+    return run_worker(__file__, args, timeout, threads)
 
 
 def _agreement(a: list[list[int]], b: list[list[int]]) -> str:

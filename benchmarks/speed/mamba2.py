@@ -27,12 +27,13 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+
+from _timing import interleaved, run_worker  # beside this file
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's ssmzoo, not an installed copy
@@ -137,16 +138,7 @@ def worker_time(quick: bool, length: int, reps: int) -> dict:
             runs[impl] = build(quick, impl, length)
         except PeerMissing as e:
             out[impl] = {"missing": str(e)}
-    for run in runs.values():  # warm-up: kernel builds and loads, the allocator
-        run()
-    samples: dict[str, dict[str, list[float]]] = {impl: {"cpu": [], "wall": []} for impl in runs}
-    for r in range(reps):
-        for impl in list(runs) if r % 2 == 0 else list(reversed(list(runs))):
-            cpu, wall = time.process_time(), time.perf_counter()
-            runs[impl]()
-            samples[impl]["cpu"].append(time.process_time() - cpu)
-            samples[impl]["wall"].append(time.perf_counter() - wall)
-    for impl, s in samples.items():
+    for impl, s in interleaved(runs, reps).items():
         out[impl] = {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in s.items()}
     return out
 
@@ -164,17 +156,7 @@ def worker_memory(quick: bool, length: int, impl: str) -> dict:
 
 
 def _subprocess(args: list[str], threads: int, timeout: float) -> dict:
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--threads", str(threads), *args]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"exit {done.returncode}: {tail[0][:200]}"}
-    return json.loads(lines[-1])
+    return run_worker(__file__, args, timeout, threads)
 
 
 # -- the table ---------------------------------------------------------------------------------------------

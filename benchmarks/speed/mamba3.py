@@ -23,12 +23,13 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+
+from _timing import interleaved, run_worker  # beside this file
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # this checkout's ssmzoo, not an installed copy
@@ -65,16 +66,7 @@ def build(quick: bool, name: str, length: int) -> Callable[[], None]:
 
 
 def worker_time(quick: bool, length: int, reps: int) -> dict:
-    runs = {name: build(quick, name, length) for name in LAYERS}
-    for run in runs.values():  # warm-up: kernel builds and loads, backend probes, the allocator
-        run()
-    samples = {name: {"cpu": [], "wall": []} for name in runs}
-    for r in range(reps):
-        for name in list(runs) if r % 2 == 0 else list(reversed(list(runs))):
-            cpu, wall = time.process_time(), time.perf_counter()
-            runs[name]()
-            samples[name]["cpu"].append(time.process_time() - cpu)
-            samples[name]["wall"].append(time.perf_counter() - wall)
+    samples = interleaved({name: build(quick, name, length) for name in LAYERS}, reps)
     return {name: {k: {"median": statistics.median(v), "spread": max(v) / min(v) - 1} for k, v in s.items()}
             for name, s in samples.items()}
 
@@ -88,17 +80,7 @@ def worker_memory(quick: bool, length: int, name: str) -> dict:
 
 
 def _subprocess(args: list[str], threads: int, timeout: float) -> dict:
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, __file__, "--threads", str(threads), *args]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"exit {done.returncode}: {tail[0][:200]}"}
-    return json.loads(lines[-1])
+    return run_worker(__file__, args, timeout, threads)
 
 
 def _load() -> str:

@@ -1,4 +1,4 @@
-// Branch-free, vectorisable math shared by the CPU kernels (selective_scan_cpu.cpp, mamba_cpu.cpp):
+// Branch-free, vectorisable math shared by the CPU kernels in this folder:
 // loops over contiguous data that call these compile to SIMD code (std::exp does not vectorise).
 #pragma once
 
@@ -163,6 +163,12 @@ SSMZOO_INLINE double exp_poly(double x) {
   std::memcpy(&scale, &sb, 8);
   return p * scale;
 }
+
+// exp(max(x, floor)) for the chunked scans' decays, floored as their chunked.py floor them (ops/chunks.py FLOOR):
+// decays below exp(floor) are rounded up to it, which keeps every value off the subnormal slow path. Float uses
+// exp_poly (vectorises), double std::exp.
+inline float decay_exp(float x) { return exp_poly(std::max(x, -60.0f)); }
+inline double decay_exp(double x) { return std::exp(std::max(x, -600.0)); }
 
 // log1p(e) for e in [0, 1], as 2 atanh(s) with s = e / (2 + e) in [0, 1/3] (no cancellation),
 // by its odd series in s; the term count makes the truncation error negligible for T.

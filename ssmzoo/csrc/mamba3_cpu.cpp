@@ -23,47 +23,16 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu_blas.h"
 #include "cpu_math.h"
 
 namespace {
 
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
-            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc);
-}
-
-inline void gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
-                 const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-                 const int* ldc) {
-  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-inline void gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
-                 const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-                 const int* ldc) {
-  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-// C = op(A) op(B) + beta C for row-major matrices (BLAS is column-major: C^T = op(B)^T op(A)^T).
-template <typename scalar_t>
-void mm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
-        const scalar_t* b, int64_t ldb, scalar_t beta, scalar_t* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
-  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
-  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-  const scalar_t one = 1;
-  gemm(&ta, &tb, &M, &N, &K, &one, b, &la, a, &lb, &beta, c, &lc);
-}
-
-// exp(max(x, floor)): decays below exp(floor) are rounded up to it (no subnormal slow path). Float uses the
-// shared branch-free polynomial (vectorises), double std::exp.
-inline float decay_exp(float x) { return ssmzoo_cpu::exp_poly(std::max(x, -60.0f)); }
-inline double decay_exp(double x) { return std::exp(std::max(x, -600.0)); }
+using ssmzoo_cpu::decay_exp;
+using ssmzoo_cpu::lower_outer;
+using ssmzoo_cpu::lower_times;
+using ssmzoo_cpu::lower_transposed_times;
+using ssmzoo_cpu::mm;
 
 struct Sizes {
   int64_t K, H, T, R, N, P;
@@ -76,37 +45,6 @@ struct Sizes {
   int64_t state(int64_t item) const { return item * P * N; }
 };
 
-// out (M, M), rows [r0, r1) and columns [0, r1) of each row block = A B^T (A, B (M, K) row-major).
-template <typename scalar_t>
-void lower_outer(const Sizes& s, int64_t K, const scalar_t* A, const scalar_t* B, scalar_t* out) {
-  const int64_t M = s.M(), TB = s.block();
-  for (int64_t r0 = 0; r0 < M; r0 += TB) {
-    const int64_t r1 = std::min(r0 + TB, M);
-    mm<scalar_t>(false, true, r1 - r0, r1, K, A + r0 * K, K, B, K, 0, out + r0 * M, M);
-  }
-}
-
-// out (M, cols) = L R for block-lower L (M, M): rows [r0, r1) of out need columns [0, r1) of L.
-template <typename scalar_t>
-void lower_times(const Sizes& s, int64_t cols, const scalar_t* L, const scalar_t* R, scalar_t* out) {
-  const int64_t M = s.M(), TB = s.block();
-  for (int64_t r0 = 0; r0 < M; r0 += TB) {
-    const int64_t r1 = std::min(r0 + TB, M);
-    mm<scalar_t>(false, false, r1 - r0, cols, r1, L + r0 * M, M, R, cols, 0, out + r0 * cols, cols);
-  }
-}
-
-// out (M, cols) = L^T R for block-lower L (M, M): rows [c0, c1) of out need rows [c0, M) of L and R.
-template <typename scalar_t>
-void lower_transposed_times(const Sizes& s, int64_t cols, const scalar_t* L, const scalar_t* R, scalar_t* out) {
-  const int64_t M = s.M(), TB = s.block();
-  for (int64_t c0 = 0; c0 < M; c0 += TB) {
-    const int64_t c1 = std::min(c0 + TB, M);
-    mm<scalar_t>(true, false, c1 - c0, cols, M - c0, L + c0 * M + c0, M, R + c0 * cols, cols, 0, out + c0 * cols,
-                 cols);
-  }
-}
-
 // Per-row copies of per-token values (row j holds token j / R's): the inner loops then run over rows.
 template <typename scalar_t>
 void expand_rows(const scalar_t* per_token, int64_t T, int64_t R, scalar_t* out) {
@@ -114,7 +52,7 @@ void expand_rows(const scalar_t* per_token, int64_t T, int64_t R, scalar_t* out)
     for (int64_t r = 0; r < R; ++r) out[t * R + r] = per_token[t];
 }
 
-// S becomes Lam o S in place (rows of each block past their token's last rank zeroed: see lower_times).
+// S becomes Lam o S in place (rows of each block past their token's last rank zeroed: see cpu_blas.h).
 template <typename scalar_t>
 void mask_scores(const Sizes& s, const scalar_t* cs, const scalar_t* g, const scalar_t* csj, const scalar_t* wj,
                  scalar_t* S) {
@@ -140,7 +78,7 @@ void end_weights(const scalar_t* csj, const scalar_t* wj, int64_t M, scalar_t* o
 template <typename scalar_t>
 void intra_forward(const Sizes& s, const scalar_t* q, const scalar_t* k, const scalar_t* v, const scalar_t* cs,
                    const scalar_t* g, const scalar_t* w, scalar_t* y, scalar_t* U) {
-  const int64_t M = s.M(), P = s.P;
+  const int64_t M = s.M(), P = s.P, TB = s.block();
 #pragma omp parallel num_threads(at::get_num_threads())
   {
     std::vector<scalar_t> S(M * M), csj(M), wj(M), omega(M), vw(M * P);
@@ -150,16 +88,16 @@ void intra_forward(const Sizes& s, const scalar_t* q, const scalar_t* k, const s
       const scalar_t* vi = v + s.vy(item);
       expand_rows(c, s.T, s.R, csj.data());
       expand_rows(w + s.tok(item), s.T, s.R, wj.data());
-      lower_outer<scalar_t>(s, s.N, q + s.qk(item), k + s.qk(item), S.data());  // q k^T
+      lower_outer<scalar_t>(M, TB, s.N, q + s.qk(item), s.N, k + s.qk(item), s.N, S.data());  // q k^T
       mask_scores(s, c, g + s.tok(item), csj.data(), wj.data(), S.data());
-      lower_times<scalar_t>(s, P, S.data(), vi, y + s.vy(item));
+      lower_times<scalar_t>(M, TB, P, S.data(), vi, P, 0, y + s.vy(item), P);
       // U = sum_j omega_j v_j k_j^T
       end_weights(csj.data(), wj.data(), M, omega.data());
       for (int64_t j = 0; j < M; ++j) {
 #pragma omp simd
         for (int64_t p = 0; p < P; ++p) vw[j * P + p] = omega[j] * vi[j * P + p];
       }
-      mm<scalar_t>(true, false, P, s.N, M, vw.data(), P, k + s.qk(item), s.N, 0, U + s.state(item), s.N);
+      mm<scalar_t>(true, false, P, s.N, M, 1, vw.data(), P, k + s.qk(item), s.N, 0, U + s.state(item), s.N);
     }
   }
 }
@@ -183,8 +121,8 @@ void intra_backward(const Sizes& s, const scalar_t* q, const scalar_t* k, const 
       const scalar_t* ki = k + s.qk(item);
       const scalar_t* vi = v + s.vy(item);
       const scalar_t* dyi = dy + s.vy(item);
-      lower_outer<scalar_t>(s, s.N, qi, ki, S.data());    // S = q k^T
-      lower_outer<scalar_t>(s, s.P, dyi, vi, dP.data());  // dP = dy v^T, the adjoint of Lam o S
+      lower_outer<scalar_t>(M, TB, N, qi, N, ki, N, S.data());    // S = q k^T
+      lower_outer<scalar_t>(M, TB, P, dyi, P, vi, P, dP.data());  // dP = dy v^T, the adjoint of Lam o S
       std::fill(col_cs.begin(), col_cs.end(), scalar_t(0));
       std::fill(col_w.begin(), col_w.end(), scalar_t(0));
       // One pass: with e = exp(cs_i - cs_j) and Lam = e w_j below the diagonal blocks, g_i on them,
@@ -219,14 +157,14 @@ void intra_backward(const Sizes& s, const scalar_t* q, const scalar_t* k, const 
         std::fill(srow + diag_end, srow + block_end, scalar_t(0));
         std::fill(prow + diag_end, prow + block_end, scalar_t(0));
       }
-      lower_transposed_times<scalar_t>(s, P, S.data(), dyi, dv + s.vy(item));  // dv = (Lam o S)^T dy
-      lower_times<scalar_t>(s, N, dP.data(), ki, dq + s.qk(item));             // dq = dS k
-      lower_transposed_times<scalar_t>(s, N, dP.data(), qi, dk + s.qk(item));  // dk = dS^T q
+      lower_transposed_times<scalar_t>(M, TB, P, S.data(), dyi, P, 0, dv + s.vy(item), P);  // dv = (Lam o S)^T dy
+      lower_times<scalar_t>(M, TB, N, dP.data(), ki, N, 0, dq + s.qk(item), N);             // dq = dS k
+      lower_transposed_times<scalar_t>(M, TB, N, dP.data(), qi, N, 0, dk + s.qk(item), N);  // dk = dS^T q
       // U = sum_j omega_j v_j k_j^T: dv_j += omega_j (k_j dU^T), dk_j += omega_j v_j dU, and d omega_j = v_j . (k_j dU^T)
       // enters w_{t_j} (times exp(cs_T - cs_{t_j})), cs_{t_j} (minus omega_j) and cs_T (plus omega_j).
       end_weights(csj.data(), wj.data(), M, omega.data());
       const scalar_t* dUi = dU + s.state(item);
-      mm<scalar_t>(false, true, M, P, N, ki, N, dUi, N, 0, kdu.data(), P);
+      mm<scalar_t>(false, true, M, P, N, 1, ki, N, dUi, N, 0, kdu.data(), P);
       scalar_t* dvi = dv + s.vy(item);
       scalar_t to_last = 0;
       for (int64_t j = 0; j < M; ++j) {
@@ -243,7 +181,7 @@ void intra_backward(const Sizes& s, const scalar_t* q, const scalar_t* k, const 
         col_w[j] += domega * decay_exp(csj[M - 1] - csj[j]);
       }
       col_cs[M - 1] += to_last;
-      mm<scalar_t>(false, false, M, N, P, vw.data(), P, dUi, N, 1, dk + s.qk(item), N);
+      mm<scalar_t>(false, false, M, N, P, 1, vw.data(), P, dUi, N, 1, dk + s.qk(item), N);
       scalar_t* dc = dcs + s.tok(item);
       scalar_t* dgt = dg + s.tok(item);
       scalar_t* dwt = dw + s.tok(item);
@@ -279,7 +217,7 @@ void output_forward(const Sizes& s, const scalar_t* cs, const scalar_t* q, const
 #pragma omp simd
         for (int64_t n = 0; n < N; ++n) qe[j * N + n] = e * qi[j * N + n];
       }
-      mm<scalar_t>(false, true, M, s.P, N, qe.data(), N, E + s.state(item), N, 1, y + s.vy(item), s.P);
+      mm<scalar_t>(false, true, M, s.P, N, 1, qe.data(), N, E + s.state(item), N, 1, y + s.vy(item), s.P);
     }
   }
 }
@@ -303,9 +241,9 @@ void output_backward(const Sizes& s, const scalar_t* cs, const scalar_t* q, cons
 #pragma omp simd
         for (int64_t p = 0; p < P; ++p) dye[j * P + p] = e * dyi[j * P + p];
       }
-      mm<scalar_t>(true, false, P, N, M, dye.data(), P, qi, N, 0, dE + s.state(item), N);
-      mm<scalar_t>(false, false, M, N, P, dye.data(), P, Ei, N, 0, dq + s.qk(item), N);
-      mm<scalar_t>(false, true, M, P, N, qi, N, Ei, N, 0, qE.data(), P);
+      mm<scalar_t>(true, false, P, N, M, 1, dye.data(), P, qi, N, 0, dE + s.state(item), N);
+      mm<scalar_t>(false, false, M, N, P, 1, dye.data(), P, Ei, N, 0, dq + s.qk(item), N);
+      mm<scalar_t>(false, true, M, P, N, 1, qi, N, Ei, N, 0, qE.data(), P);
       scalar_t* dc = dcs + s.tok(item);
       std::fill(dc, dc + s.T, scalar_t(0));
       for (int64_t j = 0; j < M; ++j) {

@@ -112,26 +112,33 @@ inline int64_t position(const Documents& docs, int64_t b, int64_t t, int64_t cap
   return p;
 }
 
+// out (D) = bias + Σ_k w_k x̃_{t+k-(W-1)}: the convolution's output at (b, t) before the SiLU, with pos t's position
+// in its document (position()).
+template <typename T>
+SSMZOO_INLINE void conv_pre(const T* x, int64_t xs, const T* wt, const T* bias, const T* state, const Documents& docs,
+                            int64_t b, int64_t t, int64_t pos, int64_t L, int64_t D, int64_t W, T* out) {
+  for (int64_t d = 0; d < D; ++d) out[d] = bias != nullptr ? bias[d] : T(0);
+  for (int64_t k = 0; k < W; ++k) {
+    const int64_t src = t + k - (W - 1), rel = pos + k - (W - 1);
+    const T* w = wt + k * D;
+    if (rel >= 0) {
+      const T* xr = x + (b * L + src) * xs;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) out[d] += w[d] * xr[d];
+    } else {
+      for (int64_t d = 0; d < D; ++d) out[d] += w[d] * conv_input(x, xs, state, docs, b, t, rel, src, d, L, D, W);
+    }
+  }
+}
+
 template <typename T>
 void conv_forward_kernel(const T* x, int64_t xs, const T* wt, const T* bias, const T* state, const Documents& docs,
                          int64_t B, int64_t L, int64_t D, int64_t W, T* u) {
   at::parallel_for(0, B * L, 16, [&](int64_t begin, int64_t end) {
     for (int64_t bt = begin; bt < end; ++bt) {
       const int64_t b = bt / L, t = bt % L;
-      const int64_t pos = position(docs, b, t, W - 1);
       T* out = u + bt * D;
-      for (int64_t d = 0; d < D; ++d) out[d] = bias != nullptr ? bias[d] : T(0);
-      for (int64_t k = 0; k < W; ++k) {
-        const int64_t src = t + k - (W - 1), rel = pos + k - (W - 1);
-        const T* w = wt + k * D;
-        if (rel >= 0) {
-          const T* xr = x + (b * L + src) * xs;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) out[d] += w[d] * xr[d];
-        } else {
-          for (int64_t d = 0; d < D; ++d) out[d] += w[d] * conv_input(x, xs, state, docs, b, t, rel, src, d, L, D, W);
-        }
-      }
+      conv_pre(x, xs, wt, bias, state, docs, b, t, position(docs, b, t, W - 1), L, D, W, out);
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) out[d] = out[d] * sigmoid(out[d]);
     }
@@ -158,18 +165,7 @@ void conv_backward_kernel(const T* x, int64_t xs, const T* wt, const T* bias, co
       for (int64_t bt = p * rows_per_part; bt < std::min(B * L, (p + 1) * rows_per_part); ++bt) {
         const int64_t b = bt / L, t = bt % L;
         const int64_t pos = position(docs, b, t, W - 1);
-        for (int64_t d = 0; d < D; ++d) pre[d] = bias != nullptr ? bias[d] : T(0);
-        for (int64_t k = 0; k < W; ++k) {
-          const int64_t src = t + k - (W - 1), rel = pos + k - (W - 1);
-          const T* w = wt + k * D;
-          if (rel >= 0) {
-            const T* xr = x + (b * L + src) * xs;
-#pragma omp simd
-            for (int64_t d = 0; d < D; ++d) pre[d] += w[d] * xr[d];
-          } else {
-            for (int64_t d = 0; d < D; ++d) pre[d] += w[d] * conv_input(x, xs, state, docs, b, t, rel, src, d, L, D, W);
-          }
-        }
+        conv_pre(x, xs, wt, bias, state, docs, b, t, pos, L, D, W, pre.data());
         T* dp = dpre + bt * D;
         const T* gr = g + bt * D;
 #pragma omp simd

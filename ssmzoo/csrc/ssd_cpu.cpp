@@ -20,97 +20,19 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu_blas.h"
+#include "cpu_math.h"
+
 namespace {
 
-extern "C" {
-void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const float* alpha,
-            const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-            const int* ldc);
-void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k, const double* alpha,
-            const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-            const int* ldc);
-}
+using ssmzoo_cpu::decay_exp;
+using ssmzoo_cpu::lower_outer;
+using ssmzoo_cpu::lower_times;
+using ssmzoo_cpu::lower_transposed_times;
+using ssmzoo_cpu::mm;
 
-inline void gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const float* alpha,
-                 const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c,
-                 const int* ldc) {
-  sgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-inline void gemm(const char* ta, const char* tb, const int* m, const int* n, const int* k, const double* alpha,
-                 const double* a, const int* lda, const double* b, const int* ldb, const double* beta, double* c,
-                 const int* ldc) {
-  dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-// C = op(A) op(B) + beta C for row-major matrices (BLAS is column-major: C^T = op(B)^T op(A)^T).
-template <typename scalar_t>
-void mm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
-        const scalar_t* b, int64_t ldb, scalar_t beta, scalar_t* c, int64_t ldc) {
-  const char ta = trans_b ? 'T' : 'N', tb = trans_a ? 'T' : 'N';
-  const int M = static_cast<int>(n), N = static_cast<int>(m), K = static_cast<int>(k);
-  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
-  const scalar_t one = 1;
-  gemm(&ta, &tb, &M, &N, &K, &one, b, &la, a, &lb, &beta, c, &lc);
-}
-
-// The (T, T) matrices are lower triangular: products with them go by blocks of TB rows and skip the
-// blocks above the diagonal (37% fewer flops at T = 256). Only the diagonal blocks' upper triangles
-// are ever read, so only those need zeros.
+// The (T, T) matrices are lower triangular: products with them go by blocks of TB rows (cpu_blas.h).
 constexpr int64_t TB = 64;
-
-// out = L R for lower-triangular L (T, T): rows [r0, r1) of out need columns [0, r1) of L.
-template <typename scalar_t>
-void lower_times(int64_t T, int64_t cols, const scalar_t* L, const scalar_t* R, int64_t ldr, scalar_t beta,
-                 scalar_t* out, int64_t ldo) {
-  for (int64_t r0 = 0; r0 < T; r0 += TB) {
-    const int64_t r1 = std::min(r0 + TB, T);
-    mm<scalar_t>(false, false, r1 - r0, cols, r1, L + r0 * T, T, R, ldr, beta, out + r0 * ldo, ldo);
-  }
-}
-
-// out = L^T R for lower-triangular L (T, T): rows [c0, c1) of out need rows [c0, T) of L and R.
-template <typename scalar_t>
-void lower_transposed_times(int64_t T, int64_t cols, const scalar_t* L, const scalar_t* R, int64_t ldr,
-                            scalar_t beta, scalar_t* out, int64_t ldo) {
-  for (int64_t c0 = 0; c0 < T; c0 += TB) {
-    const int64_t c1 = std::min(c0 + TB, T);
-    mm<scalar_t>(true, false, c1 - c0, cols, T - c0, L + c0 * T + c0, T, R + c0 * ldr, ldr, beta,
-                 out + c0 * ldo, ldo);
-  }
-}
-
-// The lower blocks of out (T, T) = A B^T, A and B (T, K): what the fused loops read (j <= i).
-template <typename scalar_t>
-void lower_outer(int64_t T, int64_t K, const scalar_t* A, int64_t lda, const scalar_t* B, int64_t ldb,
-                 scalar_t* out) {
-  for (int64_t r0 = 0; r0 < T; r0 += TB) {
-    const int64_t r1 = std::min(r0 + TB, T);
-    mm<scalar_t>(false, true, r1 - r0, r1, K, A + r0 * lda, lda, B, ldb, 0, out + r0 * T, T);
-  }
-}
-
-// exp(max(x, floor)). Decays below exp(floor) are rounded up to it, as in chunked.py (FLOOR): it keeps
-// every value off the subnormal slow path. The float version is Cephes' expf (within 1.5 ulp on
-// [-60, 20]), written without library calls or branches so that the loops calling it vectorise
-// (round-to-nearest by the 1.5 * 2^23 trick, 2^k by building the exponent bits); double uses std::exp.
-inline float decay_exp(float x) {
-  x = std::min(std::max(x, -60.0f), 88.0f);
-  const float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // nearest integer
-  float r = x - k * 0.693359375f;
-  r = r + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  return e * __builtin_bit_cast(float, bits);
-}
-
-inline double decay_exp(double x) { return std::exp(std::max(x, -600.0)); }
 
 struct Sizes {
   int64_t K, T, H, P, G, N;
@@ -172,20 +94,20 @@ void intra_forward(const Sizes& s, const scalar_t* x, const scalar_t* delta, con
     for (int64_t item = 0; item < s.K * s.G; ++item) {
       const int64_t k = item / s.G, g = item % s.G;
       const scalar_t* Bg = B + s.b(k, g);
-      lower_outer<scalar_t>(T, N, C + s.b(k, g), ldb, Bg, ldb, S.data());  // scores C B^T
+      lower_outer<scalar_t>(T, TB, N, C + s.b(k, g), ldb, Bg, ldb, S.data());  // scores C B^T
       for (int64_t h = g * r; h < (g + 1) * r; ++h) {
         gather(delta + s.t(k, h), s.H, T, d.data());
         gather(cs + s.t(k, h), s.H, T, c.data());
         decay_matrix<true>(c.data(), S.data(), M.data(), T);
         scale_rows(x + s.x(k, h), ldx, d.data(), T, P, xd.data());
-        lower_times<scalar_t>(T, P, M.data(), xd.data(), P, 0, y + s.x(k, h), ldx);
+        lower_times<scalar_t>(T, TB, P, M.data(), xd.data(), P, 0, y + s.x(k, h), ldx);
         // U = (w xd)^T B with w_t = exp(cs_T - cs_t)
         for (int64_t t = 0; t < T; ++t) {
           const scalar_t w = decay_exp(c[T - 1] - c[t]);
 #pragma omp simd
           for (int64_t p = 0; p < P; ++p) xd[t * P + p] *= w;
         }
-        mm<scalar_t>(true, false, P, N, T, xd.data(), P, Bg, ldb, 0, U + s.state(k, h), N);
+        mm<scalar_t>(true, false, P, N, T, 1, xd.data(), P, Bg, ldb, 0, U + s.state(k, h), N);
       }
     }
   }
@@ -205,7 +127,7 @@ void intra_backward(const Sizes& s, const scalar_t* x, const scalar_t* delta, co
       const scalar_t* Bg = B + s.b(k, g);
       const scalar_t* Cg = C + s.b(k, g);
       scalar_t* dBg = dB + s.b(k, g);
-      lower_outer<scalar_t>(T, N, Cg, ldb, Bg, ldb, S.data());
+      lower_outer<scalar_t>(T, TB, N, Cg, ldb, Bg, ldb, S.data());
       std::fill(dS.begin(), dS.end(), scalar_t(0));
       for (int64_t t = 0; t < T; ++t) std::fill(dBg + t * ldb, dBg + t * ldb + N, scalar_t(0));
       for (int64_t h = g * r; h < (g + 1) * r; ++h) {
@@ -218,7 +140,7 @@ void intra_backward(const Sizes& s, const scalar_t* x, const scalar_t* delta, co
         decay_matrix<false>(c.data(), S.data(), M.data(), T);
         // dM = dy xd^T is the adjoint of M = decay o S; dS gathers dM o decay over the group's heads,
         // then M becomes decay o S in the same pass.
-        lower_outer<scalar_t>(T, P, dyh, ldx, xd.data(), P, dM.data());
+        lower_outer<scalar_t>(T, TB, P, dyh, ldx, xd.data(), P, dM.data());
         for (int64_t i = 0; i < T; ++i) {
 #pragma omp simd
           for (int64_t j = 0; j <= i; ++j) {
@@ -226,7 +148,7 @@ void intra_backward(const Sizes& s, const scalar_t* x, const scalar_t* delta, co
             M[i * T + j] *= S[i * T + j];
           }
         }
-        lower_transposed_times<scalar_t>(T, P, M.data(), dyh, ldx, 0, dxd.data(), P);  // M^T dy
+        lower_transposed_times<scalar_t>(T, TB, P, M.data(), dyh, ldx, 0, dxd.data(), P);  // M^T dy
         // cs_i enters M_ij as exp(cs_i - cs_j): d cs_i = <dy_i, y_i>, d cs_j -= <xd_j, (M^T dy)_j>.
         scalar_t* dch = dcs + s.t(k, h);
         for (int64_t t = 0; t < T; ++t) {
@@ -237,7 +159,7 @@ void intra_backward(const Sizes& s, const scalar_t* x, const scalar_t* delta, co
         }
         // U = sum_t w_t xd_t B_t^T, w_t = exp(cs_T - cs_t): BdU = B dU^T.
         const scalar_t* dUh = dU + s.state(k, h);
-        mm<scalar_t>(false, true, T, P, N, Bg, ldb, dUh, N, 0, BdU.data(), P);
+        mm<scalar_t>(false, true, T, P, N, 1, Bg, ldb, dUh, N, 0, BdU.data(), P);
         scalar_t dlast = 0;
         for (int64_t t = 0; t < T; ++t) {
           const scalar_t w = decay_exp(c[T - 1] - c[t]);
@@ -252,7 +174,7 @@ void intra_backward(const Sizes& s, const scalar_t* x, const scalar_t* delta, co
           dlast += w * dw;
         }
         dch[(T - 1) * s.H] += dlast;
-        mm<scalar_t>(false, false, T, N, P, xd.data(), P, dUh, N, 1, dBg, ldb);  // dB += (w xd) dU
+        mm<scalar_t>(false, false, T, N, P, 1, xd.data(), P, dUh, N, 1, dBg, ldb);  // dB += (w xd) dU
         scalar_t* dxh = dx + s.x(k, h);
         scalar_t* ddh = ddelta + s.t(k, h);
         for (int64_t t = 0; t < T; ++t) {
@@ -265,8 +187,8 @@ void intra_backward(const Sizes& s, const scalar_t* x, const scalar_t* delta, co
           ddh[t * s.H] = acc;
         }
       }
-      lower_times<scalar_t>(T, N, dS.data(), Bg, ldb, 0, dC + s.b(k, g), ldb);  // dC = dS B
-      lower_transposed_times<scalar_t>(T, N, dS.data(), Cg, ldb, 1, dBg, ldb);  // dB += dS^T C
+      lower_times<scalar_t>(T, TB, N, dS.data(), Bg, ldb, 0, dC + s.b(k, g), ldb);  // dC = dS B
+      lower_transposed_times<scalar_t>(T, TB, N, dS.data(), Cg, ldb, 1, dBg, ldb);  // dB += dS^T C
     }
   }
 }
@@ -288,7 +210,7 @@ void output_forward(const Sizes& s, const scalar_t* cs, const scalar_t* C, const
 #pragma omp simd
           for (int64_t n = 0; n < N; ++n) Ce[t * N + n] = e * Cg[t * ldb + n];
         }
-        mm<scalar_t>(false, true, T, P, N, Ce.data(), N, E + s.state(k, h), N, 1, y + s.x(k, h), ldx);
+        mm<scalar_t>(false, true, T, P, N, 1, Ce.data(), N, E + s.state(k, h), N, 1, y + s.x(k, h), ldx);
       }
     }
   }
@@ -315,9 +237,9 @@ void output_backward(const Sizes& s, const scalar_t* cs, const scalar_t* C, cons
 #pragma omp simd
           for (int64_t p = 0; p < P; ++p) dye[t * P + p] = e * dyh[t * ldx + p];
         }
-        mm<scalar_t>(true, false, P, N, T, dye.data(), P, Cg, ldb, 0, dE + s.state(k, h), N);
-        mm<scalar_t>(false, false, T, N, P, dye.data(), P, Eh, N, h == g * r ? 0 : 1, dC + s.b(k, g), ldb);
-        mm<scalar_t>(false, true, T, P, N, Cg, ldb, Eh, N, 0, CE.data(), P);
+        mm<scalar_t>(true, false, P, N, T, 1, dye.data(), P, Cg, ldb, 0, dE + s.state(k, h), N);
+        mm<scalar_t>(false, false, T, N, P, 1, dye.data(), P, Eh, N, h == g * r ? 0 : 1, dC + s.b(k, g), ldb);
+        mm<scalar_t>(false, true, T, P, N, 1, Cg, ldb, Eh, N, 0, CE.data(), P);
         for (int64_t t = 0; t < T; ++t) {
           scalar_t acc = 0;
 #pragma omp simd reduction(+ : acc)

@@ -27,30 +27,10 @@ from torch import Tensor, nn
 
 from ..layers.attention import FullAttention
 from ..layers.mamba2 import Mamba2
-from .hf_hybrid import (
-    has_qwen3_5_parts,
-    Tensors,
-    activation,
-    attention_in,
-    attention_layout,
-    attention_out,
-    config_of,
-    dt_limit_json,
-    dtype_name,
-    gated_mlp_in,
-    gated_mlp_out,
-    get,
-    load_exactly,
-    mamba2_args,
-    mamba2_in,
-    mamba2_layout,
-    mamba2_out,
-    mlp_layout,
-    one,
-    rope,
-    state_dict_of,
-    tied,
-)
+from .hf_hybrid import (Tensors, activation, attention_in, attention_layout, attention_out, bamba_mamba2_args,
+                        bamba_mamba2_config, build_loaded, config_head, config_of, gated_mlp_in, gated_mlp_out, get,
+                        has_qwen3_5_parts, is_mamba_ssm_mixer, mamba2_in, mamba2_layout, mamba2_out, mlp_layout, one,
+                        put_ends, rope, saved, state_dict_of, take_ends, tied)
 from .lm import Block, LanguageModel
 
 PREFIXES = ("model.",)
@@ -63,14 +43,8 @@ def bamba_pattern(config: Any, fn: str) -> tuple[list[dict[str, Any]], dict[str,
     eps = get(config, "rms_norm_eps", 1e-5)
     heads = get(config, "num_attention_heads")
     head_dim = get(config, "head_dim", d // heads)
-    expand = get(config, "mamba_expand", 2)
-    nheads = get(config, "mamba_n_heads", 128)
-    d_head = get(config, "mamba_d_head", "auto")
     theta, partial = rope(config, fn, default_partial=0.5)
-    mamba = mamba2_args(d, expand * d, nheads, None if d_head == "auto" else d_head, get(config, "mamba_n_groups", 1),
-                        get(config, "mamba_d_state", 256), get(config, "mamba_d_conv", 4),
-                        bool(get(config, "mamba_conv_bias", True)), bool(get(config, "mamba_proj_bias", False)),
-                        get(config, "mamba_chunk_size", 256), get(config, "time_step_limit"), eps, fn)
+    mamba = bamba_mamba2_args(config, d, get(config, "mamba_expand", 2) * d, eps, fn)
     attention = dict(heads=heads, kv_heads=get(config, "num_key_value_heads", heads), head_dim=head_dim,
                      rotary=True, rotary_base=theta, rotary_dim=int(head_dim * partial), rotary_interleaved=False,
                      bias=bool(get(config, "attention_bias", False)))
@@ -89,11 +63,7 @@ def from_hf_bamba(model_or_state_dict: nn.Module | Mapping[str, Tensor], config:
     config = config_of(model_or_state_dict, config, fn, "BambaConfig")
     pattern, args = bamba_pattern(config, fn)
     t = Tensors(state_dict_of(model_or_state_dict, fn), fn, PREFIXES)
-    sd: dict[str, Tensor] = {"embedding.weight": t.take("embed_tokens.weight"),
-                             "norm_f.weight": t.take("final_layernorm.weight")}
-    head = t.take_optional("lm_head.weight")
-    if head is not None:
-        sd["lm_head.weight"] = head
+    sd = take_ends(t, "embed_tokens.weight", "final_layernorm.weight")
     for i, entry in enumerate(pattern):
         theirs, ours = f"layers.{i}.", f"layers.{i}."
         sd[ours + "norm.weight"] = t.take(theirs + "input_layernorm.weight")
@@ -103,9 +73,7 @@ def from_hf_bamba(model_or_state_dict: nn.Module | Mapping[str, Tensor], config:
         else:
             mamba2_in(t, theirs + "mamba.", ours + "mixer.", sd)
         gated_mlp_in(t, theirs + "feed_forward.", ours + "mlp.", sd)
-    t.check_all_taken()
-    model = LanguageModel(vocab_size=sd["embedding.weight"].shape[0], pattern=pattern, **args)
-    return load_exactly(fn, model, sd, args["tie_embeddings"])
+    return build_loaded(fn, t, sd, pattern, args)
 
 
 def load_hf_bamba(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> LanguageModel:
@@ -135,24 +103,18 @@ def to_hf_bamba(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor]
             or any(b.norm.eps != eps or b.norm2.eps != eps for b in blocks)):
         return None
     d = model.d_model
-    if (mamba["d_inner"] % d or mamba["D_has_hdim"] or not mamba["rmsnorm"] or mamba["norm_before_gate"]
-            or mamba["norm_eps"] != eps or mamba["multipliers"] is not None or mamba["out_bias"] != mamba["bias"]
-            or not mamba["causal"]):
+    if mamba["d_inner"] % d or not is_mamba_ssm_mixer(mamba, eps):
         return None
     if attn is not None and (not attn["rotary"] or attn["interleaved"] or attn["scale"] is not None
                              or attn["bias"] != attn["out_bias"] or attn["rotary_dim"] != int(attn["head_dim"] * 0.5)):
         return None  # transformers' Bamba fixes a rotary on half of each head, by halves
     config: dict[str, Any] = {
-        "architectures": ["BambaForCausalLM"], "model_type": "bamba", "dtype": dtype_name(model),
-        "vocab_size": model.embedding.num_embeddings, "hidden_size": d, "num_hidden_layers": len(blocks),
+        **config_head(model, "BambaForCausalLM", "bamba"), "num_hidden_layers": len(blocks),
         "intermediate_size": mlp["hidden"], "hidden_act": mlp["activation"], "mlp_bias": mlp["bias"],
         "rms_norm_eps": eps,
         "tie_word_embeddings": tied(model),
         "attn_layer_indices": [i for i, m in enumerate(mixers) if isinstance(m, FullAttention)],
-        "mamba_n_heads": mamba["nheads"], "mamba_d_head": mamba["headdim"], "mamba_n_groups": mamba["ngroups"],
-        "mamba_d_state": mamba["d_state"], "mamba_d_conv": mamba["d_conv"], "mamba_expand": mamba["d_inner"] // d,
-        "mamba_chunk_size": mamba["chunk_size"], "mamba_conv_bias": mamba["conv_bias"],
-        "mamba_proj_bias": mamba["bias"], "time_step_limit": dt_limit_json(mamba["dt_limit"]), "use_cache": True,
+        **bamba_mamba2_config(mamba), "mamba_expand": mamba["d_inner"] // d, "use_cache": True,
     }
     if attn is not None:
         config.update(num_attention_heads=attn["heads"], num_key_value_heads=attn["kv_heads"],
@@ -162,22 +124,17 @@ def to_hf_bamba(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor]
         if attn["head_dim"] != d // attn["heads"]:
             config["head_dim"] = attn["head_dim"]
     ours = model.state_dict()
-    sd: dict[str, Tensor] = {"model.embed_tokens.weight": ours["embedding.weight"],
-                             "model.final_layernorm.weight": ours["norm_f.weight"]}
-    if not tied(model):
-        sd["lm_head.weight"] = ours["lm_head.weight"]
+    sd = put_ends(model, ours, "model.embed_tokens.weight", "model.final_layernorm.weight")
     for i, m in enumerate(mixers):
         prefix, theirs = f"layers.{i}.", f"model.layers.{i}."
         sd[theirs + "input_layernorm.weight"] = ours[prefix + "norm.weight"]
         sd[theirs + "pre_ff_layernorm.weight"] = ours[prefix + "norm2.weight"]
         if isinstance(m, FullAttention):
-            a = m.attn
-            attention_out(ours, prefix + "mixer.attn.", [a.heads * a.head_dim, *[a.kv_heads * a.head_dim] * 2],
-                          theirs + "self_attn.", sd)
+            attention_out(ours, prefix + "mixer.attn.", m.attn, theirs + "self_attn.", sd)
         else:
             mamba2_out(ours, prefix + "mixer.", theirs + "mamba.", sd)
         gated_mlp_out(ours, prefix + "mlp.", theirs + "feed_forward.", sd)
-    return config, {k: v.detach().contiguous() for k, v in sd.items()}, "model.safetensors"
+    return saved(config, sd)
 
 
 __all__ = ["bamba_pattern", "from_hf_bamba", "load_hf_bamba", "to_hf_bamba"]

@@ -39,30 +39,10 @@ from torch import Tensor, nn
 from ..layers.attention import FullAttention
 from ..layers.mamba2 import Mamba2
 from ..layers.parallel import Parallel
-from .hf_hybrid import (
-    has_qwen3_5_parts,
-    Tensors,
-    activation,
-    attention_in,
-    attention_layout,
-    attention_out,
-    config_of,
-    dt_limit_json,
-    dtype_name,
-    gated_mlp_in,
-    gated_mlp_out,
-    get,
-    load_exactly,
-    mamba2_args,
-    mamba2_in,
-    mamba2_layout,
-    mamba2_out,
-    mlp_layout,
-    one,
-    rope,
-    state_dict_of,
-    tied,
-)
+from .hf_hybrid import (Tensors, activation, attention_in, attention_layout, attention_out, bamba_mamba2_args,
+                        bamba_mamba2_config, build_loaded, config_head, config_of, gated_mlp_in, gated_mlp_out, get,
+                        has_qwen3_5_parts, mamba2_in, mamba2_layout, mamba2_out, mlp_layout, one, put_ends, rope,
+                        saved, state_dict_of, take_ends, tied)
 from .lm import Block, LanguageModel
 
 PREFIXES = ("model.",)
@@ -75,18 +55,13 @@ def falcon_h1_pattern(config: Any, fn: str) -> tuple[list[dict[str, Any]], dict[
     heads = get(config, "num_attention_heads")
     head_dim = get(config, "head_dim", d // heads)
     d_ssm = get(config, "mamba_d_ssm") or get(config, "mamba_expand", 2) * d
-    nheads, d_head = get(config, "mamba_n_heads", 128), get(config, "mamba_d_head", "auto")
     theta, partial = rope(config, fn)
     if partial != 1.0:
         raise ValueError(f"{fn}: transformers' Falcon-H1 rotates whole heads; partial_rotary_factor={partial}")
     ssm_multipliers = get(config, "ssm_multipliers", [1.0] * 5)
-    mamba = mamba2_args(d, d_ssm, nheads, None if d_head == "auto" else d_head, get(config, "mamba_n_groups", 1),
-                        get(config, "mamba_d_state", 256), get(config, "mamba_d_conv", 4),
-                        bool(get(config, "mamba_conv_bias", True)), bool(get(config, "mamba_proj_bias", False)),
-                        get(config, "mamba_chunk_size", 256), get(config, "time_step_limit"), eps, fn,
-                        out_proj_bias=bool(get(config, "projectors_bias", False)),
-                        rmsnorm=bool(get(config, "mamba_rms_norm", False)),
-                        norm_before_gate=bool(get(config, "mamba_norm_before_gate", True)))
+    mamba = bamba_mamba2_args(config, d, d_ssm, eps, fn, out_proj_bias=bool(get(config, "projectors_bias", False)),
+                              rmsnorm=bool(get(config, "mamba_rms_norm", False)),
+                              norm_before_gate=bool(get(config, "mamba_norm_before_gate", True)))
     if any(float(m) != 1.0 for m in ssm_multipliers):
         mamba["in_proj_multipliers"] = tuple(float(m) for m in ssm_multipliers)
     key_multiplier = float(get(config, "key_multiplier", 1.0))
@@ -116,11 +91,7 @@ def from_hf_falcon_h1(model_or_state_dict: nn.Module | Mapping[str, Tensor], con
     config = config_of(model_or_state_dict, config, fn, "FalconH1Config")
     pattern, args = falcon_h1_pattern(config, fn)
     t = Tensors(state_dict_of(model_or_state_dict, fn), fn, PREFIXES)
-    sd: dict[str, Tensor] = {"embedding.weight": t.take("embed_tokens.weight"),
-                             "norm_f.weight": t.take("final_layernorm.weight")}
-    head = t.take_optional("lm_head.weight")
-    if head is not None:
-        sd["lm_head.weight"] = head
+    sd = take_ends(t, "embed_tokens.weight", "final_layernorm.weight")
     for i in range(pattern[0]["repeat"]):
         theirs, ours = f"layers.{i}.", f"layers.{i}."
         sd[ours + "norm.weight"] = t.take(theirs + "input_layernorm.weight")
@@ -128,9 +99,7 @@ def from_hf_falcon_h1(model_or_state_dict: nn.Module | Mapping[str, Tensor], con
         mamba2_in(t, theirs + "mamba.", ours + "mixer.layers.0.", sd)
         attention_in(t, theirs + "self_attn.", ours + "mixer.layers.1.attn.", sd)
         gated_mlp_in(t, theirs + "feed_forward.", ours + "mlp.", sd)
-    t.check_all_taken()
-    model = LanguageModel(vocab_size=sd["embedding.weight"].shape[0], pattern=pattern, **args)
-    return load_exactly(fn, model, sd, args["tie_embeddings"])
+    return build_loaded(fn, t, sd, pattern, args)
 
 
 def load_hf_falcon_h1(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> LanguageModel:
@@ -150,7 +119,7 @@ def to_hf_falcon_h1(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Ten
             and isinstance(b.mixer.layers[0], Mamba2) and isinstance(b.mixer.layers[1], FullAttention)
             for b in blocks):
         return None
-    eps, d = model.norm_f.eps, model.d_model
+    eps = model.norm_f.eps
     mamba = one([mamba2_layout(b.mixer.layers[0]) for b in blocks])
     attn = one([attention_layout(b.mixer.layers[1]) for b in blocks])
     multipliers = one([{"in": b.mixer.in_multipliers, "out": b.mixer.out_multipliers} for b in blocks])
@@ -166,19 +135,15 @@ def to_hf_falcon_h1(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Ten
         return None
     scale = attn["scale"] if attn["scale"] is not None else 1 / math.sqrt(attn["head_dim"])
     config: dict[str, Any] = {
-        "architectures": ["FalconH1ForCausalLM"], "model_type": "falcon_h1", "dtype": dtype_name(model),
-        "vocab_size": model.embedding.num_embeddings, "hidden_size": d, "num_hidden_layers": len(blocks),
+        **config_head(model, "FalconH1ForCausalLM", "falcon_h1"), "num_hidden_layers": len(blocks),
         "intermediate_size": mlp["hidden"], "hidden_act": mlp["activation"], "mlp_bias": mlp["bias"],
         "rms_norm_eps": eps,
         "tie_word_embeddings": tied(model), "use_cache": True,
         "num_attention_heads": attn["heads"], "num_key_value_heads": attn["kv_heads"], "head_dim": attn["head_dim"],
         "attention_bias": attn["bias"], "rope_parameters": {"rope_type": "default", "rope_theta": attn["rotary_base"]},
-        "mamba_d_ssm": mamba["d_inner"], "mamba_n_heads": mamba["nheads"], "mamba_d_head": mamba["headdim"],
-        "mamba_n_groups": mamba["ngroups"], "mamba_d_state": mamba["d_state"], "mamba_d_conv": mamba["d_conv"],
-        "mamba_chunk_size": mamba["chunk_size"], "mamba_conv_bias": mamba["conv_bias"],
-        "mamba_proj_bias": mamba["bias"], "projectors_bias": mamba["out_bias"], "mamba_rms_norm": mamba["rmsnorm"],
+        **bamba_mamba2_config(mamba), "mamba_d_ssm": mamba["d_inner"], "projectors_bias": mamba["out_bias"],
+        "mamba_rms_norm": mamba["rmsnorm"],
         "mamba_norm_before_gate": mamba["norm_before_gate"] if mamba["rmsnorm"] else True,
-        "time_step_limit": dt_limit_json(mamba["dt_limit"]),
         "embedding_multiplier": model.embedding_multiplier, "lm_head_multiplier": model.lm_head_multiplier,
         "ssm_in_multiplier": multipliers["in"][0], "ssm_out_multiplier": multipliers["out"][0],
         "attention_in_multiplier": multipliers["in"][1], "attention_out_multiplier": multipliers["out"][1],
@@ -186,19 +151,15 @@ def to_hf_falcon_h1(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Ten
         "ssm_multipliers": list(mamba["multipliers"] or (1.0,) * 5), "mlp_multipliers": list(mlp["multipliers"]),
     }
     ours = model.state_dict()
-    sd: dict[str, Tensor] = {"model.embed_tokens.weight": ours["embedding.weight"],
-                             "model.final_layernorm.weight": ours["norm_f.weight"]}
-    if not tied(model):
-        sd["lm_head.weight"] = ours["lm_head.weight"]
-    sizes = [attn["heads"] * attn["head_dim"], *[attn["kv_heads"] * attn["head_dim"]] * 2]
-    for i in range(len(blocks)):
+    sd = put_ends(model, ours, "model.embed_tokens.weight", "model.final_layernorm.weight")
+    for i, b in enumerate(blocks):
         prefix, theirs = f"layers.{i}.", f"model.layers.{i}."
         sd[theirs + "input_layernorm.weight"] = ours[prefix + "norm.weight"]
         sd[theirs + "pre_ff_layernorm.weight"] = ours[prefix + "norm2.weight"]
         mamba2_out(ours, prefix + "mixer.layers.0.", theirs + "mamba.", sd)
-        attention_out(ours, prefix + "mixer.layers.1.attn.", sizes, theirs + "self_attn.", sd)
+        attention_out(ours, prefix + "mixer.layers.1.attn.", b.mixer.layers[1].attn, theirs + "self_attn.", sd)
         gated_mlp_out(ours, prefix + "mlp.", theirs + "feed_forward.", sd)
-    return config, {k: v.detach().contiguous() for k, v in sd.items()}, "model.safetensors"
+    return saved(config, sd)
 
 
 __all__ = ["falcon_h1_pattern", "from_hf_falcon_h1", "load_hf_falcon_h1", "to_hf_falcon_h1"]

@@ -30,26 +30,10 @@ from torch import Tensor, nn
 
 from ..layers.attention import FullAttention
 from ..layers.mamba2 import Mamba2
-from .hf_hybrid import (
-    has_qwen3_5_parts,
-    Tensors,
-    activation,
-    attention_in,
-    attention_layout,
-    attention_out,
-    config_of,
-    dt_limit_json,
-    dtype_name,
-    get,
-    load_exactly,
-    mamba2_args,
-    mamba2_in,
-    mamba2_layout,
-    mamba2_out,
-    mlp_layout,
-    one,
-    state_dict_of,
-)
+from .hf_hybrid import (Tensors, activation, attention_in, attention_layout, attention_out, build_loaded,
+                        config_head, config_of, dt_limit_json, get, has_qwen3_5_parts, is_mamba_ssm_mixer,
+                        mamba2_args, mamba2_in, mamba2_layout, mamba2_out, mlp_layout, one, put_ends, saved,
+                        state_dict_of, take_ends)
 from .lm import Block, LanguageModel, MLPBlock
 
 PREFIXES = ("backbone.", "model.")
@@ -112,8 +96,7 @@ def from_hf_nemotron_h(model_or_state_dict: nn.Module | Mapping[str, Tensor], co
     config = config_of(model_or_state_dict, config, fn, "NemotronHConfig")
     pattern, args = nemotron_h_pattern(config, fn)
     t = Tensors(state_dict_of(model_or_state_dict, fn), fn, PREFIXES)
-    sd: dict[str, Tensor] = {"embedding.weight": t.take("embeddings.weight"), "norm_f.weight": t.take("norm_f.weight"),
-                             "lm_head.weight": t.take("lm_head.weight")}
+    sd = take_ends(t, "embeddings.weight", "norm_f.weight", head_required=True)
     for i, entry in enumerate(pattern):
         theirs, ours = f"layers.{i}.", f"layers.{i}."
         sd[ours + "norm.weight"] = t.take(theirs + "norm.weight")
@@ -128,9 +111,7 @@ def from_hf_nemotron_h(model_or_state_dict: nn.Module | Mapping[str, Tensor], co
                         t.take_optional(f"{theirs}mixer.{name}.{kind}")
                     if value is not None:
                         sd[f"{ours}mlp.{name.removesuffix('_proj')}.{kind}"] = value
-    t.check_all_taken()
-    model = LanguageModel(vocab_size=sd["embedding.weight"].shape[0], pattern=pattern, **args)
-    return load_exactly(fn, model, sd, args["tie_embeddings"])
+    return build_loaded(fn, t, sd, pattern, args)
 
 
 def load_hf_nemotron_h(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> LanguageModel:
@@ -148,7 +129,7 @@ def to_hf_nemotron_h(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Te
         return None
     if model.embedding_multiplier != 1.0 or model.lm_head_multiplier != 1.0 or len(model.shared_blocks):
         return None
-    eps, d = model.norm_f.eps, model.d_model
+    eps = model.norm_f.eps
     types, mambas, attns, mlps = [], [], [], []
     for b in model.layers:
         if isinstance(b, MLPBlock):
@@ -164,17 +145,14 @@ def to_hf_nemotron_h(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Te
             return None
     mamba, attn = one([mamba2_layout(m) for m in mambas]), one([attention_layout(a) for a in attns])
     mlp = one([mlp_layout(m) for m in mlps])
-    if (mambas and (mamba is None or mamba["D_has_hdim"] or not mamba["rmsnorm"] or mamba["norm_before_gate"]
-                    or mamba["norm_eps"] != eps or mamba["multipliers"] is not None
-                    or mamba["out_bias"] != mamba["bias"] or not mamba["causal"])):
+    if mambas and (mamba is None or not is_mamba_ssm_mixer(mamba, eps)):
         return None
     if attns and (attn is None or attn["rotary"] or attn["scale"] is not None or attn["bias"] or attn["out_bias"]):
         return None  # transformers' Nemotron-H attention has neither position embedding nor biases
     if mlps and (mlp is None or mlp["gated"] or mlp["multipliers"] != (1.0, 1.0)):
         return None
     config: dict[str, Any] = {
-        "architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "dtype": dtype_name(model),
-        "vocab_size": model.embedding.num_embeddings, "hidden_size": d, "layers_block_type": types,
+        **config_head(model, "NemotronHForCausalLM", "nemotron_h"), "layers_block_type": types,
         "layer_norm_epsilon": eps, "tie_word_embeddings": False, "use_cache": True,
         "residual_in_fp32": False, "rescale_prenorm_residual": False,
     }
@@ -190,15 +168,12 @@ def to_hf_nemotron_h(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Te
         config.update(intermediate_size=mlp["hidden"], mlp_hidden_act=_HF_ACT[mlp["activation"]], mlp_bias=mlp["bias"])
     ours = model.state_dict()
     # the head always written: transformers' Nemotron-H never ties it to the embedding
-    sd: dict[str, Tensor] = {"backbone.embeddings.weight": ours["embedding.weight"],
-                             "backbone.norm_f.weight": ours["norm_f.weight"], "lm_head.weight": ours["lm_head.weight"]}
+    sd = put_ends(model, ours, "backbone.embeddings.weight", "backbone.norm_f.weight", head_always=True)
     for i, (kind, b) in enumerate(zip(types, model.layers)):
         prefix, theirs = f"layers.{i}.", f"backbone.layers.{i}."
         sd[theirs + "norm.weight"] = ours[prefix + "norm.weight"]
         if kind == "full_attention":
-            a = b.mixer.attn
-            attention_out(ours, prefix + "mixer.attn.", [a.heads * a.head_dim, *[a.kv_heads * a.head_dim] * 2],
-                          theirs + "mixer.", sd)
+            attention_out(ours, prefix + "mixer.attn.", b.mixer.attn, theirs + "mixer.", sd)
         elif kind == "linear_attention":
             mamba2_out(ours, prefix + "mixer.", theirs + "mixer.", sd)
         else:
@@ -206,7 +181,7 @@ def to_hf_nemotron_h(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Te
                 for part in ("weight", "bias"):
                     if f"{prefix}mlp.{name}.{part}" in ours:
                         sd[f"{theirs}mixer.{name}_proj.{part}"] = ours[f"{prefix}mlp.{name}.{part}"]
-    return config, {k: v.detach().contiguous() for k, v in sd.items()}, "model.safetensors"
+    return saved(config, sd)
 
 
 __all__ = ["from_hf_nemotron_h", "load_hf_nemotron_h", "nemotron_h_pattern", "to_hf_nemotron_h"]

@@ -41,22 +41,8 @@ from torch import Tensor, nn
 
 from ..layers.attention import FullAttention
 from ..layers.gated_deltanet import GatedDeltaNet
-from .hf_hybrid import (
-    Tensors,
-    activation,
-    attention_layout,
-    config_of,
-    dtype_name,
-    gated_mlp_in,
-    gated_mlp_out,
-    get,
-    load_exactly,
-    mlp_layout,
-    one,
-    rope,
-    state_dict_of,
-    tied,
-)
+from .hf_hybrid import (Tensors, activation, attention_layout, build_loaded, config_head, config_of, gated_mlp_in,
+                        gated_mlp_out, get, mlp_layout, one, put_ends, rope, saved, state_dict_of, take_ends, tied)
 from .lm import Block, LanguageModel
 
 # The language model's prefix in a Qwen3_5ForConditionalGeneration folder, then in a Qwen3_5ForCausalLM one.
@@ -199,13 +185,9 @@ def from_hf_qwen3_5(model_or_state_dict: nn.Module | Mapping[str, Tensor], confi
     config = config_of(model_or_state_dict, config, fn, "Qwen3_5TextConfig")
     text = text_config(config)
     pattern, args = qwen3_5_pattern(text, fn)
-    tie = _tied(config)
     sd_in = {k: v for k, v in state_dict_of(model_or_state_dict, fn).items() if not k.startswith(LEFT_OUT)}
     t = Tensors(sd_in, fn, PREFIXES)
-    sd: dict[str, Tensor] = {"embedding.weight": t.take("embed_tokens.weight"), "norm_f.weight": t.take("norm.weight")}
-    head = t.take_optional("lm_head.weight")
-    if head is not None:
-        sd["lm_head.weight"] = head
+    sd = take_ends(t, "embed_tokens.weight", "norm.weight")
     for i, entry in enumerate(pattern):
         theirs = ours = f"layers.{i}."
         sd[ours + "norm.weight"] = t.take(theirs + "input_layernorm.weight")
@@ -216,9 +198,7 @@ def from_hf_qwen3_5(model_or_state_dict: nn.Module | Mapping[str, Tensor], confi
         else:
             _gdn_in(t, theirs + "linear_attn.", ours + "mixer.", entry["args"], sd)
         gated_mlp_in(t, theirs + "mlp.", ours + "mlp.", sd)
-    t.check_all_taken()
-    model = LanguageModel(vocab_size=sd["embedding.weight"].shape[0], pattern=pattern, tie_embeddings=tie, **args)
-    return load_exactly(fn, model, sd, tie)
+    return build_loaded(fn, t, sd, pattern, dict(args, tie_embeddings=_tied(config)))
 
 
 def load_hf_qwen3_5(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> LanguageModel:
@@ -262,10 +242,8 @@ def to_hf_qwen3_5(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tenso
         partial = attn["rotary_dim"] / attn["head_dim"]
         if int(attn["head_dim"] * partial) != attn["rotary_dim"]:
             return None
-    d = model.d_model
     config: dict[str, Any] = {
-        "architectures": ["Qwen3_5ForCausalLM"], "model_type": "qwen3_5_text", "dtype": dtype_name(model),
-        "vocab_size": model.embedding.num_embeddings, "hidden_size": d, "num_hidden_layers": len(blocks),
+        **config_head(model, "Qwen3_5ForCausalLM", "qwen3_5_text"), "num_hidden_layers": len(blocks),
         "intermediate_size": mlp["hidden"], "hidden_act": mlp["activation"], "rms_norm_eps": eps,
         "tie_word_embeddings": tied(model), "use_cache": True,
         "layer_types": ["full_attention" if isinstance(m, FullAttention) else "linear_attention" for m in mixers],
@@ -280,10 +258,7 @@ def to_hf_qwen3_5(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tenso
                       rope_parameters={"rope_type": "default", "rope_theta": attn["rotary_base"],
                                        "partial_rotary_factor": partial})
     ours = model.state_dict()
-    sd: dict[str, Tensor] = {"model.embed_tokens.weight": ours["embedding.weight"],
-                             "model.norm.weight": ours["norm_f.weight"]}
-    if not tied(model):
-        sd["lm_head.weight"] = ours["lm_head.weight"]
+    sd = put_ends(model, ours, "model.embed_tokens.weight", "model.norm.weight")
     for i, m in enumerate(mixers):
         prefix, theirs = f"layers.{i}.", f"model.layers.{i}."
         sd[theirs + "input_layernorm.weight"] = ours[prefix + "norm.weight"]
@@ -293,7 +268,7 @@ def to_hf_qwen3_5(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tenso
         else:
             _gdn_out(ours, prefix + "mixer.", m, theirs + "linear_attn.", sd)
         gated_mlp_out(ours, prefix + "mlp.", theirs + "mlp.", sd)
-    return config, {k: v.detach().contiguous() for k, v in sd.items()}, "model.safetensors"
+    return saved(config, sd)
 
 
 __all__ = ["from_hf_qwen3_5", "load_hf_qwen3_5", "qwen3_5_pattern", "to_hf_qwen3_5"]

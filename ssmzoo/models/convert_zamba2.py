@@ -41,24 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.mamba2 import Mamba2
-from .hf_hybrid import (
-    has_qwen3_5_parts,
-    Tensors,
-    activation,
-    attention_out,
-    config_of,
-    dtype_name,
-    get,
-    load_exactly,
-    mamba2_args,
-    mamba2_in,
-    mamba2_layout,
-    mamba2_out,
-    one,
-    rope,
-    state_dict_of,
-    tied,
-)
+from .hf_hybrid import (Tensors, activation, attention_out, build_loaded, config_head, config_of, get,
+                        has_qwen3_5_parts, is_mamba_ssm_mixer, mamba2_args, mamba2_in, mamba2_layout, mamba2_out, one,
+                        put_ends, rope, saved, state_dict_of, take_ends, tied)
 from .lm import Block, LanguageModel
 
 PREFIXES = ("model.",)
@@ -135,11 +120,7 @@ def from_hf_zamba2(model_or_state_dict: nn.Module | Mapping[str, Tensor], config
     config = config_of(model_or_state_dict, config, fn, "Zamba2Config")
     pattern, args = zamba2_pattern(config, fn)
     t = Tensors(state_dict_of(model_or_state_dict, fn), fn, PREFIXES)
-    sd: dict[str, Tensor] = {"embedding.weight": t.take("embed_tokens.weight"),
-                             "norm_f.weight": t.take("final_layernorm.weight")}
-    head = t.take_optional("lm_head.weight")
-    if head is not None:
-        sd["lm_head.weight"] = head
+    sd = take_ends(t, "embed_tokens.weight", "final_layernorm.weight")
     hybrid = [i for i, e in enumerate(pattern) if "shared_block" in e]
     block_uses: dict[int, list[int]] = {}
     for i in hybrid:
@@ -179,9 +160,7 @@ def from_hf_zamba2(model_or_state_dict: nn.Module | Mapping[str, Tensor], config
         mamba2_in(t, theirs + "mamba.", f"layers.{i}.mixer.", sd)
     for key in [k for k in t.left if _UNUSED_ADAPTER.match(k)]:  # an untied copy's slots for other uses: never read
         t.take(key)
-    t.check_all_taken()
-    model = LanguageModel(vocab_size=sd["embedding.weight"].shape[0], pattern=pattern, **args)
-    return load_exactly(fn, model, sd, args["tie_embeddings"])
+    return build_loaded(fn, t, sd, pattern, args)
 
 
 def load_hf_zamba2(config: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> LanguageModel:
@@ -215,9 +194,8 @@ def to_hf_zamba2(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor
     if (mamba is None or layout is None or uses != [j % n_blocks for j in range(len(uses))]
             or any(b.norm.eps != eps for b in blocks)):
         return None
-    if (mamba["d_inner"] % d or mamba["D_has_hdim"] or not mamba["rmsnorm"] or mamba["norm_before_gate"]
-            or mamba["norm_eps"] != 1e-5 or mamba["multipliers"] is not None or mamba["out_bias"] != mamba["bias"]
-            or not mamba["conv_bias"] or not mamba["causal"] or not math.isinf(mamba["dt_limit"][1])):
+    if (mamba["d_inner"] % d or not is_mamba_ssm_mixer(mamba, 1e-5) or not mamba["conv_bias"]
+            or not math.isinf(mamba["dt_limit"][1])):
         return None
     if (a.head_dim != 2 * d // a.heads or a.heads * a.head_dim != 2 * d or a.scale != (a.head_dim / 2) ** -0.5
             or a.qkv.bias is not None or a.out.bias is not None or (a.rotary and (a.rotary_interleaved
@@ -228,8 +206,7 @@ def to_hf_zamba2(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor
         return None
     types = ["hybrid" if b.shared_block is not None else "mamba" for b in blocks]
     config: dict[str, Any] = {
-        "architectures": ["Zamba2ForCausalLM"], "model_type": "zamba2", "dtype": dtype_name(model),
-        "vocab_size": model.embedding.num_embeddings, "hidden_size": d, "num_hidden_layers": len(blocks),
+        **config_head(model, "Zamba2ForCausalLM", "zamba2"), "num_hidden_layers": len(blocks),
         "layers_block_type": types, "rms_norm_eps": eps, "tie_word_embeddings": tied(model), "use_cache": True,
         "mamba_d_state": mamba["d_state"], "mamba_d_conv": mamba["d_conv"], "mamba_expand": mamba["d_inner"] // d,
         "mamba_ngroups": mamba["ngroups"], "n_mamba_heads": mamba["nheads"], "chunk_size": mamba["chunk_size"],
@@ -240,19 +217,15 @@ def to_hf_zamba2(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor
         "rope_parameters": {"rope_type": "default", "rope_theta": a.rotary_base},
     }
     ours = model.state_dict()
-    sd: dict[str, Tensor] = {"model.embed_tokens.weight": ours["embedding.weight"],
-                             "model.final_layernorm.weight": ours["norm_f.weight"]}
-    if not tied(model):
-        sd["lm_head.weight"] = ours["lm_head.weight"]
+    sd = put_ends(model, ours, "model.embed_tokens.weight", "model.final_layernorm.weight")
     hybrid = [i for i, b in enumerate(blocks) if b.shared_block is not None]
     first = {}
     for i in hybrid:
         first.setdefault(index[id(blocks[i].shared_block)], i)
-    sizes = [a.heads * a.head_dim, *[a.kv_heads * a.head_dim] * 2]
     for k, i in first.items():
         theirs, mine = f"model.layers.{i}.{_SHARED}", f"shared_blocks.{k}."
         sd[theirs + "input_layernorm.weight"] = ours[mine + "norm.weight"]
-        attention_out(ours, mine + "attn.", sizes, theirs + "self_attn.", sd)
+        attention_out(ours, mine + "attn.", shared[k].attn, theirs + "self_attn.", sd)
         sd[theirs + "pre_ff_layernorm.weight"] = ours[mine + "norm2.weight"]
         for kind in ("weight", "bias"):
             if f"{mine}mlp.up.{kind}" in ours:
@@ -278,7 +251,7 @@ def to_hf_zamba2(model: LanguageModel) -> tuple[dict[str, Any], dict[str, Tensor
         theirs = f"model.layers.{i}.mamba_decoder." if b.shared_block is not None else f"model.layers.{i}."
         sd[theirs + "input_layernorm.weight"] = ours[f"layers.{i}.norm.weight"]
         mamba2_out(ours, f"layers.{i}.mixer.", theirs + "mamba.", sd)
-    return config, {k: v.detach().contiguous() for k, v in sd.items()}, "model.safetensors"
+    return saved(config, sd)
 
 
 __all__ = ["from_hf_zamba2", "load_hf_zamba2", "to_hf_zamba2", "zamba2_pattern"]

@@ -138,9 +138,9 @@ def attention_in(t: Tensors, theirs: str, ours: str, out: dict[str, Tensor]) -> 
         out[ours + "out.bias"] = bias
 
 
-def attention_out(ours: Mapping[str, Tensor], prefix: str, sizes: list[int], theirs: str,
-                  out: dict[str, Tensor]) -> None:
-    """qkv, out -> q_proj, k_proj, v_proj, o_proj; ``sizes``: the widths of q, k and v."""
+def attention_out(ours: Mapping[str, Tensor], prefix: str, a: Attention, theirs: str, out: dict[str, Tensor]) -> None:
+    """qkv, out -> q_proj, k_proj, v_proj, o_proj; ``a``: the attention whose tensors these are."""
+    sizes = [a.heads * a.head_dim, a.kv_heads * a.head_dim, a.kv_heads * a.head_dim]
     for kind in ("weight", "bias"):
         if f"{prefix}qkv.{kind}" in ours:
             for p, part in zip("qkv", ours[f"{prefix}qkv.{kind}"].split(sizes)):
@@ -187,6 +187,46 @@ def load_exactly(fn: str, model: LanguageModel, sd: dict[str, Tensor], tied: boo
     return model
 
 
+def take_ends(t: Tensors, embedding: str, norm_f: str, head_required: bool = False) -> dict[str, Tensor]:
+    """Our state dict, begun with the checkpoint's embedding, final norm and LM head (where present: a tied model
+    saves none; ``head_required``: a format whose head is always its own)."""
+    sd = {"embedding.weight": t.take(embedding), "norm_f.weight": t.take(norm_f)}
+    head = t.take("lm_head.weight") if head_required else t.take_optional("lm_head.weight")
+    if head is not None:
+        sd["lm_head.weight"] = head
+    return sd
+
+
+def build_loaded(fn: str, t: Tensors, sd: dict[str, Tensor], pattern: list[dict[str, Any]],
+                 args: dict[str, Any]) -> LanguageModel:
+    """The ``LanguageModel`` a converted config describes, with ``sd`` loaded: once every checkpoint tensor in ``t``
+    has been taken."""
+    t.check_all_taken()
+    model = LanguageModel(vocab_size=sd["embedding.weight"].shape[0], pattern=pattern, **args)
+    return load_exactly(fn, model, sd, args["tie_embeddings"])
+
+
+def config_head(model: LanguageModel, architecture: str, model_type: str) -> dict[str, Any]:
+    """The config.json fields every format opens with."""
+    return {"architectures": [architecture], "model_type": model_type, "dtype": dtype_name(model),
+            "vocab_size": model.embedding.num_embeddings, "hidden_size": model.d_model}
+
+
+def put_ends(model: LanguageModel, ours: Mapping[str, Tensor], embedding: str, norm_f: str,
+             head_always: bool = False) -> dict[str, Tensor]:
+    """Their state dict, begun with our embedding, final norm and LM head (left out when tied, unless
+    ``head_always``: a format whose head is always its own)."""
+    sd = {embedding: ours["embedding.weight"], norm_f: ours["norm_f.weight"]}
+    if head_always or not tied(model):
+        sd["lm_head.weight"] = ours["lm_head.weight"]
+    return sd
+
+
+def saved(config: dict[str, Any], sd: dict[str, Tensor]) -> tuple[dict[str, Any], dict[str, Tensor], str]:
+    """What a ``to_hf_*`` converter returns: (config.json, the state dict as tensors to save, the file's name)."""
+    return config, {k: v.detach().contiguous() for k, v in sd.items()}, "model.safetensors"
+
+
 def mamba2_args(d_model: int, d_inner: int, nheads: int, headdim: int | None, ngroups: int, d_state: int, d_conv: int,
                 conv_bias: bool, bias: bool, chunk_size: int, dt_limit: Any, norm_eps: float, fn: str,
                 **extra: Any) -> dict[str, Any]:
@@ -205,6 +245,25 @@ def mamba2_args(d_model: int, d_inner: int, nheads: int, headdim: int | None, ng
     return args
 
 
+def bamba_mamba2_args(config: Any, d_model: int, d_inner: int, norm_eps: float, fn: str,
+                      **extra: Any) -> dict[str, Any]:
+    """``mamba2_args`` from the ``mamba_*`` fields of Bamba's config, which Falcon-H1's config shares."""
+    d_head = get(config, "mamba_d_head", "auto")
+    return mamba2_args(d_model, d_inner, get(config, "mamba_n_heads", 128), None if d_head == "auto" else d_head,
+                       get(config, "mamba_n_groups", 1), get(config, "mamba_d_state", 256),
+                       get(config, "mamba_d_conv", 4), bool(get(config, "mamba_conv_bias", True)),
+                       bool(get(config, "mamba_proj_bias", False)), get(config, "mamba_chunk_size", 256),
+                       get(config, "time_step_limit"), norm_eps, fn, **extra)
+
+
+def bamba_mamba2_config(mamba: dict[str, Any]) -> dict[str, Any]:
+    """The ``mamba_*`` fields of Bamba's config.json (and Falcon-H1's) for a ``mamba2_layout``."""
+    return {"mamba_n_heads": mamba["nheads"], "mamba_d_head": mamba["headdim"], "mamba_n_groups": mamba["ngroups"],
+            "mamba_d_state": mamba["d_state"], "mamba_d_conv": mamba["d_conv"],
+            "mamba_chunk_size": mamba["chunk_size"], "mamba_conv_bias": mamba["conv_bias"],
+            "mamba_proj_bias": mamba["bias"], "time_step_limit": dt_limit_json(mamba["dt_limit"])}
+
+
 def mamba2_layout(m: Mamba2) -> dict[str, Any]:
     """What a checkpoint's config must say of a Mamba2 mixer (compared across layers: they share one config)."""
     return dict(d_inner=m.d_inner, nheads=m.nheads, headdim=m.headdim, ngroups=m.ngroups, d_state=m.d_state,
@@ -213,6 +272,15 @@ def mamba2_layout(m: Mamba2) -> dict[str, Any]:
                 D_has_hdim=m.D_has_hdim, rmsnorm=m.rmsnorm, causal=m.causal,
                 norm_before_gate=m.norm is not None and m.norm.norm_before_gate,
                 norm_eps=m.norm.eps if m.norm is not None else None, multipliers=m.in_proj_multipliers)
+
+
+def is_mamba_ssm_mixer(mamba: dict[str, Any], norm_eps: float) -> bool:
+    """Whether a ``mamba2_layout`` is mamba-ssm's Mamba-2 mixer, the one transformers' Bamba, Nemotron-H and Zamba2
+    build: D per head, a causal convolution, the gated norm (eps ``norm_eps``) after the gate, no in_proj
+    multipliers, and a bias on out_proj exactly when in_proj has one."""
+    return (not mamba["D_has_hdim"] and mamba["rmsnorm"] and not mamba["norm_before_gate"]
+            and mamba["norm_eps"] == norm_eps and mamba["multipliers"] is None and mamba["out_bias"] == mamba["bias"]
+            and mamba["causal"])
 
 
 def attention_layout(a: FullAttention) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from .inputs import Mamba3Inputs, Mamba3State
 
 
 def extension() -> ModuleType | None:
-    return load_cpu_extension("ssmzoo_mamba3_cpu", "mamba3_cpu.cpp", headers=("cpu_math.h",))
+    return load_cpu_extension("ssmzoo_mamba3_cpu", "mamba3_cpu.cpp", headers=("cpu_blas.h", "cpu_math.h"))
 
 
 def available() -> bool:

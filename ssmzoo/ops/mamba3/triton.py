@@ -42,6 +42,20 @@ def _weights(cs_ptr, g_ptr, w_ptr, base, i, j, R, M):
 
 
 @triton.jit
+def _tile(ptr, item, rows, cols, M, W):
+    """Rows ``rows`` and columns ``cols`` of chunk-head ``item``'s (M, W) matrix, 0 outside it."""
+    return tl.load(ptr + (item * M + rows[:, None]) * W + cols[None, :],
+                   mask=(rows < M)[:, None] & (cols < W)[None, :], other=0.0)
+
+
+@triton.jit
+def _store_tile(ptr, item, rows, cols, M, W, value):
+    """``value`` into rows ``rows`` and columns ``cols`` of chunk-head ``item``'s (M, W) matrix, where inside it."""
+    tl.store(ptr + (item * M + rows[:, None]) * W + cols[None, :], value,
+             mask=(rows < M)[:, None] & (cols < W)[None, :])
+
+
+@triton.jit
 def _intra_fwd(q_ptr, k_ptr, v_ptr, cs_ptr, g_ptr, w_ptr, y_ptr, T, R, N, P,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
     item = tl.program_id(0)
@@ -49,19 +63,17 @@ def _intra_fwd(q_ptr, k_ptr, v_ptr, cs_ptr, g_ptr, w_ptr, y_ptr, T, R, N, P,
     i = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.arange(0, BLOCK_N)
     p = tl.arange(0, BLOCK_P)
-    mi, mn, mp = i < M, n < N, p < P
-    q_i = tl.load(q_ptr + (item * M + i[:, None]) * N + n[None, :], mask=mi[:, None] & mn[None, :], other=0.0)
+    q_i = _tile(q_ptr, item, i, n, M, N)
     acc = tl.zeros((BLOCK_M, BLOCK_P), dtype=y_ptr.dtype.element_ty)
     last = tl.minimum(((tl.program_id(1) * BLOCK_M + BLOCK_M - 1) // R + 1) * R, M)  # the rows' last token's end
     for j0 in range(0, last, BLOCK_M):
         j = j0 + tl.arange(0, BLOCK_M)
-        mj = j < M
-        k_j = tl.load(k_ptr + (item * M + j[:, None]) * N + n[None, :], mask=mj[:, None] & mn[None, :], other=0.0)
-        v_j = tl.load(v_ptr + (item * M + j[:, None]) * P + p[None, :], mask=mj[:, None] & mp[None, :], other=0.0)
+        k_j = _tile(k_ptr, item, j, n, M, N)
+        v_j = _tile(v_ptr, item, j, p, M, P)
         lam, _, _ = _weights(cs_ptr, g_ptr, w_ptr, item * T, i, j, R, M)
         scores = tl.dot(q_i, tl.trans(k_j), input_precision=PRECISION)
         acc = tl.dot(scores * lam, v_j, acc, input_precision=PRECISION)
-    tl.store(y_ptr + (item * M + i[:, None]) * P + p[None, :], acc, mask=mi[:, None] & mp[None, :])
+    _store_tile(y_ptr, item, i, p, M, P, acc)
 
 
 @triton.jit
@@ -74,25 +86,24 @@ def _intra_bwd_rows(q_ptr, k_ptr, v_ptr, cs_ptr, g_ptr, w_ptr, dy_ptr, dq_ptr, d
     i = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.arange(0, BLOCK_N)
     p = tl.arange(0, BLOCK_P)
-    mi, mn, mp = i < M, n < N, p < P
-    q_i = tl.load(q_ptr + (item * M + i[:, None]) * N + n[None, :], mask=mi[:, None] & mn[None, :], other=0.0)
-    dy_i = tl.load(dy_ptr + (item * M + i[:, None]) * P + p[None, :], mask=mi[:, None] & mp[None, :], other=0.0)
+    mi = i < M
+    q_i = _tile(q_ptr, item, i, n, M, N)
+    dy_i = _tile(dy_ptr, item, i, p, M, P)
     dq = tl.zeros((BLOCK_M, BLOCK_N), dtype=dq_ptr.dtype.element_ty)
     dcs = tl.zeros((BLOCK_M,), dtype=dcs_ptr.dtype.element_ty)
     dg = tl.zeros((BLOCK_M,), dtype=dg_ptr.dtype.element_ty)
     last = tl.minimum(((tl.program_id(1) * BLOCK_M + BLOCK_M - 1) // R + 1) * R, M)
     for j0 in range(0, last, BLOCK_M):
         j = j0 + tl.arange(0, BLOCK_M)
-        mj = j < M
-        k_j = tl.load(k_ptr + (item * M + j[:, None]) * N + n[None, :], mask=mj[:, None] & mn[None, :], other=0.0)
-        v_j = tl.load(v_ptr + (item * M + j[:, None]) * P + p[None, :], mask=mj[:, None] & mp[None, :], other=0.0)
+        k_j = _tile(k_ptr, item, j, n, M, N)
+        v_j = _tile(v_ptr, item, j, p, M, P)
         lam, e, diag = _weights(cs_ptr, g_ptr, w_ptr, item * T, i, j, R, M)
         dP = tl.dot(dy_i, tl.trans(v_j), input_precision=PRECISION)
         dps = dP * tl.dot(q_i, tl.trans(k_j), input_precision=PRECISION)
         dq = tl.dot(dP * lam, k_j, dq, input_precision=PRECISION)
         dcs += tl.sum(tl.where(diag, 0.0, dps * lam), axis=1)
         dg += tl.sum(tl.where(diag, dps, 0.0), axis=1)
-    tl.store(dq_ptr + (item * M + i[:, None]) * N + n[None, :], dq, mask=mi[:, None] & mn[None, :])
+    _store_tile(dq_ptr, item, i, n, M, N, dq)
     tl.store(dcs_ptr + item * M + i, dcs, mask=mi)
     tl.store(dg_ptr + item * M + i, dg, mask=mi)
 
@@ -107,9 +118,9 @@ def _intra_bwd_cols(q_ptr, k_ptr, v_ptr, cs_ptr, g_ptr, w_ptr, dy_ptr, dk_ptr, d
     j = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     n = tl.arange(0, BLOCK_N)
     p = tl.arange(0, BLOCK_P)
-    mj, mn, mp = j < M, n < N, p < P
-    k_j = tl.load(k_ptr + (item * M + j[:, None]) * N + n[None, :], mask=mj[:, None] & mn[None, :], other=0.0)
-    v_j = tl.load(v_ptr + (item * M + j[:, None]) * P + p[None, :], mask=mj[:, None] & mp[None, :], other=0.0)
+    mj = j < M
+    k_j = _tile(k_ptr, item, j, n, M, N)
+    v_j = _tile(v_ptr, item, j, p, M, P)
     dk = tl.zeros((BLOCK_M, BLOCK_N), dtype=dk_ptr.dtype.element_ty)
     dv = tl.zeros((BLOCK_M, BLOCK_P), dtype=dv_ptr.dtype.element_ty)
     dcs = tl.zeros((BLOCK_M,), dtype=dcs_ptr.dtype.element_ty)
@@ -117,9 +128,8 @@ def _intra_bwd_cols(q_ptr, k_ptr, v_ptr, cs_ptr, g_ptr, w_ptr, dy_ptr, dk_ptr, d
     first = (tl.program_id(1) * BLOCK_M // R) * R  # the first row of the columns' first token
     for i0 in range(first, M, BLOCK_M):
         i = i0 + tl.arange(0, BLOCK_M)
-        mi = i < M
-        q_i = tl.load(q_ptr + (item * M + i[:, None]) * N + n[None, :], mask=mi[:, None] & mn[None, :], other=0.0)
-        dy_i = tl.load(dy_ptr + (item * M + i[:, None]) * P + p[None, :], mask=mi[:, None] & mp[None, :], other=0.0)
+        q_i = _tile(q_ptr, item, i, n, M, N)
+        dy_i = _tile(dy_ptr, item, i, p, M, P)
         lam, e, diag = _weights(cs_ptr, g_ptr, w_ptr, item * T, i, j, R, M)
         scores = tl.dot(q_i, tl.trans(k_j), input_precision=PRECISION)
         dP = tl.dot(dy_i, tl.trans(v_j), input_precision=PRECISION)
@@ -128,8 +138,8 @@ def _intra_bwd_cols(q_ptr, k_ptr, v_ptr, cs_ptr, g_ptr, w_ptr, dy_ptr, dk_ptr, d
         dv = tl.dot(tl.trans(scores * lam), dy_i, dv, input_precision=PRECISION)
         dcs -= tl.sum(tl.where(diag, 0.0, dps * lam), axis=0)
         dw += tl.sum(dps * e, axis=0)
-    tl.store(dk_ptr + (item * M + j[:, None]) * N + n[None, :], dk, mask=mj[:, None] & mn[None, :])
-    tl.store(dv_ptr + (item * M + j[:, None]) * P + p[None, :], dv, mask=mj[:, None] & mp[None, :])
+    _store_tile(dk_ptr, item, j, n, M, N, dk)
+    _store_tile(dv_ptr, item, j, p, M, P, dv)
     tl.store(dcs_ptr + item * M + j, dcs, mask=mj)
     tl.store(dw_ptr + item * M + j, dw, mask=mj)
 

@@ -16,7 +16,7 @@ from .inputs import SSDInputs
 
 
 def extension() -> ModuleType | None:
-    return load_cpu_extension("ssmzoo_ssd_cpu", "ssd_cpu.cpp")
+    return load_cpu_extension("ssmzoo_ssd_cpu", "ssd_cpu.cpp", headers=("cpu_blas.h", "cpu_math.h"))
 
 
 def available() -> bool:
