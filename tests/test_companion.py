@@ -182,3 +182,51 @@ def test_closed_loop_companion_represents_any_ar_process():
     for _ in range(horizon):
         series.append(float(phi @ torch.tensor(series[-1 : -p - 1 : -1], dtype=torch.float64)))
     torch.testing.assert_close(dec(history).forecast[0, :, 0], torch.tensor(series[10:], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("d,length", [(1, 3), (4, 6), (5, 30)])
+def test_final_state_reads_only_the_last_d_plus_1_positions(d, length):
+    """The closed-loop decoder passes only these tails (it computes w there alone)."""
+    a, b = rand(2, d, seed=60, scale=0.3), rand(2, d, seed=61)
+    u, w = rand(3, 2, length, seed=62), rand(3, 2, length, seed=63)
+    full = companion_final_state(a, b, u, w, None)
+    torch.testing.assert_close(companion_final_state(a, b, u[..., -d - 1 :], w[..., -d - 1 :], None), full,
+                               rtol=1e-12, atol=1e-12)
+    # one position fewer loses w_{L−1−d}, which the state still reads
+    assert not torch.allclose(companion_final_state(a, b, u[..., -d:], w[..., -d:], None), full)
+
+
+@pytest.mark.parametrize("lag", [1, 4, 5, 6, 7, 8, 23])
+def test_closed_loop_forward_and_gradients_match_the_recurrence(lag):
+    """d_state 5: lags up to d + 1 take the full three-kernel convolution, longer ones compute the state
+    coordinate w over the last d + 1 positions only; both against a step-by-step loop, values and gradients."""
+    torch.manual_seed(1)
+    dec = ClosedLoopCompanionSSM(d_model=3, d_state=5, horizon=6).double()
+    with torch.no_grad():
+        dec.k.mul_(30)  # make the feedback matter
+    u = rand(2, lag, 3, seed=70).requires_grad_()
+    weights = [rand(2, n, 3, seed=71 + i) for i, n in enumerate((6, lag, lag))]
+
+    def loss(out):
+        return sum((w_ * t).sum() for w_, t in zip(weights, (out.forecast, out.lag_output, out.input_prediction)))
+
+    params = [u, dec.a, dec.b, dec.c, dec.k]
+    fast = dec(u)
+    fast_grads = torch.autograd.grad(loss(fast), params)
+
+    A = companion_matrix(capped_a(dec.a, dec.max_a_norm))
+    x = torch.zeros(2, 3, 5, dtype=torch.float64)
+    lag_out, pred, forecast = [], [], []
+    for t in range(lag):
+        x = torch.einsum("hij,bhj->bhi", A, x) + dec.b * u[:, t, :, None]
+        lag_out.append((dec.c * x).sum(-1))
+        pred.append((dec.k * x).sum(-1))
+    for _ in range(6):
+        forecast.append((dec.c * x).sum(-1))
+        x = torch.einsum("hij,bhj->bhi", A, x) + dec.b * (dec.k * x).sum(-1, keepdim=True)
+    loop = [torch.stack(t, 1) for t in (forecast, lag_out, pred)]
+    for got, want in zip((fast.forecast, fast.lag_output, fast.input_prediction), loop):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    loop_grads = torch.autograd.grad(sum((w_ * t).sum() for w_, t in zip(weights, loop)), params)
+    for got, want in zip(fast_grads, loop_grads):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8)

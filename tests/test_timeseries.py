@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from einops import repeat
 
 from ssmzoo.data.timeseries import (
     ARDataModule,
@@ -20,9 +21,9 @@ from ssmzoo.data.timeseries import (
     split_borders,
 )
 from ssmzoo.models import LinearForecaster, SpaceTime, SSMForecaster
-from ssmzoo.models.instance_norm import InstanceNorm
+from ssmzoo.models.instance_norm import InstanceNorm, split_channels
 from ssmzoo.models.spacetime import preprocessing_taps
-from ssmzoo.modules.fft_conv import fft_conv
+from ssmzoo.modules.fft_conv import fft_conv, fft_conv_reference
 from ssmzoo.tasks import ForecastingTask
 
 from offline_data import ett_dir
@@ -538,6 +539,27 @@ def test_spacetime_preprocessing_filters():
         mean = torch.stack([padded[100 + t - w + 1 : 100 + t + 1].sum() / w for t in range(50)])
         torch.testing.assert_close(y[channel], u - mean)
     assert torch.equal(taps[6], taps[0]) and torch.equal(taps[9], taps[3])  # the next group repeats the differences
+
+
+@pytest.mark.parametrize("channel_independent", [False, True])
+def test_spacetime_repeat_preprocessing_transforms_each_input_channel_once(channel_independent):
+    """With the repeat embedding each input channel is transformed once and broadcast over its filters: the same
+    values and gradients as filtering every repeated copy."""
+    torch.manual_seed(0)
+    model = SpaceTime(3, 3, 40, 5, d_model=24, d_state=4, encoder_kernels=4, embedding="repeat", ma_per_group=2,
+                      channel_independent=channel_independent).double()
+    z = torch.randn(2, 40, 3, dtype=torch.float64)
+    z = (split_channels(z) if channel_independent else z).requires_grad_()
+    fast = model._preprocess(z)
+    copies = repeat(z, "b l c -> b (r c) l", r=24 // z.shape[-1])
+    reference = fft_conv_reference(copies, model.preprocess).transpose(1, 2)
+    torch.testing.assert_close(fast, reference, rtol=1e-10, atol=1e-10)
+    weight = torch.randn_like(fast)
+    (fast_grad,) = torch.autograd.grad((weight * fast).sum(), z)
+    (reference_grad,) = torch.autograd.grad((weight * reference).sum(), z)
+    torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():  # no graph kept for the fixed filters
+        assert not model._preprocess(z).requires_grad
 
 
 def test_spacetime_loss_terms():

@@ -31,7 +31,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from einops import repeat
+from einops import rearrange
 from torch import Tensor, nn
 
 from ..layers.base import input_checks
@@ -167,16 +167,22 @@ class SpaceTime(Forecaster):
         self.decoder = ClosedLoopCompanionSSM(d_model, d_state, horizon, max_a_norm=max_a_norm, lr=lr)
         self.output = nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.Linear(d_model, self.width_out))
 
+    def _preprocess(self, z: Tensor) -> Tensor:
+        """Embedding, then the fixed preprocessing filters: (batch', lookback, width_in) -> (batch', lookback, d_model)."""
+        if self.embedding is None:
+            # the r copies of an input channel differ only in their filter: transform each channel once and
+            # broadcast it over its r filters, rather than transforming r identical copies
+            r = self.preprocess.shape[0] // z.shape[-1]
+            taps = rearrange(self.preprocess, "(r c) l -> r c l", r=r)
+            # fixed filters of a parameter-free embedding: no graph to keep unless the norm has parameters
+            with torch.set_grad_enabled(torch.is_grad_enabled() and z.requires_grad):
+                return rearrange(fft_conv(rearrange(z, "b l c -> b 1 c l"), taps), "b r c l -> b l (r c)")
+        return fft_conv(self.embedding(z).transpose(1, 2), self.preprocess).transpose(1, 2)
+
     def _encode(self, z: Tensor) -> Tensor:
         """Normalised windows (batch', lookback, width_in) -> the decoder's input (batch', lookback, d_model)."""
-        if self.embedding is None:
-            u = repeat(z, "b l c -> b l (r c)", r=self.preprocess.shape[0] // z.shape[-1])
-        else:
-            u = self.embedding(z)
+        u = self._preprocess(z)
         with input_checks(False):  # x was checked once, in _run
-            # fixed filters of a parameter-free embedding: nothing to differentiate, so no graph to keep
-            with torch.set_grad_enabled(torch.is_grad_enabled() and u.requires_grad):
-                u = fft_conv(u.transpose(1, 2), self.preprocess).transpose(1, 2)
             for ssm, mlp in zip(self.ssms, self.mlps):
                 s = ssm(u)
                 u = u + s + mlp(s)

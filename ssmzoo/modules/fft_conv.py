@@ -24,13 +24,25 @@ def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
     return t.sum(dims, keepdim=True) if dims else t
 
 
+def _rfft_padded(x: Tensor, n: int) -> Tensor:
+    """torch.fft.rfft(x, n=n) for n >= x.shape[-1]: the same transform, but the zero padding is written once (rfft's
+    own padding zero-fills the whole size-n buffer, then copies x over half of it)."""
+    length = x.shape[-1]
+    if length == n:
+        return torch.fft.rfft(x)
+    buf = x.new_empty(x.shape[:-1] + (n,))
+    buf[..., :length].copy_(x)
+    buf[..., length:].zero_()
+    return torch.fft.rfft(buf)
+
+
 class _FFTConv(torch.autograd.Function):
     """y = (u ⊛ k)[..., :L] with an FFT of size n: u (..., L), k broadcastable to u, of length L or n."""
 
     @staticmethod
     def forward(ctx, u: Tensor, k: Tensor, n: int) -> Tensor:  # type: ignore[override]
         length = u.shape[-1]
-        u_f, k_f = torch.fft.rfft(u, n=n), torch.fft.rfft(k, n=n)
+        u_f, k_f = _rfft_padded(u, n), _rfft_padded(k, n)
         ctx.save_for_backward(u_f, k_f)
         ctx.n, ctx.u_shape, ctx.k_shape = n, u.shape, k.shape
         return torch.fft.irfft(u_f * k_f, n=n)[..., :length]
@@ -41,7 +53,7 @@ class _FFTConv(torch.autograd.Function):
         n, u_shape, k_shape = ctx.n, ctx.u_shape, ctx.k_shape
         # gradient of a convolution = correlation with the other factor: conj in frequency; the zero padding to
         # n keeps the circular products free of wrap-around, as in forward
-        g_f = torch.fft.rfft(grad, n=n)
+        g_f = _rfft_padded(grad, n)
         grad_u = grad_k = None
         if ctx.needs_input_grad[0]:
             grad_u = torch.fft.irfft(_sum_to(g_f * k_f.conj(), u_shape), n=n)[..., : u_shape[-1]]

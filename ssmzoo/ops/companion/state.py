@@ -12,7 +12,10 @@ def companion_final_state(a: Tensor, b: Tensor, u: Tensor, w: Tensor, state: Ten
     Only the last state coordinate w_t = (x_t)_{d−1} feeds back through a, so with
     ``w`` (..., L) that coordinate's sequence (itself one companion convolution, c = e_d):
         x_{L−1}[i] = (S^L x_{−1})_i + Σ_{m ≤ min(i, L−1)} a_{i−m} w_{L−2−m} + b_{i−m} u_{L−1−m},
-    with w_{−1} = (x_{−1})_{d−1}: two length-d causal convolutions instead of an O(d ℓ) scan."""
+    with w_{−1} = (x_{−1})_{d−1}: two length-d causal convolutions instead of an O(d ℓ) scan.
+
+    It reads only the last d + 1 positions of u and w: without a carried-in state, and for L > d, their last
+    d + 1 values give the same state as the whole sequences."""
     d, length = a.shape[-1], u.shape[-1]
     w_first = state[..., -1:] if state is not None else torch.zeros_like(w[..., :1])
     w_prev = torch.cat([w_first.expand(*w.shape[:-1], 1), w[..., :-1]], dim=-1)  # w_{−1}, ..., w_{L−2}
