@@ -39,3 +39,19 @@ def test_run_py_trains_a_mini_config_and_labels_the_stand_in(tmp_path):
     row = next(line for line in table.splitlines() if "fashion_mnist_s4d.yaml" in line)
     assert "STAND-IN" in row and "another data set" in row  # the published Image number is labelled as such
     assert "not run yet" in table  # the other mini cases
+
+
+def test_overfit_reads_each_epochs_accuracy_mean_loss_and_the_steps_run(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("overfit", ROOT / "benchmarks" / "lra" / "overfit.py")
+    overfit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overfit)
+    metrics = tmp_path / "metrics.csv"
+    # the CSV logger's layout: step rows with the loss, an epoch-end row with the accuracy
+    metrics.write_text("epoch,step,train/acc,train/loss\n0,0,,0.9\n0,1,,0.7\n0,1,0.5,\n1,2,,0.4\n1,3,,0.2\n1,3,0.75,\n")
+    epochs, steps = overfit.epochs_of(metrics)
+    assert steps == 4
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert [e["acc"] for e in epochs] == [0.5, 0.75]
+    assert [round(e["loss"], 6) for e in epochs] == [0.8, 0.3]
