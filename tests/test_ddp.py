@@ -118,22 +118,28 @@ data:
 N_TRAIN, BATCH, STEPS = 64, 4, 2 * 64 // 8
 
 
-def fit(config: Path, root: Path, record: Path, *extra: str) -> dict:
-    """``ssmzoo fit`` in a new process (Lightning's DDP launcher starts the other ranks by running the same
-    command again), returning the state dict of the run's last.ckpt."""
-    record.mkdir(parents=True)
-    callbacks = json.dumps([{"class_path": "test_ddp.RecordBatches", "init_args": {"out": str(record)}}])
+def last_weights_of_fit(arguments: list[str], callbacks: list[dict], run_folder: Path, steps: int) -> dict:
+    """``ssmzoo fit ARGUMENTS`` with ``callbacks`` in a new process (tests/ importable, one OpenMP thread; Lightning's
+    launcher starts the other ranks by running the same command again); the state dict of the last.ckpt of the one
+    run under ``run_folder``, which must have reached ``steps``. Shared with tests/test_fsdp.py."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "ssmzoo.cli", "fit", "--config", str(config), "--trainer.default_root_dir",
-               str(root), "--trainer.callbacks", callbacks, *extra]
+    command = [sys.executable, "-m", "ssmzoo.cli", "fit", *arguments, "--trainer.callbacks", json.dumps(callbacks)]
     done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
     output = done.stdout.decode()
     assert done.returncode == 0, output[-6000:]
-    (run_dir,) = (root / "cfg_ddp").iterdir()  # one run folder, even with two processes
+    (run_dir,) = run_folder.iterdir()  # one run folder, even with two processes
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] == STEPS, output[-3000:]
+    assert checkpoint["global_step"] == steps, output[-3000:]
     return checkpoint["state_dict"]
+
+
+def fit(config: Path, root: Path, record: Path, *extra: str) -> dict:
+    """``ssmzoo fit`` of ``config`` in a new process, returning the state dict of the run's last.ckpt."""
+    record.mkdir(parents=True)
+    callbacks = [{"class_path": "test_ddp.RecordBatches", "init_args": {"out": str(record)}}]
+    return last_weights_of_fit(["--config", str(config), "--trainer.default_root_dir", str(root), *extra],
+                               callbacks, root / "cfg_ddp", STEPS)
 
 
 def steps_seen(folder: Path, name: str) -> list[list[str]]:

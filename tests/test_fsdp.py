@@ -8,18 +8,14 @@ float64 before the network is sharded, in both runs."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from test_ddp import last_weights_of_fit
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 BATCH, STEPS = 2, 6
 FSDP = ["--trainer.strategy.class_path=lightning.pytorch.strategies.ModelParallelStrategy",
         "--trainer.strategy.init_args.data_parallel_size=2", "--trainer.strategy.init_args.tensor_parallel_size=1",
@@ -44,24 +40,16 @@ class Float64(Callback):
 
 def fit(root: Path, corpus: Path, *extra: str) -> dict:
     """``ssmzoo fit`` of a tiny configs/lm/mamba.yaml in a new process; the state dict of its last.ckpt."""
-    callbacks = json.dumps([{"class_path": "test_fsdp.Float64", "init_args": {"out": str(root / "initial.pt")}}])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "ssmzoo.cli", "fit", "--config", str(ROOT / "configs/lm/mamba.yaml"),
-               f"--data.init_args.path={corpus}", "--data.init_args.seq_len=16", "--data.init_args.val_split=1",
-               "--data.init_args.test_split=1", "--model.init_args.model.init_args.d_model=16",
-               "--model.init_args.model.init_args.n_layers=2", f"--trainer.max_steps={STEPS}",
-               f"--trainer.val_check_interval={STEPS}", "--trainer.limit_val_batches=1",
-               "--model.init_args.sample_length=0", "--trainer.enable_progress_bar=false",
-               "--trainer.enable_model_summary=false", "--test_after_fit=false", "--compile=true",
-               f"--trainer.default_root_dir={root}", "--trainer.callbacks", callbacks, *extra]
-    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=900)
-    output = done.stdout.decode()
-    assert done.returncode == 0, output[-6000:]
-    (run_dir,) = (root / "lm_mamba").iterdir()  # one run folder, even with two processes
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] == STEPS, output[-3000:]
-    return checkpoint["state_dict"]
+    callbacks = [{"class_path": "test_fsdp.Float64", "init_args": {"out": str(root / "initial.pt")}}]
+    arguments = ["--config", str(ROOT / "configs/lm/mamba.yaml"),
+                 f"--data.init_args.path={corpus}", "--data.init_args.seq_len=16", "--data.init_args.val_split=1",
+                 "--data.init_args.test_split=1", "--model.init_args.model.init_args.d_model=16",
+                 "--model.init_args.model.init_args.n_layers=2", f"--trainer.max_steps={STEPS}",
+                 f"--trainer.val_check_interval={STEPS}", "--trainer.limit_val_batches=1",
+                 "--model.init_args.sample_length=0", "--trainer.enable_progress_bar=false",
+                 "--trainer.enable_model_summary=false", "--test_after_fit=false", "--compile=true",
+                 f"--trainer.default_root_dir={root}", *extra]
+    return last_weights_of_fit(arguments, callbacks, root / "lm_mamba", STEPS)
 
 
 @pytest.mark.slow
