@@ -158,27 +158,18 @@ def _count_compiles(layer, lengths):
     return len(frames)
 
 
-# The layers whose traced code still fixes the length or compiles again for a new one, and where (shrink this list).
-LENGTH_SPECIALISED = {
-    "companion": "ops/companion/fft.py c_tilde: torch.linalg.matrix_power(A, length) takes a Python int",
-    "shift": "as companion (the same kernel)",
-    "neural_memory": "ops/neural_memory/chunked.py: the chunk loop fixes the length",
-    "memory_as_context": "its neural memory (as neural_memory)",
-    "memory_as_gate": "layers/swa.py: the sliding-window branch loops over blocks of the length",
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", [pytest.param(v, marks=pytest.mark.xfail(reason=LENGTH_SPECIALISED[v[0]], strict=True))
-                                     if v[0] in LENGTH_SPECIALISED and not v[1] else v for v in VARIANTS], ids=ids)
+@pytest.mark.parametrize("variant", VARIANTS, ids=ids)
 def test_new_length_does_not_recompile(variant):
     layer = make(*variant)
     assert _count_compiles(layer, [9, 13, 21]) == 1
 
 
-@pytest.mark.parametrize("name, lengths", [("mamba", [9, 13, 21]), ("s4d", [9, 40, 77])])
+@pytest.mark.parametrize("name, lengths", [("mamba", [9, 13, 21]), ("s4d", [9, 40, 77]), ("companion", [9, 13, 21]),
+                                           ("neural_memory", [9, 13, 21])])
 def test_new_length_does_not_recompile_quick(name, lengths):
     """S4D: before, the Vandermonde kernel's block size ⌈√L⌉ (math.isqrt of the symbolic length) broke the graph;
-    traced, it takes one block size for every length (lengths across several blocks of it here)."""
+    traced, it takes one block size for every length (lengths across several blocks of it here). Companion (and
+    shift): A^L took L as a Python int. Neural memory (and Titans MAC, MAG): its loop over chunks was unrolled."""
     layer = make(name, False)
     assert _count_compiles(layer, lengths) == 1

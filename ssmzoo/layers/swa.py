@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modules.attention import Attention, attention_mask
@@ -108,11 +109,40 @@ class SWA(SequenceLayer):
         # time and memory instead of the (n × n) mask and scores of one call.
         if state is None:
             state = self._init_state(x.shape[0], x.device, x.dtype)
+        if torch.compiler.is_compiling():
+            return self._attend_blocks(x, state, block)
         ys = []
         for i in range(0, x.shape[1], block):
             y, state = self._attend_cached(x[:, i:i + block], state)
             ys.append(y)
         return torch.cat(ys, 1), state
+
+    def _attend_blocks(self, x: Tensor, state: SWAState, block: int) -> tuple[Tensor, SWAState]:
+        """The blocks of the loop in ``_forward`` as one batched call, for torch.compile: a loop over the blocks has
+        the length in its trip count and would be unrolled, fixing the length in the graph. Each block of queries
+        attends over the window − 1 keys before it and its own, as in the loop; the input is padded to whole
+        blocks, and the padding, after every real token, is never seen by one (causal). One graph serves every
+        length of several blocks (Dynamo gives one block a graph of its own: a dimension of size 1). Eager keeps
+        the loop, which frees each block's scores at inference (long inputs)."""
+        a, n, w, batch = self.attn, x.shape[1], self.window - 1, x.shape[0]
+        blocks = (n + block - 1) // block
+        start = state.position[:, None]  # (batch, 1)
+        positions = start + torch.arange(blocks * block, device=x.device)  # (batch, blocks · block)
+        q, k, v = a._project(F.pad(x, (0, 0, 0, blocks * block - n)))
+        q, k = a._rotate(q, positions[:, None]), a._rotate(k, positions[:, None])
+        keys = torch.cat([state.keys.to(k.dtype), k], 2)  # (batch, kv_heads, w + blocks · block, hd)
+        values = torch.cat([state.values.to(v.dtype), v], 2)
+        key_positions = torch.cat([start - w + torch.arange(w, device=x.device), positions], 1)
+        # block j's keys: the w before it and its own, [j · block, j · block + w + block) of [cache ‖ keys]
+        kb, vb = (t.unfold(2, w + block, block).permute(0, 2, 1, 4, 3).contiguous().flatten(0, 1)
+                  for t in (keys, values))  # (batch · blocks, kv_heads, w + block, hd)
+        kp = key_positions.unfold(1, w + block, block)  # (batch, blocks, w + block)
+        qp = positions.view(batch, blocks, block)
+        allowed = attention_mask(qp, kp, True, self.window) & (kp >= 0)[..., None, :]  # (batch, blocks, block, w + block)
+        qb = q.unflatten(2, (blocks, block)).transpose(1, 2).contiguous().flatten(0, 1)  # (batch · blocks, heads, block, hd)
+        y = a._attend(qb, kb, vb, allowed.flatten(0, 1)[:, None])  # (batch · blocks, block, d_model)
+        y = y.unflatten(0, (batch, blocks)).flatten(1, 2)[:, :n]
+        return y, SWAState(keys[:, :, n:n + w], values[:, :, n:n + w], state.position + n)
 
     def _forward_segments(self, x: Tensor, state: SWAState | None, segments: Segments,
                           return_state: bool) -> tuple[Tensor, SWAState | None]:

@@ -21,9 +21,25 @@ from .inputs import CompanionInputs, check_companion
 from .reference import companion_matrix
 
 
+def matrix_power(A: Tensor, n: int) -> Tensor:
+    """A^n (..., d, d). While compiling, n (a dynamic length is symbolic) is squared through a fixed 31 bits of it,
+    each bit a tensor, so one traced graph serves every length below 2^31 (``torch.linalg.matrix_power`` takes a
+    Python int and fixes it in the graph); squaring stops at the highest power of two in n, so nothing overflows
+    that A^n itself would not."""
+    if not torch.compiler.is_compiling():
+        return torch.linalg.matrix_power(A, n)
+    bits = torch.scalar_tensor(n, dtype=torch.int64, device=A.device)
+    result = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device).expand_as(A)
+    power = A  # A^(2^i)
+    for i in range(31):
+        result = torch.where(((bits >> i) & 1).bool(), result @ power, result)
+        power = torch.where((bits >> (i + 1)) > 0, power @ power, power)
+    return result
+
+
 def c_tilde(a: Tensor, c: Tensor, length: int) -> Tensor:
     """c̃ = c − (A^ℓ)ᵀ c (..., d): the output vector the FFT algorithm needs for length ℓ."""
-    A_pow = torch.linalg.matrix_power(companion_matrix(a), length)
+    A_pow = matrix_power(companion_matrix(a), length)
     return c - torch.einsum("...ij,...i->...j", A_pow, c)
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..dispatch import HALF_DTYPES, Capabilities, Dispatcher, Request, autocast_dtype, autocast_off, grad_needed, register_op
 from .chunked import chunk_update, gradient_factors, memory_forward, neural_memory_chunked
-from .inputs import MemoryInputs, Weights, check_neural_memory
+from .inputs import MemoryInputs, Weights, check_neural_memory, fake_neural_memory
 from .reference import memory_mlp, neural_memory_reference
 
 
@@ -43,8 +43,12 @@ def _probe_case(device: torch.device, caps: Capabilities) -> tuple[tuple, dict]:
     return (MemoryInputs(q, k, v, theta, eta, alpha, (weights, momentum), chunk_size=2),), {"output_final_state": True}
 
 
-dispatch = Dispatcher("neural_memory", neural_memory_reference, _probe_case, rtol=1e-3, atol=1e-4)
-dispatch.register("chunked", neural_memory_chunked, ("cpu", "cuda"))
+dispatch = Dispatcher("neural_memory", neural_memory_reference, _probe_case, rtol=1e-3, atol=1e-4,
+                      fake=fake_neural_memory)
+# Opaque although it is plain PyTorch: its loop over chunks has a trip count set by the length, which torch.compile
+# would unroll, fixing the length in the graph (a new length compiled again, long inputs made huge graphs). As one
+# custom operator a compiled graph serves every length; eager calls are unchanged.
+dispatch.register("chunked", neural_memory_chunked, ("cpu", "cuda"), opaque=True)
 dispatch.register("reference", neural_memory_reference, ("cpu", "cuda"))
 
 
@@ -88,7 +92,7 @@ def neural_memory(
 
 
 __all__ = [
-    "MemoryInputs", "check_neural_memory",
+    "MemoryInputs", "check_neural_memory", "fake_neural_memory",
     "chunk_update", "dispatch", "gradient_factors", "memory_forward", "memory_mlp", "neural_memory",
     "neural_memory_chunked", "neural_memory_reference",
 ]

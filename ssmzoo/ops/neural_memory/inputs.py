@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from ..checks import boolean, positive_int
@@ -63,3 +64,17 @@ def check_neural_memory(x: MemoryInputs) -> None:
         d_in = w.shape[-2]
     if d_in != v.shape[-1]:
         raise ValueError(f"{fn}: the memory's last layer outputs {d_in} features but v has {v.shape[-1]}")
+
+
+def fake_neural_memory(x: MemoryInputs, output_final_state: bool = False) -> Tensor | tuple[Tensor, tuple[Weights, Weights]]:
+    """Empty outputs shaped and typed like the backends' (the custom operator's fake implementation): y (batch,
+    heads, length, d_out), and the final weights and momentum per layer, (batch, heads, out, in)."""
+    q, v, (weights, momentum) = x.q, x.v, x.initial_state
+    dtype = torch.promote_types(q.dtype, v.dtype)
+    y = q.new_empty(*q.shape[:3], v.shape[-1], dtype=dtype)
+    if not output_final_state:
+        return y
+    batch, heads = q.shape[:2]
+    final = tuple(tuple(q.new_empty(batch, heads, *t.shape[-2:], dtype=torch.promote_types(t.dtype, dtype))
+                        for t in ts) for ts in (weights, momentum))
+    return y, final
