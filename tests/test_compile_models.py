@@ -136,7 +136,13 @@ FORECASTERS = {
 }
 
 
-@pytest.mark.parametrize("name", FORECASTERS)
+# The default suite compiles three (about 20 s each on a busy 2-core machine): the companion SSM with its closed-loop
+# decoder, the most options at once, and the smallest; the others are slow.
+DEFAULT_FORECASTERS = {"nlinear", "spacetime", "ssm_s4d_patches"}
+
+
+@pytest.mark.parametrize("name", [n if n in DEFAULT_FORECASTERS else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in FORECASTERS])
 def test_forecaster_fullgraph(name):
     """Forecast and gradients of every parameter, compiled (fullgraph) vs eager, in float64."""
     torch.manual_seed(0)
