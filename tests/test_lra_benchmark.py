@@ -41,6 +41,18 @@ def test_run_py_trains_a_mini_config_and_labels_the_stand_in(tmp_path):
     assert "not run yet" in table  # the other mini cases
 
 
+def test_each_results_folder_has_its_own_table(tmp_path):
+    """Before, every results folder's table was <parent>/results.md, so a run into recipes/mamba_recipe rewrote the
+    table of recipes/results without that folder's rows."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lra_run", ROOT / "benchmarks" / "lra" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    assert run.table_path(tmp_path / "lra" / "results") == tmp_path / "lra" / "results.md"
+    assert run.table_path(tmp_path / "recipes" / "mamba_recipe") == tmp_path / "recipes" / "mamba_recipe.md"
+
+
 def test_overfit_reads_each_epochs_accuracy_mean_loss_and_the_steps_run(tmp_path):
     import importlib.util
 

@@ -198,6 +198,13 @@ def layer_name(layer: str | list[str]) -> str:
     return layer if isinstance(layer, str) else "+".join(layer)
 
 
+def table_path(results_dir: Path) -> Path:
+    """The table of ``results_dir``'s JSON files, beside it: ``results.md`` for a folder named ``results`` (the
+    default, benchmarks/lra/results -> benchmarks/lra/results.md), else ``<folder name>.md``, so two folders with
+    one parent (recipes/results, recipes/mamba_recipe) never overwrite each other's table."""
+    return results_dir.parent / ("results.md" if results_dir.name == "results" else f"{results_dir.name}.md")
+
+
 def write_table(results_dir: Path, table: Path) -> None:
     results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
     results = [r for r in results if "test_acc" in r]
@@ -282,7 +289,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--root", default="runs/benchmarks", help="trainer.default_root_dir of the runs")
     parser.add_argument("--note", default="", help="a remark stored with each result (e.g. the machine was shared)")
     parser.add_argument("--results-dir", default=str(DEFAULT_RESULTS),
-                        help="where the result JSON goes; results.md beside it is rebuilt from every JSON there")
+                        help="where the result JSON goes; its table beside it (see table_path) is rebuilt from every "
+                             "JSON there")
     parser.add_argument("cli_args", nargs="*", help="extra ssmzoo fit arguments for every run (after --)")
     args = parser.parse_args(argv)
     if args.mini and args.full:
@@ -301,7 +309,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         for config in configs:
             outputs.append(run_config(config, args.root, args.cli_args, args.note, results_dir, args.threads))
     results_dir.mkdir(parents=True, exist_ok=True)
-    write_table(results_dir, results_dir.parent / "results.md")
+    write_table(results_dir, table_path(results_dir))
     return outputs
 
 
