@@ -186,3 +186,18 @@ def test_mqar_benchmark_counts_state_bytes(layer, size, floats_per_layer):
     model = LanguageModel(vocab_size=64, d_model=bench.D_MODEL, n_layers=2, layer=layer,
                           layer_args=bench.SIZES[layer][size])
     assert bench.state_bytes(model) == 2 * floats_per_layer * 4  # two layers, float32
+
+
+def test_mqar_benchmark_lists_the_causal_layers():
+    """Its list of layers builds every registered one; before, a layer that needs arguments it cannot choose
+    (``parallel``: its layers) raised TypeError there and the whole benchmark ended without writing its table."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic" / "mqar.py"
+    spec = importlib.util.spec_from_file_location("mqar_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    names = bench.causal_layers()
+    assert {"mamba", "mamba2", "gated_deltanet", "swa", "s4d"} <= set(names)
+    assert "parallel" not in names

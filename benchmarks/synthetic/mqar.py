@@ -65,7 +65,7 @@ def causal_layers() -> list[str]:
     for name in layers.available():
         try:
             layer = layers.build(name, d_model=D_MODEL, **SIZES.get(name, {}).get("small", {}))
-        except ValueError:
+        except (ValueError, TypeError):  # a layer that needs arguments this script cannot choose (parallel: its layers)
             continue
         if layer.causal:
             names.append(name)
