@@ -172,6 +172,8 @@ def test_bad_arguments():
     ("gated_deltanet", "small", 4 * 8 * 8 + (32 + 32 + 32) * 3),
     # 4 heads of 32 x 8 SSM state (d_inner 128) + the convolution's last 3 inputs of x, B, C (128 + 8 + 8 channels)
     ("mamba2", "small", 4 * 32 * 8 + (128 + 8 + 8) * 3),
+    # differences up to order 3 keep the last 3 inputs of each of the 64 channels; no parameters (before: StopIteration)
+    ("differencing", "large", 64 * 3),
 ])
 def test_mqar_benchmark_counts_state_bytes(layer, size, floats_per_layer):
     import importlib.util

@@ -91,7 +91,8 @@ def state_bytes(model) -> int:
     with torch.no_grad():
         for layer in (m for m in model.modules() if isinstance(m, SequenceLayer)):
             x = torch.zeros(1, SEQ_LEN, layer.d_model)
-            total += size(layer.final_state(x.to(next(layer.parameters()).dtype)))
+            # the layer's dtype; a layer without parameters (fixed differencing taps) takes float32
+            total += size(layer.final_state(x.to(next(layer.parameters(), x).dtype)))
     return total
 
 
