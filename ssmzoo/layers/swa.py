@@ -124,23 +124,17 @@ class SWA(SequenceLayer):
         blocks, and the padding, after every real token, is never seen by one (causal). One graph serves every
         length of several blocks (Dynamo gives one block a graph of its own: a dimension of size 1). Eager keeps
         the loop, which frees each block's scores at inference (long inputs)."""
-        a, n, w, batch = self.attn, x.shape[1], self.window - 1, x.shape[0]
+        n, w, batch = x.shape[1], self.window - 1, x.shape[0]
         blocks = (n + block - 1) // block
-        start = state.position[:, None]  # (batch, 1)
-        positions = start + torch.arange(blocks * block, device=x.device)  # (batch, blocks · block)
-        q, k, v = a._project(F.pad(x, (0, 0, 0, blocks * block - n)))
-        q, k = a._rotate(q, positions[:, None]), a._rotate(k, positions[:, None])
-        keys = torch.cat([state.keys.to(k.dtype), k], 2)  # (batch, kv_heads, w + blocks · block, hd)
-        values = torch.cat([state.values.to(v.dtype), v], 2)
-        key_positions = torch.cat([start - w + torch.arange(w, device=x.device), positions], 1)
+        q, keys, values, positions, key_positions = self._after_cache(F.pad(x, (0, 0, 0, blocks * block - n)), state)
         # block j's keys: the w before it and its own, [j · block, j · block + w + block) of [cache ‖ keys]
         kb, vb = (t.unfold(2, w + block, block).permute(0, 2, 1, 4, 3).contiguous().flatten(0, 1)
                   for t in (keys, values))  # (batch · blocks, kv_heads, w + block, hd)
         kp = key_positions.unfold(1, w + block, block)  # (batch, blocks, w + block)
         qp = positions.view(batch, blocks, block)
-        allowed = attention_mask(qp, kp, True, self.window) & (kp >= 0)[..., None, :]  # (batch, blocks, block, w + block)
         qb = q.unflatten(2, (blocks, block)).transpose(1, 2).contiguous().flatten(0, 1)  # (batch · blocks, heads, block, hd)
-        y = a._attend(qb, kb, vb, allowed.flatten(0, 1)[:, None])  # (batch · blocks, block, d_model)
+        allowed = self._allowed(qp, kp).flatten(0, 1)[:, None]  # (batch · blocks, 1, block, w + block)
+        y = self.attn._attend(qb, kb, vb, allowed)  # (batch · blocks, block, d_model)
         y = y.unflatten(0, (batch, blocks)).flatten(1, 2)[:, :n]
         return y, SWAState(keys[:, :, n:n + w], values[:, :, n:n + w], state.position + n)
 
@@ -170,15 +164,26 @@ class SWA(SequenceLayer):
     def _attend_cached(self, x: Tensor, state: SWAState) -> tuple[Tensor, SWAState]:
         """x (batch, n, d_model) after the tokens the cache holds: the same projections, rotary angles and
         mask as ``self.attn(whole sequence)``, with [cache ‖ new] as the keys."""
+        n, w = x.shape[1], self.window - 1
+        q, keys, values, positions, key_positions = self._after_cache(x, state)
+        y = self.attn._attend(q, keys, values, self._allowed(positions, key_positions)[:, None])
+        # The next cache: the last window − 1 keys (empty slots keep init_state's zeros).
+        return y, SWAState(keys[:, :, keys.shape[2] - w:], values[:, :, values.shape[2] - w:], state.position + n)
+
+    def _after_cache(self, x: Tensor, state: SWAState) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """x (batch, n, d_model) after the tokens the cache holds: q (batch, heads, n, hd) at the tokens' positions,
+        the keys and values [cache ‖ new] (batch, kv_heads, w + n, hd), the query positions (batch, n) and the key
+        positions (batch, w + n); every sequence at its own position (no device sync)."""
         a, n, w = self.attn, x.shape[1], self.window - 1
-        start = state.position[:, None]  # (batch, 1): every sequence at its own position, no device sync
-        positions = start + torch.arange(n, device=x.device)  # (batch, n)
+        start = state.position[:, None]  # (batch, 1)
+        positions = start + torch.arange(n, device=x.device)
         q, k, v = a._project(x)
         q, k = a._rotate(q, positions[:, None]), a._rotate(k, positions[:, None])
         keys = torch.cat([state.keys.to(k.dtype), k], 2)
         values = torch.cat([state.values.to(v.dtype), v], 2)
-        key_positions = torch.cat([start - w + torch.arange(w, device=x.device), positions], 1)  # (batch, w + n)
-        allowed = attention_mask(positions, key_positions, True, self.window) & (key_positions >= 0)[:, None, :]
-        y = a._attend(q, keys, values, allowed[:, None])
-        # The next cache: the last window − 1 keys (empty slots keep init_state's zeros).
-        return y, SWAState(keys[:, :, keys.shape[2] - w:], values[:, :, values.shape[2] - w:], state.position + n)
+        key_positions = torch.cat([start - w + torch.arange(w, device=x.device), positions], 1)
+        return q, keys, values, positions, key_positions
+
+    def _allowed(self, query_positions: Tensor, key_positions: Tensor) -> Tensor:
+        """(..., n, m): the window rule, and no cache slot before the stream's start (negative positions)."""
+        return attention_mask(query_positions, key_positions, True, self.window) & (key_positions >= 0)[..., None, :]
