@@ -132,11 +132,11 @@ class ResumableDataLoader(DataLoader):
         sampler = self.sampler
         epoch = getattr(sampler, "epoch", 0)
         skip = 0
-        if isinstance(sampler, EpochSampler) and self._resume_at is not None and self._resume_at[0] == epoch:
-            skip = self._resume_at[1]
-        self._resume_at = None
-        if isinstance(sampler, EpochSampler):
+        if isinstance(sampler, EpochSampler):  # an injected sampler (overfit_batches) restarts its epoch instead
+            if self._resume_at is not None and self._resume_at[0] == epoch:
+                skip = self._resume_at[1]
             sampler.start = skip * self.batch_size
+        self._resume_at = None
         self._yielded = skip
         self.generator.manual_seed(epoch_seed(self.seed, epoch))  # the workers' base seed, not the global RNG
         for batch in super().__iter__():
