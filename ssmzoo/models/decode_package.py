@@ -23,10 +23,10 @@ from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from ..files import atomic_write
-from ..ops.dispatch import ENV_VAR  # the default backend of every op (models reach ops only through layers)
 
 METADATA_KEY = "ssmzoo_decode_step"
 FORMAT = 1
+ENV_VAR = "SSMZOO_BACKEND"  # the documented default backend of every op (models reach ops only through layers)
 
 
 class DecodeStep(nn.Module):
